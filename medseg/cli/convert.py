@@ -1,0 +1,40 @@
+"""`medseg convert INPUT OUTPUT.nii.gz`: DICOM series/study or NIfTI to NIfTI with exact geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medseg.cli.state import console
+
+EXAMPLES = """
+Examples:
+
+  medseg convert study/ ct.nii.gz
+
+  medseg convert study/ ct.nii.gz --series 1.2.840.113619.2.55.3
+"""
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `convert` subcommand to the app."""
+
+    @app.command("convert", epilog=EXAMPLES)
+    def convert(
+        input: Path = typer.Argument(..., help="DICOM folder/file or NIfTI file."),
+        output: Path = typer.Argument(..., help="Output .nii or .nii.gz path."),
+        series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to pick from a study."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    ) -> None:
+        """Convert a DICOM series (or the main series of a study) to NIfTI with exact geometry."""
+        from medseg.io import read_image, write_nifti
+
+        volume = read_image(input, series_uid=series)
+        for note in volume.meta.notes:
+            console.warn(note)
+        write_nifti(volume, output, overwrite=overwrite)
+        console.result(
+            f"{output}: {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]} voxels, "
+            f"spacing {', '.join(f'{s:.4g}' for s in volume.spacing)} mm"
+        )

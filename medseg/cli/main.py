@@ -1,0 +1,97 @@
+"""The `medseg` command: global options, subcommand registration, and error -> exit-code mapping.
+
+Exit codes: 0 success, 2 usage error, 3 invalid input, 4 processing failure, 5 QC rejection.
+Only this package prints or exits; library code raises `medseg.errors.MedsegError` subclasses.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+from medseg import __version__
+from medseg.cli import convert as convert_cmd
+from medseg.cli.state import console
+from medseg.errors import MedsegError
+
+EXIT_OK, EXIT_USAGE, EXIT_INVALID_INPUT, EXIT_PROCESSING, EXIT_QC = 0, 2, 3, 4, 5
+
+app = typer.Typer(
+    name="medseg",
+    help="CT organ segmentation with traceable, checked and audited results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.result(f"medseg {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings, errors and results."),
+    log_json: bool = typer.Option(False, "--log-json", help="Log machine-readable JSON lines on stderr."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """CT organ segmentation with traceable, checked and audited results.
+
+    Exit codes: 0 ok, 2 usage error, 3 invalid input, 4 processing failure, 5 QC rejection.
+    """
+    console.debug, console.quiet, console.log_json = debug, quiet, log_json
+
+
+convert_cmd.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and map every failure to one line on stderr plus its exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    console.debug = "--debug" in args
+    try:
+        app(args=args, prog_name="medseg", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except NoArgsIsHelpError as exc:
+        console.result(exc.format_message())
+        sys.exit(EXIT_USAGE)
+    except UsageError as exc:
+        console.error(exc.format_message().rstrip(".") + ". See `medseg --help`.")
+        sys.exit(EXIT_USAGE)
+    except ClickException as exc:
+        console.error(exc.format_message())
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:
+        console.error("interrupted")
+        sys.exit(130)
+    except MedsegError as exc:
+        if console.debug:
+            traceback.print_exc()
+        console.error(exc.one_line(), exit_code=exc.exit_code)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if console.debug:
+            traceback.print_exc()
+        console.error(
+            f"internal error: {type(exc).__name__}: {exc}. Rerun with --debug and report it.",
+            exit_code=EXIT_PROCESSING,
+        )
+        sys.exit(EXIT_PROCESSING)
+    sys.exit(EXIT_OK)

@@ -1,0 +1,19 @@
+"""Shared fixtures: paths to the real data in ../shared/data (never copied into the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """Root of the shared real data; the suite fails loudly (not skips) when it is missing."""
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED}; set MEDSEG_SHARED_DATA")
+    return SHARED
