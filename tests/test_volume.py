@@ -25,18 +25,14 @@ def test_ras_affine_round_trip(direction: np.ndarray, spacing: tuple, origin: tu
 
 @given(rotations, spacings, origins)
 @settings(max_examples=25, deadline=None)
-def test_sitk_round_trip_places_voxels_identically(
-    direction: np.ndarray, spacing: tuple, origin: tuple
-) -> None:
+def test_sitk_round_trip_places_voxels_identically(direction: np.ndarray, spacing: tuple, origin: tuple) -> None:
     import SimpleITK as sitk
 
     arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     vol = Volume.from_array(arr, spacing, origin, direction)
     img = vol.to_sitk()
     for ijk in [(0, 0, 0), (3, 4, 5), (1, 2, 3)]:
-        assert np.allclose(
-            img.TransformIndexToPhysicalPoint(ijk), vol.geometry.index_to_world(ijk)[0], atol=1e-6
-        )
+        assert np.allclose(img.TransformIndexToPhysicalPoint(ijk), vol.geometry.index_to_world(ijk)[0], atol=1e-6)
         assert img[ijk] == arr[ijk]
     back = Volume.from_sitk(img)
     assert np.array_equal(back.array, arr)

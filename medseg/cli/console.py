@@ -79,9 +79,7 @@ class Console:
             task = bar.add_task(description, total=total, status="")
 
             def advance(n: float = 1, **fields: Any) -> None:
-                status = " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
-                )
+                status = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
                 bar.update(task, advance=n, status=status)
 
             yield advance

@@ -44,9 +44,7 @@ def _global(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings, errors and results."),
     log_json: bool = typer.Option(False, "--log-json", help="Log machine-readable JSON lines on stderr."),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """CT organ segmentation with traceable, checked and audited results.
 

@@ -1,0 +1,98 @@
+"""The registry of installed models: built-in models ship in `medseg/models/zoo/<name>/`.
+
+Loading always verifies the SHA-256 of the weights against the model card and refuses a mismatch.
+No network access, ever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medseg.errors import InvalidInputError, ProcessingError
+from medseg.models.card import ModelCard
+
+if TYPE_CHECKING:
+    import torch
+
+ZOO = Path(__file__).resolve().parent / "zoo"
+CARD_NAME = "model_card.yaml"
+DEFAULT_MODELS = {"liver": "liver"}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model folder whose card has been validated (weights not yet read)."""
+
+    card: ModelCard
+    folder: Path
+
+    @property
+    def weights_path(self) -> Path:
+        return self.folder / self.card.weights.file
+
+    def verify(self) -> str:
+        """Check the weights' SHA-256 against the card; return it, or raise ProcessingError."""
+        if not self.weights_path.is_file():
+            raise ProcessingError("model weights missing", path=self.weights_path, hint="Reinstall the model.")
+        digest = sha256_file(self.weights_path)
+        if digest != self.card.weights.sha256:
+            raise ProcessingError(
+                f"model weights SHA-256 {digest[:12]}... does not match the model card ({self.card.weights.sha256[:12]}...)",
+                path=self.weights_path,
+                hint="The file was altered or corrupted; reinstall the model. It will not be used.",
+            )
+        return digest
+
+    def load_network(self, device: str = "cpu") -> torch.nn.Module:
+        """Verify the digest, then build the network and load its weights (eval mode)."""
+        import torch
+
+        from medseg.models.network import build_network
+
+        self.verify()
+        net = build_network(self.card.network)
+        state = torch.load(self.weights_path, map_location=device, weights_only=True)
+        net.load_state_dict(state)
+        return net.to(device).eval()
+
+
+def list_models() -> list[InstalledModel]:
+    """All built-in models with a valid card, sorted by name."""
+    found = []
+    for card_path in sorted(ZOO.glob(f"*/{CARD_NAME}")):
+        found.append(InstalledModel(ModelCard.load(card_path), card_path.parent))
+    return found
+
+
+def resolve_model(name_or_path: str | Path | None, organ: str | None = None) -> InstalledModel:
+    """A model by built-in name, by folder/card path, or the default for `organ`."""
+    if name_or_path is None:
+        if organ is None or organ not in DEFAULT_MODELS:
+            raise InvalidInputError(
+                f"no default model for organ {organ!r}", hint=f"Choose one of {sorted(DEFAULT_MODELS)} or pass --model."
+            )
+        name_or_path = DEFAULT_MODELS[organ]
+    p = Path(name_or_path)
+    if p.is_file() and p.name.endswith((".yaml", ".yml")):
+        return InstalledModel(ModelCard.load(p), p.parent)
+    if (p / CARD_NAME).is_file():
+        return InstalledModel(ModelCard.load(p / CARD_NAME), p)
+    builtin = ZOO / str(name_or_path) / CARD_NAME
+    if builtin.is_file():
+        return InstalledModel(ModelCard.load(builtin), builtin.parent)
+    names = [m.card.name for m in list_models()]
+    raise InvalidInputError(
+        f"model {name_or_path!r} not found", hint=f"Installed models: {names or 'none'}; or pass a model folder."
+    )
