@@ -17,3 +17,13 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared data not found at {SHARED}; set MEDSEG_SHARED_DATA")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _isolated_audit_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test audits into its own temporary store, never into the real ~/.local/share/medseg/audit."""
+    folder = tmp_path_factory.mktemp("audit")
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(folder))
+    monkeypatch.delenv("MEDSEG_AUDIT_ANCHOR_DIR", raising=False)
+    monkeypatch.setenv("MEDSEG_OPERATOR", "test-operator")
+    return folder

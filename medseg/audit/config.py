@@ -1,0 +1,54 @@
+"""Where the audit store lives and who the operator is, from environment variables.
+
+MEDSEG_AUDIT_DIR        folder of the SQLite store (default: $XDG_DATA_HOME/medseg/audit or ~/.local/share/medseg/audit)
+MEDSEG_AUDIT_ANCHOR_DIR folder of the chain-head anchor log (default: the audit folder; put it on another volume
+                        or a WORM mount so that deleting the database tail cannot also rewrite the anchor)
+MEDSEG_OPERATOR         the operator identity recorded beside the OS user (e.g. a staff ID; never a patient)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_NAME = "audit.db"
+ANCHOR_NAME = "chain-anchor.log"
+
+
+def default_audit_dir() -> Path:
+    """The per-user default folder, following the XDG base-directory convention."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "medseg" / "audit"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Resolved audit settings."""
+
+    audit_dir: Path
+    anchor_dir: Path
+    operator: str | None
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.audit_dir / DB_NAME
+
+    @property
+    def anchor_path(self) -> Path:
+        """The append-only log of chain heads kept outside the database."""
+        return self.anchor_dir / ANCHOR_NAME
+
+
+def load_config(audit_dir: Path | None = None, anchor_dir: Path | None = None) -> AuditConfig:
+    """Read the settings from the environment; explicit folders win (an explicit store keeps its own anchor)."""
+    if audit_dir is not None:
+        folder = Path(audit_dir).expanduser()
+        anchor = Path(anchor_dir).expanduser() if anchor_dir else folder
+    else:
+        folder = Path(os.environ.get("MEDSEG_AUDIT_DIR") or default_audit_dir()).expanduser()
+        env_anchor = os.environ.get("MEDSEG_AUDIT_ANCHOR_DIR")
+        anchor = Path(anchor_dir or env_anchor or folder).expanduser()
+    operator = (os.environ.get("MEDSEG_OPERATOR") or "").strip() or None
+    return AuditConfig(folder, anchor, operator)

@@ -1,0 +1,75 @@
+"""SHA-256 digests of files and folders, and keyed references to paths (paths can carry PHI)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path) -> tuple[str, int, int]:
+    """Digest over sorted (SHA-256 of relative path, SHA-256 of content) lines; returns (digest, files, bytes).
+
+    Relative names are hashed, not stored, because DICOM file names can carry patient names.
+    """
+    folder = Path(folder)
+    entries: list[tuple[str, Path]] = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in files:
+            full = Path(root) / name
+            rel = full.relative_to(folder).as_posix()
+            entries.append((hashlib.sha256(rel.encode("utf-8")).hexdigest(), full))
+    entries.sort()
+    h = hashlib.sha256()
+    total = 0
+    for rel_digest, full in entries:
+        h.update(f"{rel_digest} {file_sha256(full)}\n".encode("ascii"))
+        total += full.stat().st_size
+    return h.hexdigest(), len(entries), total
+
+
+def path_ref(path: Path, key: bytes) -> str:
+    """A keyed reference (HMAC-SHA256 of the absolute path) that matches the same path again but reveals no name."""
+    absolute = os.path.abspath(os.fspath(path))
+    return "hmac-sha256:" + hmac.new(key, absolute.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class PathDigest:
+    """What the log keeps about one input or output: a keyed path reference and its content digest."""
+
+    ref: str
+    type: str
+    sha256: str | None
+    files: int
+    bytes: int
+
+    def to_json(self) -> dict[str, str | int | None]:
+        """The JSON form stored in an event."""
+        return asdict(self)
+
+
+def describe_path(path: Path, key: bytes) -> PathDigest:
+    """Digest a file or folder; a missing path is recorded as type 'missing' rather than failing the command."""
+    path = Path(path)
+    ref = path_ref(path, key)
+    if path.is_dir():
+        digest, files, size = folder_digest(path)
+        return PathDigest(ref, "folder", digest, files, size)
+    if path.is_file():
+        return PathDigest(ref, "file", file_sha256(path), 1, path.stat().st_size)
+    return PathDigest(ref, "missing", None, 0, 0)

@@ -1,0 +1,201 @@
+"""One audited command: a 'start' event before any work, an 'end' event with outcome, digests and duration after.
+
+The start event doubles as the test-write: if the store cannot be written, the command stops before doing anything.
+If the end event cannot be written, the output files this command registered are removed, because an output
+without its audit record must not reach a clinician.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+from medseg.audit.canonical import JsonValue, normalise
+from medseg.audit.config import AuditConfig, load_config
+from medseg.audit.digest import describe_path, path_ref
+from medseg.audit.record import AuditEvent
+from medseg.audit.store import AuditStore, utc_now
+from medseg.errors import AuditError, MedsegError, QCRejectedError
+
+EXIT_INTERRUPTED = 130
+_MAX_DETAIL = 200
+
+
+def os_user() -> str:
+    """The OS account running the command (uid when the account has no name, e.g. in containers)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def params_to_json(params: Mapping[str, Any] | None, key: bytes) -> dict[str, JsonValue]:
+    """Normalise command parameters; any path among them becomes a keyed reference, never raw text."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, PurePath):
+            return path_ref(Path(value), key)
+        if isinstance(value, Mapping):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        return value
+
+    result = normalise(convert(dict(params or {})))
+    assert isinstance(result, dict)
+    return result
+
+
+def exit_code_of(exc: BaseException | None) -> int:
+    """The exit code the CLI gives for `exc`: MedsegError's own, 130 for Ctrl-C, 4 for anything unexpected."""
+    if exc is None:
+        return 0
+    if isinstance(exc, MedsegError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    code = getattr(exc, "exit_code", None)
+    return code if isinstance(code, int) else 4
+
+
+def outcome_of(exc: BaseException | None, code: int) -> str:
+    """success / qc_rejected / interrupted / failure, from the exception and exit code."""
+    if isinstance(exc, QCRejectedError) or code == QCRejectedError.exit_code:
+        return "qc_rejected"
+    if code == EXIT_INTERRUPTED:
+        return "interrupted"
+    return "success" if code == 0 else "failure"
+
+
+@dataclass
+class AuditRecorder:
+    """What the command tells the audit trail while it runs (`rec` in `with audited(...) as rec`)."""
+
+    command: str
+    params: dict[str, JsonValue]
+    path_key: bytes
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: str = field(default_factory=utc_now)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    output_paths: list[Path] = field(default_factory=list)
+    model: dict[str, str] | None = None
+    outcome_detail: str | None = None
+    mlflow_run_id: str | None = None
+
+    def add_inputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
+        """Record files or folders read, by keyed path reference and SHA-256 of their content."""
+        self.inputs.extend(describe_path(Path(p), self.path_key).to_json() for p in _as_list(paths))
+
+    def add_outputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
+        """Record files written (call after writing them), by keyed path reference and SHA-256."""
+        for p in _as_list(paths):
+            self.output_paths.append(Path(p))
+            self.outputs.append(describe_path(Path(p), self.path_key).to_json())
+
+    def set_model(self, name: str, version: str, sha256: str) -> None:
+        """Record the model used: name, version and weights digest."""
+        self.model = {"name": str(name), "version": str(version), "sha256": str(sha256)}
+
+    def set_outcome_detail(self, detail: str) -> None:
+        """A short machine-readable detail such as 'qc_rejected' or 'qc_flagged:volume' (never PHI)."""
+        self.outcome_detail = str(detail)[:_MAX_DETAIL]
+
+    def link_mlflow_run(self, run_id: str) -> None:
+        """Attach this command's events to an MLflow run when it ends."""
+        self.mlflow_run_id = str(run_id)
+
+
+def _as_list(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+    return [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+
+
+def _event(rec: AuditRecorder, kind: str, software: dict[str, str], operator: str | None, **end: Any) -> AuditEvent:
+    return AuditEvent(
+        kind=kind,
+        invocation=rec.invocation,
+        command=rec.command,
+        params=rec.params,
+        os_user=os_user(),
+        operator=operator,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        software=software,
+        started_at=rec.started_at,
+        inputs=list(rec.inputs) if kind == "end" else [],
+        outputs=list(rec.outputs) if kind == "end" else [],
+        model=rec.model if kind == "end" else None,
+        outcome_detail=rec.outcome_detail if kind == "end" else None,
+        mlflow_run_id=rec.mlflow_run_id,
+        **end,
+    )
+
+
+@contextlib.contextmanager
+def audit_session(
+    command: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    software: Mapping[str, str],
+    config: AuditConfig | None = None,
+) -> Iterator[AuditRecorder]:
+    """Audit one command: raises AuditError before the work when the trail cannot be written."""
+    config = config or load_config()
+    store = AuditStore.open(config)
+    try:
+        rec = AuditRecorder(command, params_to_json(params, store.path_key), store.path_key)
+        soft = {str(k): str(v) for k, v in software.items()}
+        store.append(_event(rec, "start", soft, config.operator))
+        t0 = time.monotonic()
+        error: BaseException | None = None
+        try:
+            yield rec
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code = exit_code_of(error)
+            end = _event(
+                rec, "end", soft, config.operator,
+                outcome=outcome_of(error, code),
+                exit_code=code,
+                error_type=None if error is None else type(error).__name__,
+                duration_ms=round((time.monotonic() - t0) * 1000),
+            )  # fmt: skip
+            _finish(store, rec, end, error)
+    finally:
+        store.close()
+
+
+def _finish(store: AuditStore, rec: AuditRecorder, end: AuditEvent, error: BaseException | None) -> None:
+    try:
+        store.append(end)
+        if rec.mlflow_run_id:
+            from medseg.audit.mlflow_link import attach_events_to_mlflow
+
+            attach_events_to_mlflow(store, rec.mlflow_run_id)
+    except AuditError as audit_exc:
+        removed = [p for p in rec.output_paths if p.is_file() and _unlink(p)]
+        if removed:
+            audit_exc.message += f"; removed {len(removed)} unaudited output file(s)"
+        if error is None:
+            raise
+        raise audit_exc from error
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,236 @@
+"""The SQLite audit store: WAL mode, one `BEGIN IMMEDIATE` transaction per append, append-only triggers.
+
+Concurrent writers (batch workers, parallel runs) serialise on SQLite's write lock, so each append reads the
+chain head, links to it and moves it inside one transaction: the chain cannot fork or leave gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from medseg.audit.anchor import append_anchor
+from medseg.audit.canonical import GENESIS_HASH, canonical_json, chain_hash, normalise
+from medseg.audit.config import AuditConfig
+from medseg.audit.record import AuditEvent, ChainedRecord
+from medseg.errors import AuditError
+
+BUSY_TIMEOUT_S = 60.0
+_APPEND_ONLY = "medseg audit: events are append-only"
+DDL = (
+    """CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, invocation TEXT NOT NULL,
+        command TEXT NOT NULL, os_user TEXT NOT NULL, operator TEXT, outcome TEXT NOT NULL,
+        body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
+    "hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)",
+    "CREATE INDEX IF NOT EXISTS events_invocation ON events(invocation)",
+    f"""CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+    """CREATE TRIGGER IF NOT EXISTS events_link BEFORE INSERT ON events
+        WHEN NEW.seq != (SELECT seq FROM chain_head WHERE id = 1) + 1
+          OR NEW.prev_hash != (SELECT hash FROM chain_head WHERE id = 1)
+        BEGIN SELECT RAISE(ABORT, 'medseg audit: new event does not link to the chain head'); END""",
+    """CREATE TRIGGER IF NOT EXISTS head_forward BEFORE UPDATE ON chain_head
+        WHEN NEW.seq != OLD.seq + 1 OR NEW.hash IS NOT (SELECT hash FROM events WHERE seq = NEW.seq)
+        BEGIN SELECT RAISE(ABORT, 'medseg audit: the chain head only moves forward to the newest event'); END""",
+    """CREATE TRIGGER IF NOT EXISTS head_no_delete BEFORE DELETE ON chain_head
+        BEGIN SELECT RAISE(ABORT, 'medseg audit: the chain head cannot be deleted'); END""",
+    """CREATE TRIGGER IF NOT EXISTS meta_no_update BEFORE UPDATE ON meta
+        BEGIN SELECT RAISE(ABORT, 'medseg audit: store metadata is write-once'); END""",
+    """CREATE TRIGGER IF NOT EXISTS meta_no_delete BEFORE DELETE ON meta
+        BEGIN SELECT RAISE(ABORT, 'medseg audit: store metadata is write-once'); END""",
+)
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with microseconds and a 'Z' suffix."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Head:
+    """The chain head as kept in the `chain_head` table."""
+
+    seq: int
+    hash: str
+
+
+class AuditStore:
+    """An open audit database; create with `AuditStore.open(config)` and close when done."""
+
+    def __init__(self, config: AuditConfig, conn: sqlite3.Connection) -> None:
+        self.config = config
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, config: AuditConfig, *, create: bool = True) -> AuditStore:
+        """Open (and with `create`, initialise) the store; any failure is an AuditError naming the folder."""
+        db = config.db_path
+        if not create and not db.exists():
+            raise AuditError("no audit store here", path=config.audit_dir, hint="Check MEDSEG_AUDIT_DIR.")
+        try:
+            if create:
+                config.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                config.anchor_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise _audit_error("cannot open the audit store", config.audit_dir, exc) from exc
+        store = cls(config, conn)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"journal mode is {mode}, WAL needed")
+            conn.execute("PRAGMA synchronous=FULL")
+            if create:
+                store._init_schema()
+            elif store._meta("store_id") is None:
+                raise sqlite3.DatabaseError("not a medseg audit database")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _audit_error("cannot initialise the audit store", db, exc) from exc
+        return store
+
+    def _init_schema(self) -> None:
+        if self._has_table("meta") and self._meta("store_id") is not None:
+            return
+        with self._transaction():
+            for statement in DDL:
+                self._conn.execute(statement)
+            self._conn.execute("INSERT OR IGNORE INTO chain_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS_HASH,))
+            for key, value in (
+                ("schema", "medseg.audit/1"),
+                ("store_id", str(uuid.uuid4())),
+                ("created", utc_now()),
+                ("path_key", secrets.token_hex(32)),
+            ):
+                self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _has_table(self, name: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
+
+    def _meta(self, key: str) -> str | None:
+        if not self._has_table("meta"):
+            return None
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    @property
+    def store_id(self) -> str:
+        """The random identity of this store, written once at creation."""
+        return self._meta("store_id") or ""
+
+    @property
+    def path_key(self) -> bytes:
+        """The secret key for path references (kept in the database, never exported)."""
+        return bytes.fromhex(self._meta("path_key") or "")
+
+    def head(self) -> Head:
+        """The chain head from the `chain_head` table."""
+        row = self._conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+        return Head(0, GENESIS_HASH) if row is None else Head(int(row[0]), str(row[1]))
+
+    def append(self, event: AuditEvent) -> ChainedRecord:
+        """Link `event` to the head, insert it and move the head, all in one IMMEDIATE transaction."""
+        with self._lock:
+            try:
+                with self._transaction():
+                    head = self.head()
+                    seq = head.seq + 1
+                    body = normalise(event.body(seq, utc_now(), head.hash))
+                    assert isinstance(body, dict)
+                    digest = chain_hash(head.hash, body)
+                    self._conn.execute(
+                        "INSERT INTO events (seq, ts, kind, invocation, command, os_user, operator, outcome, body, "
+                        "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            seq, body["ts"], event.kind, event.invocation, event.command, event.os_user,
+                            event.operator, event.outcome, canonical_json(body), head.hash, digest,
+                        ),
+                    )  # fmt: skip
+                    self._conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+                    append_anchor(self.config.anchor_path, "P", seq, digest)
+            except (OSError, sqlite3.Error) as exc:
+                raise _audit_error("cannot write the audit trail", self.config.audit_dir, exc) from exc
+            with contextlib.suppress(OSError):  # the 'P' line written under the lock already anchors this record
+                append_anchor(self.config.anchor_path, "C", seq, digest)
+            return ChainedRecord(seq, digest, body)
+
+    def records(self, after_seq: int = 0) -> Iterator[ChainedRecord]:
+        """Stored records in sequence order, from the rows as they are (verification re-checks everything)."""
+        cursor = self._conn.execute("SELECT seq, hash, body FROM events WHERE seq > ? ORDER BY seq", (after_seq,))
+        for seq, digest, body in cursor:
+            yield ChainedRecord(int(seq), str(digest), _load_body(body))
+
+    def rows(self) -> Iterator[tuple[int, str, str, str, str, str, str | None, str, str, str, str]]:
+        """Raw rows including the indexed columns, for verification that columns match bodies."""
+        yield from self._conn.execute(
+            "SELECT seq, ts, kind, invocation, command, os_user, operator, outcome, body, prev_hash, hash "
+            "FROM events ORDER BY seq"
+        )
+
+    def close(self) -> None:
+        """Close the connection (safe to call twice)."""
+        self._conn.close()
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        elif self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _load_body(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"_unparseable": text}
+    return value if isinstance(value, dict) else {"_unparseable": text}
+
+
+def _audit_error(what: str, path: Path, exc: BaseException) -> AuditError:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return AuditError(
+        f"{what}: {reason}",
+        path=path,
+        hint="The command was stopped so that nothing runs unaudited; free disk space or fix the permissions of "
+        "MEDSEG_AUDIT_DIR, then rerun",
+    )

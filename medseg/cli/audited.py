@@ -1,0 +1,24 @@
+"""`with audited(command, params) as rec:` for every CLI command that touches patient data, models or reports.
+
+See `medseg.audit.session` for what is recorded and when; the store folder comes from MEDSEG_AUDIT_DIR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from medseg import __version__
+from medseg.audit.session import AuditRecorder, audit_session
+
+__all__ = ["AuditRecorder", "audited"]
+
+
+@contextlib.contextmanager
+def audited(command: str, params: Mapping[str, Any] | None = None) -> Iterator[AuditRecorder]:
+    """Record a start event now (AuditError if the trail cannot be written) and an end event when the block exits."""
+    software = {"medseg": __version__, "python": platform.python_version()}
+    with audit_session(command, params, software=software) as rec:
+        yield rec

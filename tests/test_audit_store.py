@@ -1,0 +1,82 @@
+"""The audit store and the `audited` context: events written, chained, append-only, outcomes mapped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from medseg.audit.canonical import GENESIS_HASH, chain_hash
+from medseg.audit.config import load_config
+from medseg.audit.store import AuditStore
+from medseg.cli.audited import audited
+from medseg.errors import InvalidInputError, QCRejectedError
+
+
+def _bodies(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+
+
+def test_audited_writes_start_and_end_with_digests(shared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    with audited("convert", {"series": None, "overwrite": False}) as rec:
+        rec.add_inputs([shared / "deid" / "deid_data"])
+        out.write_text("result")
+        rec.add_outputs([out])
+        rec.set_model("liver", "1.0.0", "a" * 64)
+    bodies = _bodies(load_config().db_path)
+    assert [b["kind"] for b in bodies] == ["start", "end"]
+    start, end = bodies
+    assert end["invocation"] == start["invocation"]
+    assert end["outcome"] == "success" and end["exit_code"] == 0 and end["duration_ms"] >= 0
+    assert end["operator"] == "test-operator" and end["os_user"]
+    assert end["inputs"][0]["type"] == "folder" and end["inputs"][0]["files"] > 1
+    assert end["outputs"][0]["sha256"] == _sha(out)
+    assert end["model"] == {"name": "liver", "version": "1.0.0", "sha256": "a" * 64}
+    assert start["prev_hash"] == GENESIS_HASH and end["prev_hash"] == chain_hash(GENESIS_HASH, start)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome", "code"),
+    [
+        (InvalidInputError("bad"), "failure", 3),
+        (QCRejectedError("qc"), "qc_rejected", 5),
+        (RuntimeError("boom"), "failure", 4),
+        (KeyboardInterrupt(), "interrupted", 130),
+    ],
+)
+def test_failures_are_recorded_and_reraised(exc: BaseException, outcome: str, code: int) -> None:
+    with pytest.raises(type(exc)), audited("infer", {"organ": "liver"}):
+        raise exc
+    end = _bodies(load_config().db_path)[-1]
+    assert (end["outcome"], end["exit_code"], end["error_type"]) == (outcome, code, type(exc).__name__)
+
+
+def test_events_are_append_only() -> None:
+    with audited("convert", {}):
+        pass
+    with sqlite3.connect(load_config().db_path) as conn:
+        for statement in ("UPDATE events SET command = 'x'", "DELETE FROM events", "DELETE FROM chain_head"):
+            with pytest.raises(sqlite3.DatabaseError, match="medseg audit"):
+                conn.execute(statement)
+        with pytest.raises(sqlite3.DatabaseError, match="medseg audit"):
+            conn.execute("UPDATE chain_head SET seq = 1")
+
+
+def test_store_reopens_and_continues_the_chain() -> None:
+    for _ in range(2):
+        with audited("convert", {}):
+            pass
+    with AuditStore.open(load_config()) as store:
+        records = list(store.records())
+        assert [r.seq for r in records] == [1, 2, 3, 4]
+        assert store.head().hash == records[-1].hash
+        assert all(r.recomputed_hash() == r.hash for r in records)
