@@ -1,0 +1,269 @@
+"""Reading DICOM headers once, and the facts about them that grouping, classification and geometry need."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
+ENHANCED_IMAGE_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
+        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
+        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
+    }
+)
+NON_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM SEG (segmentation)",
+    "1.2.840.10008.5.1.4.1.1.66.7": "DICOM label-map SEG",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT (contours)",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RT Ion Plan",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+    "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Registration",
+    "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.91.1": "Microscopy Bulk Annotations",
+    DICOMDIR_CLASS: "DICOMDIR (file-set index)",
+}
+CLASS_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report (SR)",
+    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
+    "1.2.840.10008.5.1.4.1.1.9.": "Waveform",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+}
+NON_IMAGE_MODALITIES = {
+    "SEG": "DICOM SEG",
+    "RTSTRUCT": "RTSTRUCT",
+    "RTPLAN": "RT Plan",
+    "RTDOSE": "RT Dose",
+    "SR": "Structured Report (SR)",
+    "KO": "Key Object Selection",
+    "PR": "Presentation State",
+    "REG": "Registration",
+    "DOC": "document",
+}
+EXTRA_KEYWORDS = (
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "BodyPartExamined",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "PixelPaddingValue",
+    "RescaleType",
+    "SeriesNumber",
+    "SOPClassUID",
+    "PatientPosition",
+    "MagneticFieldStrength",
+)
+
+
+class HeaderError(Exception):
+    """A file could not be read as DICOM; `reason` says why in a few words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_header(path: Path) -> Any:
+    """Parse a DICOM file once, deferring pixel data (read later only for the chosen series)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, defer_size="256 KB")
+    except InvalidDicomError:
+        pass
+    except Exception as exc:
+        raise HeaderError(f"unreadable DICOM ({type(exc).__name__}: {exc}; truncated or corrupt?)") from exc
+    try:
+        ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
+    except Exception as exc:
+        raise HeaderError("not a DICOM file") from exc
+    if "SOPClassUID" not in ds and "ImagePositionPatient" not in ds and "Modality" not in ds:
+        raise HeaderError("not a DICOM file")
+    return ds
+
+
+def text(ds: Any, keyword: str) -> str:
+    """A header value as a stripped string ('' when absent or empty)."""
+    value = ds.get(keyword, None)
+    if value is None:
+        return ""
+    return str(value).strip() if not hasattr(value, "value") else str(value.value).strip()
+
+
+def sop_class(ds: Any) -> str:
+    """SOPClassUID, falling back to the file meta's MediaStorageSOPClassUID."""
+    uid = text(ds, "SOPClassUID")
+    if not uid and getattr(ds, "file_meta", None) is not None:
+        uid = text(ds.file_meta, "MediaStorageSOPClassUID")
+    return uid
+
+
+def non_image_kind(ds: Any) -> str | None:
+    """Name of the non-image object type (SEG, RTSTRUCT, SR, DICOMDIR...), or None for images."""
+    uid = sop_class(ds)
+    if uid in NON_IMAGE_CLASSES:
+        return NON_IMAGE_CLASSES[uid]
+    for prefix, name in CLASS_PREFIXES.items():
+        if uid.startswith(prefix):
+            return name
+    if "DirectoryRecordSequence" in ds:
+        return NON_IMAGE_CLASSES[DICOMDIR_CLASS]
+    return NON_IMAGE_MODALITIES.get(text(ds, "Modality").upper())
+
+
+def image_type(ds: Any) -> tuple[str, ...]:
+    """ImageType values upper-cased (e.g. ORIGINAL, PRIMARY, AXIAL / LOCALIZER)."""
+    value = ds.get("ImageType", None)
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(v).strip().upper() for v in values)
+
+
+def floats(value: Any, n: int) -> np.ndarray | None:
+    """A multi-valued DS as a float array of length n, or None when absent/malformed."""
+    if value is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in (value if not isinstance(value, (str, bytes)) else [value])], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def number_of_frames(ds: Any) -> int:
+    """NumberOfFrames (1 when absent; 0 when malformed)."""
+    value = ds.get("NumberOfFrames", None)
+    if value is None or str(value).strip() == "":
+        return 1
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Header:
+    """One parsed DICOM file with what grouping needs; `dataset` keeps pixel data deferred."""
+
+    path: Path
+    dataset: Any
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    description: str
+    sop_class_uid: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    orientation: np.ndarray | None
+    pixel_spacing: np.ndarray | None
+    frames: int
+    has_pixels: bool
+
+    @classmethod
+    def from_dataset(cls, path: Path, ds: Any) -> Header:
+        """Collect the grouping facts; enhanced multi-frame files take orientation/spacing from functional groups."""
+        orientation = floats(ds.get("ImageOrientationPatient", None), 6)
+        spacing = floats(ds.get("PixelSpacing", None), 2)
+        if orientation is None or spacing is None:
+            shared = ds.get("SharedFunctionalGroupsSequence", None)
+            first = ds.get("PerFrameFunctionalGroupsSequence", None)
+            for groups in (shared, first):
+                if not groups:
+                    continue
+                item = groups[0]
+                if orientation is None and "PlaneOrientationSequence" in item:
+                    orientation = floats(item.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6)
+                if spacing is None and "PixelMeasuresSequence" in item:
+                    spacing = floats(item.PixelMeasuresSequence[0].get("PixelSpacing"), 2)
+
+        def as_int(keyword: str, default: int = 0) -> int:
+            try:
+                return int(ds.get(keyword, default) or default)
+            except (TypeError, ValueError):
+                return default
+
+        return cls(
+            path=path,
+            dataset=ds,
+            series_uid=text(ds, "SeriesInstanceUID"),
+            study_uid=text(ds, "StudyInstanceUID"),
+            frame_of_reference_uid=text(ds, "FrameOfReferenceUID"),
+            modality=text(ds, "Modality").upper(),
+            description=text(ds, "SeriesDescription"),
+            sop_class_uid=sop_class(ds),
+            rows=as_int("Rows"),
+            columns=as_int("Columns"),
+            samples_per_pixel=as_int("SamplesPerPixel", 1),
+            orientation=orientation,
+            pixel_spacing=spacing,
+            frames=number_of_frames(ds),
+            has_pixels=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+        )
+
+    @property
+    def is_enhanced(self) -> bool:
+        """True for enhanced / legacy-converted multi-frame CT, MR or PET."""
+        return self.sop_class_uid in ENHANCED_IMAGE_CLASSES or "PerFrameFunctionalGroupsSequence" in self.dataset
+
+
+def header_extra(ds: Any) -> dict[str, Any]:
+    """Non-identifying acquisition facts the inference QC uses, without re-reading headers."""
+    extra: dict[str, Any] = {}
+    for keyword in EXTRA_KEYWORDS:
+        value = ds.get(keyword, None)
+        if value is not None and str(value).strip() != "":
+            extra[_snake(keyword)] = _plain(value)
+    extra["image_type"] = list(image_type(ds))
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is not None:
+        extra["transfer_syntax_uid"] = str(tsyntax)
+        extra["transfer_syntax"] = getattr(tsyntax, "name", str(tsyntax))
+    return extra
+
+
+def _plain(value: Any) -> Any:
+    """pydicom value -> JSON-friendly Python value."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value).strip()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _snake(keyword: str) -> str:
+    out = [keyword[0].lower()]
+    for prev, ch in itertools.pairwise(keyword):
+        out.append(f"_{ch.lower()}" if ch.isupper() and not prev.isupper() else ch.lower())
+    return "".join(out)

@@ -1,0 +1,157 @@
+"""Pixel data: decode (uncompressed fast path via numpy, compressed via pydicom's pylibjpeg/openjpeg/gdcm plugins)
+and rescale to real units (HU for CT) in the narrowest exact dtype."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InvalidInputError
+
+NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """Modality LUT as slope and intercept (identity when absent)."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    @property
+    def is_identity(self) -> bool:
+        return self.slope == 1.0 and self.intercept == 0.0
+
+    @property
+    def is_integral(self) -> bool:
+        return float(self.slope).is_integer() and float(self.intercept).is_integer()
+
+    @classmethod
+    def from_item(cls, item: Any, fallback: Rescale | None = None) -> Rescale:
+        """Read RescaleSlope/Intercept from a dataset or functional-group item."""
+        slope, intercept = item.get("RescaleSlope", None), item.get("RescaleIntercept", None)
+        if slope is None and intercept is None:
+            return fallback or cls()
+        try:
+            return cls(float(slope) if slope is not None else 1.0, float(intercept) if intercept is not None else 0.0)
+        except (TypeError, ValueError):
+            return fallback or cls()
+
+
+def output_dtype(stored: np.dtype, rescales: Sequence[Rescale], stored_range: tuple[float, float]) -> np.dtype:
+    """Keep the stored type when no rescale applies; int16 (else int32) when the rescale is integral and the
+    rescaled range fits; else float32."""
+    if all(r.is_identity for r in rescales):
+        return np.dtype(stored)
+    if all(r.is_integral for r in rescales):
+        lo, hi = stored_range
+        ends = [r.slope * v + r.intercept for r in rescales for v in (lo, hi)]
+        for candidate in (np.int16, np.int32):
+            if min(ends) >= np.iinfo(candidate).min and max(ends) <= np.iinfo(candidate).max:
+                return np.dtype(candidate)
+    return np.dtype(np.float32)
+
+
+def rescale_stack(stored: np.ndarray, rescales: Sequence[Rescale]) -> tuple[np.ndarray, np.dtype]:
+    """Apply each slice's rescale to a (k, rows, cols) block, choosing the dtype from the actual value range."""
+    if all(r.is_identity for r in rescales):
+        return stored, stored.dtype
+    value_range = (float(stored.min(initial=0)), float(stored.max(initial=0)))
+    dtype = output_dtype(stored.dtype, rescales, value_range)
+    uniform = len(set(rescales)) == 1
+    out = np.empty(stored.shape, dtype=dtype)
+    if uniform:
+        apply_rescale(stored, rescales[0], dtype, out)
+    else:
+        for k, r in enumerate(rescales):
+            apply_rescale(stored[k], r, dtype, out[k])
+    return out, dtype
+
+
+def stored_dtype_and_range(ds: Any) -> tuple[np.dtype, tuple[float, float]]:
+    """Numpy type of the stored values and their possible range, from BitsAllocated/Stored and PixelRepresentation."""
+    bits_alloc = int(ds.get("BitsAllocated", 16) or 16)
+    bits_stored = int(ds.get("BitsStored", bits_alloc) or bits_alloc)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{max(1, bits_alloc // 8)}")
+    if signed:
+        return dtype, (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1)
+    return dtype, (0, 2**bits_stored - 1)
+
+
+def _fix_unused_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Sign-extend signed values and clear unused high bits of unsigned ones (BitsStored < BitsAllocated)."""
+    bits = arr.dtype.itemsize * 8
+    if bits_stored >= bits:
+        return arr
+    shift = bits - bits_stored
+    if signed:
+        return (arr << shift) >> shift
+    if int(arr.max(initial=0)) >= 2**bits_stored:
+        return arr & np.asarray(2**bits_stored - 1, dtype=arr.dtype)
+    return arr
+
+
+def decode(ds: Any, path: Path) -> np.ndarray:
+    """All frames of one file as stored values, shape (frames, rows, cols); InvalidInputError when undecodable."""
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts_name = getattr(tsyntax, "name", str(tsyntax))
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = max(1, int(str(ds.get("NumberOfFrames", 1) or 1).strip() or 1))
+    bits_alloc = int(ds.get("BitsAllocated", 0) or 0)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    try:
+        if str(tsyntax) in NATIVE_LE and bits_alloc in (8, 16, 32) and int(ds.get("SamplesPerPixel", 1)) == 1:
+            raw = ds.PixelData
+            count = rows * cols * frames
+            if len(raw) < count * bits_alloc // 8:
+                raise InvalidInputError(
+                    f"truncated pixel data: {len(raw)} of {count * bits_alloc // 8} bytes",
+                    path=path,
+                    hint="The file is incomplete; copy or re-export it again.",
+                )
+            dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_alloc // 8}")
+            arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(frames, rows, cols)
+        else:
+            arr = np.asarray(ds.pixel_array).reshape(frames, rows, cols)
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            f"cannot decode pixel data ({ts_name}): {detail[:200]}",
+            path=path,
+            hint="The file is truncated or its compressed data is corrupt; re-export it.",
+        ) from exc
+    bits_stored = int(ds.get("BitsStored", bits_alloc) or bits_alloc)
+    return _fix_unused_bits(arr, bits_stored, signed)
+
+
+def apply_rescale(stored: np.ndarray, rescale: Rescale, dtype: np.dtype, out: np.ndarray) -> None:
+    """Write slope * stored + intercept into `out` (exact in integer arithmetic when the dtype is integral)."""
+    if rescale.is_identity:
+        out[...] = stored
+    elif np.issubdtype(dtype, np.integer):
+        np.multiply(stored, int(rescale.slope), out=out, casting="unsafe", dtype=np.int64)
+        out += int(rescale.intercept)
+    else:
+        np.multiply(stored, np.float32(rescale.slope), out=out, casting="unsafe", dtype=np.float32)
+        out += np.float32(rescale.intercept)
+
+
+def decode_many(tasks: Sequence[Callable[[], None]], parallel: bool) -> None:
+    """Run decode tasks, on a thread pool when the codec releases the GIL (compressed data)."""
+    if not parallel or len(tasks) < 2 or DECODE_THREADS == 1:
+        for task in tasks:
+            task()
+        return
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        for future in [pool.submit(t) for t in tasks]:
+            future.result()

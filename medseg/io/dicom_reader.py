@@ -1,0 +1,200 @@
+"""Read one DICOM series (classic single-frame stack or enhanced multi-frame file) into a Volume."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InvalidInputError
+from medseg.io.dicom_geometry import FramePlane, Stack, build_stack
+from medseg.io.dicom_headers import Header, HeaderError, floats, header_extra, read_header, text
+from medseg.io.dicom_pixels import (
+    NATIVE_LE,
+    Rescale,
+    decode,
+    decode_many,
+    rescale_stack,
+    stored_dtype_and_range,
+)
+from medseg.io.series import SeriesInfo
+from medseg.io.volume import Volume, VolumeMeta
+
+
+def read_dicom_series(source: SeriesInfo | Sequence[Path] | Path) -> Volume:
+    """Read the files of one series (a SeriesInfo, a list of files, or one enhanced multi-frame file)."""
+    files = (
+        list(source.files) if isinstance(source, SeriesInfo) else [source] if isinstance(source, Path) else list(source)
+    )
+    if not files:
+        raise InvalidInputError("no files given for the DICOM series", hint="Pass a folder or the series' files.")
+    headers = []
+    for path in files:
+        try:
+            headers.append(Header.from_dataset(Path(path), read_header(Path(path))))
+        except HeaderError as exc:
+            raise InvalidInputError(exc.reason, path=path, hint="Remove it or re-export the series.") from exc
+    where = files[0].parent if len(files) > 1 else files[0]
+    return volume_from_headers(headers, where)
+
+
+def volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str] = ()) -> Volume:
+    """Build the Volume from already-parsed headers (pixel data still deferred)."""
+    if len(headers) == 1 and (headers[0].frames > 1 or headers[0].is_enhanced):
+        return _read_multiframe(headers[0], notes)
+    for h in headers:
+        if h.frames > 1:
+            raise InvalidInputError(
+                "a multi-frame file is mixed with other files in one series",
+                path=h.path,
+                hint="Read the multi-frame file on its own.",
+            )
+    _check_uniform(headers, where)
+    planes = [_plane(h) for h in headers]
+    stack = build_stack(planes, (headers[0].rows, headers[0].columns), where)
+    ordered = [headers[i] for i in stack.order]
+    rescales = [Rescale.from_item(h.dataset) for h in ordered]
+    stored_dtype, _ = stored_dtype_and_range(ordered[0].dataset)
+    stored = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=stored_dtype)
+
+    def task(k: int) -> Any:
+        def run() -> None:
+            stored[k] = decode(ordered[k].dataset, ordered[k].path)[0]
+            _release_pixels(ordered[k].dataset)
+
+        return run
+
+    compressed = _transfer_syntax(ordered[0].dataset) not in NATIVE_LE
+    decode_many([task(k) for k in range(len(ordered))], parallel=compressed)
+    out, dtype = rescale_stack(stored, rescales)
+    return _volume(out, stack, ordered[0].dataset, [h.path for h in ordered], rescales, dtype, notes)
+
+
+def _transfer_syntax(ds: Any) -> str:
+    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+
+
+def _release_pixels(ds: Any) -> None:
+    """Drop the loaded pixel bytes from the header cache once decoded (keeps memory at one copy)."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _check_uniform(headers: list[Header], where: Path) -> None:
+    ref = headers[0]
+    for h in headers:
+        if not h.has_pixels:
+            raise InvalidInputError("file has no pixel data", path=h.path, hint="Remove it from the series folder.")
+        if (h.rows, h.columns) != (ref.rows, ref.columns):
+            raise InvalidInputError(
+                f"image sizes differ within the series: {ref.path.name} is {ref.rows}x{ref.columns}, "
+                f"{h.path.name} is {h.rows}x{h.columns}",
+                path=where,
+                hint="Pick one series with --series (see `medseg series`).",
+            )
+        if h.samples_per_pixel != 1:
+            raise InvalidInputError("colour image, not a greyscale volume", path=h.path)
+        for keyword in ("BitsAllocated", "PixelRepresentation"):
+            if h.dataset.get(keyword) != ref.dataset.get(keyword):
+                raise InvalidInputError(f"{keyword} differs within the series", path=h.path)
+
+
+def _plane(h: Header) -> FramePlane:
+    position = floats(h.dataset.get("ImagePositionPatient", None), 3)
+    if position is None or h.orientation is None or h.pixel_spacing is None:
+        raise InvalidInputError(
+            "missing or malformed ImagePositionPatient/ImageOrientationPatient/PixelSpacing",
+            path=h.path,
+            hint="The image has no patient geometry; it cannot be placed in 3D.",
+        )
+    return FramePlane(h.path, None, position, h.orientation, h.pixel_spacing, _thickness(h.dataset))
+
+
+def _thickness(item: Any) -> float | None:
+    try:
+        value = item.get("SliceThickness", None)
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _group_item(ds: Any, frame: int, sequence: str) -> Any | None:
+    """The first item of a functional-group macro for one frame (per-frame first, then shared)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None)
+    if per_frame and frame < len(per_frame) and sequence in per_frame[frame]:
+        return per_frame[frame][sequence][0]
+    shared = ds.get("SharedFunctionalGroupsSequence", None)
+    if shared and sequence in shared[0]:
+        return shared[0][sequence][0]
+    return None
+
+
+def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
+    """Enhanced / legacy-converted multi-frame CT, MR or PET: geometry and rescale from the functional groups."""
+    ds = h.dataset
+    if h.frames < 1:
+        raise InvalidInputError("malformed NumberOfFrames", path=h.path, hint="The header is corrupt.")
+    planes, rescales = [], []
+    base_rescale = Rescale.from_item(ds)
+    for f in range(h.frames):
+        pos_item = _group_item(ds, f, "PlanePositionSequence")
+        ori_item = _group_item(ds, f, "PlaneOrientationSequence")
+        pix_item = _group_item(ds, f, "PixelMeasuresSequence")
+        position = floats(pos_item.get("ImagePositionPatient") if pos_item else None, 3)
+        orientation = floats(ori_item.get("ImageOrientationPatient") if ori_item else None, 6)
+        spacing = floats(pix_item.get("PixelSpacing") if pix_item else None, 2)
+        if position is None or orientation is None or spacing is None:
+            raise InvalidInputError(
+                f"frame {f + 1} has no plane position/orientation/pixel measures",
+                path=h.path,
+                hint="Only multi-frame images with patient geometry (enhanced CT/MR/PET) can be read as volumes.",
+            )
+        planes.append(FramePlane(h.path, f, position, orientation, spacing, _thickness(pix_item)))
+        transform = _group_item(ds, f, "PixelValueTransformationSequence")
+        rescales.append(Rescale.from_item(transform, base_rescale) if transform is not None else base_rescale)
+    if h.samples_per_pixel != 1:
+        raise InvalidInputError("colour image, not a greyscale volume", path=h.path)
+    stack = build_stack(planes, (h.rows, h.columns), h.path)
+    stored_frames = decode(ds, h.path)[list(stack.order)]
+    ordered_rescales = [rescales[i] for i in stack.order]
+    out, dtype = rescale_stack(stored_frames, ordered_rescales)
+    _release_pixels(ds)
+    return _volume(out, stack, ds, [h.path], ordered_rescales, dtype, notes)
+
+
+def _volume(
+    out: np.ndarray,
+    stack: Stack,
+    ds: Any,
+    files: list[Path],
+    rescales: list[Rescale],
+    dtype: np.dtype,
+    notes: Sequence[str],
+) -> Volume:
+    """Wrap the (k, row, col) pixel block as Volume [i, j, k] with its meta."""
+    extra = header_extra(ds)
+    slopes = {r.slope for r in rescales}
+    intercepts = {r.intercept for r in rescales}
+    extra.update(
+        rescale_slope=rescales[0].slope,
+        rescale_intercept=rescales[0].intercept,
+        rescale_varies=len(slopes) > 1 or len(intercepts) > 1,
+        output_dtype=str(dtype),
+        slice_spacing=stack.geometry.spacing[2],
+        n_frames_per_file=out.shape[0] if len(files) == 1 else 1,
+    )
+    meta = VolumeMeta(
+        modality=text(ds, "Modality").upper() or None,
+        series_instance_uid=text(ds, "SeriesInstanceUID") or None,
+        study_instance_uid=text(ds, "StudyInstanceUID") or None,
+        frame_of_reference_uid=text(ds, "FrameOfReferenceUID") or None,
+        series_description=text(ds, "SeriesDescription") or None,
+        source_format="dicom",
+        source_files=tuple(files),
+        notes=tuple(notes) + stack.notes,
+        extra=extra,
+    )
+    return Volume(out.transpose(2, 1, 0), stack.geometry, meta)

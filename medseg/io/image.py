@@ -1,0 +1,128 @@
+"""`read_image`: one entry point for a DICOM folder, a single (multi-frame) DICOM file, or a NIfTI file."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from medseg.errors import InvalidInputError, UsageError
+from medseg.io.dicom_headers import Header, HeaderError, read_header
+from medseg.io.dicom_reader import volume_from_headers
+from medseg.io.nifti import is_nifti_path, read_nifti
+from medseg.io.series import FolderScan, SeriesInfo, group_headers, list_files, scan_folder
+from medseg.io.volume import Volume
+
+
+def read_image(path: Path, series_uid: str | None = None) -> Volume:
+    """Read a CT/MR/PET volume from a DICOM folder (main series, or `series_uid`), a DICOM file, or NIfTI."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError("input not found", path=path, hint="Check the path.")
+    if path.is_file():
+        if is_nifti_path(path):
+            return read_nifti(path)
+        return _read_dicom_file(path)
+    files = list_files(path)
+    if not files:
+        raise InvalidInputError("folder is empty", path=path, hint="Pass the folder that holds the DICOM files.")
+    scan = scan_folder(path, files)
+    if not scan.series:
+        reasons = Counter(reason for _, reason in scan.skipped_files)
+        found = ", ".join(f"{n} {r}" for r, n in reasons.items())
+        raise InvalidInputError(
+            f"no DICOM files found ({len(files)} file(s) checked: {found}; e.g. {files[0].name})",
+            path=path,
+            hint="Pass a folder of DICOM images, a .nii/.nii.gz file, or a multi-frame DICOM file.",
+        )
+    chosen = _choose(scan, series_uid)
+    notes = [*scan.notes(), *chosen.notes, *_other_series_notes(scan, chosen)]
+    return volume_from_headers(scan.headers[chosen.uid], path, notes)
+
+
+def _read_dicom_file(path: Path) -> Volume:
+    try:
+        header = Header.from_dataset(path, read_header(path))
+    except HeaderError as exc:
+        raise InvalidInputError(
+            exc.reason, path=path, hint="Pass a DICOM folder, a multi-frame DICOM file, or a .nii/.nii.gz file."
+        ) from exc
+    info = group_headers([header])[0][0]
+    if not info.is_volume:
+        hint = "Pass the folder that holds the whole series." if header.frames <= 1 else None
+        raise InvalidInputError(f"not a 3D image volume: {info.skip_reason}", path=path, hint=hint)
+    return volume_from_headers([header], path)
+
+
+def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
+    """The requested series, or the volume series with the most slices."""
+    if series_uid is not None:
+        matches = [s for s in scan.series if s.uid == series_uid] or [
+            s for s in scan.series if s.series_instance_uid == series_uid
+        ]
+        if not matches:
+            raise UsageError(
+                f"series {series_uid} not found; found {', '.join(s.uid for s in scan.series)}",
+                path=scan.root,
+                hint="List the series with `medseg series FOLDER`.",
+            )
+        volumes = [s for s in matches if s.is_volume]
+        if not volumes:
+            raise InvalidInputError(
+                f"series {series_uid} is not a 3D image volume: {matches[0].skip_reason}", path=scan.root
+            )
+        return volumes[0]
+    volumes = [s for s in scan.series if s.is_volume]
+    if not volumes:
+        raise InvalidInputError(
+            f"no 3D image series found; found {_describe(scan.series)}",
+            path=scan.root,
+            hint="medseg needs a CT/MR/PET series of at least 2 slices; see `medseg series FOLDER`.",
+        )
+    chosen = volumes[0]
+    _check_stray_slices(scan, chosen)
+    return chosen
+
+
+def _describe(series: list[SeriesInfo]) -> str:
+    """e.g. '2 x DICOM SEG (segmentation), not an image; 1 x single slice (...) [CT]'."""
+    counts = Counter(f"{s.skip_reason} [{s.modality or '?'}]" for s in series)
+    return "; ".join(f"{n} x {what}" for what, n in counts.most_common())
+
+
+def _check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
+    """Refuse a series whose UID also holds single slices of another orientation (likely a broken export)."""
+    if not chosen.series_instance_uid or chosen.uid == chosen.series_instance_uid:
+        return
+    strays = [
+        s
+        for s in scan.series
+        if s is not chosen
+        and s.series_instance_uid == chosen.series_instance_uid
+        and not s.is_volume
+        and s.skip_reason
+        and s.skip_reason.startswith("single slice")
+    ]
+    if strays:
+        raise InvalidInputError(
+            f"mixed orientations in series {chosen.series_instance_uid}: {chosen.n_slices} slices in one orientation "
+            f"and {len(strays)} stray slice(s) in others (e.g. {strays[0].files[0].name})",
+            path=scan.root,
+            hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.uid}.",
+        )
+
+
+def _other_series_notes(scan: FolderScan, chosen: SeriesInfo) -> list[str]:
+    others = [s for s in scan.series if s is not chosen]
+    if not others:
+        return []
+    volumes = [s for s in others if s.is_volume]
+    notes = []
+    if volumes:
+        notes.append(
+            f"folder holds {len(volumes) + 1} volume series; read {chosen.uid} ({chosen.n_slices} slices); "
+            f"pick another with --series (see `medseg series`)"
+        )
+    skipped = [s for s in others if not s.is_volume]
+    if skipped:
+        notes.append(f"skipped non-volume objects: {_describe(skipped)}")
+    return notes

@@ -1,0 +1,233 @@
+"""Find the DICOM series in a folder: one header read per file, grouped by UID and geometry, then classified.
+
+Grouping: files sharing SeriesInstanceUID, modality, SOP class, frame of reference, matrix size and image type
+(LOCALIZER or not) form a base group; it is then split by orientation and pixel spacing (so shared or EMPTY
+UIDs still give clean stacks). Each enhanced multi-frame file is a group of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.io.dicom_headers import (
+    VOLUME_MODALITIES,
+    Header,
+    HeaderError,
+    image_type,
+    non_image_kind,
+    read_header,
+    text,
+)
+
+ORIENTATION_TOL = 1e-3  # max |difference| of direction cosines for "same orientation" (about 0.06 degrees)
+PIXEL_SPACING_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One group of DICOM objects: a 3D image volume (`is_volume`) or something medseg does not read (`skip_reason`).
+
+    `uid` is the SeriesInstanceUID, `<uid>#<n>` when one UID held several geometries, or a stable generated key
+    `auto-<hash>` when the UID is empty; pass it to `read_image(..., series_uid=uid)` / `--series`.
+    """
+
+    uid: str
+    modality: str
+    description: str
+    files: tuple[Path, ...]
+    n_slices: int
+    is_volume: bool
+    skip_reason: str | None
+    study_uid: str
+    frame_of_reference_uid: str
+    series_instance_uid: str = ""
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One line for listings: key, modality, slice count and why it is skipped, if it is."""
+        what = "volume" if self.is_volume else f"skipped: {self.skip_reason}"
+        desc = f" '{self.description}'" if self.description else ""
+        return f"{self.uid} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s) - {what}"
+
+
+@dataclass
+class FolderScan:
+    """Everything one scan of a folder found: the series, their parsed headers, and files that were skipped."""
+
+    root: Path
+    series: list[SeriesInfo]
+    headers: dict[str, list[Header]]
+    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """Non-fatal findings to carry into VolumeMeta.notes."""
+        out: list[str] = []
+        by_reason: dict[str, list[Path]] = {}
+        for path, reason in self.skipped_files:
+            by_reason.setdefault(reason, []).append(path)
+        for reason, paths in sorted(by_reason.items()):
+            out.append(f"skipped {len(paths)} file(s): {reason} (e.g. {paths[0].name})")
+        return out
+
+
+def list_files(root: Path) -> list[Path]:
+    """All regular files under `root` (recursively, hidden ones included), sorted for determinism."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def scan_folder(root: Path, files: list[Path] | None = None) -> FolderScan:
+    """Read every file's header once and group them into series."""
+    headers: list[Header] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in files if files is not None else list_files(root):
+        try:
+            ds = read_header(path)
+        except HeaderError as exc:
+            skipped.append((path, exc.reason if exc.reason == "not a DICOM file" else "unreadable DICOM"))
+            continue
+        headers.append(Header.from_dataset(path, ds))
+    series, by_uid = group_headers(headers)
+    return FolderScan(root, series, by_uid, skipped)
+
+
+def group_headers(headers: list[Header]) -> tuple[list[SeriesInfo], dict[str, list[Header]]]:
+    """Group parsed headers into classified series (volumes first, most slices first) and their members."""
+    series: list[SeriesInfo] = []
+    by_uid: dict[str, list[Header]] = {}
+    for uid, members, notes in _group(headers):
+        series.append(_classify(uid, members, notes))
+        by_uid[uid] = members
+    series.sort(key=lambda s: (not s.is_volume, -s.n_slices, s.uid))
+    return series, by_uid
+
+
+def find_series(folder: Path) -> list[SeriesInfo]:
+    """All series under `folder`, volumes first (most slices first), each with its classification."""
+    return scan_folder(Path(folder)).series
+
+
+def _base_key(h: Header) -> tuple[object, ...]:
+    localizer = "LOCALIZER" in image_type(h.dataset)
+    if h.frames > 1 or h.is_enhanced:
+        return ("file", str(h.path))
+    uid_part = h.series_uid or f"empty-uid|{h.study_uid}"
+    return (
+        uid_part,
+        h.modality,
+        h.sop_class_uid,
+        h.frame_of_reference_uid,
+        h.rows,
+        h.columns,
+        h.samples_per_pixel,
+        localizer,
+    )
+
+
+def _same_geometry(a: Header, b: Header) -> bool:
+    if (a.orientation is None) != (b.orientation is None) or (a.pixel_spacing is None) != (b.pixel_spacing is None):
+        return False
+    if a.orientation is not None and np.max(np.abs(a.orientation - b.orientation)) > ORIENTATION_TOL:
+        return False
+    return a.pixel_spacing is None or bool(np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=PIXEL_SPACING_RTOL))
+
+
+def _group(headers: list[Header]) -> list[tuple[str, list[Header], tuple[str, ...]]]:
+    """Split into (key, members, notes) groups; keys are unique and stable across runs."""
+    base: dict[tuple[object, ...], list[Header]] = {}
+    for h in headers:
+        base.setdefault(_base_key(h), []).append(h)
+    out: list[tuple[str, list[Header], tuple[str, ...]]] = []
+    used: set[str] = set()
+    for members in base.values():
+        clusters: list[list[Header]] = []
+        for h in members:
+            for cluster in clusters:
+                if _same_geometry(cluster[0], h):
+                    cluster.append(h)
+                    break
+            else:
+                clusters.append([h])
+        clusters.sort(key=lambda c: -sum(max(h.frames, 1) for h in c))
+        uid = members[0].series_uid
+        for n, cluster in enumerate(clusters, start=1):
+            notes: tuple[str, ...] = ()
+            if not uid:
+                key = _generated_key(cluster)
+            elif len(clusters) > 1 or uid in used:
+                key = f"{uid}#{n}"
+                notes = (
+                    f"series {uid} holds {len(clusters)} different geometries (orientation/pixel spacing); "
+                    f"this is group {n} of {len(clusters)}",
+                )
+            else:
+                key = uid
+            while key in used:
+                key = f"{key}+"
+            used.add(key)
+            out.append((key, cluster, notes))
+    return out
+
+
+def _generated_key(cluster: list[Header]) -> str:
+    """A stable key for a group whose SeriesInstanceUID is empty: a hash of its instances and geometry."""
+    h0 = cluster[0]
+    digest = hashlib.sha256()
+    for part in (h0.frame_of_reference_uid, h0.modality, h0.rows, h0.columns):
+        digest.update(f"{part}|".encode())
+    instance_ids = sorted(
+        text(h.dataset, "SOPInstanceUID")
+        or text(getattr(h.dataset, "file_meta", {}), "MediaStorageSOPInstanceUID")
+        or h.path.name
+        for h in cluster
+    )
+    for iid in instance_ids:
+        digest.update(f"{iid}|".encode())
+    return f"auto-{digest.hexdigest()[:16]}"
+
+
+def _skip_reason(members: list[Header], n_slices: int) -> str | None:
+    h = members[0]
+    kind = non_image_kind(h.dataset)
+    if kind:
+        return f"{kind}, not an image"
+    if not h.has_pixels:
+        return "no pixel data (header-only objects)"
+    itype = image_type(h.dataset)
+    if "LOCALIZER" in itype or "SCOUT" in itype:
+        return "localizer/scout image"
+    if "SCREEN SAVE" in itype or ("dose" in h.description.lower() and "report" in h.description.lower()):
+        return "screen capture / dose report"
+    if h.modality not in VOLUME_MODALITIES:
+        return f"modality {h.modality or 'unknown'} is not a CT/MR/PET cross-sectional image"
+    if h.samples_per_pixel != 1:
+        return "colour image, not a greyscale volume"
+    if h.orientation is None or h.pixel_spacing is None:
+        return "no patient geometry (ImageOrientationPatient/PixelSpacing missing)"
+    if n_slices < 2:
+        return "single slice (a 3D volume needs at least 2 slices)"
+    return None
+
+
+def _classify(uid: str, members: list[Header], notes: tuple[str, ...]) -> SeriesInfo:
+    h = members[0]
+    n_slices = sum(max(m.frames, 1) for m in members)
+    reason = _skip_reason(members, n_slices)
+    return SeriesInfo(
+        uid=uid,
+        modality=h.modality,
+        description=h.description,
+        files=tuple(m.path for m in members),
+        n_slices=n_slices,
+        is_volume=reason is None,
+        skip_reason=reason,
+        study_uid=h.study_uid,
+        frame_of_reference_uid=h.frame_of_reference_uid,
+        series_instance_uid=h.series_uid,
+        notes=notes,
+    )
