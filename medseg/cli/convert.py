@@ -13,7 +13,11 @@ Examples:
 
   medseg convert study/ ct.nii.gz
 
+  medseg series study/            # list the series and pick one
+
   medseg convert study/ ct.nii.gz --series 1.2.840.113619.2.55.3
+
+  medseg convert enhanced_ct.dcm ct.nii.gz --overwrite
 """
 
 
@@ -24,17 +28,25 @@ def register(app: typer.Typer) -> None:
     def convert(
         input: Path = typer.Argument(..., help="DICOM folder/file or NIfTI file."),
         output: Path = typer.Argument(..., help="Output .nii or .nii.gz path."),
-        series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to pick from a study."),
+        series: str | None = typer.Option(
+            None, "--series", help="Series to read from a folder (a key from `medseg series`, or SeriesInstanceUID)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     ) -> None:
         """Convert a DICOM series (or the main series of a study) to NIfTI with exact geometry."""
+        from medseg.cli.audited import audited
         from medseg.io import read_image, write_nifti
+        from medseg.io.atomic import check_writable
 
-        volume = read_image(input, series_uid=series)
-        for note in volume.meta.notes:
-            console.warn(note)
-        write_nifti(volume, output, overwrite=overwrite)
+        check_writable(output, overwrite)
+        with audited("convert", params={"series": series, "overwrite": overwrite}) as rec:
+            rec.add_inputs([input])
+            volume = read_image(input, series_uid=series)
+            for note in volume.meta.notes:
+                console.warn(note)
+            write_nifti(volume, output, overwrite=overwrite)
+            rec.add_outputs([output])
         console.result(
             f"{output}: {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]} voxels, "
-            f"spacing {', '.join(f'{s:.4g}' for s in volume.spacing)} mm"
+            f"spacing {', '.join(f'{s:.4g}' for s in volume.spacing)} mm, {volume.array.dtype}"
         )

@@ -17,7 +17,9 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from medseg import __version__
+from medseg.cli import audit as audit_cmd
 from medseg.cli import convert as convert_cmd
+from medseg.cli import series as series_cmd
 from medseg.cli.state import console
 from medseg.errors import MedsegError
 
@@ -54,6 +56,8 @@ def _global(
 
 
 convert_cmd.register(app)
+audit_cmd.register(app)
+series_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,21 +87,36 @@ class HeaderError(Exception):
 
 
 def read_header(path: Path) -> Any:
-    """Parse a DICOM file once, deferring pixel data (read later only for the chosen series)."""
+    """Parse a DICOM file once, deferring pixel data (read later only for the chosen series).
+
+    pydicom's warnings are not printed; a warning that the file ended early becomes a HeaderError.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        return pydicom.dcmread(path, defer_size="256 KB")
-    except InvalidDicomError:
-        pass
-    except Exception as exc:
-        raise HeaderError(f"unreadable DICOM ({type(exc).__name__}: {exc}; truncated or corrupt?)") from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, defer_size="256 KB")
+        except InvalidDicomError:
+            ds = _read_forced(path)
+        except Exception as exc:
+            raise HeaderError(f"unreadable DICOM ({type(exc).__name__}; truncated or corrupt?)") from exc
+    for w in caught:
+        if "end of file" in str(w.message).lower() or "truncated" in str(w.message).lower():
+            raise HeaderError(f"truncated DICOM file ({str(w.message).split(' in file ')[0]})")
+    return ds
+
+
+def _read_forced(path: Path) -> Any:
+    """Read a file without preamble/file meta; accept it only when it looks like an image or object header."""
+    import pydicom
+
     try:
         ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
     except Exception as exc:
         raise HeaderError("not a DICOM file") from exc
-    if "SOPClassUID" not in ds and "ImagePositionPatient" not in ds and "Modality" not in ds:
+    if not any(k in ds for k in ("SOPClassUID", "ImagePositionPatient", "Modality")):
         raise HeaderError("not a DICOM file")
     return ds
 

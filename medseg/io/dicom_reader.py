@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,13 @@ def read_dicom_series(source: SeriesInfo | Sequence[Path] | Path) -> Volume:
 
 
 def volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str] = ()) -> Volume:
-    """Build the Volume from already-parsed headers (pixel data still deferred)."""
+    """Build the Volume from already-parsed headers (pixel data still deferred); pydicom warnings are muted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _volume_from_headers(headers, where, notes)
+
+
+def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str]) -> Volume:
     if len(headers) == 1 and (headers[0].frames > 1 or headers[0].is_enhanced):
         return _read_multiframe(headers[0], notes)
     for h in headers:

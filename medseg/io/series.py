@@ -8,6 +8,7 @@ UIDs still give clean stacks). Each enhanced multi-frame file is a group of its 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,13 +86,13 @@ def scan_folder(root: Path, files: list[Path] | None = None) -> FolderScan:
     """Read every file's header once and group them into series."""
     headers: list[Header] = []
     skipped: list[tuple[Path, str]] = []
-    for path in files if files is not None else list_files(root):
-        try:
-            ds = read_header(path)
-        except HeaderError as exc:
-            skipped.append((path, exc.reason if exc.reason == "not a DICOM file" else "unreadable DICOM"))
-            continue
-        headers.append(Header.from_dataset(path, ds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files if files is not None else list_files(root):
+            try:
+                headers.append(Header.from_dataset(path, read_header(path)))
+            except HeaderError as exc:
+                skipped.append((path, exc.reason))
     series, by_uid = group_headers(headers)
     return FolderScan(root, series, by_uid, skipped)
 
@@ -142,8 +143,7 @@ def _group(headers: list[Header]) -> list[tuple[str, list[Header], tuple[str, ..
     base: dict[tuple[object, ...], list[Header]] = {}
     for h in headers:
         base.setdefault(_base_key(h), []).append(h)
-    out: list[tuple[str, list[Header], tuple[str, ...]]] = []
-    used: set[str] = set()
+    clustered: list[list[Header]] = []
     for members in base.values():
         clusters: list[list[Header]] = []
         for h in members:
@@ -153,24 +153,28 @@ def _group(headers: list[Header]) -> list[tuple[str, list[Header], tuple[str, ..
                     break
             else:
                 clusters.append([h])
-        clusters.sort(key=lambda c: -sum(max(h.frames, 1) for h in c))
-        uid = members[0].series_uid
-        for n, cluster in enumerate(clusters, start=1):
-            notes: tuple[str, ...] = ()
-            if not uid:
-                key = _generated_key(cluster)
-            elif len(clusters) > 1 or uid in used:
-                key = f"{uid}#{n}"
-                notes = (
-                    f"series {uid} holds {len(clusters)} different geometries (orientation/pixel spacing); "
-                    f"this is group {n} of {len(clusters)}",
-                )
-            else:
-                key = uid
-            while key in used:
-                key = f"{key}+"
-            used.add(key)
-            out.append((key, cluster, notes))
+        clustered.extend(clusters)
+    clustered.sort(key=lambda c: (-sum(max(h.frames, 1) for h in c), str(c[0].path)))
+    per_uid: dict[str, int] = {}
+    for cluster in clustered:
+        per_uid[cluster[0].series_uid] = per_uid.get(cluster[0].series_uid, 0) + 1
+    out: list[tuple[str, list[Header], tuple[str, ...]]] = []
+    seen: dict[str, int] = {}
+    for cluster in clustered:
+        uid = cluster[0].series_uid
+        notes: tuple[str, ...] = ()
+        if not uid:
+            key = _generated_key(cluster)
+        elif per_uid[uid] > 1:
+            seen[uid] = seen.get(uid, 0) + 1
+            key = f"{uid}#{seen[uid]}"
+            notes = (
+                f"series {uid} is split into {per_uid[uid]} groups by geometry or object type; "
+                f"this is group {seen[uid]}",
+            )
+        else:
+            key = uid
+        out.append((key, cluster, notes))
     return out
 
 

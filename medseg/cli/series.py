@@ -1,0 +1,75 @@
+"""`medseg series FOLDER`: list the DICOM series found in a folder, with what medseg would do with each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from medseg.cli.state import console
+
+if TYPE_CHECKING:
+    from medseg.io.series import SeriesInfo
+
+EXAMPLES = """
+Examples:
+
+  medseg series study/
+
+  medseg series study/ --json > series.json
+
+  medseg convert study/ ct.nii.gz --series <SERIES from the list>
+"""
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `series` subcommand to the app."""
+
+    @app.command("series", epilog=EXAMPLES)
+    def series(
+        folder: Path = typer.Argument(..., help="Folder to scan (recursively) for DICOM files."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object per series instead of a table."),
+    ) -> None:
+        """List the series in a DICOM folder: which are 3D volumes, and why the others are skipped."""
+        from medseg.cli.audited import audited
+        from medseg.errors import InvalidInputError
+        from medseg.io.series import scan_folder
+
+        if not folder.is_dir():
+            raise InvalidInputError("not a folder", path=folder, hint="Pass the folder that holds the DICOM files.")
+        with audited("series", params={}) as rec:
+            rec.add_inputs([folder])
+            scan = scan_folder(folder)
+        for note in scan.notes():
+            console.warn(note)
+        if not scan.series:
+            raise InvalidInputError("no DICOM files found", path=folder, hint="Pass a folder of DICOM files.")
+        for s in scan.series:
+            if as_json:
+                console.result(json.dumps(_as_dict(s), sort_keys=True))
+            else:
+                console.result(_row(s))
+        volumes = sum(s.is_volume for s in scan.series)
+        console.info(f"{len(scan.series)} series, {volumes} readable volume(s); the first is read by default")
+
+
+def _row(s: SeriesInfo) -> str:
+    what = "VOLUME" if s.is_volume else f"skip: {s.skip_reason}"
+    counts = f"{s.n_slices:>5} slices\t{len(s.files):>5} files"
+    return f"{s.uid}\t{s.modality or '?'}\t{counts}\t{s.description or '-'}\t{what}"
+
+
+def _as_dict(s: SeriesInfo) -> dict[str, object]:
+    return {
+        "series": s.uid,
+        "series_instance_uid": s.series_instance_uid,
+        "modality": s.modality,
+        "description": s.description,
+        "n_slices": s.n_slices,
+        "n_files": len(s.files),
+        "is_volume": s.is_volume,
+        "skip_reason": s.skip_reason,
+        "notes": list(s.notes),
+    }
