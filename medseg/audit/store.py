@@ -179,6 +179,14 @@ class AuditStore:
         for seq, digest, body in cursor:
             yield ChainedRecord(int(seq), str(digest), _load_body(body))
 
+    def select(self, sql: str, args: list[object]) -> list[ChainedRecord]:
+        """Run a read-only SELECT returning (seq, hash, body) rows."""
+        return [ChainedRecord(int(q), str(h), _load_body(b)) for q, h, b in self._conn.execute(sql, args)]
+
+    def execute_scalar_column(self, sql: str, args: tuple[object, ...] = ()) -> list[object]:
+        """Run a read-only SELECT returning one column."""
+        return [row[0] for row in self._conn.execute(sql, args)]
+
     def rows(self) -> Iterator[tuple[int, str, str, str, str, str, str | None, str, str, str, str]]:
         """Raw rows including the indexed columns, for verification that columns match bodies."""
         yield from self._conn.execute(

@@ -1,0 +1,165 @@
+"""Signed snapshots for auditors: every record, the head and a local verification result, signed with Ed25519.
+
+The signature covers the canonical JSON of the snapshot without its `signature` member. Anyone holding the
+public key checks it with `verify_snapshot`, which also re-walks the hash chain inside the snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from medseg.audit.canonical import GENESIS_HASH, canonical_bytes, chain_hash
+from medseg.audit.store import AuditStore, utc_now
+from medseg.audit.verify import verify_store
+from medseg.errors import InvalidInputError, UsageError
+
+FORMAT = "medseg.audit.export/1"
+PASSPHRASE_ENV = "MEDSEG_AUDIT_KEY_PASSPHRASE"
+
+
+def _passphrase() -> bytes | None:
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode("utf-8") if value else None
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as (private PEM, public PEM); the private PEM is encrypted when a passphrase is set."""
+    key = Ed25519PrivateKey.generate()
+    phrase = _passphrase()
+    encryption = serialization.BestAvailableEncryption(phrase) if phrase else serialization.NoEncryption()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read a PEM Ed25519 private key (passphrase from MEDSEG_AUDIT_KEY_PASSPHRASE when encrypted)."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=_passphrase())
+    except (OSError, ValueError, TypeError) as exc:
+        hint = f"Check the file and {PASSPHRASE_ENV}."
+        raise UsageError(f"cannot read the signing key: {exc}", path=path, hint=hint) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(
+            "the signing key is not an Ed25519 key", path=path, hint="Create one with `medseg audit keygen`."
+        )
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Read a PEM Ed25519 public key."""
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read the public key: {exc}", path=path, hint="Pass the .pub.pem from keygen."
+        ) from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError("the public key is not an Ed25519 key", path=path)
+    return key
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A short fingerprint of a public key (first 16 hex digits of the SHA-256 of its raw bytes)."""
+    return hashlib.sha256(_raw_public(key)).hexdigest()[:16]
+
+
+def build_snapshot(store: AuditStore, key: Ed25519PrivateKey, exported_by: dict[str, Any]) -> dict[str, Any]:
+    """Every record with its hash, the head, the local verification result, and the Ed25519 signature."""
+    report = verify_store(store)
+    records = [r.to_json() for r in store.records()]
+    head = store.head()
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "store_id": store.store_id,
+        "exported_at": utc_now(),
+        "exported_by": exported_by,
+        "head": {"seq": head.seq, "hash": head.hash},
+        "verification": report.to_json(),
+        "records": records,
+    }
+    public = key.public_key()
+    payload["signature"] = {
+        "algorithm": "Ed25519",
+        "key_id": key_id(public),
+        "public_key": base64.b64encode(_raw_public(public)).decode("ascii"),
+        "value": base64.b64encode(key.sign(canonical_bytes(payload))).decode("ascii"),
+    }
+    return payload
+
+
+@dataclass
+class SnapshotCheck:
+    """Result of checking a snapshot: signature, chain inside it, and the verification recorded at export."""
+
+    signature_ok: bool = False
+    chain_ok: bool = False
+    problems: list[str] = field(default_factory=list)
+    records: int = 0
+    head_seq: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True only when the signature holds and the records form an intact chain up to the head."""
+        return self.signature_ok and self.chain_ok and not self.problems
+
+
+def read_snapshot(path: Path) -> dict[str, Any]:
+    """Parse a snapshot file (InvalidInputError when it is not one)."""
+    try:
+        snapshot = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"not a readable audit snapshot: {exc}", path=path) from exc
+    if not isinstance(snapshot, dict) or snapshot.get("format") != FORMAT:
+        raise InvalidInputError(f"not a {FORMAT} snapshot", path=path)
+    return snapshot
+
+
+def verify_snapshot(snapshot: dict[str, Any], public_key: Ed25519PublicKey) -> SnapshotCheck:
+    """Check the signature against the trusted `public_key`, then every hash and link of the records inside."""
+    check = SnapshotCheck()
+    signature = snapshot.get("signature") or {}
+    payload = {k: v for k, v in snapshot.items() if k != "signature"}
+    try:
+        public_key.verify(base64.b64decode(str(signature.get("value", ""))), canonical_bytes(payload))
+        check.signature_ok = True
+    except (InvalidSignature, ValueError):
+        check.problems.append("signature does not match the given public key (snapshot altered or other key)")
+    records = snapshot.get("records") or []
+    check.records = len(records)
+    check.chain_ok = _check_records(records, snapshot.get("head") or {}, check.problems)
+    if not (snapshot.get("verification") or {}).get("ok", False):
+        check.problems.append("the store did not verify when it was exported (see 'verification')")
+    return check
+
+
+def _check_records(records: list[dict[str, Any]], head: dict[str, Any], problems: list[str]) -> bool:
+    prev_hash, prev_seq = GENESIS_HASH, 0
+    for record in records:
+        body = {k: v for k, v in record.items() if k != "hash"}
+        seq = body.get("seq")
+        if seq != prev_seq + 1 or body.get("prev_hash") != prev_hash:
+            problems.append(f"record {seq}: does not follow record {prev_seq}")
+            return False
+        if chain_hash(str(body.get("prev_hash")), body) != record.get("hash"):
+            problems.append(f"record {seq}: content does not match its hash")
+            return False
+        prev_hash, prev_seq = str(record["hash"]), int(seq)
+    if head.get("seq") != prev_seq or head.get("hash") != prev_hash:
+        problems.append(f"the head (record {head.get('seq')}) is not the last record ({prev_seq})")
+        return False
+    return True
