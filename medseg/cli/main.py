@@ -18,7 +18,6 @@ except ImportError:  # pragma: no cover
 
 from medseg import __version__
 from medseg.cli import audit as audit_cmd
-from medseg.cli import audit as audit_cmd
 from medseg.cli import convert as convert_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli.state import console
@@ -57,7 +56,6 @@ def _global(
 
 
 convert_cmd.register(app)
-audit_cmd.register(app)
 audit_cmd.register(app)
 series_cmd.register(app)
 
