@@ -42,10 +42,14 @@ def folder_digest(folder: Path) -> tuple[str, int, int]:
     return h.hexdigest(), len(entries), total
 
 
+def keyed_ref(text: str, key: bytes) -> str:
+    """HMAC-SHA256 of `text` under the store's secret key: equal inputs match, but names cannot be guessed back."""
+    return "hmac-sha256:" + hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
 def path_ref(path: Path, key: bytes) -> str:
-    """A keyed reference (HMAC-SHA256 of the absolute path) that matches the same path again but reveals no name."""
-    absolute = os.path.abspath(os.fspath(path))
-    return "hmac-sha256:" + hmac.new(key, absolute.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+    """A keyed reference to the absolute path: matches the same path again but reveals no name."""
+    return keyed_ref(os.path.abspath(os.fspath(path)), key)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import socket
 import time
 import uuid
@@ -20,12 +21,13 @@ from typing import Any
 
 from medseg.audit.canonical import JsonValue, normalise
 from medseg.audit.config import AuditConfig, load_config
-from medseg.audit.digest import describe_path, path_ref
+from medseg.audit.digest import describe_path, keyed_ref, path_ref
 from medseg.audit.record import AuditEvent
 from medseg.audit.store import AuditStore, utc_now
 from medseg.errors import AuditError, MedsegError, QCRejectedError
 
 EXIT_INTERRUPTED = 130
+_UID = re.compile(r"^[0-9]+(\.[0-9]+){2,}$")
 _MAX_DETAIL = 200
 
 
@@ -37,12 +39,19 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
+def _identifying(text: str) -> bool:
+    """DICOM UIDs and path-like strings are kept only as keyed references (they can identify a patient)."""
+    return bool(_UID.match(text)) or "/" in text or "\\" in text or text.startswith("~")
+
+
 def params_to_json(params: Mapping[str, Any] | None, key: bytes) -> dict[str, JsonValue]:
-    """Normalise command parameters; any path among them becomes a keyed reference, never raw text."""
+    """Normalise command parameters; paths, path-like strings and DICOM UIDs become keyed references."""
 
     def convert(value: Any) -> Any:
         if isinstance(value, PurePath):
             return path_ref(Path(value), key)
+        if isinstance(value, str) and _identifying(value):
+            return keyed_ref(value, key)
         if isinstance(value, Mapping):
             return {str(k): convert(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
