@@ -1,0 +1,52 @@
+"""Several writer processes appending at once neither corrupt nor fork the chain."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from medseg.audit.config import load_config
+from medseg.audit.session import audit_session
+from medseg.audit.store import AuditStore
+from medseg.audit.verify import verify_store
+
+WRITERS = 4
+COMMANDS_PER_WRITER = 25  # x2 events (start + end) = 50 events per writer
+
+
+def _writer(audit_dir: str, worker: int, barrier: Any) -> None:
+    config = load_config(Path(audit_dir))
+    barrier.wait(timeout=120)
+    for i in range(COMMANDS_PER_WRITER):
+        with audit_session("batch", {"worker": worker, "i": i}, software={"medseg": "test"}, config=config):
+            pass
+
+
+def test_concurrent_writers_keep_one_unbroken_chain(tmp_path: Path) -> None:
+    audit_dir = tmp_path / "audit"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=_writer, args=(str(audit_dir), w, barrier)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+
+    with AuditStore.open(load_config(audit_dir), create=False) as store:
+        report = verify_store(store)
+        records = list(store.records())
+    total = WRITERS * COMMANDS_PER_WRITER * 2
+    assert report.ok, report.problems
+    assert not report.notes
+    assert [r.seq for r in records] == list(range(1, total + 1))
+    links = Counter(r.prev_hash for r in records)
+    assert max(links.values()) == 1, "two records link to the same predecessor: the chain forked"
+    per_worker = Counter((r.body["params"]["worker"], r.body["kind"]) for r in records)
+    assert set(per_worker.values()) == {COMMANDS_PER_WRITER} and len(per_worker) == WRITERS * 2
+    assert len({r.body["pid"] for r in records}) == WRITERS
+    switches = sum(a.body["pid"] != b.body["pid"] for a, b in itertools.pairwise(records))
+    assert switches > WRITERS, f"writers did not interleave ({switches} switches); the test proved nothing"
