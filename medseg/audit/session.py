@@ -195,11 +195,10 @@ def _finish(store: AuditStore, rec: AuditRecorder, end: AuditEvent, error: BaseE
             attach_events_to_mlflow(store, rec.mlflow_run_id)
     except AuditError as audit_exc:
         removed = [p for p in rec.output_paths if p.is_file() and _unlink(p)]
-        if removed:
-            audit_exc.message += f"; removed {len(removed)} unaudited output file(s)"
-        if error is None:
+        if not removed and error is None:
             raise
-        raise audit_exc from error
+        message = audit_exc.message + (f"; removed {len(removed)} unaudited output file(s)" if removed else "")
+        raise AuditError(message, path=audit_exc.path, hint=audit_exc.hint) from (error or audit_exc)
 
 
 def _unlink(path: Path) -> bool:

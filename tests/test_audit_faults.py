@@ -1,0 +1,123 @@
+"""Audit write failures stop the command before it works (read-only folder, full disk); no unaudited output."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from medseg.audit.config import load_config
+from medseg.audit.store import AuditStore
+from medseg.audit.verify import verify_store
+from medseg.cli.audited import audited
+from medseg.errors import AuditError
+
+PHANTOM = "dicom/mr_series_penn_prisma_phantom"
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 24, 1, 2, 3
+
+
+def _drop_root_file_powers() -> None:
+    """As root, mode bits do not apply; drop the capabilities that bypass them so 'read-only' means read-only."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _limit_file_size() -> None:
+    """A full disk, as far as this process can tell: no file may grow past 1 byte (writes fail with EFBIG)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+
+def _convert(shared: Path, out: Path, preexec: Callable[[], None]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "medseg", "convert", str(shared / PHANTOM), str(out)]
+    return subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+
+
+def _seed_store() -> Path:
+    """An existing store with one audited command in it; returns its folder."""
+    with audited("convert", {}):
+        pass
+    return load_config().audit_dir
+
+
+def _assert_stopped_unaudited(result: subprocess.CompletedProcess[str], out: Path) -> None:
+    assert result.returncode == 4, result.stderr
+    assert "audit" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _assert_store_intact(records: int) -> None:
+    with AuditStore.open(load_config(), create=False) as store:
+        report = verify_store(store)
+    assert report.ok and report.records == records, report.problems
+
+
+def test_read_only_audit_folder_stops_the_command(shared: Path, tmp_path: Path) -> None:
+    folder = _seed_store()
+    files = list(folder.iterdir())
+    for path in files:
+        path.chmod(0o400)
+    folder.chmod(0o500)
+    try:
+        result = _convert(shared, tmp_path / "out" / "ct.nii.gz", _drop_root_file_powers)
+    finally:
+        folder.chmod(0o700)
+        for path in files:
+            path.chmod(0o600)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    _assert_stopped_unaudited(result, tmp_path / "out" / "ct.nii.gz")
+    _assert_store_intact(records=2)
+
+
+def test_uncreatable_audit_folder_stops_the_command(shared: Path, tmp_path: Path, monkeypatch) -> None:
+    parent = tmp_path / "locked"
+    parent.mkdir(mode=0o500)
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(parent / "audit"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _convert(shared, out_dir / "ct.nii.gz", _drop_root_file_powers)
+    _assert_stopped_unaudited(result, out_dir / "ct.nii.gz")
+
+
+def test_full_disk_stops_the_command(shared: Path, tmp_path: Path) -> None:
+    _seed_store()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _convert(shared, out_dir / "ct.nii.gz", _limit_file_size)
+    _assert_stopped_unaudited(result, out_dir / "ct.nii.gz")
+    _assert_store_intact(records=2)
+
+
+def test_audit_error_is_raised_before_the_work_runs(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(blocker / "audit"))
+    ran = False
+    with pytest.raises(AuditError, match="audit"), audited("convert", {}):
+        ran = True
+    assert not ran
+
+
+def test_output_is_removed_when_the_end_event_cannot_be_written(tmp_path: Path) -> None:
+    out = tmp_path / "seg.nii.gz"
+    anchor = load_config().anchor_path
+    with pytest.raises(AuditError, match="removed 1 unaudited output"), audited("infer", {}) as rec:
+        out.write_bytes(b"segmentation")
+        rec.add_outputs([out])
+        anchor.unlink()
+        anchor.mkdir()  # the anchor can no longer be appended to: the end event's transaction rolls back
+    assert not out.exists()
+    anchor.rmdir()
+    with AuditStore.open(load_config(), create=False) as store:
+        assert store.head().seq == 1
