@@ -1,1 +1,1 @@
-"""medseg.writers"""
+"""Writers: label maps as NIfTI (via medseg.io), DICOM SEG (highdicom), summary.json and preview.png."""

@@ -1,0 +1,120 @@
+"""What to segment: one case per NIfTI file and per DICOM study (its main image series) found under the input."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import InvalidInputError
+from medseg.io import SeriesInfo, Volume, read_image
+from medseg.io.nifti import is_nifti_path
+
+
+@dataclass(frozen=True)
+class Case:
+    """One series to segment: a name for its output folder, where it came from, and how to load it."""
+
+    name: str
+    source: Path
+    kind: str  # "dicom" | "nifti"
+    load: Callable[[], Volume] = field(repr=False, compare=False)
+    notes: tuple[str, ...] = ()
+
+
+def safe_name(text: str) -> str:
+    """A folder name made of letters, digits, '.', '_' and '-' only."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
+    return name[:80]
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def _main_series(series: list[SeriesInfo], modality: str) -> SeriesInfo:
+    """The series to segment in a study: the model's modality first, then the most slices."""
+    return max(series, key=lambda s: (s.modality == modality, s.n_slices, s.uid))
+
+
+def _dicom_cases(root: Path, files: list[Path], modality: str) -> tuple[list[Case], list[str]]:
+    from medseg.io.dicom_reader import volume_from_headers
+    from medseg.io.series import scan_folder
+
+    scan = scan_folder(root, files)
+    studies: dict[str, list[SeriesInfo]] = {}
+    for s in scan.series:
+        if s.is_volume:
+            studies.setdefault(s.study_uid or f"folder:{s.files[0].parent}", []).append(s)
+    cases = []
+    for members in studies.values():
+        main = _main_series(members, modality)
+        others = tuple(f"other series in this study not segmented: {s.summary()}" for s in members if s is not main)
+        folder = Path(*_common_parts([f.parent for f in main.files]))
+        rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
+        headers = scan.headers[main.uid]
+        notes = (*scan.notes(), *main.notes, *others)
+        cases.append(
+            Case(
+                safe_name(str(rel)) if str(rel) != "." else safe_name(root.name),
+                folder,
+                "dicom",
+                lambda h=headers, f=folder, n=notes: volume_from_headers(h, f, n),
+                notes,
+            )
+        )
+    skipped = [f"not segmented: {s.summary()}" for s in scan.series if not s.is_volume]
+    return cases, skipped + scan.notes()
+
+
+def _common_parts(folders: list[Path]) -> tuple[str, ...]:
+    parts = folders[0].parts
+    for f in folders[1:]:
+        n = 0
+        while n < min(len(parts), len(f.parts)) and parts[n] == f.parts[n]:
+            n += 1
+        parts = parts[:n]
+    return parts
+
+
+def _unique(cases: list[Case]) -> list[Case]:
+    seen: dict[str, int] = {}
+    out = []
+    for c in cases:
+        n = seen.get(c.name, 0)
+        seen[c.name] = n + 1
+        out.append(c if n == 0 else Case(f"{c.name}-{n + 1}", c.source, c.kind, c.load, c.notes))
+    return out
+
+
+def discover_cases(path: Path, modality: str = "CT") -> tuple[list[Case], list[str]]:
+    """Cases under `path` (a NIfTI file, a DICOM file or folder, or a folder of studies/NIfTI files) and notes."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError("input not found", path=path, hint="Check the path.")
+    if path.is_file():
+        name = _nifti_stem(path) if is_nifti_path(path) else path.stem
+        kind = "nifti" if is_nifti_path(path) else "dicom"
+        return [Case(safe_name(name), path, kind, lambda: read_image(path))], []
+    from medseg.io.series import list_files
+
+    files = list_files(path)
+    niftis = [f for f in files if is_nifti_path(f)]
+    others = [f for f in files if not is_nifti_path(f)]
+    cases = [
+        Case(safe_name(str(f.relative_to(path).parent / _nifti_stem(f))), f, "nifti", lambda f=f: read_image(f))
+        for f in niftis
+    ]
+    notes: list[str] = []
+    if others:
+        dicom, notes = _dicom_cases(path, others, modality)
+        cases += dicom
+    if not cases:
+        raise InvalidInputError(
+            f"no image volume found ({len(files)} file(s) checked)" + (f": {'; '.join(notes[:3])}" if notes else ""),
+            path=path,
+            hint="Pass a DICOM study folder, a .nii/.nii.gz file, or a folder holding several of them.",
+        )
+    return _unique(cases), notes

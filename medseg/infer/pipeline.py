@@ -1,0 +1,273 @@
+"""One case end to end: load, check the input, segment, check the result, write outputs and summary.json.
+
+Outputs go to `<out>/<case name>/`; every write is atomic, and existing outputs are refused up front (before any
+work) unless `overwrite`. Under `strict`, any QC flag rejects the case (QCRejectedError, exit code 5): only
+summary.json (and preview.png for result-stage flags) is written then, so the reason is on record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg import __version__
+from medseg.errors import MedsegError, QCRejectedError
+from medseg.infer.cases import Case
+from medseg.infer.predict import Prediction, predict_labels
+from medseg.infer.qc import QCFlag, check_input, check_result
+from medseg.infer.runtime import Runner
+from medseg.io import Volume, write_nifti
+from medseg.io.atomic import check_writable
+from medseg.models.registry import InstalledModel
+from medseg.writers.preview import write_preview
+from medseg.writers.seg import SegAlgorithm, SegUnavailable, seg_blockers, write_seg
+from medseg.writers.summary import organ_stats, write_summary
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """What the user asked for (CLI options), independent of the input."""
+
+    organ: str
+    out_dir: Path
+    fast: bool = False
+    strict: bool = False
+    overwrite: bool = False
+    preview: bool = True
+
+    @property
+    def overlap(self) -> float:
+        """Window overlap: MONAI's default 0.25, or none with --fast (fewer windows, seams less smoothed)."""
+        return 0.0 if self.fast else 0.25
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case: status ok/flagged/qc_rejected/failed, its exit code, outputs and flags."""
+
+    case: str
+    status: str
+    exit_code: int
+    outputs: list[Path] = field(default_factory=list)
+    flags: list[QCFlag] = field(default_factory=list)
+    message: str | None = None
+    summary: dict[str, Any] | None = None
+
+
+def output_names(model: InstalledModel, case: Case) -> dict[str, str]:
+    """File names written for a case; the label map is named after the organ when the model has one label."""
+    fg = model.card.foreground_labels
+    names = {"labels": f"{next(iter(fg.values()))}.nii.gz" if len(fg) == 1 else "labels.nii.gz"}
+    if case.kind == "dicom":
+        names["seg"] = "seg.dcm"
+    return names | {"preview": "preview.png", "summary": "summary.json"}
+
+
+def input_digest(volume: Volume, case: Case) -> str:
+    """SHA-256 over the source files' bytes in slice order (DICOM) or of the file (NIfTI)."""
+    files = list(volume.meta.source_files) or [case.source]
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _describe_input(volume: Volume, case: Case) -> dict[str, Any]:
+    return {
+        "path": str(case.source),
+        "format": case.kind,
+        "sha256": input_digest(volume, case),
+        "files": len(volume.meta.source_files) or 1,
+        "modality": volume.meta.modality,
+        "series_instance_uid": volume.meta.series_instance_uid,
+        "shape": list(volume.shape),
+        "spacing_mm": [round(s, 4) for s in volume.spacing],
+        "origin_lps_mm": [round(o, 3) for o in volume.geometry.origin],
+        "direction": [list(r) for r in volume.geometry.direction],
+    }
+
+
+def _base_summary(model: InstalledModel, runner: Runner, settings: InferSettings, case: Case) -> dict[str, Any]:
+    card = model.card
+    return {
+        "case": case.name,
+        "organ": settings.organ,
+        "software": {"medseg": __version__, "python": platform.python_version(), "backend": runner.backend},
+        "model": {
+            "name": card.name,
+            "version": card.version,
+            "sha256": card.weights.sha256,
+            "spacing_mm": list(card.spacing),
+            "roi_size": list(card.roi_size),
+            "runtime": runner.info,
+        },
+        "settings": {"fast": settings.fast, "strict": settings.strict, "overlap": settings.overlap},
+    }
+
+
+def _qc(flags: list[QCFlag], strict: bool) -> dict[str, Any]:
+    return {"passed": not flags, "strict": strict, "flags": [f.to_json() for f in flags]}
+
+
+def _reject(flags: list[QCFlag]) -> QCRejectedError:
+    return QCRejectedError(
+        "QC rejected under --strict: " + "; ".join(f"{f.code} ({f.reason})" for f in flags),
+        flags=[f.code for f in flags],
+        hint="See summary.json; rerun without --strict to segment anyway.",
+    )
+
+
+def run_case(
+    case: Case,
+    model: InstalledModel,
+    runner: Runner,
+    settings: InferSettings,
+    progress: Callable[[int, int], None] | None = None,
+    on_flag: Callable[[QCFlag], None] | None = None,
+) -> CaseResult:
+    """Segment one case and write its outputs; raises MedsegError on failure (QCRejectedError under --strict)."""
+    start = time.perf_counter()
+    card = model.card
+    folder = settings.out_dir / case.name
+    names = output_names(model, case)
+    for name in names.values():
+        check_writable(folder / name, settings.overwrite)
+    summary = _base_summary(model, runner, settings, case)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    volume = case.load()
+    timings["load"] = time.perf_counter() - t
+    summary["input"] = _describe_input(volume, case)
+    summary["notes"] = list(dict.fromkeys([*case.notes, *volume.meta.notes]))
+    t = time.perf_counter()
+    flags = check_input(volume, card)
+    timings["qc_input"] = time.perf_counter() - t
+    for f in flags:
+        on_flag and on_flag(f)
+    if settings.strict and flags:
+        return _finish_rejected(summary, flags, timings, start, folder, names, settings, None, volume)
+
+    pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress)
+    timings.update(pred.timings)
+    summary["model_grid"] = {"shape": list(pred.grid.shape), "windows": vars(pred.windows)}
+
+    t = time.perf_counter()
+    organs = [
+        {"name": name, **organ_stats(pred.labels, label, volume)} for label, name in card.foreground_labels.items()
+    ]
+    result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card)]
+    timings["qc_result"] = time.perf_counter() - t
+    for f in result_flags:
+        on_flag and on_flag(f)
+    flags += result_flags
+    summary["organs"] = organs
+    if settings.strict and flags:
+        return _finish_rejected(summary, flags, timings, start, folder, names, settings, pred, volume)
+    return _finish(summary, flags, timings, start, folder, names, settings, pred, volume, model)
+
+
+def _finish(
+    summary: dict[str, Any],
+    flags: list[QCFlag],
+    timings: dict[str, float],
+    start: float,
+    folder: Path,
+    names: dict[str, str],
+    settings: InferSettings,
+    pred: Prediction,
+    volume: Volume,
+    model: InstalledModel,
+) -> CaseResult:
+    outputs: dict[str, str | None] = {}
+    t = time.perf_counter()
+    write_nifti(volume.with_array(pred.labels), folder / names["labels"], overwrite=settings.overwrite)
+    outputs["labels"] = names["labels"]
+    timings["write_labels"] = time.perf_counter() - t
+    if "seg" in names:
+        t = time.perf_counter()
+        card = model.card
+        algorithm = SegAlgorithm(card.name, card.version, f"medseg {__version__}")
+        try:
+            write_seg(pred.labels, volume, card.foreground_labels, algorithm, folder / names["seg"], settings.overwrite)
+            outputs["seg"] = names["seg"]
+        except SegUnavailable as exc:
+            outputs["seg"] = None
+            summary["seg_not_written"] = exc.message
+        timings["write_seg"] = time.perf_counter() - t
+    elif volume.meta.source_format == "dicom":
+        summary["seg_not_written"] = seg_blockers(volume)
+    if settings.preview:
+        t = time.perf_counter()
+        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite)
+        outputs["preview"] = names["preview"]
+        timings["write_preview"] = time.perf_counter() - t
+    status = "flagged" if flags else "ok"
+    summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
+    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
+        "total": round(time.perf_counter() - start, 3)
+    }
+    write_summary(summary, folder / names["summary"], settings.overwrite)
+    paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
+    return CaseResult(summary["case"], status, 0, paths, flags, None, summary)
+
+
+def _finish_rejected(
+    summary: dict[str, Any],
+    flags: list[QCFlag],
+    timings: dict[str, float],
+    start: float,
+    folder: Path,
+    names: dict[str, str],
+    settings: InferSettings,
+    pred: Prediction | None,
+    volume: Volume,
+) -> CaseResult:
+    error = _reject(flags)
+    outputs: dict[str, str | None] = {}
+    if pred is not None and settings.preview:
+        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite)
+        outputs["preview"] = names["preview"]
+    summary |= {"status": "qc_rejected", "qc": _qc(flags, settings.strict), "outputs": outputs}
+    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
+        "total": round(time.perf_counter() - start, 3)
+    }
+    write_summary(summary, folder / names["summary"], settings.overwrite)
+    paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
+    return CaseResult(summary["case"], "qc_rejected", error.exit_code, paths, flags, error.one_line(), summary)
+
+
+def run_cases(
+    cases: list[Case],
+    model: InstalledModel,
+    runner: Runner,
+    settings: InferSettings,
+    on_start: Callable[[Case], Callable[[int, int], None] | None] | None = None,
+    on_flag: Callable[[QCFlag], None] | None = None,
+    on_done: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
+    """Run every case; one failing does not stop the others (its error becomes a failed CaseResult)."""
+    results = []
+    for case in cases:
+        progress = on_start(case) if on_start else None
+        try:
+            result = run_case(case, model, runner, settings, progress, on_flag)
+        except MedsegError as exc:
+            result = CaseResult(case.name, "failed", exc.exit_code, message=exc.one_line())
+        except (MemoryError, OSError, ValueError, RuntimeError) as exc:
+            result = CaseResult(case.name, "failed", 4, message=f"{type(exc).__name__}: {exc}")
+        results.append(result)
+        on_done and on_done(result)
+    return results
+
+
+def exit_code(results: list[CaseResult]) -> int:
+    """The run's exit code: 0 when every case succeeded (flags allowed), else the highest case exit code."""
+    return max((r.exit_code for r in results), default=0)

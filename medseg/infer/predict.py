@@ -1,0 +1,106 @@
+"""From a CT volume to a cleaned label map on its exact grid: preprocess, sliding window, postprocess, resample back.
+
+Memory stays bounded: the C-channel outputs exist only at model spacing; on the input grid only a crop around
+the organ is interpolated, one class probability at a time (see `medseg.postprocess.resample_back`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medseg.infer.sliding import Predictor, WindowStats, sliding_window
+from medseg.io import Volume
+from medseg.models.card import ModelCard
+from medseg.postprocess import bounding_box, fill_holes, labels_on_input_grid, largest_component
+from medseg.preprocess import ModelGrid, model_grid, resample_to_grid, window
+
+MODEL_BOX_MARGIN = 2
+
+
+@dataclass
+class Prediction:
+    """A label map on the input grid with how it was made (model grid, windows, seconds per stage)."""
+
+    labels: np.ndarray
+    grid: ModelGrid
+    windows: WindowStats
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Channel softmax of (C, ...) logits, in place."""
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
+def model_space_cleanup(probs: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+    """Keep each class only in its largest component (dilated by a voxel) at model spacing; return the organ box."""
+    from scipy import ndimage
+
+    labels = probs.argmax(axis=0)
+    union = np.zeros(labels.shape, dtype=bool)
+    for c in range(1, probs.shape[0]):
+        keep = ndimage.binary_dilation(largest_component(labels == c), iterations=1)
+        probs[c][~keep] = 0.0
+        union |= keep
+    return probs, bounding_box(union, margin=MODEL_BOX_MARGIN)
+
+
+def input_grid_cleanup(labels: np.ndarray, box: tuple[slice, ...] | None, n_classes: int) -> np.ndarray:
+    """Largest component and 3D hole filling per class, inside the organ box on the input grid."""
+    if box is None:
+        return labels
+    crop = labels[box]
+    for c in range(1, n_classes):
+        mask = largest_component(crop == c)
+        mask = fill_holes(mask) & ((crop == 0) | mask)
+        crop[crop == c] = 0
+        crop[mask] = c
+    labels[box] = crop
+    return labels
+
+
+def predict_labels(
+    volume: Volume,
+    card: ModelCard,
+    predictor: Predictor,
+    batch_size: int,
+    overlap: float = 0.25,
+    progress: Callable[[int, int], None] | None = None,
+) -> Prediction:
+    """Segment `volume` with `predictor` per the model card's contract; labels come back on the input grid."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    grid = model_grid(volume.geometry, card.spacing)
+    image = window(resample_to_grid(volume.array, volume.geometry, grid), card.intensity.a_min, card.intensity.a_max)
+    timings["preprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stats = WindowStats()
+    logits = sliding_window(
+        image,
+        predictor,
+        tuple(card.roi_size),
+        card.network.out_channels,
+        batch_size=batch_size,
+        overlap=overlap,
+        skip_constant=True,
+        stats=stats,
+        progress=progress,
+    )
+    del image
+    timings["inference"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    probs, model_box = model_space_cleanup(softmax(logits))
+    labels, box = labels_on_input_grid(probs, grid.affine_ras, volume.geometry, model_box)
+    del probs
+    labels = input_grid_cleanup(labels, box, card.network.out_channels)
+    timings["postprocess"] = time.perf_counter() - t
+    return Prediction(labels, grid, stats, timings)

@@ -1,0 +1,117 @@
+"""Quality control of the input and of the result: each finding is a flag with a code and a readable reason.
+
+Flags never stop a run by themselves; under --strict any flag rejects the case (exit code 5). Thresholds live in
+`qc_rules.yaml`. Missing slices, gantry tilt and mixed orientations are refused earlier, by `medseg.io` (exit 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from medseg.io import Volume
+from medseg.models.card import ModelCard
+
+RULES_FILE = Path(__file__).with_name("qc_rules.yaml")
+
+
+@dataclass(frozen=True)
+class QCFlag:
+    """One quality finding: a stable code (for scripts), the stage that raised it, and the reason in words."""
+
+    code: str
+    stage: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@cache
+def rules() -> dict[str, Any]:
+    return yaml.safe_load(RULES_FILE.read_text())
+
+
+def _extent_mm(volume: Volume) -> np.ndarray:
+    return np.asarray(volume.shape) * np.asarray(volume.spacing)
+
+
+def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
+    """Flags about the input: modality, whether values are raw HU, field of view and slice geometry."""
+    r = rules()
+    flags = []
+    modality = volume.meta.modality
+    if modality and modality != card.modality:
+        flags.append(QCFlag("modality", "input", f"modality is {modality}; the model is for {card.modality}"))
+    if card.modality == "CT":
+        lo, hi = float(volume.array.min()), float(volume.array.max())
+        if lo >= 0 and hi <= r["max_display_value"]:
+            flags.append(
+                QCFlag("not_hu", "input", f"values lie in [{lo:g}, {hi:g}]: an 8-bit display image, not raw HU")
+            )
+        elif lo > r["min_air_hu"]:
+            flags.append(
+                QCFlag("not_hu", "input", f"lowest value is {lo:g}, no air near -1000 HU: windowed or normalised data")
+            )
+    extent = _extent_mm(volume)
+    axial = int(np.argmax(np.abs(volume.geometry.direction_matrix[2, :])))
+    inplane = [e for a, e in enumerate(extent) if a != axial]
+    if extent[axial] < r["min_z_extent_mm"]:
+        flags.append(
+            QCFlag("fov_short", "input", f"scan covers {extent[axial]:.0f} mm head-foot (< {r['min_z_extent_mm']} mm)")
+        )
+    if min(inplane) < r["min_inplane_extent_mm"]:
+        flags.append(
+            QCFlag(
+                "fov_small",
+                "input",
+                f"in-plane field of view {min(inplane):.0f} mm (< {r['min_inplane_extent_mm']} mm)",
+            )
+        )
+    step = float(volume.spacing[2])
+    if step > r["max_slice_spacing_mm"]:
+        flags.append(QCFlag("slice_spacing", "input", f"slice spacing {step:.2g} mm > {r['max_slice_spacing_mm']} mm"))
+    thickness = volume.meta.extra.get("slice_thickness")
+    if isinstance(thickness, (int, float)) and thickness > r["max_slice_thickness_mm"]:
+        flags.append(
+            QCFlag("thick_slices", "input", f"slice thickness {thickness:.2g} mm > {r['max_slice_thickness_mm']} mm")
+        )
+    return flags
+
+
+def volume_range(card: ModelCard, organ: str) -> tuple[float, float] | None:
+    """Plausible volume range in ml: the model card's, else the default for the organ, else None."""
+    if card.volume_range_ml is not None:
+        return tuple(card.volume_range_ml)
+    default = rules()["volume_ml"].get(organ)
+    return tuple(default) if default else None
+
+
+def check_result(organ: str, stats: dict[str, Any], labels_shape: tuple[int, ...], card: ModelCard) -> list[QCFlag]:
+    """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge."""
+    if stats["voxel_count"] == 0:
+        return [QCFlag("organ_not_found", "result", f"no {organ} found")]
+    flags = []
+    span = volume_range(card, organ)
+    ml = stats["volume_ml"]
+    if span and not span[0] <= ml <= span[1]:
+        flags.append(
+            QCFlag("volume_implausible", "result", f"{organ} volume {ml:.0f} ml outside {span[0]:g}-{span[1]:g} ml")
+        )
+    lo, hi = rules()["organ_hu_range"]
+    if card.modality == "CT" and not lo <= stats["mean"] <= hi:
+        flags.append(
+            QCFlag("organ_intensity", "result", f"mean {stats['mean']:.0f} HU inside {organ} outside {lo}-{hi}")
+        )
+    box = stats["bbox_index"]
+    cut = [a for a in range(3) if box["start"][a] == 0 or box["stop"][a] == labels_shape[a]]
+    if cut:
+        flags.append(
+            QCFlag("organ_truncated", "result", f"{organ} touches the edge of the scan (axis {cut}): volume may be low")
+        )
+    return flags
