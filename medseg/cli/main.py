@@ -19,6 +19,8 @@ except ImportError:  # pragma: no cover
 from medseg import __version__
 from medseg.cli import audit as audit_cmd
 from medseg.cli import convert as convert_cmd
+from medseg.cli import infer as infer_cmd
+from medseg.cli import models as models_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli.state import console
 from medseg.errors import MedsegError
@@ -56,6 +58,8 @@ def _global(
 
 
 convert_cmd.register(app)
+infer_cmd.register(app)
+models_cmd.register(app)
 audit_cmd.register(app)
 series_cmd.register(app)
 

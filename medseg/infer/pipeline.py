@@ -244,28 +244,26 @@ def _finish_rejected(
     return CaseResult(summary["case"], "qc_rejected", error.exit_code, paths, flags, error.one_line(), summary)
 
 
-def run_cases(
-    cases: list[Case],
+def run_case_safe(
+    case: Case,
     model: InstalledModel,
     runner: Runner,
     settings: InferSettings,
-    on_start: Callable[[Case], Callable[[int, int], None] | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     on_flag: Callable[[QCFlag], None] | None = None,
-    on_done: Callable[[CaseResult], None] | None = None,
-) -> list[CaseResult]:
-    """Run every case; one failing does not stop the others (its error becomes a failed CaseResult)."""
-    results = []
-    for case in cases:
-        progress = on_start(case) if on_start else None
-        try:
-            result = run_case(case, model, runner, settings, progress, on_flag)
-        except MedsegError as exc:
-            result = CaseResult(case.name, "failed", exc.exit_code, message=exc.one_line())
-        except (MemoryError, OSError, ValueError, RuntimeError) as exc:
-            result = CaseResult(case.name, "failed", 4, message=f"{type(exc).__name__}: {exc}")
-        results.append(result)
-        on_done and on_done(result)
-    return results
+) -> CaseResult:
+    """`run_case`, with any failure turned into a failed CaseResult so the next case can run."""
+    try:
+        return run_case(case, model, runner, settings, progress, on_flag)
+    except MedsegError as exc:
+        return CaseResult(case.name, "failed", exc.exit_code, message=exc.one_line())
+    except (MemoryError, OSError, ValueError, RuntimeError) as exc:
+        return CaseResult(case.name, "failed", 4, message=f"internal error: {type(exc).__name__}: {exc}")
+
+
+def run_cases(cases: list[Case], model: InstalledModel, runner: Runner, settings: InferSettings) -> list[CaseResult]:
+    """Run every case; one failing does not stop the others."""
+    return [run_case_safe(case, model, runner, settings) for case in cases]
 
 
 def exit_code(results: list[CaseResult]) -> int:

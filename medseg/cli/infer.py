@@ -1,0 +1,144 @@
+"""`medseg infer INPUT --organ liver`: segment a DICOM study, a NIfTI file, or a folder of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from medseg.cli.state import console
+
+if TYPE_CHECKING:
+    from medseg.audit.session import AuditRecorder
+    from medseg.errors import MedsegError
+    from medseg.infer.pipeline import CaseResult
+
+EXAMPLES = """
+Examples:
+
+  medseg infer study/ --organ liver --out results/
+
+  medseg infer ct.nii.gz --organ liver --strict
+
+  medseg infer studies/ --out results/ --model path/to/model_folder --overwrite
+
+Outputs per series in OUT/<case>/: liver.nii.gz, seg.dcm (DICOM input), summary.json, preview.png.
+Exit codes: 0 ok (QC flags allowed), 2 usage, 3 invalid input, 4 processing failure, 5 QC rejection (--strict).
+"""
+
+
+def _batch_error(results: list[CaseResult], code: int) -> MedsegError:
+    from medseg.errors import InvalidInputError, ProcessingError, QCRejectedError
+
+    bad = [r for r in results if r.exit_code == code]
+    first = bad[0].message or bad[0].status
+    text = (
+        f"{len(bad)} of {len(results)} case(s) {'rejected' if code == 5 else 'failed'}; first: {bad[0].case}: {first}"
+    )
+    kind = {3: InvalidInputError, 5: QCRejectedError}.get(code, ProcessingError)
+    return kind(text, hint="See each case's summary.json and the messages above.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `infer` subcommand to the app."""
+
+    @app.command("infer", epilog=EXAMPLES)
+    def infer(
+        input: Path = typer.Argument(..., help="DICOM study folder, NIfTI file, or a folder of studies/NIfTI files."),
+        organ: str = typer.Option("liver", "--organ", help="Organ to segment (chooses the default model)."),
+        out: Path = typer.Option(Path("medseg-out"), "--out", "-o", help="Output folder (one subfolder per series)."),
+        model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+        backend: str = typer.Option("auto", "--backend", help="auto (OpenVINO on CPU), openvino, or torch."),
+        fast: bool = typer.Option(False, "--fast", help="No window overlap: fewer windows, seams less smoothed."),
+        strict: bool = typer.Option(False, "--strict", help="Reject (exit 5) on any QC flag."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+        preview: bool = typer.Option(True, "--preview/--no-preview", help="Write preview.png."),
+    ) -> None:
+        """Segment an organ in CT: QC, sliding-window inference, label map, DICOM SEG, summary and preview."""
+        from medseg.cli.audited import audited
+        from medseg.errors import UsageError
+
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise UsageError(f"unknown device {device!r}", hint="Use --device cpu or --device cuda.")
+        params = {"organ": organ, "device": device, "backend": backend, "fast": fast, "strict": strict}
+        with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
+            _run(rec, input, organ, out, model, device, backend, fast, strict, overwrite, preview)
+
+
+def _run(
+    rec: AuditRecorder,
+    input: Path,
+    organ: str,
+    out: Path,
+    model_name: str | None,
+    device: str,
+    backend: str,
+    fast: bool,
+    strict: bool,
+    overwrite: bool,
+    preview: bool,
+) -> None:
+    from medseg.infer.cases import discover_cases
+    from medseg.infer.pipeline import InferSettings, exit_code, run_case_safe
+    from medseg.infer.runtime import load_runner
+    from medseg.models.registry import resolve_model
+
+    model = resolve_model(model_name, organ)
+    card = model.card
+    if card.organ != organ:
+        from medseg.errors import UsageError
+
+        raise UsageError(f"model {card.name!r} segments {card.organ}, not {organ}", hint="Pick a matching --model.")
+    rec.add_inputs([input, model.weights_path])
+    rec.set_model(card.name, card.version, card.weights.sha256)
+    cases, notes = discover_cases(input, card.modality)
+    for note in notes:
+        console.info(note)
+    console.info(f"model {card.name} {card.version}; loading the {backend} runtime on {device}")
+    runner = load_runner(model, backend, device)
+    if runner.info.get("exported_now"):
+        console.info(f"exported the model to OpenVINO once (cached in {runner.info['cache']})")
+    if "fallback" in runner.info:
+        console.warn(runner.info["fallback"])
+    settings = InferSettings(organ, out, fast=fast, strict=strict, overwrite=overwrite, preview=preview)
+    results = []
+    for n, case in enumerate(cases, 1):
+        label = f"[{n}/{len(cases)}] {case.name}" if len(cases) > 1 else case.name
+        with console.progress(f"{label}: segmenting", total=None) as advance:
+            result = run_case_safe(
+                case,
+                model,
+                runner,
+                settings,
+                progress=lambda done, total, a=advance: a(1, windows=f"{done}/{total}"),
+                on_flag=lambda f, c=case.name: console.warn(f"{c}: QC flag {f.code}: {f.reason}"),
+            )
+        results.append(result)
+        rec.add_outputs([p for p in result.outputs if p.is_file()])
+        _report(result)
+    if len(results) > 1:
+        counts = {s: sum(r.status == s for r in results) for s in ("ok", "flagged", "qc_rejected", "failed")}
+        console.result("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" of {len(results)}")
+    code = exit_code(results)
+    flagged = sorted({f.code for r in results for f in r.flags})
+    if code:
+        rec.set_outcome_detail("qc_rejected" if code == 5 else "case_failed")
+        raise _batch_error(results, code)
+    if flagged:
+        rec.set_outcome_detail("qc_flagged:" + ",".join(flagged))
+
+
+def _report(r: CaseResult) -> None:
+    """One result line per case (stdout), errors on stderr."""
+    if r.status == "failed":
+        console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
+        return
+    s = r.summary or {}
+    organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in s.get("organs", []))
+    where = r.outputs[-1].parent if r.outputs else "-"
+    seconds = s.get("timings_s", {}).get("total", 0.0)
+    console.result(f"{r.case}: {r.status}; {organs or 'not segmented'}; {seconds:.1f} s -> {where}")
+    if s.get("seg_not_written"):
+        console.warn(f"{r.case}: no seg.dcm: {s['seg_not_written']}")
