@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+NOT_DICOM = "not a DICOM file"
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 ENHANCED_IMAGE_CLASSES = frozenset(
     {
@@ -115,9 +116,9 @@ def _read_forced(path: Path) -> Any:
     try:
         ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
     except Exception as exc:
-        raise HeaderError("not a DICOM file") from exc
+        raise HeaderError(NOT_DICOM) from exc
     if not any(k in ds for k in ("SOPClassUID", "ImagePositionPatient", "Modality")):
-        raise HeaderError("not a DICOM file")
+        raise HeaderError(NOT_DICOM)
     return ds
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from medseg.errors import InvalidInputError, UsageError
-from medseg.io.dicom_headers import Header, HeaderError, read_header
+from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, read_header
 from medseg.io.dicom_reader import volume_from_headers
 from medseg.io.nifti import is_nifti_path, read_nifti
 from medseg.io.series import FolderScan, SeriesInfo, group_headers, list_files, scan_folder
@@ -36,7 +36,16 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
         )
     chosen = _choose(scan, series_uid)
     notes = [*scan.notes(), *chosen.notes, *_other_series_notes(scan, chosen)]
-    return volume_from_headers(scan.headers[chosen.uid], path, notes)
+    try:
+        return volume_from_headers(scan.headers[chosen.uid], path, notes)
+    except InvalidInputError as exc:
+        broken = [(p, r) for p, r in scan.skipped_files if r != NOT_DICOM]
+        if broken:
+            exc.message += (
+                f"; {len(broken)} DICOM file(s) in the folder could not be read and may be the cause "
+                f"({broken[0][0].name}: {broken[0][1]})"
+            )
+        raise
 
 
 def _read_dicom_file(path: Path) -> Volume:
@@ -90,22 +99,22 @@ def _describe(series: list[SeriesInfo]) -> str:
 
 
 def _check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
-    """Refuse a series whose UID also holds single slices of another orientation (likely a broken export)."""
-    if not chosen.series_instance_uid or chosen.uid == chosen.series_instance_uid:
+    """Refuse a series that also holds single slices of another geometry (likely a broken export)."""
+    if chosen.split_group < 0:
         return
     strays = [
         s
         for s in scan.series
         if s is not chosen
-        and s.series_instance_uid == chosen.series_instance_uid
-        and not s.is_volume
-        and s.skip_reason
+        and s.split_group == chosen.split_group
+        and s.skip_reason is not None
         and s.skip_reason.startswith("single slice")
     ]
     if strays:
+        name = chosen.series_instance_uid or "(empty SeriesInstanceUID)"
         raise InvalidInputError(
-            f"mixed orientations in series {chosen.series_instance_uid}: {chosen.n_slices} slices in one orientation "
-            f"and {len(strays)} stray slice(s) in others (e.g. {strays[0].files[0].name})",
+            f"mixed orientations or pixel spacings in series {name}: {chosen.n_slices} slices agree but "
+            f"{len(strays)} stray slice(s) differ (e.g. {strays[0].files[0].name})",
             path=scan.root,
             hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.uid}.",
         )

@@ -47,6 +47,7 @@ class SeriesInfo:
     frame_of_reference_uid: str
     series_instance_uid: str = ""
     notes: tuple[str, ...] = ()
+    split_group: int = -1  # >= 0 when one series was split by geometry; equal values mark the same origin
 
     def summary(self) -> str:
         """One line for listings: key, modality, slice count and why it is skipped, if it is."""
@@ -101,9 +102,9 @@ def group_headers(headers: list[Header]) -> tuple[list[SeriesInfo], dict[str, li
     """Group parsed headers into classified series (volumes first, most slices first) and their members."""
     series: list[SeriesInfo] = []
     by_uid: dict[str, list[Header]] = {}
-    for uid, members, notes in _group(headers):
-        series.append(_classify(uid, members, notes))
-        by_uid[uid] = members
+    for group in _group(headers):
+        series.append(_classify(group))
+        by_uid[group.key] = group.members
     series.sort(key=lambda s: (not s.is_volume, -s.n_slices, s.uid))
     return series, by_uid
 
@@ -138,13 +139,21 @@ def _same_geometry(a: Header, b: Header) -> bool:
     return a.pixel_spacing is None or bool(np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=PIXEL_SPACING_RTOL))
 
 
-def _group(headers: list[Header]) -> list[tuple[str, list[Header], tuple[str, ...]]]:
-    """Split into (key, members, notes) groups; keys are unique and stable across runs."""
+@dataclass(frozen=True)
+class _Group:
+    key: str
+    members: list[Header]
+    notes: tuple[str, ...]
+    split_group: int  # index of the base group when it was split by geometry, else -1
+
+
+def _group(headers: list[Header]) -> list[_Group]:
+    """Split into groups with unique keys that are stable across runs."""
     base: dict[tuple[object, ...], list[Header]] = {}
     for h in headers:
         base.setdefault(_base_key(h), []).append(h)
-    clustered: list[list[Header]] = []
-    for members in base.values():
+    clustered: list[tuple[list[Header], int]] = []
+    for n_base, members in enumerate(base.values()):
         clusters: list[list[Header]] = []
         for h in members:
             for cluster in clusters:
@@ -153,14 +162,14 @@ def _group(headers: list[Header]) -> list[tuple[str, list[Header], tuple[str, ..
                     break
             else:
                 clusters.append([h])
-        clustered.extend(clusters)
-    clustered.sort(key=lambda c: (-sum(max(h.frames, 1) for h in c), str(c[0].path)))
+        clustered.extend((c, n_base if len(clusters) > 1 else -1) for c in clusters)
+    clustered.sort(key=lambda c: (-sum(max(h.frames, 1) for h in c[0]), str(c[0][0].path)))
     per_uid: dict[str, int] = {}
-    for cluster in clustered:
+    for cluster, _ in clustered:
         per_uid[cluster[0].series_uid] = per_uid.get(cluster[0].series_uid, 0) + 1
-    out: list[tuple[str, list[Header], tuple[str, ...]]] = []
+    out: list[_Group] = []
     seen: dict[str, int] = {}
-    for cluster in clustered:
+    for cluster, split in clustered:
         uid = cluster[0].series_uid
         notes: tuple[str, ...] = ()
         if not uid:
@@ -174,7 +183,7 @@ def _group(headers: list[Header]) -> list[tuple[str, list[Header], tuple[str, ..
             )
         else:
             key = uid
-        out.append((key, cluster, notes))
+        out.append(_Group(key, cluster, notes, split))
     return out
 
 
@@ -218,20 +227,21 @@ def _skip_reason(members: list[Header], n_slices: int) -> str | None:
     return None
 
 
-def _classify(uid: str, members: list[Header], notes: tuple[str, ...]) -> SeriesInfo:
-    h = members[0]
-    n_slices = sum(max(m.frames, 1) for m in members)
-    reason = _skip_reason(members, n_slices)
+def _classify(group: _Group) -> SeriesInfo:
+    h = group.members[0]
+    n_slices = sum(max(m.frames, 1) for m in group.members)
+    reason = _skip_reason(group.members, n_slices)
     return SeriesInfo(
-        uid=uid,
+        uid=group.key,
         modality=h.modality,
         description=h.description,
-        files=tuple(m.path for m in members),
+        files=tuple(m.path for m in group.members),
         n_slices=n_slices,
         is_volume=reason is None,
         skip_reason=reason,
         study_uid=h.study_uid,
         frame_of_reference_uid=h.frame_of_reference_uid,
         series_instance_uid=h.series_uid,
-        notes=notes,
+        notes=group.notes,
+        split_group=group.split_group,
     )
