@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     console.debug = "--debug" in args
     try:
-        app(args=args, prog_name="medseg", standalone_mode=False)
+        code = app(args=args, prog_name="medseg", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except NoArgsIsHelpError as exc:
@@ -100,4 +100,5 @@ def main(argv: list[str] | None = None) -> None:
             exit_code=EXIT_PROCESSING,
         )
         sys.exit(EXIT_PROCESSING)
-    sys.exit(EXIT_OK)
+    # with standalone_mode=False, click returns (not raises) the code of a `typer.Exit(n)` raised in a command
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK)
