@@ -131,6 +131,8 @@ def decode(ds: Any, path: Path) -> np.ndarray:
             path=path,
             hint="The file is truncated or its compressed data is corrupt; re-export it.",
         ) from exc
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     bits_stored = int(ds.get("BitsStored", bits_alloc) or bits_alloc)
     return _fix_unused_bits(arr, bits_stored, signed)
 
