@@ -13,8 +13,13 @@ ARTIFACT = "audit/events.json"
 
 
 def run_events_json(store: AuditStore, run_id: str) -> str:
-    """All records linked to `run_id` (body and hash), as a JSON document."""
-    records = query_records(store, RecordFilter(mlflow_run_id=run_id))
+    """All records of the commands linked to `run_id` (their start events too), as a JSON document."""
+    linked = query_records(store, RecordFilter(mlflow_run_id=run_id))
+    invocations = sorted({str(r.body.get("invocation")) for r in linked})
+    records = sorted(
+        {r.seq: r for inv in invocations for r in query_records(store, RecordFilter(invocation=inv))}.values(),
+        key=lambda r: r.seq,
+    )
     document = {"store_id": store.store_id, "mlflow_run_id": run_id, "records": [r.to_json() for r in records]}
     return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False)
 

@@ -1,0 +1,27 @@
+"""Audit events of a command linked to an MLflow run are attached to that run as `audit/events.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medseg.audit.mlflow_link import ARTIFACT
+from medseg.cli.audited import audited
+
+
+def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with audited("convert", {}):
+        pass  # an unrelated command: must not be attached
+    with mlflow.start_run() as run, audited("train", {"epochs": 1}) as rec:
+        rec.link_mlflow_run(run.info.run_id)
+    path = MlflowClient().download_artifacts(run.info.run_id, ARTIFACT, str(tmp_path))
+    document = json.loads(Path(path).read_text())
+    records = document["records"]
+    assert document["mlflow_run_id"] == run.info.run_id
+    assert [(r["command"], r["kind"]) for r in records] == [("train", "start"), ("train", "end")]
+    assert records[1]["mlflow_run_id"] == run.info.run_id and records[1]["outcome"] == "success"
+    assert records[1]["prev_hash"] == records[0]["hash"]
