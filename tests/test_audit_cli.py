@@ -78,6 +78,19 @@ def test_show_filters_and_json(history: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0 and "failure(3)" in out and "success" in out
 
 
+def test_show_by_path_or_content(shared: Path, history: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def seqs(path: Path) -> list[int]:
+        return [e["seq"] for e in json.loads(run(["audit", "show", "--json", "--path", str(path)], capsys)[1])]
+
+    xray = sorted((shared / "deid" / "burned_in_text_jsl").glob("*XR_CHEST*.dcm"))[0]
+    copy = history / "renamed.dcm"
+    copy.write_bytes(xray.read_bytes())
+    assert seqs(shared / PHANTOM) == [2]
+    assert seqs(history / "ct.nii.gz") == [2]
+    assert seqs(xray) == [4] and seqs(copy) == [4]
+    assert seqs(history / "never-seen") == []
+
+
 @pytest.mark.parametrize("bad", [["--outcome", "maybe"], ["--since", "yesterday"], ["--limit", "0"]])
 def test_show_usage_errors(history: Path, capsys: pytest.CaptureFixture[str], bad: list[str]) -> None:
     code, _, err = run(["audit", "show", *bad], capsys)

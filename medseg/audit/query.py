@@ -31,7 +31,10 @@ def parse_time(text: str, now: datetime | None = None) -> str:
 
 @dataclass(frozen=True)
 class RecordFilter:
-    """All criteria are optional and combine with AND; `user` matches the OS user or the operator."""
+    """All criteria are optional and combine with AND; `user` matches the OS user or the operator.
+
+    `touching` holds path references or content digests: a record matches when one of its inputs or outputs has one.
+    """
 
     since: str | None = None
     until: str | None = None
@@ -41,6 +44,7 @@ class RecordFilter:
     kind: str | None = None
     invocation: str | None = None
     mlflow_run_id: str | None = None
+    touching: tuple[str, ...] = ()
     limit: int | None = None
 
 
@@ -63,6 +67,14 @@ def query_records(store: AuditStore, flt: RecordFilter) -> list[ChainedRecord]:
     if flt.user is not None:
         clauses.append("(os_user = ? OR operator = ?)")
         args.extend([flt.user, flt.user])
+    if flt.touching:
+        marks = ", ".join("?" * len(flt.touching))
+        clauses.append(
+            "EXISTS (SELECT 1 FROM (SELECT value FROM json_each(body, '$.inputs') UNION ALL "
+            "SELECT value FROM json_each(body, '$.outputs')) "
+            f"WHERE json_extract(value, '$.ref') IN ({marks}) OR json_extract(value, '$.sha256') IN ({marks}))"
+        )
+        args.extend([*flt.touching, *flt.touching])
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = f"SELECT seq, hash, body FROM events {where} ORDER BY seq DESC"
     if flt.limit is not None:

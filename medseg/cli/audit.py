@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ Examples:
   medseg audit show --since 24h --command infer --outcome failure
 
   medseg audit show --user alice --json > events.json
+
+  medseg audit show --path study/ct.nii.gz
 
   medseg audit keygen auditor.key.pem auditor.pub.pem
 
@@ -90,6 +93,9 @@ def show(
     outcome: str | None = typer.Option(
         None, "--outcome", help="success, failure, qc_rejected, interrupted, or started (start events)."
     ),
+    path: Path | None = typer.Option(
+        None, "--path", help="Only events that read or wrote this file/folder (matched by path or by content)."
+    ),
     all_events: bool = typer.Option(False, "--all-events", help="Also list start events (default: end events)."),
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most the newest N matching events."),
     audit_dir: Path | None = typer.Option(None, "--audit-dir", help=AUDIT_DIR_HELP),
@@ -116,10 +122,12 @@ def show(
     except ValueError as exc:
         raise UsageError(str(exc), hint="Example: --since 2026-11-23T08:00 or --since 24h.") from exc
     with AuditStore.open(_config(audit_dir), create=False) as store:
+        if path is not None:
+            flt = replace(flt, touching=_path_keys(path, store.path_key))
         records = query_records(store, flt)
         if flt.kind == "end" and outcome is None:
             open_ids = unfinished_invocations(store)
-            extra = query_records(store, RecordFilter(since=flt.since, until=flt.until, command=command, user=user))
+            extra = query_records(store, replace(flt, kind=None, limit=None))
             records = sorted(
                 [*records, *(r for r in extra if r.body.get("invocation") in open_ids)], key=lambda r: r.seq
             )[-limit:]
@@ -130,6 +138,13 @@ def show(
         console.info("no matching audit events")
     for record in records:
         console.result(_line(record.body))
+
+
+def _path_keys(path: Path, key: bytes) -> tuple[str, ...]:
+    from medseg.audit.digest import describe_path
+
+    described = describe_path(path, key)
+    return (described.ref,) if described.sha256 is None else (described.ref, described.sha256)
 
 
 def _line(body: dict[str, Any]) -> str:
