@@ -156,16 +156,17 @@ def load_runner(
     """The runtime for `backend`; "auto" = OpenVINO on CPU (falling back to torch if it fails), torch on CUDA."""
     if backend not in BACKENDS:
         raise ProcessingError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
+    model.verify()
     if device != "cpu" or backend == "torch":
         return torch_runner(model, device, batch_size or 4)
     try:
         return openvino_runner(model, batch_size or 1)
-    except ProcessingError:
-        if backend == "openvino" or model.verify() != model.card.weights.sha256:
-            raise
-    except Exception as exc:  # an OpenVINO failure must not stop inference: eager torch is the reference
+    except Exception as exc:  # eager torch is the reference: an OpenVINO failure must not stop inference
         if backend == "openvino":
+            if isinstance(exc, ProcessingError):
+                raise
             raise ProcessingError(f"OpenVINO backend failed: {exc}", hint="Use --backend torch.") from exc
+        reason = exc.message if isinstance(exc, ProcessingError) else f"{type(exc).__name__}: {exc}"
     runner = torch_runner(model, device, batch_size or 4)
-    runner.info["fallback"] = "openvino unavailable or failed parity; used eager torch"
+    runner.info["fallback"] = f"OpenVINO not used ({reason}); ran eager torch"
     return runner
