@@ -48,7 +48,6 @@ def test_openvino_matches_eager_torch_on_real_ct_and_is_cached(shared, model, ca
 
 def test_altered_cache_is_not_used(model, cache):
     first = runtime.load_runner(model, "openvino")
-    record = json.loads((cache / "openvino").glob("*/record.json").__next__().read_text())
     folder = next((cache / "openvino").glob("*"))
     with (folder / "model.bin").open("r+b") as f:
         f.seek(4096)
