@@ -1,0 +1,126 @@
+"""Training configuration (YAML, validated with pydantic; unknown keys are rejected)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medseg.errors import InvalidInputError
+from medseg.models.card import IntensitySpec, NetworkSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(Strict):
+    """Where samples come from and how patches are drawn."""
+
+    manifest: str
+    patch_size: tuple[int, int, int] = (96, 96, 96)
+    batch_size: int = Field(2, ge=1)
+    pos_fraction: float = Field(0.67, ge=0, le=1)
+    real_fraction: float = Field(0.15, ge=0, le=1)
+    num_workers: int = Field(1, ge=0)
+    synth_val_seed: int = 777
+
+
+class SpatialAug(Strict):
+    rotate_deg: tuple[float, float, float] = (8.0, 8.0, 15.0)
+    scale: tuple[float, float] = (0.85, 1.2)
+    anisotropy: float = 0.08
+    elastic_vox: tuple[float, float] = (0.0, 3.0)
+
+
+class AppearanceAug(Strict):
+    p_random_intensity: float = Field(0.2, ge=0, le=1)
+    noise_sd: tuple[float, float] = (5.0, 30.0)
+    blur_sigma: tuple[float, float] = (0.2, 1.0)
+    p_thick_slices: float = Field(0.35, ge=0, le=1)
+    thick_factor: tuple[float, float] = (1.3, 2.7)
+    bias_hu: tuple[float, float] = (0.0, 25.0)
+
+
+class AugmentSpec(Strict):
+    spatial: SpatialAug = SpatialAug()
+    appearance: AppearanceAug = AppearanceAug()
+    real_noise_sd: tuple[float, float] = (0.0, 15.0)
+    real_hu_scale: tuple[float, float] = (0.92, 1.08)
+    real_hu_shift: tuple[float, float] = (-25.0, 25.0)
+
+
+class OptimSpec(Strict):
+    """AdamW with linear warm-up then cosine or poly decay over the run's progress (iterations or time budget)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_iterations: int = 100
+    schedule: Literal["cosine", "poly"] = "cosine"
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 12.0
+
+
+class RunSpec(Strict):
+    """How long to train and how often to check; the run stops at whichever limit comes first."""
+
+    max_iterations: int = Field(1000, ge=1)
+    time_budget_min: float | None = Field(None, gt=0)
+    val_every: int = Field(200, ge=1)
+    checkpoint_every_min: float = Field(5.0, gt=0)
+    seed: int = 20261123
+    deterministic: bool = True
+    threads: int | None = Field(None, ge=1)
+
+
+class ValidationSpec(Strict):
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    overlap: float = Field(0.25, ge=0, lt=1)
+    sw_batch_size: int = 2
+    synthetic_cases: int = Field(3, ge=0)
+    weight_real: float = Field(0.5, ge=0, le=1)
+
+
+class TrainConfig(Strict):
+    """Everything `medseg train` needs besides the data root, the output folder and the device."""
+
+    name: str
+    version: str
+    organ: str = "liver"
+    labels: dict[int, str] = {0: "background", 1: "liver"}
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    intensity: IntensitySpec = IntensitySpec()
+    network: NetworkSpec = NetworkSpec()
+    data: DataSpec
+    augment: AugmentSpec = AugmentSpec()
+    optim: OptimSpec = OptimSpec()
+    run: RunSpec = RunSpec()
+    validation: ValidationSpec = ValidationSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.network.out_channels != len(self.labels):
+            raise ValueError("network.out_channels must equal the number of labels")
+        if sorted(self.labels) != list(range(len(self.labels))) or self.labels[0] != "background":
+            raise ValueError("labels must be 0..N-1 with 0 = background")
+        if self.intensity.a_max <= self.intensity.a_min:
+            raise ValueError("intensity.a_max must exceed a_min")
+        return self
+
+
+def load_config(path: Path) -> tuple[TrainConfig, str]:
+    """Read and validate a training config; returns it and the SHA-256 of the file."""
+    try:
+        raw = path.read_bytes()
+        return TrainConfig.model_validate(yaml.safe_load(raw)), hashlib.sha256(raw).hexdigest()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read training config: {exc.strerror}", path=path) from exc
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        first = str(exc).splitlines()
+        detail = "; ".join(first[:3])
+        raise InvalidInputError(
+            f"invalid training config: {detail}", path=path, hint="See configs/liver.yaml."
+        ) from exc

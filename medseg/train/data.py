@@ -1,0 +1,118 @@
+"""Training data: an endless stream of (image, label) patches mixing synthetic CT and real CT pairs.
+
+Images leave here windowed and scaled to [0, 1] exactly like inference input (`ScaleIntensityRange(clip=True)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.errors import InvalidInputError
+from medseg.train.config import TrainConfig
+from medseg.train.manifest import Manifest
+from medseg.train.realdata import RealCase, cached_real_case
+from medseg.train.synth.appearance import AppearanceParams
+from medseg.train.synth.fields import gaussian_blur
+from medseg.train.synth.generator import synth_patch
+from medseg.train.synth.prepare import AnatomyCase, cached_case
+from medseg.train.synth.spatial import SpatialParams, sampling_grid, warp
+
+
+def window(hu: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
+    """HU -> [0, 1] with clipping (the model's intensity contract)."""
+    return np.clip((hu - a_min) / (a_max - a_min), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class CaseSets:
+    """Prepared cases of one manifest split, loaded once in the main process (shared with forked workers)."""
+
+    anatomy: list[AnatomyCase]
+    real: list[RealCase]
+
+
+def load_cases(manifest: Manifest, split: str, cfg: TrainConfig, data_root: Path, cache_dir: Path) -> CaseSets:
+    """Prepare (or load from cache) every label map and real pair of `split`."""
+    anatomy, real = [], []
+    for e in manifest.split(split):
+        if e.kind == "label_map":
+            if e.labels_json is None:
+                raise InvalidInputError(f"label map {e.case_id} needs labels_json in the manifest")
+            anatomy.append(cached_case(data_root / e.label, data_root / e.labels_json, cfg.spacing,
+                                       e.sha256["label"], cache_dir))  # fmt: skip
+        else:
+            if e.image is None or e.liver_value is None:
+                raise InvalidInputError(f"CT pair {e.case_id} needs image and liver_value in the manifest")
+            real.append(cached_real_case(e.case_id, data_root / e.image, data_root / e.label, e.liver_value,
+                                         cfg.spacing, e.sha256, cache_dir))  # fmt: skip
+    return CaseSets(anatomy, real)
+
+
+def real_patch(
+    case: RealCase, rng: np.random.Generator, cfg: TrainConfig, positive: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """A spatially and photometrically augmented patch (HU, label) of a real CT."""
+    patch = cfg.data.patch_size
+    pts = np.argwhere(case.label > 0) if positive else np.argwhere(case.image > -500)
+    centre = pts[rng.integers(len(pts))] + rng.integers(-patch[0] // 6, patch[0] // 6 + 1, size=3)
+    size = tuple(int(np.ceil(p * 1.45)) for p in patch)
+    lo = centre - np.asarray(size) // 2
+    img = np.full(size, -1024.0, np.float32)
+    lab = np.zeros(size, np.uint8)
+    src = tuple(slice(max(a, 0), min(a + s, n)) for a, s, n in zip(lo, size, case.image.shape, strict=True))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo, strict=True))
+    img[dst], lab[dst] = case.image[src], case.label[src]
+    sp = cfg.augment.spatial
+    grid = sampling_grid(patch, size, rng, SpatialParams(sp.rotate_deg, sp.scale, sp.anisotropy, sp.elastic_vox))
+    out = warp(img, grid, "bilinear", -1024.0)
+    out_lab = warp(lab.astype(np.float32), grid, "nearest", 0.0).round().astype(np.uint8)
+    aug = cfg.augment
+    out = out * rng.uniform(*aug.real_hu_scale) + rng.uniform(*aug.real_hu_shift)
+    if rng.random() < 0.3:
+        out = gaussian_blur(out, (rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.2, 1.2)))
+    out += rng.uniform(*aug.real_noise_sd) * rng.standard_normal(out.shape).astype(np.float32)
+    return out, out_lab
+
+
+class PatchStream(torch.utils.data.IterableDataset):
+    """Endless patches: synthetic with probability 1 - real_fraction, each positive with probability pos_fraction."""
+
+    def __init__(self, cases: CaseSets, cfg: TrainConfig, seed: int, rank: int = 0) -> None:
+        super().__init__()
+        if not cases.anatomy and not cases.real:
+            raise InvalidInputError("the training split of the manifest is empty")
+        self.cases, self.cfg, self.seed, self.rank = cases, cfg, seed, rank
+        a = cfg.augment.appearance
+        self.appearance = AppearanceParams(a.p_random_intensity, a.noise_sd, a.blur_sigma, a.p_thick_slices,
+                                           a.thick_factor, a.bias_hu)  # fmt: skip
+        s = cfg.augment.spatial
+        self.spatial = SpatialParams(s.rotate_deg, s.scale, s.anisotropy, s.elastic_vox)
+        self.start_index = 0
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        positive = rng.random() < cfg.data.pos_fraction
+        use_real = self.cases.real and (not self.cases.anatomy or rng.random() < cfg.data.real_fraction)
+        if use_real:
+            case = self.cases.real[rng.integers(len(self.cases.real))]
+            hu, lab = real_patch(case, rng, cfg, positive)
+        else:
+            anat = self.cases.anatomy[rng.integers(len(self.cases.anatomy))]
+            s = synth_patch(anat, rng, cfg.data.patch_size, positive, self.spatial, self.appearance)
+            hu, lab = s.image, s.label
+        img = window(hu, cfg.intensity.a_min, cfg.intensity.a_max)
+        if rng.random() < 0.25:
+            img = img ** rng.uniform(0.7, 1.5)
+        return {"image": torch.from_numpy(img)[None], "label": torch.from_numpy(lab.astype(np.int64))[None]}
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        info = torch.utils.data.get_worker_info()
+        worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        i = self.start_index + worker
+        while True:
+            yield self.sample(np.random.default_rng([self.seed, self.rank, i]))
+            i += nworkers

@@ -1,0 +1,227 @@
+"""The training loop: DiceCE, AdamW with warm-up and cosine/poly decay, sliding-window validation Dice, best and
+last checkpoints, resume, a wall-clock budget, Ctrl-C/SIGTERM saving, and DDP (torchrun) support.
+
+Only rank 0 validates, logs and writes files. Events go to `on_event` (the CLI prints them); the library never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.train.checkpoint import Progress, load_checkpoint, save_checkpoint, save_weights
+from medseg.train.config import TrainConfig
+from medseg.train.data import CaseSets, PatchStream, window
+from medseg.train.distributed import DistContext
+from medseg.train.evaluate import CaseScore, predict_volume, score
+from medseg.train.synth.appearance import AppearanceParams
+from medseg.train.synth.generator import synth_volume
+from medseg.train.tracking import Tracker
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class ValSet:
+    """Validation volumes at the model grid, [0, 1]-scaled, with their liver masks."""
+
+    names: list[str]
+    kinds: list[str]
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+
+
+@dataclass
+class TrainResult:
+    progress: Progress
+    best_weights: Path
+    last_weights: Path
+    stopped_by: str
+
+
+def build_valset(cases: CaseSets, cfg: TrainConfig) -> ValSet:
+    """Real validation CTs plus a fixed-seed rendering of the first held-out label maps."""
+    v = ValSet([], [], [], [])
+    for rc in cases.real:
+        v.names.append(rc.name), v.kinds.append("real")
+        v.images.append(window(rc.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(rc.label)
+    appearance = AppearanceParams(p_random_intensity=0.0)
+    for i, ac in enumerate(cases.anatomy[: cfg.validation.synthetic_cases]):
+        s = synth_volume(ac, np.random.default_rng([cfg.data.synth_val_seed, i]), appearance)
+        v.names.append(f"synth_{ac.name}"), v.kinds.append("synthetic")
+        v.images.append(window(s.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(s.label)
+    return v
+
+
+def validate(net: torch.nn.Module, val: ValSet, cfg: TrainConfig, device: str) -> tuple[float, list[CaseScore]]:
+    """Per-case Dice/HD95 and the selection score (weighted mean of real and synthetic mean Dice)."""
+    net.eval()
+    scores = []
+    for name, kind, img, lab in zip(val.names, val.kinds, val.images, val.labels, strict=True):
+        pred = predict_volume(net, img, cfg.validation.roi_size, cfg.validation.overlap,
+                              cfg.validation.sw_batch_size, device)  # fmt: skip
+        scores.append(score(pred, lab, cfg.spacing, name, kind))
+    net.train()
+    real = [s.dice for s in scores if s.kind == "real"]
+    synth = [s.dice for s in scores if s.kind == "synthetic"]
+    if real and synth:
+        w = cfg.validation.weight_real
+        sel = w * float(np.mean(real)) + (1 - w) * float(np.mean(synth))
+    else:
+        sel = float(np.mean(real or synth or [0.0]))
+    return sel, scores
+
+
+def lr_factor(cfg: TrainConfig, iteration: int, elapsed_s: float) -> float:
+    """Warm-up, then decay over progress = max(iterations, wall-clock) fraction of the run's limits."""
+    o = cfg.optim
+    warm = min(1.0, (iteration + 1) / max(o.warmup_iterations, 1))
+    p = iteration / cfg.run.max_iterations
+    if cfg.run.time_budget_min:
+        p = max(p, elapsed_s / (cfg.run.time_budget_min * 60))
+    p = min(max(p, 0.0), 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * p)) if o.schedule == "cosine" else (1 - p) ** 0.9
+    return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * decay)
+
+
+class _Stop:
+    """Turns SIGTERM into a graceful stop (checkpoint, then exit) in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: CaseSets, val: ValSet, out: Path,
+          dist: DistContext, tracker: Tracker, resume: Path | None = None,
+          on_event: Event = lambda kind, fields: None) -> TrainResult:  # fmt: skip
+    """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0."""
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    from medseg.models.network import build_network
+
+    set_determinism(seed=cfg.run.seed + dist.rank)
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = dist.device
+    net = build_network(cfg.network).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    progress = Progress()
+    ckpt_dir = out / "checkpoints"
+    if resume is not None:
+        state = load_checkpoint(resume)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        progress = Progress(**state["progress"])
+        on_event("resume", {"iteration": progress.iteration, "checkpoint": str(resume)})
+    model = dist.wrap(net)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    stream = PatchStream(train_cases, cfg, cfg.run.seed, dist.rank)
+    stream.start_index = progress.iteration * cfg.data.batch_size
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+        worker_init_fn=lambda _: torch.set_num_threads(1), persistent_workers=cfg.data.num_workers > 0,
+        prefetch_factor=2 if cfg.data.num_workers > 0 else None,
+    )  # fmt: skip
+    best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+    best_weights, last_weights = out / "best_weights.pt", out / "last_weights.pt"
+    metrics_log = out / "metrics.jsonl"
+
+    def checkpoint(reason: str) -> None:
+        if dist.is_main:
+            save_checkpoint(last_path, net, opt, progress, config_sha, manifest_sha)
+            save_weights(last_weights, net)
+            on_event("checkpoint", {"iteration": progress.iteration, "reason": reason, "path": str(last_path)})
+
+    def log(record: dict[str, Any]) -> None:
+        if dist.is_main:
+            with metrics_log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    start = time.monotonic() - progress.elapsed_s
+    last_ckpt = time.monotonic()
+    stopped_by = "max_iterations"
+    window_loss: list[float] = []
+    net.train()
+    with _Stop() as stop:
+        try:
+            it = iter(loader)
+            while progress.iteration < cfg.run.max_iterations:
+                t0 = time.monotonic()
+                batch = next(it)
+                t_data = time.monotonic() - t0
+                factor = lr_factor(cfg, progress.iteration, progress.elapsed_s)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.optim.lr * factor
+                x, y = batch["image"].to(device), batch["label"].to(device)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                progress.iteration += 1
+                progress.elapsed_s = time.monotonic() - start
+                lv = float(loss.detach())
+                window_loss.append(lv)
+                step = {"iteration": progress.iteration, "loss": lv, "lr": cfg.optim.lr * factor,
+                        "s_per_it": time.monotonic() - t0, "data_s": t_data,
+                        "elapsed_s": progress.elapsed_s}  # fmt: skip
+                on_event("iter", step)
+                if progress.iteration % 10 == 0 and dist.is_main:
+                    tracker.log_metrics({"train_loss": float(np.mean(window_loss)), "lr": step["lr"],
+                                         "s_per_it": step["s_per_it"]}, progress.iteration)  # fmt: skip
+                    window_loss.clear()
+                log_step = progress.iteration % cfg.run.val_every == 0
+                out_of_time = bool(cfg.run.time_budget_min and progress.elapsed_s >= cfg.run.time_budget_min * 60)
+                final = out_of_time or progress.iteration >= cfg.run.max_iterations
+                if (log_step or final) and dist.is_main and val.images:
+                    sel, scores = validate(net, val, cfg, device)
+                    rec = {"iteration": progress.iteration, "elapsed_s": progress.elapsed_s, "val_score": sel,
+                           "cases": [asdict(s) for s in scores]}  # fmt: skip
+                    improved = sel > progress.best_score
+                    if improved:
+                        progress.best_score, progress.best_iteration = sel, progress.iteration
+                        save_checkpoint(best_path, net, opt, progress, config_sha, manifest_sha)
+                        save_weights(best_weights, net)
+                    progress.history.append({k: rec[k] for k in ("iteration", "val_score")})
+                    log(rec)
+                    tracker.log_metrics({"val_score": sel, **{f"val_dice_{s.case}": s.dice for s in scores}},
+                                        progress.iteration)  # fmt: skip
+                    on_event("val", {**rec, "improved": improved, "best_score": progress.best_score})
+                    progress.elapsed_s = time.monotonic() - start
+                if dist.is_main and time.monotonic() - last_ckpt > cfg.run.checkpoint_every_min * 60:
+                    checkpoint("interval")
+                    last_ckpt = time.monotonic()
+                if dist.agree_stop(out_of_time or stop.requested):
+                    stopped_by = "sigterm" if stop.requested else "time_budget"
+                    break
+        except KeyboardInterrupt:
+            checkpoint("interrupted")
+            raise
+    checkpoint(stopped_by)
+    if dist.is_main and not best_weights.exists():
+        save_weights(best_weights, net)
+    return TrainResult(progress, best_weights, last_weights, stopped_by)

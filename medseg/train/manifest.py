@@ -1,0 +1,160 @@
+"""Data manifests: every training/validation file with its SHA-256, split, source and licence.
+
+Paths are relative to a data root (default `../shared/data` next to the repository, or `--data-root` /
+`MEDSEG_DATA_ROOT`). Training refuses a manifest whose files do not match their digests and records the
+manifest's own digest. Build one from a sources spec with `python -m medseg.train.manifest SPEC OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medseg.errors import InvalidInputError
+from medseg.models.registry import sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Entry(BaseModel):
+    """One case: a label map alone (synthetic images are generated from it) or a real CT with its label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    case_id: str
+    kind: Literal["label_map", "ct_pair"]
+    image: str | None = None
+    label: str
+    labels_json: str | None = None
+    liver_value: int | None = None
+    sha256: dict[str, str]
+    split: Literal["train", "val", "test"]
+    source: str
+    licence: str
+    label_type: Literal["manual", "model"]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    entries: list[Entry] = Field(min_length=1)
+
+    def split(self, split: str, kind: str | None = None) -> list[Entry]:
+        return [e for e in self.entries if e.split == split and (kind is None or e.kind == kind)]
+
+
+def default_data_root() -> Path:
+    """`$MEDSEG_DATA_ROOT`, else `../shared/data` relative to the repository."""
+    return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+
+def digest_path(path: Path) -> str:
+    """SHA-256 of a file, or of a folder as the digest of its sorted (relative path, file digest) list."""
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    raise InvalidInputError("manifest file missing", path=path, hint="Check --data-root / MEDSEG_DATA_ROOT.")
+
+
+def load_manifest(path: Path) -> tuple[Manifest, str]:
+    """Parse a manifest; returns it and the SHA-256 of the manifest file."""
+    try:
+        raw = path.read_bytes()
+        return Manifest.model_validate(json.loads(raw)), hashlib.sha256(raw).hexdigest()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read manifest: {exc.strerror}", path=path) from exc
+    except (ValueError, ValidationError) as exc:
+        raise InvalidInputError(f"invalid manifest: {str(exc).splitlines()[0]}", path=path) from exc
+
+
+def verify_manifest(manifest: Manifest, data_root: Path, manifest_path: Path | None = None) -> None:
+    """Check every file's SHA-256; raise InvalidInputError naming the first mismatch or missing file."""
+    for e in manifest.entries:
+        for role, digest in e.sha256.items():
+            rel = getattr(e, role)
+            actual = digest_path(data_root / rel)
+            if actual != digest:
+                raise InvalidInputError(
+                    f"manifest digest mismatch for {e.case_id} {role}: {actual[:12]}... != {digest[:12]}...",
+                    path=data_root / rel,
+                    hint=f"The data changed since {manifest_path or 'the manifest'} was written; training refuses it.",
+                )
+
+
+class SourceSpec(BaseModel):
+    """A group of files for a manifest: a glob of label maps or explicit CT pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    glob: str | None = None
+    pairs: list[dict[str, str]] = []
+    kind: Literal["label_map", "ct_pair"]
+    labels_json: str | None = None
+    liver_value: int | None = None
+    split: Literal["train", "val", "test"] = "train"
+    val_cases: list[str] = []
+    source: str
+    licence: str
+    label_type: Literal["manual", "model"] = "manual"
+
+
+class ManifestSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    groups: list[SourceSpec]
+
+
+def build_manifest(spec: ManifestSpec, data_root: Path) -> Manifest:
+    """Resolve a sources spec against the data root and digest every file."""
+    entries: list[Entry] = []
+    for g in spec.groups:
+        items = (
+            [{"label": p.relative_to(data_root).as_posix()} for p in sorted(data_root.glob(g.glob))] if g.glob else []
+        )
+        items += g.pairs
+        for item in items:
+            label = item["label"]
+            case_id = item.get("case_id") or Path(label).name.split(".")[0]
+            roles = {"label": label, "image": item.get("image"), "labels_json": g.labels_json}
+            sha = {r: digest_path(data_root / p) for r, p in roles.items() if p}
+            split = "val" if case_id in g.val_cases else g.split
+            entries.append(Entry(
+                case_id=case_id, kind=g.kind, image=roles["image"], label=label, labels_json=g.labels_json,
+                liver_value=g.liver_value, sha256=sha, split=split, source=g.source, licence=g.licence,
+                label_type=g.label_type,
+            ))  # fmt: skip
+    return Manifest(name=spec.name, description=spec.description, entries=entries)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m medseg.train.manifest SPEC.yaml OUT.json [--data-root DIR]`."""
+    from medseg.io.atomic import atomic_write_text
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("spec", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--data-root", type=Path, default=None)
+    ap.add_argument("--overwrite", action="store_true")
+    a = ap.parse_args(argv)
+    spec = ManifestSpec.model_validate(yaml.safe_load(a.spec.read_text()))
+    manifest = build_manifest(spec, a.data_root or default_data_root())
+    atomic_write_text(a.out, manifest.model_dump_json(indent=1, exclude_none=True) + "\n", overwrite=a.overwrite)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Real CT/label pairs at the model grid, prepared exactly like inference input (RAS, model spacing), cached.
+
+Model contract: `Volume.to_metatensor()` -> MONAI `Orientation("RAS")` -> `Spacing(card.spacing, bilinear)`;
+labels use nearest interpolation. Images stay in HU here; windowing happens when patches are drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InvalidInputError
+from medseg.io import Volume, read_image
+
+
+@dataclass
+class RealCase:
+    """A real CT in HU and its binary liver label, both on the model grid (RAS, model spacing)."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+
+
+def to_model_grid(volume: Volume, spacing: tuple[float, float, float], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Array and RAS affine of `volume` reoriented to RAS and resampled to `spacing` (MONAI, as at inference)."""
+    from monai.transforms import Orientation, Spacing
+
+    mt = volume.to_metatensor().float()
+    mt = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(mt)
+    mt = Spacing(pixdim=spacing, mode=mode)(mt)
+    return mt[0].numpy().astype(np.float32), np.asarray(mt.affine, dtype=np.float64)
+
+
+def prepare_real_case(name: str, image: Path, label: Path, liver_value: int,
+                      spacing: tuple[float, float, float]) -> RealCase:  # fmt: skip
+    """Read a CT and its label map, check they share a grid, and bring both to the model grid."""
+    img = read_image(image)
+    lab = read_image(label)
+    binary = lab.with_array((np.asarray(lab.array) == liver_value).astype(np.float32))
+    hu, affine = to_model_grid(img, spacing, "bilinear")
+    lv, lab_affine = to_model_grid(binary, spacing, "nearest")
+    if hu.shape != lv.shape or not np.allclose(affine, lab_affine, atol=0.5):
+        raise InvalidInputError("label and image do not cover the same voxel grid (after reorientation)", path=label)
+    mask = lv > 0.5
+    if not mask.any():
+        raise InvalidInputError(f"label has no voxels of value {liver_value}", path=label)
+    mean_hu = float(hu[mask].mean())
+    if not -50.0 <= mean_hu <= 250.0:
+        raise InvalidInputError(f"mean HU inside the label is {mean_hu:.0f}: label does not line up", path=label)
+    return RealCase(name, hu, mask.astype(np.uint8), affine)
+
+
+def cached_real_case(name: str, image: Path, label: Path, liver_value: int, spacing: tuple[float, float, float],
+                     digests: dict[str, str], cache_dir: Path) -> RealCase:  # fmt: skip
+    """`prepare_real_case` through an on-disk cache keyed by the file digests and spacing."""
+    folder = cache_dir / "real"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{sorted(digests.items())}|{liver_value}|{spacing}|1".encode()).hexdigest()[:24]
+    target = folder / f"{name}-{key}.npz"
+    if target.is_file():
+        with np.load(target) as z:
+            return RealCase(name, z["image"], z["label"], z["affine"])
+    case = prepare_real_case(name, image, label, liver_value, spacing)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, image=case.image, label=case.label, affine=case.affine)
+    os.replace(tmp, target)
+    return case

@@ -1,0 +1,171 @@
+"""Synthesise the anatomy a label map lacks (body, fat, muscle, spine, ribs, lungs, gas, liver vessels and lesions).
+
+Works on a region of an `AnatomyCase` and returns a tissue-class map (ids from `tissues.yaml`). Everything is
+randomised per call; organs from the label map are never overwritten except by structures that keep their label
+(vessels and lesions inside the liver stay liver).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medseg.train.synth.fields import smooth_noise
+from medseg.train.synth.tissues import tissue_table
+
+PAD = 42
+
+
+@dataclass
+class Region:
+    """A box of an AnatomyCase: arrays cut (and padded) to the box; `origin` is the box corner in case voxels."""
+
+    classes: np.ndarray
+    fov: np.ndarray
+    hull_dist: np.ndarray
+    spine: np.ndarray
+    dome: np.ndarray
+    origin: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def _coords(shape: tuple[int, int, int], origin: np.ndarray, spacing: tuple[float, float, float]) -> list[np.ndarray]:
+    return [((np.arange(n) + o) * s).reshape([-1 if a == d else 1 for a in range(3)])
+            for d, (n, o, s) in enumerate(zip(shape, origin, spacing, strict=True))]  # fmt: skip
+
+
+def _spine(t: np.ndarray, reg: Region, rng: np.random.Generator, free: np.ndarray) -> None:
+    ids = tissue_table().ids
+    sx, sy, _sz = reg.spacing
+    x, y, z = _coords(t.shape, reg.origin, reg.spacing)
+    cx = (reg.spine[:, 0] * sx)[None, None, :]
+    cy = (reg.spine[:, 1] * sy)[None, None, :]
+    dx, dy = x - cx, y - cy
+    r = rng.uniform(15.0, 24.0)
+    ellip = np.sqrt(dx**2 + (dy * rng.uniform(1.0, 1.25)) ** 2)
+    period, disc = rng.uniform(26.0, 34.0), rng.uniform(5.0, 9.0)
+    is_disc = ((z + rng.uniform(0, period)) % period) < disc
+    cortex = rng.uniform(1.5, 3.5)
+    body = ellip < r
+    t[free & body & ~is_disc & (ellip >= r - cortex)] = ids["bone_cortex"]
+    t[free & body & ~is_disc & (ellip < r - cortex)] = ids["bone_marrow"]
+    t[free & body & is_disc] = ids["disc"]
+    canal = (np.abs(dx) < rng.uniform(7, 10)) & (dy < -r) & (dy > -r - 18)
+    t[free & canal] = ids["soft_tissue"]
+    arch = ((np.abs(dx) < 22) & (dy <= -r - 18) & (dy > -r - 26)) | (
+        (np.abs(dx) < 6) & (dy <= -r - 18) & (dy > -r - 50)
+    )
+    t[free & arch & ~is_disc] = ids["bone_cortex"]
+    for side in (-1, 1):
+        para = ((dx - side * 35) / 22) ** 2 + ((dy + r + 35) / 20) ** 2 < 1
+        t[free & para & (t == 0)] = ids["muscle"]
+        psoas = ((dx - side * (r + 15)) / 14) ** 2 + ((dy + 5) / 16) ** 2 < 1
+        t[free & psoas & (t == 0) & (rng.random() < 0.8)] = ids["muscle"]
+
+
+def _liver_details(t: np.ndarray, rng: np.random.Generator) -> None:
+    ids = tissue_table().ids
+    liver = t == ids["liver"]
+    if not liver.any():
+        return
+    if rng.random() < 0.9:
+        scale = rng.uniform(4.0, 8.0)
+        n1, n2 = smooth_noise(t.shape, scale, rng), smooth_noise(t.shape, scale, rng)
+        w = rng.uniform(0.08, 0.2)
+        t[liver & (np.abs(n1) < w) & (np.abs(n2) < w)] = ids["liver_vessel"]
+    if rng.random() < 0.45:
+        pts = np.argwhere(liver)
+        for _ in range(rng.integers(1, 6)):
+            c = pts[rng.integers(len(pts))]
+            rad = rng.uniform(1.5, 10.0) * rng.uniform(0.7, 1.3, size=3)
+            sl = tuple(slice(max(0, int(ci - ri) - 1), min(n, int(ci + ri) + 2))
+                       for ci, ri, n in zip(c, rad, t.shape, strict=True))  # fmt: skip
+            g = np.ogrid[sl]
+            wobble = 1.0 + 0.15 * smooth_noise(tuple(len(np.ravel(a)) for a in g), 3.0, rng)
+            inside = sum(((gi - ci) / ri) ** 2 for gi, ci, ri in zip(g, c, rad, strict=True)) < wobble
+            sub = t[sl]
+            sub[inside & np.isin(sub, [ids["liver"], ids["liver_vessel"]])] = ids["liver_lesion"]
+
+
+def _bowel_gas(t: np.ndarray, reg: Region, rng: np.random.Generator) -> None:
+    ids = tissue_table().ids
+    bowel = np.isin(t, [ids[n] for n in ("stomach", "duodenum", "colon", "intestine", "rectum")])
+    if not bowel.any():
+        return
+    gas = smooth_noise(t.shape, rng.uniform(2.0, 4.0), rng) > rng.uniform(1.0, 2.4)
+    t[bowel & gas] = ids["bowel_gas"]
+    stomach = t == ids["stomach"]
+    if stomach.any() and rng.random() < 0.4:
+        j = np.nonzero(stomach)[1]
+        level = np.quantile(j, rng.uniform(0.6, 0.95))
+        yy = np.arange(t.shape[1])[None, :, None]
+        t[stomach & (yy > level)] = ids["bowel_gas"]
+
+
+def build_tissues(reg: Region, rng: np.random.Generator) -> np.ndarray:
+    """Tissue-class map for a region: organs from the label map, the rest synthesised plausibly."""
+    ids = tissue_table().ids
+    t = reg.classes.copy()
+    shape = t.shape
+    organ = t > 0
+    margin = rng.uniform(20.0, 60.0) + 6.0 * smooth_noise(shape, 12.0, rng)
+    hd = reg.hull_dist
+    body = hd < margin
+    fat_th = np.minimum(rng.uniform(5.0, 35.0), 0.6 * margin)
+    mus_th = np.clip(rng.uniform(6.0, 18.0), 0, margin - fat_th - 2)
+    wall_out = margin - fat_th
+    t[~organ & body & (hd >= wall_out)] = ids["subcut_fat"]
+    t[~organ & body & (hd < wall_out) & (hd >= wall_out - mus_th)] = ids["muscle"]
+    interior = ~organ & body & (hd < wall_out - mus_th)
+    soft = smooth_noise(shape, rng.uniform(3.0, 10.0), rng) > rng.uniform(-0.6, 0.9)
+    t[interior & soft] = ids["soft_tissue"]
+    t[interior & ~soft] = ids["visceral_fat"]
+    if rng.random() < 0.5:
+        pockets = smooth_noise(shape, 2.5, rng) > rng.uniform(1.6, 2.6)
+        t[interior & pockets] = ids["bowel_gas"]
+    _spine(t, reg, rng, free=~organ & body)
+    if rng.random() < 0.7:
+        _ribs(t, reg, rng, hd, wall_out, mus_th, organ)
+    if rng.random() < 0.9:
+        _lungs(t, reg, rng, interior)
+    _bowel_gas(t, reg, rng)
+    _liver_details(t, rng)
+    t[~body & ~organ] = ids["outside_air"]
+    t[~reg.fov] = PAD
+    return t
+
+
+def _ribs(t: np.ndarray, reg: Region, rng: np.random.Generator, hd: np.ndarray, wall_out: np.ndarray,
+          mus_th: np.ndarray, organ: np.ndarray) -> None:  # fmt: skip
+    ids = tissue_table().ids
+    x, y, z = _coords(t.shape, reg.origin, reg.spacing)
+    sx, sy = reg.spacing[:2]
+    cx = (reg.spine[:, 0] * sx)[None, None, :]
+    cy = (reg.spine[:, 1] * sy)[None, None, :]
+    angle = np.arctan2(y - cy, x - cx)
+    period, width = rng.uniform(22.0, 32.0), rng.uniform(5.0, 9.0)
+    slope = rng.uniform(80.0, 160.0)
+    phase = (z - slope * np.abs(np.sin(angle)) + rng.uniform(0, period)) % period
+    inner = wall_out - np.minimum(mus_th, rng.uniform(4.0, 8.0))
+    band = (hd < inner + rng.uniform(4.0, 7.0)) & (hd >= inner)
+    dome_z = np.median(reg.dome) * reg.spacing[2] + reg.origin[2] * reg.spacing[2]
+    upper = z > dome_z - rng.uniform(90.0, 180.0)
+    rib = band & (phase < width) & upper & ~organ
+    t[rib] = ids["bone_cortex"]
+
+
+def _lungs(t: np.ndarray, reg: Region, rng: np.random.Generator, interior: np.ndarray) -> None:
+    ids = tissue_table().ids
+    k = np.arange(t.shape[2])[None, None, :] + reg.origin[2]
+    gap = rng.uniform(1.0, 3.0)
+    above = k > reg.dome[:, :, None] + gap
+    x, y, _ = _coords(t.shape, reg.origin, reg.spacing)
+    mid_z = reg.spine[:, :].mean(0)
+    dx = x - mid_z[0] * reg.spacing[0]
+    dy = y - mid_z[1] * reg.spacing[1]
+    mediastinum = (np.abs(dx) < rng.uniform(25.0, 50.0)) & (dy > -10.0)
+    heart = mediastinum & (dy > 20.0)
+    lung = above & interior & ~mediastinum
+    t[lung] = ids["lung"]
+    t[above & interior & heart] = ids["soft_tissue"]

@@ -1,0 +1,199 @@
+"""Precompute label maps for the generator: unified classes, RAS at the model spacing, cropped, with anatomy guides.
+
+Done once per (file digest, spacing) and cached as `.npz` outside the repository, so that on-the-fly generation
+only thresholds and indexes cached fields. Arrays are indexed [i, j, k] = towards Right, Anterior, Superior.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import Delaunay, QhullError
+
+from medseg.errors import InvalidInputError
+from medseg.train.synth.tissues import source_lut, tissue_table
+
+PREP_VERSION = "3"
+MARGIN_MM = (75.0, 75.0, 45.0)
+
+
+@dataclass
+class AnatomyCase:
+    """One prepared label map: `classes` (uint8 generator ids, 0 = unlabelled), `fov` (inside the scan), guides."""
+
+    name: str
+    classes: np.ndarray
+    fov: np.ndarray
+    hull_dist: np.ndarray
+    spine: np.ndarray
+    dome: np.ndarray
+    spacing: tuple[float, float, float]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez_compressed(
+            tmp, classes=self.classes, fov=self.fov, hull_dist=self.hull_dist, spine=self.spine, dome=self.dome,
+            spacing=np.asarray(self.spacing), name=np.asarray(self.name),
+        )  # fmt: skip
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> AnatomyCase:
+        with np.load(path) as z:
+            return cls(
+                str(z["name"]), z["classes"], z["fov"], z["hull_dist"].astype(np.float32), z["spine"], z["dome"],
+                tuple(float(s) for s in z["spacing"]),
+            )  # fmt: skip
+
+
+def default_cache_dir() -> Path:
+    """`$MEDSEG_CACHE` or `~/.cache/medseg` (never inside the repository)."""
+    return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg"))
+
+
+def resample_labels_ras(path: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Label map and field-of-view mask, reoriented to RAS and resampled (nearest) to `spacing`."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj).astype(np.int32)
+    except Exception as exc:
+        raise InvalidInputError(f"cannot read label map: {exc}", path=path) from exc
+    corners = np.array([[i, j, k, 1] for i in (0, data.shape[0] - 1) for j in (0, data.shape[1] - 1)
+                        for k in (0, data.shape[2] - 1)], float)  # fmt: skip
+    world = (img.affine @ corners.T).T[:, :3]
+    lo, hi = world.min(0), world.max(0)
+    shape = tuple(int(np.floor((b - a) / s)) + 1 for a, b, s in zip(lo, hi, spacing, strict=True))
+    out_affine = np.diag([*spacing, 1.0])
+    out_affine[:3, 3] = lo
+    labels_img = nib.Nifti1Image(data, img.affine)
+    out = resample_from_to(labels_img, (shape, out_affine), order=0, cval=0)
+    fov = resample_from_to(nib.Nifti1Image(np.ones(data.shape, np.uint8), img.affine), (shape, out_affine), order=0)
+    return np.asarray(out.dataobj).astype(np.int32), np.asarray(fov.dataobj).astype(bool)
+
+
+def _slice_hulls(organs: np.ndarray) -> np.ndarray:
+    """Per-axial-slice convex hull of all organs; slices without organs copy the nearest slice that has some."""
+    hull = np.zeros_like(organs)
+    nx, ny, nz = organs.shape
+    grid = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij"), -1).reshape(-1, 2)
+    has = np.zeros(nz, bool)
+    for k in range(nz):
+        pts = np.argwhere(organs[:, :, k])
+        if len(pts) < 4:
+            continue
+        try:
+            tri = Delaunay(pts)
+        except QhullError:
+            continue
+        hull[:, :, k] = (tri.find_simplex(grid) >= 0).reshape(nx, ny) | organs[:, :, k]
+        has[k] = True
+    if not has.any():
+        raise InvalidInputError("label map has no organ voxels")
+    idx = np.flatnonzero(has)
+    for k in np.flatnonzero(~has):
+        hull[:, :, k] = hull[:, :, idx[np.argmin(np.abs(idx - k))]]
+    return hull
+
+
+def _spine_line(classes: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """(nz, 2) vertebral-body centre per slice: behind the aorta or between the kidneys, smoothed along z."""
+    ids = tissue_table().ids
+    nz = classes.shape[2]
+    centre = np.full((nz, 2), np.nan)
+    back = 28.0 / spacing[1]
+    for k in range(nz):
+        sl = classes[:, :, k]
+        aorta = np.argwhere(sl == ids["aorta"])
+        kid_r, kid_l = np.argwhere(sl == ids["kidney_right"]), np.argwhere(sl == ids["kidney_left"])
+        if len(aorta) > 3:
+            c = aorta.mean(0)
+            centre[k] = (c[0] + 12.0 / spacing[0], c[1] - back)
+        elif len(kid_r) > 3 and len(kid_l) > 3:
+            cr, cl = kid_r.mean(0), kid_l.mean(0)
+            centre[k] = ((cr[0] + cl[0]) / 2, min(cr[1], cl[1]) + 5.0 / spacing[1])
+    ok = ~np.isnan(centre[:, 0])
+    if not ok.any():
+        organs = np.argwhere(classes > 0)
+        c = organs.mean(0)
+        centre[:] = (c[0], organs[:, 1].min() + 10.0 / spacing[1])
+        return centre.astype(np.float32)
+    for d in range(2):
+        centre[:, d] = np.interp(np.arange(nz), np.flatnonzero(ok), centre[ok, d])
+        centre[:, d] = ndimage.gaussian_filter1d(centre[:, d], 20.0 / spacing[2], mode="nearest")
+    return centre.astype(np.float32)
+
+
+def _dome(classes: np.ndarray) -> np.ndarray:
+    """(nx, ny) height just above the upper abdominal organs (liver, spleen, stomach); lungs start above it."""
+    ids = tissue_table().ids
+    upper = np.isin(classes, [ids["liver"], ids["spleen"], ids["stomach"], ids["esophagus"], ids["aorta"]])
+    any_col = upper.any(2)
+    top = np.where(any_col, classes.shape[2] - 1 - np.argmax(upper[:, :, ::-1], axis=2), -1).astype(np.float32)
+    if not any_col.any():
+        return np.full(classes.shape[:2], classes.shape[2], np.float32)
+    _, (ii, jj) = ndimage.distance_transform_edt(~any_col, return_indices=True)
+    filled = top[ii, jj]
+    return ndimage.gaussian_filter(filled, 3.0).astype(np.float32) + 1.0
+
+
+def _anterior_posterior_flipped(classes: np.ndarray) -> bool:
+    """True when the kidneys lie anterior to the liver: the map's affine has a wrong A/P sign (seen in BTCV)."""
+    ids = tissue_table().ids
+    liver = np.argwhere(classes == ids["liver"])
+    kidneys = np.argwhere(np.isin(classes, [ids["kidney_right"], ids["kidney_left"]]))
+    if len(liver) == 0 or len(kidneys) == 0:
+        return False
+    return bool(kidneys[:, 1].mean() > liver[:, 1].mean())
+
+
+def prepare_label_map(path: Path, labels_json: Path, spacing: tuple[float, float, float]) -> AnatomyCase:
+    """Read, unify, resample and crop one label map, and derive the anatomy guides."""
+    lut = source_lut(labels_json)
+    raw, fov = resample_labels_ras(path, spacing)
+    if raw.max() >= len(lut) or raw.min() < 0:
+        raise InvalidInputError(f"label value {raw.max()} not in labels.json", path=path)
+    classes = lut[raw]
+    if _anterior_posterior_flipped(classes):
+        classes, fov = classes[:, ::-1, :].copy(), fov[:, ::-1, :].copy()
+    organs = classes > 0
+    nz_idx = np.argwhere(organs)
+    if len(nz_idx) == 0:
+        raise InvalidInputError("label map has no organ voxels", path=path)
+    margin = [round(m / s) for m, s in zip(MARGIN_MM, spacing, strict=True)]
+    lo = np.maximum(nz_idx.min(0) - margin, 0)
+    hi = np.minimum(nz_idx.max(0) + margin + 1, classes.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    classes, fov, organs = classes[box], fov[box], organs[box]
+    hull = _slice_hulls(organs)
+    hull_dist = np.zeros(hull.shape, np.float32)
+    for k in range(hull.shape[2]):
+        hull_dist[:, :, k] = ndimage.distance_transform_edt(~hull[:, :, k], sampling=spacing[:2])
+    return AnatomyCase(
+        name=path.name.split(".")[0], classes=classes.astype(np.uint8), fov=fov, hull_dist=hull_dist.astype(np.float16),
+        spine=_spine_line(classes, spacing), dome=_dome(classes), spacing=spacing,
+    )  # fmt: skip
+
+
+def cached_case(path: Path, labels_json: Path, spacing: tuple[float, float, float], sha256: str,
+                cache_dir: Path | None = None) -> AnatomyCase:  # fmt: skip
+    """`prepare_label_map` through the on-disk cache keyed by the file digest, spacing and preparation version."""
+    cache_dir = (cache_dir or default_cache_dir()) / "anatomy"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{sha256}|{spacing}|{PREP_VERSION}".encode()).hexdigest()[:24]
+    target = cache_dir / f"{path.name.split('.')[0]}-{key}.npz"
+    if target.is_file():
+        try:
+            return AnatomyCase.load(target)
+        except (OSError, ValueError, KeyError):
+            target.unlink(missing_ok=True)
+    case = prepare_label_map(path, labels_json, spacing)
+    case.save(target)
+    return case

@@ -1,0 +1,143 @@
+"""MLflow logging for training runs (mlflow imported lazily): params, per-step metrics, manifests as datasets
+with their digests, git commit, package versions, and the final model as an artifact.
+
+Tracking URI: explicit argument, else `MLFLOW_TRACKING_URI`, else a sqlite store inside the run folder (never a
+stray `mlflow.db` or `./mlruns` in the working directory). Artifacts go to the run folder for the local store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ProcessingError
+
+PACKAGES = ("medseg", "torch", "monai", "numpy", "scipy", "nibabel", "SimpleITK", "pydantic", "mlflow-skinny")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def resolve_tracking_uri(explicit: str | None, run_dir: Path) -> str:
+    """The tracking URI to use: argument > $MLFLOW_TRACKING_URI > sqlite in the run folder."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def git_commit() -> dict[str, str]:
+    """Commit of the code that trains (and whether the tree had uncommitted changes)."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "medseg", "configs"],
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown"}
+    return {"git_commit": head.stdout.strip() or "unknown", "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+class Tracker:
+    """One MLflow run. Methods are no-ops on non-zero DDP ranks (`enabled=False`)."""
+
+    def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self.uri = resolve_tracking_uri(tracking_uri, run_dir)
+        self.run_dir = run_dir
+        self.experiment = experiment
+
+    def start(self, run_name: str, resume_run_id: str | None = None) -> str | None:
+        if not self.enabled:
+            return None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        warnings.filterwarnings("ignore", module="mlflow")
+        import mlflow
+
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            if mlflow.get_experiment_by_name(self.experiment) is None:
+                location = None
+                if self.uri.startswith("sqlite:///"):
+                    location = (self.run_dir / "mlartifacts").resolve().as_uri()
+                mlflow.create_experiment(self.experiment, artifact_location=location)
+            mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name)
+        except Exception as exc:
+            raise ProcessingError(f"cannot start MLflow run at {self.uri}: {exc}".splitlines()[0],
+                                  hint="Check --tracking-uri / MLFLOW_TRACKING_URI.") from exc  # fmt: skip
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            flat = _flatten(params)
+            items = list(flat.items())
+            for i in range(0, len(items), 90):
+                mlflow.log_params(dict(items[i : i + 90]))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tags(dict(tags))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+
+    def log_manifest(self, path: Path, digest: str, name: str, context: str) -> None:
+        """The manifest as an MLflow dataset whose digest is the manifest file's SHA-256."""
+        if not self.enabled:
+            return
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(path.resolve()))
+        mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
+                         tags={"sha256": digest})  # fmt: skip
+        mlflow.log_artifact(str(path), artifact_path="manifests")
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            import mlflow
+
+            mlflow.end_run(status=status)
