@@ -60,3 +60,49 @@ def intensity_predictor(threshold: float = 0.6, sharpness: float = 40.0):
         return np.stack([-fg, fg], axis=1).astype(np.float32)
 
     return predict
+
+
+def write_negated_series(src_files: list[Path], dst: Path, ks: range) -> None:
+    """Rewrite real CT slices with ImageOrientationPatient negated (rows and columns reversed) and new UIDs.
+
+    Pixel (r, c) of the new slice is pixel (R-1-r, C-1-c) of the old one and the position moves to the old last
+    pixel, so every voxel keeps its world position: a correct reader/writer must give the same anatomy.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series = generate_uid()
+    dst.mkdir(parents=True, exist_ok=True)
+    for n, k in enumerate(ks):
+        ds = pydicom.dcmread(src_files[k])
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        pos = np.asarray(ds.ImagePositionPatient, dtype=float) + (cols - 1) * dx * iop[:3] + (rows - 1) * dy * iop[3:]
+        ds.ImageOrientationPatient = [f"{v:.6g}" for v in -iop]
+        ds.ImagePositionPatient = [f"{v:.6f}"[:16] for v in pos]
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1, ::-1]).astype(ds.pixel_array.dtype).tobytes()
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(dst / f"slice{n:03d}.dcm")
+
+
+def seg_frames_in_world(seg_path: Path) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Each SEG frame as (LPS positions of its pixel centres (R, C, 3), frame pixels, segment number)."""
+    import pydicom
+
+    ds = pydicom.dcmread(seg_path)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    dy, dx = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    pixels = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))
+    r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+    out = []
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ipp = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        world = ipp + c[..., None] * dx * iop[:3] + r[..., None] * dy * iop[3:]
+        ident = item if "SegmentIdentificationSequence" in item else shared
+        segment = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        out.append((world, pixels[f], segment))
+    return out
