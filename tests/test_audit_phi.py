@@ -1,8 +1,8 @@
 """No PHI in the audit store: run audited commands on PHI-carrying files, then scan the database bytes.
 
 PHI sources: every Annex E attribute value in the headers of the inputs, and their file/folder names (the
-burned_in_text_jsl names carry synthetic patient names, MRNs and dates). To cover a new audited command,
-add its argv to COMMANDS (`infer` will go here once it exists).
+burned_in_text_jsl names carry synthetic patient names, MRNs and dates). To cover a new audited command
+(e.g. `deid` once it exists), add a runner to COMMANDS that returns its exit codes and the PHI-carrying inputs.
 """
 
 from __future__ import annotations
@@ -35,18 +35,54 @@ def _inputs(shared: Path) -> list[Path]:
     return [*sorted((shared / DEID / "burned_in_text_jsl").glob("*.dcm")), *(shared / f for f in INPUT_FOLDERS)]
 
 
-def _convert_all(shared: Path, out: Path) -> list[int]:
+def _convert_all(shared: Path, out: Path) -> tuple[list[int], list[Path]]:
+    """`medseg convert` on every PHI-carrying input (most fail as 2D images: failure events are scanned too)."""
     codes = []
-    for i, source in enumerate(_inputs(shared)):
+    inputs = _inputs(shared)
+    for i, source in enumerate(inputs):
         argv = ["convert", str(source), str(out / f"{i}.nii.gz")]
         if source.is_dir():
             uid = pydicom.dcmread(next(source.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
             argv += ["--series", str(uid)]
         codes.append(_run(argv))
-    return codes
+    return codes, inputs
 
 
-COMMANDS: dict[str, Callable[[Path, Path], list[int]]] = {"convert": _convert_all}
+def _phi_ct_series(shared: Path, dst: Path, slices: int = 24) -> Path:
+    """Real CT slices (chaos) carrying the synthetic PHI of a deid file: its identifying header values and its
+    file name (patient name, MRN, date) as folder and file names."""
+    donor_path = next((shared / DEID / "burned_in_text_jsl").glob("*Scott_Kaufman*.dcm"))
+    donor = pydicom.dcmread(donor_path, stop_before_pixels=True)
+    folder = dst / donor_path.stem
+    folder.mkdir(parents=True)
+    copied = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "SeriesDate",
+              "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "StudyID")  # fmt: skip
+    for n, src in enumerate(sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[:slices]):
+        ds = pydicom.dcmread(src)
+        for keyword in copied:
+            if keyword in donor:
+                setattr(ds, keyword, donor.data_element(keyword).value)
+        ds.save_as(folder / f"{donor_path.stem}_{n:03d}.dcm")
+    return folder
+
+
+def _infer_on_phi_series(shared: Path, out: Path) -> tuple[list[int], list[Path]]:
+    """`medseg infer` (small random-weight model, torch backend) on a CT series carrying PHI: a successful run."""
+    from infer_fixtures import make_model_folder
+
+    series = _phi_ct_series(shared, out / "input")
+    model = make_model_folder(out / "model", channels=(4, 8), strides=(2,), roi=(64, 64, 32))
+    argv = ["infer", str(series), "--out", str(out / "result"), "--model", str(model), "--backend", "torch"]
+    codes = [_run(argv), _run([*argv, "--strict", "--overwrite"])]
+    seg = list((out / "result").rglob("seg.dcm"))
+    assert seg and str(pydicom.dcmread(seg[0]).PatientName) == str(pydicom.dcmread(next(series.iterdir())).PatientName)
+    return codes, [series]
+
+
+COMMANDS: dict[str, Callable[[Path, Path], tuple[list[int], list[Path]]]] = {
+    "convert": _convert_all,
+    "infer": _infer_on_phi_series,
+}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -57,13 +93,12 @@ def test_no_phi_in_audit_store(shared: Path, tmp_path: Path, command: str) -> No
     keep_wal_open = sqlite3.connect(config.db_path)  # holds the -wal file so its bytes are scanned too
     keep_wal_open.execute("SELECT COUNT(*) FROM events").fetchone()
     try:
-        codes = COMMANDS[command](shared, tmp_path)
+        codes, inputs = COMMANDS[command](shared, tmp_path)
         assert 0 in codes, "no command succeeded: the scan would not cover successful events"
         assert (config.audit_dir / "audit.db-wal").stat().st_size > 0
-        inputs = _inputs(shared)
         files = [p for src in inputs for p in ([src] if src.is_file() else sorted(src.rglob("*.dcm")))]
         phi = header_phi(files, annex_e_tags(shared)) | name_phi(files) | name_phi(inputs)
-        assert len(phi) > 100
+        assert len(phi) > 50
         assert leaks(config.audit_dir, phi) == []
         (n_events,) = keep_wal_open.execute("SELECT COUNT(*) FROM events").fetchone()
         assert n_events == 2 + 2 * len(codes)
