@@ -12,6 +12,9 @@ import numpy as np
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NOT_DICOM = "not a DICOM file"
+ASCII_KEYWORDS = frozenset(
+    {"SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPClassUID", "SOPInstanceUID", "Modality"}
+)
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 ENHANCED_IMAGE_CLASSES = frozenset(
     {
@@ -122,8 +125,26 @@ def _read_forced(path: Path) -> Any:
     return ds
 
 
+def raw_text(ds: Any, keyword: str) -> str | None:
+    """An ASCII-only value (UI, CS, DS, IS) straight from the file bytes, skipping pydicom's slower conversion."""
+    try:
+        elem = ds.get_item(keyword)
+    except (KeyError, ValueError):
+        return None
+    value = None if elem is None else elem.value
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, (str, int, float)):
+        return str(value).strip()
+    return "\\".join(str(v) for v in value)
+
+
 def text(ds: Any, keyword: str) -> str:
-    """A header value as a stripped string ('' when absent or empty)."""
+    """A header value as a stripped string ('' when absent or empty); ASCII-only VRs are read raw (fast)."""
+    if keyword in ASCII_KEYWORDS:
+        return raw_text(ds, keyword) or ""
     value = ds.get(keyword, None)
     if value is None:
         return ""
@@ -153,22 +174,27 @@ def non_image_kind(ds: Any) -> str | None:
 
 def image_type(ds: Any) -> tuple[str, ...]:
     """ImageType values upper-cased (e.g. ORIGINAL, PRIMARY, AXIAL / LOCALIZER)."""
-    value = ds.get("ImageType", None)
-    if value is None:
-        return ()
-    values = [value] if isinstance(value, str) else list(value)
-    return tuple(str(v).strip().upper() for v in values)
+    value = raw_text(ds, "ImageType")
+    return tuple(v.strip().upper() for v in value.split("\\")) if value else ()
 
 
 def floats(value: Any, n: int) -> np.ndarray | None:
-    """A multi-valued DS as a float array of length n, or None when absent/malformed."""
+    """A multi-valued DS (list, or backslash-separated text) as a float array of length n; None when malformed."""
     if value is None:
         return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    parts = value.split("\\") if isinstance(value, str) else list(value)
     try:
-        arr = np.asarray([float(v) for v in (value if not isinstance(value, (str, bytes)) else [value])], dtype=float)
+        arr = np.asarray([float(v) for v in parts], dtype=float)
     except (TypeError, ValueError):
         return None
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def ds_floats(ds: Any, keyword: str, n: int) -> np.ndarray | None:
+    """A DS attribute of `ds` (dataset or sequence item) as floats, read raw."""
+    return floats(raw_text(ds, keyword), n)
 
 
 def number_of_frames(ds: Any) -> int:
@@ -205,8 +231,8 @@ class Header:
     @classmethod
     def from_dataset(cls, path: Path, ds: Any) -> Header:
         """Collect the grouping facts; enhanced multi-frame files take orientation/spacing from functional groups."""
-        orientation = floats(ds.get("ImageOrientationPatient", None), 6)
-        spacing = floats(ds.get("PixelSpacing", None), 2)
+        orientation = ds_floats(ds, "ImageOrientationPatient", 6)
+        spacing = ds_floats(ds, "PixelSpacing", 2)
         if orientation is None or spacing is None:
             shared = ds.get("SharedFunctionalGroupsSequence", None)
             first = ds.get("PerFrameFunctionalGroupsSequence", None)
@@ -215,9 +241,9 @@ class Header:
                     continue
                 item = groups[0]
                 if orientation is None and "PlaneOrientationSequence" in item:
-                    orientation = floats(item.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6)
+                    orientation = ds_floats(item.PlaneOrientationSequence[0], "ImageOrientationPatient", 6)
                 if spacing is None and "PixelMeasuresSequence" in item:
-                    spacing = floats(item.PixelMeasuresSequence[0].get("PixelSpacing"), 2)
+                    spacing = ds_floats(item.PixelMeasuresSequence[0], "PixelSpacing", 2)
 
         def as_int(keyword: str, default: int = 0) -> int:
             try:

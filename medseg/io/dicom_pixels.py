@@ -61,14 +61,20 @@ def output_dtype(stored: np.dtype, rescales: Sequence[Rescale], stored_range: tu
 
 
 def rescale_stack(stored: np.ndarray, rescales: Sequence[Rescale]) -> tuple[np.ndarray, np.dtype]:
-    """Apply each slice's rescale to a (k, rows, cols) block, choosing the dtype from the actual value range."""
+    """Apply each slice's rescale to a (k, rows, cols) block, choosing the dtype from the actual value range.
+
+    Integer results are computed in place (same-size dtypes) with wrap-around arithmetic, which is exact because
+    the final values are known to fit the output type.
+    """
     if all(r.is_identity for r in rescales):
         return stored, stored.dtype
     value_range = (float(stored.min(initial=0)), float(stored.max(initial=0)))
     dtype = output_dtype(stored.dtype, rescales, value_range)
-    uniform = len(set(rescales)) == 1
-    out = np.empty(stored.shape, dtype=dtype)
-    if uniform:
+    if np.issubdtype(dtype, np.integer):
+        out = stored.view(dtype) if stored.dtype.itemsize == dtype.itemsize else stored.astype(dtype)
+    else:
+        out = np.empty(stored.shape, dtype=dtype)
+    if len(set(rescales)) == 1:
         apply_rescale(stored, rescales[0], dtype, out)
     else:
         for k, r in enumerate(rescales):
@@ -150,12 +156,14 @@ def _decode_compressed(ds: Any, tsyntax: str) -> np.ndarray:
 
 
 def apply_rescale(stored: np.ndarray, rescale: Rescale, dtype: np.dtype, out: np.ndarray) -> None:
-    """Write slope * stored + intercept into `out` (exact in integer arithmetic when the dtype is integral)."""
-    if rescale.is_identity:
-        out[...] = stored
-    elif np.issubdtype(dtype, np.integer):
-        np.multiply(stored, int(rescale.slope), out=out, casting="unsafe", dtype=np.int64)
-        out += int(rescale.intercept)
+    """Write slope * stored + intercept into `out`; `out` may share memory with `stored` (integer case)."""
+    if np.issubdtype(dtype, np.integer):
+        if not np.shares_memory(out, stored):
+            out[...] = stored.astype(dtype, copy=False)
+        if rescale.slope != 1:
+            np.multiply(out, dtype.type(int(rescale.slope)), out=out)
+        if rescale.intercept != 0:
+            np.add(out, dtype.type(int(rescale.intercept)), out=out)
     else:
         np.multiply(stored, np.float32(rescale.slope), out=out, casting="unsafe", dtype=np.float32)
         out += np.float32(rescale.intercept)

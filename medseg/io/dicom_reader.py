@@ -11,7 +11,7 @@ import numpy as np
 
 from medseg.errors import InvalidInputError
 from medseg.io.dicom_geometry import FramePlane, Stack, build_stack
-from medseg.io.dicom_headers import Header, HeaderError, floats, header_extra, read_header, text
+from medseg.io.dicom_headers import Header, HeaderError, ds_floats, header_extra, read_header, text
 from medseg.io.dicom_pixels import (
     NATIVE_LE,
     Rescale,
@@ -110,7 +110,7 @@ def _check_uniform(headers: list[Header], where: Path) -> None:
 
 
 def _plane(h: Header) -> FramePlane:
-    position = floats(h.dataset.get("ImagePositionPatient", None), 3)
+    position = ds_floats(h.dataset, "ImagePositionPatient", 3)
     if position is None or h.orientation is None or h.pixel_spacing is None:
         raise InvalidInputError(
             "missing or malformed ImagePositionPatient/ImageOrientationPatient/PixelSpacing",
@@ -150,9 +150,9 @@ def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
         pos_item = _group_item(ds, f, "PlanePositionSequence")
         ori_item = _group_item(ds, f, "PlaneOrientationSequence")
         pix_item = _group_item(ds, f, "PixelMeasuresSequence")
-        position = floats(pos_item.get("ImagePositionPatient") if pos_item else None, 3)
-        orientation = floats(ori_item.get("ImageOrientationPatient") if ori_item else None, 6)
-        spacing = floats(pix_item.get("PixelSpacing") if pix_item else None, 2)
+        position = ds_floats(pos_item, "ImagePositionPatient", 3) if pos_item else None
+        orientation = ds_floats(ori_item, "ImageOrientationPatient", 6) if ori_item else None
+        spacing = ds_floats(pix_item, "PixelSpacing", 2) if pix_item else None
         if position is None or orientation is None or spacing is None:
             raise InvalidInputError(
                 f"frame {f + 1} has no plane position/orientation/pixel measures",
