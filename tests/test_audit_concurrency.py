@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,3 +53,42 @@ def test_concurrent_writers_keep_one_unbroken_chain(tmp_path: Path) -> None:
     assert len({r.body["pid"] for r in records}) == WRITERS
     switches = sum(a.body["pid"] != b.body["pid"] for a, b in itertools.pairwise(records))
     assert switches > WRITERS, f"writers did not interleave ({switches} switches); the test proved nothing"
+
+
+def _endless_writer(audit_dir: str, worker: int) -> None:
+    config = load_config(Path(audit_dir))
+    i = 0
+    while True:
+        with audit_session("batch", {"worker": worker, "i": i}, software={"medseg": "test"}, config=config):
+            i += 1
+
+
+def test_writer_killed_mid_append_leaves_a_verifiable_chain(tmp_path: Path) -> None:
+    """kill -9 of a writer at an arbitrary point (possibly inside a transaction) loses at most its open command."""
+    audit_dir = tmp_path / "audit"
+    ctx = multiprocessing.get_context("spawn")
+    victim = ctx.Process(target=_endless_writer, args=(str(audit_dir), 0))
+    barrier = ctx.Barrier(1)
+    survivor = ctx.Process(target=_writer, args=(str(audit_dir), 1, barrier))
+    victim.start()
+    deadline = time.monotonic() + 60
+    while not (audit_dir / "audit.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivor.start()
+    time.sleep(0.5)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(timeout=30)
+    survivor.join(timeout=240)
+    assert survivor.exitcode == 0
+
+    with AuditStore.open(load_config(audit_dir), create=False) as store:
+        report = verify_store(store)
+        records = list(store.records())
+    assert report.ok, report.problems
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
+    assert Counter(r.body["kind"] for r in records if r.body["params"]["worker"] == 1) == {
+        "start": COMMANDS_PER_WRITER,
+        "end": COMMANDS_PER_WRITER,
+    }
+    victim_kinds = Counter(r.body["kind"] for r in records if r.body["params"]["worker"] == 0)
+    assert victim_kinds["start"] - victim_kinds["end"] in (0, 1) and victim_kinds["end"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -121,3 +122,25 @@ def test_output_is_removed_when_the_end_event_cannot_be_written(tmp_path: Path) 
     anchor.rmdir()
     with AuditStore.open(load_config(), create=False) as store:
         assert store.head().seq == 1
+
+
+def test_corrupt_audit_database_stops_the_command(shared: Path, tmp_path: Path) -> None:
+    folder = _seed_store()
+    db = folder / "audit.db"
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _convert(shared, out_dir / "ct.nii.gz", lambda: None)
+    _assert_stopped_unaudited(result, out_dir / "ct.nii.gz")
+
+
+def test_foreign_sqlite_database_is_not_taken_over(shared: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "other"
+    folder.mkdir()
+    with sqlite3.connect(folder / "audit.db") as conn:
+        conn.execute("CREATE TABLE patients (name TEXT)")
+    for create in (False, True):
+        with pytest.raises(AuditError, match="not a medseg audit database"):
+            AuditStore.open(load_config(folder), create=create)
+    with sqlite3.connect(folder / "audit.db") as conn:
+        assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["patients"]

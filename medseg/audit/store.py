@@ -105,19 +105,23 @@ class AuditStore:
         return store
 
     def _init_schema(self) -> None:
-        if self._has_table("meta") and self._meta("store_id") is not None:
+        if self._meta("store_id") is not None:
             return
         with self._transaction():
+            if self._meta("store_id") is not None:
+                return  # another process initialised it while we waited for the lock
+            if self._conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                raise sqlite3.DatabaseError("not a medseg audit database (it has other tables)")
             for statement in DDL:
                 self._conn.execute(statement)
-            self._conn.execute("INSERT OR IGNORE INTO chain_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS_HASH,))
+            self._conn.execute("INSERT INTO chain_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS_HASH,))
             for key, value in (
                 ("schema", "medseg.audit/1"),
                 ("store_id", str(uuid.uuid4())),
                 ("created", utc_now()),
                 ("path_key", secrets.token_hex(32)),
             ):
-                self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+                self._conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def _has_table(self, name: str) -> bool:
         row = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
