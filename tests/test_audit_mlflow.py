@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from medseg.audit.config import load_config
 from medseg.audit.mlflow_link import ARTIFACT
+from medseg.audit.store import AuditStore
 from medseg.cli.audited import audited
+from medseg.errors import AuditError
 
 
 def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch) -> None:
@@ -25,3 +30,13 @@ def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch) -> None:
     assert [(r["command"], r["kind"]) for r in records] == [("train", "start"), ("train", "end")]
     assert records[1]["mlflow_run_id"] == run.info.run_id and records[1]["outcome"] == "success"
     assert records[1]["prev_hash"] == records[0]["hash"]
+
+    out = tmp_path / "model.pt"
+    with pytest.raises(AuditError, match="MLflow run"), audited("train", {}) as rec:
+        out.write_bytes(b"weights")
+        rec.add_outputs([out])
+        rec.link_mlflow_run("0" * 32)  # no such run: attaching fails after the local end event was written
+    assert out.exists()
+    with AuditStore.open(load_config(), create=False) as store:
+        last = list(store.records())[-1].body
+    assert (last["command"], last["kind"], last["outcome"]) == ("train", "end", "success")

@@ -80,3 +80,11 @@ def test_store_reopens_and_continues_the_chain() -> None:
         assert [r.seq for r in records] == [1, 2, 3, 4]
         assert store.head().hash == records[-1].hash
         assert all(r.recomputed_hash() == r.hash for r in records)
+
+
+def test_unreadable_and_missing_inputs_are_recorded_not_fatal(tmp_path: Path) -> None:
+    with audited("convert", {}) as rec:
+        rec.add_inputs([tmp_path / "missing.dcm", tmp_path])
+    end = _bodies(load_config().db_path)[-1]
+    assert [i["type"] for i in end["inputs"]] == ["missing", "folder"]
+    assert end["inputs"][0]["sha256"] is None and end["inputs"][1]["files"] == 0

@@ -68,12 +68,15 @@ class PathDigest:
 
 
 def describe_path(path: Path, key: bytes) -> PathDigest:
-    """Digest a file or folder; a missing path is recorded as type 'missing' rather than failing the command."""
+    """Digest a file or folder; a missing or unreadable path is recorded as such rather than failing the command."""
     path = Path(path)
     ref = path_ref(path, key)
-    if path.is_dir():
-        digest, files, size = folder_digest(path)
-        return PathDigest(ref, "folder", digest, files, size)
-    if path.is_file():
-        return PathDigest(ref, "file", file_sha256(path), 1, path.stat().st_size)
+    try:
+        if path.is_dir():
+            digest, files, size = folder_digest(path)
+            return PathDigest(ref, "folder", digest, files, size)
+        if path.is_file():
+            return PathDigest(ref, "file", file_sha256(path), 1, path.stat().st_size)
+    except OSError:
+        return PathDigest(ref, "unreadable", None, 0, 0)
     return PathDigest(ref, "missing", None, 0, 0)

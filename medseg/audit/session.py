@@ -189,16 +189,20 @@ def audit_session(
 def _finish(store: AuditStore, rec: AuditRecorder, end: AuditEvent, error: BaseException | None) -> None:
     try:
         store.append(end)
-        if rec.mlflow_run_id:
-            from medseg.audit.mlflow_link import attach_events_to_mlflow
-
-            attach_events_to_mlflow(store, rec.mlflow_run_id)
     except AuditError as audit_exc:
         removed = [p for p in rec.output_paths if p.is_file() and _unlink(p)]
         if not removed and error is None:
             raise
         message = audit_exc.message + (f"; removed {len(removed)} unaudited output file(s)" if removed else "")
         raise AuditError(message, path=audit_exc.path, hint=audit_exc.hint) from (error or audit_exc)
+    if rec.mlflow_run_id:
+        from medseg.audit.mlflow_link import attach_events_to_mlflow
+
+        try:
+            attach_events_to_mlflow(store, rec.mlflow_run_id)  # the local record exists: outputs stay
+        except AuditError:
+            if error is None:
+                raise
 
 
 def _unlink(path: Path) -> bool:
