@@ -18,11 +18,12 @@ def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with audited("convert", {}):
         pass  # an unrelated command: must not be attached
     with mlflow.start_run() as run, audited("train", {"epochs": 1}) as rec:
-        rec.link_mlflow_run(run.info.run_id)
+        rec.link_mlflow_run(run.info.run_id, tracking_uri=uri)
     path = MlflowClient().download_artifacts(run.info.run_id, ARTIFACT, str(tmp_path))
     document = json.loads(Path(path).read_text())
     records = document["records"]

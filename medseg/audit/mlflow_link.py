@@ -24,17 +24,17 @@ def run_events_json(store: AuditStore, run_id: str) -> str:
     return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False)
 
 
-def attach_events_to_mlflow(store: AuditStore, run_id: str) -> None:
+def attach_events_to_mlflow(store: AuditStore, run_id: str, tracking_uri: str | None = None) -> None:
     """Log the run's events as the artifact `audit/events.json` (replaced on each call, so it ends complete)."""
     try:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient().log_text(run_id, run_events_json(store, run_id), ARTIFACT)
+        MlflowClient(tracking_uri=tracking_uri).log_text(run_id, run_events_json(store, run_id), ARTIFACT)
     except Exception as exc:
         raise AuditError(f"cannot attach audit events to MLflow run {run_id}: {exc}") from exc
 
 
-def attach_run_events(run_id: str, config: AuditConfig | None = None) -> None:
+def attach_run_events(run_id: str, tracking_uri: str | None = None, config: AuditConfig | None = None) -> None:
     """For training code: open the configured store and attach the events of `run_id` to the run."""
     with AuditStore.open(config or load_config()) as store:
-        attach_events_to_mlflow(store, run_id)
+        attach_events_to_mlflow(store, run_id, tracking_uri)

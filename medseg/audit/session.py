@@ -101,6 +101,7 @@ class AuditRecorder:
     model: dict[str, str] | None = None
     outcome_detail: str | None = None
     mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None
 
     def add_inputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
         """Record files or folders read, by keyed path reference and SHA-256 of their content."""
@@ -120,9 +121,10 @@ class AuditRecorder:
         """A short machine-readable detail such as 'qc_rejected' or 'qc_flagged:volume' (never PHI)."""
         self.outcome_detail = str(detail)[:_MAX_DETAIL]
 
-    def link_mlflow_run(self, run_id: str) -> None:
-        """Attach this command's events to an MLflow run when it ends."""
+    def link_mlflow_run(self, run_id: str, tracking_uri: str | None = None) -> None:
+        """Attach this command's events to an MLflow run when it ends (default: the current tracking URI)."""
         self.mlflow_run_id = str(run_id)
+        self.mlflow_tracking_uri = tracking_uri
 
 
 def _as_list(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
@@ -199,7 +201,7 @@ def _finish(store: AuditStore, rec: AuditRecorder, end: AuditEvent, error: BaseE
         from medseg.audit.mlflow_link import attach_events_to_mlflow
 
         try:
-            attach_events_to_mlflow(store, rec.mlflow_run_id)  # the local record exists: outputs stay
+            attach_events_to_mlflow(store, rec.mlflow_run_id, rec.mlflow_tracking_uri)  # local record exists
         except AuditError:
             if error is None:
                 raise
