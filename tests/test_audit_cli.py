@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from medseg.audit.config import load_config
+from medseg.cli.audited import audited
 from medseg.cli.main import main
 
 PHANTOM = "dicom/mr_series_penn_prisma_phantom"
@@ -158,3 +159,17 @@ def test_encrypted_signing_key(history: Path, capsys: pytest.CaptureFixture[str]
     code, _, err = run(["audit", "export", str(history / "t.json"), "--key", str(private)], capsys)
     assert code == 2 and "signing key" in err
     assert run(["audit", "verify-export", str(snapshot), "--public-key", str(public)], capsys)[0] == 0
+
+
+def test_anchor_on_another_volume(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    anchor_dir = tmp_path / "worm"
+    monkeypatch.setenv("MEDSEG_AUDIT_ANCHOR_DIR", str(anchor_dir))
+    with audited("convert", {}):
+        pass
+    assert (anchor_dir / "chain-anchor.log").read_text().count("\n") == 4
+    assert not (load_config().audit_dir / "chain-anchor.log").exists()
+    assert run(["audit", "verify"], capsys)[0] == 0
+    audit_dir = str(load_config().audit_dir)
+    assert run(["audit", "verify", "--audit-dir", audit_dir, "--anchor-dir", str(anchor_dir)], capsys)[0] == 0
+    code, out, _ = run(["audit", "verify", "--audit-dir", audit_dir, "--json"], capsys)
+    assert code == 1 and json.loads(out)["first_problem"]["kind"] == "anchor"

@@ -49,22 +49,25 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _config(audit_dir: Path | None) -> Any:
+def _config(audit_dir: Path | None, anchor_dir: Path | None = None) -> Any:
     from medseg.audit.config import load_config
 
-    return load_config(audit_dir)
+    return load_config(audit_dir, anchor_dir)
 
 
 @audit_app.command("verify", epilog=EXAMPLES)
 def verify(
     audit_dir: Path | None = typer.Option(None, "--audit-dir", help=AUDIT_DIR_HELP),
+    anchor_dir: Path | None = typer.Option(
+        None, "--anchor-dir", help="Folder of chain-anchor.log (default: MEDSEG_AUDIT_ANCHOR_DIR, else the store's)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Check every record's hash and link, the head table and the anchor log; exit 0 only when intact."""
     from medseg.audit.store import AuditStore
     from medseg.audit.verify import verify_store
 
-    with AuditStore.open(_config(audit_dir), create=False) as store:
+    with AuditStore.open(_config(audit_dir, anchor_dir), create=False) as store:
         report = verify_store(store)
     if as_json:
         console.result(json.dumps(report.to_json(), indent=1))
