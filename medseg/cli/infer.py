@@ -29,15 +29,19 @@ Exit codes: 0 ok (QC flags allowed), 2 usage, 3 invalid input, 4 processing fail
 
 
 def _batch_error(results: list[CaseResult], code: int) -> MedsegError:
-    from medseg.errors import InvalidInputError, ProcessingError, QCRejectedError
+    """The run's error: the case's own message for a single case, else a count with the first failure."""
+    from medseg.errors import InvalidInputError, ProcessingError, QCRejectedError, UsageError
 
     bad = [r for r in results if r.exit_code == code]
-    first = bad[0].message or bad[0].status
-    text = (
-        f"{len(bad)} of {len(results)} case(s) {'rejected' if code == 5 else 'failed'}; first: {bad[0].case}: {first}"
+    first = (bad[0].message or bad[0].status).rstrip(".")
+    kind = {2: UsageError, 3: InvalidInputError, 5: QCRejectedError}.get(code, ProcessingError)
+    if len(results) == 1:
+        return kind(first)
+    what = "rejected" if code == 5 else "failed"
+    return kind(
+        f"{len(bad)} of {len(results)} case(s) {what}; first: {bad[0].case}: {first}",
+        hint="See each case's summary.json and the messages above.",
     )
-    kind = {3: InvalidInputError, 5: QCRejectedError}.get(code, ProcessingError)
-    return kind(text, hint="See each case's summary.json and the messages above.")
 
 
 def register(app: typer.Typer) -> None:
@@ -117,7 +121,7 @@ def _run(
             )
         results.append(result)
         rec.add_outputs([p for p in result.outputs if p.is_file()])
-        _report(result)
+        _report(result, len(cases) == 1)
     if len(results) > 1:
         counts = {s: sum(r.status == s for r in results) for s in ("ok", "flagged", "qc_rejected", "failed")}
         console.result("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" of {len(results)}")
@@ -130,10 +134,11 @@ def _run(
         rec.set_outcome_detail("qc_flagged:" + ",".join(flagged))
 
 
-def _report(r: CaseResult) -> None:
+def _report(r: CaseResult, single: bool) -> None:
     """One result line per case (stdout), errors on stderr."""
     if r.status == "failed":
-        console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
+        if not single:
+            console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
         return
     s = r.summary or {}
     organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in s.get("organs", []))

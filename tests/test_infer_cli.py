@@ -1,0 +1,174 @@
+"""`medseg infer` and `medseg models list` end to end on the real CTs in shared data."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from infer_fixtures import make_model_folder
+from test_infer_seg import assert_seg_matches, dciodvfy_errors
+
+from medseg.cli.main import main
+from medseg.io import read_image, read_nifti
+from medseg.models.registry import ZOO
+
+
+@pytest.fixture(scope="module")
+def everything_model(tmp_path_factory):
+    """A model whose output is 'liver' everywhere (a large positive liver bias): deterministic outputs."""
+    return make_model_folder(tmp_path_factory.mktemp("model"), seed=1, roi=(64, 64, 64), foreground_bias=1000.0)
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def run(monkeypatch, model_cache, capsys):
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(model_cache))
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return exc.value.code, out, err
+
+    return invoke
+
+
+def summary(folder) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_dicom_study_end_to_end(shared, tmp_path, run, everything_model):
+    src = shared / "ct/chaos_ct_sample/dicom"
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path)
+    assert code == 0, err
+    case = tmp_path / "dicom"
+    assert sorted(p.name for p in case.iterdir()) == ["liver.nii.gz", "preview.png", "seg.dcm", "summary.json"]
+    volume = read_image(src)
+    labels = read_nifti(case / "liver.nii.gz")
+    assert labels.geometry.same_grid(volume.geometry, tol_mm=1e-4)
+    s = summary(case)
+    organ = s["organs"][0]
+    mask = labels.array == 1
+    assert organ["voxel_count"] == int(mask.sum()) > 0
+    assert organ["volume_ml"] == pytest.approx(mask.sum() * volume.geometry.voxel_volume_ml)
+    assert organ["mean"] == pytest.approx(float(volume.array[mask].mean()), rel=1e-6)
+    assert organ["std"] == pytest.approx(float(volume.array[mask].std()), rel=1e-6)
+    assert s["model"]["sha256"] == json.dumps(s["model"]["sha256"]).strip('"') and len(s["model"]["sha256"]) == 64
+    assert {f["code"] for f in s["qc"]["flags"]} >= {"volume_implausible", "organ_truncated"}
+    assert "QC flag volume_implausible" in err and s["status"] == "flagged"
+    assert set(s["timings_s"]) >= {"load", "preprocess", "inference", "postprocess", "write_seg", "total"}
+    assert s["input"]["sha256"] and s["software"]["medseg"]
+    assert dciodvfy_errors(case / "seg.dcm") == []
+    assert_seg_matches(case / "seg.dcm", volume, labels.array)
+    from PIL import Image
+
+    with Image.open(case / "preview.png") as im:
+        assert im.width > 2 * im.height / 1.5 and im.mode == "RGB"
+
+
+def test_nifti_input_and_no_overwrite(shared, tmp_path, run, everything_model):
+    src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path)
+    assert code == 0, err
+    case = tmp_path / "image"
+    assert not (case / "seg.dcm").exists()
+    assert read_nifti(case / "liver.nii.gz").geometry.same_grid(read_image(src).geometry, tol_mm=1e-4)
+    before = (case / "liver.nii.gz").read_bytes()
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path)
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert (case / "liver.nii.gz").read_bytes() == before
+    code, _, _ = run("infer", src, "--model", everything_model, "--out", tmp_path, "--overwrite", "--fast")
+    assert code == 0 and summary(case)["settings"]["overlap"] == 0.0
+
+
+def test_mr_series_is_flagged_and_rejected_under_strict(shared, tmp_path, run, everything_model):
+    src = shared / "dicom/mr_series_penn_prisma_phantom"
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "strict", "--strict")
+    assert code == 5 and "modality" in err
+    s = summary(tmp_path / "strict" / src.name)
+    assert s["status"] == "qc_rejected" and "modality" in {f["code"] for f in s["qc"]["flags"]}
+    assert not (tmp_path / "strict" / src.name / "liver.nii.gz").exists()
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "lenient", "--no-preview")
+    assert code == 0 and "QC flag modality: modality is MR" in err
+
+
+def test_windowed_8bit_image_is_flagged(shared, tmp_path, run, everything_model):
+    ct = read_image(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    from medseg.io import write_nifti
+
+    display = np.clip((ct.array.astype(np.float32) + 160) / 400 * 255, 0, 255).astype(np.uint8)
+    write_nifti(ct.with_array(display), tmp_path / "windowed.nii.gz")
+    code, _, err = run("infer", tmp_path / "windowed.nii.gz", "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 0 and "QC flag not_hu" in err
+    assert "not_hu" in {f["code"] for f in summary(tmp_path / "o" / "windowed")["qc"]["flags"]}
+    code, _, _ = run(
+        "infer", tmp_path / "windowed.nii.gz", "--model", everything_model, "--out", tmp_path / "s", "--strict"
+    )
+    assert code == 5
+
+
+def test_missing_slice_and_gantry_tilt_are_refused(shared, tmp_path, run, everything_model):
+    files = sorted((shared / "ct/chaos_ct_sample/dicom").iterdir())
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for f in files[:30]:
+        if f != files[15]:
+            shutil.copy(f, gap / f.name)
+    code, _, err = run("infer", gap, "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 3 and "missing slice" in err
+    code, _, err = run(
+        "infer",
+        shared / "dicom/dicom2nifti/failing/gantrytilting",
+        "--model",
+        everything_model,
+        "--out",
+        tmp_path / "t",
+    )
+    assert code == 3 and "tilt" in err.lower()
+    assert not any((tmp_path / "t").rglob("*.nii.gz"))
+
+
+def test_folder_of_cases_continues_after_a_failure(shared, tmp_path, run, everything_model):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(shared / "ct/totalseg_example_ct_sm/image.nii.gz", batch / "good.nii.gz")
+    (batch / "broken.nii.gz").write_bytes(b"\x00not a nifti file" * 100)
+    code, out, err = run("infer", batch, "--model", everything_model, "--out", tmp_path / "o")
+    assert code in (3, 4) and "broken" in err
+    assert (tmp_path / "o" / "good" / "liver.nii.gz").is_file()
+    assert "1 failed of 2" in out
+
+
+def test_models_list(run):
+    code, out, _ = run("models", "list", "--json")
+    cards = json.loads(out)
+    assert code == 0 and [c["name"] for c in cards] == sorted(
+        p.name for p in ZOO.glob("*") if (p / "model_card.yaml").is_file()
+    )
+    code, out, _ = run("models", "list")
+    assert code == 0 and (("sha256" in out) == bool(cards))
+
+
+def test_subprocess_wall_time_and_peak_rss(shared, tmp_path, model_cache, everything_model):
+    """The command as users run it, measured: peak RSS stays far below the 4 GB goal."""
+    env = dict(os.environ, MEDSEG_CACHE_DIR=str(model_cache))
+    medseg = os.path.join(os.path.dirname(sys.executable), "medseg")
+    args = [medseg, "--quiet", "infer", str(shared / "ct/chaos_ct_sample/dicom"), "--model", str(everything_model)]
+    t = time.perf_counter()
+    proc = subprocess.run([*args, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    wall = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert proc.returncode == 0, proc.stderr
+    assert peak_mb < 2500, f"peak RSS {peak_mb:.0f} MB"
+    print(f"chaos 512x512x78 DICOM -> SEG: {wall:.1f} s wall, peak RSS (max over children) {peak_mb:.0f} MB")
