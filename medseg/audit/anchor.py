@@ -21,15 +21,16 @@ class AnchorEntry:
     hash: str
 
 
-def append_anchor(path: Path, state: str, seq: int, hash_hex: str) -> None:
-    """Append one line and fsync it; O_APPEND keeps concurrent small writes whole."""
+def append_anchor(path: Path, state: str, seq: int, hash_hex: str, *, sync: bool = True) -> None:
+    """Append one line (fsync'ed when `sync`); O_APPEND keeps concurrent small writes whole."""
     line = f"{state} {seq} {hash_hex}\n".encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         written = os.write(fd, line)
         if written != len(line):
             raise OSError(28, "short write to the audit anchor")
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

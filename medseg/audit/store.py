@@ -174,7 +174,7 @@ class AuditStore:
             except (OSError, sqlite3.Error) as exc:
                 raise _audit_error("cannot write the audit trail", self.config.audit_dir, exc) from exc
             with contextlib.suppress(OSError):  # the 'P' line written under the lock already anchors this record
-                append_anchor(self.config.anchor_path, "C", seq, digest)
+                append_anchor(self.config.anchor_path, "C", seq, digest, sync=False)
             return ChainedRecord(seq, digest, body)
 
     def records(self, after_seq: int = 0) -> Iterator[ChainedRecord]:
