@@ -88,3 +88,13 @@ def test_unreadable_and_missing_inputs_are_recorded_not_fatal(tmp_path: Path) ->
     end = _bodies(load_config().db_path)[-1]
     assert [i["type"] for i in end["inputs"]] == ["missing", "folder"]
     assert end["inputs"][0]["sha256"] is None and end["inputs"][1]["files"] == 0
+
+
+def test_store_files_are_owner_only() -> None:
+    with audited("convert", {}):
+        keep = sqlite3.connect(load_config().db_path)
+        keep.execute("SELECT 1 FROM events").fetchone()
+        folder = load_config().audit_dir
+        modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    keep.close()
+    assert modes == {"audit.db": 0o600, "audit.db-wal": 0o600, "audit.db-shm": 0o600, "chain-anchor.log": 0o600}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -86,6 +87,8 @@ class AuditStore:
             if create:
                 config.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 config.anchor_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not db.exists():  # owner-only: the store holds the path key; SQLite gives -wal/-shm the same mode
+                    os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
             conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise _audit_error("cannot open the audit store", config.audit_dir, exc) from exc
