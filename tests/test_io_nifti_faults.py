@@ -1,0 +1,110 @@
+"""NIfTI faults: a full disk or a killed writer never leaves a partial output or damages an existing one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.errors import InvalidInputError
+from medseg.io import read_nifti, write_nifti
+from medseg.io.volume import Volume
+
+WRITER = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    import numpy as np
+    from medseg.errors import MedsegError
+    from medseg.io import write_nifti
+    from medseg.io.volume import Volume
+
+    limit = int(sys.argv[2])
+    if limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    rng = np.random.default_rng(0)
+    vol = Volume.from_array(rng.integers(-1000, 1000, (256, 256, int(sys.argv[3])), dtype=np.int16))
+    print("writing", flush=True)
+    try:
+        write_nifti(vol, Path(sys.argv[1]), overwrite=True)
+    except MedsegError as exc:
+        print(type(exc).__name__, exc.exit_code, exc.one_line())
+        sys.exit(exc.exit_code)
+    """
+)
+
+
+def run_writer(target: Path, fsize_limit: int, slices: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WRITER, str(target), str(fsize_limit), str(slices)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_disk_full_keeps_the_previous_output_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.nii.gz"
+    previous = Volume.from_array(np.ones((4, 5, 6), dtype=np.int16))
+    write_nifti(previous, target)
+    before = target.read_bytes()
+    res = run_writer(target, fsize_limit=64 * 1024, slices=40)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "ProcessingError" in res.stdout and "cannot write output" in res.stdout
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
+    np.testing.assert_array_equal(read_nifti(target).array, previous.array)
+
+
+def test_killed_writer_never_leaves_a_partial_output(tmp_path: Path) -> None:
+    target = tmp_path / "out.nii.gz"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), "0", "300"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    if target.exists():  # the rename happened before the kill: then the file must be complete
+        assert read_nifti(target).shape == (256, 256, 300)
+    assert all(p.name.startswith(".tmp-out.nii.gz-") or p == target for p in tmp_path.iterdir())
+
+
+def test_corrupt_nifti_is_invalid_input(shared: Path, tmp_path: Path) -> None:
+    data = (shared / "ct/totalseg_example_ct_sm/liver.nii.gz").read_bytes()
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInputError, match="truncated or corrupt"):
+        read_nifti(bad)
+    flipped = bytearray(data)
+    flipped[len(data) // 2 : len(data) // 2 + 50] = bytes(50)  # SimpleITK reads this silently, with wrong voxels
+    (tmp_path / "flipped.nii.gz").write_bytes(bytes(flipped))
+    with pytest.raises(InvalidInputError, match="truncated or corrupt"):
+        read_nifti(tmp_path / "flipped.nii.gz")
+    plain = tmp_path / "short.nii"
+    plain.write_bytes(_uncompressed(shared / "ct/totalseg_example_ct_sm/liver.nii.gz")[:-1000])
+    with pytest.raises(InvalidInputError, match="truncated"):
+        read_nifti(plain)
+    (tmp_path / "text.nii").write_text("hello")
+    with pytest.raises(InvalidInputError, match="not a readable NIfTI"):
+        read_nifti(tmp_path / "text.nii")
+
+
+def test_4d_nifti_with_several_volumes_is_refused(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), dtype=np.int16), np.eye(4)), str(tmp_path / "4d.nii.gz"))
+    with pytest.raises(InvalidInputError, match="3D volumes only"):
+        read_nifti(tmp_path / "4d.nii.gz")
+
+
+def _uncompressed(path: Path) -> bytes:
+    import gzip
+
+    return gzip.decompress(path.read_bytes())
