@@ -38,7 +38,7 @@ class SpatialAug(Strict):
 
 class AppearanceAug(Strict):
     p_random_intensity: float = Field(0.2, ge=0, le=1)
-    noise_sd: tuple[float, float] = (5.0, 30.0)
+    noise_sd: tuple[float, float] = (3.0, 20.0)
     blur_sigma: tuple[float, float] = (0.2, 1.0)
     p_thick_slices: float = Field(0.35, ge=0, le=1)
     thick_factor: tuple[float, float] = (1.3, 2.7)

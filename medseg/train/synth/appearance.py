@@ -16,7 +16,7 @@ class AppearanceParams:
     """Ranges of the appearance randomisation (from the training config)."""
 
     p_random_intensity: float = 0.2
-    noise_sd: tuple[float, float] = (5.0, 30.0)
+    noise_sd: tuple[float, float] = (3.0, 20.0)
     blur_sigma: tuple[float, float] = (0.2, 1.0)
     p_thick_slices: float = 0.35
     thick_factor: tuple[float, float] = (1.3, 2.7)
