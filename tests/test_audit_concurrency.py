@@ -15,6 +15,7 @@ from medseg.audit.config import load_config
 from medseg.audit.session import audit_session
 from medseg.audit.store import AuditStore
 from medseg.audit.verify import verify_store
+from medseg.errors import AuditError
 
 WRITERS = 4
 COMMANDS_PER_WRITER = 25  # x2 events (start + end) = 50 events per writer
@@ -25,7 +26,7 @@ def _writer(audit_dir: str, worker: int, barrier: Any) -> None:
     barrier.wait(timeout=120)
     for i in range(COMMANDS_PER_WRITER):
         with audit_session("batch", {"worker": worker, "i": i}, software={"medseg": "test"}, config=config):
-            pass
+            time.sleep(0.005)  # the command's work: other writers get their turn at the lock
 
 
 def test_concurrent_writers_keep_one_unbroken_chain(tmp_path: Path) -> None:
@@ -35,9 +36,11 @@ def test_concurrent_writers_keep_one_unbroken_chain(tmp_path: Path) -> None:
     procs = [ctx.Process(target=_writer, args=(str(audit_dir), w, barrier)) for w in range(WRITERS)]
     for p in procs:
         p.start()
+    verified_while_writing = _verify_until_done(audit_dir, procs)
     for p in procs:
         p.join(timeout=240)
     assert [p.exitcode for p in procs] == [0] * WRITERS
+    assert verified_while_writing > 0
 
     with AuditStore.open(load_config(audit_dir), create=False) as store:
         report = verify_store(store)
@@ -53,6 +56,23 @@ def test_concurrent_writers_keep_one_unbroken_chain(tmp_path: Path) -> None:
     assert len({r.body["pid"] for r in records}) == WRITERS
     switches = sum(a.body["pid"] != b.body["pid"] for a, b in itertools.pairwise(records))
     assert switches > WRITERS, f"writers did not interleave ({switches} switches); the test proved nothing"
+
+
+def _verify_until_done(audit_dir: Path, procs: list[Any]) -> int:
+    """Run `verify` over and over while the writers append: a snapshot must never look tampered."""
+    runs = 0
+    deadline = time.monotonic() + 240
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        try:
+            store = AuditStore.open(load_config(audit_dir), create=False)
+        except AuditError:  # not created and initialised yet
+            time.sleep(0.01)
+            continue
+        with store:
+            report = verify_store(store)
+        assert report.ok, report.problems
+        runs += report.records > 0
+    return runs
 
 
 def _endless_writer(audit_dir: str, worker: int) -> None:

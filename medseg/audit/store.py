@@ -201,6 +201,20 @@ class AuditStore:
             "FROM events ORDER BY seq"
         )
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every query inside sees the same committed state, whatever writers do meanwhile."""
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("ROLLBACK")
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of record `seq` now (outside any snapshot), or None."""
+        row = self._conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
     def close(self) -> None:
         """Close the connection (safe to call twice)."""
         self._conn.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from medseg.audit.anchor import read_anchor
 from medseg.audit.canonical import GENESIS_HASH, chain_hash
-from medseg.audit.store import AuditStore
+from medseg.audit.store import AuditStore, Head
 
 COLUMNS = ("ts", "kind", "invocation", "command", "os_user", "operator", "outcome", "prev_hash")
 KINDS = ("edited", "deleted", "reordered", "inserted", "truncated", "anchor")
@@ -139,8 +139,7 @@ def _broken_link(rows: list[_Row], i: int, seq_of: dict[str, int]) -> Problem:
     return Problem("edited", row.seq, f"record {row.seq} was rewritten: it links to no stored record")
 
 
-def _check_head(store: AuditStore, rows: list[_Row]) -> Problem | None:
-    head = store.head()
+def _check_head(head: Head, rows: list[_Row]) -> Problem | None:
     last_seq, last_hash = (rows[-1].seq, rows[-1].hash) if rows else (0, GENESIS_HASH)
     if head.seq > last_seq:
         return Problem("truncated", last_seq + 1, f"the head table names record {head.seq}; the log ends at {last_seq}")
@@ -165,6 +164,8 @@ def _check_anchor(store: AuditStore, rows: list[_Row], report: VerifyReport) -> 
     committed = {(e.seq, e.hash) for e in entries if e.state == "C"}
     for entry in entries:
         stored = by_seq.get(entry.seq)
+        if stored is None and entry.seq > last_seq and store.hash_at(entry.seq) == entry.hash:
+            continue  # appended by a concurrent writer after the snapshot was taken
         if stored == entry.hash:
             anchored = max(anchored, entry.seq)
         elif entry.state == "P" and (entry.seq, entry.hash) not in committed:
@@ -186,11 +187,16 @@ def _check_anchor(store: AuditStore, rows: list[_Row], report: VerifyReport) -> 
 
 
 def verify_store(store: AuditStore) -> VerifyReport:
-    """Check the chain links, the head table and the anchor log; the report names the first bad record."""
-    rows = _rows(store)
-    head = store.head()
+    """Check the chain links, the head table and the anchor log; the report names the first bad record.
+
+    Records and head are read in one snapshot and the anchor afterwards, so concurrent writers cause no false alarm.
+    """
+    with store.snapshot():
+        rows = _rows(store)
+        head = store.head()
+        head_problem = _check_head(head, rows)
     report = VerifyReport(records=len(rows), head_seq=head.seq, head_hash=head.hash)
-    for problem in (verify_chain(rows), _check_head(store, rows)):
+    for problem in (verify_chain(rows), head_problem):
         if problem is not None:
             report.problems.append(problem)
     report.problems.extend(_check_anchor(store, rows, report))
