@@ -14,6 +14,7 @@ import numpy as np
 
 from medseg.errors import InvalidInputError
 
+PIXEL_DATA_TAG = 0x7FE00010
 NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 JPEG2000_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -60,16 +61,21 @@ def output_dtype(stored: np.dtype, rescales: Sequence[Rescale], stored_range: tu
     return np.dtype(np.float32)
 
 
-def rescale_stack(stored: np.ndarray, rescales: Sequence[Rescale]) -> tuple[np.ndarray, np.dtype]:
-    """Apply each slice's rescale to a (k, rows, cols) block, choosing the dtype from the actual value range.
+def rescale_stack(
+    stored: np.ndarray, rescales: Sequence[Rescale], stored_range: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.dtype]:
+    """Apply each slice's rescale to a (k, rows, cols) block in the narrowest exact dtype.
 
+    The dtype comes from the range BitsStored allows, or, when that does not fit int16, from the actual values.
     Integer results are computed in place (same-size dtypes) with wrap-around arithmetic, which is exact because
     the final values are known to fit the output type.
     """
     if all(r.is_identity for r in rescales):
         return stored, stored.dtype
-    value_range = (float(stored.min(initial=0)), float(stored.max(initial=0)))
-    dtype = output_dtype(stored.dtype, rescales, value_range)
+    dtype = output_dtype(stored.dtype, rescales, stored_range) if stored_range else None
+    if dtype != np.dtype(np.int16):
+        value_range = (float(stored.min(initial=0)), float(stored.max(initial=0)))
+        dtype = output_dtype(stored.dtype, rescales, value_range)
     if np.issubdtype(dtype, np.integer):
         out = stored.view(dtype) if stored.dtype.itemsize == dtype.itemsize else stored.astype(dtype)
     else:
@@ -104,6 +110,50 @@ def _fix_unused_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndar
     if int(arr.max(initial=0)) >= 2**bits_stored:
         return arr & np.asarray(2**bits_stored - 1, dtype=arr.dtype)
     return arr
+
+
+def decode_into(ds: Any, path: Path, out: np.ndarray) -> None:
+    """Decode a single-frame image into `out` (rows, cols), reading uncompressed data straight from the file."""
+    elem = _deferred_pixels(ds) if _is_native_mono(ds) else None
+    if elem is None or out.dtype != _stored_dtype(ds) or not out.flags.c_contiguous:
+        out[...] = decode(ds, path)[0]
+        return
+    try:
+        with open(path, "rb") as f:
+            f.seek(elem.value_tell)
+            n = f.readinto(memoryview(out).cast("B"))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read pixel data: {exc.strerror}", path=path) from exc
+    if n < out.nbytes or elem.length < out.nbytes:
+        raise InvalidInputError(
+            f"truncated pixel data: {min(n, elem.length)} of {out.nbytes} bytes",
+            path=path,
+            hint="The file is incomplete; copy or re-export it again.",
+        )
+    bits_stored = int(ds.get("BitsStored", out.dtype.itemsize * 8) or out.dtype.itemsize * 8)
+    out[...] = _fix_unused_bits(out, bits_stored, np.issubdtype(out.dtype, np.signedinteger))
+
+
+def _is_native_mono(ds: Any) -> bool:
+    tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    return tsyntax in NATIVE_LE and int(ds.get("SamplesPerPixel", 1) or 1) == 1 and int(
+        ds.get("BitsAllocated", 0) or 0
+    ) in (8, 16, 32)
+
+
+def _stored_dtype(ds: Any) -> np.dtype:
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return np.dtype(f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
+
+
+def _deferred_pixels(ds: Any) -> Any | None:
+    """The not-yet-read PixelData element (file offset and length), if pydicom deferred it."""
+    try:
+        elem = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    except KeyError:
+        return None
+    deferred = elem is not None and elem.value is None and getattr(elem, "value_tell", None) is not None
+    return elem if deferred and getattr(elem, "is_little_endian", True) else None
 
 
 def decode(ds: Any, path: Path) -> np.ndarray:

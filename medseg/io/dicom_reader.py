@@ -16,6 +16,7 @@ from medseg.io.dicom_pixels import (
     NATIVE_LE,
     Rescale,
     decode,
+    decode_into,
     decode_many,
     rescale_stack,
     stored_dtype_and_range,
@@ -63,19 +64,19 @@ def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str
     stack = build_stack(planes, (headers[0].rows, headers[0].columns), where)
     ordered = [headers[i] for i in stack.order]
     rescales = [Rescale.from_item(h.dataset) for h in ordered]
-    stored_dtype, _ = stored_dtype_and_range(ordered[0].dataset)
+    stored_dtype, stored_range = stored_dtype_and_range(ordered[0].dataset)
     stored = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=stored_dtype)
 
     def task(k: int) -> Any:
         def run() -> None:
-            stored[k] = decode(ordered[k].dataset, ordered[k].path)[0]
+            decode_into(ordered[k].dataset, ordered[k].path, stored[k])
             _release_pixels(ordered[k].dataset)
 
         return run
 
     compressed = _transfer_syntax(ordered[0].dataset) not in NATIVE_LE
     decode_many([task(k) for k in range(len(ordered))], parallel=compressed)
-    out, dtype = rescale_stack(stored, rescales)
+    out, dtype = rescale_stack(stored, rescales, stored_range)
     return _volume(out, stack, ordered[0].dataset, [h.path for h in ordered], rescales, dtype, notes)
 
 
