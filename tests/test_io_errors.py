@@ -185,3 +185,14 @@ def test_truncated_uncompressed_file(shared: Path, tmp_path: Path) -> None:
     victim.write_bytes(data[:-100])
     expect_invalid(tmp_path / "mr", "truncated pixel data", victim.name)
     assert_cli_exit_3(tmp_path / "mr", tmp_path, "truncated pixel data")
+
+
+def test_corrupt_geometry_headers_are_invalid_input(shared: Path, tmp_path: Path) -> None:
+    files = copy_series(shared, TS_CT, tmp_path / "ct")
+    for path in files:
+        edit_header(path, lambda ds: setattr(ds, "PixelSpacing", [0, 0]))
+    expect_invalid(tmp_path / "ct", "invalid image geometry")
+    for path in files[:3]:
+        edit_header(path, lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]))
+    with pytest.raises(InvalidInputError, match="not two orthogonal unit vectors"):
+        read_dicom_series(files[:3])

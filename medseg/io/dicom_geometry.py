@@ -121,12 +121,14 @@ def build_stack(frames: list[FramePlane], shape_2d: tuple[int, int], where: str 
     _check_tilt(positions, along, normal, labels, where)
     row_spacing, col_spacing = (float(v) for v in frames[0].pixel_spacing)
     rows, cols = shape_2d
-    geometry = Geometry(
-        (cols, rows, len(frames)),
-        (col_spacing, row_spacing, mean),
-        tuple(positions[0]),
-        tuple(map(tuple, axes)),
-    )
+    try:
+        geometry = Geometry(
+            (cols, rows, len(frames)), (col_spacing, row_spacing, mean), tuple(positions[0]), tuple(map(tuple, axes))
+        )
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"invalid image geometry ({exc})", path=where, hint="The header is corrupt; re-export the series."
+        ) from exc
     return Stack(tuple(int(i) for i in order), geometry, tuple(_thickness_notes(frames, mean)))
 
 

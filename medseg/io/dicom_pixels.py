@@ -136,9 +136,11 @@ def decode_into(ds: Any, path: Path, out: np.ndarray) -> None:
 
 def _is_native_mono(ds: Any) -> bool:
     tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-    return tsyntax in NATIVE_LE and int(ds.get("SamplesPerPixel", 1) or 1) == 1 and int(
-        ds.get("BitsAllocated", 0) or 0
-    ) in (8, 16, 32)
+    return (
+        tsyntax in NATIVE_LE
+        and int(ds.get("SamplesPerPixel", 1) or 1) == 1
+        and int(ds.get("BitsAllocated", 0) or 0) in (8, 16, 32)
+    )
 
 
 def _stored_dtype(ds: Any) -> np.dtype:
