@@ -101,7 +101,8 @@ class AuditStore:
             if create:
                 store._init_schema()
             elif store._meta("store_id") is None:
-                raise sqlite3.DatabaseError("not a medseg audit database")
+                empty = not conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+                raise sqlite3.DatabaseError("empty, not yet initialised" if empty else "not a medseg audit database")
         except sqlite3.Error as exc:
             conn.close()
             raise _audit_error("cannot initialise the audit store", db, exc) from exc

@@ -15,7 +15,7 @@ from medseg.audit.canonical import GENESIS_HASH, chain_hash
 from medseg.audit.store import AuditStore, Head
 
 COLUMNS = ("ts", "kind", "invocation", "command", "os_user", "operator", "outcome", "prev_hash")
-KINDS = ("edited", "deleted", "reordered", "inserted", "truncated", "anchor")
+KINDS = ("edited", "deleted", "reordered", "inserted", "truncated", "anchor")  # Problem.kind values
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,10 @@ class Problem:
     kind: str
     seq: int | None
     message: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown problem kind {self.kind!r}")
 
 
 @dataclass
