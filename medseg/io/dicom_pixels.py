@@ -1,11 +1,13 @@
-"""Pixel data: decode (uncompressed fast path via numpy, compressed via pydicom's pylibjpeg/openjpeg/gdcm plugins)
-and rescale to real units (HU for CT) in the narrowest exact dtype."""
+"""Pixel data: decode (uncompressed: read straight into the volume buffer; compressed: pydicom's GDCM, pylibjpeg and
+openjpeg plugins) and rescale to real units (HU for CT) in the narrowest exact dtype.
+
+Decoding is sequential: measured here, neither pylibjpeg-openjpeg nor GDCM releases the GIL (2 threads were 3-10 %
+slower on the JPEG 2000 series), and Pillow, which does, is 1.9x slower per frame.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,6 @@ from medseg.errors import InvalidInputError
 PIXEL_DATA_TAG = 0x7FE00010
 NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 JPEG2000_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
-DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -219,14 +220,3 @@ def apply_rescale(stored: np.ndarray, rescale: Rescale, dtype: np.dtype, out: np
     else:
         np.multiply(stored, np.float32(rescale.slope), out=out, casting="unsafe", dtype=np.float32)
         out += np.float32(rescale.intercept)
-
-
-def decode_many(tasks: Sequence[Callable[[], None]], parallel: bool) -> None:
-    """Run decode tasks, on a thread pool when the codec releases the GIL (compressed data)."""
-    if not parallel or len(tasks) < 2 or DECODE_THREADS == 1:
-        for task in tasks:
-            task()
-        return
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for future in [pool.submit(t) for t in tasks]:
-            future.result()

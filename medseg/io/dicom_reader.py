@@ -13,11 +13,9 @@ from medseg.errors import InvalidInputError
 from medseg.io.dicom_geometry import FramePlane, Stack, build_stack
 from medseg.io.dicom_headers import Header, HeaderError, ds_floats, header_extra, read_header, text
 from medseg.io.dicom_pixels import (
-    NATIVE_LE,
     Rescale,
     decode,
     decode_into,
-    decode_many,
     rescale_stack,
     stored_dtype_and_range,
 )
@@ -66,29 +64,10 @@ def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str
     rescales = [Rescale.from_item(h.dataset) for h in ordered]
     stored_dtype, stored_range = stored_dtype_and_range(ordered[0].dataset)
     stored = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=stored_dtype)
-
-    def task(k: int) -> Any:
-        def run() -> None:
-            decode_into(ordered[k].dataset, ordered[k].path, stored[k])
-            _release_pixels(ordered[k].dataset)
-
-        return run
-
-    compressed = _transfer_syntax(ordered[0].dataset) not in NATIVE_LE
-    decode_many([task(k) for k in range(len(ordered))], parallel=compressed)
+    for k, h in enumerate(ordered):
+        decode_into(h.dataset, h.path, stored[k])
     out, dtype = rescale_stack(stored, rescales, stored_range)
     return _volume(out, stack, ordered[0].dataset, [h.path for h in ordered], rescales, dtype, notes)
-
-
-def _transfer_syntax(ds: Any) -> str:
-    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-
-
-def _release_pixels(ds: Any) -> None:
-    """Drop the loaded pixel bytes from the header cache once decoded (keeps memory at one copy)."""
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            delattr(ds, keyword)
 
 
 def _check_uniform(headers: list[Header], where: Path) -> None:
@@ -169,7 +148,6 @@ def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
     stored_frames = decode(ds, h.path)[list(stack.order)]
     ordered_rescales = [rescales[i] for i in stack.order]
     out, dtype = rescale_stack(stored_frames, ordered_rescales)
-    _release_pixels(ds)
     return _volume(out, stack, ds, [h.path], ordered_rescales, dtype, notes)
 
 
