@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.io.dicom_geometry import ORIENTATION_TOL, PIXEL_SPACING_RTOL
 from medseg.io.dicom_headers import (
     VOLUME_MODALITIES,
     Header,
@@ -23,9 +24,6 @@ from medseg.io.dicom_headers import (
     read_header,
     text,
 )
-
-ORIENTATION_TOL = 1e-3  # max |difference| of direction cosines for "same orientation" (about 0.06 degrees)
-PIXEL_SPACING_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
