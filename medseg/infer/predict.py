@@ -40,15 +40,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def model_space_cleanup(probs: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...] | None]:
-    """Keep each class only in its largest component (dilated by a voxel) at model spacing; return the organ box."""
+    """Per class at model spacing: keep the largest component with its holes filled (probability 1 in the holes),
+    zero the class beyond a one-voxel band around it; return the probabilities and the box around all classes."""
     from scipy import ndimage
 
     labels = probs.argmax(axis=0)
     union = np.zeros(labels.shape, dtype=bool)
     for c in range(1, probs.shape[0]):
-        keep = ndimage.binary_dilation(largest_component(labels == c), iterations=1)
-        probs[c][~keep] = 0.0
-        union |= keep
+        keep = fill_holes(largest_component(labels == c))
+        probs[c][keep & (labels != c)] = 1.0
+        band = ndimage.binary_dilation(keep, iterations=1)
+        probs[c][~band] = 0.0
+        union |= band
     return probs, bounding_box(union, margin=MODEL_BOX_MARGIN)
 
 

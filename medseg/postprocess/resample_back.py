@@ -29,16 +29,21 @@ def sample_crop(
     """Interpolate a model-grid array at the input voxels of `box` (4x4 `input_to_model` index map)."""
     from scipy.ndimage import affine_transform
 
+    from medseg.preprocess.separable import resample_axis_aligned
+
     start = np.array([s.start for s in box], dtype=float)
     shape = tuple(s.stop - s.start for s in box)
+    if order == 1:
+        fast = resample_axis_aligned(model_array, input_to_model, shape, tuple(int(v) for v in start))
+        if fast is not None:
+            return fast
     return affine_transform(
         np.asarray(model_array, dtype=np.float32),
         input_to_model[:3, :3],
         offset=input_to_model[:3, :3] @ start + input_to_model[:3, 3],
         output_shape=shape,
         order=order,
-        mode="constant",
-        cval=0.0,
+        mode="nearest",
         prefilter=False,
     )
 

@@ -80,7 +80,12 @@ def resample_to_grid(array: np.ndarray, geometry: Geometry, grid: ModelGrid, ord
     """Sample `array` (on `geometry`) at every model-grid voxel; outside the input the border value repeats."""
     from scipy.ndimage import affine_transform
 
+    from medseg.preprocess.separable import resample_axis_aligned
+
     m = grid.index_map_to(geometry)
+    fast = resample_axis_aligned(array, m, grid.shape) if order == 1 else None
+    if fast is not None:
+        return fast
     return affine_transform(
         np.asarray(array, dtype=np.float32),
         m[:3, :3],

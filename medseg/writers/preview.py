@@ -60,14 +60,22 @@ def _tile(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], 
     return tile.resize((max(int(w_mm * scale), 1), max(int(h_mm * scale), 1)), Image.Resampling.BILINEAR)
 
 
+def _centre(mask: np.ndarray) -> np.ndarray:
+    """Integer centroid of a mask (from its axis profiles, no coordinate list), or the grid centre when empty."""
+    profiles = [mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64) for axis in range(3)]
+    total = profiles[0].sum()
+    if total == 0:
+        return np.asarray(mask.shape) // 2
+    return np.array([round(float((p * np.arange(p.size)).sum()) / total) for p in profiles])
+
+
 def render_preview(volume: Volume, labels: np.ndarray, window: tuple[float, float] = (-160.0, 240.0)) -> object:
     """A PIL image with three orthogonal slices through the centroid of the labels (or the volume centre)."""
     from PIL import Image
 
     img, spacing = _to_lps(volume.array, volume.geometry)
     lab, _ = _to_lps(labels, volume.geometry)
-    hit = np.argwhere(lab > 0)
-    c = hit.mean(axis=0).round().astype(int) if hit.size else np.asarray(img.shape) // 2
+    c = _centre(lab > 0)
     sx, sy, sz = spacing
     # axial: rows posterior-going (anterior up), cols L-going (patient right on the left)
     axial = (img[:, :, c[2]].T, lab[:, :, c[2]].T, (sy, sx))

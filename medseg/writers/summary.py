@@ -21,11 +21,12 @@ def organ_stats(labels: np.ndarray, label: int, volume: Volume) -> dict[str, Any
     stats: dict[str, Any] = {"label": label, "voxel_count": count, "volume_ml": count * volume.geometry.voxel_volume_ml}
     if count == 0:
         return stats | {"mean": None, "std": None, "bbox_index": None, "bbox_lps_mm": None, "centroid_lps_mm": None}
-    values = volume.array[mask].astype(np.float64)
     profiles = [mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64) for axis in range(3)]
     start = [int(np.flatnonzero(p)[0]) for p in profiles]
     stop = [int(np.flatnonzero(p)[-1]) + 1 for p in profiles]
     corners = volume.geometry.index_to_world(np.array([start, [s - 1 for s in stop]]))
+    box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    values = volume.array[box][mask[box]].astype(np.float64)
     mean_index = [float((p * np.arange(p.size)).sum() / count) for p in profiles]
     centroid = volume.geometry.index_to_world(np.array(mean_index))[0]
     return stats | {

@@ -1,0 +1,164 @@
+"""Benchmark `medseg infer`: end to end on a generated 512x512x~234 abdominal CT DICOM series, and the inference core.
+
+Run: `.venv/bin/python bench/bench_infer.py [--model NAME_OR_FOLDER] [--slices 234]`
+
+The series is built from the real chaos CT (78 slices at 2 mm) tiled along z (forward, mirrored, forward) with
+valid, consistent geometry and fresh UIDs, written uncompressed to a temporary folder. Measured:
+  (a) `medseg infer` as a subprocess (DICOM in, SEG out): wall time and peak RSS from /usr/bin/time -v, with a
+      cold OpenVINO cache (first use of a model: includes the one-off export) and warm (every later run);
+  (b) plain MONAI `sliding_window_inference` (gaussian, overlap 0.25, sw_batch_size 1, eager torch) on the
+      preprocessed tensor at model spacing;
+  (c) medseg's inference core on the same tensor (OpenVINO, fixed-shape batch, constant windows cached).
+Without --model, the installed liver model is used, or else an untrained network of the default architecture
+(the timing depends on the architecture, not on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def make_series(dst: Path, n_slices: int) -> None:
+    """Write an n-slice 512x512 CT series tiled from the chaos sample, z increasing by 2 mm per slice."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = sorted((SHARED / "ct/chaos_ct_sample/dicom").iterdir())
+    datasets = [pydicom.dcmread(f) for f in src]
+    datasets.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    cycle = datasets + datasets[::-1]
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    z0 = float(datasets[0].ImagePositionPatient[2])
+    dst.mkdir(parents=True, exist_ok=True)
+    for k in range(n_slices):
+        ds = cycle[k % len(cycle)].copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = k + 1
+        x, y, _ = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [f"{x:.4f}", f"{y:.4f}", f"{z0 + 2.0 * k:.4f}"]
+        ds.SliceLocation = f"{z0 + 2.0 * k:.4f}"
+        ds.save_as(dst / f"ct{k:04d}.dcm")
+
+
+def default_model(folder: Path) -> Path:
+    """An untrained model of the default architecture (3 mm, 96^3, UNet 16..256), for timing only."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from infer_fixtures import make_model_folder
+
+    return make_model_folder(folder, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
+
+
+def run_cli(series: Path, model: str, out: Path, cache: Path) -> tuple[float, float, int]:
+    """`medseg infer` under /usr/bin/time -v: (wall s, peak RSS MB, exit code)."""
+    medseg = str(Path(sys.executable).parent / "medseg")
+    cmd = ["/usr/bin/time", "-v", medseg, "--quiet", "infer", str(series), "--model", model, "--out", str(out)]
+    env = dict(os.environ, MEDSEG_CACHE_DIR=str(cache))
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if proc.returncode not in (0,):
+        print(proc.stderr[-2000:], file=sys.stderr)
+    return wall, (int(rss.group(1)) / 1024 if rss else float("nan")), proc.returncode
+
+
+def core_benchmark(series: Path, model_ref: str, cache: Path) -> dict[str, float]:
+    """(b) plain MONAI sliding window, batch 1, eager vs (c) medseg's core, on the same preprocessed tensor."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from medseg.infer.runtime import load_runner, parity
+    from medseg.infer.sliding import WindowStats, sliding_window
+    from medseg.io import read_image
+    from medseg.models.registry import resolve_model
+    from medseg.preprocess import model_grid, resample_to_grid, window
+
+    os.environ["MEDSEG_CACHE_DIR"] = str(cache)
+    model = resolve_model(model_ref, "liver")
+    card = model.card
+    volume = read_image(series)
+    grid = model_grid(volume.geometry, card.spacing)
+    image = window(resample_to_grid(volume.array, volume.geometry, grid), card.intensity.a_min, card.intensity.a_max)
+    net = model.load_network("cpu")
+    roi = tuple(card.roi_size)
+    x = torch.from_numpy(image)[None, None]
+    with torch.inference_mode():
+        net(torch.zeros(1, 1, *roi))
+        t = time.perf_counter()
+        ref = sliding_window_inference(x, roi, 1, net, overlap=0.25, mode="gaussian")[0].numpy()
+        t_monai = time.perf_counter() - t
+    runner = load_runner(model, "openvino")
+    runner(np.zeros((runner.batch_size, 1, *roi), dtype=np.float32))
+    stats = WindowStats()
+    t = time.perf_counter()
+    ours = sliding_window(image, runner, roi, card.network.out_channels, runner.batch_size, 0.25, True, stats)
+    t_ours = time.perf_counter() - t
+    eager4 = load_runner(model, "torch", batch_size=4)
+    t = time.perf_counter()
+    sliding_window(image, eager4, roi, card.network.out_channels, 4, 0.25, True)
+    t_eager4 = time.perf_counter() - t
+    p = parity(ref[None], ours[None])
+    return {
+        "shape": grid.shape,
+        "windows": stats.planned,
+        "monai_b1_s": t_monai,
+        "ours_s": t_ours,
+        "eager_b4_s": t_eager4,
+        "ratio": t_monai / t_ours,
+        "max_abs_diff": p["max_abs_diff"],
+        "argmax_agreement": p["argmax_agreement"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model name or folder (default: installed liver model)")
+    parser.add_argument("--slices", type=int, default=234)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
+        tmp_path = Path(tmp)
+        from medseg.models.registry import ZOO
+
+        model = args.model or (
+            str(ZOO / "liver") if (ZOO / "liver/model_card.yaml").is_file() else str(default_model(tmp_path / "m"))
+        )
+        series = tmp_path / "series"
+        make_series(series, args.slices)
+        cache = tmp_path / "cache"
+        cold = run_cli(series, model, tmp_path / "out1", cache)
+        warm = run_cli(series, model, tmp_path / "out2", cache)
+        core = core_benchmark(series, model, cache)
+        nproc = os.cpu_count()
+        print(f"\nmedseg infer benchmark: 512x512x{args.slices} CT DICOM, model {model}, {nproc} CPU(s)")
+        print(f"model grid {core['shape']}, {core['windows']} windows of {os.environ.get('ROI', 'the card roi')}")
+        print(f"{'measurement':58s} {'wall s':>8s} {'peak RSS MB':>12s}")
+        print(f"{'(a) medseg infer DICOM->SEG, cold (first use: OpenVINO export)':58s} {cold[0]:8.1f} {cold[1]:12.0f}")
+        print(f"{'(a) medseg infer DICOM->SEG, warm (every later run)':58s} {warm[0]:8.1f} {warm[1]:12.0f}")
+        print(f"{'(b) MONAI sliding_window_inference, eager torch, batch 1':58s} {core['monai_b1_s']:8.2f}")
+        print(f"{'(c) medseg core (OpenVINO f32, fixed shape)':58s} {core['ours_s']:8.2f}")
+        print(f"{'    for reference: medseg loop, eager torch, batch 4':58s} {core['eager_b4_s']:8.2f}")
+        print(
+            f"ratio (b)/(c): {core['ratio']:.2f}x   parity (c) vs (b): max |logit diff| "
+            f"{core['max_abs_diff']:.2e}, argmax agreement {core['argmax_agreement']:.6f}"
+        )
+        goals = [warm[0] < 20, warm[1] < 4096, core["ratio"] >= 3]
+        print("goals (warm e2e < 20 s, < 4 GB, ratio >= 3):", "met" if all(goals) else f"NOT all met {goals}")
+        print(f"exit codes: cold {cold[2]}, warm {warm[2]}")
+
+
+if __name__ == "__main__":
+    main()
