@@ -121,9 +121,25 @@ def test_missing_slice_says_where_the_gap_is(shared: Path, tmp_path: Path) -> No
 
 
 def test_duplicate_positions(shared: Path, tmp_path: Path) -> None:
-    files = copy_series(shared, TS_CT, tmp_path / "ct")
+    files = copy_series(shared, TS_CT, tmp_path / "ct")  # empty SOPInstanceUIDs: copies cannot be told apart
     shutil.copy(files[3], tmp_path / "ct" / "copy_of_slice")
     expect_invalid(tmp_path / "ct", "duplicate slice position", files[3].name)
+
+
+def test_identical_copies_are_ignored_but_different_instances_at_one_position_are_not(
+    shared: Path, tmp_path: Path
+) -> None:
+    src = shared / "dicom/mr_series_penn_prisma_phantom"
+    shutil.copytree(src, tmp_path / "mr")
+    one = sorted((tmp_path / "mr").iterdir())[5]
+    shutil.copy(one, tmp_path / "mr" / f"{one.name} 2.dcm")
+    vol = read_image(tmp_path / "mr")
+    assert vol.shape[2] == 32
+    assert any("identical copy" in n for n in vol.meta.notes)
+    edit_header(
+        tmp_path / "mr" / f"{one.name} 2.dcm", lambda ds: setattr(ds, "SOPInstanceUID", pydicom.uid.generate_uid())
+    )
+    expect_invalid(tmp_path / "mr", "duplicate slice position")
 
 
 def test_inconsistent_spacing(shared: Path, tmp_path: Path) -> None:

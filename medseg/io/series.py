@@ -92,8 +92,32 @@ def scan_folder(root: Path, files: list[Path] | None = None) -> FolderScan:
                 headers.append(Header.from_dataset(path, read_header(path)))
             except HeaderError as exc:
                 skipped.append((path, exc.reason))
+    headers, copies = _drop_identical_copies(headers)
+    skipped.extend((path, "identical copy of another file (same SOPInstanceUID and bytes)") for path in copies)
     series, by_uid = group_headers(headers)
     return FolderScan(root, series, by_uid, skipped)
+
+
+def _drop_identical_copies(headers: list[Header]) -> tuple[list[Header], list[Path]]:
+    """Ignore byte-identical copies of one instance (e.g. 'IM1' and 'IM1 copy'); differing ones are kept (and
+    then fail the duplicate-position check)."""
+    by_instance: dict[str, list[Header]] = {}
+    for h in headers:
+        iid = text(h.dataset, "SOPInstanceUID")
+        if iid:
+            by_instance.setdefault(iid, []).append(h)
+    drop: set[Path] = set()
+    for same in by_instance.values():
+        if len(same) < 2:
+            continue
+        digests: dict[str, Path] = {}
+        for h in same:
+            digest = hashlib.sha256(h.path.read_bytes()).hexdigest()
+            if digest in digests:
+                drop.add(h.path)
+            else:
+                digests[digest] = h.path
+    return [h for h in headers if h.path not in drop], sorted(drop)
 
 
 def group_headers(headers: list[Header]) -> tuple[list[SeriesInfo], dict[str, list[Header]]]:
