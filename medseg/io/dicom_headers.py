@@ -40,13 +40,14 @@ NON_IMAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping",
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
     "1.2.840.10008.5.1.4.1.1.91.1": "Microscopy Bulk Annotations",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
     DICOMDIR_CLASS: "DICOMDIR (file-set index)",
 }
 CLASS_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.88.": "Structured Report (SR)",
     "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
     "1.2.840.10008.5.1.4.1.1.9.": "Waveform",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.": "Secondary Capture",
 }
 NON_IMAGE_MODALITIES = {
     "SEG": "DICOM SEG",
