@@ -82,3 +82,29 @@ def test_any_orientation_and_spacing_survives_dicom_to_nifti_round_trip(
     assert back.geometry.same_grid(vol.geometry, TOL_MM)
     np.testing.assert_array_equal(back.array, vol.array)
     assert_world_equal(back, geometry, stored.astype(np.int32) - 1024)
+
+
+@PROPERTY_SETTINGS
+@given(n=st.integers(5, 9), data=st.data(), spacing=st.floats(0.5, 5.0), quat=quaternions)
+def test_any_removed_interior_slice_is_reported_where_it_is(
+    n: int, data: st.DataObject, spacing: float, quat: tuple[float, ...]
+) -> None:
+    """With at least 3 regular steps left the median is the true spacing (with 2 steps, [s, 2s] is ambiguous and
+    is reported as inconsistent spacing instead)."""
+    from medseg.errors import InvalidInputError
+
+    gone = data.draw(st.integers(1, n - 2))
+    direction = direction_from(quat, (False, False, False))
+    stored = np.zeros((3, 3, n), dtype=np.int16)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_series(Path(tmp), stored, (1.0, 1.0, spacing), (0.0, 0.0, 0.0), direction)
+        paths[gone].unlink()
+        try:
+            read_image(Path(tmp))
+        except InvalidInputError as exc:
+            message = exc.one_line()
+        else:
+            raise AssertionError("a missing slice was not detected")
+    assert "missing slice" in message
+    assert f"{(gone - 1) * spacing:.3f} and {(gone + 1) * spacing:.3f} mm" in message
+    assert paths[gone - 1].name in message and paths[gone + 1].name in message
