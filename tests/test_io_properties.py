@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from dicom_factory import write_series
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
@@ -108,3 +108,25 @@ def test_any_removed_interior_slice_is_reported_where_it_is(
     assert "missing slice" in message
     assert f"{(gone - 1) * spacing:.3f} and {(gone + 1) * spacing:.3f} mm" in message
     assert paths[gone - 1].name in message and paths[gone + 1].name in message
+
+
+@PROPERTY_SETTINGS
+@given(angle=st.floats(0.2, 30.0), quat=quaternions, spacing=st.floats(0.5, 5.0))
+def test_tilted_stacks_are_always_rejected(angle: float, quat: tuple[float, ...], spacing: float) -> None:
+    """Slices stepping off the slice normal (gantry tilt) by more than the 0.01 mm tolerance are never read as an
+    untilted grid (smaller drifts misplace no voxel by more than the tolerance)."""
+    from medseg.errors import InvalidInputError
+
+    assume(3 * spacing * np.sin(np.radians(angle)) > 0.015)
+    direction = direction_from(quat, (False, False, False))
+    tilt = np.cos(np.radians(angle)) * direction[:, 2] + np.sin(np.radians(angle)) * direction[:, 1]
+    tilted = np.column_stack([direction[:, 0], direction[:, 1], tilt])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_series(Path(tmp), np.zeros((3, 3, 4), dtype=np.int16), (1.0, 1.0, spacing), (0, 0, 0), tilted)
+        assert len(paths) == 4
+        try:
+            read_image(Path(tmp))
+        except InvalidInputError as exc:
+            assert "gantry tilt" in exc.one_line()
+        else:
+            raise AssertionError(f"a {angle:.2f} degree tilt was not detected")
