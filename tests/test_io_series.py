@@ -82,6 +82,8 @@ def test_folder_with_several_volumes_picks_the_largest_or_the_requested(shared: 
     assert set(chosen.meta.source_files) == set(other.files)
     with pytest.raises(UsageError, match="not found"):
         read_image(folder, series_uid="1.2.3.4.no.such.series")
+    with pytest.raises(UsageError, match="only be chosen from a folder"):
+        read_image(other.files[0], series_uid=other.uid)
     seg = next(s for s in find_series(folder) if s.modality == "SEG")
     with pytest.raises(InvalidInputError, match="not a 3D image volume"):
         read_image(folder, series_uid=seg.uid)

@@ -19,6 +19,10 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
     if not path.exists():
         raise InvalidInputError("input not found", path=path, hint="Check the path.")
     if path.is_file():
+        if series_uid is not None:
+            raise UsageError(
+                "a series can only be chosen from a folder", path=path, hint="Drop --series or pass the folder."
+            )
         if is_nifti_path(path):
             return read_nifti(path)
         return _read_dicom_file(path)
