@@ -212,3 +212,8 @@ def test_corrupt_geometry_headers_are_invalid_input(shared: Path, tmp_path: Path
         edit_header(path, lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]))
     with pytest.raises(InvalidInputError, match="not two orthogonal unit vectors"):
         read_dicom_series(files[:3])
+
+
+def test_real_subsampled_series_is_reported_as_incomplete(shared: Path) -> None:
+    """pydicom's CT2 test series keeps 4 slices of a longer scan: a reader must not stack them as contiguous."""
+    expect_invalid(shared / "dicom/pydicom/dicomdirtests/77654033/CT2", "missing slice", "17106")
