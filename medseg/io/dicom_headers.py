@@ -12,6 +12,7 @@ import numpy as np
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NOT_DICOM = "not a DICOM file"
+DEFER_SIZE = "16 KB"  # values this large (pixel data, private blobs) are read only when used: scans stay small
 ASCII_KEYWORDS = frozenset(
     {"SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPClassUID", "SOPInstanceUID", "Modality"}
 )
@@ -102,7 +103,7 @@ def read_header(path: Path) -> Any:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path, defer_size="256 KB")
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
         except InvalidDicomError:
             ds = _read_forced(path)
         except Exception as exc:
@@ -118,7 +119,7 @@ def _read_forced(path: Path) -> Any:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
+        ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=True)
     except Exception as exc:
         raise HeaderError(NOT_DICOM) from exc
     if not any(k in ds for k in ("SOPClassUID", "ImagePositionPatient", "Modality")):
