@@ -108,6 +108,11 @@ def core_benchmark(series: Path, model_ref: str, cache: Path) -> dict[str, float
     t = time.perf_counter()
     ours = sliding_window(image, runner, roi, card.network.out_channels, runner.batch_size, 0.25, True, stats)
     t_ours = time.perf_counter() - t
+    onnx = load_runner(model, "onnxruntime")
+    onnx(np.zeros((onnx.batch_size, 1, *roi), dtype=np.float32))
+    t = time.perf_counter()
+    sliding_window(image, onnx, roi, card.network.out_channels, onnx.batch_size, 0.25, True)
+    t_onnx = time.perf_counter() - t
     eager4 = load_runner(model, "torch", batch_size=4)
     t = time.perf_counter()
     sliding_window(image, eager4, roi, card.network.out_channels, 4, 0.25, True)
@@ -119,6 +124,7 @@ def core_benchmark(series: Path, model_ref: str, cache: Path) -> dict[str, float
         "monai_b1_s": t_monai,
         "ours_s": t_ours,
         "eager_b4_s": t_eager4,
+        "onnx_s": t_onnx,
         "ratio": t_monai / t_ours,
         "max_abs_diff": p["max_abs_diff"],
         "argmax_agreement": p["argmax_agreement"],
@@ -152,6 +158,7 @@ def main() -> None:
         print(f"{'(a) medseg infer DICOM->SEG, warm (every later run)':58s} {warm[0]:8.1f} {warm[1]:12.0f}")
         print(f"{'(b) MONAI sliding_window_inference, eager torch, batch 1':58s} {core['monai_b1_s']:8.2f}")
         print(f"{'(c) medseg core (OpenVINO f32, fixed shape)':58s} {core['ours_s']:8.2f}")
+        print(f"{'    for reference: medseg loop, ONNX Runtime (fixed shape)':58s} {core['onnx_s']:8.2f}")
         print(f"{'    for reference: medseg loop, eager torch, batch 4':58s} {core['eager_b4_s']:8.2f}")
         print(
             f"ratio (b)/(c): {core['ratio']:.2f}x   parity (c) vs (b): max |logit diff| "

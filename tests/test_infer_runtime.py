@@ -46,6 +46,14 @@ def test_openvino_matches_eager_torch_on_real_ct_and_is_cached(shared, model, ca
     np.testing.assert_array_equal(again(x), ov(x))
 
 
+def test_onnxruntime_export_matches_eager_torch(shared, model, cache):
+    ort = runtime.load_runner(model, "onnxruntime")
+    assert ort.backend == "onnxruntime" and ort.info["exported_now"]
+    x = real_window(shared, tuple(model.card.roi_size))
+    p = runtime.parity(runtime.load_runner(model, "torch", batch_size=1)(x), ort(x))
+    assert p["max_abs_diff"] < runtime.PARITY_MAX_ABS and p["argmax_agreement"] > runtime.PARITY_MIN_AGREEMENT
+
+
 def test_altered_cache_is_not_used(model, cache):
     first = runtime.load_runner(model, "openvino")
     folder = next((cache / "openvino").glob("*"))
@@ -56,7 +64,7 @@ def test_altered_cache_is_not_used(model, cache):
     assert second.info["exported_now"] and first.info["cache"] == second.info["cache"]
     fresh = json.loads((folder / "record.json").read_text())
     assert fresh["files"] == {n: sha256_file(folder / n) for n in ("model.xml", "model.bin")}
-    assert fresh["parity_ok"]
+    assert runtime.parity_ok(fresh["parity"])
 
 
 def test_failed_parity_falls_back_to_torch_or_refuses(model, cache, monkeypatch):

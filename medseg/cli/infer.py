@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("medseg-out"), "--out", "-o", help="Output folder (one subfolder per series)."),
         model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-        backend: str = typer.Option("auto", "--backend", help="auto (OpenVINO on CPU), openvino, or torch."),
+        backend: str = typer.Option("auto", "--backend", help="auto (OpenVINO on CPU), openvino, onnxruntime, torch."),
         fast: bool = typer.Option(False, "--fast", help="No window overlap: fewer windows, seams less smoothed."),
         strict: bool = typer.Option(False, "--strict", help="Reject (exit 5) on any QC flag."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),

@@ -1,6 +1,6 @@
-"""Model runtimes: eager torch (the reference) and OpenVINO (fast on CPU) with a fixed-shape, parity-checked export.
+"""Model runtimes: eager torch (the reference), and OpenVINO (default on CPU) or ONNX Runtime from fixed-shape exports.
 
-The OpenVINO model is exported once per (weights SHA-256, window shape, batch, OpenVINO version), checked against
+An accelerated model is exported once per (weights SHA-256, window shape, batch, backend version), checked against
 eager torch on a test input, and cached in `$MEDSEG_CACHE_DIR` (default `~/.cache/medseg`) with the digests of the
 exported files; a cached export whose files changed, or whose parity check failed, is never used. A cache hit needs
 neither torch nor MONAI, which keeps start-up short.
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ProcessingError
+from medseg.errors import ProcessingError, UsageError
 from medseg.models.registry import InstalledModel, sha256_file
 
 PARITY_MAX_ABS = 1e-2
 PARITY_MIN_AGREEMENT = 0.999
-BACKENDS = ("auto", "openvino", "torch")
+BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
 
 
 @dataclass
@@ -83,16 +83,73 @@ def parity_ok(p: dict[str, float]) -> bool:
     return p["max_abs_diff"] <= PARITY_MAX_ABS and p["argmax_agreement"] >= PARITY_MIN_AGREEMENT
 
 
-def _openvino_key(sha256: str, roi: tuple[int, ...], batch_size: int) -> str:
-    import openvino
-
-    text = json.dumps([sha256, list(roi), batch_size, openvino.get_version(), "f32"])
+def _cache_key(backend: str, sha256: str, roi: tuple[int, ...], batch_size: int, version: str) -> str:
+    text = json.dumps([backend, sha256, list(roi), batch_size, version, "f32"])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _export_openvino(model: InstalledModel, folder: Path, batch_size: int) -> dict[str, Any]:
-    """Convert the eager network at a fixed shape, check parity against eager torch, and write it with its record."""
+def _export_openvino(net: Any, example: np.ndarray, folder: Path) -> tuple[list[str], Callable[[np.ndarray], Any]]:
+    """Convert the eager network at the example's fixed shape; return the files written and a loader."""
     import openvino as ov
+    import torch
+
+    with torch.inference_mode():
+        ov_model = ov.convert_model(net, example_input=torch.from_numpy(example))
+    ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
+    return ["model.xml", "model.bin"], _load_openvino(folder)
+
+
+def _load_openvino(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(folder / "model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda batch: request.infer({0: batch})[0].copy()
+
+
+def _export_onnx(net: Any, example: np.ndarray, folder: Path) -> tuple[list[str], Callable[[np.ndarray], Any]]:
+    """TorchScript-based ONNX export with fixed shapes (dynamic spatial axes gave wrong outputs here)."""
+    import torch
+
+    with torch.inference_mode():
+        torch.onnx.export(
+            net,
+            (torch.from_numpy(example),),
+            str(folder / "model.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits"],
+        )
+    return ["model.onnx"], _load_onnx(folder)
+
+
+def _load_onnx(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"image": batch})[0]
+
+
+def _backend_version(backend: str) -> str:
+    if backend == "openvino":
+        import openvino
+
+        return openvino.get_version()
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+EXPORTERS = {"openvino": (_export_openvino, _load_openvino), "onnxruntime": (_export_onnx, _load_onnx)}
+
+
+def _files_intact(folder: Path, record: dict[str, Any]) -> bool:
+    return all((folder / n).is_file() and sha256_file(folder / n) == d for n, d in record["files"].items())
+
+
+def _export(model: InstalledModel, backend: str, folder: Path, batch_size: int, version: str) -> dict[str, Any]:
+    """Export at a fixed shape, compare with eager torch on a test input, and write the files with their record."""
     import torch
 
     from medseg.io.atomic import atomic_write_text
@@ -102,52 +159,46 @@ def _export_openvino(model: InstalledModel, folder: Path, batch_size: int) -> di
     example = _parity_input(batch_size, roi)
     with torch.inference_mode():
         reference = net(torch.from_numpy(example)).numpy()
-        ov_model = ov.convert_model(net, example_input=torch.from_numpy(example))
     folder.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
-    compiled = ov.Core().compile_model(folder / "model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    files, predict = EXPORTERS[backend][0](net, example, folder)
     record = {
+        "backend": backend,
+        "version": version,
         "weights_sha256": model.card.weights.sha256,
         "roi_size": list(roi),
         "batch_size": batch_size,
-        "openvino": ov.get_version(),
-        "parity": parity(reference, compiled(example)[0]),
-        "files": {n: sha256_file(folder / n) for n in ("model.xml", "model.bin")},
+        "parity": parity(reference, predict(example)),
+        "files": {n: sha256_file(folder / n) for n in files},
     }
-    record["parity_ok"] = parity_ok(record["parity"])
     atomic_write_text(folder / "record.json", json.dumps(record, indent=2), overwrite=True)
     return record
 
 
-def openvino_runner(model: InstalledModel, batch_size: int = 1, cache: Path | None = None) -> Runner:
-    """OpenVINO on CPU (f32) from the cache, exporting first if needed; raises ProcessingError if parity fails."""
-    import openvino as ov
-
-    sha = model.card.weights.sha256
-    model.verify()
-    folder = (cache or cache_dir()) / "openvino" / _openvino_key(sha, tuple(model.card.roi_size), batch_size)
+def accelerated_runner(
+    model: InstalledModel, backend: str = "openvino", batch_size: int = 1, cache: Path | None = None
+) -> Runner:
+    """OpenVINO or ONNX Runtime on CPU (f32) from the cache, exporting first if needed (raises if parity fails)."""
+    sha = model.verify()
+    version = _backend_version(backend)
+    key = _cache_key(backend, sha, tuple(model.card.roi_size), batch_size, version)
+    folder = (cache or cache_dir()) / backend / key
     record_path = folder / "record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
-    exported = False
-    if record is not None and any(
-        not (folder / n).is_file() or sha256_file(folder / n) != d for n, d in record["files"].items()
-    ):
-        record = None
-    if record is None:
-        record = _export_openvino(model, folder, batch_size)
-        exported = True
-    if not record["parity_ok"] or record["weights_sha256"] != sha:
+    exported = record is None or not _files_intact(folder, record) or record.get("weights_sha256") != sha
+    if exported:
+        record = _export(model, backend, folder, batch_size, version)
+    if not parity_ok(record["parity"]):
         raise ProcessingError(
-            f"OpenVINO export does not match eager torch ({record['parity']})", hint="Use --backend torch."
+            f"{backend} export does not match eager torch ({record['parity']})", hint="Use --backend torch."
         )
-    compiled = ov.Core().compile_model(folder / "model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
+    predict = EXPORTERS[backend][1](folder)
+    info = {"exported_now": exported, "parity": record["parity"], "cache": str(folder), "version": version}
+    return Runner(backend, batch_size, predict, info)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return request.infer({0: batch})[0].copy()
 
-    info = {"exported_now": exported, "parity": record["parity"], "cache": str(folder)}
-    return Runner("openvino", batch_size, predict, info)
+def openvino_runner(model: InstalledModel, batch_size: int = 1, cache: Path | None = None) -> Runner:
+    """OpenVINO on CPU (f32), the default accelerated backend."""
+    return accelerated_runner(model, "openvino", batch_size, cache)
 
 
 def load_runner(
@@ -155,17 +206,17 @@ def load_runner(
 ) -> Runner:
     """The runtime for `backend`; "auto" = OpenVINO on CPU (falling back to torch if it fails), torch on CUDA."""
     if backend not in BACKENDS:
-        raise ProcessingError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
+        raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
     model.verify()
     if device != "cpu" or backend == "torch":
         return torch_runner(model, device, batch_size or 4)
     try:
-        return openvino_runner(model, batch_size or 1)
-    except Exception as exc:  # eager torch is the reference: an OpenVINO failure must not stop inference
-        if backend == "openvino":
+        return accelerated_runner(model, "openvino" if backend == "auto" else backend, batch_size or 1)
+    except Exception as exc:  # eager torch is the reference: an accelerated backend failing must not stop inference
+        if backend != "auto":
             if isinstance(exc, ProcessingError):
                 raise
-            raise ProcessingError(f"OpenVINO backend failed: {exc}", hint="Use --backend torch.") from exc
+            raise ProcessingError(f"{backend} backend failed: {exc}", hint="Use --backend torch.") from exc
         reason = exc.message if isinstance(exc, ProcessingError) else f"{type(exc).__name__}: {exc}"
     runner = torch_runner(model, device, batch_size or 4)
     runner.info["fallback"] = f"OpenVINO not used ({reason}); ran eager torch"
