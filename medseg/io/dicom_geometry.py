@@ -52,6 +52,7 @@ class Stack:
     order: tuple[int, ...]
     geometry: Geometry
     notes: tuple[str, ...]
+    thickness: float | None = None  # median SliceThickness of the frames, mm
 
 
 def _axes(orientation: np.ndarray, where: str) -> np.ndarray:
@@ -129,7 +130,9 @@ def build_stack(frames: list[FramePlane], shape_2d: tuple[int, int], where: str 
         raise InvalidInputError(
             f"invalid image geometry ({exc})", path=where, hint="The header is corrupt; re-export the series."
         ) from exc
-    return Stack(tuple(int(i) for i in order), geometry, tuple(_thickness_notes(frames, mean)))
+    thick = [f.thickness for f in frames if f.thickness]
+    thickness = float(np.median(thick)) if thick else None
+    return Stack(tuple(int(i) for i in order), geometry, tuple(_thickness_notes(thickness, mean)), thickness)
 
 
 def _check_duplicates(steps: np.ndarray, along: np.ndarray, labels: list[str], where: str) -> None:
@@ -188,11 +191,9 @@ def _check_tilt(positions: np.ndarray, along: np.ndarray, normal: np.ndarray, la
         )
 
 
-def _thickness_notes(frames: list[FramePlane], spacing: float) -> list[str]:
-    thick = [f.thickness for f in frames if f.thickness]
-    if not thick:
+def _thickness_notes(t: float | None, spacing: float) -> list[str]:
+    if t is None:
         return []
-    t = float(np.median(thick))
     if t > spacing + max(SPACING_TOL_MM, SPACING_RTOL * spacing):
         return [f"SliceThickness {t:.4g} mm > slice spacing {spacing:.4g} mm (overlapping slices)"]
     if t < spacing - max(SPACING_TOL_MM, SPACING_RTOL * spacing):

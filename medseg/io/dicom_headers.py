@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,27 +60,27 @@ NON_IMAGE_MODALITIES = {
     "REG": "Registration",
     "DOC": "document",
 }
-EXTRA_KEYWORDS = (
-    "SliceThickness",
-    "SpacingBetweenSlices",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "PhotometricInterpretation",
-    "BodyPartExamined",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "KVP",
-    "ConvolutionKernel",
-    "ContrastBolusAgent",
-    "PixelPaddingValue",
-    "RescaleType",
-    "SeriesNumber",
-    "SOPClassUID",
-    "PatientPosition",
-    "MagneticFieldStrength",
-)
+EXTRA_KEYWORDS = {
+    "SliceThickness": "slice_thickness",
+    "SpacingBetweenSlices": "spacing_between_slices",
+    "BitsAllocated": "bits_allocated",
+    "BitsStored": "bits_stored",
+    "HighBit": "high_bit",
+    "PixelRepresentation": "pixel_representation",
+    "PhotometricInterpretation": "photometric_interpretation",
+    "BodyPartExamined": "body_part_examined",
+    "Manufacturer": "manufacturer",
+    "ManufacturerModelName": "manufacturer_model_name",
+    "KVP": "kvp",
+    "ConvolutionKernel": "convolution_kernel",
+    "ContrastBolusAgent": "contrast_bolus_agent",
+    "PixelPaddingValue": "pixel_padding_value",
+    "RescaleType": "rescale_type",
+    "SeriesNumber": "series_number",
+    "SOPClassUID": "sop_class_uid",
+    "PatientPosition": "patient_position",
+    "MagneticFieldStrength": "magnetic_field_strength",
+}
 
 
 class HeaderError(Exception):
@@ -280,10 +279,10 @@ class Header:
 def header_extra(ds: Any) -> dict[str, Any]:
     """Non-identifying acquisition facts the inference QC uses, without re-reading headers."""
     extra: dict[str, Any] = {}
-    for keyword in EXTRA_KEYWORDS:
+    for keyword, name in EXTRA_KEYWORDS.items():
         value = ds.get(keyword, None)
         if value is not None and str(value).strip() != "":
-            extra[_snake(keyword)] = _plain(value)
+            extra[name] = _plain(value)
     extra["image_type"] = list(image_type(ds))
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if tsyntax is not None:
@@ -305,10 +304,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [_plain(v) for v in value]
     return str(value)
-
-
-def _snake(keyword: str) -> str:
-    out = [keyword[0].lower()]
-    for prev, ch in itertools.pairwise(keyword):
-        out.append(f"_{ch.lower()}" if ch.isupper() and not prev.isupper() else ch.lower())
-    return "".join(out)

@@ -162,6 +162,8 @@ def _volume(
 ) -> Volume:
     """Wrap the (k, row, col) pixel block as Volume [i, j, k] with its meta."""
     extra = header_extra(ds)
+    if stack.thickness is not None:
+        extra.setdefault("slice_thickness", stack.thickness)
     slopes = {r.slope for r in rescales}
     intercepts = {r.intercept for r in rescales}
     extra.update(
