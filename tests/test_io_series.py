@@ -105,9 +105,13 @@ def test_cli_series_lists_classification_and_json(shared: Path, tmp_path: Path) 
     res = run_cli("series", str(shared / "dicom/rtstruct/rt-utils"), tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "VOLUME" in res.stdout and "RTSTRUCT" in res.stdout
+    res = run_cli("series", str(shared / "dicom/dicom2nifti"), tmp_path=tmp_path)
+    tilted = [line for line in res.stdout.splitlines() if "gantry tilt" in line]
+    assert len(tilted) == 1 and "VOLUME, unreadable" in tilted[0]
     res = run_cli("series", str(shared / TS_CT), "--json", tmp_path=tmp_path)
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert rows[0]["is_volume"] and rows[0]["n_slices"] == 20 and rows[0]["series"].startswith("auto-")
+    assert rows[0]["problem"] is None
     assert (tmp_path / "audit").exists()
 
 

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         """List the series in a DICOM folder: which are 3D volumes, and why the others are skipped."""
         from medseg.cli.audited import audited
         from medseg.errors import InvalidInputError
+        from medseg.io.dicom_reader import stack_problem
         from medseg.io.series import scan_folder
 
         if not folder.is_dir():
@@ -46,17 +47,18 @@ def register(app: typer.Typer) -> None:
             console.warn(note)
         if not scan.series:
             raise InvalidInputError("no DICOM files found", path=folder, hint="Pass a folder of DICOM files.")
+        problems = {s.uid: stack_problem(scan.headers[s.uid], folder) for s in scan.series if s.is_volume}
         for s in scan.series:
             if as_json:
-                console.result(json.dumps(_as_dict(s), sort_keys=True))
+                console.result(json.dumps({**_as_dict(s), "problem": problems.get(s.uid)}, sort_keys=True))
             else:
-                console.result(_row(s))
-        volumes = sum(s.is_volume for s in scan.series)
-        console.info(f"{len(scan.series)} series, {volumes} readable volume(s); the first is read by default")
+                console.result(_row(s, problems.get(s.uid)))
+        readable = sum(s.is_volume and problems[s.uid] is None for s in scan.series)
+        console.info(f"{len(scan.series)} series, {readable} readable volume(s); the first volume is read by default")
 
 
-def _row(s: SeriesInfo) -> str:
-    what = "VOLUME" if s.is_volume else f"skip: {s.skip_reason}"
+def _row(s: SeriesInfo, problem: str | None) -> str:
+    what = f"skip: {s.skip_reason}" if not s.is_volume else f"VOLUME, unreadable: {problem}" if problem else "VOLUME"
     counts = f"{s.n_slices:>5} slices\t{len(s.files):>5} files"
     return f"{s.uid}\t{s.modality or '?'}\t{counts}\t{s.description or '-'}\t{what}"
 

@@ -47,9 +47,12 @@ def volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str]
         return _volume_from_headers(headers, where, notes)
 
 
-def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str]) -> Volume:
-    if len(headers) == 1 and (headers[0].frames > 1 or headers[0].is_enhanced):
-        return _read_multiframe(headers[0], notes)
+def _is_multiframe(headers: list[Header]) -> bool:
+    return len(headers) == 1 and (headers[0].frames > 1 or headers[0].is_enhanced)
+
+
+def _classic_stack(headers: list[Header], where: Path) -> Stack:
+    """Check a single-frame series' headers and order its slices (no pixel data is read)."""
     for h in headers:
         if h.frames > 1:
             raise InvalidInputError(
@@ -58,8 +61,25 @@ def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str
                 hint="Read the multi-frame file on its own.",
             )
     _check_uniform(headers, where)
-    planes = [_plane(h) for h in headers]
-    stack = build_stack(planes, (headers[0].rows, headers[0].columns), where)
+    return build_stack([_plane(h) for h in headers], (headers[0].rows, headers[0].columns), where)
+
+
+def stack_problem(headers: list[Header], where: Path) -> str | None:
+    """Why these headers would not make a volume (missing slice, tilt...), or None; reads no pixel data."""
+    try:
+        if _is_multiframe(headers):
+            _multiframe_stack(headers[0])
+        else:
+            _classic_stack(headers, where)
+    except InvalidInputError as exc:
+        return exc.message
+    return None
+
+
+def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str]) -> Volume:
+    if _is_multiframe(headers):
+        return _read_multiframe(headers[0], notes)
+    stack = _classic_stack(headers, where)
     ordered = [headers[i] for i in stack.order]
     rescales = [Rescale.from_item(h.dataset) for h in ordered]
     stored_dtype, stored_range = stored_dtype_and_range(ordered[0].dataset)
@@ -119,11 +139,13 @@ def _group_item(ds: Any, frame: int, sequence: str) -> Any | None:
     return None
 
 
-def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
-    """Enhanced / legacy-converted multi-frame CT, MR or PET: geometry and rescale from the functional groups."""
+def _multiframe_stack(h: Header) -> tuple[Stack, list[Rescale]]:
+    """Geometry and per-frame rescale of an enhanced / legacy-converted multi-frame file, in slice order."""
     ds = h.dataset
     if h.frames < 1:
         raise InvalidInputError("malformed NumberOfFrames", path=h.path, hint="The header is corrupt.")
+    if h.samples_per_pixel != 1:
+        raise InvalidInputError("colour image, not a greyscale volume", path=h.path)
     planes, rescales = [], []
     base_rescale = Rescale.from_item(ds)
     for f in range(h.frames):
@@ -142,13 +164,16 @@ def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
         planes.append(FramePlane(h.path, f, position, orientation, spacing, _thickness(pix_item)))
         transform = _group_item(ds, f, "PixelValueTransformationSequence")
         rescales.append(Rescale.from_item(transform, base_rescale) if transform is not None else base_rescale)
-    if h.samples_per_pixel != 1:
-        raise InvalidInputError("colour image, not a greyscale volume", path=h.path)
     stack = build_stack(planes, (h.rows, h.columns), h.path)
-    stored_frames = decode(ds, h.path)[list(stack.order)]
-    ordered_rescales = [rescales[i] for i in stack.order]
-    out, dtype = rescale_stack(stored_frames, ordered_rescales)
-    return _volume(out, stack, ds, [h.path], ordered_rescales, dtype, notes)
+    return stack, [rescales[i] for i in stack.order]
+
+
+def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
+    """Enhanced / legacy-converted multi-frame CT, MR or PET: geometry and rescale from the functional groups."""
+    stack, rescales = _multiframe_stack(h)
+    stored_frames = decode(h.dataset, h.path)[list(stack.order)]
+    out, dtype = rescale_stack(stored_frames, rescales)
+    return _volume(out, stack, h.dataset, [h.path], rescales, dtype, notes)
 
 
 def _volume(
