@@ -134,3 +134,23 @@ def test_cli_convert_accepts_series_key_from_listing(shared: Path, tmp_path: Pat
     res = run_cli("convert", str(src), str(tmp_path / "mf.nii.gz"), "--series", key, tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert read_nifti(tmp_path / "mf.nii.gz").shape[2] == 3
+
+
+def test_two_echoes_in_one_series_become_two_volumes(shared: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    src = shared / "dicom/mr_series_penn_prisma_phantom"
+    for echo in (1, 2):
+        for path in src.iterdir():
+            ds = pydicom.dcmread(path)
+            ds.EchoNumbers = echo
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.PixelData = (ds.pixel_array + 10 * echo).astype(ds.pixel_array.dtype).tobytes()
+            ds.save_as(tmp_path / f"e{echo}_{path.name}")
+    volumes = [s for s in find_series(tmp_path) if s.is_volume]
+    assert [s.n_slices for s in volumes] == [32, 32]
+    assert {s.series_instance_uid for s in volumes} == {volumes[0].series_instance_uid}
+    second = read_image(tmp_path, series_uid=volumes[1].uid)
+    first = read_image(tmp_path, series_uid=volumes[0].uid)
+    assert second.geometry == first.geometry
+    assert np.all(np.abs(second.array.astype(int) - first.array.astype(int)) == 10)

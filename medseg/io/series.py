@@ -1,7 +1,7 @@
 """Find the DICOM series in a folder: one header read per file, grouped by UID and geometry, then classified.
 
-Grouping: files sharing SeriesInstanceUID, modality, SOP class, frame of reference, matrix size and image type
-(LOCALIZER or not) form a base group; it is then split by orientation and pixel spacing (so shared or EMPTY
+Grouping: files sharing SeriesInstanceUID, modality, SOP class, frame of reference, matrix size, image type
+(LOCALIZER or not) and echo number form a base group; it is then split by orientation and pixel spacing (so shared or EMPTY
 UIDs still give clean stacks). Each enhanced multi-frame file is a group of its own.
 """
 
@@ -21,6 +21,7 @@ from medseg.io.dicom_headers import (
     HeaderError,
     image_type,
     non_image_kind,
+    raw_text,
     read_header,
     text,
 )
@@ -150,6 +151,7 @@ def _base_key(h: Header) -> tuple[object, ...]:
         h.columns,
         h.samples_per_pixel,
         localizer,
+        raw_text(h.dataset, "EchoNumbers") or "",
     )
 
 
