@@ -145,7 +145,8 @@ def test_two_echoes_in_one_series_become_two_volumes(shared: Path, tmp_path: Pat
             ds = pydicom.dcmread(path)
             ds.EchoNumbers = echo
             ds.SOPInstanceUID = pydicom.uid.generate_uid()
-            ds.PixelData = (ds.pixel_array + 10 * echo).astype(ds.pixel_array.dtype).tobytes()
+            base = np.minimum(ds.pixel_array, 2**ds.BitsStored - 21)
+            ds.PixelData = (base + 10 * echo).astype(ds.pixel_array.dtype).tobytes()
             ds.save_as(tmp_path / f"e{echo}_{path.name}")
     volumes = [s for s in find_series(tmp_path) if s.is_volume]
     assert [s.n_slices for s in volumes] == [32, 32]

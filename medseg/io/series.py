@@ -1,8 +1,8 @@
 """Find the DICOM series in a folder: one header read per file, grouped by UID and geometry, then classified.
 
 Grouping: files sharing SeriesInstanceUID, modality, SOP class, frame of reference, matrix size, image type
-(LOCALIZER or not) and echo number form a base group; it is then split by orientation and pixel spacing (so shared or EMPTY
-UIDs still give clean stacks). Each enhanced multi-frame file is a group of its own.
+(LOCALIZER or not) and echo number form a base group; it is then split by orientation and pixel spacing (so
+shared or EMPTY UIDs still give clean stacks). Each enhanced multi-frame file is a group of its own.
 """
 
 from __future__ import annotations
