@@ -172,3 +172,22 @@ def test_subprocess_wall_time_and_peak_rss(shared, tmp_path, model_cache, everyt
     assert proc.returncode == 0, proc.stderr
     assert peak_mb < 2500, f"peak RSS {peak_mb:.0f} MB"
     print(f"chaos 512x512x78 DICOM -> SEG: {wall:.1f} s wall, peak RSS (max over children) {peak_mb:.0f} MB")
+
+
+def test_disk_full_leaves_no_partial_result_set(shared, tmp_path, model_cache, everything_model):
+    """A write failing mid-case (file-size limit, like a full disk) exits 4 and leaves no outputs or temp files."""
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    env = dict(os.environ, MEDSEG_CACHE_DIR=str(model_cache))
+    medseg = os.path.join(os.path.dirname(sys.executable), "medseg")
+    src = shared / "ct/chaos_ct_sample/dicom"
+    args = [medseg, "infer", str(src), "--model", str(everything_model), "--out", str(tmp_path / "o")]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert proc.returncode == 4, proc.stderr
+    assert "cannot write output" in proc.stderr
+    left = sorted(p.name for p in (tmp_path / "o").rglob("*") if p.is_file())
+    assert left == [], left

@@ -25,7 +25,7 @@ from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
 from medseg.models.registry import InstalledModel
 from medseg.writers.preview import write_preview
-from medseg.writers.seg import SegAlgorithm, SegUnavailable, seg_blockers, write_seg
+from medseg.writers.seg import SegAlgorithm, SegUnavailable, write_seg
 from medseg.writers.summary import organ_stats, write_summary
 
 
@@ -187,6 +187,35 @@ def _finish(
     model: InstalledModel,
 ) -> CaseResult:
     outputs: dict[str, str | None] = {}
+    status = "flagged" if flags else "ok"
+    try:
+        _write_outputs(summary, timings, folder, names, settings, pred, volume, model, outputs)
+        summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
+        summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
+            "total": round(time.perf_counter() - start, 3)
+        }
+        write_summary(summary, folder / names["summary"], settings.overwrite)
+    except BaseException:  # no half result sets: a case has all its outputs and summary.json, or none
+        for name in outputs.values():
+            if name:
+                (folder / name).unlink(missing_ok=True)
+        raise
+    paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
+    return CaseResult(summary["case"], status, 0, paths, flags, None, summary)
+
+
+def _write_outputs(
+    summary: dict[str, Any],
+    timings: dict[str, float],
+    folder: Path,
+    names: dict[str, str],
+    settings: InferSettings,
+    pred: Prediction,
+    volume: Volume,
+    model: InstalledModel,
+    outputs: dict[str, str | None],
+) -> None:
+    """Write label map, SEG and preview, recording each in `outputs` as soon as it exists."""
     t = time.perf_counter()
     write_nifti(volume.with_array(pred.labels), folder / names["labels"], overwrite=settings.overwrite)
     outputs["labels"] = names["labels"]
@@ -202,21 +231,11 @@ def _finish(
             outputs["seg"] = None
             summary["seg_not_written"] = exc.message
         timings["write_seg"] = time.perf_counter() - t
-    elif volume.meta.source_format == "dicom":
-        summary["seg_not_written"] = seg_blockers(volume)
     if settings.preview:
         t = time.perf_counter()
         write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite)
         outputs["preview"] = names["preview"]
         timings["write_preview"] = time.perf_counter() - t
-    status = "flagged" if flags else "ok"
-    summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
-    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
-        "total": round(time.perf_counter() - start, 3)
-    }
-    write_summary(summary, folder / names["summary"], settings.overwrite)
-    paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
-    return CaseResult(summary["case"], status, 0, paths, flags, None, summary)
 
 
 def _finish_rejected(
