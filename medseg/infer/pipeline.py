@@ -188,9 +188,9 @@ def _finish(
 ) -> CaseResult:
     outputs: dict[str, str | None] = {}
     status = "flagged" if flags else "ok"
+    summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
     try:
         _write_outputs(summary, timings, folder, names, settings, pred, volume, model, outputs)
-        summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
         summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
             "total": round(time.perf_counter() - start, 3)
         }
@@ -202,6 +202,15 @@ def _finish(
         raise
     paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
     return CaseResult(summary["case"], status, 0, paths, flags, None, summary)
+
+
+def _caption(summary: dict[str, Any]) -> str:
+    """One line for the preview: case, organ volumes, model."""
+    organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in summary.get("organs", []))
+    model = summary["model"]
+    flags = [f["code"] for f in summary.get("qc", {}).get("flags", [])]
+    text = f"{summary['case']}: {organs or 'no organ'} | {model['name']} {model['version']}"
+    return text + (f" | QC flags: {', '.join(flags)}" if flags else "")
 
 
 def _write_outputs(
@@ -233,7 +242,7 @@ def _write_outputs(
         timings["write_seg"] = time.perf_counter() - t
     if settings.preview:
         t = time.perf_counter()
-        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite)
+        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite, _caption(summary))
         outputs["preview"] = names["preview"]
         timings["write_preview"] = time.perf_counter() - t
 
@@ -252,7 +261,8 @@ def _finish_rejected(
     error = _reject(flags)
     outputs: dict[str, str | None] = {}
     if pred is not None and settings.preview:
-        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite)
+        caption = _caption(summary) + " | REJECTED: " + ", ".join(f.code for f in flags)
+        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite, caption)
         outputs["preview"] = names["preview"]
     summary |= {"status": "qc_rejected", "qc": _qc(flags, settings.strict), "outputs": outputs}
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {

@@ -14,6 +14,7 @@ from medseg.io import Geometry, Volume
 from medseg.io.atomic import atomic_path
 
 TILE = 320
+CAPTION_HEIGHT = 22
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 220, 0), (120, 255, 120), (255, 120, 255)]
 
 
@@ -69,7 +70,9 @@ def _centre(mask: np.ndarray) -> np.ndarray:
     return np.array([round(float((p * np.arange(p.size)).sum()) / total) for p in profiles])
 
 
-def render_preview(volume: Volume, labels: np.ndarray, window: tuple[float, float] = (-160.0, 240.0)) -> object:
+def render_preview(
+    volume: Volume, labels: np.ndarray, caption: str = "", window: tuple[float, float] = (-160.0, 240.0)
+) -> object:
     """A PIL image with three orthogonal slices through the centroid of the labels (or the volume centre)."""
     from PIL import Image
 
@@ -84,17 +87,23 @@ def render_preview(volume: Volume, labels: np.ndarray, window: tuple[float, floa
     # sagittal: rows inferior-going, cols P-going (anterior on the left)
     sagittal = (img[c[0], :, :].T[::-1], lab[c[0], :, :].T[::-1], (sz, sy))
     tiles = [_tile(a, b, p, window) for a, b, p in (axial, coronal, sagittal)]
-    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), max(t.height for t in tiles)))
+    from PIL import ImageDraw
+
+    top = CAPTION_HEIGHT if caption else 0
+    height = max(t.height for t in tiles)
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), height + top))
     x = 0
     for t in tiles:
-        sheet.paste(t, (x, 0))
+        sheet.paste(t, (x, top + (height - t.height) // 2))
         x += t.width + 8
+    if caption:
+        ImageDraw.Draw(sheet).text((6, 4), caption, fill=(255, 255, 255))
     return sheet
 
 
-def write_preview(volume: Volume, labels: np.ndarray, path: Path, overwrite: bool = False) -> Path:
+def write_preview(volume: Volume, labels: np.ndarray, path: Path, overwrite: bool = False, caption: str = "") -> Path:
     """Render and write preview.png atomically."""
-    sheet = render_preview(volume, labels)
+    sheet = render_preview(volume, labels, caption)
     with atomic_path(path, overwrite) as tmp:
         sheet.save(tmp, format="PNG")
     return path
