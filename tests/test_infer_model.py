@@ -1,0 +1,46 @@
+"""The shipped default liver model through `medseg infer`, on the real CT with a manual liver label.
+
+Skipped only until `medseg/models/zoo/liver/` is installed; from then on it must pass.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medseg.cli.main import main
+from medseg.io import read_image, read_nifti
+from medseg.models.registry import ZOO, resolve_model
+
+INSTALLED = (ZOO / "liver" / "model_card.yaml").is_file()
+pytestmark = pytest.mark.skipif(not INSTALLED, reason="default liver model not installed yet")
+MIN_DICE = 0.7
+
+
+def test_default_model_segments_the_liver(shared, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    src = shared / "ct/chaos_ct_sample/dicom"
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(src), "--organ", "liver", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 0, err
+    case = tmp_path / "o" / "dicom"
+    labels = read_nifti(case / "liver.nii.gz")
+    truth = read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz").array > 0
+    pred = labels.array == 1
+    dice = 2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum())
+    summary = json.loads((case / "summary.json").read_text())
+    card = resolve_model(None, "liver").card
+    assert summary["model"]["sha256"] == card.weights.sha256
+    print(
+        f"default model {card.name} {card.version}: Dice {dice:.3f} on chaos (manual label), "
+        f"{summary['organs'][0]['volume_ml']:.0f} ml vs 1417.5 ml"
+    )
+    assert dice >= MIN_DICE
+    volume = read_image(src)
+    centroid = np.asarray(summary["organs"][0]["centroid_lps_mm"])
+    body_centre = volume.geometry.index_to_world(np.asarray(volume.shape) / 2 - 0.5)[0]
+    assert centroid[0] < body_centre[0]  # LPS x grows to the patient's left: the liver lies on the right
+    assert (case / "seg.dcm").is_file()
