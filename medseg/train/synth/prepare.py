@@ -52,8 +52,8 @@ class AnatomyCase:
 
 
 def default_cache_dir() -> Path:
-    """`$MEDSEG_CACHE` or `~/.cache/medseg` (never inside the repository)."""
-    return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg"))
+    """`$MEDSEG_CACHE_DIR` or `~/.cache/medseg` (never inside the repository)."""
+    return Path(os.environ.get("MEDSEG_CACHE_DIR", Path.home() / ".cache" / "medseg"))
 
 
 def resample_labels_ras(path: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
