@@ -130,3 +130,31 @@ def test_tilted_stacks_are_always_rejected(angle: float, quat: tuple[float, ...]
             assert "gantry tilt" in exc.one_line()
         else:
             raise AssertionError(f"a {angle:.2f} degree tilt was not detected")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_random_corruption_never_crashes_the_reader(shared: Path, data: st.DataObject) -> None:
+    """Garbage anywhere in a file of a real series gives a volume or a MedsegError, never another exception."""
+    import shutil
+
+    from medseg.errors import MedsegError
+
+    src = shared / "dicom/seg/dcmqi/segmentations/23x38x3/image"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "ct"
+        shutil.copytree(src, folder)
+        victim = sorted(folder.iterdir())[data.draw(st.integers(0, 2))]
+        raw = bytearray(victim.read_bytes())
+        start = data.draw(st.integers(0, len(raw) - 1))
+        junk = data.draw(st.binary(min_size=1, max_size=64))
+        if data.draw(st.booleans()):
+            raw[start : start + len(junk)] = junk
+        else:
+            del raw[start:]
+        victim.write_bytes(bytes(raw))
+        try:
+            vol = read_image(folder)
+        except MedsegError:
+            return
+        assert vol.shape[:2] == (23, 38)

@@ -13,7 +13,26 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NOT_DICOM = "not a DICOM file"
 DEFER_SIZE = "16 KB"  # values this large (pixel data, private blobs) are read only when used: scans stay small
 ASCII_KEYWORDS = frozenset(
-    {"SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPClassUID", "SOPInstanceUID", "Modality"}
+    {
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "FrameOfReferenceUID",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "MediaStorageSOPClassUID",
+        "MediaStorageSOPInstanceUID",
+        "Modality",
+    }
+)
+# converted once while the file is read, so a corrupt value fails there (naming the file), not later
+PIXEL_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "SeriesDescription",
 )
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 ENHANCED_IMAGE_CLASSES = frozenset(
@@ -110,7 +129,25 @@ def read_header(path: Path) -> Any:
     for w in caught:
         if "end of file" in str(w.message).lower() or "truncated" in str(w.message).lower():
             raise HeaderError(f"truncated DICOM file ({str(w.message).split(' in file ')[0]})")
+    _convert_used_values(ds)
     return ds
+
+
+def _convert_used_values(ds: Any) -> None:
+    """Convert every value medseg reads later, so a corrupt element is reported against this file now."""
+    keyword = ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for keyword in (*PIXEL_KEYWORDS, *EXTRA_KEYWORDS):
+                ds.get(keyword, None)
+            for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+                for item in ds.get(keyword, None) or ():
+                    for elem in item:
+                        for sub in elem.value if elem.VR == "SQ" else ():
+                            list(sub)
+    except Exception as exc:
+        raise HeaderError(f"unreadable DICOM header (corrupt {keyword}: {type(exc).__name__})") from exc
 
 
 def _read_forced(path: Path) -> Any:
@@ -129,7 +166,7 @@ def _read_forced(path: Path) -> Any:
 def raw_text(ds: Any, keyword: str) -> str | None:
     """An ASCII-only value (UI, CS, DS, IS) straight from the file bytes, skipping pydicom's slower conversion."""
     try:
-        elem = ds.get_item(keyword)
+        elem = ds.get_item(keyword, keep_deferred=True)
     except (KeyError, ValueError):
         return None
     value = None if elem is None else elem.value

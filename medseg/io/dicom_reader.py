@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, MedsegError
 from medseg.io.dicom_geometry import FramePlane, Stack, build_stack
 from medseg.io.dicom_headers import Header, HeaderError, ds_floats, header_extra, read_header, text
 from medseg.io.dicom_pixels import (
@@ -44,7 +44,16 @@ def volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str]
     """Build the Volume from already-parsed headers (pixel data still deferred); pydicom warnings are muted."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _volume_from_headers(headers, where, notes)
+        try:
+            return _volume_from_headers(headers, where, notes)
+        except MedsegError:
+            raise
+        except Exception as exc:  # a corrupt value pydicom could not convert
+            raise InvalidInputError(
+                f"unreadable DICOM data ({type(exc).__name__}: {str(exc)[:160]})",
+                path=where,
+                hint="A file of the series is corrupt; re-export the series.",
+            ) from exc
 
 
 def _is_multiframe(headers: list[Header]) -> bool:

@@ -93,9 +93,11 @@ def scan_folder(root: Path, files: list[Path] | None = None) -> FolderScan:
                 headers.append(Header.from_dataset(path, read_header(path)))
             except HeaderError as exc:
                 skipped.append((path, exc.reason))
-    headers, copies = _drop_identical_copies(headers)
-    skipped.extend((path, "identical copy of another file (same SOPInstanceUID and bytes)") for path in copies)
-    series, by_uid = group_headers(headers)
+            except Exception as exc:  # any other parse failure: the file is unusable, say so and go on
+                skipped.append((path, f"unreadable DICOM header ({type(exc).__name__})"))
+        headers, copies = _drop_identical_copies(headers)
+        skipped.extend((path, "identical copy of another file (same SOPInstanceUID and bytes)") for path in copies)
+        series, by_uid = group_headers(headers)
     return FolderScan(root, series, by_uid, skipped)
 
 
