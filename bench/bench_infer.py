@@ -16,6 +16,7 @@ Without --model, the installed liver model is used, or else an untrained network
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -167,6 +168,8 @@ def main() -> None:
         goals = [warm[0] < 20, warm[1] < 4096, core["ratio"] >= 3]
         print("goals (warm e2e < 20 s, < 4 GB, ratio >= 3):", "met" if all(goals) else f"NOT all met {goals}")
         print(f"exit codes: cold {cold[2]}, warm {warm[2]}")
+        stages = json.loads((tmp_path / "out2" / "series" / "summary.json").read_text())["timings_s"]
+        print("warm run, seconds per stage (summary.json):", ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
 
 if __name__ == "__main__":
