@@ -1,0 +1,50 @@
+"""Finding the cases in an input: studies, their main series, NIfTI files, and unique output names."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from infer_fixtures import write_negated_series
+
+from medseg.errors import InvalidInputError
+from medseg.infer.cases import discover_cases, safe_name
+
+
+def test_folder_of_studies_and_nifti_files(shared, tmp_path):
+    root = tmp_path / "incoming"
+    shutil.copytree(shared / "dicom/ct_series_totalsegmentator", root / "patient a" / "ct")
+    chaos = sorted((shared / "ct/chaos_ct_sample/dicom").iterdir())
+    (root / "b").mkdir(parents=True)
+    for f in chaos[10:40]:
+        shutil.copy(f, root / "b" / f.name)
+    write_negated_series(chaos, root / "b" / "second_series", range(10, 22))  # same study, fewer slices
+    shutil.copy(shared / "ct/totalseg_example_ct_sm/image.nii.gz", root / "small.nii.gz")
+    (root / "notes.txt").write_text("not an image")
+    cases, notes = discover_cases(root)
+    by_name = {c.name: c for c in cases}
+    assert sorted(by_name) == ["b", "patient_a_ct", "small"]
+    assert by_name["small"].kind == "nifti"
+    main = by_name["b"].load()
+    assert main.shape[2] == 30  # the study's main series: the one with most slices
+    assert any("other series in this study not segmented" in n for n in by_name["b"].notes)
+    assert by_name["patient_a_ct"].load().shape == (512, 512, 20)
+    assert any("notes.txt" in n or "not DICOM" in n.lower() or "skipped" in n for n in notes)
+
+
+def test_single_inputs_and_errors(shared, tmp_path):
+    cases, _ = discover_cases(shared / "ct/chaos_ct_sample/dicom")
+    assert [c.name for c in cases] == ["dicom"] and cases[0].kind == "dicom"
+    cases, _ = discover_cases(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    assert [c.name for c in cases] == ["image"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="no image volume"):
+        discover_cases(tmp_path / "empty")
+    with pytest.raises(InvalidInputError, match="not found"):
+        discover_cases(tmp_path / "missing")
+
+
+def test_safe_names():
+    assert safe_name("../../etc/passwd") == "etc_passwd"
+    assert safe_name("Müller, Hans/CT 1") == "M_ller_Hans_CT_1"
+    assert safe_name("...") == "case"
