@@ -135,12 +135,16 @@ def read_header(path: Path) -> Any:
 
 def _convert_used_values(ds: Any) -> None:
     """Convert every value medseg reads later, so a corrupt element is reported against this file now."""
+    from pydicom.datadict import tag_for_keyword
+
     keyword = ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for keyword in (*PIXEL_KEYWORDS, *EXTRA_KEYWORDS):
-                ds.get(keyword, None)
+                tag = tag_for_keyword(keyword)
+                if tag in ds:
+                    ds[tag]
             for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
                 for item in ds.get(keyword, None) or ():
                     for elem in item:
