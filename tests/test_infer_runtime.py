@@ -95,3 +95,24 @@ def test_cuda_request_without_gpu_is_a_clear_error(model):
     else:
         with pytest.raises(ProcessingError, match="no CUDA device"):
             runtime.load_runner(model, "auto", device="cuda")
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_publishes_one_consistent_export(model, cache):
+    """Two processes exporting the same model at once: both end up with a verified, working export."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from medseg.models.registry import resolve_model; from medseg.infer.runtime import load_runner; "
+        "r = load_runner(resolve_model(sys.argv[1], 'liver'), 'openvino'); print(r.backend)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(model.folder)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs == ["openvino", "openvino"]
+    folders = list((cache / "openvino").iterdir())
+    assert len(folders) == 1 and not folders[0].name.startswith(".")
+    assert not runtime.load_runner(model, "openvino").info["exported_now"]

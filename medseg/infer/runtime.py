@@ -8,9 +8,12 @@ neither torch nor MONAI, which keeps start-up short.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +91,15 @@ def _cache_key(backend: str, sha256: str, roi: tuple[int, ...], batch_size: int,
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _export_openvino(net: Any, example: np.ndarray, folder: Path) -> tuple[list[str], Callable[[np.ndarray], Any]]:
-    """Convert the eager network at the example's fixed shape; return the files written and a loader."""
+def _export_openvino(net: Any, example: np.ndarray, folder: Path) -> list[str]:
+    """Convert the eager network at the example's fixed shape; return the files written."""
     import openvino as ov
     import torch
 
     with torch.inference_mode():
         ov_model = ov.convert_model(net, example_input=torch.from_numpy(example))
     ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
-    return ["model.xml", "model.bin"], _load_openvino(folder)
+    return ["model.xml", "model.bin"]
 
 
 def _load_openvino(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -107,7 +110,7 @@ def _load_openvino(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
     return lambda batch: request.infer({0: batch})[0].copy()
 
 
-def _export_onnx(net: Any, example: np.ndarray, folder: Path) -> tuple[list[str], Callable[[np.ndarray], Any]]:
+def _export_onnx(net: Any, example: np.ndarray, folder: Path) -> list[str]:
     """TorchScript-based ONNX export with fixed shapes (dynamic spatial axes gave wrong outputs here)."""
     import torch
 
@@ -121,7 +124,7 @@ def _export_onnx(net: Any, example: np.ndarray, folder: Path) -> tuple[list[str]
             input_names=["image"],
             output_names=["logits"],
         )
-    return ["model.onnx"], _load_onnx(folder)
+    return ["model.onnx"]
 
 
 def _load_onnx(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -160,18 +163,31 @@ def _export(model: InstalledModel, backend: str, folder: Path, batch_size: int, 
     with torch.inference_mode():
         reference = net(torch.from_numpy(example)).numpy()
     folder.mkdir(parents=True, exist_ok=True)
-    files, predict = EXPORTERS[backend][0](net, example, folder)
+    files = EXPORTERS[backend][0](net, example, folder)
     record = {
         "backend": backend,
         "version": version,
         "weights_sha256": model.card.weights.sha256,
         "roi_size": list(roi),
         "batch_size": batch_size,
-        "parity": parity(reference, predict(example)),
+        "parity": parity(reference, EXPORTERS[backend][1](folder)(example)),
         "files": {n: sha256_file(folder / n) for n in files},
     }
     atomic_write_text(folder / "record.json", json.dumps(record, indent=2), overwrite=True)
     return record
+
+
+def _publish(staging: Path, folder: Path) -> None:
+    """Move a finished export into place; a concurrent process that published first wins (ours is dropped)."""
+    if folder.exists():
+        stale = folder.with_name(f".stale-{folder.name}-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(OSError):
+            folder.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def accelerated_runner(
@@ -186,7 +202,12 @@ def accelerated_runner(
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     exported = record is None or not _files_intact(folder, record) or record.get("weights_sha256") != sha
     if exported:
-        record = _export(model, backend, folder, batch_size, version)
+        staging = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
+        _export(model, backend, staging, batch_size, version)
+        _publish(staging, folder)
+        record = json.loads(record_path.read_text())
+        if not _files_intact(folder, record):
+            raise ProcessingError(f"{backend} export in {folder} changed while loading", hint="Run again.")
     if not parity_ok(record["parity"]):
         raise ProcessingError(
             f"{backend} export does not match eager torch ({record['parity']})", hint="Use --backend torch."
