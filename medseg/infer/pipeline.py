@@ -124,6 +124,12 @@ def _reject(flags: list[QCFlag]) -> QCRejectedError:
     )
 
 
+def _announce(flags: list[QCFlag], on_flag: Callable[[QCFlag], None] | None) -> None:
+    if on_flag is not None:
+        for f in flags:
+            on_flag(f)
+
+
 def run_case(
     case: Case,
     model: InstalledModel,
@@ -145,13 +151,14 @@ def run_case(
     t = time.perf_counter()
     volume = case.load()
     timings["load"] = time.perf_counter() - t
+    t = time.perf_counter()
     summary["input"] = _describe_input(volume, case)
+    timings["input_digest"] = time.perf_counter() - t
     summary["notes"] = list(dict.fromkeys([*case.notes, *volume.meta.notes]))
     t = time.perf_counter()
     flags = check_input(volume, card)
     timings["qc_input"] = time.perf_counter() - t
-    for f in flags:
-        on_flag and on_flag(f)
+    _announce(flags, on_flag)
     if settings.strict and flags:
         return _finish_rejected(summary, flags, timings, start, folder, names, settings, None, volume)
 
@@ -165,8 +172,7 @@ def run_case(
     ]
     result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card)]
     timings["qc_result"] = time.perf_counter() - t
-    for f in result_flags:
-        on_flag and on_flag(f)
+    _announce(result_flags, on_flag)
     flags += result_flags
     summary["organs"] = organs
     if settings.strict and flags:
@@ -186,6 +192,7 @@ def _finish(
     volume: Volume,
     model: InstalledModel,
 ) -> CaseResult:
+    """Write every output, then summary.json; on any failure remove what this case wrote and re-raise."""
     outputs: dict[str, str | None] = {}
     status = "flagged" if flags else "ok"
     summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
@@ -258,6 +265,7 @@ def _finish_rejected(
     pred: Prediction | None,
     volume: Volume,
 ) -> CaseResult:
+    """Record a --strict rejection: summary.json (and the preview when there is a result), no segmentation."""
     error = _reject(flags)
     outputs: dict[str, str | None] = {}
     if pred is not None and settings.preview:
