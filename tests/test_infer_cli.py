@@ -97,7 +97,7 @@ def test_mr_series_is_flagged_and_rejected_under_strict(shared, tmp_path, run, e
     code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "strict", "--strict")
     assert code == 5 and "modality" in err
     s = summary(tmp_path / "strict" / src.name)
-    assert s["status"] == "qc_rejected" and "modality" in {f["code"] for f in s["qc"]["flags"]}
+    assert s["status"] == "qc_rejected" and {"modality", "body_part"} <= {f["code"] for f in s["qc"]["flags"]}
     assert not (tmp_path / "strict" / src.name / "liver.nii.gz").exists()
     code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "lenient", "--no-preview")
     assert code == 0 and "QC flag modality: modality is MR" in err

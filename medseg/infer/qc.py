@@ -58,6 +58,11 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
             flags.append(
                 QCFlag("not_hu", "input", f"lowest value is {lo:g}, no air near -1000 HU: windowed or normalised data")
             )
+    body_part = str(volume.meta.extra.get("body_part_examined", "")).upper()
+    if body_part in r["body_parts_without_abdomen"]:
+        flags.append(
+            QCFlag("body_part", "input", f"BodyPartExamined is {body_part}: the scan does not show the abdomen")
+        )
     extent = _extent_mm(volume)
     axial = int(np.argmax(np.abs(volume.geometry.direction_matrix[2, :])))
     inplane = [e for a, e in enumerate(extent) if a != axial]
