@@ -144,10 +144,12 @@ def test_folder_of_cases_continues_after_a_failure(shared, tmp_path, run, everyt
     batch.mkdir()
     shutil.copy(shared / "ct/totalseg_example_ct_sm/image.nii.gz", batch / "good.nii.gz")
     (batch / "broken.nii.gz").write_bytes(b"\x00not a nifti file" * 100)
-    code, out, err = run("infer", batch, "--model", everything_model, "--out", tmp_path / "o")
+    code, out, err = run("--log-json", "infer", batch, "--model", everything_model, "--out", tmp_path / "o")
     assert code in (3, 4) and "broken" in err
     assert (tmp_path / "o" / "good" / "liver.nii.gz").is_file()
     assert "1 failed of 2" in out
+    events = [json.loads(line) for line in err.splitlines() if '"case_done"' in line]
+    assert {e["case"]: e["status"] for e in events} == {"broken": "failed", "good": "flagged"}
 
 
 def test_models_list(run):

@@ -135,7 +135,19 @@ def _run(
 
 
 def _report(r: CaseResult, single: bool) -> None:
-    """One result line per case (stdout), errors on stderr."""
+    """One result line per case (stdout), errors on stderr; with --log-json also a machine-readable record."""
+    if console.log_json:
+        console.info(
+            f"{r.case}: {r.status}",
+            event="case_done",
+            case=r.case,
+            status=r.status,
+            exit_code=r.exit_code,
+            flags=[f.code for f in r.flags],
+            organs={o["name"]: round(o["volume_ml"], 1) for o in (r.summary or {}).get("organs", [])},
+            outputs=[str(p) for p in r.outputs],
+            error=r.message,
+        )
     if r.status == "failed":
         if not single:
             console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
