@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import Delaunay, QhullError
+from scipy.spatial import ConvexHull, Delaunay, QhullError
 
 from medseg.errors import InvalidInputError
 from medseg.train.synth.tissues import source_lut, tissue_table
@@ -82,18 +82,20 @@ def resample_labels_ras(path: Path, spacing: tuple[float, float, float]) -> tupl
 def _slice_hulls(organs: np.ndarray) -> np.ndarray:
     """Per-axial-slice convex hull of all organs; slices without organs copy the nearest slice that has some."""
     hull = np.zeros_like(organs)
-    nx, ny, nz = organs.shape
-    grid = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij"), -1).reshape(-1, 2)
+    nz = organs.shape[2]
     has = np.zeros(nz, bool)
     for k in range(nz):
         pts = np.argwhere(organs[:, :, k])
         if len(pts) < 4:
             continue
         try:
-            tri = Delaunay(pts)
+            tri = Delaunay(pts[ConvexHull(pts).vertices])
         except QhullError:
             continue
-        hull[:, :, k] = (tri.find_simplex(grid) >= 0).reshape(nx, ny) | organs[:, :, k]
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0) + 1
+        box = np.stack(np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), indexing="ij"), -1).reshape(-1, 2)
+        hull[x0:x1, y0:y1, k] = (tri.find_simplex(box) >= 0).reshape(x1 - x0, y1 - y0)
+        hull[:, :, k] |= organs[:, :, k]
         has[k] = True
     if not has.any():
         raise InvalidInputError("label map has no organ voxels")
