@@ -86,6 +86,9 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
         flags.append(
             QCFlag("thick_slices", "input", f"slice thickness {thickness:.2g} mm > {r['max_slice_thickness_mm']} mm")
         )
+    if isinstance(thickness, (int, float)) and 0 < thickness < r["min_thickness_to_spacing"] * step:
+        reason = f"slices {thickness:.2g} mm thick every {step:.2g} mm: {step - thickness:.2g} mm gaps between slices"
+        flags.append(QCFlag("slice_gaps", "input", reason))
     return flags
 
 

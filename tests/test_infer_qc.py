@@ -1,0 +1,83 @@
+"""QC flags on real CT and on deliberately altered copies of it (no model needed)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from medseg.infer.qc import check_input, check_result
+from medseg.io import read_image, read_nifti
+from medseg.models.card import ModelCard
+from medseg.writers.summary import organ_stats
+
+CARD = ModelCard(
+    name="qc",
+    version="0",
+    organ="liver",
+    labels={0: "background", 1: "liver"},
+    intended_use="tests",
+    spacing=(3.0, 3.0, 3.0),
+    weights={"sha256": "0" * 64},
+)
+
+
+@pytest.fixture(scope="module")
+def chaos(shared):
+    return read_image(shared / "ct/chaos_ct_sample/dicom"), read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz")
+
+
+def codes(flags) -> set[str]:
+    return {f.code for f in flags}
+
+
+def with_extra(volume, **extra):
+    return replace(volume, meta=replace(volume.meta, extra={**volume.meta.extra, **extra}))
+
+
+def test_real_abdominal_ct_raises_no_input_flag(chaos):
+    assert check_input(chaos[0], CARD) == []
+
+
+@pytest.mark.parametrize(
+    ("alter", "expected"),
+    [
+        (lambda v: v.with_array((v.array.astype(np.int32) + 1024).astype(np.int16)), "not_hu"),
+        (lambda v: v.with_array(np.clip((v.array + 160) / 400 * 255, 0, 255).astype(np.uint8)), "not_hu"),
+        (lambda v: with_extra(v, slice_thickness=6.0), "thick_slices"),
+        (lambda v: with_extra(v, slice_thickness=1.0), "slice_gaps"),
+        (lambda v: with_extra(v, body_part_examined="HEAD"), "body_part"),
+        (lambda v: replace(v, meta=replace(v.meta, modality="MR")), "modality"),
+    ],
+)
+def test_altered_inputs_are_flagged(chaos, alter, expected):
+    flags = check_input(alter(chaos[0]), CARD)
+    assert expected in codes(flags)
+    assert all(f.reason and f.stage == "input" for f in flags)
+
+
+def test_short_and_narrow_fields_of_view(chaos):
+    from medseg.io import Volume
+
+    v = chaos[0]
+    short = Volume(v.array[:, :, :30], replace(v.geometry, shape=(512, 512, 30)), v.meta)
+    assert "fov_short" in codes(check_input(short, CARD))
+    narrow = Volume(np.ascontiguousarray(v.array[:200, :200]), replace(v.geometry, shape=(200, 200, 78)), v.meta)
+    assert "fov_small" in codes(check_input(narrow, CARD))
+
+
+def test_result_flags_follow_the_label_map(chaos):
+    volume, truth = chaos
+    liver = truth.array.astype(np.uint8)
+    stats = organ_stats(liver, 1, volume)
+    assert stats["volume_ml"] == pytest.approx(1417.5, abs=0.5)
+    assert codes(check_result("liver", stats, volume.shape, CARD)) == {"organ_truncated"}  # cut by the last slice
+    small = np.zeros_like(liver)
+    small[200:240, 200:240, 30:40] = 1
+    assert "volume_implausible" in codes(check_result("liver", organ_stats(small, 1, volume), volume.shape, CARD))
+    air = np.zeros_like(liver)
+    air[:40, :40, 30:40] = 1
+    assert "organ_intensity" in codes(check_result("liver", organ_stats(air, 1, volume), volume.shape, CARD))
+    empty = organ_stats(np.zeros_like(liver), 1, volume)
+    assert codes(check_result("liver", empty, volume.shape, CARD)) == {"organ_not_found"}
