@@ -155,11 +155,25 @@ def test_folder_of_cases_continues_after_a_failure(shared, tmp_path, run, everyt
 def test_models_list(run):
     code, out, _ = run("models", "list", "--json")
     cards = json.loads(out)
-    assert code == 0 and [c["name"] for c in cards] == sorted(
-        p.name for p in ZOO.glob("*") if (p / "model_card.yaml").is_file()
-    )
+    installed = sorted(p.name for p in ZOO.glob("*") if (p / "model_card.yaml").is_file())
+    assert code == 0 and sorted(c["folder"].rsplit("/", 1)[-1] for c in cards) == installed
+
+
+def test_models_list_shows_cards_and_verifies_weights(run, tmp_path, monkeypatch):
+    from medseg.models import registry
+
+    make_model_folder(tmp_path / "good", seed=5, roi=(64, 64, 64))
+    make_model_folder(tmp_path / "bad", seed=6, roi=(64, 64, 64))
+    with (tmp_path / "bad" / "weights.pt").open("r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"oops")
+    monkeypatch.setattr(registry, "ZOO", tmp_path)
     code, out, _ = run("models", "list")
-    assert code == 0 and (("sha256" in out) == bool(cards))
+    assert code == 0 and "test-liver-5 0.0.1  organ=liver" in out and "intended use: tests only" in out
+    code, out, err = run("models", "list", "--verify")
+    assert code == 4 and "[verified]" in out and "[MISMATCH" in out and "test-liver-6" in err
+    code, out, _ = run("models", "list", "--json", "--verify")
+    assert {c["name"]: c["weights_verified"] for c in json.loads(out)} == {"test-liver-5": True, "test-liver-6": False}
 
 
 def test_subprocess_wall_time_and_peak_rss(shared, tmp_path, model_cache, everything_model):
