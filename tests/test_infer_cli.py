@@ -176,6 +176,13 @@ def test_models_list_shows_cards_and_verifies_weights(run, tmp_path, monkeypatch
     assert {c["name"]: c["weights_verified"] for c in json.loads(out)} == {"test-liver-5": True, "test-liver-6": False}
 
 
+def test_models_prepare_exports_once(run, everything_model):
+    code, out, _ = run("models", "prepare", everything_model)
+    assert code == 0 and "openvino" in out and "agreement" in out
+    code, out, _ = run("models", "prepare", everything_model)
+    assert code == 0 and "already cached" in out
+
+
 def test_subprocess_wall_time_and_peak_rss(shared, tmp_path, model_cache, everything_model):
     """The command as users run it, measured: peak RSS stays far below the 4 GB goal."""
     env = dict(os.environ, MEDSEG_CACHE_DIR=str(model_cache))

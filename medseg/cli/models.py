@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     """Add the `models` command group to the app."""
     models_app = typer.Typer(help="Installed segmentation models.", no_args_is_help=True)
     app.add_typer(models_app, name="models")
+    register_prepare(models_app)
 
     @models_app.command("list", epilog=EXAMPLES)
     def list_cmd(
@@ -81,3 +82,41 @@ def _print(found: list[InstalledModel], verify: bool, problems: dict[str, str]) 
             f"  folder: {m.folder}",
         ]
         console.result("\n".join(lines))
+
+
+PREPARE_EXAMPLES = """
+Examples:
+
+  medseg models prepare
+
+  medseg models prepare liver --backend onnxruntime
+"""
+
+
+def register_prepare(models_app: typer.Typer) -> None:
+    """Add `models prepare`: export and parity-check the accelerated runtime once, ahead of the first inference."""
+
+    @models_app.command("prepare", epilog=PREPARE_EXAMPLES)
+    def prepare(
+        name: str | None = typer.Argument(None, help="Model name or folder (default: every installed model)."),
+        backend: str = typer.Option("openvino", "--backend", help="openvino or onnxruntime."),
+    ) -> None:
+        """Export the model(s) for the CPU runtime and check them against eager torch (cached for later runs)."""
+        from medseg.cli.audited import audited
+        from medseg.errors import UsageError
+        from medseg.infer.runtime import accelerated_runner
+        from medseg.models.registry import list_models, resolve_model
+
+        if backend not in ("openvino", "onnxruntime"):
+            raise UsageError(f"unknown backend {backend!r}", hint="Use openvino or onnxruntime.")
+        models = [resolve_model(name)] if name else list_models()
+        with audited("models-prepare", params={"backend": backend}) as rec:
+            for m in models:
+                rec.add_inputs([m.weights_path])
+                runner = accelerated_runner(m, backend)
+                p = runner.info["parity"]
+                state = "exported" if runner.info["exported_now"] else "already cached"
+                console.result(
+                    f"{m.card.name} {m.card.version}: {backend} {state}; parity max |diff| {p['max_abs_diff']:.2e}, "
+                    f"agreement {p['argmax_agreement']:.6f} ({runner.info['cache']})"
+                )
