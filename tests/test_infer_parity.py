@@ -133,3 +133,29 @@ def test_separable_resampling_equals_scipy(perm, flips, scale, offset, out_shape
         source, m[:3, :3], offset=m[:3, 3], output_shape=out_shape, order=1, mode="nearest", prefilter=False
     )
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    shape=st.tuples(*[st.integers(5, 40)] * 3),
+    roi=st.tuples(*[st.integers(4, 24)] * 3),
+    overlap=st.sampled_from([0.0, 0.25, 0.5, 0.6]),
+    batch=st.integers(1, 3),
+)
+def test_sliding_window_matches_monai_for_any_shape(shape, roi, overlap, batch):
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    rng = np.random.default_rng(1)
+    image = rng.random(shape, dtype=np.float32)
+    image[: shape[0] // 2] = 0.3  # constant regions exercise the cached constant windows
+    torch.manual_seed(1)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1)
+    with torch.inference_mode():
+        expected = sliding_window_inference(torch.from_numpy(image)[None, None], roi, 1, net, overlap, "gaussian")
+
+        def predict(b: np.ndarray) -> np.ndarray:
+            return net(torch.from_numpy(b)).numpy()
+
+        got = sliding_window(image, predict, roi, 3, batch_size=batch, overlap=overlap, skip_constant=True)
+    np.testing.assert_allclose(got, expected[0].numpy(), atol=1e-5)
