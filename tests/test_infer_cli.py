@@ -62,8 +62,8 @@ def test_dicom_study_end_to_end(shared, tmp_path, run, everything_model):
     mask = labels.array == 1
     assert organ["voxel_count"] == int(mask.sum()) > 0
     assert organ["volume_ml"] == pytest.approx(mask.sum() * volume.geometry.voxel_volume_ml)
-    assert organ["mean"] == pytest.approx(float(volume.array[mask].mean()), rel=1e-6)
-    assert organ["std"] == pytest.approx(float(volume.array[mask].std()), rel=1e-6)
+    assert organ["mean_hu"] == pytest.approx(float(volume.array[mask].mean()), rel=1e-6)
+    assert organ["std_hu"] == pytest.approx(float(volume.array[mask].std()), rel=1e-6)
     assert s["model"]["sha256"] == json.dumps(s["model"]["sha256"]).strip('"') and len(s["model"]["sha256"]) == 64
     assert {f["code"] for f in s["qc"]["flags"]} >= {"volume_implausible", "organ_truncated"}
     assert "QC flag volume_implausible" in err and s["status"] == "flagged"

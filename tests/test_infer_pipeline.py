@@ -78,7 +78,7 @@ def test_labels_land_on_the_input_grid(oracle_ct, variant):
     stats = organ_stats(pred.labels, 1, volume)
     truth_ml = truth.sum() * volume.geometry.voxel_volume_ml
     assert abs(stats["volume_ml"] - truth_ml) / truth_ml < 0.05
-    assert stats["mean"] > 250  # inside the mask it is the (marked) liver
+    assert stats["mean_hu"] > 250  # inside the mask it is the (marked) liver
 
 
 def test_only_largest_component_and_no_holes(oracle_ct):

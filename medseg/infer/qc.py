@@ -112,9 +112,9 @@ def check_result(organ: str, stats: dict[str, Any], labels_shape: tuple[int, ...
             QCFlag("volume_implausible", "result", f"{organ} volume {ml:.0f} ml outside {span[0]:g}-{span[1]:g} ml")
         )
     lo, hi = rules()["organ_hu_range"]
-    if card.modality == "CT" and not lo <= stats["mean"] <= hi:
+    if card.modality == "CT" and not lo <= stats["mean_hu"] <= hi:
         flags.append(
-            QCFlag("organ_intensity", "result", f"mean {stats['mean']:.0f} HU inside {organ} outside {lo}-{hi}")
+            QCFlag("organ_intensity", "result", f"mean {stats['mean_hu']:.0f} HU inside {organ} outside {lo}-{hi}")
         )
     box = stats["bbox_index"]
     cut = [a for a in range(3) if box["start"][a] == 0 or box["stop"][a] == labels_shape[a]]
