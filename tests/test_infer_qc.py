@@ -72,7 +72,8 @@ def test_result_flags_follow_the_label_map(chaos):
     liver = truth.array.astype(np.uint8)
     stats = organ_stats(liver, 1, volume)
     assert stats["volume_ml"] == pytest.approx(1417.5, abs=0.5)
-    assert codes(check_result("liver", stats, volume.shape, CARD)) == {"organ_truncated"}  # cut by the last slice
+    flags = check_result("liver", stats, volume.shape, CARD, volume.geometry.direction_matrix)
+    assert codes(flags) == {"organ_truncated"} and "inferior edge" in flags[0].reason  # caudal cut (SOURCES-ct.md)
     small = np.zeros_like(liver)
     small[200:240, 200:240, 30:40] = 1
     assert "volume_implausible" in codes(check_result("liver", organ_stats(small, 1, volume), volume.shape, CARD))

@@ -170,7 +170,8 @@ def run_case(
     organs = [
         {"name": name, **organ_stats(pred.labels, label, volume)} for label, name in card.foreground_labels.items()
     ]
-    result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card)]
+    direction = volume.geometry.direction_matrix
+    result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
     timings["qc_result"] = time.perf_counter() - t
     _announce(result_flags, on_flag)
     flags += result_flags

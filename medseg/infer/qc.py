@@ -100,7 +100,29 @@ def volume_range(card: ModelCard, organ: str) -> tuple[float, float] | None:
     return tuple(default) if default else None
 
 
-def check_result(organ: str, stats: dict[str, Any], labels_shape: tuple[int, ...], card: ModelCard) -> list[QCFlag]:
+SIDES = {
+    (0, 1): "left",
+    (0, -1): "right",
+    (1, 1): "posterior",
+    (1, -1): "anterior",
+    (2, 1): "superior",
+    (2, -1): "inferior",
+}
+
+
+def _side(direction: np.ndarray) -> str:
+    """Anatomical name (LPS) of the nearest axis direction."""
+    axis = int(np.argmax(np.abs(direction)))
+    return SIDES[(axis, 1 if direction[axis] > 0 else -1)]
+
+
+def check_result(
+    organ: str,
+    stats: dict[str, Any],
+    labels_shape: tuple[int, ...],
+    card: ModelCard,
+    direction: np.ndarray | None = None,
+) -> list[QCFlag]:
     """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge."""
     if stats["voxel_count"] == 0:
         return [QCFlag("organ_not_found", "result", f"no {organ} found")]
@@ -117,9 +139,11 @@ def check_result(organ: str, stats: dict[str, Any], labels_shape: tuple[int, ...
             QCFlag("organ_intensity", "result", f"mean {stats['mean_hu']:.0f} HU inside {organ} outside {lo}-{hi}")
         )
     box = stats["bbox_index"]
-    cut = [a for a in range(3) if box["start"][a] == 0 or box["stop"][a] == labels_shape[a]]
-    if cut:
-        flags.append(
-            QCFlag("organ_truncated", "result", f"{organ} touches the edge of the scan (axis {cut}): volume may be low")
-        )
+    d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
+    sides = [_side(-d[:, a]) for a in range(3) if box["start"][a] == 0]
+    sides += [_side(d[:, a]) for a in range(3) if box["stop"][a] == labels_shape[a]]
+    if sides:
+        where = " and ".join(sorted(set(sides)))
+        reason = f"{organ} touches the {where} edge of the scan: its volume may be underestimated"
+        flags.append(QCFlag("organ_truncated", "result", reason))
     return flags
