@@ -110,3 +110,35 @@ def test_empty_mask_and_existing_output(chaos, tmp_path):
     with pytest.raises(Exception, match="already exists"):
         write_seg(liver, volume, {1: "liver"}, ALGO, tmp_path / "b.dcm")
     assert (tmp_path / "b.dcm").read_bytes() == b"keep"
+
+
+def test_seg_on_enhanced_multiframe_ct_matches_frames_by_position(chaos, tmp_path):
+    """An enhanced CT made from real slices in file-name order (z decreasing): each SEG frame lands by position."""
+    import highdicom as hd
+    import pydicom
+
+    volume, liver = chaos
+    by_name = sorted(volume.meta.source_files)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(f) for f in by_name[20:44]],
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    multi = read_image(tmp_path / "enhanced.dcm")
+    ks = slice(volume.shape[2] - 44, volume.shape[2] - 20)  # names 20..43 are slices 57..34 (z decreases with name)
+    np.testing.assert_array_equal(multi.array, volume.array[:, :, ks])
+    path = write_seg(np.ascontiguousarray(liver[:, :, ks]), multi, {1: "liver"}, ALGO, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    sub = np.zeros_like(liver)
+    sub[:, :, ks] = liver[:, :, ks]
+    assert_seg_matches(path, volume, sub)
+
+
+def test_source_without_frame_of_reference_gets_no_seg(shared, tmp_path):
+    volume = read_image(shared / "dicom/dicom2nifti/philips_enhanced/anatomical/001/IM-0001-0170-0001.dcm")
+    labels = (volume.array > np.percentile(volume.array, 80)).astype(np.uint8)
+    with pytest.raises(SegUnavailable, match="Frame of Reference"):
+        write_seg(labels, volume, {1: "liver"}, ALGO, tmp_path / "seg.dcm")

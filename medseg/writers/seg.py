@@ -2,7 +2,8 @@
 
 Frames are matched to source slices by position, not by list order (highdicom #330, TotalSegmentator #598): the
 source headers are re-read, each one's ImagePositionPatient/ImageOrientationPatient is checked against the slice
-of the label map it is paired with, and the writer refuses to write when any does not match within 0.01 mm.
+of the label map it is paired with, and the writer refuses to write when any does not match within 0.01 mm. For a
+multi-frame (enhanced) source, each frame's plane position picks the label-map slice that goes with it.
 """
 
 from __future__ import annotations
@@ -54,34 +55,80 @@ def seg_blockers(volume: Volume) -> str | None:
     meta = volume.meta
     if meta.source_format != "dicom" or not meta.source_files:
         return "input is not DICOM"
-    if meta.extra.get("n_frames_per_file", 1) != 1 or len(meta.source_files) != volume.shape[2]:
-        return "multi-frame source images are not supported for SEG output yet"
+    multiframe = len(meta.source_files) == 1 and meta.extra.get("n_frames_per_file", 1) == volume.shape[2] > 1
+    if not multiframe and len(meta.source_files) != volume.shape[2]:
+        return "the source files do not map one-to-one onto the slices"
     if not (meta.study_instance_uid and meta.series_instance_uid):
         return "source series has empty Study/Series Instance UIDs, so a SEG could not reference it"
+    if not meta.frame_of_reference_uid:
+        return "source has no Frame of Reference UID, which a SEG needs to place its frames"
     return None
 
 
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _with_type2(ds: Any) -> Any:
+    """The header with absent type 2 patient/study attributes present but empty (as DICOM allows), in memory only."""
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _check_plane(volume: Volume, k: int, pos: np.ndarray, iop: np.ndarray, where: Path) -> None:
+    """Refuse unless the frame at `pos` with orientation `iop` is the label map's slice k."""
+    geom = volume.geometry
+    expected = geom.index_to_world(np.array([[0, 0, k]]))[0]
+    row_col = np.concatenate([geom.direction_matrix[:, 0], geom.direction_matrix[:, 1]])
+    if np.abs(pos - expected).max() > POSITION_TOL_MM or np.abs(iop - row_col).max() > 1e-4:
+        raise ProcessingError(
+            f"source frame for slice {k} is not where the label map's slice {k} is ({pos.tolist()} vs "
+            f"{expected.round(3).tolist()}); refusing to write a misplaced SEG",
+            path=where,
+            hint="Report this as a bug.",
+        )
+
+
 def _source_headers(volume: Volume) -> list[Any]:
-    """Source datasets (headers only) in slice order, each checked to sit where the label map's slice k sits."""
+    """Single-frame sources (headers only) in slice order, each checked to sit where the label map's slice k sits."""
     import pydicom
 
-    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.meta.source_files]
-    geom = volume.geometry
-    expected = geom.index_to_world(np.array([[0, 0, k] for k in range(geom.shape[2])]))
-    row_col = np.concatenate([geom.direction_matrix[:, 0], geom.direction_matrix[:, 1]])
+    datasets = [_with_type2(pydicom.dcmread(f, stop_before_pixels=True)) for f in volume.meta.source_files]
     for k, ds in enumerate(datasets):
+        where = volume.meta.source_files[k]
         if not str(getattr(ds, "SOPInstanceUID", "")).strip():
-            raise SegUnavailable("a source slice has an empty SOP Instance UID", path=volume.meta.source_files[k])
+            raise SegUnavailable("a source slice has an empty SOP Instance UID", path=where)
         pos = np.asarray(ds.ImagePositionPatient, dtype=float)
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        if np.abs(pos - expected[k]).max() > POSITION_TOL_MM or np.abs(iop - row_col).max() > 1e-4:
-            raise ProcessingError(
-                f"source slice {k} is not where the label map's slice {k} is ({pos.tolist()} vs "
-                f"{expected[k].round(3).tolist()}); refusing to write a misplaced SEG",
-                path=volume.meta.source_files[k],
-                hint="Report this as a bug.",
-            )
+        _check_plane(volume, k, pos, np.asarray(ds.ImageOrientationPatient, dtype=float), where)
     return datasets
+
+
+def _frame_slices(volume: Volume, ds: Any) -> list[int]:
+    """For each frame of a multi-frame source, the label-map slice at its position (checked, never assumed)."""
+    where = volume.meta.source_files[0]
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    slices = []
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        plane = item if "PlaneOrientationSequence" in item else shared
+        pos = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        iop = np.asarray(plane.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+        k = round(float(volume.geometry.world_to_index(pos)[0][2]))
+        if not 0 <= k < volume.shape[2]:
+            raise ProcessingError(f"frame {f} of the source lies outside the label map", path=where)
+        _check_plane(volume, k, pos, iop, where)
+        slices.append(k)
+    return slices
 
 
 def build_seg(labels: np.ndarray, volume: Volume, names: dict[int, str], algorithm: SegAlgorithm) -> Any:
@@ -110,8 +157,14 @@ def build_seg(labels: np.ndarray, volume: Volume, names: dict[int, str], algorit
         )
         for n in range(1, max(names) + 1)
     ]
-    sources = _source_headers(volume)
     frames = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)
+    if len(volume.meta.source_files) == 1 and volume.shape[2] > 1:
+        import pydicom
+
+        sources = [_with_type2(pydicom.dcmread(volume.meta.source_files[0], stop_before_pixels=True))]
+        frames = frames[_frame_slices(volume, sources[0])]
+    else:
+        sources = _source_headers(volume)
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
