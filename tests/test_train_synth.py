@@ -1,0 +1,107 @@
+"""Synthetic CT generator: labels preserved, plausible HU, determinism, no left/right flips, spatial identity."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medseg.errors import InvalidInputError
+from medseg.train.synth.appearance import AppearanceParams
+from medseg.train.synth.generator import synth_patch, synth_volume
+from medseg.train.synth.prepare import cached_case, prepare_label_map
+from medseg.train.synth.spatial import SpatialParams, sampling_grid, warp
+from medseg.train.synth.tissues import source_lut, tissue_table
+
+SPACING = (3.0, 3.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def amos(shared: Path, tmp_path_factory: pytest.TempPathFactory):
+    p = shared / "labels/amos/amos_0013.nii.gz"
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    return cached_case(p, p.parent / "labels.json", SPACING, digest, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def btcv(shared: Path):
+    p = shared / "labels/btcv_8organ/label0001.nii.gz"
+    return prepare_label_map(p, p.parent / "labels.json", SPACING)
+
+
+def test_every_source_vocabulary_maps_to_known_classes(shared: Path) -> None:
+    for name in ("word_test", "btcv_8organ", "amos"):
+        lut = source_lut(shared / "labels" / name / "labels.json")
+        assert lut[0] == 0
+        assert tissue_table().ids["liver"] in lut
+
+
+def test_unknown_organ_name_is_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "labels.json"
+    bad.write_text('{"0": "background", "1": "liver", "2": "brain"}')
+    with pytest.raises(InvalidInputError, match="brain"):
+        source_lut(bad)
+
+
+def test_prepared_case_is_ras_with_anatomy_on_the_expected_sides(amos, btcv) -> None:
+    ids = tissue_table().ids
+    for case in (amos, btcv):
+        liver = np.argwhere(case.classes == ids["liver"]).mean(0)
+        spleen = np.argwhere(case.classes == ids["spleen"]).mean(0)
+        kidneys = np.argwhere(np.isin(case.classes, [ids["kidney_left"], ids["kidney_right"]])).mean(0)
+        assert liver[0] > spleen[0], "liver must lie on the patient's right (+i in RAS)"
+        assert kidneys[1] < liver[1], "kidneys lie posterior to the liver (-j in RAS)"
+        assert case.spine[:, 1].mean() < liver[1]
+
+
+def test_volume_keeps_the_liver_label_exactly_and_has_plausible_hu(amos) -> None:
+    ids = tissue_table().ids
+    s = synth_volume(amos, np.random.default_rng(0), AppearanceParams(p_random_intensity=0.0))
+    liver = amos.classes == ids["liver"]
+    assert np.array_equal(s.label.astype(bool), liver)
+    assert s.image.shape == amos.classes.shape
+    lo, hi = tissue_table().prior(ids["liver"], s.phase)
+    med = float(np.median(s.image[liver]))
+    assert lo - 60 < med < hi + 60
+    outside = ~amos.fov | (amos.hull_dist > 80)
+    assert np.median(s.image[outside]) < -900
+    assert s.image.max() > 300, "bone must be present"
+
+
+def test_generation_is_deterministic_for_a_seed(amos) -> None:
+    a = synth_patch(amos, np.random.default_rng(7), (48, 48, 48), True, SpatialParams(), AppearanceParams())
+    b = synth_patch(amos, np.random.default_rng(7), (48, 48, 48), True, SpatialParams(), AppearanceParams())
+    c = synth_patch(amos, np.random.default_rng(8), (48, 48, 48), True, SpatialParams(), AppearanceParams())
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_positive_patches_contain_liver(amos) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        s = synth_patch(amos, rng, (64, 64, 64), True, SpatialParams(), AppearanceParams(p_random_intensity=0.0))
+        assert s.label.any()
+        assert set(np.unique(s.label)) <= {0, 1}
+        assert s.image.shape == (64, 64, 64) and s.image.dtype == np.float32
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_spatial_augmentation_never_flips_an_axis(seed: int) -> None:
+    grid = sampling_grid((16, 16, 16), (24, 24, 24), np.random.default_rng(seed), SpatialParams())[0]
+    for axis in range(3):
+        step = np.diff(grid[..., 2 - axis].numpy(), axis=axis)
+        assert np.median(step) > 0, f"axis {axis} flipped"
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=st.tuples(*[st.integers(4, 12)] * 3), seed=st.integers(0, 2**16))
+def test_identity_grid_reproduces_the_input(shape: tuple[int, int, int], seed: int) -> None:
+    vol = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    grid = sampling_grid(shape, shape, np.random.default_rng(seed), None)
+    assert np.allclose(warp(vol, grid, "bilinear", 0.0), vol, atol=1e-4)
+    assert np.array_equal(warp(vol, grid, "nearest", 0.0), vol)
