@@ -77,6 +77,17 @@ def test_dicom_study_end_to_end(shared, tmp_path, run, everything_model):
         assert im.width > 2 * im.height / 1.5 and im.mode == "RGB"
 
 
+def test_series_without_uids_is_segmented_without_seg(shared, tmp_path, run, everything_model):
+    src = shared / "dicom/ct_series_totalsegmentator"
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path)
+    assert code == 0, err
+    case = tmp_path / src.name
+    assert read_nifti(case / "liver.nii.gz").geometry.same_grid(read_image(src).geometry, tol_mm=1e-4)
+    assert not (case / "seg.dcm").exists() and "no seg.dcm: source series has empty" in err
+    s = summary(case)
+    assert "Instance UIDs" in s["seg_not_written"] and s["outputs"]["seg"] is None
+
+
 def test_nifti_input_and_no_overwrite(shared, tmp_path, run, everything_model):
     src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
     code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path)
