@@ -68,3 +68,35 @@ def test_default_model_segments_the_liver(shared, tmp_path, monkeypatch, capsys)
     body_centre = volume.geometry.index_to_world(np.asarray(volume.shape) / 2 - 0.5)[0]
     assert centroid[0] < body_centre[0]  # LPS x grows to the patient's left: the liver lies on the right
     assert (case / "seg.dcm").is_file()
+
+
+def test_default_model_agrees_with_a_plain_monai_pipeline(shared, tmp_path, monkeypatch):
+    """medseg infer (OpenVINO, own resampling, clean-up) vs MONAI transforms + sliding_window_inference (eager)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Orientation, ScaleIntensityRange, Spacing
+
+    from medseg.infer.predict import predict_labels
+    from medseg.infer.runtime import load_runner
+    from medseg.preprocess import model_grid, resample_to_grid
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = resolve_model(None, "liver")
+    card = model.card
+    volume = read_image(shared / "ct/chaos_ct_sample/dicom")
+    x = Orientation(axcodes="RAS", labels=None)(volume.to_metatensor().float())
+    x = ScaleIntensityRange(card.intensity.a_min, card.intensity.a_max, 0.0, 1.0, clip=True)(
+        Spacing(pixdim=card.spacing, mode="bilinear")(x)
+    )
+    with torch.inference_mode():
+        out = sliding_window_inference(x[None], card.roi_size, 2, model.load_network(), 0.25, "gaussian")
+    reference = out[0].argmax(0).numpy() == 1
+    runner = load_runner(model)
+    ours = predict_labels(volume, card, runner, runner.batch_size).labels
+    ours_on_model_grid = resample_to_grid(
+        ours.astype(np.float32), volume.geometry, model_grid(volume.geometry, card.spacing), 0
+    )
+    agreement = (
+        2 * (reference & (ours_on_model_grid > 0.5)).sum() / (reference.sum() + (ours_on_model_grid > 0.5).sum())
+    )
+    assert agreement > 0.95
