@@ -69,13 +69,18 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     on_event("stage", {"message": f"{len(train_cases.anatomy)} label maps + {len(train_cases.real)} real CTs for "
                                   f"training, {len(val.names)} validation volumes"})  # fmt: skip
     tracker = Tracker(out, tracking_uri, experiment=f"medseg-{cfg.organ}", enabled=dist.is_main)
-    resume_run = _previous_run_id(out) if resume else None
-    run_id = tracker.start(f"{cfg.name}-{cfg.version}", resume_run)
+    previous = _previous_run(out) if resume else {}
+    same_config = previous.get("config_sha256") == cfg_sha and previous.get("tracking_uri") == tracker.uri
+    run_id = tracker.start(f"{cfg.name}-{cfg.version}", previous.get("mlflow_run_id") if same_config else None)
     if dist.is_main:
-        _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri})
-        tracker.log_params({"config": cfg.model_dump(mode="json"), "world_size": dist.world, "device": dist.device})
-        tracker.set_tags({**git_commit(), **{f"pkg.{k}": v for k, v in package_versions().items()},
-                          "config_sha256": cfg_sha, "manifest_sha256": man_sha})  # fmt: skip
+        _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri, "config_sha256": cfg_sha})
+        if not same_config:
+            tracker.log_params({"config": cfg.model_dump(mode="json"), "world_size": dist.world, "device": dist.device})
+        tags = {**git_commit(), **{f"pkg.{k}": v for k, v in package_versions().items()},
+                "config_sha256": cfg_sha, "manifest_sha256": man_sha}  # fmt: skip
+        if previous.get("mlflow_run_id") and not same_config:
+            tags["resumed_from_run"] = previous["mlflow_run_id"]
+        tracker.set_tags(tags)
         tracker.log_manifest(manifest_path, man_sha, manifest.name, "training")
         tracker.log_artifact(config_path, "config")
     status = "FAILED"
@@ -104,11 +109,12 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     return RunInfo(out, cfg_sha, manifest_path, man_sha, run_id, tracker.uri, result, dist.is_main)
 
 
-def _previous_run_id(out: Path) -> str | None:
+def _previous_run(out: Path) -> dict[str, Any]:
+    """run.json of the run folder being resumed (its MLflow run continues when the config is unchanged)."""
     try:
-        return json.loads((out / "run.json").read_text()).get("mlflow_run_id")
+        return dict(json.loads((out / "run.json").read_text()))
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
