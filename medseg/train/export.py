@@ -106,16 +106,37 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
     return card
 
 
+def card_metrics(run_dir: Path, accuracy: dict[str, Any]) -> dict[str, Any]:
+    """The card's metrics from `bench/bench_train.py accuracy` output and the run's validation log."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    at_best = next((r["cases"] for r in records if r["iteration"] == summary["best_iteration"]), [])
+    return {
+        "locked_test_real_ct": accuracy["liver_test_locked"],
+        "validation_real_ct_model_label": accuracy["liver_v1"],
+        "checkpoint_selection": {
+            "score": "0.5 * Dice(real validation CT) + 0.5 * mean Dice(fixed-seed synthetic validation volumes), "
+            "at model spacing without post-processing",
+            "best_iteration": summary["best_iteration"],
+            "cases_at_best": at_best,
+        },
+        "target": "liver Dice >= 0.90 on real CT (goal 0.95)",
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m medseg.train.export RUN_DIR DEST [--metrics FILE.json] [--overwrite]`."""
+    """`python -m medseg.train.export RUN_DIR DEST [--accuracy bench.json | --metrics FILE.json] [--overwrite]`."""
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("dest", type=Path)
-    ap.add_argument("--metrics", type=Path, default=None)
+    ap.add_argument("--metrics", type=Path, default=None, help="JSON written as the card's metrics as is")
+    ap.add_argument("--accuracy", type=Path, default=None, help="output of bench/bench_train.py accuracy --out")
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
+    if a.accuracy:
+        metrics = card_metrics(a.run_dir, json.loads(a.accuracy.read_text()))
     export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights)
 
 
