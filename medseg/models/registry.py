@@ -49,7 +49,8 @@ class InstalledModel:
         digest = sha256_file(self.weights_path)
         if digest != self.card.weights.sha256:
             raise ProcessingError(
-                f"model weights SHA-256 {digest[:12]}... does not match the model card ({self.card.weights.sha256[:12]}...)",
+                f"model weights SHA-256 {digest[:12]}... does not match the model card "
+                f"({self.card.weights.sha256[:12]}...)",
                 path=self.weights_path,
                 hint="The file was altered or corrupted; reinstall the model. It will not be used.",
             )
