@@ -48,3 +48,20 @@ def test_safe_names():
     assert safe_name("../../etc/passwd") == "etc_passwd"
     assert safe_name("Müller, Hans/CT 1") == "M_ller_Hans_CT_1"
     assert safe_name("...") == "case"
+
+
+def test_study_with_a_stray_slice_of_another_orientation_is_refused_on_load(shared, tmp_path):
+    """infer reads a study exactly as `read_image` does: a slice of another orientation is not silently dropped."""
+    import pydicom
+
+    study = tmp_path / "study"
+    shutil.copytree(shared / "dicom/ct_series_totalsegmentator", study)
+    stray = sorted(study.iterdir())[5]
+    ds = pydicom.dcmread(stray)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9848077530, -0.1736481777]
+    ds.save_as(stray)
+    cases, _ = discover_cases(study)
+    assert len(cases) == 1
+    with pytest.raises(InvalidInputError, match="mixed orientations") as err:
+        cases[0].load()
+    assert stray.name in str(err.value)

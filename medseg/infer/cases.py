@@ -9,7 +9,10 @@ from pathlib import Path
 
 from medseg.errors import InvalidInputError
 from medseg.io import SeriesInfo, Volume, read_image
+from medseg.io.dicom_reader import volume_from_headers
+from medseg.io.image import check_stray_slices
 from medseg.io.nifti import is_nifti_path
+from medseg.io.series import FolderScan
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,13 @@ def _main_series(series: list[SeriesInfo], modality: str) -> SeriesInfo:
     return max(series, key=lambda s: (s.modality == modality, s.n_slices, s.uid))
 
 
+def _load_series(scan: FolderScan, series: SeriesInfo, folder: Path, notes: tuple[str, ...]) -> Volume:
+    """Read one series the way `read_image` does, including its refusal of stray slices of another geometry."""
+    check_stray_slices(scan, series)
+    return volume_from_headers(scan.headers[series.uid], folder, list(notes))
+
+
 def _dicom_cases(root: Path, files: list[Path], modality: str) -> tuple[list[Case], list[str]]:
-    from medseg.io.dicom_reader import volume_from_headers
     from medseg.io.series import scan_folder
 
     scan = scan_folder(root, files)
@@ -54,14 +62,13 @@ def _dicom_cases(root: Path, files: list[Path], modality: str) -> tuple[list[Cas
         others = tuple(f"other series in this study not segmented: {s.summary()}" for s in members if s is not main)
         folder = Path(*_common_parts([f.parent for f in main.files]))
         rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
-        headers = scan.headers[main.uid]
         notes = (*scan.notes(), *main.notes, *others)
         cases.append(
             Case(
                 safe_name(str(rel)) if str(rel) != "." else safe_name(root.name),
                 folder,
                 "dicom",
-                lambda h=headers, f=folder, n=notes: volume_from_headers(h, f, n),
+                lambda m=main, f=folder, n=notes: _load_series(scan, m, f, n),
                 notes,
             )
         )

@@ -92,7 +92,7 @@ def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
             hint="medseg needs a CT/MR/PET series of at least 2 slices; see `medseg series FOLDER`.",
         )
     chosen = volumes[0]
-    _check_stray_slices(scan, chosen)
+    check_stray_slices(scan, chosen)
     return chosen
 
 
@@ -102,7 +102,7 @@ def _describe(series: list[SeriesInfo]) -> str:
     return "; ".join(f"{n} x {what}" for what, n in counts.most_common())
 
 
-def _check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
+def check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
     """Refuse a series that also holds single slices of another geometry (likely a broken export)."""
     if chosen.split_group < 0:
         return
