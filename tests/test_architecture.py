@@ -1,0 +1,57 @@
+"""The package dependency rules of DESIGN.md hold: arrows point down the table, nothing imports `cli`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "medseg"
+SHARED = {"errors"}
+ALLOWED: dict[str, set[str]] = {
+    "io": set(),
+    "audit": set(),
+    "deid": {"io"},
+    "models": {"io"},
+    "preprocess": {"io"},
+    "postprocess": {"io", "preprocess"},  # resampling back reuses the separable resampler (one kernel, both ways)
+    "writers": {"io"},
+    "infer": {"io", "models", "preprocess", "postprocess", "writers"},
+    "train": {"io", "models", "preprocess", "infer", "audit"},
+    "validation": {"io", "models", "infer", "audit"},
+    "pacs": {"infer", "deid", "audit", "io", "writers"},
+}
+
+
+def _medseg_imports(path: Path) -> set[str]:
+    """Top-level medseg subpackages a module imports (at any depth, lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "medseg" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_packages_import_only_what_the_design_allows() -> None:
+    violations = []
+    for package, allowed in ALLOWED.items():
+        for module in (PKG / package).rglob("*.py"):
+            bad = _medseg_imports(module) - allowed - SHARED - {package}
+            if bad:
+                violations.append(f"{module.relative_to(PKG)} imports {sorted(bad)}")
+    assert not violations, violations
+
+
+def test_nothing_imports_the_cli() -> None:
+    users = [
+        str(m.relative_to(PKG))
+        for m in PKG.rglob("*.py")
+        if "cli" in _medseg_imports(m) and m.relative_to(PKG).parts[0] not in ("cli", "__main__.py")
+    ]
+    assert users == [], users
