@@ -105,3 +105,27 @@ def test_identity_grid_reproduces_the_input(shape: tuple[int, int, int], seed: i
     grid = sampling_grid(shape, shape, np.random.default_rng(seed), None)
     assert np.allclose(warp(vol, grid, "bilinear", 0.0), vol, atol=1e-4)
     assert np.array_equal(warp(vol, grid, "nearest", 0.0), vol)
+
+
+def test_heart_sits_left_and_anterior_on_the_dome_and_is_never_liver(amos) -> None:
+    """The heart that bordered the liver dome on real CT (and was called liver) is in the synthetic anatomy."""
+    from medseg.train.synth.anatomy import PAD, build_tissues
+    from medseg.train.synth.generator import cut_region
+
+    ids = tissue_table().ids
+    assert PAD not in ids.values(), "a tissue id must not collide with the out-of-view marker"
+    reg = cut_region(amos, np.zeros(3, int), amos.classes.shape)
+    found = 0
+    for seed in range(6):
+        t = build_tissues(reg, np.random.default_rng(seed))
+        heart = np.isin(t, [ids["heart_muscle"], ids["heart_blood"]])
+        if not heart.any():
+            continue
+        found += 1
+        liver = amos.classes == ids["liver"]
+        assert not (heart & liver).any()
+        h, lv = np.argwhere(heart).mean(0), np.argwhere(liver).mean(0)
+        assert h[0] < lv[0], "heart on the patient's left of the liver (-i in RAS)"
+        assert h[1] > amos.spine[:, 1].mean(), "heart anterior to the spine"
+        assert h[2] > lv[2], "heart above the liver's centre"
+    assert found >= 3

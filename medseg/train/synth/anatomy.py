@@ -1,4 +1,4 @@
-"""Synthesise the anatomy a label map lacks (body, fat, muscle, spine, ribs, lungs, gas, liver vessels and lesions).
+"""Synthesise the anatomy a label map lacks (body, fat, muscle, spine, ribs, lungs, heart, gas, liver vessels, lesions).
 
 Works on a region of an `AnatomyCase` and returns a tissue-class map (ids from `tissues.yaml`). Everything is
 randomised per call; organs from the label map are never overwritten except by structures that keep their label
@@ -129,6 +129,8 @@ def build_tissues(reg: Region, rng: np.random.Generator) -> np.ndarray:
         _ribs(t, reg, rng, hd, wall_out, mus_th, organ)
     if rng.random() < 0.9:
         _lungs(t, reg, rng, interior)
+    if rng.random() < 0.85:
+        _heart(t, reg, rng, free=~organ & body & (hd < wall_out - mus_th))
     _bowel_gas(t, reg, rng)
     _liver_details(t, rng)
     t[~body & ~organ] = ids["outside_air"]
@@ -169,3 +171,30 @@ def _lungs(t: np.ndarray, reg: Region, rng: np.random.Generator, interior: np.nd
     lung = above & interior & ~mediastinum
     t[lung] = ids["lung"]
     t[above & interior & heart] = ids["soft_tissue"]
+
+
+def _heart(t: np.ndarray, reg: Region, rng: np.random.Generator, free: np.ndarray) -> None:
+    """An ellipsoidal heart (myocardium, blood pool, pericardial fat) on the diaphragm, left of the spine, anterior.
+
+    The heart meets the liver dome in the upper slices of every abdominal CT and enhances like liver; without it the
+    model learnt to call it liver (seen on real CT).
+    """
+    ids = tissue_table().ids
+    x, y, z = _coords(t.shape, reg.origin, reg.spacing)
+    sx, sy, sz = reg.spacing
+    spine = reg.spine.mean(0)
+    cx = spine[0] * sx - rng.uniform(15.0, 55.0)
+    cy = spine[1] * sy + rng.uniform(60.0, 110.0)
+    i = int(np.clip(round(cx / sx - reg.origin[0]), 0, t.shape[0] - 1))
+    j = int(np.clip(round(cy / sy - reg.origin[1]), 0, t.shape[1] - 1))
+    a, b, c = rng.uniform(45.0, 70.0), rng.uniform(35.0, 50.0), rng.uniform(35.0, 55.0)
+    cz = reg.dome[i, j] * sz + rng.uniform(0.0, 0.6) * c
+    theta = rng.uniform(0.2, 0.8)
+    u = ((x - cx) * np.cos(theta) - (y - cy) * np.sin(theta)) / a
+    v = ((x - cx) * np.sin(theta) + (y - cy) * np.cos(theta)) / b
+    r = np.sqrt(u**2 + v**2 + ((z - cz) / c) ** 2)
+    r = r * (1.0 + 0.06 * smooth_noise(t.shape, 8.0, rng))
+    wall = rng.uniform(0.15, 0.3)
+    t[free & (r >= 1.0) & (r < 1.0 + rng.uniform(0.02, 0.12))] = ids["visceral_fat"]
+    t[free & (r < 1.0) & (r >= 1.0 - wall)] = ids["heart_muscle"]
+    t[free & (r < 1.0 - wall)] = ids["heart_blood"]
