@@ -42,6 +42,7 @@ class IntensitySpec(Strict):
 class WeightsSpec(Strict):
     file: str = "weights.pt"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    storage: Literal["float32", "float16"] = Field("float32", description="dtype on disk; the network runs in float32")
 
 
 class ModelCard(Strict):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,8 @@ def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], 
     return ModelCard(
         name=cfg.name, version=cfg.version, organ=cfg.organ, labels=cfg.labels, modality="CT",
         intended_use=INTENDED_USE, limitations=LIMITATIONS, spacing=cfg.spacing, intensity=cfg.intensity,
-        roi_size=roi_size, network=cfg.network, weights=WeightsSpec(file="weights.pt", sha256=weights_sha256),
+        roi_size=roi_size, network=cfg.network,
+        weights=WeightsSpec(file="weights.pt", sha256=weights_sha256, storage="float16"),
         volume_range_ml=(600.0, 4500.0) if cfg.organ == "liver" else None, training=training, metrics=metrics,
     )  # fmt: skip
 
@@ -85,6 +85,14 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return cfg, record
 
 
+def save_half_precision(src: Path, dest: Path) -> None:
+    """Store the floating-point weights as float16 (half the size; loading casts them back to the float32 network)."""
+    import torch
+
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, dest)
+
+
 def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: bool = False,
                  weights: Path | None = None) -> ModelCard:  # fmt: skip
     """Copy the run's best weights into `dest` and write the validated card next to them."""
@@ -99,7 +107,7 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
     if target.exists() and not overwrite:
         raise InvalidInputError("model folder already has weights", path=target, hint="Pass --overwrite.")
     tmp = dest / ".weights.pt.tmp"
-    shutil.copyfile(src, tmp)
+    save_half_precision(src, tmp)
     tmp.replace(target)
     card = build_card(cfg, sha256_file(target), record, metrics)
     atomic_write_text(dest / CARD_NAME, card.dump(), overwrite=True)
