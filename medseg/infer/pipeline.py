@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,42 @@ def _announce(flags: list[QCFlag], on_flag: Callable[[QCFlag], None] | None) -> 
             on_flag(f)
 
 
+@dataclass
+class _CaseRun:
+    """The state of one case while it runs: where it writes, what it has measured, and the summary being built."""
+
+    case: Case
+    model: InstalledModel
+    settings: InferSettings
+    summary: dict[str, Any]
+    folder: Path
+    names: dict[str, str]
+    start: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str | None] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Record the wall time of the enclosed block under `stage` in summary.json's timings."""
+        t = time.perf_counter()
+        yield
+        self.timings[stage] = time.perf_counter() - t
+
+    def write_summary(self, status: str, flags: list[QCFlag]) -> list[Path]:
+        """Write summary.json last (with the total time) and return every file this case wrote."""
+        self.summary |= {"status": status, "qc": _qc(flags, self.settings.strict), "outputs": self.outputs}
+        total = round(time.perf_counter() - self.start, 3)
+        self.summary["timings_s"] = {k: round(v, 3) for k, v in self.timings.items()} | {"total": total}
+        write_summary(self.summary, self.folder / self.names["summary"], self.settings.overwrite)
+        return [self.folder / n for n in self.outputs.values() if n] + [self.folder / self.names["summary"]]
+
+    def write_preview(self, volume: Volume, pred: Prediction, caption: str) -> None:
+        with self.timed("write_preview"):
+            path = self.folder / self.names["preview"]
+            write_preview(volume, pred.labels, path, self.settings.overwrite, caption)
+            self.outputs["preview"] = self.names["preview"]
+
+
 def run_case(
     case: Case,
     model: InstalledModel,
@@ -139,77 +176,52 @@ def run_case(
     on_flag: Callable[[QCFlag], None] | None = None,
 ) -> CaseResult:
     """Segment one case and write its outputs; raises MedsegError on failure (QCRejectedError under --strict)."""
-    start = time.perf_counter()
     card = model.card
-    folder = settings.out_dir / case.name
-    names = output_names(model, case)
-    for name in names.values():
-        check_writable(folder / name, settings.overwrite)
-    summary = _base_summary(model, runner, settings, case)
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    volume = case.load()
-    timings["load"] = time.perf_counter() - t
-    t = time.perf_counter()
-    summary["input"] = _describe_input(volume, case)
-    timings["input_digest"] = time.perf_counter() - t
-    summary["notes"] = list(dict.fromkeys([*case.notes, *volume.meta.notes]))
-    t = time.perf_counter()
-    flags = check_input(volume, card)
-    timings["qc_input"] = time.perf_counter() - t
+    run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case),
+                   settings.out_dir / case.name, output_names(model, case))  # fmt: skip
+    for name in run.names.values():
+        check_writable(run.folder / name, settings.overwrite)
+    with run.timed("load"):
+        volume = case.load()
+    with run.timed("input_digest"):
+        run.summary["input"] = _describe_input(volume, case)
+    run.summary["notes"] = list(dict.fromkeys([*case.notes, *volume.meta.notes]))
+    with run.timed("qc_input"):
+        flags = check_input(volume, card)
     _announce(flags, on_flag)
     if settings.strict and flags:
-        return _finish_rejected(summary, flags, timings, start, folder, names, settings, None, volume)
+        return _finish_rejected(run, flags, None, volume)
 
     pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress)
-    timings.update(pred.timings)
-    summary["model_grid"] = {"shape": list(pred.grid.shape), "windows": vars(pred.windows)}
-
-    t = time.perf_counter()
-    organs = [
-        {"name": name, **organ_stats(pred.labels, label, volume)} for label, name in card.foreground_labels.items()
-    ]
-    direction = volume.geometry.direction_matrix
-    result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
-    timings["qc_result"] = time.perf_counter() - t
+    run.timings.update(pred.timings)
+    run.summary["model_grid"] = {"shape": list(pred.grid.shape), "windows": vars(pred.windows)}
+    with run.timed("qc_result"):
+        organs = [
+            {"name": name, **organ_stats(pred.labels, label, volume)} for label, name in card.foreground_labels.items()
+        ]
+        direction = volume.geometry.direction_matrix
+        result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
     _announce(result_flags, on_flag)
     flags += result_flags
-    summary["organs"] = organs
+    run.summary["organs"] = organs
     if settings.strict and flags:
-        return _finish_rejected(summary, flags, timings, start, folder, names, settings, pred, volume)
-    return _finish(summary, flags, timings, start, folder, names, settings, pred, volume, model)
+        return _finish_rejected(run, flags, pred, volume)
+    return _finish(run, flags, pred, volume)
 
 
-def _finish(
-    summary: dict[str, Any],
-    flags: list[QCFlag],
-    timings: dict[str, float],
-    start: float,
-    folder: Path,
-    names: dict[str, str],
-    settings: InferSettings,
-    pred: Prediction,
-    volume: Volume,
-    model: InstalledModel,
-) -> CaseResult:
+def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume) -> CaseResult:
     """Write every output, then summary.json; on any failure remove what this case wrote and re-raise."""
-    outputs: dict[str, str | None] = {}
     status = "flagged" if flags else "ok"
-    summary |= {"status": status, "qc": _qc(flags, settings.strict), "outputs": outputs}
+    run.summary |= {"status": status, "qc": _qc(flags, run.settings.strict)}
     try:
-        _write_outputs(summary, timings, folder, names, settings, pred, volume, model, outputs)
-        summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
-            "total": round(time.perf_counter() - start, 3)
-        }
-        write_summary(summary, folder / names["summary"], settings.overwrite)
+        _write_outputs(run, pred, volume)
+        paths = run.write_summary(status, flags)
     except BaseException:  # no half result sets: a case has all its outputs and summary.json, or none
-        for name in outputs.values():
+        for name in run.outputs.values():
             if name:
-                (folder / name).unlink(missing_ok=True)
+                (run.folder / name).unlink(missing_ok=True)
         raise
-    paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
-    return CaseResult(summary["case"], status, 0, paths, flags, None, summary)
+    return CaseResult(run.case.name, status, 0, paths, flags, None, run.summary)
 
 
 def _caption(summary: dict[str, Any]) -> str:
@@ -221,65 +233,34 @@ def _caption(summary: dict[str, Any]) -> str:
     return text + (f" | QC flags: {', '.join(flags)}" if flags else "")
 
 
-def _write_outputs(
-    summary: dict[str, Any],
-    timings: dict[str, float],
-    folder: Path,
-    names: dict[str, str],
-    settings: InferSettings,
-    pred: Prediction,
-    volume: Volume,
-    model: InstalledModel,
-    outputs: dict[str, str | None],
-) -> None:
-    """Write label map, SEG and preview, recording each in `outputs` as soon as it exists."""
-    t = time.perf_counter()
-    write_nifti(volume.with_array(pred.labels), folder / names["labels"], overwrite=settings.overwrite)
-    outputs["labels"] = names["labels"]
-    timings["write_labels"] = time.perf_counter() - t
+def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume) -> None:
+    """Write label map, SEG and preview, recording each in `run.outputs` as soon as it exists."""
+    names, overwrite = run.names, run.settings.overwrite
+    with run.timed("write_labels"):
+        write_nifti(volume.with_array(pred.labels), run.folder / names["labels"], overwrite=overwrite)
+        run.outputs["labels"] = names["labels"]
     if "seg" in names:
-        t = time.perf_counter()
-        card = model.card
+        card = run.model.card
         algorithm = SegAlgorithm(card.name, card.version, f"medseg {__version__}")
-        try:
-            write_seg(pred.labels, volume, card.foreground_labels, algorithm, folder / names["seg"], settings.overwrite)
-            outputs["seg"] = names["seg"]
-        except SegUnavailable as exc:
-            outputs["seg"] = None
-            summary["seg_not_written"] = exc.message
-        timings["write_seg"] = time.perf_counter() - t
-    if settings.preview:
-        t = time.perf_counter()
-        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite, _caption(summary))
-        outputs["preview"] = names["preview"]
-        timings["write_preview"] = time.perf_counter() - t
+        with run.timed("write_seg"):
+            try:
+                write_seg(pred.labels, volume, card.foreground_labels, algorithm, run.folder / names["seg"], overwrite)
+                run.outputs["seg"] = names["seg"]
+            except SegUnavailable as exc:
+                run.outputs["seg"] = None
+                run.summary["seg_not_written"] = exc.message
+    if run.settings.preview:
+        run.write_preview(volume, pred, _caption(run.summary))
 
 
-def _finish_rejected(
-    summary: dict[str, Any],
-    flags: list[QCFlag],
-    timings: dict[str, float],
-    start: float,
-    folder: Path,
-    names: dict[str, str],
-    settings: InferSettings,
-    pred: Prediction | None,
-    volume: Volume,
-) -> CaseResult:
+def _finish_rejected(run: _CaseRun, flags: list[QCFlag], pred: Prediction | None, volume: Volume) -> CaseResult:
     """Record a --strict rejection: summary.json (and the preview when there is a result), no segmentation."""
     error = _reject(flags)
-    outputs: dict[str, str | None] = {}
-    if pred is not None and settings.preview:
-        caption = _caption(summary) + " | REJECTED: " + ", ".join(f.code for f in flags)
-        write_preview(volume, pred.labels, folder / names["preview"], settings.overwrite, caption)
-        outputs["preview"] = names["preview"]
-    summary |= {"status": "qc_rejected", "qc": _qc(flags, settings.strict), "outputs": outputs}
-    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()} | {
-        "total": round(time.perf_counter() - start, 3)
-    }
-    write_summary(summary, folder / names["summary"], settings.overwrite)
-    paths = [folder / n for n in outputs.values() if n] + [folder / names["summary"]]
-    return CaseResult(summary["case"], "qc_rejected", error.exit_code, paths, flags, error.one_line(), summary)
+    if pred is not None and run.settings.preview:
+        caption = _caption(run.summary) + " | REJECTED: " + ", ".join(f.code for f in flags)
+        run.write_preview(volume, pred, caption)
+    paths = run.write_summary("qc_rejected", flags)
+    return CaseResult(run.case.name, "qc_rejected", error.exit_code, paths, flags, error.one_line(), run.summary)
 
 
 def run_case_safe(
