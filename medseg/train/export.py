@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from medseg.errors import InvalidInputError
 from medseg.models.card import ModelCard, WeightsSpec
@@ -19,20 +20,24 @@ from medseg.models.registry import CARD_NAME, sha256_file
 from medseg.train.config import TrainConfig
 from medseg.train.manifest import Manifest
 
-INTENDED_USE = (
-    "Automatic segmentation of the liver on adult abdominal CT (any contrast phase) to support volumetry and "
-    "visualisation by trained staff. Research and engineering use: not a cleared medical device; every result "
-    "must be reviewed by a qualified reader before any clinical use."
-)
-LIMITATIONS = [
-    "Trained without any real CT with a manual label: synthetic CT rendered from 59 manual abdominal label maps "
-    "(WORD, BTCV, AMOS) plus one real 20-slice CT with a model-made (TotalSegmentator) label.",
-    "Accuracy was measured on one real CT with a manual liver label (CHAOS, portal venous, healthy donor); "
-    "performance on other scanners, sites, phases, pathologies and paediatric patients is not established.",
-    "Trained at 3 mm isotropic spacing on a 2-core CPU within about 80 minutes; boundaries are coarse (3 mm).",
-    "Large tumours, post-surgical livers, ascites and severe artefacts were only simulated, not seen in real data.",
-    "WORD label maps are research-only (GPL-3.0 plus a research-use clause): the model inherits that restriction.",
-]
+CARD_TEXT = Path(__file__).with_name("card_text.yaml")
+
+
+class CardText(BaseModel):
+    """The human-written part of a model card (per organ, from card_text.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    intended_use: str
+    limitations: list[str]
+    volume_range_ml: tuple[float, float] | None = None
+
+
+def card_text(organ: str) -> CardText:
+    """The card text for `organ`; an organ without one is refused rather than shipped without limitations."""
+    texts = yaml.safe_load(CARD_TEXT.read_text())
+    if organ not in texts:
+        raise InvalidInputError(f"no model card text for organ '{organ}'", path=CARD_TEXT, hint="Add it first.")
+    return CardText.model_validate(texts[organ])
 
 
 def sources_of(manifest: Manifest) -> list[dict[str, Any]]:
@@ -48,12 +53,13 @@ def sources_of(manifest: Manifest) -> list[dict[str, Any]]:
 def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], metrics: dict[str, Any],
                roi_size: tuple[int, int, int] = (96, 96, 96)) -> ModelCard:  # fmt: skip
     """The model card for weights trained with `cfg` (roi_size: the inference sliding-window size)."""
+    text = card_text(cfg.organ)
     return ModelCard(
         name=cfg.name, version=cfg.version, organ=cfg.organ, labels=cfg.labels, modality="CT",
-        intended_use=INTENDED_USE, limitations=LIMITATIONS, spacing=cfg.spacing, intensity=cfg.intensity,
+        intended_use=text.intended_use, limitations=text.limitations, spacing=cfg.spacing, intensity=cfg.intensity,
         roi_size=roi_size, network=cfg.network,
         weights=WeightsSpec(file="weights.pt", sha256=weights_sha256, storage="float16"),
-        volume_range_ml=(600.0, 4500.0) if cfg.organ == "liver" else None, training=training, metrics=metrics,
+        volume_range_ml=text.volume_range_ml, training=training, metrics=metrics,
     )  # fmt: skip
 
 
