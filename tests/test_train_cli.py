@@ -85,8 +85,10 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
     cfg["data"]["manifest"] = str(REPO / "data_manifests/liver_ci.json")
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    # pytest-xdist workers ignore SIGINT and children inherit that; a terminal's Ctrl-C reaches a default handler
     proc = subprocess.Popen([str(BIN / "medseg"), "train", str(path), "--out", str(tmp_path / "run")], cwd=tmp_path,
-                            env=_env(tmp_path), stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert proc.stderr is not None
     deadline = time.monotonic() + 400
     for line in proc.stderr:
