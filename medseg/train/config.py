@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medseg.errors import InvalidInputError
 from medseg.models.card import IntensitySpec, NetworkSpec
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -111,16 +114,19 @@ class TrainConfig(Strict):
         return self
 
 
-def load_config(path: Path) -> tuple[TrainConfig, str]:
-    """Read and validate a training config; returns it and the SHA-256 of the file."""
+def read_validated(path: Path, model: type[M], what: str, parse: Callable[[bytes], Any] = yaml.safe_load,
+                  hint: str | None = None) -> tuple[M, str]:  # fmt: skip
+    """Parse and validate a YAML/JSON file into `model`; returns it and the SHA-256 of the bytes it was read from."""
     try:
         raw = path.read_bytes()
-        return TrainConfig.model_validate(yaml.safe_load(raw)), hashlib.sha256(raw).hexdigest()
+        return model.model_validate(parse(raw)), hashlib.sha256(raw).hexdigest()
     except OSError as exc:
-        raise InvalidInputError(f"cannot read training config: {exc.strerror}", path=path) from exc
-    except (yaml.YAMLError, ValidationError, TypeError) as exc:
-        first = str(exc).splitlines()
-        detail = "; ".join(first[:3])
-        raise InvalidInputError(
-            f"invalid training config: {detail}", path=path, hint="See configs/liver.yaml."
-        ) from exc
+        raise InvalidInputError(f"cannot read {what}: {exc.strerror}", path=path) from exc
+    except (ValueError, yaml.YAMLError, ValidationError, TypeError) as exc:
+        detail = "; ".join(str(exc).splitlines()[:3])
+        raise InvalidInputError(f"invalid {what}: {detail}", path=path, hint=hint) from exc
+
+
+def load_config(path: Path) -> tuple[TrainConfig, str]:
+    """Read and validate a training config; returns it and the SHA-256 of the file."""
+    return read_validated(path, TrainConfig, "training config", hint="See configs/liver.yaml.")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.errors import InvalidInputError
 from medseg.models.registry import sha256_file
+from medseg.train.config import read_validated
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,13 +72,7 @@ def digest_path(path: Path) -> str:
 
 def load_manifest(path: Path) -> tuple[Manifest, str]:
     """Parse a manifest; returns it and the SHA-256 of the manifest file."""
-    try:
-        raw = path.read_bytes()
-        return Manifest.model_validate(json.loads(raw)), hashlib.sha256(raw).hexdigest()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read manifest: {exc.strerror}", path=path) from exc
-    except (ValueError, ValidationError) as exc:
-        raise InvalidInputError(f"invalid manifest: {str(exc).splitlines()[0]}", path=path) from exc
+    return read_validated(path, Manifest, "manifest", parse=json.loads)
 
 
 def verify_manifest(manifest: Manifest, data_root: Path, manifest_path: Path | None = None) -> None:
