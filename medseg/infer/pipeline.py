@@ -212,9 +212,8 @@ def run_case(
 def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume) -> CaseResult:
     """Write every output, then summary.json; on any failure remove what this case wrote and re-raise."""
     status = "flagged" if flags else "ok"
-    run.summary |= {"status": status, "qc": _qc(flags, run.settings.strict)}
     try:
-        _write_outputs(run, pred, volume)
+        _write_outputs(run, pred, volume, flags)
         paths = run.write_summary(status, flags)
     except BaseException:  # no half result sets: a case has all its outputs and summary.json, or none
         for name in run.outputs.values():
@@ -224,16 +223,15 @@ def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume
     return CaseResult(run.case.name, status, 0, paths, flags, None, run.summary)
 
 
-def _caption(summary: dict[str, Any]) -> str:
-    """One line for the preview: case, organ volumes, model."""
+def _caption(summary: dict[str, Any], flags: list[QCFlag]) -> str:
+    """One line for the preview: case, organ volumes, model, QC flags."""
     organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in summary.get("organs", []))
     model = summary["model"]
-    flags = [f["code"] for f in summary.get("qc", {}).get("flags", [])]
     text = f"{summary['case']}: {organs or 'no organ'} | {model['name']} {model['version']}"
-    return text + (f" | QC flags: {', '.join(flags)}" if flags else "")
+    return text + (f" | QC flags: {', '.join(f.code for f in flags)}" if flags else "")
 
 
-def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume) -> None:
+def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[QCFlag]) -> None:
     """Write label map, SEG and preview, recording each in `run.outputs` as soon as it exists."""
     names, overwrite = run.names, run.settings.overwrite
     with run.timed("write_labels"):
@@ -250,14 +248,14 @@ def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume) -> None:
                 run.outputs["seg"] = None
                 run.summary["seg_not_written"] = exc.message
     if run.settings.preview:
-        run.write_preview(volume, pred, _caption(run.summary))
+        run.write_preview(volume, pred, _caption(run.summary, flags))
 
 
 def _finish_rejected(run: _CaseRun, flags: list[QCFlag], pred: Prediction | None, volume: Volume) -> CaseResult:
     """Record a --strict rejection: summary.json (and the preview when there is a result), no segmentation."""
     error = _reject(flags)
     if pred is not None and run.settings.preview:
-        caption = _caption(run.summary) + " | REJECTED: " + ", ".join(f.code for f in flags)
+        caption = _caption(run.summary, []) + " | REJECTED: " + ", ".join(f.code for f in flags)
         run.write_preview(volume, pred, caption)
     paths = run.write_summary("qc_rejected", flags)
     return CaseResult(run.case.name, "qc_rejected", error.exit_code, paths, flags, error.one_line(), run.summary)
