@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.train.manifest import default_data_root
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = default_data_root()
 
 
 def make_series(dst: Path, n_slices: int) -> None:

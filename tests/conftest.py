@@ -7,15 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from medseg.train.manifest import default_data_root
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = default_data_root()
+os.environ["MEDSEG_DATA_ROOT"] = str(SHARED)  # the commands the tests start read the same data
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """Root of the shared real data; the suite fails loudly (not skips) when it is missing."""
     if not SHARED.is_dir():
-        pytest.fail(f"shared data not found at {SHARED}; set MEDSEG_SHARED_DATA")
+        pytest.fail(f"shared data not found at {SHARED}; set MEDSEG_DATA_ROOT")
     return SHARED
 
 
