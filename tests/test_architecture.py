@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
-SHARED = {"errors"}
+SHARED = {"errors", "keys"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),

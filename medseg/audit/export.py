@@ -7,75 +7,21 @@ public key checks it with `verify_snapshot`, which also re-walks the hash chain 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medseg.audit.canonical import GENESIS_HASH, canonical_bytes, chain_hash
 from medseg.audit.store import AuditStore, utc_now
 from medseg.audit.verify import verify_store
-from medseg.errors import InvalidInputError, UsageError
+from medseg.errors import InvalidInputError
+from medseg.keys import key_id, raw_public
 
 FORMAT = "medseg.audit.export/1"
-PASSPHRASE_ENV = "MEDSEG_AUDIT_KEY_PASSPHRASE"
-
-
-def _passphrase() -> bytes | None:
-    value = os.environ.get(PASSPHRASE_ENV)
-    return value.encode("utf-8") if value else None
-
-
-def generate_keypair() -> tuple[bytes, bytes]:
-    """A new Ed25519 key pair as (private PEM, public PEM); the private PEM is encrypted when a passphrase is set."""
-    key = Ed25519PrivateKey.generate()
-    phrase = _passphrase()
-    encryption = serialization.BestAvailableEncryption(phrase) if phrase else serialization.NoEncryption()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Read a PEM Ed25519 private key (passphrase from MEDSEG_AUDIT_KEY_PASSPHRASE when encrypted)."""
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=_passphrase())
-    except (OSError, ValueError, TypeError) as exc:
-        hint = f"Check the file and {PASSPHRASE_ENV}."
-        raise UsageError(f"cannot read the signing key: {exc}", path=path, hint=hint) from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(
-            "the signing key is not an Ed25519 key", path=path, hint="Create one with `medseg audit keygen`."
-        )
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Read a PEM Ed25519 public key."""
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"cannot read the public key: {exc}", path=path, hint="Pass the .pub.pem from keygen."
-        ) from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise UsageError("the public key is not an Ed25519 key", path=path)
-    return key
-
-
-def _raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(key: Ed25519PublicKey) -> str:
-    """A short fingerprint of a public key (first 16 hex digits of the SHA-256 of its raw bytes)."""
-    return hashlib.sha256(_raw_public(key)).hexdigest()[:16]
 
 
 def build_snapshot(store: AuditStore, key: Ed25519PrivateKey, exported_by: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +42,7 @@ def build_snapshot(store: AuditStore, key: Ed25519PrivateKey, exported_by: dict[
     payload["signature"] = {
         "algorithm": "Ed25519",
         "key_id": key_id(public),
-        "public_key": base64.b64encode(_raw_public(public)).decode("ascii"),
+        "public_key": base64.b64encode(raw_public(public)).decode("ascii"),
         "value": base64.b64encode(key.sign(canonical_bytes(payload))).decode("ascii"),
     }
     return payload

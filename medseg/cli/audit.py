@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -174,11 +173,12 @@ def export(
     audit_dir: Path | None = typer.Option(None, "--audit-dir", help=AUDIT_DIR_HELP),
 ) -> None:
     """Write a signed snapshot (all records, head, verification result) for an auditor; this export is audited."""
-    from medseg.audit.export import build_snapshot, load_private_key
+    from medseg.audit.export import build_snapshot
     from medseg.audit.session import os_user
     from medseg.audit.store import AuditStore
     from medseg.cli.audited import audited
     from medseg.io.atomic import atomic_write_text, check_writable
+    from medseg.keys import load_private_key
 
     config = _config(audit_dir)
     check_writable(output, overwrite)
@@ -204,7 +204,8 @@ def verify_export(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Check a snapshot's signature against a trusted public key and re-walk its hash chain; exit 0 only when valid."""
-    from medseg.audit.export import load_public_key, read_snapshot, verify_snapshot
+    from medseg.audit.export import read_snapshot, verify_snapshot
+    from medseg.keys import load_public_key
 
     check = verify_snapshot(read_snapshot(snapshot_path), load_public_key(public_key))
     if as_json:
@@ -222,15 +223,8 @@ def keygen(
     private_key: Path = typer.Argument(..., help="Where to write the private key (PEM, mode 0600)."),
     public_key: Path = typer.Argument(..., help="Where to write the public key (PEM) to give to auditors."),
 ) -> None:
-    """Create an Ed25519 key pair for signing exports (encrypted when MEDSEG_AUDIT_KEY_PASSPHRASE is set)."""
-    from medseg.audit.export import generate_keypair
-    from medseg.io.atomic import atomic_write_bytes, check_writable
+    """Create an Ed25519 key pair for signing exports (same as `medseg keys generate`; kept for existing scripts)."""
+    from medseg.keys import write_keypair
 
-    check_writable(private_key, False)
-    check_writable(public_key, False)
-    private, public = generate_keypair()
-    atomic_write_bytes(private_key, private)
-    os.chmod(private_key, 0o600)
-    atomic_write_bytes(public_key, public)
-    os.chmod(public_key, 0o644)
+    write_keypair(private_key, public_key)
     console.result(f"{private_key}: private key (keep offline, never commit); {public_key}: public key")

@@ -20,6 +20,7 @@ from medseg import __version__
 from medseg.cli import audit as audit_cmd
 from medseg.cli import convert as convert_cmd
 from medseg.cli import infer as infer_cmd
+from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli import train as train_cmd
@@ -62,6 +63,7 @@ convert_cmd.register(app)
 infer_cmd.register(app)
 models_cmd.register(app)
 audit_cmd.register(app)
+keys_cmd.register(app)
 series_cmd.register(app)
 train_cmd.register(app)
 

@@ -1,0 +1,120 @@
+"""All key material in one place: Ed25519 signing key pairs and keyed-hash secrets.
+
+Signing keys sign audit exports and validation reports; secrets key the HMACs of de-identification (UIDs,
+pseudonyms, date shifts). Private files are written atomically with mode 0600 and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from medseg.errors import UsageError
+from medseg.io.atomic import atomic_write_bytes, check_writable
+
+PASSPHRASE_ENV = "MEDSEG_AUDIT_KEY_PASSPHRASE"
+MIN_SECRET_BYTES = 32
+PUBLIC_SUFFIX = ".pub"
+
+
+def _passphrase() -> bytes | None:
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode("utf-8") if value else None
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as (private PEM, public PEM); the private PEM is encrypted when a passphrase is set."""
+    key = Ed25519PrivateKey.generate()
+    phrase = _passphrase()
+    encryption = serialization.BestAvailableEncryption(phrase) if phrase else serialization.NoEncryption()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+def write_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
+    """Write a new key pair: the private file with mode 0600, the public one 0644; both atomically."""
+    check_writable(private_path, overwrite)
+    check_writable(public_path, overwrite)
+    private, public = generate_keypair()
+    atomic_write_bytes(private_path, private, overwrite)
+    os.chmod(private_path, 0o600)
+    atomic_write_bytes(public_path, public, overwrite)
+    os.chmod(public_path, 0o644)
+
+
+def keypair_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """(private, public) file paths of the key pair NAME in OUT_DIR: NAME.key and NAME.key.pub."""
+    private = Path(out_dir) / f"{name}.key"
+    return private, private.with_name(private.name + PUBLIC_SUFFIX)
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read a PEM Ed25519 private key (passphrase from MEDSEG_AUDIT_KEY_PASSPHRASE when encrypted)."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=_passphrase())
+    except (OSError, ValueError, TypeError) as exc:
+        hint = f"Check the file and {PASSPHRASE_ENV}."
+        raise UsageError(f"cannot read the signing key: {exc}", path=path, hint=hint) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(
+            "the signing key is not an Ed25519 key", path=path, hint="Create one with `medseg keys generate`."
+        )
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Read a PEM Ed25519 public key."""
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read the public key: {exc}", path=path, hint="Pass the .pub file from `medseg keys generate`."
+        ) from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError("the public key is not an Ed25519 key", path=path)
+    return key
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of a public key."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A short fingerprint of a public key (first 16 hex digits of the SHA-256 of its raw bytes)."""
+    return hashlib.sha256(raw_public(key)).hexdigest()[:16]
+
+
+def write_secret(path: Path, overwrite: bool = False) -> None:
+    """Write a new random secret (32 bytes as 64 hex digits and a newline) with mode 0600, atomically."""
+    check_writable(path, overwrite)
+    atomic_write_bytes(path, (secrets.token_hex(MIN_SECRET_BYTES) + "\n").encode("ascii"), overwrite)
+    os.chmod(path, 0o600)
+
+
+def read_secret(path: Path) -> bytes:
+    """The bytes of a secret key file (any content, at least 32 bytes; surrounding whitespace ignored)."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the key file: {exc.strerror}", path=path, hint="Create one with `medseg keys secret FILE`."
+        ) from exc
+    if len(data) < MIN_SECRET_BYTES:
+        raise UsageError(
+            f"the key file holds {len(data)} bytes; at least {MIN_SECRET_BYTES} are needed",
+            path=path,
+            hint="Create one with `medseg keys secret FILE`.",
+        )
+    return data
+
+
+def secret_id(secret: bytes) -> str:
+    """A fingerprint that names a secret in manifests and the audit trail without revealing it."""
+    return hashlib.sha256(b"medseg-key-id\x00" + secret).hexdigest()[:16]

@@ -1,0 +1,56 @@
+"""Key material: one place makes and reads signing key pairs and de-identification secrets."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medseg.errors import UsageError
+from medseg.keys import key_id, keypair_paths, load_private_key, load_public_key, read_secret, secret_id
+
+MEDSEG = [sys.executable, "-m", "medseg"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MEDSEG, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_keys_generate_writes_a_private_0600_and_a_matching_pub(tmp_path: Path) -> None:
+    done = _run("keys", "generate", "--out", str(tmp_path), "--name", "reviewer")
+    assert done.returncode == 0, done.stderr
+    private, public = keypair_paths(tmp_path, "reviewer")
+    assert public.name.endswith(".pub")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert key_id(load_private_key(private).public_key()) == key_id(load_public_key(public))
+    again = _run("keys", "generate", "--out", str(tmp_path), "--name", "reviewer")
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_keys_secret_is_random_private_and_readable(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.key", tmp_path / "b.key"
+    assert _run("keys", "secret", str(a)).returncode == 0
+    assert _run("keys", "secret", str(b)).returncode == 0
+    assert stat.S_IMODE(a.stat().st_mode) == 0o600
+    assert read_secret(a) != read_secret(b)
+    assert len(read_secret(a)) == 64
+    assert secret_id(read_secret(a)) != secret_id(read_secret(b))
+
+
+def test_short_secret_is_refused_with_the_file_named(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_text("too short")
+    with pytest.raises(UsageError) as info:
+        read_secret(short)
+    assert str(short) in info.value.one_line() and "at least 32" in info.value.one_line()
+
+
+def test_audit_keygen_still_works_and_makes_the_same_kind_of_pair(tmp_path: Path) -> None:
+    private, public = tmp_path / "a.pem", tmp_path / "a.pub.pem"
+    done = _run("audit", "keygen", str(private), str(public))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert key_id(load_private_key(private).public_key()) == key_id(load_public_key(public))
