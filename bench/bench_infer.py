@@ -65,10 +65,13 @@ def default_model(folder: Path) -> Path:
     return make_model_folder(folder, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
 
 
-def run_cli(series: Path, model: str, out: Path, cache: Path) -> tuple[float, float, int]:
+def run_cli(
+    series: Path, model: str, out: Path, cache: Path, extra: list[str] | None = None
+) -> tuple[float, float, int]:
     """`medseg infer` under /usr/bin/time -v: (wall s, peak RSS MB, exit code)."""
     medseg = str(Path(sys.executable).parent / "medseg")
     cmd = ["/usr/bin/time", "-v", medseg, "--quiet", "infer", str(series), "--model", model, "--out", str(out)]
+    cmd += extra or []
     env = dict(os.environ, MEDSEG_CACHE_DIR=str(cache))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed software runs: with cached bytecode after the first run
     t = time.perf_counter()
@@ -121,7 +124,15 @@ def core_benchmark(series: Path, model_ref: str, cache: Path) -> dict[str, float
     sliding_window(image, eager4, roi, card.network.out_channels, 4, 0.25, True)
     t_eager4 = time.perf_counter() - t
     p = parity(ref[None], ours[None])
-    return {
+    int8: dict[str, float] = {}
+    if card.int8 is not None:
+        q = load_runner(model, precision="int8")
+        q(np.zeros((1, 1, *roi), dtype=np.float32))
+        t = time.perf_counter()
+        q_out = sliding_window(image, q, roi, card.network.out_channels, 1, 0.25, True)
+        int8 = {"int8_s": time.perf_counter() - t}
+        int8 |= {f"int8_{k}": v for k, v in parity(ref[None], q_out[None]).items()}
+    return int8 | {
         "shape": grid.shape,
         "windows": stats.planned,
         "monai_b1_s": t_monai,
@@ -167,6 +178,16 @@ def main() -> None:
             f"ratio (b)/(c): {core['ratio']:.2f}x   parity (c) vs (b): max |logit diff| "
             f"{core['max_abs_diff']:.2e}, argmax agreement {core['argmax_agreement']:.6f}"
         )
+        if "int8_s" in core:
+            print(f"{'(d) medseg core, INT8 (OpenVINO, sub-pixel decoder)':58s} {core['int8_s']:8.2f}")
+            print(
+                f"ratio (b)/(d): {core['monai_b1_s'] / core['int8_s']:.2f}x, "
+                f"(c)/(d): {core['ours_s'] / core['int8_s']:.2f}x"
+                f"   parity (d) vs (b): argmax agreement {core['int8_argmax_agreement']:.6f}"
+            )
+            int8_warm = run_cli(series, model, tmp_path / "out3", cache, ["--precision", "int8"])
+            label = "(a) medseg infer DICOM->SEG, warm, --precision int8"
+            print(f"{label:58s} {int8_warm[0]:8.1f} {int8_warm[1]:12.0f}")
         goals = [warm[0] < 20, warm[1] < 4096, core["ratio"] >= 3]
         print("goals (warm e2e < 20 s, < 4 GB, ratio >= 3):", "met" if all(goals) else f"NOT all met {goals}")
         print(f"exit codes: cold {cold[2]}, warm {warm[2]}")

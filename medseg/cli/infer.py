@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
         backend: str = typer.Option("auto", "--backend", help="auto (OpenVINO on CPU), openvino, onnxruntime, torch."),
+        precision: str = typer.Option("f32", "--precision", help="f32, or int8 (the model's validated INT8 export)."),
         fast: bool = typer.Option(False, "--fast", help="No window overlap: fewer windows, seams less smoothed."),
         strict: bool = typer.Option(False, "--strict", help="Reject (exit 5) on any QC flag."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -66,9 +67,10 @@ def register(app: typer.Typer) -> None:
 
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}", hint="Use --device cpu or --device cuda.")
-        params = {"organ": organ, "device": device, "backend": backend, "fast": fast, "strict": strict}
+        params = {"organ": organ, "device": device, "backend": backend, "precision": precision, "fast": fast}
+        params["strict"] = strict
         with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
-            _run(rec, input, organ, out, model, device, backend, fast, strict, overwrite, preview)
+            _run(rec, input, organ, out, model, device, backend, fast, strict, overwrite, preview, precision)
 
 
 def _run(
@@ -83,6 +85,7 @@ def _run(
     strict: bool,
     overwrite: bool,
     preview: bool,
+    precision: str = "f32",
 ) -> None:
     from medseg.infer.cases import discover_cases
     from medseg.infer.pipeline import InferSettings, exit_code, run_case_safe
@@ -101,7 +104,7 @@ def _run(
     for note in notes:
         console.info(note)
     console.info(f"model {card.name} {card.version}; loading the {backend} runtime on {device}")
-    runner = load_runner(model, backend, device)
+    runner = load_runner(model, backend, device, precision=precision)
     if runner.info.get("exported_now"):
         console.info(f"exported the model to OpenVINO once (cached in {runner.info['cache']})")
     if "fallback" in runner.info:

@@ -27,6 +27,7 @@ from medseg.models.registry import InstalledModel, sha256_file
 PARITY_MAX_ABS = 1e-2
 PARITY_MIN_AGREEMENT = 0.999
 BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
+PRECISIONS = ("f32", "int8")
 
 
 @dataclass
@@ -218,17 +219,51 @@ def accelerated_runner(
     return Runner(backend, batch_size, predict, info)
 
 
+def int8_runner(model: InstalledModel) -> Runner:
+    """The model's shipped INT8 OpenVINO export (batch 1), after checking every file against the card's digests."""
+    spec = model.card.int8
+    if spec is None:
+        raise UsageError(
+            f"model {model.card.name!r} {model.card.version} has no validated INT8 export", hint="Use --precision f32."
+        )
+    model.verify()
+    folder = model.folder / spec.folder
+    for name, digest in spec.files.items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ProcessingError(
+                "INT8 model file missing or altered (SHA-256 differs from the model card)",
+                path=path,
+                hint="Reinstall the model, or use --precision f32. It will not be used.",
+            )
+    info = {"precision": "int8", "parity": spec.parity, "version": _backend_version("openvino")}
+    return Runner("openvino-int8", 1, _load_openvino(folder), info)
+
+
 def openvino_runner(model: InstalledModel, batch_size: int = 1, cache: Path | None = None) -> Runner:
     """OpenVINO on CPU (f32), the default accelerated backend."""
     return accelerated_runner(model, "openvino", batch_size, cache)
 
 
 def load_runner(
-    model: InstalledModel, backend: str = "auto", device: str = "cpu", batch_size: int | None = None
+    model: InstalledModel,
+    backend: str = "auto",
+    device: str = "cpu",
+    batch_size: int | None = None,
+    precision: str = "f32",
 ) -> Runner:
-    """The runtime for `backend`; "auto" = OpenVINO on CPU (falling back to torch if it fails), torch on CUDA."""
+    """The runtime for `backend`; "auto" = OpenVINO on CPU (falling back to torch if it fails), torch on CUDA.
+
+    `precision="int8"` runs the model's shipped, validated INT8 OpenVINO export (CPU only; never a fallback).
+    """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}", hint=f"Choose one of {', '.join(PRECISIONS)}.")
+    if precision == "int8":
+        if device != "cpu" or backend not in ("auto", "openvino"):
+            raise UsageError("--precision int8 runs on OpenVINO on the CPU only", hint="Use --device cpu.")
+        return int8_runner(model)
     model.verify()
     if device != "cpu" or backend == "torch":
         return torch_runner(model, device, batch_size or 4)

@@ -45,6 +45,18 @@ class WeightsSpec(Strict):
     storage: Literal["float32", "float16"] = Field("float32", description="dtype on disk; the network runs in float32")
 
 
+class Int8Spec(Strict):
+    """A post-training INT8 OpenVINO export shipped beside the weights, with the evidence that allowed shipping it."""
+
+    folder: str = "int8"
+    files: dict[str, str] = Field(description="file name in `folder` -> SHA-256")
+    openvino: str
+    nncf: str
+    calibration: dict[str, Any] = Field(description="cases and windows it was calibrated on (never evaluation cases)")
+    parity: dict[str, float] = Field(description="against eager f32 torch on the export parity input")
+    acceptance: list[dict[str, Any]] = Field(description="per real manual case: Dice f32/int8 and volume difference")
+
+
 class ModelCard(Strict):
     """The model card shipped next to the weights (see docs and `medseg models list`)."""
 
@@ -63,6 +75,7 @@ class ModelCard(Strict):
     volume_range_ml: tuple[float, float] | None = None
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
+    int8: Int8Spec | None = None
 
     @field_validator("labels")
     @classmethod
