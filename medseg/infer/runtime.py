@@ -243,3 +243,41 @@ def load_runner(
     runner = torch_runner(model, device, batch_size or 4)
     runner.info["fallback"] = f"OpenVINO not used ({reason}); ran eager torch"
     return runner
+
+
+class LazyRunner:
+    """A Runner loaded on first use, so refused or unreadable inputs never wait for the model to load or export."""
+
+    def __init__(self, load: Callable[[], Runner], backend: str) -> None:
+        self._load = load
+        self._runner: Runner | None = None
+        self.requested_backend = backend
+
+    @property
+    def loaded(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def runner(self) -> Runner:
+        """The loaded Runner (loads it on the first call)."""
+        if self._runner is None:
+            self._runner = self._load()
+        return self._runner
+
+    @property
+    def backend(self) -> str:
+        return self._runner.backend if self._runner is not None else self.requested_backend
+
+    @property
+    def batch_size(self) -> int:
+        return self.runner.batch_size
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.runner.info
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.predict(batch)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.predict(batch)
