@@ -209,6 +209,7 @@ def test_corrupt_geometry_headers_are_invalid_input(shared: Path, tmp_path: Path
         edit_header(path, lambda ds: setattr(ds, "PixelSpacing", [0, 0]))
     expect_invalid(tmp_path / "ct", "PixelSpacing [0.0, 0.0] mm", "outside the plausible")
     for path in files[:3]:
+        edit_header(path, lambda ds: setattr(ds, "PixelSpacing", [0.7, 0.7]))
         edit_header(path, lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]))
     with pytest.raises(InvalidInputError, match="not two orthogonal unit vectors"):
         read_dicom_series(files[:3])
