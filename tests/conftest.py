@@ -30,3 +30,11 @@ def _isolated_audit_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.delenv("MEDSEG_AUDIT_ANCHOR_DIR", raising=False)
     monkeypatch.setenv("MEDSEG_OPERATOR", "test-operator")
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Copy `@pytest.mark.req("REQ-xxx")` ids into each test's JUnit XML properties (name "req")."""
+    for item in items:
+        for mark in item.iter_markers("req"):
+            for req in mark.args:
+                item.user_properties.append(("req", str(req)))
