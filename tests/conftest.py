@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from req_plugin import pytest_collection_modifyitems  # noqa: F401  (REQ markers -> JUnit XML properties)
 
 from medseg.train.manifest import default_data_root
 
@@ -31,10 +32,3 @@ def _isolated_audit_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setenv("MEDSEG_OPERATOR", "test-operator")
     return folder
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Copy `@pytest.mark.req("REQ-xxx")` ids into each test's JUnit XML properties (name "req")."""
-    for item in items:
-        for mark in item.iter_markers("req"):
-            for req in mark.args:
-                item.user_properties.append(("req", str(req)))

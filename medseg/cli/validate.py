@@ -9,6 +9,7 @@ import typer
 from medseg.cli.state import console
 
 EXIT_TAMPERED = 1
+EXIT_NOT_SUPPORTED = 1  # the validation ran and its record is written, but it does not support release
 EXAMPLES = """
 Examples:
 
@@ -22,8 +23,10 @@ Examples:
 
   medseg report verify val/ --public-key keys/qa-lead.key.pub
 
-validate refuses (exit 3) a set whose files differ from its lock, or that shares an image digest, DICOM UID or
-patient with any training manifest of the model. report verify exits 1 and names each changed file on any change.
+validate exits 0 only when every acceptance criterion passes and the traceability matrix of --junit is
+complete; otherwise it exits 1 (the record is still written). It refuses (exit 3) a set whose files differ from its
+lock, or that shares an image digest, DICOM UID or patient with any training manifest of the model.
+report verify exits 1 and names each changed file on any change.
 """
 
 validation_app = typer.Typer(name="validation", help="Locked validation test sets.", no_args_is_help=True)
@@ -49,6 +52,7 @@ def validate(
     """Validate a model on a locked, independence-checked test set: metrics, CIs, subgroups, acceptance, report."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
+    from medseg.validation.records import release_supported
     from medseg.validation.run import ValidationRequest, run_validation
 
     if out.exists() and any(out.iterdir()):
@@ -59,6 +63,7 @@ def validate(
         req = ValidationRequest(model, set_name, out, acceptance, backend, device)
         report = run_validation(req, on_case=_case_line)
         rec.set_model(report["model"]["name"], report["model"]["version"], report["model"]["weights_sha256"])
+        rec.add_inputs(_inputs(set_name, acceptance, model))
         report = _finish(out, report, junit)
         rec.add_outputs([out / "report.json", out / "report.html"])
         rec.set_outcome_detail(f"verdict:{report['acceptance']['verdict']}")
@@ -68,6 +73,22 @@ def validate(
     console.result(
         f"{report['set']['name']}: mean Dice {agg['mean']:.3f} ({ci}); verdict {verdict}; {out / 'report.html'}"
     )
+    ok, reasons = release_supported(report)
+    if not ok:
+        for reason in reasons:
+            console.result(f"  release not supported: {reason}")
+        raise typer.Exit(EXIT_NOT_SUPPORTED)
+
+
+def _inputs(set_name: str, acceptance: str, model: str | None) -> list[Path]:
+    """The set file, its lock, the criteria and the model weights (the data files are bound by the lock's digests)."""
+    from medseg.models.registry import resolve_model
+    from medseg.validation.acceptance import acceptance_path
+    from medseg.validation.sets import load_set, set_paths
+
+    yaml_path, lock_path = set_paths(set_name)
+    organ = load_set(yaml_path).organ
+    return [yaml_path, lock_path, acceptance_path(acceptance), resolve_model(model, organ).weights_path]
 
 
 def _case_line(case_id: str, row: dict) -> None:
@@ -80,9 +101,10 @@ def _case_line(case_id: str, row: dict) -> None:
 
 def _finish(out: Path, report: dict, junit: Path | None) -> dict:
     from medseg.validation.html import write_html
+    from medseg.validation.records import attach_records
     from medseg.validation.report import write_report
 
-    final = write_report(out, report)
+    final = write_report(out, attach_records(report, out, junit))
     write_html(out, final)
     return final
 
