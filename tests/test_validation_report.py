@@ -226,3 +226,25 @@ def test_traceability_risk_and_soup_are_in_the_record(validated) -> None:
     assert r["soup"]["packages"] == len(json.loads((validated / "soup.json").read_text()))
     assert "HAZ-010" in r["risk"]["residual_not_acceptable"]
     assert "REQ-024" in (validated / "report.html").read_text()
+
+
+@pytest.mark.req("REQ-019")
+def test_the_validation_is_one_searchable_mlflow_run_with_the_report_files(validated) -> None:
+    from mlflow.tracking import MlflowClient
+
+    r = json.loads((validated / "report.json").read_text())
+    assert r["mlflow"]["tracking_uri"] == f"sqlite:///{validated.parent / 'mlflow.db'}"
+    client = MlflowClient(r["mlflow"]["tracking_uri"])
+    exp = client.get_experiment_by_name("medseg-validation")
+    runs = client.search_runs([exp.experiment_id], f"tags.model = 'liver' and tags.set = '{SET}'")
+    assert [run.info.run_id for run in runs] == [r["mlflow"]["run_id"]]
+    run = runs[0]
+    assert (
+        run.data.tags["set_digest"] == r["set"]["set_digest"] and run.data.tags["verdict"] == r["acceptance"]["verdict"]
+    )
+    assert run.data.metrics["dice.mean"] == pytest.approx(r["aggregates"]["dice"]["mean"])
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == [SET]
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert {"validation/report.json", "validation/per_case.csv", "validation/report.html"} <= files
+    local = Path(client.download_artifacts(run.info.run_id, "validation/report.json", str(validated.parent / "dl")))
+    assert local.read_bytes() == (validated / "report.json").read_bytes()

@@ -48,12 +48,16 @@ def validate(
     junit: Path | None = typer.Option(None, "--junit", help="JUnit XML of this release's test run (traceability)."),
     backend: str = typer.Option("auto", "--backend", help="auto (OpenVINO on CPU), openvino, onnxruntime, torch."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite next to --out)."
+    ),
 ) -> None:
     """Validate a model on a locked, independence-checked test set: metrics, CIs, subgroups, acceptance, report."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
     from medseg.validation.records import release_supported
     from medseg.validation.run import ValidationRequest, run_validation
+    from medseg.validation.tracking import finish_run, start_run
 
     if out.exists() and any(out.iterdir()):
         raise UsageError("the output folder is not empty", path=out, hint="A validation writes into a new folder.")
@@ -64,7 +68,10 @@ def validate(
         report = run_validation(req, on_case=_case_line)
         rec.set_model(report["model"]["name"], report["model"]["version"], report["model"]["weights_sha256"])
         rec.add_inputs(_inputs(set_name, acceptance, model))
-        report = _finish(out, report, junit)
+        mlflow_run = start_run(report, out, tracking_uri)
+        rec.link_mlflow_run(mlflow_run["run_id"], mlflow_run["tracking_uri"])
+        report = _finish(out, report | {"mlflow": mlflow_run}, junit)
+        finish_run(mlflow_run, out, report["acceptance"]["verdict"])
         rec.add_outputs([out / "report.json", out / "report.html"])
         rec.set_outcome_detail(f"verdict:{report['acceptance']['verdict']}")
     agg = report["aggregates"]["dice"]
