@@ -3,6 +3,7 @@ its signature and every tamper case: a changed metric, a replaced artifact, anot
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import shutil
@@ -73,7 +74,7 @@ def signed(validated, keys, tmp_path, capsys) -> Path:
     folder = tmp_path / "signed"
     shutil.copytree(validated, folder)
     code, out = run_cli(["report", "sign", str(folder), "--key", str(keys[0]), "--signer", "Ada Reviewer",
-                         "--meaning", "approved"], capsys)  # fmt: skip
+                         "--meaning", "approved", "--pdf"], capsys)  # fmt: skip
     assert code == 0, out
     return folder
 
@@ -160,6 +161,9 @@ def test_signed_report_verifies_and_shows_the_signature(signed, keys, capsys) ->
     assert code == 0 and "report intact: approved by Ada Reviewer" in out
     html = (signed / "report.html").read_text()
     assert "Ada Reviewer" in html and "approved" in html and "NOT SIGNED" not in html
+    assert (signed / "report.pdf").read_bytes()[:5] == b"%PDF-"  # printed by Chromium from the signed HTML
+    statement = json.loads(base64.b64decode(json.loads((signed / "signature.dsse.json").read_text())["payload"]))
+    assert "report.pdf" in {s["name"] for s in statement["subject"]}
     code, out = run_cli(["report", "sign", str(signed), "--key", str(keys[0]), "--signer", "X", "--meaning",
                          "reviewed"], capsys)  # fmt: skip
     assert code == 2 and "already signed" in out

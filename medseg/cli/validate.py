@@ -138,6 +138,7 @@ def sign(
     key: Path = typer.Option(..., "--key", help="Ed25519 private key (from `medseg keys generate`)."),
     signer: str = typer.Option(..., "--signer", help="Printed name of the person signing."),
     meaning: str = typer.Option(..., "--meaning", help="reviewed or approved."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also print report.pdf from the signed HTML (needs Chromium)."),
 ) -> None:
     """Sign a validation report: name, meaning and UTC time, bound to the SHA-256 of every file in the folder."""
     from medseg.cli.audited import audited
@@ -151,8 +152,12 @@ def sign(
     with audited("report sign", params={"signer": info.signer, "meaning": meaning, "key_id": info.key_id}) as rec:
         rec.add_inputs([folder / "report.json"])
         write_html(folder, read_report(folder), info)
+        if pdf:
+            from medseg.validation.pdf import write_pdf
+
+            write_pdf(folder)
         sign_folder(folder, private, info)
-        rec.add_outputs([folder / SIGNATURE, folder / "report.html"])
+        rec.add_outputs([folder / SIGNATURE, folder / "report.html"] + ([folder / "report.pdf"] if pdf else []))
     console.result(f"signed {folder}: {info.meaning} by {info.signer} at {info.signed_at_utc} (key {info.key_id})")
 
 

@@ -25,7 +25,7 @@ def bar_chart(title: str, cases: list[tuple[str, float]], agg: dict[str, Any], l
     span = max(limit, agg["maximum"], 1e-9)
 
     def x(v: float) -> float:
-        return PAD + (W - PAD - 20) * v / span
+        return PAD + (W - PAD - 90) * v / span
 
     top, bottom = 26, 26 + BAR_H * len(cases) + 4
     lo, hi, mean = x(agg["ci_low"]), x(agg["ci_high"]), x(agg["mean"])

@@ -14,7 +14,8 @@ from medseg.io.atomic import atomic_write_text
 REPORT = "report.json"
 HTML = "report.html"
 SIGNATURE = "signature.dsse.json"
-NOT_ARTIFACTS = {REPORT, HTML, SIGNATURE}
+PDF = "report.pdf"
+NOT_ARTIFACTS = {REPORT, HTML, SIGNATURE, PDF}
 CSV_COLUMNS = (
     "case_id",
     "patient",

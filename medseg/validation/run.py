@@ -104,6 +104,7 @@ def run_validation(
             "patient": case.patient,
             "source": case.source,
             "label_type": case.label_type,
+            "notes": case.notes,
             "acquisition": case.acquisition.model_dump(),
             "inference": {k: v for k, v in pred.items() if k != "prediction"},
             "metrics": score_case(case, root, pred["prediction"], card.organ, label, tolerance),

@@ -74,6 +74,7 @@ class SetCase(BaseModel):
     licence: str
     label_type: Literal["manual", "model"]
     acquisition: Acquisition = Acquisition()
+    notes: str | None = None
 
     def paths(self) -> dict[str, str]:
         """Role -> relative path of every file of the case."""
