@@ -10,14 +10,15 @@ SHARED = {"errors", "keys"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),
+    "metrics": set(),  # numpy/scipy only: one definition of every metric for train, validation and monitoring
     "deid": {"io"},
     "models": {"io"},
     "preprocess": {"io"},
     "postprocess": {"io", "preprocess"},  # resampling back reuses the separable resampler (one kernel, both ways)
     "writers": {"io"},
     "infer": {"io", "models", "preprocess", "postprocess", "writers"},
-    "train": {"io", "models", "preprocess", "infer", "audit"},
-    "validation": {"io", "models", "infer", "audit"},
+    "train": {"io", "models", "preprocess", "infer", "audit", "metrics"},
+    "validation": {"io", "models", "infer", "audit", "metrics"},
     "pacs": {"infer", "deid", "audit", "io", "writers"},
 }
 

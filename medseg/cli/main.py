@@ -24,6 +24,7 @@ from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli import train as train_cmd
+from medseg.cli import validate as validate_cmd
 from medseg.cli.state import console
 from medseg.errors import MedsegError
 
@@ -66,6 +67,7 @@ audit_cmd.register(app)
 keys_cmd.register(app)
 series_cmd.register(app)
 train_cmd.register(app)
+validate_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
