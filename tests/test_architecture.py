@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "infer": {"io", "models", "preprocess", "postprocess", "writers"},
     "train": {"io", "models", "preprocess", "infer", "audit"},
     "validation": {"io", "models", "infer", "audit"},
-    "pacs": {"infer", "deid", "audit", "io", "writers"},
+    "pacs": {"infer", "deid", "audit", "io", "writers", "models"},  # loads the model once, like cli/infer
 }
 
 

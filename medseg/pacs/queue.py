@@ -252,6 +252,25 @@ class JobQueue:
                     made.append(self._job(db, int(cur.lastrowid or 0)))
             return made
 
+    def add_job(self, study_key: str, input_path: str, now: float | None = None) -> Job:
+        """A job for an already complete study read in place (`medseg batch`); the existing one when added before."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            sql = "INSERT OR IGNORE INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)"
+            db.execute(sql, (study_key, now, now, now))
+            db.execute(
+                "INSERT OR IGNORE INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
+                "VALUES (?, 1, ?, 'queued', ?, ?)",
+                (study_key, input_path, now, now),
+            )
+            row = db.execute("SELECT id FROM jobs WHERE study_uid=? AND generation=1", (study_key,)).fetchone()
+            return self._job(db, row["id"])
+
+    def open_jobs(self) -> int:
+        """Jobs not yet in a final state (queued, running, pending)."""
+        row = self._conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'pending')")
+        return int(row.fetchone()[0])
+
     def next_deadline(self) -> float | None:
         """The earliest completion deadline of a study still receiving (persisted, so it survives restarts)."""
         row = self._conn().execute("SELECT MIN(deadline) FROM studies WHERE state='receiving'").fetchone()
@@ -359,6 +378,16 @@ class JobQueue:
                 "updated_at=? WHERE id=?",
                 (time.time(), lease.job.id),
             )
+
+    def release(self, job_id: int, fence: int) -> bool:
+        """Hand back a lease by job and fence (graceful stop of a worker that is not answering)."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state='queued', attempts=MAX(0, attempts-1), lease_owner=NULL, lease_expires=NULL, "
+                "updated_at=? WHERE id=? AND fence=? AND state='running'",
+                (time.time(), job_id, fence),
+            )
+            return cur.rowcount == 1
 
     @staticmethod
     def _end(
