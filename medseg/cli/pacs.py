@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
             for j in jobs:
                 if j.state != "sent":
                     console.warn(f"job {j.id} ({j.input}): {j.state}: {j.reason}")
-            console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} stud(y/ies)")
+            console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} studies")
             if counts["sent"] != len(jobs):
                 rec.set_outcome_detail("not_all_sent")
                 raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not segmented")

@@ -35,6 +35,8 @@ def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], Non
     from medseg.pacs.service import owner_name
 
     results: list[JobResult] = []
+    if not queue.open_jobs():
+        return results
     if config.scheduler:
         from medseg.pacs.dask_workers import dispatch
 
