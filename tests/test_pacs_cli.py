@@ -83,3 +83,17 @@ def test_serve_then_graceful_stop_leaves_no_running_job_and_audits(
     db = next(_isolated_audit_dir.glob("*.db"))
     commands = {r[0] for r in sqlite3.connect(db).execute("SELECT command FROM events")}
     assert {"pacs.serve", "pacs.job"} <= commands
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    from medseg.pacs.config import PacsConfig, load_config
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "pacs.example.yaml"
+    cfg = load_config(example)
+    text = example.read_text()
+    for name, field in PacsConfig.model_fields.items():
+        assert f"{name}:" in text, name
+        nested = getattr(field.annotation, "model_fields", {})
+        for sub in nested:
+            assert f"{sub}:" in text, f"{name}.{sub}"
+    assert cfg.destination.name.startswith("dimse:")
