@@ -30,7 +30,7 @@ def test_status_and_retry(tmp_path: Path) -> None:
     for study in ("1.1", "1.2", "1.3"):
         q.record_instance(f"{study}.9", study, f"{study}.5", "/p", "h" + study, 1, 0.0, now=100.0)
     q.record_instance("1.4.9", "1.4", "1.4.5", "/p", "h4", 1, 1e12)
-    q.complete_due({}, now=101.0)
+    q.complete_due(None, now=101.0)
     b = Backoff(max_attempts=1)
     q.fail(q.lease("w", 30), "association with dimse:PACS@host:104 not established (down or refused)", b)
     q.quarantine(q.lease("w", 30), "failed: not a CT series")

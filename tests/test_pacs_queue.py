@@ -32,30 +32,30 @@ def test_pragmas_are_wal_and_full(tmp_path: Path) -> None:
 def test_study_completes_after_quiet_time_only(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "9", 3, now=100.0)
-    assert q.complete_due({}, now=105.0) == []
+    assert q.complete_due(None, now=105.0) == []
     assert q.next_deadline() == 110.0
-    jobs = q.complete_due({"9": "/s/9"}, now=110.0)
+    jobs = q.complete_due(lambda uid: f"/s/{uid}", now=110.0)
     assert [(j.study_uid, j.generation, j.state, j.input) for j in jobs] == [("9", 1, "queued", "/s/9")]
-    assert q.complete_due({}, now=200.0) == []
+    assert q.complete_due(None, now=200.0) == []
     assert q.studies()[0]["instances"] == 3
 
 
 def test_duplicate_instances_make_no_new_job(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "9", 3, now=100.0)
-    q.complete_due({}, now=111.0)
+    q.complete_due(None, now=111.0)
     _receive(q, "9", 3, now=120.0)  # same SOP UIDs, same bytes: the same study sent twice
-    assert q.complete_due({}, now=500.0) == []
+    assert q.complete_due(None, now=500.0) == []
     assert len(q.jobs()) == 1
 
 
 def test_late_instance_supersedes_open_job(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "9", 2, now=100.0)
-    first = q.complete_due({}, now=111.0)[0]
+    first = q.complete_due(None, now=111.0)[0]
     _receive(q, "9", 1, now=120.0, tag="late")
     assert q.studies()[0]["state"] == "receiving"
-    second = q.complete_due({}, now=131.0)[0]
+    second = q.complete_due(None, now=131.0)[0]
     assert second.generation == 2
     assert q.job(first.id).state == "superseded"
     assert "generation 2" in q.job(first.id).reason
@@ -64,7 +64,7 @@ def test_late_instance_supersedes_open_job(tmp_path: Path) -> None:
 def test_fencing_stale_lease_cannot_commit(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "9", 1, now=100.0)
-    q.complete_due({}, now=111.0)
+    q.complete_due(None, now=111.0)
     old = q.lease("w1", 30, now=200.0)
     assert old is not None and q.lease("w2", 30, now=210.0) is None  # still held
     new = q.lease("w2", 30, now=231.0)  # expired: taken over
@@ -83,7 +83,7 @@ def test_backoff_then_failed_then_bounded_rounds(tmp_path: Path) -> None:
     b = Backoff(base_s=2, cap_s=5, max_attempts=3, failed_retry_after_s=100, max_rounds=1)
     assert [b.delay(n) for n in (1, 2, 3, 4)] == [2, 4, 5, 5]
     _receive(q, "9", 1, now=0.0)
-    q.complete_due({}, now=11.0)
+    q.complete_due(None, now=11.0)
     now, states = 20.0, []
     for _ in range(3):
         lease = q.lease("w", 30, now=now)
@@ -107,7 +107,7 @@ def test_backoff_then_failed_then_bounded_rounds(tmp_path: Path) -> None:
 def test_hand_back_does_not_count_an_attempt(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "9", 1, now=0.0)
-    q.complete_due({}, now=11.0)
+    q.complete_due(None, now=11.0)
     lease = q.lease("w", 30, now=20.0)
     q.hand_back(lease)
     job = q.job(1)
@@ -118,7 +118,7 @@ def test_quarantine_does_not_block_others(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "8", 1, now=0.0)
     _receive(q, "9", 1, now=0.0)
-    q.complete_due({}, now=11.0)
+    q.complete_due(None, now=11.0)
     bad = q.lease("w", 30, now=20.0)
     q.quarantine(bad, "not CT")
     good = q.lease("w", 30, now=21.0)
@@ -144,7 +144,7 @@ def test_random_histories_keep_the_invariants(tmp_path_factory: pytest.TempPathF
             n += 1
             q.record_instance(f"1.{study}.{n}", study, "s", "/p", f"h{n}", 1, 5, now=now)
         elif op == "complete":
-            q.complete_due({}, now=now)
+            q.complete_due(None, now=now)
         elif op == "lease":
             lease = q.lease(f"w{arg}", 3, now=now)
             if lease:
@@ -186,7 +186,7 @@ while True:
     i += 1
     q.record_instance(f"1.2.{i}", str(i % 7), "s", "/p", f"h{i}", 1, 0.0)
     if i % 5 == 0:
-        q.complete_due({})
+        q.complete_due()
     print(i, flush=True)
 """
 
@@ -209,3 +209,21 @@ def test_sigkill_during_writes_leaves_a_consistent_database(tmp_path: Path) -> N
     q = JobQueue(db)
     for study in q.studies():
         assert study["instances"] == len(q.instances(str(study["study_uid"])))
+
+
+def test_leases_of_dead_local_processes_are_reclaimed_at_start(tmp_path: Path) -> None:
+    import socket
+
+    from medseg.pacs.service import reclaim_dead_leases
+
+    q = JobQueue(tmp_path / "q.db")
+    for study in ("7", "8"):
+        _receive(q, study, 1, now=0.0)
+    q.complete_due(None, now=11.0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    gone = q.lease(f"{host}:{int(dead.stdout)}:w0", 600)
+    alive = q.lease(f"{host}:{os.getpid()}:w0", 600)
+    assert reclaim_dead_leases(q) == [gone.job.id]
+    assert (q.job(gone.job.id).state, q.job(gone.job.id).attempts) == ("queued", 1)  # the crashed attempt counts
+    assert q.job(alive.job.id).state == "running"

@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,10 +224,10 @@ class JobQueue:
             )
             return Received("replaced" if old is not None else "new", study_uid, gen)
 
-    def complete_due(self, input_of: dict[str, str], now: float | None = None) -> list[Job]:
+    def complete_due(self, input_of: Callable[[str], str] | None = None, now: float | None = None) -> list[Job]:
         """Studies whose quiet time has passed become complete, each with a new job; earlier open jobs are superseded.
 
-        `input_of` maps a study UID to the folder the job reads (studies missing from it use their UID).
+        `input_of` gives the folder a study's job reads (default: the study UID itself).
         """
         now = time.time() if now is None else now
         with self._write() as db:
@@ -246,7 +246,7 @@ class JobQueue:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
                     "VALUES (?, ?, ?, 'queued', ?, ?)",
-                    (uid, gen, input_of.get(uid, uid), now, now),
+                    (uid, gen, input_of(uid) if input_of else uid, now, now),
                 )
                 if cur.rowcount:
                     made.append(self._job(db, int(cur.lastrowid or 0)))
@@ -379,11 +379,12 @@ class JobQueue:
                 (time.time(), lease.job.id),
             )
 
-    def release(self, job_id: int, fence: int) -> bool:
-        """Hand back a lease by job and fence (graceful stop of a worker that is not answering)."""
+    def release(self, job_id: int, fence: int, count_attempt: bool = False) -> bool:
+        """Give back a lease by job and fence: a graceful stop (attempt not counted) or a holder known dead."""
+        attempts = "attempts" if count_attempt else "MAX(0, attempts-1)"
         with self._write() as db:
             cur = db.execute(
-                "UPDATE jobs SET state='queued', attempts=MAX(0, attempts-1), lease_owner=NULL, lease_expires=NULL, "
+                f"UPDATE jobs SET state='queued', attempts={attempts}, lease_owner=NULL, lease_expires=NULL, "
                 "updated_at=? WHERE id=? AND fence=? AND state='running'",
                 (time.time(), job_id, fence),
             )

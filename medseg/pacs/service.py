@@ -34,8 +34,7 @@ def complete_studies(config: PacsConfig, queue: JobQueue) -> list[int]:
     """Turn studies past their quiet time into jobs (audited), and give failed jobs past their cool-down a new round."""
     from medseg.pacs.audit import record_study
 
-    uids = {str(s["study_uid"]) for s in queue.studies() if s["state"] == "receiving"}
-    jobs = queue.complete_due({u: str(study_dir(config.storage, u)) for u in uids})
+    jobs = queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
     for job in jobs:
         n = len(queue.instances(job.study_uid))
         record_study(job.study_uid, job.generation, n, Path(job.input), job.id)
@@ -60,6 +59,8 @@ class Service:
         """Listen, complete studies, run jobs; on stop, finish or hand back running jobs."""
         pid_file = self.config.storage / PID_FILE
         pid_file.write_text(str(os.getpid()))
+        for job_id in reclaim_dead_leases(self.queue):
+            self.on_event(f"job {job_id}: its holder on this host is gone; queued again")
         receiver = Receiver(self.config, self.queue)
         segmenter = None if self.config.scheduler else load_segmenter(
             self.config.organs[0], self.config.model, self.config.backend, self.config.strict
@@ -125,6 +126,28 @@ class Service:
         for job in self.queue.jobs("running"):
             if job.lease_owner and job.lease_owner.startswith(prefix):
                 self.queue.release(job.id, job.fence)
+
+
+def reclaim_dead_leases(queue: JobQueue) -> list[int]:
+    """Running jobs leased by a process of this host that no longer exists are queued again now, not at expiry."""
+    host = socket.gethostname()
+    freed = []
+    for job in queue.jobs("running"):
+        owner_host, _, rest = (job.lease_owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)) and queue.release(job.id, job.fence, True):
+            freed.append(job.id)
+    return freed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_pid(storage: Path) -> int | None:

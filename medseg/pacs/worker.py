@@ -63,9 +63,10 @@ def heartbeat(queue: JobQueue, lease: Lease, duration_s: float) -> Iterator[thre
                 current = queue.renew(current, duration_s)
             except LeaseLost:
                 lost.set()
-                return
+                break
             except Exception:  # a busy database: try again at the next beat, the lease is still ours for now
                 continue
+        queue.close()
 
     t = threading.Thread(target=beat, name=f"lease-{lease.job.id}", daemon=True)
     t.start()
@@ -74,7 +75,6 @@ def heartbeat(queue: JobQueue, lease: Lease, duration_s: float) -> Iterator[thre
     finally:
         stop.set()
         t.join()
-        queue.close()
 
 
 def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter) -> Path:
