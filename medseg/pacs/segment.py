@@ -79,9 +79,16 @@ def segment_study(segmenter: Segmenter, folder: Path, out: Path) -> SegOutcome:
         return SegOutcome(None, f"{result.status}: {result.message or result.status}", outputs)
     seg = next((p for p in outputs if p.suffix == ".dcm"), None)
     if seg is None:
-        why = (result.summary or {}).get("seg_not_written", "the pipeline wrote no DICOM SEG")
+        why = _summary_field(result.summary, "seg_not_written") or "the pipeline wrote no DICOM SEG"
         return SegOutcome(None, f"no SEG: {why}", outputs)
     return SegOutcome(seg, None, outputs)
+
+
+def _summary_field(summary: Any, name: str) -> Any:
+    """A field of the case summary, whether it is a dict or a pydantic model."""
+    if summary is None:
+        return None
+    return summary.get(name) if isinstance(summary, dict) else getattr(summary, name, None)
 
 
 def discover_studies(folder: Path, modality: str = "CT") -> list[tuple[str, Path]]:
