@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "infer": {"io", "models", "preprocess", "postprocess", "writers"},
     "train": {"io", "models", "preprocess", "infer", "audit", "metrics"},
     "validation": {"io", "models", "infer", "audit", "metrics"},
-    "pacs": {"infer", "deid", "audit", "io", "writers"},
+    "pacs": {"infer", "deid", "audit", "io", "writers", "models"},  # loads the model once, like cli/infer
 }
 
 

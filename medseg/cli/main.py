@@ -22,6 +22,7 @@ from medseg.cli import convert as convert_cmd
 from medseg.cli import infer as infer_cmd
 from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
+from medseg.cli import pacs as pacs_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli import train as train_cmd
 from medseg.cli import validate as validate_cmd
@@ -68,6 +69,7 @@ keys_cmd.register(app)
 series_cmd.register(app)
 train_cmd.register(app)
 validate_cmd.register(app)
+pacs_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
