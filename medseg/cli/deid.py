@@ -85,13 +85,18 @@ def run(
         written = [output / r.output for r in result.records if r.output and r.status == "written"]
         rec.add_outputs([*written, result.manifest])
         for r in result.records:
-            if r.status in ("skipped", "dropped", "quarantined"):
+            if r.status in ("skipped", "dropped", "quarantined", "failed"):
                 console.warn(f"{r.status}: input {r.input_ref[:24]}...: {r.reason}")
-        counts = {s: result.count(s) for s in ("written", "quarantined", "skipped", "dropped")}
+        counts = {s: result.count(s) for s in ("written", "quarantined", "skipped", "dropped", "failed")}
         resumed = sum(r.resumed for r in result.records)
         rec.set_outcome_detail("deid:" + ",".join(f"{k}={v}" for k, v in counts.items()) + f",resumed={resumed}")
         summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
         console.result(f"{output}: {summary or 'no files'} ({resumed} already done); manifest {result.manifest}")
+        if counts["failed"]:
+            from medseg.errors import ProcessingError
+
+            raise ProcessingError(f"{counts['failed']} file(s) failed", path=result.manifest,
+                                  hint="See the manifest's reasons; rerun with --debug and report it.")  # fmt: skip
 
 
 @deid_app.command("check", epilog=EXAMPLES)

@@ -53,7 +53,7 @@ def check_tree(
     options = frozenset(manifest.get("options", []))
     matchers = collect(discover(original), options)
     result = CheckResult(originals_used=matchers.files)
-    result.identifying_values = len(matchers.strong.kinds) + len(matchers.text.kinds)
+    result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
     for path in _outputs(deid):
         rel = path.relative_to(deid).as_posix() if deid.is_dir() else path.name
@@ -65,7 +65,7 @@ def check_tree(
         data = path.read_bytes()
         ds = read_any(path)
         result.files_checked += 1
-        result.findings.extend(scan_raw(data, matchers.strong, rel))
+        result.findings.extend(scan_raw(data, matchers, rel))
         if ds is None:
             continue
         result.findings.extend(scan_dataset(ds, matchers, rel))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from medseg.deid.ocr import TextBox, detect_text, to_display
 
@@ -138,6 +139,7 @@ def _write_back(ds: Dataset, frames: np.ndarray, photometric: str) -> str | None
         return f"cleaned pixels of type {data.dtype} cannot be stored"
     bits = int(ds.get("BitsStored", data.dtype.itemsize * 8))
     try:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(data, photometric, bits, generate_instance_uid=False)
     except (ValueError, NotImplementedError, AttributeError) as exc:
         return f"cleaned pixels cannot be stored ({type(exc).__name__})"

@@ -22,7 +22,7 @@ from medseg.deid.keyed import KeyedMapper
 from medseg.deid.pixels import PixelOutcome, scan_and_clean
 from medseg.deid.reading import ReadProblem, read_input
 from medseg.deid.writer import relative_name, source_transfer_syntax, to_little_endian, write_dataset
-from medseg.errors import InvalidInputError, UsageError
+from medseg.errors import InvalidInputError, MedsegError, UsageError
 from medseg.io.atomic import atomic_write_text
 from medseg.keys import secret_id
 
@@ -142,7 +142,7 @@ def deidentify_tree(
             old.resumed = True
             rec = old
         else:
-            rec = _one_file(path, data, ref, digest, out, mapper, settings, taken)
+            rec = _one_file_safe(path, data, ref, digest, out, mapper, settings, taken)
             atomic_write_text(out / STATE_DIR / f"{ref[12:44]}.json", json.dumps(asdict(rec)), overwrite=True)
         records.append(rec)
         if on_file is not None:
@@ -163,6 +163,19 @@ def _output_intact(out: Path, rec: FileRecord) -> bool:
     return target.is_file() and _sha256(target.read_bytes()) == rec.output_sha256
 
 
+def _one_file_safe(
+    path: Path, data: bytes, ref: str, digest: str, out: Path, mapper: KeyedMapper, settings: DeidSettings,
+    taken: dict[str, str],
+) -> FileRecord:  # fmt: skip
+    """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost."""
+    try:
+        return _one_file(path, data, ref, digest, out, mapper, settings, taken)
+    except (OSError, MedsegError):
+        raise
+    except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
+        return FileRecord(ref, digest, "failed", reason=f"internal error {type(exc).__name__}: {str(exc)[:120]}")
+
+
 def _one_file(
     path: Path, data: bytes, ref: str, digest: str, out: Path, mapper: KeyedMapper, settings: DeidSettings,
     taken: dict[str, str],
@@ -177,9 +190,11 @@ def _one_file(
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
     result.file_meta.TransferSyntaxUID = UID(source_transfer_syntax(ds))
     pixels: PixelOutcome = scan_and_clean(result, settings.scan_pixels)
-    big_endian = source_transfer_syntax(ds) == ExplicitVRBigEndian and "PixelData" in result
+    big_endian = source_transfer_syntax(ds) == ExplicitVRBigEndian
     if big_endian and not pixels.rewritten:
         to_little_endian(result)
+    elif big_endian:
+        result.set_original_encoding(False, True, result.original_character_set)
     set_identity(result, ds, ctx, pixels_cleaned=pixels.rewritten)
     rel = relative_name(result)
     status = "written"

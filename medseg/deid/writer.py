@@ -36,8 +36,11 @@ def output_transfer_syntax(original: Dataset, pixels_rewritten: bool) -> str:
 
 def to_little_endian(out: Dataset) -> None:
     """Rewrite big endian native pixel data as little endian (pydicom does not swap bytes on save)."""
-    arr = out.pixel_array
-    out.set_pixel_data(arr, str(out.PhotometricInterpretation), int(out.BitsStored), generate_instance_uid=False)
+    if "PixelData" in out:
+        arr = out.pixel_array
+        out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out.set_pixel_data(arr, str(out.PhotometricInterpretation), int(out.BitsStored), generate_instance_uid=False)
+    out.set_original_encoding(False, True, out.original_character_set)
 
 
 def relative_name(out: Dataset) -> Path:
