@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover
 from medseg import __version__
 from medseg.cli import audit as audit_cmd
 from medseg.cli import convert as convert_cmd
+from medseg.cli import deid as deid_cmd
 from medseg.cli import infer as infer_cmd
 from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
@@ -62,6 +63,7 @@ def _global(
 
 
 convert_cmd.register(app)
+deid_cmd.register(app)
 infer_cmd.register(app)
 models_cmd.register(app)
 audit_cmd.register(app)
