@@ -168,3 +168,19 @@ def test_soup_diff_names_added_removed_and_changed(tmp_path) -> None:
     diff = soup_diff(old, soup_list())
     assert diff["removed"] == ["gone==1"] and diff["added"] == [f"rich=={read_lock()['rich']}"]
     assert diff["changed"] == [f"typer: 0.0.{read_lock()['typer']} -> {read_lock()['typer']}"]
+
+
+def test_cyclonedx_sbom_lists_every_locked_package_with_a_purl() -> None:
+    from medseg.validation.soup import cyclonedx
+
+    rows = soup_list()
+    bom = cyclonedx(rows)
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
+    assert bom["serialNumber"] == cyclonedx(rows)["serialNumber"]  # reproducible from the lock file
+    purls = {c["purl"] for c in bom["components"]}
+    assert purls == {f"pkg:pypi/{n}@{v}" for n, v in read_lock().items()}
+    torch = next(c for c in bom["components"] if c["name"] == "torch")
+    assert torch["externalReferences"] == [
+        {"type": "issue-tracker", "url": "https://github.com/pytorch/pytorch/issues"}
+    ]
+    assert sum("licenses" in c for c in bom["components"]) == len(rows)

@@ -72,7 +72,7 @@ def _status(
         if verdicts.get(c) != "pass":
             problems.append(f"criterion {c} is {verdicts.get(c, 'not evaluated')}")
     if not tests and not criteria:
-        return "no_test", ["no test or criterion verifies it"]
+        return ("not_run", problems) if named else ("no_test", ["no test or criterion verifies it"])
     if tests and all(t.outcome == "skipped" for t in tests) and not criteria:
         problems.append("every test was skipped")
     return ("pass" if not problems else "fail"), problems
