@@ -34,26 +34,19 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 @pytest.fixture(scope="session")
 def validated(shared, tmp_path_factory) -> Path:
     """A real validation folder (3 real CTs through the infer pipeline), made once; tests copy it before changing it."""
-    import os
-
     base = tmp_path_factory.mktemp("validation")
-    os.environ["MEDSEG_CACHE_DIR"] = str(base / "cache")
     out = base / "run"
-    audit_dir = os.environ.get("MEDSEG_AUDIT_DIR")
-    os.environ["MEDSEG_AUDIT_DIR"] = str(base / "audit")  # this run's own trail, kept for the audit test
     junit = base / "junit.xml"  # a real (small) test run of this checkout, for the traceability matrix
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                     f"--junitxml={junit}", "tests/test_metrics.py::test_normals_table_is_the_reference_table",
                     "tests/test_validation_trace.py::test_the_project_risk_records_are_consistent"],
                    cwd=Path(__file__).parents[1], capture_output=True, timeout=300, check=True)  # fmt: skip
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_CACHE_DIR", str(base / "cache"))
+        mp.setenv("MEDSEG_AUDIT_DIR", str(base / "audit"))  # this run's own trail, kept for the audit test
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with pytest.raises(SystemExit) as exc:
             main(["validate", "--set", SET, "--out", str(out), "--junit", str(junit)])
-    finally:
-        if audit_dir is None:
-            os.environ.pop("MEDSEG_AUDIT_DIR")
-        else:
-            os.environ["MEDSEG_AUDIT_DIR"] = audit_dir
     report = json.loads((out / "report.json").read_text())
     assert exc.value.code == (
         0 if report["acceptance"]["verdict"] == "pass" and report["traceability"]["complete"] else 1
