@@ -62,14 +62,18 @@ def keys(tmp_path_factory) -> tuple[Path, Path, Path]:
     return keypair_paths(folder, "qa")[0], keypair_paths(folder, "qa")[1], keypair_paths(folder, "other")[1]
 
 
-@pytest.fixture
-def signed(validated, keys, tmp_path, capsys) -> Path:
-    folder = tmp_path / "signed"
+def signed_copy(validated: Path, folder: Path, key: Path, capsys, *extra: str) -> Path:
+    """A copy of the validation folder, signed by "Ada Reviewer" as approved."""
     shutil.copytree(validated, folder)
-    code, out = run_cli(["report", "sign", str(folder), "--key", str(keys[0]), "--signer", "Ada Reviewer",
-                         "--meaning", "approved", "--pdf"], capsys)  # fmt: skip
+    code, out = run_cli(["report", "sign", str(folder), "--key", str(key), "--signer", "Ada Reviewer",
+                         "--meaning", "approved", *extra], capsys)  # fmt: skip
     assert code == 0, out
     return folder
+
+
+@pytest.fixture
+def signed(validated, keys, tmp_path, capsys) -> Path:
+    return signed_copy(validated, tmp_path / "signed", keys[0], capsys)
 
 
 @pytest.mark.req("REQ-012", "REQ-013", "REQ-014")
@@ -149,7 +153,8 @@ def test_artifacts_and_html(validated) -> None:
 
 
 @pytest.mark.req("REQ-018")
-def test_signed_report_verifies_and_shows_the_signature(signed, keys, capsys) -> None:
+def test_signed_report_verifies_and_shows_the_signature(validated, keys, tmp_path, capsys) -> None:
+    signed = signed_copy(validated, tmp_path / "signed", keys[0], capsys, "--pdf")
     code, out = run_cli(["report", "verify", str(signed), "--public-key", str(keys[1])], capsys)
     assert code == 0 and "report intact: approved by Ada Reviewer" in out
     html = (signed / "report.html").read_text()
