@@ -3,17 +3,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v dciodvfy >/dev/null 2>&1; then
+# Debian tools, each with what needs it; one apt-get update, only when something is missing:
+# dicom3tools (dciodvfy checks every SEG), orthanc + orthanc-dicomweb + dcmtk (the PACS service tests run a real
+# Orthanc and send with storescu), chromium (validation report PDF, monitoring dashboard test).
+need=()
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null
-fi
-# The PACS service tests run a real Orthanc (with DICOMweb) and send with dcmtk storescu.
-if ! command -v Orthanc >/dev/null 2>&1 || ! command -v storescu >/dev/null 2>&1 \
-   || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb dcmtk >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3.11}

@@ -34,26 +34,19 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 @pytest.fixture(scope="session")
 def validated(shared, tmp_path_factory) -> Path:
     """A real validation folder (3 real CTs through the infer pipeline), made once; tests copy it before changing it."""
-    import os
-
     base = tmp_path_factory.mktemp("validation")
-    os.environ["MEDSEG_CACHE_DIR"] = str(base / "cache")
     out = base / "run"
-    audit_dir = os.environ.get("MEDSEG_AUDIT_DIR")
-    os.environ["MEDSEG_AUDIT_DIR"] = str(base / "audit")  # this run's own trail, kept for the audit test
     junit = base / "junit.xml"  # a real (small) test run of this checkout, for the traceability matrix
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                     f"--junitxml={junit}", "tests/test_metrics.py::test_normals_table_is_the_reference_table",
                     "tests/test_validation_trace.py::test_the_project_risk_records_are_consistent"],
                    cwd=Path(__file__).parents[1], capture_output=True, timeout=300, check=True)  # fmt: skip
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_CACHE_DIR", str(base / "cache"))
+        mp.setenv("MEDSEG_AUDIT_DIR", str(base / "audit"))  # this run's own trail, kept for the audit test
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with pytest.raises(SystemExit) as exc:
             main(["validate", "--set", SET, "--out", str(out), "--junit", str(junit)])
-    finally:
-        if audit_dir is None:
-            os.environ.pop("MEDSEG_AUDIT_DIR")
-        else:
-            os.environ["MEDSEG_AUDIT_DIR"] = audit_dir
     report = json.loads((out / "report.json").read_text())
     assert exc.value.code == (
         0 if report["acceptance"]["verdict"] == "pass" and report["traceability"]["complete"] else 1
@@ -69,14 +62,18 @@ def keys(tmp_path_factory) -> tuple[Path, Path, Path]:
     return keypair_paths(folder, "qa")[0], keypair_paths(folder, "qa")[1], keypair_paths(folder, "other")[1]
 
 
-@pytest.fixture
-def signed(validated, keys, tmp_path, capsys) -> Path:
-    folder = tmp_path / "signed"
+def signed_copy(validated: Path, folder: Path, key: Path, capsys, *extra: str) -> Path:
+    """A copy of the validation folder, signed by "Ada Reviewer" as approved."""
     shutil.copytree(validated, folder)
-    code, out = run_cli(["report", "sign", str(folder), "--key", str(keys[0]), "--signer", "Ada Reviewer",
-                         "--meaning", "approved", "--pdf"], capsys)  # fmt: skip
+    code, out = run_cli(["report", "sign", str(folder), "--key", str(key), "--signer", "Ada Reviewer",
+                         "--meaning", "approved", *extra], capsys)  # fmt: skip
     assert code == 0, out
     return folder
+
+
+@pytest.fixture
+def signed(validated, keys, tmp_path, capsys) -> Path:
+    return signed_copy(validated, tmp_path / "signed", keys[0], capsys)
 
 
 @pytest.mark.req("REQ-012", "REQ-013", "REQ-014")
@@ -156,7 +153,8 @@ def test_artifacts_and_html(validated) -> None:
 
 
 @pytest.mark.req("REQ-018")
-def test_signed_report_verifies_and_shows_the_signature(signed, keys, capsys) -> None:
+def test_signed_report_verifies_and_shows_the_signature(validated, keys, tmp_path, capsys) -> None:
+    signed = signed_copy(validated, tmp_path / "signed", keys[0], capsys, "--pdf")
     code, out = run_cli(["report", "verify", str(signed), "--public-key", str(keys[1])], capsys)
     assert code == 0 and "report intact: approved by Ada Reviewer" in out
     html = (signed / "report.html").read_text()
@@ -226,7 +224,7 @@ def test_traceability_risk_and_soup_are_in_the_record(validated) -> None:
     assert rows["REQ-014"]["status"] == ("pass" if r["acceptance"]["verdict"] == "pass" else "fail")
     assert rows["REQ-024"]["status"] == "no_test" and not r["traceability"]["complete"]
     assert r["traceability"]["junit"]["tests"] == 2
-    assert {"soup.json", "risk.json", "traceability.json"} <= set(r["artifacts"])
+    assert {"soup.json", "sbom.cdx.json", "risk.json", "traceability.json"} <= set(r["artifacts"])
     assert r["soup"]["packages"] == len(json.loads((validated / "soup.json").read_text()))
     assert "HAZ-010" in r["risk"]["residual_not_acceptable"]
     assert "REQ-024" in (validated / "report.html").read_text()

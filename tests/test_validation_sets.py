@@ -170,3 +170,14 @@ def test_a_training_manifest_that_differs_from_the_card_is_refused(shared, tmp_p
     card = resolve_model(None, "liver").card
     with pytest.raises(InvalidInputError, match="differs from the model card"):
         check_independence(load_set(SETS_DIR / f"{SHIPPED}.yaml"), card, shared, repo)
+
+
+@pytest.mark.req("REQ-010")
+def test_validation_lock_command_writes_once(shared, tmp_path, capsys) -> None:
+    sets = copy_set(tmp_path)
+    code, out = run_cli(["validation", "lock", str(sets / f"{SHIPPED}.yaml")], capsys)
+    lock = json.loads((sets / f"{SHIPPED}.lock.json").read_text())
+    assert code == 0 and lock["set_digest"] in out and "3 case(s)" in out
+    assert lock["set_digest"] == json.loads(set_paths(SHIPPED)[1].read_text())["set_digest"]
+    code, out = run_cli(["validation", "lock", str(sets / f"{SHIPPED}.yaml")], capsys)
+    assert code == 2 and "already locked" in out

@@ -72,6 +72,13 @@ def hazard(hid: str, controls: list[str], verification: list[str]) -> dict:
     } | scores
 
 
+def test_node_ids_from_junit_names() -> None:
+    from medseg.validation.traceability import node_id
+
+    assert node_id("tests.test_x", "test_a[1-2]") == "tests/test_x.py::test_a[1-2]"
+    assert node_id("tests.sub.test_x.TestY", "test_z") == "tests/sub/test_x.py::TestY::test_z"
+
+
 def test_junit_properties_carry_the_requirement_ids(junit) -> None:
     results = {r.node: r for r in read_junit(junit)}
     assert results["test_sample.py::test_a"].reqs == ("REQ-A",)
@@ -127,8 +134,10 @@ def test_the_project_risk_records_are_consistent() -> None:
     used = set().union(*(_markers_in(p) for p in TESTS.glob("test_*.py"))) - {"REQ-A", "REQ-B", "REQ-D", "REQ-ZZZ"}
     assert used <= set(ids), used - set(ids)
     named = [t for r in reqs for t in r.get("tests", [])]
-    for t in named:
-        assert (TESTS.parent / t.split("::")[0]).is_file(), t
+    named += [t for h in load_yaml(RISK_DIR / "hazards.yaml", "hazards") for t in h["verification"]]
+    for t in named:  # every named test exists (as a file, or a function in it), so CI can run it
+        path, _, func = t.partition("::")
+        assert (TESTS.parent / path).is_file() and (not func or f"def {func}(" in (TESTS.parent / path).read_text()), t
     hazards = load_yaml(RISK_DIR / "hazards.yaml", "hazards")
     assert len(hazards) >= 10
     for h in hazards:
@@ -168,3 +177,19 @@ def test_soup_diff_names_added_removed_and_changed(tmp_path) -> None:
     diff = soup_diff(old, soup_list())
     assert diff["removed"] == ["gone==1"] and diff["added"] == [f"rich=={read_lock()['rich']}"]
     assert diff["changed"] == [f"typer: 0.0.{read_lock()['typer']} -> {read_lock()['typer']}"]
+
+
+def test_cyclonedx_sbom_lists_every_locked_package_with_a_purl() -> None:
+    from medseg.validation.soup import cyclonedx
+
+    rows = soup_list()
+    bom = cyclonedx(rows)
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
+    assert bom["serialNumber"] == cyclonedx(rows)["serialNumber"]  # reproducible from the lock file
+    purls = {c["purl"] for c in bom["components"]}
+    assert purls == {f"pkg:pypi/{n}@{v}" for n, v in read_lock().items()}
+    torch = next(c for c in bom["components"] if c["name"] == "torch")
+    assert torch["externalReferences"] == [
+        {"type": "issue-tracker", "url": "https://github.com/pytorch/pytorch/issues"}
+    ]
+    assert sum("licenses" in c for c in bom["components"]) == len(rows)

@@ -53,5 +53,5 @@ def metrics_table(scores: list[CaseScore], manifest_name: str, manifest_sha: str
         "test_set": {"manifest": manifest_name, "sha256": manifest_sha},
         "cases": [asdict(s) for s in scores],
         "mean_dice": float(np.mean([s.dice for s in scores])) if scores else None,
-        "evaluation": "medseg.infer.predict_labels (torch, CPU), metrics on the CT's native grid (MONAI Dice, HD95)",
+        "evaluation": "medseg.infer.predict_labels (torch, CPU), native-grid metrics (medseg.metrics Dice, HD95)",
     }

@@ -138,7 +138,11 @@ def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
                 f"{name}: changed after signing (SHA-256 {present[name][:12]}..., signed {signed[name][:12]}...)"
             )
     if REPORT in present:
-        listed = read_report(folder).get("artifacts", {})
+        try:
+            listed = read_report(folder).get("artifacts", {})
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            result.problems.append(f"{REPORT}: no longer readable JSON")
+            listed = {}
         for name, sha in listed.items():
             if present.get(name) != sha:
                 result.problems.append(f"{name}: differs from the digest report.json lists")

@@ -106,3 +106,46 @@ def soup_diff(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> 
         "removed": [f"{n}=={old[n]}" for n in sorted(old.keys() - new.keys())],
         "changed": [f"{n}: {old[n]} -> {new[n]}" for n in sorted(new.keys() & old.keys()) if old[n] != new[n]],
     }
+
+
+SPDX = re.compile(r"^[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)*$")
+
+
+def _licence_entry(licence: str) -> list[dict[str, Any]]:
+    """CycloneDX licence: an SPDX expression when it is one, else a named licence; none when unknown."""
+    if licence in ("not installed", "not stated in package metadata"):
+        return []
+    return [{"expression": licence}] if SPDX.match(licence) else [{"license": {"name": licence[:200]}}]
+
+
+def cyclonedx(rows: list[dict[str, Any]], lock: Path = LOCK) -> dict[str, Any]:
+    """A CycloneDX 1.5 JSON SBOM of the SOUP list (serial number derived from the lock file, so it is reproducible)."""
+    import hashlib
+    import uuid
+
+    from medseg import __version__
+
+    serial = uuid.UUID(hashlib.sha256(lock.read_bytes()).hexdigest()[:32], version=5)
+    components = []
+    for r in rows:
+        comp: dict[str, Any] = {
+            "type": "library",
+            "name": r["name"],
+            "version": r["version"],
+            "purl": f"pkg:pypi/{r['name']}@{r['version']}",
+            "description": r["purpose"],
+        }
+        if licences := _licence_entry(r["licence"]):
+            comp["licenses"] = licences
+        if ref := r["anomaly_reference"]:
+            kind = "vcs" if "(issues there)" in ref else "issue-tracker"
+            comp["externalReferences"] = [{"type": kind, "url": ref.replace(" (issues there)", "")}]
+        components.append(comp)
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": f"urn:uuid:{serial}",
+        "version": 1,
+        "metadata": {"component": {"type": "application", "name": "medseg", "version": __version__}},
+        "components": components,
+    }

@@ -26,6 +26,13 @@ class TestResult:
     reqs: tuple[str, ...]
 
 
+def node_id(classname: str, name: str) -> str:
+    """pytest node id from JUnit classname/name: 'tests.test_x.TestY', 'test_z' -> 'tests/test_x.py::TestY::test_z'."""
+    parts = classname.split(".")
+    n = next((i for i, p in enumerate(parts) if p[:1].isupper()), len(parts))
+    return "::".join(["/".join(parts[:n]) + ".py", *parts[n:], name])
+
+
 def read_junit(path: Path) -> list[TestResult]:
     """Every <testcase> of a JUnit XML file (pytest --junitxml) with its outcome and `req` properties."""
     try:
@@ -36,8 +43,7 @@ def read_junit(path: Path) -> list[TestResult]:
         ) from exc
     out = []
     for tc in root.iter("testcase"):
-        module = tc.get("classname", "").replace(".", "/")
-        node = f"{module}.py::{tc.get('name', '')}"
+        node = node_id(tc.get("classname", ""), tc.get("name", ""))
         if tc.find("failure") is not None or tc.find("error") is not None:
             outcome = "failed"
         elif tc.find("skipped") is not None:
@@ -72,7 +78,7 @@ def _status(
         if verdicts.get(c) != "pass":
             problems.append(f"criterion {c} is {verdicts.get(c, 'not evaluated')}")
     if not tests and not criteria:
-        return "no_test", ["no test or criterion verifies it"]
+        return ("not_run", problems) if named else ("no_test", ["no test or criterion verifies it"])
     if tests and all(t.outcome == "skipped" for t in tests) and not criteria:
         problems.append("every test was skipped")
     return ("pass" if not problems else "fail"), problems

@@ -1,0 +1,112 @@
+"""DSSE/in-toto signing on a small folder (fast): the spec's PAE vector, and every tamper case named."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medseg.errors import UsageError
+from medseg.keys import key_id, keypair_paths, load_private_key, load_public_key, write_keypair
+from medseg.validation.report import SIGNATURE, dumps
+from medseg.validation.signing import pae, sign_folder, signature_info, verify_folder
+
+pytestmark = pytest.mark.req("REQ-018")
+
+
+def test_pae_matches_the_dsse_specification_vector() -> None:
+    # https://github.com/secure-systems-lab/dsse/blob/master/protocol.md (test vector)
+    assert (
+        pae("http://example.com/HelloWorld", b"hello world")
+        == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+@pytest.fixture
+def keys(tmp_path) -> tuple[Path, Path]:
+    write_keypair(*keypair_paths(tmp_path / "k", "qa"))
+    write_keypair(*keypair_paths(tmp_path / "k", "other"))
+    return keypair_paths(tmp_path / "k", "qa")[0], keypair_paths(tmp_path / "k", "other")[0]
+
+
+def folder_with_report(path: Path, shared: Path) -> Path:
+    """A validation-like folder: report.json and one real artifact (the CHAOS label) and a nested file."""
+    (path / "cases" / "c1").mkdir(parents=True)
+    (path / "cases" / "c1" / "liver.nii.gz").write_bytes((shared / "ct/radcttace_0697/liver.nii.gz").read_bytes())
+    model = {"name": "liver", "version": "1.0.0", "weights_sha256": "ab" * 32}
+    report = {
+        "model": model,
+        "set": {"set_digest": "cd" * 32},
+        "acceptance": {"verdict": "fail"},
+        "cases": [{"dice": 0.8}],
+    }
+    (path / "report.json").write_text(dumps(report))
+    return path
+
+
+def test_sign_then_verify_and_each_tamper_is_named(shared, tmp_path, keys) -> None:
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    info = signature_info("Ada Reviewer", "approved", private.public_key(), datetime(2026, 11, 29, 4, 0, tzinfo=UTC))
+    env = sign_folder(folder, private, info)
+    assert env["signatures"][0]["keyid"] == key_id(private.public_key()) == info.key_id
+    public = load_public_key(keys[0].with_name("qa.key.pub"))
+    ok = verify_folder(folder, public)
+    assert ok.ok and ok.predicate["signed_at_utc"] == "2026-11-29T04:00:00Z" and ok.predicate["meaning"] == "approved"
+    with pytest.raises(UsageError, match="already signed"):
+        sign_folder(folder, private, info)
+    other = load_public_key(keys[1].with_name("other.key.pub"))
+    assert "signature does not verify" in verify_folder(folder, other).problems[0]
+    (folder / "cases/c1/liver.nii.gz").unlink()
+    assert verify_folder(folder, public).problems == ["cases/c1/liver.nii.gz: signed but missing"]
+
+
+def test_an_edited_envelope_fails(shared, tmp_path, keys) -> None:
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    sign_folder(folder, private, signature_info("Ada", "reviewed", private.public_key()))
+    env = json.loads((folder / SIGNATURE).read_text())
+    statement = json.loads(base64.b64decode(env["payload"]))
+    statement["predicate"]["meaning"] = "approved"  # upgrade "reviewed" to "approved" without signing again
+    env["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    (folder / SIGNATURE).write_text(json.dumps(env))
+    public = private.public_key()
+    assert not verify_folder(folder, public).ok
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 255))
+def test_any_changed_byte_of_any_file_fails(shared, tmp_path_factory, seed, flip) -> None:
+    folder = folder_with_report(tmp_path_factory.mktemp("v"), shared)
+    private = load_private_key(keypair_paths(_keys(tmp_path_factory), "qa")[0])
+    sign_folder(folder, private, signature_info("Ada", "approved", private.public_key()))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SIGNATURE)
+    target = files[seed % len(files)]
+    data = bytearray(target.read_bytes())
+    data[seed % len(data)] ^= flip or 1
+    target.write_bytes(bytes(data))
+    problems = verify_folder(folder, private.public_key()).problems
+    assert any(p.startswith(target.relative_to(folder).as_posix() + ":") for p in problems), problems
+
+
+_KEYS: dict[str, Path] = {}
+
+
+def _keys(factory: pytest.TempPathFactory) -> Path:
+    if "dir" not in _KEYS:
+        _KEYS["dir"] = factory.mktemp("keys")
+        write_keypair(*keypair_paths(_KEYS["dir"], "qa"))
+    return _KEYS["dir"]
+
+
+def test_meaning_and_name_are_required(keys) -> None:
+    public = load_private_key(keys[0]).public_key()
+    with pytest.raises(UsageError, match="meaning"):
+        signature_info("Ada", "looked at it", public)
+    with pytest.raises(UsageError, match="printed name"):
+        signature_info("  ", "approved", public)
