@@ -27,7 +27,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-def _setup(orthanc: Orthanc, shared: Path, tmp_path: Path, seed: str, ks: range = range(28, 52)):
+def _setup(orthanc: Orthanc, shared: Path, tmp_path: Path, seed: str, ks: range = range(30, 48)):
     orthanc.clear()
     study_src = tmp_path / "src"
     study, _series = make_study(chaos_files(shared), study_src, ks, seed)
@@ -84,12 +84,10 @@ def test_sigkill_at_random_moments_during_receive_and_work(orthanc: Orthanc, sha
     assert len(q.instances()) >= acknowledged  # every acknowledged instance was recorded (and is on disk)
     for row in q.instances():
         assert pydicom.dcmread(str(row["path"])).StudyInstanceUID == study
-    for delay in (rng.uniform(1.5, 6.0), rng.uniform(3.0, 12.0)):  # during completion, inference or sending
-        service = Served(config, port, log).start()
-        if delay < 4.0:
-            assert storescu(port, study_src).returncode == 0  # the sender retries its whole study
-        time.sleep(delay)
-        service.kill()
+    service = Served(config, port, log).start()
+    assert storescu(port, study_src).returncode == 0  # the sender retries its whole study
+    time.sleep(rng.uniform(1.5, 8.0))  # during completion, inference or sending
+    service.kill()
     service = Served(config, port, log).start()
     try:
         storescu(port, study_src)
