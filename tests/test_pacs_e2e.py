@@ -13,6 +13,9 @@ from pacs_helpers import Orthanc, Served, chaos_files, make_study, storescu, wai
 from medseg.pacs.queue import JobQueue
 
 
+pytestmark = pytest.mark.slow  # real inference in a started service: 25-100 s each depending on load
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc"), medseg_port=11112).start()
