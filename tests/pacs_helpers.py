@@ -136,14 +136,15 @@ def write_config(path: Path, storage: Path, destination: dict, quiet: float = 2.
 class Served:
     """`medseg pacs serve` as a child process."""
 
-    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
-        self.config, self.port, self.log = config, port, log
+    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None, grace: float = 5) -> None:
+        self.config, self.port, self.log, self.grace = config, port, log, grace
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Served:
         out = self.log.open("ab")
-        cmd = [sys.executable, "-m", "medseg", "pacs", "serve", "--config", str(self.config), "--grace", "5"]
+        cmd = [sys.executable, "-m", "medseg", "pacs", "serve", "--config", str(self.config)]
+        cmd += ["--grace", str(self.grace)]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

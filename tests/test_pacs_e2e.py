@@ -12,6 +12,8 @@ from pacs_helpers import Orthanc, Served, chaos_files, make_study, storescu, wai
 
 from medseg.pacs.queue import JobQueue
 
+pytestmark = pytest.mark.slow  # real inference in a started service: 25-100 s each depending on load
+
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory):

@@ -3,6 +3,7 @@ study, the same study twice. After each: every acknowledged instance on disk, th
 
 from __future__ import annotations
 
+import io
 import random
 import re
 import subprocess
@@ -26,7 +27,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-def _setup(orthanc: Orthanc, shared: Path, tmp_path: Path, seed: str, ks: range = range(28, 52)):
+def _setup(orthanc: Orthanc, shared: Path, tmp_path: Path, seed: str, ks: range = range(30, 48)):
     orthanc.clear()
     study_src = tmp_path / "src"
     study, _series = make_study(chaos_files(shared), study_src, ks, seed)
@@ -38,7 +39,7 @@ def _setup(orthanc: Orthanc, shared: Path, tmp_path: Path, seed: str, ks: range 
 def _one_seg(orthanc: Orthanc, study: str) -> None:
     ids = orthanc.seg_instances()
     assert len(ids) == 1 and len(orthanc.seg_series()) == 1, ids
-    assert pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(ids[0]))).StudyInstanceUID == study
+    assert pydicom.dcmread(io.BytesIO(orthanc.instance_file(ids[0]))).StudyInstanceUID == study
 
 
 @pytest.mark.parametrize("crash_at", ["after_inference", "after_send"])
@@ -83,12 +84,10 @@ def test_sigkill_at_random_moments_during_receive_and_work(orthanc: Orthanc, sha
     assert len(q.instances()) >= acknowledged  # every acknowledged instance was recorded (and is on disk)
     for row in q.instances():
         assert pydicom.dcmread(str(row["path"])).StudyInstanceUID == study
-    for delay in (rng.uniform(1.5, 6.0), rng.uniform(3.0, 12.0)):  # during completion, inference or sending
-        service = Served(config, port, log).start()
-        if delay < 4.0:
-            assert storescu(port, study_src).returncode == 0  # the sender retries its whole study
-        time.sleep(delay)
-        service.kill()
+    service = Served(config, port, log).start()
+    assert storescu(port, study_src).returncode == 0  # the sender retries its whole study
+    time.sleep(rng.uniform(1.5, 8.0))  # during completion, inference or sending
+    service.kill()
     service = Served(config, port, log).start()
     try:
         storescu(port, study_src)
@@ -139,3 +138,28 @@ def test_corrupt_study_is_quarantined_and_others_proceed(orthanc: Orthanc, share
     assert "truncated pixel data" in (by_state["quarantined"].reason or "")
     assert by_state["sent"].study_uid == good
     _one_seg(orthanc, good)
+
+
+def test_late_instances_supersede_and_replace_the_seg(orthanc: Orthanc, shared: Path, tmp_path: Path) -> None:
+    study_src, study, port = _setup(orthanc, shared, tmp_path, "late", ks=range(26, 54))
+    files = sorted(study_src.glob("*.dcm"))
+    early, late = tmp_path / "early", tmp_path / "late"
+    for part, chosen in ((early, files[:20]), (late, files[20:])):
+        part.mkdir()
+        for f in chosen:
+            (part / f.name).write_bytes(f.read_bytes())
+    service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
+    try:
+        storescu(port, early)
+        wait_jobs(tmp_path / "store" / "queue.db", 1)
+        first = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc.seg_instances()[0])))
+        storescu(port, late)  # the rest of the study, after it was processed
+        jobs = wait_jobs(tmp_path / "store" / "queue.db", 2)
+    finally:
+        service.stop()
+    assert [(j.generation, j.state) for j in jobs] == [(1, "sent"), (2, "sent")]
+    assert jobs[0].seg_sop_uid == jobs[1].seg_sop_uid  # same idempotency key: the PACS replaces, not adds
+    _one_seg(orthanc, study)
+    final = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc.seg_instances()[0])))
+    refs = {r.ReferencedSOPInstanceUID for r in final.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert len(refs) == len(files) > len(first.ReferencedSeriesSequence[0].ReferencedInstanceSequence)

@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         grace: float = typer.Option(30.0, "--grace", help="Seconds running jobs get to finish on stop."),
     ) -> None:
         """Run the C-STORE listener, the completion scheduler and the workers until stopped (SIGTERM / pacs stop)."""
+        import os
         import signal
+        import sys
 
         from medseg.cli.audited import audited
         from medseg.pacs.config import load_config
@@ -60,7 +62,13 @@ def register(app: typer.Typer) -> None:
             service = Service(cfg, on_event=console.info)
             signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
             signal.signal(signal.SIGINT, lambda *_: service.stop.set())
-            service.run(grace)
+            finished = service.run(grace)
+            if not finished:
+                rec.set_outcome_detail("leases_handed_back")
+        if not finished:  # a worker thread is still inside native inference code: do not wait for it at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     @pacs_app.command("status", epilog=EXAMPLES)
     def status_cmd(

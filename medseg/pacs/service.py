@@ -55,8 +55,12 @@ class Service:
     def __post_init__(self) -> None:
         self.queue = JobQueue(self.config.queue_path)
 
-    def run(self, grace_s: float = 30.0) -> None:
-        """Listen, complete studies, run jobs; on stop, finish or hand back running jobs."""
+    def run(self, grace_s: float = 30.0) -> bool:
+        """Listen, complete studies, run jobs; on stop, finish or hand back running jobs.
+
+        Returns True when every thread ended within the grace time; False when a job was handed back while its
+        thread was still inside inference (the caller should then end the process without waiting for it).
+        """
         pid_file = self.config.storage / PID_FILE
         pid_file.write_text(str(os.getpid()))
         for job_id in reclaim_dead_leases(self.queue):
@@ -87,6 +91,7 @@ class Service:
             self._hand_back_own()
             pid_file.unlink(missing_ok=True)
             self.on_event("stopped")
+        return not any(t.is_alive() for t in threads)
 
     def _schedule(self) -> None:
         while not self.stop.wait(self.config.completion.check_interval_s):
