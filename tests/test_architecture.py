@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"io", "models", "preprocess", "infer", "audit"},
     "validation": {"io", "models", "infer", "audit"},
     "pacs": {"infer", "deid", "audit", "io", "writers"},
+    "monitor": {"io"},
 }
 
 

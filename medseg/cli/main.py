@@ -22,6 +22,7 @@ from medseg.cli import convert as convert_cmd
 from medseg.cli import infer as infer_cmd
 from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
+from medseg.cli import monitor as monitor_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli import train as train_cmd
 from medseg.cli.state import console
@@ -66,6 +67,7 @@ audit_cmd.register(app)
 keys_cmd.register(app)
 series_cmd.register(app)
 train_cmd.register(app)
+monitor_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
