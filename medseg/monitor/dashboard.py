@@ -16,7 +16,8 @@ body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#1a1a1a;max-widt
 h1{font-size:24px}h2{font-size:19px;margin-top:28px;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}td,th{border:1px solid #bbb;padding:4px 8px;text-align:left}
 th{background:#eee}.alarm{background:#fde2e1}.ok{background:#e3f4e1}.banner{padding:12px;font-size:18px;font-weight:bold}
-img{max-width:100%;display:block;margin:6px 0}.small{color:#555;font-size:13px}
+img{max-width:100%;display:block;margin:6px 0}
+.grid{display:flex;flex-wrap:wrap;gap:8px}.grid img{width:49%}.small{color:#555;font-size:13px}
 """
 
 
@@ -85,7 +86,7 @@ def volume_figure(organ: str, reference: list[float], recent: list[float], expec
 def mix_figure(feature: str, mix: dict[str, Any], reference_end: int) -> str:
     """Stacked shares of each value of an acquisition fact per block of cases."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 2.8))
+    fig, ax = plt.subplots(figsize=(6.2, 2.6))
     starts, size = mix["block_start"], mix["block_size"]
     bottom = [0.0] * len(starts)
     for value, shares in mix["shares"].items():
@@ -144,7 +145,10 @@ def render(
         "<h2>Alarms</h2>",
         _alarm_section(report, links),
     ]
-    parts.append("<h2>QC flag rates (CUSUM)</h2>")
+    parts.append(
+        "<h2>QC flag rates (CUSUM)</h2><p class='small'>Grey: reference cases. The CUSUM adds evidence "
+        "for a rise of the flag's rate case by case; it alarms when it crosses the dashed limit.</p>"
+    )
     for c in report.cusums:
         uri = flag_figure(c.code, series["flag_rates"][c.code], series["reference_end"], c.to_json())
         parts.append(f'<img alt="QC flag {escape(c.code)}" src="{uri}">')
@@ -157,9 +161,11 @@ def render(
         parts.append(
             f'<img alt="{escape(organ)} volumes" src="{volume_figure(organ, ref, rec, volume_ranges.get(organ))}">'
         )
-    parts.append("<h2>Acquisition mix over time</h2>")
+    parts.append("<h2>Acquisition mix over time</h2><div class='grid'>")
     for feature, mix in series["acquisition_mix"].items():
         parts.append(f'<img alt="mix of {escape(feature)}" src="{mix_figure(feature, mix, series["reference_end"])}">')
+    constant = ", ".join(f"{k}: {v}" for k, v in sorted(series["constant"].items()))
+    parts.append(f"</div><p class='small'>The same in every case: {escape(constant) or '-'}</p>")
     parts.append("<h2>Numbers: reference vs recent (Kolmogorov-Smirnov, Wasserstein)</h2>")
     parts.append(
         _table(

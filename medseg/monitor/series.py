@@ -20,15 +20,26 @@ def flag_rates(cases: list[CaseFacts], code: str, window: int = RATE_WINDOW) -> 
     ]
 
 
+THICKNESS_MIX = "slice thickness"
+
+
+def _value(case: CaseFacts, feature: str) -> str:
+    """A case's value of a category; slice thickness (else slice spacing) as a category rounded to 0.5 mm."""
+    if feature == THICKNESS_MIX:
+        mm = case.numbers.get("slice_thickness_mm", case.numbers.get("slice_spacing_mm"))
+        return "(not recorded)" if mm is None else f"{round(mm * 2) / 2:g} mm"
+    return case.categories.get(feature, "(not recorded)")
+
+
 def category_mix(cases: list[CaseFacts], feature: str, blocks: int = MIX_BLOCKS) -> dict[str, Any]:
     """Shares of each value of a category in consecutive blocks of cases (block edges as 1-based case numbers)."""
     n = len(cases)
     size = max(1, -(-n // blocks))
     edges = list(range(0, n, size))
-    values = sorted({c.categories.get(feature, "(not recorded)") for c in cases})
+    values = sorted({_value(c, feature) for c in cases})
     shares: dict[str, list[float]] = {v: [] for v in values}
     for start in edges:
-        block = Counter(c.categories.get(feature, "(not recorded)") for c in cases[start : start + size])
+        block = Counter(_value(c, feature) for c in cases[start : start + size])
         total = sum(block.values())
         for v in values:
             shares[v].append(round(block[v] / total, 4))
@@ -38,11 +49,13 @@ def category_mix(cases: list[CaseFacts], feature: str, blocks: int = MIX_BLOCKS)
 def time_series(
     reference: list[CaseFacts], monitored: list[CaseFacts], codes: list[str], features: list[str]
 ) -> dict[str, Any]:
-    """Flag rates over every case (reference then monitored) and the acquisition mix over time."""
+    """Flag rates over every case (reference then monitored) and the mix of each varying category over time."""
     cases = [*reference, *monitored]
+    varying = [f for f in [THICKNESS_MIX, *features] if len({_value(c, f) for c in cases}) > 1]
     return {
         "reference_end": len(reference),
         "rate_window": RATE_WINDOW,
         "flag_rates": {code: flag_rates(cases, code) for code in codes},
-        "acquisition_mix": {f: category_mix(cases, f) for f in features},
+        "acquisition_mix": {f: category_mix(cases, f) for f in varying},
+        "constant": {f: _value(cases[0], f) for f in features if f not in varying} if cases else {},
     }

@@ -85,17 +85,11 @@ def _scale(reference: np.ndarray) -> float:
     return 1.0
 
 
-def numeric_thresholds(feature: str) -> dict[str, float]:
-    """The numeric thresholds for one fact: the defaults, with the override of its group (text before ':') if any."""
-    t = thresholds()
-    return t["numeric"] | t.get("numeric_by_group", {}).get(feature.split(":", 1)[0], {})
-
-
 def numeric_drift(feature: str, reference: list[float], recent: list[float]) -> NumericDrift:
     """Two-sample KS test and Wasserstein distance; an alarm needs a small p AND a large enough effect."""
     from scipy.stats import ks_2samp, wasserstein_distance
 
-    t = numeric_thresholds(feature)
+    t = thresholds()["numeric"]
     ref, rec = np.asarray(reference, float), np.asarray(recent, float)
     ks = ks_2samp(ref, rec)
     w = float(wasserstein_distance(ref, rec))
@@ -140,7 +134,7 @@ def wilson_upper(hits: int, n: int, z: float) -> float:
     p = hits / n
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre + spread) / (1 + z * z / n)
+    return min(1.0, max(p, (centre + spread) / (1 + z * z / n)))
 
 
 def cusum_limits(reference_rate: float) -> tuple[float, float]:
