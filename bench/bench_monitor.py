@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from monitor_streams import REAL_INPUTS, SHIFTS, run_real_inference, stream, to_facts
+from monitor_streams import REAL_INPUTS, SHIFTS, read_summaries, run_real_inference, stream, to_facts
 
 from medseg.monitor.report import analyse
 from medseg.train.manifest import default_data_root
@@ -52,7 +52,7 @@ def first_alarm(cases: list, start: int, features: set[str] | None) -> tuple[int
 def load_base(folder: Path | None) -> dict:
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-        return run_real_inference(default_data_root(), folder)
+        return read_summaries(run_real_inference(default_data_root(), folder))
     found = {p.parent.name: json.loads(p.read_text()) for p in folder.rglob("summary.json")}
     return {name: found[name] for name in REAL_INPUTS}
 

@@ -61,8 +61,11 @@ SITE_TRUNCATED_RATE = 0.15  # all four real crops are cut off at an edge; a site
 Shift = Callable[[dict[str, Any], np.random.Generator], None]
 
 
-def run_real_inference(data_root: Path, out: Path) -> dict[str, dict[str, Any]]:
-    """Run `medseg infer` on the four real CTs (one process for the NIfTI files, one for the DICOM series)."""
+def run_real_inference(data_root: Path, out: Path) -> dict[str, Path]:
+    """Run `medseg infer` on the four real CTs (one process for the NIfTI files, one for the DICOM series).
+
+    Returns each case's output folder (summary.json, preview.png, label map).
+    """
     nifti_dir = out / "inputs"
     nifti_dir.mkdir(parents=True, exist_ok=True)
     for name, rel in REAL_INPUTS.items():
@@ -72,16 +75,19 @@ def run_real_inference(data_root: Path, out: Path) -> dict[str, dict[str, Any]]:
                 link.symlink_to(data_root / rel)
     cmd = [sys.executable, "-m", "medseg", "infer", "--organ", "liver", "--overwrite"]
     env = os.environ | {"MEDSEG_DATA_ROOT": str(data_root)}
-    subprocess.run([*cmd, str(nifti_dir), "--out", str(out / "results")], check=True, env=env, capture_output=True)
-    chaos_out = out / "results-dicom"
-    subprocess.run(
-        [*cmd, str(data_root / REAL_INPUTS["chaos"]), "--out", str(chaos_out)], check=True, env=env, capture_output=True
-    )
-    summaries = {p.parent.name: json.loads(p.read_text()) for p in (out / "results").glob("*/summary.json")}
-    summaries["chaos"] = json.loads(next(chaos_out.glob("*/summary.json")).read_text())
-    missing = set(REAL_INPUTS) - set(summaries)
+    for source, dest in ((nifti_dir, out / "results"), (data_root / REAL_INPUTS["chaos"], out / "results-dicom")):
+        done = subprocess.run([*cmd, str(source), "--out", str(dest)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    folders = {p.parent.name: p.parent for p in (out / "results").glob("*/summary.json")}
+    folders["chaos"] = next((out / "results-dicom").glob("*/summary.json")).parent
+    missing = set(REAL_INPUTS) - set(folders)
     assert not missing, f"no summary for {missing}"
-    return summaries
+    return folders
+
+
+def read_summaries(folders: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The summary.json of each real case."""
+    return {name: json.loads((folder / "summary.json").read_text()) for name, folder in folders.items()}
 
 
 def site_case(base: dict[str, dict[str, Any]], rng: np.random.Generator, index: int, seed: int) -> dict[str, Any]:
@@ -184,10 +190,11 @@ def to_facts(summaries: list[dict[str, Any]], key: bytes = b"k" * 32) -> list[Ca
     return out
 
 
-def write_stream(summaries: list[dict[str, Any]], folder: Path, preview: Path | None = None) -> None:
+def write_stream(summaries: list[dict[str, Any]], folder: Path, preview: Path | None = None, start: int = 0) -> None:
     """Write each summary as OUT/<case>/summary.json with increasing modification times (the order of use).
 
-    With `preview`, that real preview.png is copied next to each summary as the case's preview (for dashboard links).
+    `start` numbers the first case (its time) when a stream is written in parts. With `preview`, that real
+    preview.png is copied next to each summary as the case's preview (for dashboard links).
     """
     for i, s in enumerate(summaries):
         path = folder / s["case"] / "summary.json"
@@ -195,4 +202,4 @@ def write_stream(summaries: list[dict[str, Any]], folder: Path, preview: Path | 
         if preview is not None:
             shutil.copyfile(preview, path.parent / "preview.png")
         path.write_text(json.dumps(s))
-        os.utime(path, ns=(1_700_000_000_000_000_000 + i * 10**9,) * 2)
+        os.utime(path, ns=(1_700_000_000_000_000_000 + (start + i) * 10**9,) * 2)

@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from medseg.errors import UsageError
 from medseg.monitor.facts import CaseFacts
 from medseg.monitor.stats import (
@@ -116,10 +114,16 @@ def short_key(facts: CaseFacts) -> str:
     return facts.case_key.split(":")[-1][:16]
 
 
-def _numeric_alarm(d: NumericDrift, recent: list[CaseFacts], reference: list[CaseFacts]) -> Alarm:
-    ref = np.array([c.numbers[d.feature] for c in reference if d.feature in c.numbers])
-    lo, hi = np.percentile(ref, [5, 95])
-    behind = [short_key(c) for c in recent if d.feature in c.numbers and not lo <= c.numbers[d.feature] <= hi]
+def _numeric_alarm(d: NumericDrift, recent: list[CaseFacts]) -> Alarm:
+    """The cases behind a numeric drift are the recent ones beyond the reference median, on the side it moved to."""
+    up = d.recent_median >= d.reference_median
+    behind = [
+        short_key(c)
+        for c in recent
+        if d.feature in c.numbers
+        and (c.numbers[d.feature] > d.reference_median) == up
+        and c.numbers[d.feature] != d.reference_median
+    ]
     message = (
         f"{d.feature} moved: median {d.reference_median:.4g} -> {d.recent_median:.4g} "
         f"(KS {d.ks_statistic:.2f}, p={d.p_value:.1e}, Wasserstein {d.wasserstein_ratio:.2f} x IQR)"
@@ -213,7 +217,7 @@ def analyse(
         d = numeric_drift(feature, ref, rec)
         report.numeric.append(d)
         if d.alarm:
-            report.alarms.append(_numeric_alarm(d, recent, reference))
+            report.alarms.append(_numeric_alarm(d, recent))
     for feature in sorted({k for c in [*reference, *recent] for k in c.categories}):
         ref_c = [c.categories.get(feature, NOT_RECORDED) for c in reference]
         rec_c = [c.categories.get(feature, NOT_RECORDED) for c in recent]
