@@ -8,6 +8,7 @@ bench/bench_monitor.py; these tests run the first seeds of the same generator.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -157,9 +158,11 @@ def test_build_is_idempotent_and_report_exits_1_on_alarm(alarm_run: dict) -> Non
     assert {"slice_thickness_mm", "slice_spacing_mm"} <= fired, fired
     assert fired <= {"slice_thickness_mm", "slice_spacing_mm", "z_extent_mm"}, fired
     assert "ALARM drift: slice_thickness_mm moved" in report.stderr
+    html_text = (alarm_run["out"] / "monitor.html").read_text()
+    for alarm in data["alarms"]:
+        assert html.escape(alarm["message"]) in html_text
     assert data["cases"] == {"reference": 60, "monitored": 60, "recent": 50}
-    html = (alarm_run["out"] / "monitor.html").read_text()
-    links = re.findall(r'<a href="([^"]+)">([0-9a-f]{16})</a>', html)
+    links = re.findall(r'<a href="([^"]+)">([0-9a-f]{16})</a>', html_text)
     alarm_cases = {k for a in data["alarms"] for k in a["cases"]}
     assert links and {key for _, key in links} <= alarm_cases
     for href, _ in links:
@@ -174,6 +177,27 @@ def test_an_unshifted_stream_reports_no_alarm_exit_0(real: dict[str, dict], tmp_
     assert done.returncode == 0, done.stderr
     data = json.loads((tmp_path / "r" / "monitor.json").read_text())
     assert data["alarms"] == [] and data["cases"]["reference"] == 60 and len(data["numeric"]) >= 6
+    trail = medseg("audit", "show", "--json")
+    events = [e for e in json.loads(trail.stdout) if e.get("command", "").startswith("monitor")]
+    assert [(e["command"], e["kind"]) for e in events] == [("monitor build", "end"), ("monitor report", "end")]
+    assert events[-1]["outcome_detail"] == "alarms:0" and len(events[-1]["outputs"]) == 2
+
+
+def test_confidence_and_low_confidence_are_watched_when_the_model_gives_them(real: dict[str, dict]) -> None:
+    cases = stream(real, 11, 120)
+    rng = np.random.default_rng(11)
+    for i, s in enumerate(cases):
+        low = rng.random() < (0.05 if i < 80 else 0.5)
+        s["organs"][0] |= {"confidence": float(rng.normal(0.6 if low else 0.9, 0.03)), "low_confidence": low}
+    facts = to_facts(cases)
+    assert all("confidence:liver" in f.numbers for f in facts)
+    assert [("low_confidence" in f.flags) for f in facts] == [s["organs"][0]["low_confidence"] for s in cases]
+    report = analyse(facts[:60], facts[60:], "test", RANGES)
+    fired = {a.feature: a for a in report.alarms}
+    assert "low_confidence" in fired and fired["low_confidence"].kind == "qc_rate"
+    assert "confidence:liver" in fired
+    clean = analyse(facts[:60], facts[60:80], "test", RANGES)
+    assert clean.alarms == []
 
 
 def test_the_store_holds_no_identity(alarm_run: dict, real: dict[str, dict]) -> None:
@@ -271,10 +295,10 @@ def test_dashboard_loads_in_chromium_with_every_image(alarm_run: dict, tmp_path:
     from PIL import Image
 
     html_path: Path = alarm_run["out"] / "monitor.html"
-    html = html_path.read_text()
-    sources = re.findall(r'<img alt="[^"]*" src="([^"]+)"', html)
-    assert len(sources) == html.count("<img") >= 5
-    assert not re.search(r"(src|href)=\"(https?:|//)", html) and "<script" not in html
+    page = html_path.read_text()
+    sources = re.findall(r'<img alt="[^"]*" src="([^"]+)"', page)
+    assert len(sources) == page.count("<img") >= 5
+    assert not re.search(r"(src|href)=\"(https?:|//)", page) and "<script" not in page
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
@@ -282,7 +306,7 @@ def test_dashboard_loads_in_chromium_with_every_image(alarm_run: dict, tmp_path:
         assert image.width > 300 and image.height > 150
 
     probe = tmp_path / "probe.html"
-    probe.write_text(html.replace("<head>", "<head>" + PROBE, 1))
+    probe.write_text(page.replace("<head>", "<head>" + PROBE, 1))
     done = _chromium_run(probe, tmp_path, "--virtual-time-budget=10000", "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r"data-probe=\"([^\"]+)\"", done.stdout)
