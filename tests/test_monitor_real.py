@@ -181,6 +181,9 @@ def test_an_unshifted_stream_reports_no_alarm_exit_0(real: dict[str, dict], tmp_
     events = [e for e in json.loads(trail.stdout) if e.get("command", "").startswith("monitor")]
     assert [(e["command"], e["kind"]) for e in events] == [("monitor build", "end"), ("monitor report", "end")]
     assert events[-1]["outcome_detail"] == "alarms:0" and len(events[-1]["outputs"]) == 2
+    for reference, message in (("sets/liver.lock.json", "not supported yet"), ("50-500", "cannot use reference")):
+        refused = medseg("monitor", "report", "--db", str(db), "--reference", reference, "--out", str(tmp_path / "x"))
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_confidence_and_low_confidence_are_watched_when_the_model_gives_them(real: dict[str, dict]) -> None:
