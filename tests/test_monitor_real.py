@@ -181,6 +181,10 @@ def test_an_unshifted_stream_reports_no_alarm_exit_0(real: dict[str, dict], tmp_
     events = [e for e in json.loads(trail.stdout) if e.get("command", "").startswith("monitor")]
     assert [(e["command"], e["kind"]) for e in events] == [("monitor build", "end"), ("monitor report", "end")]
     assert events[-1]["outcome_detail"] == "alarms:0" and len(events[-1]["outputs"]) == 2
+    same = medseg("monitor", "report", "--db", str(db), "--reference", str(db), "--out", str(tmp_path / "self"))
+    self_report = json.loads((tmp_path / "self" / "monitor.json").read_text())
+    assert same.returncode == 0 and self_report["reference"] == "store m.db" and self_report["alarms"] == []
+    assert self_report["cases"] == {"reference": 120, "monitored": 120, "recent": 50}
     for reference, message in (("sets/liver.lock.json", "not supported yet"), ("50-500", "cannot use reference")):
         refused = medseg("monitor", "report", "--db", str(db), "--reference", reference, "--out", str(tmp_path / "x"))
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
