@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"io", "models", "preprocess", "infer", "audit", "metrics"},
     "validation": {"io", "models", "infer", "audit", "metrics"},
     "pacs": {"infer", "deid", "audit", "io", "writers", "models"},  # loads the model once, like cli/infer
+    "monitor": {"io"},
 }
 
 

@@ -23,6 +23,7 @@ from medseg.cli import deid as deid_cmd
 from medseg.cli import infer as infer_cmd
 from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
+from medseg.cli import monitor as monitor_cmd
 from medseg.cli import pacs as pacs_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli import train as train_cmd
@@ -72,6 +73,7 @@ series_cmd.register(app)
 train_cmd.register(app)
 validate_cmd.register(app)
 pacs_cmd.register(app)
+monitor_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

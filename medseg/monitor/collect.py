@@ -1,0 +1,91 @@
+"""Collect summaries into the monitor store: infer output folders, and PACS job records when a PACS database is given.
+
+Cases are added in the order their summaries were written (file modification time, then path), so the store's order
+is the order of use; the times themselves are not stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import InvalidInputError
+from medseg.monitor.facts import CaseFacts, facts_from_summary, read_summary
+from medseg.monitor.store import MonitorStore
+
+SUMMARY_NAME = "summary.json"
+PACS_TABLE = "monitor_results"
+
+
+@dataclass
+class Collected:
+    """What one build did: summaries found, cases added, already known, and unreadable files (with reasons)."""
+
+    found: int = 0
+    added: int = 0
+    known: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def find_summaries(folders: list[Path]) -> list[Path]:
+    """Every summary.json under the folders, oldest first; a missing folder raises InvalidInputError."""
+    found: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.exists():
+            raise InvalidInputError(
+                "output folder not found", path=folder, hint="Pass folders written by medseg infer."
+            )
+        found += [folder] if folder.is_file() and folder.name == SUMMARY_NAME else sorted(folder.rglob(SUMMARY_NAME))
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return sorted(unique, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+
+
+def collect_folders(store: MonitorStore, folders: list[Path]) -> Collected:
+    """Add every new summary under `folders`; an unreadable summary is reported and skipped, not fatal."""
+    result = Collected()
+    key = store.secret
+    facts: list[CaseFacts] = []
+    for path in find_summaries(folders):
+        result.found += 1
+        try:
+            facts.append(read_summary(path, key))
+        except InvalidInputError as exc:
+            result.problems.append(exc.one_line())
+    result.added = store.add(facts, "summary")
+    result.known = len(facts) - result.added
+    return result
+
+
+def collect_pacs(store: MonitorStore, pacs_db: Path) -> Collected:
+    """Add the summaries the PACS service recorded in its `monitor_results(job_order, summary_json)` table."""
+    result = Collected()
+    if not Path(pacs_db).is_file():
+        raise InvalidInputError("PACS database not found", path=pacs_db, hint="Pass the pacs.db of `medseg pacs`.")
+    try:
+        conn = sqlite3.connect(f"file:{Path(pacs_db).resolve()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(f"SELECT job_order, summary_json FROM {PACS_TABLE} ORDER BY job_order").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise InvalidInputError(
+            f"cannot read PACS results: {exc}",
+            path=pacs_db,
+            hint=f"It needs a table {PACS_TABLE}(job_order INTEGER, summary_json TEXT); see docs/monitor.md.",
+        ) from exc
+    key = store.secret
+    facts: list[CaseFacts] = []
+    for order, text in rows:
+        result.found += 1
+        raw = str(text).encode("utf-8")
+        try:
+            summary = json.loads(raw)
+            facts.append(facts_from_summary(summary, raw, f"pacs-job-{order}", key))
+        except (ValueError, InvalidInputError) as exc:
+            result.problems.append(f"{pacs_db}: job {order}: {getattr(exc, 'message', exc)}")
+    result.added = store.add(facts, "pacs")
+    result.known = len(facts) - result.added
+    return result

@@ -1,0 +1,151 @@
+"""The monitor store: one SQLite file of per-case facts in arrival order, without patient identity.
+
+Tables hold keyed digests, content digests, numbers, short category values and QC flag codes only. The key for the
+keyed digests is made at creation and stays inside the file (as the audit store keeps its path key); it is never
+exported. Adding a case whose key is already stored does nothing, so collecting again adds only new cases.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from medseg.errors import InvalidInputError, ProcessingError
+from medseg.monitor.facts import CaseFacts
+
+SCHEMA_VERSION = "medseg.monitor.store/1"
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_key TEXT NOT NULL UNIQUE,
+    summary_sha256 TEXT NOT NULL,
+    folder_ref TEXT NOT NULL,
+    source TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS numbers (seq INTEGER NOT NULL REFERENCES cases(seq), name TEXT NOT NULL,
+    value REAL NOT NULL, PRIMARY KEY (seq, name));
+CREATE TABLE IF NOT EXISTS categories (seq INTEGER NOT NULL REFERENCES cases(seq), name TEXT NOT NULL,
+    value TEXT NOT NULL, PRIMARY KEY (seq, name));
+CREATE TABLE IF NOT EXISTS flags (seq INTEGER NOT NULL REFERENCES cases(seq), code TEXT NOT NULL,
+    PRIMARY KEY (seq, code));
+"""
+
+
+class MonitorStore:
+    """An open monitor database (use `MonitorStore.open(path)` as a context manager)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path, create: bool = False) -> Iterator[MonitorStore]:
+        """Open (or with `create`, make) the store; a file that is not a monitor store raises InvalidInputError."""
+        path = Path(path)
+        if not create and not path.is_file():
+            raise InvalidInputError("monitor store not found", path=path, hint="Make it with `medseg monitor build`.")
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            store = cls(conn, path)
+            store._init(create)
+        except sqlite3.DatabaseError as exc:
+            raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+        try:
+            yield store
+        finally:
+            conn.close()
+
+    def _init(self, create: bool) -> None:
+        if create:
+            self.conn.executescript(DDL)
+            with self.transaction():
+                for name, value in (("schema", SCHEMA_VERSION), ("case_key_secret", secrets.token_hex(32))):
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, value))
+        row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise InvalidInputError(
+                f"not a monitor store (schema {row[0] if row else None!r})", path=self.path, hint="Pass a monitor.db."
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write: everything inside is committed together or not at all."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @property
+    def secret(self) -> bytes:
+        """The key of this store's keyed digests (never exported)."""
+        return bytes.fromhex(self.conn.execute("SELECT value FROM meta WHERE name='case_key_secret'").fetchone()[0])
+
+    def known(self, case_key: str) -> bool:
+        """Whether a case with this key is already stored."""
+        return self.conn.execute("SELECT 1 FROM cases WHERE case_key=?", (case_key,)).fetchone() is not None
+
+    def add(self, facts: Iterable[CaseFacts], source: str = "summary") -> int:
+        """Append new cases in the given order in one transaction; returns how many were new."""
+        added = 0
+        try:
+            with self.transaction():
+                for f in facts:
+                    cur = self.conn.execute(
+                        "INSERT OR IGNORE INTO cases (case_key, summary_sha256, folder_ref, source, model, status) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (f.case_key, f.summary_sha256, f.folder_ref, source, f.model, f.status),
+                    )
+                    if cur.rowcount == 0:
+                        continue
+                    seq = cur.lastrowid
+                    self.conn.executemany(
+                        "INSERT INTO numbers VALUES (?, ?, ?)", [(seq, k, v) for k, v in f.numbers.items()]
+                    )
+                    self.conn.executemany(
+                        "INSERT INTO categories VALUES (?, ?, ?)", [(seq, k, v) for k, v in f.categories.items()]
+                    )
+                    self.conn.executemany("INSERT INTO flags VALUES (?, ?)", [(seq, c) for c in sorted(f.flags)])
+                    added += 1
+        except sqlite3.Error as exc:
+            raise ProcessingError(f"cannot write the monitor store: {exc}", path=self.path) from exc
+        return added
+
+    def cases(self) -> list[CaseFacts]:
+        """Every stored case in arrival order."""
+        numbers: dict[int, dict[str, float]] = {}
+        categories: dict[int, dict[str, str]] = {}
+        flags: dict[int, set[str]] = {}
+        for seq, name, value in self.conn.execute("SELECT seq, name, value FROM numbers"):
+            numbers.setdefault(seq, {})[name] = value
+        for seq, name, value in self.conn.execute("SELECT seq, name, value FROM categories"):
+            categories.setdefault(seq, {})[name] = value
+        for seq, code in self.conn.execute("SELECT seq, code FROM flags"):
+            flags.setdefault(seq, set()).add(code)
+        rows = self.conn.execute(
+            "SELECT seq, case_key, summary_sha256, folder_ref, model, status FROM cases ORDER BY seq"
+        )
+        return [
+            CaseFacts(
+                key,
+                digest,
+                ref,
+                model,
+                status,
+                numbers.get(seq, {}),
+                categories.get(seq, {}),
+                frozenset(flags.get(seq, set())),
+            )
+            for seq, key, digest, ref, model, status in rows
+        ]
