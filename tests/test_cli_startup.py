@@ -12,6 +12,7 @@ import pytest
 MEDSEG = [sys.executable, "-m", "medseg"]
 HEAVY = ("torch", "monai", "mlflow", "highdicom", "SimpleITK", "openvino", "onnxruntime", "scipy", "pynetdicom")
 HEAVY += ("matplotlib",)  # the monitor dashboard plots lazily
+HEAVY += ("rapidocr", "cv2")
 
 
 def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.deid.leakcheck import Finding, collect, read_any, scan_dataset, scan_raw
+from medseg.deid.leakcheck import Finding, Matchers, collect, read_any, scan_dataset, scan_raw
 from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
 from medseg.errors import UsageError
 
@@ -43,15 +43,16 @@ def _outputs(deid: Path) -> list[Path]:
 
 
 def check_tree(
-    original: Path, deid: Path, ocr: bool = True, on_file: Callable[[Path], None] | None = None
-) -> CheckResult:
+    original: Path, deid: Path, ocr: bool = True, on_file: Callable[[Path], None] | None = None,
+    matchers: Matchers | None = None,
+) -> CheckResult:  # fmt: skip
     """Search every de-identified file for every identifying value of the originals; re-OCR cleaned regions."""
     if not original.exists() or not deid.exists():
         missing = original if not original.exists() else deid
         raise UsageError("not found", path=missing, hint="Pass the original and the de-identified folder.")
     manifest = _manifest(deid)
     options = frozenset(manifest.get("options", []))
-    matchers = collect(discover(original), options)
+    matchers = matchers or collect(discover(original), options)
     result = CheckResult(originals_used=matchers.files)
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}

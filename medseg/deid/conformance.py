@@ -92,8 +92,17 @@ def measure(original: Dataset, output: Dataset, options: frozenset[str] = frozen
     for keyword in MUST_KEEP:
         if keyword in original:
             result.keep_total += 1
-            result.kept += keyword in output and _text(output[keyword].value) == _text(original[keyword].value)
+            result.kept += _kept(original[keyword], output.data_element(keyword))
     return result
+
+
+def _kept(before: object, after: object) -> bool:
+    """Present and unchanged; a sequence: present with the same number of items (their UIDs are replaced)."""
+    if after is None:
+        return False
+    if before.VR == "SQ":  # type: ignore[attr-defined]
+        return len(before.value or []) == len(after.value or [])  # type: ignore[attr-defined]
+    return _text(after.value) == _text(before.value)  # type: ignore[attr-defined]
 
 
 def _level(original: Dataset, output: Dataset | None, options: frozenset[str], result: Conformance) -> None:

@@ -11,6 +11,8 @@ import numpy as np
 
 MIN_ALNUM = 2
 MIN_SCORE = 0.5
+SMALL_SIDE = 384
+UPSCALE_TARGET = 768
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,33 @@ def to_display(frame: np.ndarray, photometric: str) -> np.ndarray:
     return scaled if scaled.ndim == 3 else np.repeat(scaled[..., None], 3, axis=2)
 
 
+def _upscale(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """Small images (<= 384 px) enlarged so their few-pixel text reaches the detector's working size."""
+    side = max(image.shape[:2])
+    if side > SMALL_SIDE:
+        return image, 1
+    factor = -(-UPSCALE_TARGET // side)
+    from PIL import Image
+
+    big = Image.fromarray(image).resize((image.shape[1] * factor, image.shape[0] * factor), Image.BICUBIC)
+    return np.asarray(big), factor
+
+
 def detect_text(image: np.ndarray, filtered: bool = True) -> list[TextBox]:
-    """Text boxes in an 8-bit RGB image; filtered: keep boxes with >= 2 letters/digits and score >= 0.5."""
-    result = _engine()(image, use_det=True, use_cls=False, use_rec=True)
-    if result.boxes is None:
+    """Text boxes in an 8-bit RGB image; filtered: recognise each box and keep those with >= 2 letters/digits
+    and a score >= 0.5; unfiltered: detection only (any text-like shape)."""
+    image, factor = _upscale(image)
+    result = _engine()(image, use_det=True, use_cls=False, use_rec=filtered)
+    if result.boxes is None or len(result.boxes) == 0:
         return []
-    texts = result.txts or ("",) * len(result.boxes)
-    scores = result.scores or (1.0,) * len(result.boxes)
+    texts = getattr(result, "txts", None) or ("",) * len(result.boxes)
+    scores = (getattr(result, "scores", None) if filtered else None) or (1.0,) * len(result.boxes)
     boxes = []
     for poly, text, score in zip(result.boxes, texts, scores, strict=False):
         alnum = sum(ch.isalnum() for ch in str(text))
         if filtered and (alnum < MIN_ALNUM or float(score) < MIN_SCORE):
             continue
-        xs, ys = np.asarray(poly)[:, 0], np.asarray(poly)[:, 1]
+        xs, ys = np.asarray(poly)[:, 0] / factor, np.asarray(poly)[:, 1] / factor
         boxes.append(
             TextBox(int(np.floor(xs.min())), int(np.floor(ys.min())), int(np.ceil(xs.max())) + 1,
                     int(np.ceil(ys.max())) + 1, float(score), alnum)

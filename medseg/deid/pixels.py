@@ -111,13 +111,16 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
         frame = frames[index]
         display = _render(frame, ds, photometric)
         boxes = detect_text(display)
-        rounds = 0
+        rounds, cleaned = 0, []
         fill = frame.max() if photometric == "MONOCHROME1" else frame.min()
         while boxes and rounds < MAX_ROUNDS:
             grown = _blank(frame, boxes, fill)
+            cleaned.extend(grown)
             regions.extend((index, b.x0, b.y0, b.x1, b.y1) for b in grown)
             rounds += 1
-            boxes = detect_text(_render(frame, ds, photometric))
+            # verification: detection only (no recognition), anything text-like left inside a cleaned region
+            boxes = [b for b in detect_text(_render(frame, ds, photometric), filtered=False)
+                     if any(b.overlaps(c) for c in cleaned)]  # fmt: skip
         if boxes:
             return PixelOutcome(
                 "quarantine", f"text still detected after {MAX_ROUNDS} cleaning rounds", frames.shape[0], regions

@@ -186,23 +186,24 @@ def _one_file(
     except ReadProblem as problem:
         return FileRecord(ref, digest, problem.status, reason=problem.reason)
     ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=engine.identifying_words(ds))
-    result = engine.deidentify(ds, ctx)
+    original = engine.snapshot(ds)
+    result = engine.deidentify(ds, ctx, in_place=True)
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
-    result.file_meta.TransferSyntaxUID = UID(source_transfer_syntax(ds))
+    result.file_meta.TransferSyntaxUID = UID(source_transfer_syntax(original))
     pixels: PixelOutcome = scan_and_clean(result, settings.scan_pixels)
-    big_endian = source_transfer_syntax(ds) == ExplicitVRBigEndian
+    big_endian = source_transfer_syntax(original) == ExplicitVRBigEndian
     if big_endian and not pixels.rewritten:
         to_little_endian(result)
     elif big_endian:
         result.set_original_encoding(False, True, result.original_character_set)
-    set_identity(result, ds, ctx, pixels_cleaned=pixels.rewritten)
+    set_identity(result, original, ctx, pixels_cleaned=pixels.rewritten)
     rel = relative_name(result)
     status = "written"
     if pixels.status == "quarantine":
         rel, status = Path(QUARANTINE) / rel.name, "quarantined"
     rel = _unique(rel, ref, taken)
     target = out / rel
-    write_dataset(result, ds, target, pixels.rewritten or big_endian)
+    write_dataset(result, original, target, pixels.rewritten or big_endian)
     return FileRecord(
         ref, digest, status, rel.as_posix(), _sha256(target.read_bytes()), pixels.reason,
         dict(sorted(ctx.actions.items())),
