@@ -65,8 +65,10 @@ def problems_with(entry: Path, code: int, err: str, escaped: list[str], allowed:
     if escaped:
         found.append(f"raw warnings {escaped[:2]}")
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    if code and (len(errors) != 1 or os.fsdecode(entry) not in errors[0]):
-        found.append(f"refusal not one line naming the file: {errors}")
+    if (code and not errors) or not all(os.fsdecode(entry) in line for line in errors):
+        found.append(f"refusal not one line naming the file: {errors}")  # batches: one line per case, each naming
+    if code and "case(s)" not in err and len(errors) != 1:  # a file under `entry`; a single case: exactly one line
+        found.append(f"a single case refused on {len(errors)} lines")
     if not code and errors:
         found.append(f"error lines on success: {errors}")
     return [f"{entry}: {p} | {err.strip().splitlines()[-1] if err.strip() else ''}" for p in found]
@@ -114,7 +116,7 @@ def test_infer_sweep_over_every_real_file_and_folder(shared, tmp_path, invoke, m
     seconds = time.perf_counter() - start
     print(f"infer sweep: {len(entries)} entries, exit codes {dict(sorted(tally.items()))}, {seconds:.1f} s")
     assert problems == []
-    assert tally[0] > 10 and tally[3] > 100 and tally[5] > 5
+    assert tally[0] >= 5 and tally[3] > 100 and tally[5] > 5
 
 
 CORPUS = corpus()
