@@ -10,7 +10,7 @@ from medseg.io.dicom_geometry import check_pixel_spacing, check_plausible_grid
 from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, read_header
 from medseg.io.dicom_reader import volume_from_headers
 from medseg.io.nifti import is_nifti_path, read_nifti
-from medseg.io.series import FolderScan, SeriesInfo, check_entry, group_headers, scan_folder, walk_files
+from medseg.io.series import FolderScan, SeriesInfo, check_entry, choose_series, group_headers, scan_folder, walk_files
 from medseg.io.volume import Volume
 
 
@@ -45,7 +45,7 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
     chosen = _choose(scan, series_uid)
     notes = [*scan.notes(), *chosen.notes, *_other_series_notes(scan, chosen)]
     try:
-        return volume_from_headers(scan.headers[chosen.uid], path, notes)
+        return volume_from_headers(scan.headers[chosen.key], path, notes)
     except InvalidInputError as exc:
         broken = [(p, r) for p, r in scan.skipped_files if r != NOT_DICOM]
         if broken:
@@ -79,14 +79,14 @@ def _read_dicom_file(path: Path) -> Volume:
 
 
 def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
-    """The requested series, or the volume series with the most slices."""
+    """The requested series, or the main series by `choose_series` (the rule `medseg infer` uses too)."""
     if series_uid is not None:
-        matches = [s for s in scan.series if s.uid == series_uid] or [
+        matches = [s for s in scan.series if s.key == series_uid] or [
             s for s in scan.series if s.series_instance_uid == series_uid
         ]
         if not matches:
             raise UsageError(
-                f"series {series_uid} not found; found {', '.join(s.uid for s in scan.series)}",
+                f"series {series_uid} not found; found {', '.join(s.key for s in scan.series)}",
                 path=scan.root,
                 hint="List the series with `medseg series FOLDER`.",
             )
@@ -97,14 +97,13 @@ def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
             )
         check_damaged_files(scan, volumes[0])
         return volumes[0]
-    volumes = [s for s in scan.series if s.is_volume]
-    if not volumes:
+    chosen = choose_series(scan.series)
+    if chosen is None:
         raise InvalidInputError(
             f"no 3D image series found; found {_describe(scan.series)}",
             path=scan.root,
             hint="medseg needs a CT/MR/PET series of at least 2 slices; see `medseg series FOLDER`.",
         )
-    chosen = volumes[0]
     check_stray_slices(scan, chosen)
     check_damaged_files(scan, chosen)
     return chosen
@@ -148,7 +147,7 @@ def check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
             f"mixed orientations or pixel spacings in series {name}: {chosen.n_slices} slices agree but "
             f"{len(strays)} stray slice(s) differ (e.g. {strays[0].files[0].name})",
             path=scan.root,
-            hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.uid}.",
+            hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.key}.",
         )
 
 
@@ -160,7 +159,7 @@ def _other_series_notes(scan: FolderScan, chosen: SeriesInfo) -> list[str]:
     notes = []
     if volumes:
         notes.append(
-            f"folder holds {len(volumes) + 1} volume series; read {chosen.uid} ({chosen.n_slices} slices); "
+            f"folder holds {len(volumes) + 1} volume series; read {chosen.key} ({chosen.n_slices} slices); "
             f"pick another with --series (see `medseg series`)"
         )
     skipped = [s for s in others if not s.is_volume]

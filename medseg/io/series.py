@@ -16,30 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.digests import file_sha256
 from medseg.errors import InvalidInputError
+from medseg.io.dicom_classify import VOLUME_MODALITIES, non_image_kind
 from medseg.io.dicom_geometry import ORIENTATION_TOL, PIXEL_SPACING_RTOL
-from medseg.io.dicom_headers import (
-    NOT_DICOM,
-    VOLUME_MODALITIES,
-    Header,
-    HeaderError,
-    image_type,
-    non_image_kind,
-    raw_text,
-    read_header,
-    text,
-)
+from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, image_type, raw_text, read_header, text
 
 
 @dataclass(frozen=True)
 class SeriesInfo:
     """One group of DICOM objects: a 3D image volume (`is_volume`) or something medseg does not read (`skip_reason`).
 
-    `uid` is the SeriesInstanceUID, `<uid>#<n>` when one UID held several geometries, or a stable generated key
-    `auto-<hash>` when the UID is empty; pass it to `read_image(..., series_uid=uid)` / `--series`.
+    `key` is the SeriesInstanceUID, `<uid>#<n>` when one UID held several geometries, or a stable generated key
+    `auto-<hash>` when the UID is empty (so it is a key, not always a UID; `series_instance_uid` is the UID); pass
+    it to `read_image(..., series_uid=key)` / `--series`. `uid` is kept as an older name of `key`.
     """
 
-    uid: str
+    key: str
     modality: str
     description: str
     files: tuple[Path, ...]
@@ -51,12 +44,24 @@ class SeriesInfo:
     series_instance_uid: str = ""
     notes: tuple[str, ...] = ()
     split_group: int = -1  # >= 0 when one series was split by geometry; equal values mark the same origin
+    matrix: tuple[int, int] = (0, 0)  # rows, columns
+    pixel_spacing_mm: tuple[float, float] | None = None
+
+    @property
+    def uid(self) -> str:
+        """Older name of `key` (kept for existing callers)."""
+        return self.key
+
+    def grid_fineness(self) -> tuple[int, float]:
+        """Pixels per slice, then minus the pixel area: larger is finer (for choosing between twin series)."""
+        area = self.pixel_spacing_mm[0] * self.pixel_spacing_mm[1] if self.pixel_spacing_mm else float("inf")
+        return self.matrix[0] * self.matrix[1], -area
 
     def summary(self) -> str:
         """One line for listings: key, modality, slice count and why it is skipped, if it is."""
         what = "volume" if self.is_volume else f"skipped: {self.skip_reason}"
         desc = f" '{self.description}'" if self.description else ""
-        return f"{self.uid} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s) - {what}"
+        return f"{self.key} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s) - {what}"
 
 
 @dataclass
@@ -71,8 +76,14 @@ class FolderScan:
     # reason, and their SeriesInstanceUID when it could still be read (None when not)
 
     def damaged_in(self, series: SeriesInfo) -> list[tuple[Path, str]]:
-        """Damaged DICOM files that belong, or may belong (series unknown), to `series`."""
-        return [(p, r) for p, r, uid in self.damaged if uid is None or uid == series.series_instance_uid]
+        """Damaged DICOM files that belong to `series` (same SeriesInstanceUID) or may belong to it (series
+        unreadable, and in a folder that holds slices of `series`)."""
+        folders = {f.parent for f in series.files}
+        return [
+            (p, r)
+            for p, r, uid in self.damaged
+            if uid == series.series_instance_uid or (uid is None and p.parent in folders)
+        ]
 
     def notes(self) -> list[str]:
         """Non-fatal findings to carry into VolumeMeta.notes."""
@@ -209,7 +220,7 @@ def _drop_identical_copies(headers: list[Header]) -> tuple[list[Header], list[Pa
             continue
         digests: dict[str, Path] = {}
         for h in same:
-            digest = hashlib.sha256(h.path.read_bytes()).hexdigest()
+            digest = file_sha256(h.path)
             if digest in digests:
                 drop.add(h.path)
             else:
@@ -224,7 +235,7 @@ def group_headers(headers: list[Header]) -> tuple[list[SeriesInfo], dict[str, li
     for group in _group(headers):
         series.append(_classify(group))
         by_uid[group.key] = group.members
-    series.sort(key=lambda s: (not s.is_volume, -s.n_slices, s.uid))
+    series.sort(key=lambda s: (not s.is_volume, -s.n_slices, s.key))
     return series, by_uid
 
 
@@ -352,7 +363,7 @@ def _classify(group: _Group) -> SeriesInfo:
     n_slices = sum(max(m.frames, 1) for m in group.members)
     reason = _skip_reason(group.members, n_slices)
     return SeriesInfo(
-        uid=group.key,
+        key=group.key,
         modality=h.modality,
         description=h.description,
         files=tuple(m.path for m in group.members),
@@ -364,4 +375,20 @@ def _classify(group: _Group) -> SeriesInfo:
         series_instance_uid=h.series_uid,
         notes=group.notes,
         split_group=group.split_group,
+        matrix=(h.rows, h.columns),
+        pixel_spacing_mm=None if h.pixel_spacing is None else (float(h.pixel_spacing[0]), float(h.pixel_spacing[1])),
     )
+
+
+def choose_series(series: list[SeriesInfo], prefer_modality: str | None = None) -> SeriesInfo | None:
+    """The main image series of a folder or study, one rule for `convert` and `infer`: a volume; of the preferred
+    modality when given; the most slices; on a tie the finer grid (512x512 before its 256x256 twin); then the key,
+    so the choice never depends on file or key order alone. None when there is no volume."""
+    volumes = [s for s in series if s.is_volume]
+    if not volumes:
+        return None
+    return min(
+        volumes,
+        key=lambda s: (prefer_modality is not None and s.modality != prefer_modality, -s.n_slices,
+                       tuple(-v for v in s.grid_fineness()), s.key),
+    )  # fmt: skip
