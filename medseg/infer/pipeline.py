@@ -29,7 +29,7 @@ from medseg.infer.qc import QCFlag, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
-from medseg.io.summary_schema import CaseStatus
+from medseg.io.summary_schema import CaseStatus, acquisition_facts
 from medseg.models.registry import InstalledModel
 from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
@@ -100,6 +100,7 @@ def _describe_input(volume: Volume, case: Case) -> dict[str, Any]:
         "spacing_mm": [round(s, 4) for s in volume.spacing],
         "origin_lps_mm": [round(o, 3) for o in volume.geometry.origin],
         "direction": [list(r) for r in volume.geometry.direction],
+        "acquisition": acquisition_facts(volume.meta.extra).model_dump(),
     }
 
 

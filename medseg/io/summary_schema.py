@@ -13,6 +13,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA = "medseg.infer.summary/1"
+ACQUISITION_FROM_EXTRA = {
+    "manufacturer": "manufacturer",
+    "model_name": "manufacturer_model_name",
+    "kernel": "convolution_kernel",
+    "slice_thickness_mm": "slice_thickness",
+    "kvp": "kvp",
+    "body_part": "body_part_examined",
+    "contrast": "contrast_bolus_agent",
+}
 
 
 class CaseStatus(StrEnum):
@@ -50,6 +59,37 @@ class Settings(_Open):
     overlap: float
 
 
+class Acquisition(_Open):
+    """Non-identifying acquisition facts from the source headers (None where the header has none): what post-market
+    monitoring compares between sites and over time."""
+
+    manufacturer: str | None = None
+    model_name: str | None = None
+    kernel: str | None = None
+    slice_thickness_mm: float | None = None
+    kvp: float | None = None
+    body_part: str | None = None
+    contrast: str | None = None
+
+
+def acquisition_facts(extra: dict[str, Any]) -> Acquisition:
+    """The acquisition facts of a volume's header extras; numbers that do not parse are left out, not guessed."""
+    facts: dict[str, Any] = {}
+    for field, key in ACQUISITION_FROM_EXTRA.items():
+        value = extra.get(key)
+        if isinstance(value, list):
+            value = "\\".join(str(v) for v in value)
+        if value is None:
+            continue
+        if field in ("slice_thickness_mm", "kvp"):
+            try:
+                value = float(str(value).replace(",", "."))
+            except ValueError:
+                continue
+        facts[field] = value if field in ("slice_thickness_mm", "kvp") else str(value).strip()
+    return Acquisition(**facts)
+
+
 class InputInfo(_Open):
     path: str
     format: str
@@ -61,6 +101,7 @@ class InputInfo(_Open):
     spacing_mm: list[float]
     origin_lps_mm: list[float]
     direction: list[list[float]]
+    acquisition: Acquisition | None = None
 
 
 class QCFlagRecord(_Open):
