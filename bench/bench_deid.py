@@ -136,7 +136,7 @@ def run_peer(kind: str, tmp: Path) -> dict | str:
 
 def dciodvfy_errors(path: Path) -> set[str]:
     """dciodvfy's error lines for one file, without the file-specific parts (values, offsets)."""
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     lines = (run.stdout + run.stderr).splitlines()
     return {re.sub(r'"[^"]*"|[\d.]+', "#", line)[:160] for line in lines if line.startswith("Error")}
 

@@ -130,6 +130,15 @@ def test_interrupted_run_resumes_to_the_same_result(shared: Path, tmp_path: Path
     assert strip(tree_digest(part)) == strip(tree_digest(full))
 
 
+def test_resuming_with_other_settings_is_refused(shared: Path, tmp_path: Path) -> None:
+    from medseg.errors import UsageError
+
+    src = shared / "deid" / "tcia_pseudo_phi_mr" / "original" / "1-01.dcm"
+    run_deid(src, tmp_path / "out")
+    with pytest.raises(UsageError, match="options"):
+        run_deid(src, tmp_path / "out", options=frozenset({"retain-uids"}))
+
+
 def test_damaged_output_is_redone_on_rerun(shared: Path, tmp_path: Path) -> None:
     src = shared / "deid" / "tcia_pseudo_phi_mr" / "original"
     out = tmp_path / "out"

@@ -11,6 +11,8 @@ import numpy as np
 
 MIN_ALNUM = 2
 MIN_SCORE = 0.5
+STRICT_ALNUM = 4
+STRICT_SCORE = 0.75
 SMALL_SIDE = 384
 UPSCALE_TARGET = 768
 
@@ -70,9 +72,10 @@ def _upscale(image: np.ndarray) -> tuple[np.ndarray, int]:
     return np.asarray(big), factor
 
 
-def detect_text(image: np.ndarray, filtered: bool = True) -> list[TextBox]:
+def detect_text(image: np.ndarray, filtered: bool = True, strict: bool = False) -> list[TextBox]:
     """Text boxes in an 8-bit RGB image; filtered: recognise each box and keep those with >= 2 letters/digits
-    and a score >= 0.5; unfiltered: detection only (any text-like shape)."""
+    and a score >= 0.5 (strict, for images not at risk: short strings need a score >= 0.75, since anatomy
+    reads as two or three letters at scores 0.53-0.68 on clean CT); unfiltered: detection only."""
     image, factor = _upscale(image)
     result = _engine()(image, use_det=True, use_cls=False, use_rec=filtered)
     if result.boxes is None or len(result.boxes) == 0:
@@ -83,6 +86,8 @@ def detect_text(image: np.ndarray, filtered: bool = True) -> list[TextBox]:
     for poly, text, score in zip(result.boxes, texts, scores, strict=False):
         alnum = sum(ch.isalnum() for ch in str(text))
         if filtered and (alnum < MIN_ALNUM or float(score) < MIN_SCORE):
+            continue
+        if filtered and strict and alnum < STRICT_ALNUM and float(score) < STRICT_SCORE:
             continue
         xs, ys = np.asarray(poly)[:, 0] / factor, np.asarray(poly)[:, 1] / factor
         boxes.append(

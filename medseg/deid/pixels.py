@@ -106,11 +106,12 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     except Exception as exc:  # any decoder failure means the pixels cannot be checked
         return PixelOutcome("quarantine", f"pixel data cannot be decoded for a text check ({type(exc).__name__})")
     frames = _frames(arr, ds)
+    strict = not at_risk(ds)
     regions: list[tuple[int, int, int, int, int]] = []
     for index in range(frames.shape[0]):
         frame = frames[index]
         display = _render(frame, ds, photometric)
-        boxes = detect_text(display)
+        boxes = detect_text(display, strict=strict)
         rounds, cleaned = 0, []
         fill = frame.max() if photometric == "MONOCHROME1" else frame.min()
         while boxes and rounds < MAX_ROUNDS:

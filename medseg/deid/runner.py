@@ -90,8 +90,8 @@ def _check_paths(src: Path, out: Path, key_id: str) -> None:
             raise UsageError("output folder is not empty and was not made by medseg deid", path=out,
                              hint="Choose a new or empty folder.")  # fmt: skip
         if marker.read_text().strip() != key_id:
-            raise UsageError("output folder was made with another key", path=out,
-                             hint="Use the same --key-file to resume, or a new folder.")  # fmt: skip
+            raise UsageError("output folder was made with another key, options or --pixels setting", path=out,
+                             hint="Resume with the same key and settings, or use a new folder.")  # fmt: skip
 
 
 def _load_state(out: Path) -> dict[str, FileRecord]:
@@ -125,9 +125,10 @@ def deidentify_tree(
 ) -> RunResult:  # fmt: skip
     """De-identify every file under `src` into `out`; returns the records (manifest written to out)."""
     key_id = secret_id(secret)
-    _check_paths(src, out, key_id)
+    marker = f"{key_id} {','.join(sorted(settings.options)) or 'basic'} pixels={settings.scan_pixels}"
+    _check_paths(src, out, marker)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / STATE_DIR / "key-id", key_id + "\n", overwrite=True)
+    atomic_write_text(out / STATE_DIR / "key-id", marker + "\n", overwrite=True)
     mapper = KeyedMapper(secret)
     state = _load_state(out)
     taken = {r.output: r.input_ref for r in state.values() if r.output}
