@@ -8,6 +8,13 @@ if ! command -v dciodvfy >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null
 fi
+# The PACS service tests run a real Orthanc (with DICOMweb) and send with dcmtk storescu.
+if ! command -v Orthanc >/dev/null 2>&1 || ! command -v storescu >/dev/null 2>&1 \
+   || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb dcmtk >/dev/null
+fi
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from req_plugin import pytest_collection_modifyitems  # noqa: F401  (REQ markers -> JUnit XML properties)
 
 from medseg.train.manifest import default_data_root
 
@@ -30,3 +31,4 @@ def _isolated_audit_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.delenv("MEDSEG_AUDIT_ANCHOR_DIR", raising=False)
     monkeypatch.setenv("MEDSEG_OPERATOR", "test-operator")
     return folder
+

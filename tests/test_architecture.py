@@ -10,15 +10,16 @@ SHARED = {"errors", "keys"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),
+    "metrics": set(),  # numpy/scipy only: one definition of every metric for train, validation and monitoring
     "deid": {"io"},
     "models": {"io"},
     "preprocess": {"io"},
     "postprocess": {"io", "preprocess"},  # resampling back reuses the separable resampler (one kernel, both ways)
     "writers": {"io"},
     "infer": {"io", "models", "preprocess", "postprocess", "writers"},
-    "train": {"io", "models", "preprocess", "infer", "audit"},
-    "validation": {"io", "models", "infer", "audit"},
-    "pacs": {"infer", "deid", "audit", "io", "writers"},
+    "train": {"io", "models", "preprocess", "infer", "audit", "metrics"},
+    "validation": {"io", "models", "infer", "audit", "metrics"},
+    "pacs": {"infer", "deid", "audit", "io", "writers", "models"},  # loads the model once, like cli/infer
 }
 
 

@@ -103,15 +103,39 @@ def test_nifti_input_and_no_overwrite(shared, tmp_path, run, everything_model):
     assert code == 0 and summary(case)["settings"]["overlap"] == 0.0
 
 
-def test_mr_series_is_flagged_and_rejected_under_strict(shared, tmp_path, run, everything_model):
+def _audit_end_events() -> list[dict]:
+    from medseg.audit.config import load_config
+    from medseg.audit.store import AuditStore
+
+    with AuditStore.open(load_config()) as store:
+        return [r.body for r in store.records() if r.body["kind"] == "end"]
+
+
+def test_brain_mr_is_refused_by_default_and_forced_on_record(shared, tmp_path, run, everything_model):
+    import pydicom
+
     src = shared / "dicom/mr_series_penn_prisma_phantom"
-    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "strict", "--strict")
-    assert code == 5 and "modality" in err
-    s = summary(tmp_path / "strict" / src.name)
-    assert s["status"] == "qc_rejected" and {"modality", "body_part"} <= {f["code"] for f in s["qc"]["flags"]}
-    assert not (tmp_path / "strict" / src.name / "liver.nii.gz").exists()
-    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "lenient", "--no-preview")
-    assert code == 0 and "QC flag modality: modality is MR" in err
+    for extra in ((), ("--strict",)):
+        out = tmp_path / f"refused{len(extra)}"
+        code, _, err = run("infer", src, "--model", everything_model, "--out", out, *extra)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 5 and len(lines) == 1 and str(src) in lines[0] and "--force" in lines[0]
+        s = summary(out / src.name)
+        assert s["status"] == "qc_rejected" and set(s["qc"]["refused"]) == {"modality", "body_part", "not_hu"}
+        assert sorted(p.name for p in (out / src.name).iterdir()) == ["summary.json"]
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "forced", "--force")
+    assert code == 0 and "QC flag modality: modality is MR" in err and "--force" in err
+    case = tmp_path / "forced" / src.name
+    s = summary(case)
+    assert s["settings"]["force"] is True and set(s["qc"]["forced"]) == {"modality", "body_part", "not_hu"}
+    assert s["status"] == "flagged" and s["qc"]["refused"] == []
+    assert pydicom.dcmread(case / "seg.dcm").SeriesDescription.startswith("FORCED modality,not_hu,body_part")
+    ends = _audit_end_events()
+    assert [e["exit_code"] for e in ends] == [5, 5, 0]
+    assert ends[-1]["params"]["force"] is True and ends[-1]["outcome_detail"].startswith("forced:")
+    assert "forced:" not in (ends[0]["outcome_detail"] or "") and ends[0]["outcome"] == "qc_rejected"
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "fs", "--force", "--strict")
+    assert code == 5 and "slice_spacing" in err and "modality (" not in err
 
 
 def test_windowed_8bit_image_is_flagged(shared, tmp_path, run, everything_model):
@@ -121,12 +145,11 @@ def test_windowed_8bit_image_is_flagged(shared, tmp_path, run, everything_model)
     display = np.clip((ct.array.astype(np.float32) + 160) / 400 * 255, 0, 255).astype(np.uint8)
     write_nifti(ct.with_array(display), tmp_path / "windowed.nii.gz")
     code, _, err = run("infer", tmp_path / "windowed.nii.gz", "--model", everything_model, "--out", tmp_path / "o")
-    assert code == 0 and "QC flag not_hu" in err
-    assert "not_hu" in {f["code"] for f in summary(tmp_path / "o" / "windowed")["qc"]["flags"]}
-    code, _, _ = run(
-        "infer", tmp_path / "windowed.nii.gz", "--model", everything_model, "--out", tmp_path / "s", "--strict"
-    )
-    assert code == 5
+    assert code == 5 and "QC flag not_hu" in err and "input refused" in err
+    assert summary(tmp_path / "o" / "windowed")["qc"]["refused"] == ["not_hu"]
+    code, _, _ = run("infer", tmp_path / "windowed.nii.gz", "--model", everything_model, "--out", tmp_path / "f",
+                     "--force")  # fmt: skip
+    assert code == 0 and "not_hu" in {f["code"] for f in summary(tmp_path / "f" / "windowed")["qc"]["flags"]}
 
 
 def test_missing_slice_and_gantry_tilt_are_refused(shared, tmp_path, run, everything_model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,10 +21,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_regular(path: Path) -> bool:
+    """True for a regular file or a link to one; pipes, sockets, devices and broken links are never opened."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def folder_digest(folder: Path) -> tuple[str, int, int]:
     """Digest over sorted (SHA-256 of relative path, SHA-256 of content) lines; returns (digest, files, bytes).
 
-    Relative names are hashed, not stored, because DICOM file names can carry patient names.
+    Relative names are hashed as bytes (file names need not be UTF-8), not stored, because DICOM file names can
+    carry patient names. Only regular files count: a named pipe would block the read, a device never ends.
     """
     folder = Path(folder)
     entries: list[tuple[str, Path]] = []
@@ -31,8 +41,10 @@ def folder_digest(folder: Path) -> tuple[str, int, int]:
         dirs.sort()
         for name in files:
             full = Path(root) / name
-            rel = full.relative_to(folder).as_posix()
-            entries.append((hashlib.sha256(rel.encode("utf-8")).hexdigest(), full))
+            if not _is_regular(full):
+                continue
+            rel = os.fsencode(full.relative_to(folder).as_posix())
+            entries.append((hashlib.sha256(rel).hexdigest(), full))
     entries.sort()
     h = hashlib.sha256()
     total = 0

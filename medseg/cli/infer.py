@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +16,8 @@ if TYPE_CHECKING:
     from medseg.audit.session import AuditRecorder
     from medseg.errors import MedsegError
     from medseg.infer.pipeline import CaseResult
+    from medseg.infer.runtime import LazyRunner, Runner
+    from medseg.models.registry import InstalledModel
 
 EXAMPLES = """
 Examples:
@@ -23,8 +28,11 @@ Examples:
 
   medseg infer studies/ --out results/ --model path/to/model_folder --overwrite
 
+  medseg infer mr_study/ --organ liver --force    # segment an input refused as not what the model is for
+
 Outputs per series in OUT/<case>/: liver.nii.gz, seg.dcm (DICOM input), summary.json, preview.png.
-Exit codes: 0 ok (QC flags allowed), 2 usage, 3 invalid input, 4 processing failure, 5 QC rejection (--strict).
+Exit codes: 0 ok (QC flags allowed), 2 usage, 3 invalid input, 4 processing failure, 5 input refused (modality,
+body_part, not_hu; --force overrides) or QC rejection (--strict).
 """
 
 
@@ -58,6 +66,9 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("f32", "--precision", help="f32, or int8 (the model's validated INT8 export)."),
         fast: bool = typer.Option(False, "--fast", help="No window overlap: fewer windows, seams less smoothed."),
         strict: bool = typer.Option(False, "--strict", help="Reject (exit 5) on any QC flag."),
+        force: bool = typer.Option(
+            False, "--force", help="Segment an input refused as not what the model is for (recorded everywhere)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         preview: bool = typer.Option(True, "--preview/--no-preview", help="Write preview.png."),
     ) -> None:
@@ -67,10 +78,43 @@ def register(app: typer.Typer) -> None:
 
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}", hint="Use --device cpu or --device cuda.")
-        params = {"organ": organ, "device": device, "backend": backend, "precision": precision, "fast": fast}
-        params["strict"] = strict
+        params = {"organ": organ, "device": device, "backend": backend, "precision": precision}
+        params |= {"fast": fast, "strict": strict, "force": force}
         with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
-            _run(rec, input, organ, out, model, device, backend, fast, strict, overwrite, preview, precision)
+            options = InferOptions(fast, strict, overwrite, preview, force, precision)
+            _run(rec, input, organ, out, model, device, backend, options)
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """The switches of `medseg infer` (passed on to InferSettings)."""
+
+    fast: bool
+    strict: bool
+    overwrite: bool
+    preview: bool
+    force: bool
+    precision: str = "f32"
+
+
+def _lazy_runner(model: InstalledModel, backend: str, device: str, precision: str = "f32") -> LazyRunner:
+    """The runtime, loaded when the first case reaches the model; library warnings become one line each."""
+    from medseg.infer.runtime import LazyRunner, load_runner
+
+    def load() -> Runner:
+        console.info(f"model {model.card.name} {model.card.version}; loading the {backend} runtime on {device}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runner = load_runner(model, backend, device, precision=precision)
+        for line in dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught):
+            console.warn(f"while loading the model: {line}")
+        if runner.info.get("exported_now"):
+            console.info(f"exported the model to OpenVINO once (cached in {runner.info['cache']})")
+        if "fallback" in runner.info:
+            console.warn(runner.info["fallback"])
+        return runner
+
+    return LazyRunner(load, backend)
 
 
 def _run(
@@ -81,15 +125,11 @@ def _run(
     model_name: str | None,
     device: str,
     backend: str,
-    fast: bool,
-    strict: bool,
-    overwrite: bool,
-    preview: bool,
-    precision: str = "f32",
+    options: InferOptions,
 ) -> None:
     from medseg.infer.cases import discover_cases
     from medseg.infer.pipeline import InferSettings, exit_code, run_case_safe
-    from medseg.infer.runtime import load_runner
+    from medseg.infer.runtime import BACKENDS, check_precision
     from medseg.models.registry import resolve_model
 
     model = resolve_model(model_name, organ)
@@ -98,18 +138,20 @@ def _run(
         from medseg.errors import UsageError
 
         raise UsageError(f"model {card.name!r} segments {card.organ}, not {organ}", hint="Pick a matching --model.")
+    if backend not in BACKENDS:
+        from medseg.errors import UsageError
+
+        raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
     rec.add_inputs([input, model.weights_path])
     rec.set_model(card.name, card.version, card.weights.sha256)
+    model.verify()
     cases, notes = discover_cases(input, card.modality)
     for note in notes:
         console.info(note)
-    console.info(f"model {card.name} {card.version}; loading the {backend} runtime on {device}")
-    runner = load_runner(model, backend, device, precision=precision)
-    if runner.info.get("exported_now"):
-        console.info(f"exported the model to OpenVINO once (cached in {runner.info['cache']})")
-    if "fallback" in runner.info:
-        console.warn(runner.info["fallback"])
-    settings = InferSettings(organ, out, fast=fast, strict=strict, overwrite=overwrite, preview=preview)
+    check_precision(model, backend, device, options.precision)
+    runner = _lazy_runner(model, backend, device, options.precision)
+    settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
+                             preview=options.preview, force=options.force)  # fmt: skip
     results = []
     for n, case in enumerate(cases, 1):
         label = f"[{n}/{len(cases)}] {case.name}" if len(cases) > 1 else case.name
@@ -130,11 +172,13 @@ def _run(
         console.result("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" of {len(results)}")
     code = exit_code(results)
     flagged = sorted({f.code for r in results for f in r.flags})
+    forced = sorted({c for r in results for c in r.forced})
+    detail = [f"forced:{','.join(forced)}"] if forced else []
     if code:
-        rec.set_outcome_detail("qc_rejected" if code == 5 else "case_failed")
+        rec.set_outcome_detail(";".join(["qc_rejected" if code == 5 else "case_failed", *detail]))
         raise _batch_error(results, code)
-    if flagged:
-        rec.set_outcome_detail("qc_flagged:" + ",".join(flagged))
+    if flagged or forced:
+        rec.set_outcome_detail(";".join([*detail, *(["qc_flagged:" + ",".join(flagged)] if flagged else [])]))
 
 
 def _report(r: CaseResult, single: bool) -> None:
@@ -152,9 +196,13 @@ def _report(r: CaseResult, single: bool) -> None:
             error=r.message,
         )
     if r.status == "failed":
+        if console.debug and r.traceback:
+            sys.stderr.write(r.traceback)
         if not single:
             console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
         return
+    if r.forced:
+        console.warn(f"{r.case}: --force: segmented although refused ({', '.join(r.forced)}); recorded in summary")
     s = r.summary or {}
     organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in s.get("organs", []))
     where = r.outputs[-1].parent if r.outputs else "-"

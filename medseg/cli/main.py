@@ -19,11 +19,14 @@ except ImportError:  # pragma: no cover
 from medseg import __version__
 from medseg.cli import audit as audit_cmd
 from medseg.cli import convert as convert_cmd
+from medseg.cli import deid as deid_cmd
 from medseg.cli import infer as infer_cmd
 from medseg.cli import keys as keys_cmd
 from medseg.cli import models as models_cmd
+from medseg.cli import pacs as pacs_cmd
 from medseg.cli import series as series_cmd
 from medseg.cli import train as train_cmd
+from medseg.cli import validate as validate_cmd
 from medseg.cli.state import console
 from medseg.errors import MedsegError
 
@@ -60,12 +63,15 @@ def _global(
 
 
 convert_cmd.register(app)
+deid_cmd.register(app)
 infer_cmd.register(app)
 models_cmd.register(app)
 audit_cmd.register(app)
 keys_cmd.register(app)
 series_cmd.register(app)
 train_cmd.register(app)
+validate_cmd.register(app)
+pacs_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 from medseg.errors import InvalidInputError
 from medseg.io import SeriesInfo, Volume, read_image
 from medseg.io.dicom_reader import volume_from_headers
-from medseg.io.image import check_stray_slices
+from medseg.io.image import check_damaged_files, check_stray_slices
 from medseg.io.nifti import is_nifti_path
-from medseg.io.series import FolderScan
+from medseg.io.series import FolderScan, check_entry
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,16 @@ def _main_series(series: list[SeriesInfo], modality: str) -> SeriesInfo:
 def _load_series(scan: FolderScan, series: SeriesInfo, folder: Path, notes: tuple[str, ...]) -> Volume:
     """Read one series the way `read_image` does, including its refusal of stray slices of another geometry."""
     check_stray_slices(scan, series)
+    check_damaged_files(scan, series)
     return volume_from_headers(scan.headers[series.uid], folder, list(notes))
 
 
-def _dicom_cases(root: Path, files: list[Path], modality: str) -> tuple[list[Case], list[str]]:
+def _dicom_cases(
+    root: Path, files: list[Path], modality: str, skipped: list[tuple[Path, str]]
+) -> tuple[list[Case], list[str]]:
     from medseg.io.series import scan_folder
 
-    scan = scan_folder(root, files)
+    scan = scan_folder(root, files, skipped)
     studies: dict[str, list[SeriesInfo]] = {}
     for s in scan.series:
         if s.is_volume:
@@ -101,13 +104,15 @@ def discover_cases(path: Path, modality: str = "CT") -> tuple[list[Case], list[s
     path = Path(path)
     if not path.exists():
         raise InvalidInputError("input not found", path=path, hint="Check the path.")
+    check_entry(path)
     if path.is_file():
         name = _nifti_stem(path) if is_nifti_path(path) else path.stem
         kind = "nifti" if is_nifti_path(path) else "dicom"
         return [Case(safe_name(name), path, kind, lambda: read_image(path))], []
-    from medseg.io.series import list_files
+    from medseg.io.series import walk_files
 
-    files = list_files(path)
+    walk = walk_files(path)
+    files = walk.files
     niftis = [f for f in files if is_nifti_path(f)]
     others = [f for f in files if not is_nifti_path(f)]
     cases = [
@@ -115,8 +120,8 @@ def discover_cases(path: Path, modality: str = "CT") -> tuple[list[Case], list[s
         for f in niftis
     ]
     notes: list[str] = []
-    if others:
-        dicom, notes = _dicom_cases(path, others, modality)
+    if others or walk.skipped:
+        dicom, notes = _dicom_cases(path, others, modality, walk.skipped)
         cases += dicom
     if not cases:
         raise InvalidInputError(

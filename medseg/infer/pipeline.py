@@ -1,8 +1,11 @@
 """One case end to end: load, check the input, segment, check the result, write outputs and summary.json.
 
 Outputs go to `<out>/<case name>/`; every write is atomic, and existing outputs are refused up front (before any
-work) unless `overwrite`. Under `strict`, any QC flag rejects the case (QCRejectedError, exit code 5): only
-summary.json (and preview.png for result-stage flags) is written then, so the reason is on record.
+work) unless `overwrite`. An input-refusal flag (MR for a CT model, a head scan, not HU) stops the case before the
+model runs (exit code 5, only summary.json with the reasons) unless `force`, which is then recorded in summary.json
+and the SEG's series description. Under `strict`, any other QC flag rejects the case (exit code 5): only
+summary.json (and preview.png for result-stage flags) is written then, so the reason is on record. Library
+warnings raised while a case runs become notes in its summary.json, never raw console output.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +26,7 @@ from medseg.errors import MedsegError, QCRejectedError
 from medseg.infer.cases import Case
 from medseg.infer.predict import Prediction, predict_labels
 from medseg.infer.qc import QCFlag, check_input, check_result
-from medseg.infer.runtime import Runner
+from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
 from medseg.models.registry import InstalledModel
@@ -40,6 +45,7 @@ class InferSettings:
     strict: bool = False
     overwrite: bool = False
     preview: bool = True
+    force: bool = False
 
     @property
     def overlap(self) -> float:
@@ -58,6 +64,12 @@ class CaseResult:
     flags: list[QCFlag] = field(default_factory=list)
     message: str | None = None
     summary: dict[str, Any] | None = None
+    traceback: str | None = None  # of an internal error, shown with --debug
+
+    @property
+    def forced(self) -> list[str]:
+        """Input-refusal flags overridden with --force (empty when none)."""
+        return list(((self.summary or {}).get("qc") or {}).get("forced") or [])
 
 
 def output_names(model: InstalledModel, case: Case) -> dict[str, str]:
@@ -95,7 +107,9 @@ def _describe_input(volume: Volume, case: Case) -> dict[str, Any]:
     }
 
 
-def _base_summary(model: InstalledModel, runner: Runner, settings: InferSettings, case: Case) -> dict[str, Any]:
+def _base_summary(
+    model: InstalledModel, runner: Runner | LazyRunner, settings: InferSettings, case: Case
+) -> dict[str, Any]:
     card = model.card
     return {
         "case": case.name,
@@ -107,22 +121,54 @@ def _base_summary(model: InstalledModel, runner: Runner, settings: InferSettings
             "sha256": card.weights.sha256,
             "spacing_mm": list(card.spacing),
             "roi_size": list(card.roi_size),
-            "runtime": runner.info,
+            "runtime": runner.info if not isinstance(runner, LazyRunner) or runner.loaded else None,
         },
-        "settings": {"fast": settings.fast, "strict": settings.strict, "overlap": settings.overlap},
+        "settings": {
+            "fast": settings.fast,
+            "strict": settings.strict,
+            "force": settings.force,
+            "overlap": settings.overlap,
+        },
     }
 
 
-def _qc(flags: list[QCFlag], strict: bool) -> dict[str, Any]:
-    return {"passed": not flags, "strict": strict, "flags": [f.to_json() for f in flags]}
+def _qc(flags: list[QCFlag], settings: InferSettings) -> dict[str, Any]:
+    refused = [f.code for f in flags if f.refuses]
+    return {
+        "passed": not flags,
+        "strict": settings.strict,
+        "refused": [] if settings.force else refused,
+        "forced": refused if settings.force else [],
+        "flags": [f.to_json() for f in flags],
+    }
 
 
-def _reject(flags: list[QCFlag]) -> QCRejectedError:
+def _reject(flags: list[QCFlag], where: Path) -> QCRejectedError:
     return QCRejectedError(
         "QC rejected under --strict: " + "; ".join(f"{f.code} ({f.reason})" for f in flags),
         flags=[f.code for f in flags],
+        path=where,
         hint="See summary.json; rerun without --strict to segment anyway.",
     )
+
+
+def _refuse(flags: list[QCFlag], where: Path) -> QCRejectedError:
+    return QCRejectedError(
+        "input refused, not what the model is for: " + "; ".join(f"{f.code} ({f.reason})" for f in flags),
+        flags=[f.code for f in flags],
+        path=where,
+        hint="See summary.json; rerun with --force to segment it anyway (recorded in the summary, SEG and audit).",
+    )
+
+
+def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Library warnings as one short note each (deduplicated): never raw on the console."""
+    notes = []
+    for w in caught:
+        first = (str(w.message).strip().splitlines() or [""])[0]
+        source = Path(w.filename).parts[-2] if len(Path(w.filename).parts) > 1 else w.filename
+        notes.append(f"library warning ({source}, {w.category.__name__}): {first[:200]}")
+    return list(dict.fromkeys(notes))
 
 
 def _announce(flags: list[QCFlag], on_flag: Callable[[QCFlag], None] | None) -> None:
@@ -144,6 +190,7 @@ class _CaseRun:
     start: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str | None] = field(default_factory=dict)
+    caught: list[warnings.WarningMessage] = field(default_factory=list)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -154,7 +201,9 @@ class _CaseRun:
 
     def write_summary(self, status: str, flags: list[QCFlag]) -> list[Path]:
         """Write summary.json last (with the total time) and return every file this case wrote."""
-        self.summary |= {"status": status, "qc": _qc(flags, self.settings.strict), "outputs": self.outputs}
+        self.summary |= {"status": status, "qc": _qc(flags, self.settings), "outputs": self.outputs}
+        notes = [*self.summary.get("notes", []), *_warning_notes(self.caught)]
+        self.summary["notes"] = list(dict.fromkeys(notes))
         total = round(time.perf_counter() - self.start, 3)
         self.summary["timings_s"] = {k: round(v, 3) for k, v in self.timings.items()} | {"total": total}
         write_summary(self.summary, self.folder / self.names["summary"], self.settings.overwrite)
@@ -170,17 +219,31 @@ class _CaseRun:
 def run_case(
     case: Case,
     model: InstalledModel,
-    runner: Runner,
+    runner: Runner | LazyRunner,
     settings: InferSettings,
     progress: Callable[[int, int], None] | None = None,
     on_flag: Callable[[QCFlag], None] | None = None,
 ) -> CaseResult:
-    """Segment one case and write its outputs; raises MedsegError on failure (QCRejectedError under --strict)."""
-    card = model.card
+    """Segment one case and write its outputs; raises MedsegError on failure. A refused input (without --force)
+    or a flagged one under --strict returns a qc_rejected result (exit code 5) with only summary.json written."""
     run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case),
                    settings.out_dir / case.name, output_names(model, case))  # fmt: skip
     for name in run.names.values():
         check_writable(run.folder / name, settings.overwrite)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.caught = caught
+        return _run_checked(run, runner, progress, on_flag)
+
+
+def _run_checked(
+    run: _CaseRun,
+    runner: Runner | LazyRunner,
+    progress: Callable[[int, int], None] | None,
+    on_flag: Callable[[QCFlag], None] | None,
+) -> CaseResult:
+    """Load, input QC (refusal, then --strict), predict, result QC, write: the body of `run_case`."""
+    case, card, settings = run.case, run.model.card, run.settings
     with run.timed("load"):
         volume = case.load()
     with run.timed("input_digest"):
@@ -189,10 +252,15 @@ def run_case(
     with run.timed("qc_input"):
         flags = check_input(volume, card)
     _announce(flags, on_flag)
-    if settings.strict and flags:
+    refusals = [f for f in flags if f.refuses]
+    if refusals and not settings.force:
+        return _finish_rejected(run, flags, None, volume, _refuse(refusals, case.source))
+    if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, None, volume)
 
     pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress)
+    run.summary["software"]["backend"] = runner.backend
+    run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)
     run.summary["model_grid"] = {"shape": list(pred.grid.shape), "windows": vars(pred.windows)}
     with run.timed("qc_result"):
@@ -204,9 +272,20 @@ def run_case(
     _announce(result_flags, on_flag)
     flags += result_flags
     run.summary["organs"] = organs
-    if settings.strict and flags:
+    if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, pred, volume)
     return _finish(run, flags, pred, volume)
+
+
+def _blocking(flags: list[QCFlag], settings: InferSettings) -> list[QCFlag]:
+    """The flags --strict rejects on: all but the input-refusal flags the user overrode with --force."""
+    return [f for f in flags if not (f.refuses and settings.force)]
+
+
+def forced_note(flags: list[QCFlag], settings: InferSettings) -> str | None:
+    """'FORCED modality,body_part' when --force overrode input-refusal flags, else None."""
+    forced = [f.code for f in flags if f.refuses] if settings.force else []
+    return f"FORCED {','.join(forced)}" if forced else None
 
 
 def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume) -> CaseResult:
@@ -240,10 +319,14 @@ def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[
     if "seg" in names:
         card = run.model.card
         algorithm = SegAlgorithm(card.name, card.version, f"medseg {__version__}")
+        note = forced_note(flags, run.settings)
         with run.timed("write_seg"):
             try:
-                write_seg(pred.labels, volume, card.foreground_labels, algorithm, run.folder / names["seg"], overwrite)
+                seg_notes: list[str] = []
+                write_seg(pred.labels, volume, card.foreground_labels, algorithm, run.folder / names["seg"], overwrite,
+                          series_note=note, notes=seg_notes)  # fmt: skip
                 run.outputs["seg"] = names["seg"]
+                run.summary["notes"] = [*run.summary.get("notes", []), *seg_notes]
             except SegUnavailable as exc:
                 run.outputs["seg"] = None
                 run.summary["seg_not_written"] = exc.message
@@ -251,9 +334,16 @@ def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[
         run.write_preview(volume, pred, _caption(run.summary, flags))
 
 
-def _finish_rejected(run: _CaseRun, flags: list[QCFlag], pred: Prediction | None, volume: Volume) -> CaseResult:
-    """Record a --strict rejection: summary.json (and the preview when there is a result), no segmentation."""
-    error = _reject(flags)
+def _finish_rejected(
+    run: _CaseRun,
+    flags: list[QCFlag],
+    pred: Prediction | None,
+    volume: Volume,
+    error: QCRejectedError | None = None,
+) -> CaseResult:
+    """Record a refusal or --strict rejection: summary.json (and the preview when there is a result), no
+    segmentation."""
+    error = error or _reject(_blocking(flags, run.settings), run.case.source)
     if pred is not None and run.settings.preview:
         caption = _caption(run.summary, []) + " | REJECTED: " + ", ".join(f.code for f in flags)
         run.write_preview(volume, pred, caption)
@@ -264,7 +354,7 @@ def _finish_rejected(run: _CaseRun, flags: list[QCFlag], pred: Prediction | None
 def run_case_safe(
     case: Case,
     model: InstalledModel,
-    runner: Runner,
+    runner: Runner | LazyRunner,
     settings: InferSettings,
     progress: Callable[[int, int], None] | None = None,
     on_flag: Callable[[QCFlag], None] | None = None,
@@ -273,12 +363,15 @@ def run_case_safe(
     try:
         return run_case(case, model, runner, settings, progress, on_flag)
     except MedsegError as exc:
-        return CaseResult(case.name, "failed", exc.exit_code, message=exc.one_line())
-    except (MemoryError, OSError, ValueError, RuntimeError) as exc:
-        return CaseResult(case.name, "failed", 4, message=f"internal error: {type(exc).__name__}: {exc}")
+        return CaseResult(case.name, "failed", exc.exit_code, message=exc.one_line(), traceback=traceback.format_exc())
+    except Exception as exc:  # one case's internal fault must not stop the others; --debug shows the traceback
+        message = f"{case.source}: internal error: {type(exc).__name__}: {exc}. Rerun with --debug and report it"
+        return CaseResult(case.name, "failed", 4, message=message, traceback=traceback.format_exc())
 
 
-def run_cases(cases: list[Case], model: InstalledModel, runner: Runner, settings: InferSettings) -> list[CaseResult]:
+def run_cases(
+    cases: list[Case], model: InstalledModel, runner: Runner | LazyRunner, settings: InferSettings
+) -> list[CaseResult]:
     """Run every case; one failing does not stop the others."""
     return [run_case_safe(case, model, runner, settings) for case in cases]
 

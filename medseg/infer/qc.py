@@ -1,7 +1,9 @@
 """Quality control of the input and of the result: each finding is a flag with a code and a readable reason.
 
-Flags never stop a run by themselves; under --strict any flag rejects the case (exit code 5). Thresholds live in
-`qc_rules.yaml`. Missing slices, gantry tilt and mixed orientations are refused earlier, by `medseg.io` (exit 3).
+Input-refusal flags (`refusal_flags` in `qc_rules.yaml`: the input is not what the model is for) stop the case
+(exit code 5) unless the user passes --force; every other flag is a warning that only --strict turns into a
+rejection. Thresholds live in `qc_rules.yaml`. Missing slices, gantry tilt, mixed orientations and implausible
+voxel values or grids are refused earlier, by `medseg.io` (exit 3).
 """
 
 from __future__ import annotations
@@ -28,13 +30,23 @@ class QCFlag:
     stage: str
     reason: str
 
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
+    @property
+    def refuses(self) -> bool:
+        """True for an input-refusal flag: the case stops unless --force."""
+        return self.code in refusal_codes()
+
+    def to_json(self) -> dict[str, str | bool]:
+        return asdict(self) | {"refuses": self.refuses}
 
 
 @cache
 def rules() -> dict[str, Any]:
     return yaml.safe_load(RULES_FILE.read_text())
+
+
+def refusal_codes() -> frozenset[str]:
+    """Codes of the input-refusal flags (data: `refusal_flags` in qc_rules.yaml)."""
+    return frozenset(rules()["refusal_flags"])
 
 
 def _extent_mm(volume: Volume) -> np.ndarray:

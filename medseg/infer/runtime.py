@@ -245,6 +245,20 @@ def openvino_runner(model: InstalledModel, batch_size: int = 1, cache: Path | No
     return accelerated_runner(model, "openvino", batch_size, cache)
 
 
+def check_precision(model: InstalledModel, backend: str, device: str, precision: str) -> None:
+    """Refuse (UsageError) a precision the model or runtime cannot serve, before any case is read."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}", hint=f"Choose one of {', '.join(PRECISIONS)}.")
+    if precision == "int8":
+        if device != "cpu" or backend not in ("auto", "openvino"):
+            raise UsageError("--precision int8 runs on OpenVINO on the CPU only", hint="Use --device cpu.")
+        if model.card.int8 is None:
+            raise UsageError(
+                f"model {model.card.name!r} {model.card.version} has no validated INT8 export",
+                hint="Use --precision f32.",
+            )
+
+
 def load_runner(
     model: InstalledModel,
     backend: str = "auto",
@@ -258,11 +272,8 @@ def load_runner(
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}", hint=f"Choose one of {', '.join(PRECISIONS)}.")
+    check_precision(model, backend, device, precision)
     if precision == "int8":
-        if device != "cpu" or backend not in ("auto", "openvino"):
-            raise UsageError("--precision int8 runs on OpenVINO on the CPU only", hint="Use --device cpu.")
         return int8_runner(model)
     model.verify()
     if device != "cpu" or backend == "torch":
@@ -278,3 +289,41 @@ def load_runner(
     runner = torch_runner(model, device, batch_size or 4)
     runner.info["fallback"] = f"OpenVINO not used ({reason}); ran eager torch"
     return runner
+
+
+class LazyRunner:
+    """A Runner loaded on first use, so refused or unreadable inputs never wait for the model to load or export."""
+
+    def __init__(self, load: Callable[[], Runner], backend: str) -> None:
+        self._load = load
+        self._runner: Runner | None = None
+        self.requested_backend = backend
+
+    @property
+    def loaded(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def runner(self) -> Runner:
+        """The loaded Runner (loads it on the first call)."""
+        if self._runner is None:
+            self._runner = self._load()
+        return self._runner
+
+    @property
+    def backend(self) -> str:
+        return self._runner.backend if self._runner is not None else self.requested_backend
+
+    @property
+    def batch_size(self) -> int:
+        return self.runner.batch_size
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.runner.info
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.predict(batch)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.predict(batch)

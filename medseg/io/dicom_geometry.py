@@ -8,6 +8,9 @@ Tolerances (documented in README "Imaging I/O"):
 - regular spacing: every step within max(0.01 mm, 1 % of the mean step) of the mean step.
 - gantry tilt / sheared stack: a slice position off the line origin + t * normal by more than 0.01 mm is rejected
   (resampling a tilted stack is left to dedicated tools; placing it as if untilted would misplace anatomy).
+- physically plausible grid (checked per slice): PixelSpacing in [0.05, 20] mm, slice step in [0.05, 50] mm, and
+  at most 3000 mm along any axis. Values outside (micrometres written as mm, a corrupt header) are refused; they
+  would place anatomy wrongly or make the resampler allocate hundreds of GiB.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ SPACING_TOL_MM = 0.01
 SPACING_RTOL = 0.01
 TILT_TOL_MM = 0.01
 PIXEL_SPACING_RTOL = 1e-3
+PIXEL_SPACING_RANGE_MM = (0.05, 20.0)
+SLICE_STEP_RANGE_MM = (0.05, 50.0)
+MAX_EXTENT_MM = 3000.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ def build_stack(frames: list[FramePlane], shape_2d: tuple[int, int], where: str 
             hint="Export the whole series, not a single image.",
         )
     _check_same_plane_type(frames, where)
+    for f in frames:
+        check_pixel_spacing(f.pixel_spacing, f.label(), where)
     axes = _axes(frames[0].orientation, where)
     normal = axes[:, 2]
     positions = np.stack([f.position for f in frames])
@@ -122,6 +130,7 @@ def build_stack(frames: list[FramePlane], shape_2d: tuple[int, int], where: str 
     _check_tilt(positions, along, normal, labels, where)
     row_spacing, col_spacing = (float(v) for v in frames[0].pixel_spacing)
     rows, cols = shape_2d
+    check_plausible_grid((cols, rows, len(frames)), (col_spacing, row_spacing, mean), where)
     try:
         geometry = Geometry(
             (cols, rows, len(frames)), (col_spacing, row_spacing, mean), tuple(positions[0]), tuple(map(tuple, axes))
@@ -133,6 +142,39 @@ def build_stack(frames: list[FramePlane], shape_2d: tuple[int, int], where: str 
     thick = [f.thickness for f in frames if f.thickness]
     thickness = float(np.median(thick)) if thick else None
     return Stack(tuple(int(i) for i in order), geometry, tuple(_thickness_notes(thickness, mean)), thickness)
+
+
+def check_pixel_spacing(spacing: np.ndarray, label: str, where: str | Path) -> None:
+    """Refuse a slice whose PixelSpacing is outside the plausible range (PIXEL_SPACING_RANGE_MM)."""
+    lo, hi = PIXEL_SPACING_RANGE_MM
+    if not all(lo <= float(v) <= hi for v in spacing):
+        raise InvalidInputError(
+            f"PixelSpacing {[round(float(v), 6) for v in spacing]} mm of {label} is outside the plausible "
+            f"{lo:g}-{hi:g} mm (micrometres written as mm, or a corrupt header)",
+            path=where,
+            hint="Correct the header or re-export the series.",
+        )
+
+
+def check_plausible_grid(shape: tuple[int, ...], spacing: tuple[float, ...], where: str | Path) -> None:
+    """Refuse a grid whose slice step or extent is physically implausible (bounds in the module docstring)."""
+    lo, hi = SLICE_STEP_RANGE_MM
+    step = float(spacing[2])
+    if not lo <= step <= hi:
+        raise InvalidInputError(
+            f"slice step {step:.6g} mm is outside the plausible {lo:g}-{hi:g} mm "
+            "(ImagePositionPatient in the wrong unit, or a corrupt header)",
+            path=where,
+            hint="Correct the header or re-export the series.",
+        )
+    extent = [n * s for n, s in zip(shape, spacing, strict=True)]
+    if max(extent) > MAX_EXTENT_MM:
+        raise InvalidInputError(
+            f"the image spans {max(extent):.0f} mm along one axis (more than {MAX_EXTENT_MM:g} mm): "
+            "spacing in the wrong unit, or a corrupt header",
+            path=where,
+            hint="Correct the header or re-export the series.",
+        )
 
 
 def _check_duplicates(steps: np.ndarray, along: np.ndarray, labels: list[str], where: str) -> None:

@@ -129,8 +129,29 @@ def read_header(path: Path) -> Any:
     for w in caught:
         if "end of file" in str(w.message).lower() or "truncated" in str(w.message).lower():
             raise HeaderError(f"truncated DICOM file ({str(w.message).split(' in file ')[0]})")
+    if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "DirectoryRecordSequence")):
+        raise HeaderError("truncated or corrupt DICOM file (its data set has no SOP Class or Instance UID)")
     _convert_used_values(ds)
+    _fill_transfer_syntax(ds)
     return ds
+
+
+def _fill_transfer_syntax(ds: Any) -> None:
+    """A file without file meta (old exporters) gets the transfer syntax pydicom detected while reading it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
 
 
 def _convert_used_values(ds: Any) -> None:

@@ -37,15 +37,65 @@ class Rescale:
         return float(self.slope).is_integer() and float(self.intercept).is_integer()
 
     @classmethod
-    def from_item(cls, item: Any, fallback: Rescale | None = None) -> Rescale:
-        """Read RescaleSlope/Intercept from a dataset or functional-group item."""
-        slope, intercept = item.get("RescaleSlope", None), item.get("RescaleIntercept", None)
+    def from_item(cls, item: Any, fallback: Rescale | None = None, where: str | Path | None = None) -> Rescale:
+        """Read RescaleSlope/Intercept from a dataset or functional-group item; InvalidInputError (naming `where`
+        and the attribute) when a present value is not a finite number or the slope is 0: every voxel depends on
+        them, so a bad value is never replaced by a default."""
+        slope = _rescale_value(item, "RescaleSlope", where)
+        intercept = _rescale_value(item, "RescaleIntercept", where)
         if slope is None and intercept is None:
             return fallback or cls()
-        try:
-            return cls(float(slope) if slope is not None else 1.0, float(intercept) if intercept is not None else 0.0)
-        except (TypeError, ValueError):
-            return fallback or cls()
+        if slope is None or intercept is None:
+            missing = "RescaleSlope" if slope is None else "RescaleIntercept"
+            raise InvalidInputError(
+                f"{missing} is missing or empty while its partner is present: the real values are unknown",
+                path=where,
+                hint="The header is incomplete; re-export the series.",
+            )
+        if slope == 0:
+            raise InvalidInputError(
+                "RescaleSlope is 0: every voxel would read as the intercept",
+                path=where,
+                hint="The header is corrupt; re-export the series.",
+            )
+        return cls(slope, intercept)
+
+
+def _rescale_value(item: Any, keyword: str, where: str | Path | None) -> float | None:
+    """A rescale attribute as a finite float; None when absent or empty."""
+    value = item.get(keyword, None)
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = float("nan")
+    if not np.isfinite(number):
+        raise InvalidInputError(
+            f"{keyword} is {str(value).strip()[:32]!r}: not a finite number",
+            path=where,
+            hint="The header is corrupt; re-export the series.",
+        )
+    return number
+
+
+def check_pixel_length(length: int, expected: int, path: Path) -> None:
+    """Refuse pixel data whose length differs from Rows x Columns x frames x BitsAllocated/8 (one padding byte to
+    an even length allowed): shorter is a truncated file, longer means the header does not describe the data."""
+    if length in (expected, expected + expected % 2):
+        return
+    if length < expected:
+        raise InvalidInputError(
+            f"truncated pixel data: {length} of {expected} bytes",
+            path=path,
+            hint="The file is incomplete; copy or re-export it again.",
+        )
+    raise InvalidInputError(
+        f"PixelData is {length} bytes but Rows x Columns x NumberOfFrames x BitsAllocated/8 declares {expected}: "
+        "the header does not describe the pixel data (BitsAllocated, Rows or Columns wrong)",
+        path=path,
+        hint="The file is corrupt; re-export it.",
+    )
 
 
 def output_dtype(stored: np.dtype, rescales: Sequence[Rescale], stored_range: tuple[float, float]) -> np.dtype:
@@ -119,15 +169,16 @@ def decode_into(ds: Any, path: Path, out: np.ndarray) -> None:
     if elem is None or out.dtype != _stored_dtype(ds) or not out.flags.c_contiguous:
         out[...] = decode(ds, path)[0]
         return
+    check_pixel_length(elem.length, out.nbytes, path)
     try:
         with open(path, "rb") as f:
             f.seek(elem.value_tell)
             n = f.readinto(memoryview(out).cast("B"))
     except OSError as exc:
         raise InvalidInputError(f"cannot read pixel data: {exc.strerror}", path=path) from exc
-    if n < out.nbytes or elem.length < out.nbytes:
+    if n < out.nbytes:
         raise InvalidInputError(
-            f"truncated pixel data: {min(n, elem.length)} of {out.nbytes} bytes",
+            f"truncated pixel data: {n} of {out.nbytes} bytes",
             path=path,
             hint="The file is incomplete; copy or re-export it again.",
         )
@@ -171,12 +222,7 @@ def decode(ds: Any, path: Path) -> np.ndarray:
         if str(tsyntax) in NATIVE_LE and bits_alloc in (8, 16, 32) and int(ds.get("SamplesPerPixel", 1)) == 1:
             raw = ds.PixelData
             count = rows * cols * frames
-            if len(raw) < count * bits_alloc // 8:
-                raise InvalidInputError(
-                    f"truncated pixel data: {len(raw)} of {count * bits_alloc // 8} bytes",
-                    path=path,
-                    hint="The file is incomplete; copy or re-export it again.",
-                )
+            check_pixel_length(len(raw), count * bits_alloc // 8, path)
             dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_alloc // 8}")
             arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(frames, rows, cols)
         else:

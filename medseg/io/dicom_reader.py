@@ -90,7 +90,7 @@ def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str
         return _read_multiframe(headers[0], notes)
     stack = _classic_stack(headers, where)
     ordered = [headers[i] for i in stack.order]
-    rescales = [Rescale.from_item(h.dataset) for h in ordered]
+    rescales = [Rescale.from_item(h.dataset, where=h.path) for h in ordered]
     stored_dtype, stored_range = stored_dtype_and_range(ordered[0].dataset)
     stored = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=stored_dtype)
     for k, h in enumerate(ordered):
@@ -156,7 +156,7 @@ def _multiframe_stack(h: Header) -> tuple[Stack, list[Rescale]]:
     if h.samples_per_pixel != 1:
         raise InvalidInputError("colour image, not a greyscale volume", path=h.path)
     planes, rescales = [], []
-    base_rescale = Rescale.from_item(ds)
+    base_rescale = Rescale.from_item(ds, where=h.path)
     for f in range(h.frames):
         pos_item = _group_item(ds, f, "PlanePositionSequence")
         ori_item = _group_item(ds, f, "PlaneOrientationSequence")
@@ -172,7 +172,8 @@ def _multiframe_stack(h: Header) -> tuple[Stack, list[Rescale]]:
             )
         planes.append(FramePlane(h.path, f, position, orientation, spacing, _thickness(pix_item)))
         transform = _group_item(ds, f, "PixelValueTransformationSequence")
-        rescales.append(Rescale.from_item(transform, base_rescale) if transform is not None else base_rescale)
+        rescale = Rescale.from_item(transform, base_rescale, f"{h.path} frame {f + 1}") if transform else base_rescale
+        rescales.append(rescale)
     stack = build_stack(planes, (h.rows, h.columns), h.path)
     return stack, [rescales[i] for i in stack.order]
 

@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 from medseg.errors import InvalidInputError, UsageError
+from medseg.io.dicom_geometry import check_pixel_spacing, check_plausible_grid
 from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, read_header
 from medseg.io.dicom_reader import volume_from_headers
 from medseg.io.nifti import is_nifti_path, read_nifti
-from medseg.io.series import FolderScan, SeriesInfo, group_headers, list_files, scan_folder
+from medseg.io.series import FolderScan, SeriesInfo, check_entry, group_headers, scan_folder, walk_files
 from medseg.io.volume import Volume
 
 
@@ -18,18 +19,21 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InvalidInputError("input not found", path=path, hint="Check the path.")
+    check_entry(path)
     if path.is_file():
         if series_uid is not None:
             raise UsageError(
                 "a series can only be chosen from a folder", path=path, hint="Drop --series or pass the folder."
             )
         if is_nifti_path(path):
-            return read_nifti(path)
+            return _read_checked_nifti(path)
         return _read_dicom_file(path)
-    files = list_files(path)
+    walk = walk_files(path)
+    files = walk.files
     if not files:
-        raise InvalidInputError("folder is empty", path=path, hint="Pass the folder that holds the DICOM files.")
-    scan = scan_folder(path, files)
+        what = f"no regular files ({walk.skipped[0][0].name}: {walk.skipped[0][1]})" if walk.skipped else "empty"
+        raise InvalidInputError(f"folder is {what}", path=path, hint="Pass the folder that holds the DICOM files.")
+    scan = scan_folder(path, files, walk.skipped)
     if not scan.series:
         reasons = Counter(reason for _, reason in scan.skipped_files)
         found = ", ".join(f"{n} {r}" for r, n in reasons.items())
@@ -50,6 +54,14 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
                 f"({broken[0][0].name}: {broken[0][1]})"
             )
         raise
+
+
+def _read_checked_nifti(path: Path) -> Volume:
+    """A NIfTI image whose voxel spacing and extent are physically plausible (same bounds as DICOM)."""
+    volume = read_nifti(path)
+    check_pixel_spacing(volume.spacing[:2], path.name, path)
+    check_plausible_grid(volume.shape, volume.spacing, path)
+    return volume
 
 
 def _read_dicom_file(path: Path) -> Volume:
@@ -83,6 +95,7 @@ def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
             raise InvalidInputError(
                 f"series {series_uid} is not a 3D image volume: {matches[0].skip_reason}", path=scan.root
             )
+        check_damaged_files(scan, volumes[0])
         return volumes[0]
     volumes = [s for s in scan.series if s.is_volume]
     if not volumes:
@@ -93,6 +106,7 @@ def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
         )
     chosen = volumes[0]
     check_stray_slices(scan, chosen)
+    check_damaged_files(scan, chosen)
     return chosen
 
 
@@ -100,6 +114,20 @@ def _describe(series: list[SeriesInfo]) -> str:
     """e.g. '2 x DICOM SEG (segmentation), not an image; 1 x single slice (...) [CT]'."""
     counts = Counter(f"{s.skip_reason} [{s.modality or '?'}]" for s in series)
     return "; ".join(f"{n} x {what}" for what, n in counts.most_common())
+
+
+def check_damaged_files(scan: FolderScan, chosen: SeriesInfo) -> None:
+    """Refuse a series when a DICOM file that belongs to it (or may: its series is unreadable) is damaged: the
+    volume would silently lack that slice."""
+    damaged = scan.damaged_in(chosen)
+    if damaged:
+        path, reason = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise InvalidInputError(
+            f"{reason}; it belongs or may belong to the series being read, which would then lack a slice{more}",
+            path=path,
+            hint="Replace or remove the damaged file (copy or re-export the series again).",
+        )
 
 
 def check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:

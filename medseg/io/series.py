@@ -8,14 +8,18 @@ shared or EMPTY UIDs still give clean stacks). Each enhanced multi-frame file is
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medseg.errors import InvalidInputError
 from medseg.io.dicom_geometry import ORIENTATION_TOL, PIXEL_SPACING_RTOL
 from medseg.io.dicom_headers import (
+    NOT_DICOM,
     VOLUME_MODALITIES,
     Header,
     HeaderError,
@@ -63,6 +67,12 @@ class FolderScan:
     series: list[SeriesInfo]
     headers: dict[str, list[Header]]
     skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    damaged: list[tuple[Path, str, str | None]] = field(default_factory=list)  # DICOM files that failed: path,
+    # reason, and their SeriesInstanceUID when it could still be read (None when not)
+
+    def damaged_in(self, series: SeriesInfo) -> list[tuple[Path, str]]:
+        """Damaged DICOM files that belong, or may belong (series unknown), to `series`."""
+        return [(p, r) for p, r, uid in self.damaged if uid is None or uid == series.series_instance_uid]
 
     def notes(self) -> list[str]:
         """Non-fatal findings to carry into VolumeMeta.notes."""
@@ -75,30 +85,114 @@ class FolderScan:
         return out
 
 
-def list_files(root: Path) -> list[Path]:
-    """All regular files under `root` (recursively, hidden ones included), sorted for determinism."""
+@dataclass(frozen=True)
+class FolderWalk:
+    """The regular files under a folder, and the entries that were skipped with the reason (never opened)."""
+
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "named pipe (FIFO), not a file"),
+    (stat.S_ISSOCK, "socket, not a file"),
+    (stat.S_ISCHR, "device, not a file"),
+    (stat.S_ISBLK, "device, not a file"),
+)
+
+
+def _entry_kind(path: Path) -> str | None:
+    """None for a regular file (or a link to one), else why the entry is skipped; never opens the entry."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"broken or looping symbolic link ({exc.strerror})" if os.path.islink(path) else exc.strerror
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "symbolic link to a folder, not followed"
+    return next((why for test, why in SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
+def walk_files(root: Path) -> FolderWalk:
+    """Regular files under `root` (recursively, hidden ones included, symlinked folders not followed), sorted;
+    pipes, sockets, devices, broken links and unreadable folders are listed as skipped, so nothing blocks."""
+    root = Path(root)
     if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-def scan_folder(root: Path, files: list[Path] | None = None) -> FolderScan:
-    """Read every file's header once and group them into series."""
-    headers: list[Header] = []
+        return FolderWalk([root], [])
+    files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append((Path(exc.filename or root), f"folder not readable ({exc.strerror})"))
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable):
+        dirs.sort()
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                skipped.append((Path(folder) / name, "symbolic link to a folder, not followed"))
+        for name in names:
+            path = Path(folder) / name
+            why = _entry_kind(path)
+            if why is None:
+                files.append(path)
+            else:
+                skipped.append((path, why))
+    return FolderWalk(sorted(files), sorted(skipped))
+
+
+def check_entry(path: Path) -> None:
+    """Refuse an input that is neither a folder nor a regular file (a named pipe, socket, device, broken link)."""
+    if os.path.isdir(path):
+        return
+    why = _entry_kind(path)
+    if why is not None:
+        raise InvalidInputError(f"input is not a file or folder: {why}", path=path, hint="Pass a file or folder.")
+
+
+def list_files(root: Path) -> list[Path]:
+    """All regular files under `root` (see `walk_files`), sorted for determinism."""
+    return walk_files(root).files
+
+
+def scan_folder(
+    root: Path, files: list[Path] | None = None, skipped: list[tuple[Path, str]] | None = None
+) -> FolderScan:
+    """Read every file's header once and group them into series; `skipped` carries entries the walk passed over."""
+    headers: list[Header] = []
+    damaged: list[tuple[Path, str, str | None]] = []
+    if files is None:
+        walk = walk_files(root)
+        files, skipped = walk.files, [*walk.skipped, *(skipped or [])]
+    skipped = list(skipped or [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for path in files if files is not None else list_files(root):
+        for path in files:
             try:
                 headers.append(Header.from_dataset(path, read_header(path)))
             except HeaderError as exc:
                 skipped.append((path, exc.reason))
+                if exc.reason != NOT_DICOM:
+                    damaged.append((path, exc.reason, recover_series_uid(path)))
             except Exception as exc:  # any other parse failure: the file is unusable, say so and go on
                 skipped.append((path, f"unreadable DICOM header ({type(exc).__name__})"))
+                damaged.append((path, skipped[-1][1], recover_series_uid(path)))
         headers, copies = _drop_identical_copies(headers)
         skipped.extend((path, "identical copy of another file (same SOPInstanceUID and bytes)") for path in copies)
         series, by_uid = group_headers(headers)
-    return FolderScan(root, series, by_uid, skipped)
+    return FolderScan(root, series, by_uid, skipped, damaged)
+
+
+def recover_series_uid(path: Path) -> str | None:
+    """The SeriesInstanceUID of a damaged file when its start is still readable, else None."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        value = ds.get("SeriesInstanceUID", None)
+    except Exception:  # the damage may be anywhere; unknown is a valid answer
+        return None
+    return None if value is None else str(value).strip()
 
 
 def _drop_identical_copies(headers: list[Header]) -> tuple[list[Header], list[Path]]:

@@ -1,4 +1,4 @@
-"""Sliding-window evaluation on whole volumes at the model grid: Dice and HD95 with MONAI metrics."""
+"""Sliding-window evaluation on whole volumes at the model grid: Dice and HD95 from medseg.metrics."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 
 @dataclass(frozen=True)
 class CaseScore:
-    """Metrics of one volume; HD95 in mm (None when prediction or reference is empty)."""
+    """Metrics of one volume; HD95 in mm (a missed organ scores Dice 0 and HD95 = the image diagonal, never None)."""
 
     case: str
     dice: float
-    hd95_mm: float | None
+    hd95_mm: float
     kind: str
 
 
@@ -30,15 +30,8 @@ def predict_volume(net: torch.nn.Module, image01: np.ndarray, roi: tuple[int, in
 
 
 def score(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float], case: str, kind: str) -> CaseScore:
-    """Dice and HD95 (mm) of binary masks with MONAI's metric functions."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance
+    """Dice and HD95 (mm) of binary masks with medseg.metrics (the validation harness's definitions)."""
+    from medseg.metrics import organ_metrics
 
-    p = torch.from_numpy((pred > 0).astype(np.float32))[None, None]
-    r = torch.from_numpy((ref > 0).astype(np.float32))[None, None]
-    dice = float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
-    hd = None
-    if p.any() and r.any():
-        hd = float(
-            compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=list(spacing))[0, 0]
-        )
-    return CaseScore(case, dice, hd, kind)
+    m = organ_metrics(ref > 0, pred > 0, tuple(float(s) for s in spacing), nsd_tolerance_mm=1.0)
+    return CaseScore(case, m.dice, m.hd95_mm, kind)

@@ -19,6 +19,7 @@ import yaml
 from medseg.errors import ProcessingError
 from medseg.io import Volume
 from medseg.io.atomic import atomic_path
+from medseg.writers.seg_source import normalise_source
 
 CODES_FILE = Path(__file__).with_name("data") / "segment_codes.yaml"
 POSITION_TOL_MM = 0.01
@@ -65,24 +66,12 @@ def seg_blockers(volume: Volume) -> str | None:
     return None
 
 
-TYPE2_PATIENT_STUDY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
+def _read_source(path: Path, notes: list[str]) -> Any:
+    """A source header (no pixels) with the values a SEG copies normalised (see `seg_source`), in memory only."""
+    import pydicom
 
-
-def _with_type2(ds: Any) -> Any:
-    """The header with absent type 2 patient/study attributes present but empty (as DICOM allows), in memory only."""
-    for keyword in TYPE2_PATIENT_STUDY:
-        if keyword not in ds:
-            setattr(ds, keyword, "")
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    notes.extend(n for n in normalise_source(ds) if n not in notes)
     return ds
 
 
@@ -100,11 +89,9 @@ def _check_plane(volume: Volume, k: int, pos: np.ndarray, iop: np.ndarray, where
         )
 
 
-def _source_headers(volume: Volume) -> list[Any]:
+def _source_headers(volume: Volume, notes: list[str]) -> list[Any]:
     """Single-frame sources (headers only) in slice order, each checked to sit where the label map's slice k sits."""
-    import pydicom
-
-    datasets = [_with_type2(pydicom.dcmread(f, stop_before_pixels=True)) for f in volume.meta.source_files]
+    datasets = [_read_source(f, notes) for f in volume.meta.source_files]
     for k, ds in enumerate(datasets):
         where = volume.meta.source_files[k]
         if not str(getattr(ds, "SOPInstanceUID", "")).strip():
@@ -131,8 +118,19 @@ def _frame_slices(volume: Volume, ds: Any) -> list[int]:
     return slices
 
 
-def build_seg(labels: np.ndarray, volume: Volume, names: dict[int, str], algorithm: SegAlgorithm) -> Any:
-    """A highdicom BINARY Segmentation of `labels` (label-map style, [i, j, k]) referencing the source series."""
+def build_seg(
+    labels: np.ndarray,
+    volume: Volume,
+    names: dict[int, str],
+    algorithm: SegAlgorithm,
+    series_note: str | None = None,
+    notes: list[str] | None = None,
+) -> Any:
+    """A highdicom BINARY Segmentation of `labels` (label-map style, [i, j, k]) referencing the source series.
+
+    `series_note` (e.g. 'FORCED modality') leads the SeriesDescription; normalised source values are appended to
+    `notes`. A highdicom failure on the source's values becomes SegUnavailable: the label map is kept."""
+    notes = [] if notes is None else notes
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -159,12 +157,26 @@ def build_seg(labels: np.ndarray, volume: Volume, names: dict[int, str], algorit
     ]
     frames = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)
     if len(volume.meta.source_files) == 1 and volume.shape[2] > 1:
-        import pydicom
-
-        sources = [_with_type2(pydicom.dcmread(volume.meta.source_files[0], stop_before_pixels=True))]
+        sources = [_read_source(volume.meta.source_files[0], notes)]
         frames = frames[_frame_slices(volume, sources[0])]
     else:
-        sources = _source_headers(volume)
+        sources = _source_headers(volume, notes)
+    series = _series_description(f"{algorithm.name} {algorithm.version} segmentation", series_note)
+    try:
+        return _segmentation(hd, sources, frames, descriptions, algorithm, series)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise SegUnavailable(f"highdicom could not build the SEG from this source ({detail})") from exc
+
+
+def _series_description(description: str, note: str | None) -> str:
+    """The note (e.g. 'FORCED modality,body_part') first, so it survives the 64-character limit."""
+    return (f"{note} {description}" if note else description)[:64]
+
+
+def _segmentation(
+    hd: Any, sources: list[Any], frames: np.ndarray, descriptions: list[Any], algorithm: SegAlgorithm, series: str
+) -> Any:
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
@@ -178,7 +190,7 @@ def build_seg(labels: np.ndarray, volume: Volume, names: dict[int, str], algorit
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.software_version,
         device_serial_number="none",
-        series_description=f"{algorithm.name} {algorithm.version} segmentation"[:64],
+        series_description=series,
         content_label="SEGMENTATION",
         content_description=f"Automatic segmentation by {algorithm.name} {algorithm.version}"[:64],
         omit_empty_frames=True,
@@ -192,11 +204,13 @@ def write_seg(
     algorithm: SegAlgorithm,
     path: Path,
     overwrite: bool = False,
+    series_note: str | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
-    """Build the SEG and write it atomically to `path`."""
+    """Build the SEG and write it atomically to `path` (see `build_seg` for `series_note` and `notes`)."""
     if not labels.any():
         raise SegUnavailable("the segmentation is empty; a DICOM SEG needs at least one segmented frame")
-    seg = build_seg(labels, volume, names, algorithm)
+    seg = build_seg(labels, volume, names, algorithm, series_note, notes)
     with atomic_path(path, overwrite) as tmp:
         seg.save_as(tmp)
     return path

@@ -1,0 +1,125 @@
+"""`medseg deid INPUT OUTPUT --key-file KEY` and `medseg deid check ORIGINAL DEIDENTIFIED`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from medseg.cli.state import console
+
+EXAMPLES = """Examples:
+
+  medseg keys secret deid.key
+
+  medseg deid study/ deid-out/ --key-file deid.key
+
+  medseg deid study/ deid-out/ --key-file deid.key --option retain-dates-shifted --option clean-descriptors
+
+  medseg deid check study/ deid-out/
+
+Output: OUTPUT/<study UID>/<series UID>/<instance UID>.dcm (new keyed UIDs), OUTPUT/quarantine/ for files whose
+pixels could not be cleaned with confidence, OUTPUT/deid-manifest.json (digests and actions, no values).
+Re-running with the same key gives identical outputs and completes an interrupted run.
+Exit codes: 0 ok, 1 leak found (check), 2 usage, 3 invalid input (--strict), 4 processing failure.
+"""
+
+
+class _DefaultRun(TyperGroup):
+    """`medseg deid A B` means `medseg deid run A B`; `medseg deid check A B` runs the check."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+deid_app = typer.Typer(
+    name="deid",
+    cls=_DefaultRun,
+    help="De-identify DICOM (PS3.15 Annex E, burned-in text included) and prove no identity remains.",
+    no_args_is_help=True,
+    epilog=EXAMPLES,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `deid` command group to the app."""
+    app.add_typer(deid_app, name="deid")
+
+
+@deid_app.command("run", epilog=EXAMPLES)
+def run(
+    input: Path = typer.Argument(..., help="DICOM file or folder (searched recursively); never modified."),
+    output: Path = typer.Argument(..., help="New or empty folder (or one from an interrupted run with the same key)."),
+    key_file: Path = typer.Option(..., "--key-file", help="Secret of >= 32 bytes (`medseg keys secret FILE`)."),
+    profile: str = typer.Option("basic", "--profile", help="Confidentiality profile (basic)."),
+    option: list[str] = typer.Option([], "--option", help="Annex E option; repeat. See docs/deid.md."),
+    pixels: str = typer.Option("scan", "--pixels", help="scan: OCR every image and blank text; off: header only."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 3) on the first non-DICOM or truncated file."),
+) -> None:
+    """De-identify DICOM files into OUTPUT with keyed UIDs, pseudonyms and date shifts."""
+    from medseg.cli.audited import audited
+    from medseg.deid.runner import DeidSettings, deidentify_tree
+    from medseg.deid.table import check_options
+    from medseg.errors import UsageError
+    from medseg.keys import read_secret, secret_id
+
+    if profile != "basic":
+        raise UsageError(f"unknown profile {profile!r}", hint="Only --profile basic exists.")
+    if pixels not in ("scan", "off"):
+        raise UsageError(f"unknown --pixels {pixels!r}", hint="Use scan or off.")
+    options = check_options(option)
+    secret = read_secret(key_file)
+    params = {"profile": profile, "options": sorted(options), "pixels": pixels, "strict": strict,
+              "key_id": secret_id(secret)}  # fmt: skip
+    warnings.filterwarnings("ignore", category=UserWarning)  # pydicom's notes on odd inputs; records say enough
+    with audited("deid", params=params) as rec:
+        rec.add_inputs([input])
+        settings = DeidSettings(options, scan_pixels=pixels == "scan", strict=strict)
+        with console.progress("de-identifying", total=None) as advance:
+            result = deidentify_tree(input, output, secret, settings, on_file=lambda r: advance(1, last=r.status))
+        written = [output / r.output for r in result.records if r.output and r.status == "written"]
+        rec.add_outputs([*written, result.manifest])
+        for r in result.records:
+            if r.status in ("skipped", "dropped", "quarantined", "failed"):
+                console.warn(f"{r.status}: input {r.input_ref[:24]}...: {r.reason}")
+        counts = {s: result.count(s) for s in ("written", "quarantined", "skipped", "dropped", "failed")}
+        resumed = sum(r.resumed for r in result.records)
+        rec.set_outcome_detail("deid:" + ",".join(f"{k}={v}" for k, v in counts.items()) + f",resumed={resumed}")
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        console.result(f"{output}: {summary or 'no files'} ({resumed} already done); manifest {result.manifest}")
+        if counts["failed"]:
+            from medseg.errors import ProcessingError
+
+            raise ProcessingError(f"{counts['failed']} file(s) failed", path=result.manifest,
+                                  hint="See the manifest's reasons; rerun with --debug and report it.")  # fmt: skip
+
+
+@deid_app.command("check", epilog=EXAMPLES)
+def check(
+    original: Path = typer.Argument(..., help="The original file or folder."),
+    deidentified: Path = typer.Argument(..., help="The de-identified output folder (with deid-manifest.json)."),
+    ocr: bool = typer.Option(True, "--ocr/--no-ocr", help="OCR the cleaned pixel regions again."),
+) -> None:
+    """Prove no identifying value of ORIGINAL remains in DEIDENTIFIED (exit 1 naming tag and file, never the value)."""
+    from medseg.cli.audited import audited
+    from medseg.deid.check import check_tree
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    with audited("deid check", params={"ocr": ocr}) as rec:
+        rec.add_inputs([original, deidentified])
+        result = check_tree(original, deidentified, ocr=ocr)
+        for finding in result.findings:
+            console.error(finding.line(), exit_code=1)
+        rec.set_outcome_detail(f"leaks={len(result.findings)},files={result.files_checked}")
+        console.result(
+            f"{deidentified}: {len(result.findings)} leak(s) in {result.files_checked} file(s) checked against "
+            f"{result.identifying_values} identifying values of {result.originals_used} original(s); "
+            f"{result.ocr_files} re-OCRed; {result.quarantined} quarantined file(s) not released"
+        )
+        if result.findings:
+            raise typer.Exit(1)

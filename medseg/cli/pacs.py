@@ -1,0 +1,167 @@
+"""`medseg pacs serve|status|retry|stop` (the PACS-adjacent service) and `medseg batch` (offline, same queue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medseg.cli.state import console
+
+EXAMPLES = """
+Examples:
+
+  medseg pacs serve --config pacs.yaml
+
+  medseg pacs status --config pacs.yaml --json
+
+  medseg pacs retry 12 --config pacs.yaml
+
+  medseg pacs retry --failed --config pacs.yaml
+
+  medseg pacs stop --config pacs.yaml
+
+See configs/pacs.example.yaml for every key and docs/pacs.md for how it behaves when things fail.
+"""
+
+BATCH_EXAMPLES = """
+Examples:
+
+  medseg batch studies/ --out results/
+
+  medseg batch studies/ --out results/ --scheduler tcp://10.0.0.5:8786
+
+SEGs go to OUT/seg/<StudyInstanceUID>/; the queue (OUT/queue.db) makes a rerun finish only what is left.
+"""
+
+CONFIG = typer.Option(Path("pacs.yaml"), "--config", "-c", help="The service's YAML configuration.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `pacs` command group and the `batch` command to the app."""
+    pacs_app = typer.Typer(help="Receive studies over DICOM, segment them, send DICOM SEG back.", no_args_is_help=True)
+    app.add_typer(pacs_app, name="pacs")
+
+    @pacs_app.command("serve", epilog=EXAMPLES)
+    def serve(
+        config: Path = CONFIG,
+        grace: float = typer.Option(30.0, "--grace", help="Seconds running jobs get to finish on stop."),
+    ) -> None:
+        """Run the C-STORE listener, the completion scheduler and the workers until stopped (SIGTERM / pacs stop)."""
+        import signal
+
+        from medseg.cli.audited import audited
+        from medseg.pacs.config import load_config
+        from medseg.pacs.service import Service
+
+        cfg = load_config(config)
+        with audited("pacs.serve", params={"config": config, "workers": cfg.workers}) as rec:
+            rec.add_inputs([config])
+            service = Service(cfg, on_event=console.info)
+            signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
+            signal.signal(signal.SIGINT, lambda *_: service.stop.set())
+            service.run(grace)
+
+    @pacs_app.command("status", epilog=EXAMPLES)
+    def status_cmd(
+        config: Path = CONFIG,
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Studies receiving and jobs queued, running, pending, sent, failed and quarantined, with reasons and ages."""
+        import json
+
+        from medseg.pacs.config import load_config
+        from medseg.pacs.queue import JobQueue
+        from medseg.pacs.service import read_pid
+        from medseg.pacs.status import status
+
+        cfg = load_config(config)
+        report = status(JobQueue(cfg.queue_path)) | {"service_pid": read_pid(cfg.storage)}
+        if as_json:
+            console.result(json.dumps(report, indent=2))
+            return
+        running = f"running (pid {report['service_pid']})" if report["service_pid"] else "not running"
+        console.result(f"service {running}; " + ", ".join(f"{n} {k}" for k, n in report["counts"].items()))
+        for s in report["receiving"]:
+            left = s['completes_in_s']
+            console.result(f"  receiving {s['study']}: {s['instances']} instance(s), completes in {left} s")
+        for j in report["jobs"]:
+            why = f": {j['reason']}" if j["reason"] else ""
+            console.result(f"  job {j['job']} {j['state']} (attempts {j['attempts']}, age {j['age_s']} s){why}")
+
+    @pacs_app.command("retry", epilog=EXAMPLES)
+    def retry(
+        job: int | None = typer.Argument(None, help="Job id (see `medseg pacs status`)."),
+        failed: bool = typer.Option(False, "--failed", help="Retry every failed job."),
+        config: Path = CONFIG,
+    ) -> None:
+        """Queue a failed, pending or quarantined job again now (or every failed job)."""
+        from medseg.cli.audited import audited
+        from medseg.errors import UsageError
+        from medseg.pacs.config import load_config
+        from medseg.pacs.queue import JobQueue
+
+        if (job is None) == (not failed):
+            raise UsageError("name one JOB or pass --failed", hint="See `medseg pacs retry --help`.")
+        cfg = load_config(config)
+        with audited("pacs.retry", params={"job": job, "failed": failed}) as rec:
+            ids = JobQueue(cfg.queue_path).retry(job, failed)
+            rec.set_outcome_detail(f"requeued:{len(ids)}")
+        if job is not None and not ids:
+            raise UsageError(f"job {job} is not failed, pending or quarantined", hint="See `medseg pacs status`.")
+        console.result(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
+
+    @pacs_app.command("stop", epilog=EXAMPLES)
+    def stop(
+        config: Path = CONFIG,
+        wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for the service to exit."),
+    ) -> None:
+        """Stop the service gracefully: no new associations, running jobs finish or are handed back."""
+        import os
+        import signal
+        import time
+
+        from medseg.errors import ProcessingError, UsageError
+        from medseg.pacs.config import load_config
+        from medseg.pacs.service import read_pid
+
+        cfg = load_config(config)
+        pid = read_pid(cfg.storage)
+        if pid is None:
+            raise UsageError("no service is running on this storage", path=cfg.storage)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        while read_pid(cfg.storage) == pid and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if read_pid(cfg.storage) == pid:
+            raise ProcessingError(f"service pid {pid} still running after {wait:.0f} s", hint="Wait, or kill it.")
+        console.result(f"stopped (pid {pid})")
+
+    @app.command("batch", epilog=BATCH_EXAMPLES)
+    def batch(
+        input: Path = typer.Argument(..., help="Folder of DICOM studies."),
+        out: Path = typer.Option(..., "--out", "-o", help="Results folder (also holds the queue)."),
+        organ: str = typer.Option("liver", "--organ"),
+        model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
+        backend: str = typer.Option("auto", "--backend"),
+        scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address, tcp://HOST:PORT."),
+    ) -> None:
+        """Segment many studies offline through the durable queue (locally or on a Dask cluster)."""
+        from medseg.cli.audited import audited
+        from medseg.errors import ProcessingError
+        from medseg.pacs.batch import batch_config, enqueue, run_batch
+
+        cfg = batch_config(out, organ, model, backend, scheduler)
+        with audited("batch", params={"organ": organ, "model": model, "scheduler": scheduler}) as rec:
+            rec.add_inputs([input])
+            queue = enqueue(cfg, input)
+            run_batch(cfg, queue, console.info)
+            jobs = queue.jobs()
+            counts = {s: sum(j.state == s for j in jobs) for s in ("sent", "quarantined", "failed")}
+            for j in jobs:
+                if j.state != "sent":
+                    console.warn(f"job {j.id} ({j.input}): {j.state}: {j.reason}")
+            console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} studies")
+            if counts["sent"] != len(jobs):
+                rec.set_outcome_detail("not_all_sent")
+                raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not segmented")

@@ -1,0 +1,91 @@
+"""`medseg deid check ORIGINAL DEIDENTIFIED`: the leak check over whole trees, plus OCR of the cleaned regions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.deid.leakcheck import Finding, collect, read_any, scan_dataset, scan_raw
+from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
+from medseg.errors import UsageError
+
+
+@dataclass
+class CheckResult:
+    """Findings (no values), what was checked, and what was not (quarantined files are never released)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    files_checked: int = 0
+    originals_used: int = 0
+    identifying_values: int = 0
+    quarantined: int = 0
+    ocr_files: int = 0
+
+
+def _manifest(deid: Path) -> dict:
+    path = deid / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UsageError("the run manifest is not valid JSON", path=path, hint="Re-run medseg deid.") from exc
+
+
+def _outputs(deid: Path) -> list[Path]:
+    skip = {MANIFEST}
+    return [
+        p for p in discover(deid)
+        if p.name not in skip and STATE_DIR not in p.relative_to(deid).parts and not p.name.startswith(".tmp-")
+    ]  # fmt: skip
+
+
+def check_tree(
+    original: Path, deid: Path, ocr: bool = True, on_file: Callable[[Path], None] | None = None
+) -> CheckResult:
+    """Search every de-identified file for every identifying value of the originals; re-OCR cleaned regions."""
+    if not original.exists() or not deid.exists():
+        missing = original if not original.exists() else deid
+        raise UsageError("not found", path=missing, hint="Pass the original and the de-identified folder.")
+    manifest = _manifest(deid)
+    options = frozenset(manifest.get("options", []))
+    matchers = collect(discover(original), options)
+    result = CheckResult(originals_used=matchers.files)
+    result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
+    regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
+    for path in _outputs(deid):
+        rel = path.relative_to(deid).as_posix() if deid.is_dir() else path.name
+        if rel.split("/")[0] == QUARANTINE:
+            result.quarantined += 1
+            continue
+        if on_file is not None:
+            on_file(path)
+        data = path.read_bytes()
+        ds = read_any(path)
+        result.files_checked += 1
+        result.findings.extend(scan_raw(data, matchers, rel))
+        if ds is None:
+            continue
+        result.findings.extend(scan_dataset(ds, matchers, rel))
+        if ocr and regions.get(rel):
+            result.ocr_files += 1
+            result.findings.extend(_ocr_regions(ds, regions[rel], rel))
+    return result
+
+
+def _ocr_regions(ds: object, regions: list[list[int]], name: str) -> list[Finding]:
+    """Text boxes detected again inside the regions that were blanked."""
+    from medseg.deid.ocr import TextBox, detect_text
+    from medseg.deid.pixels import frames_for_check
+
+    findings = []
+    for index, display in frames_for_check(ds, sorted({r[0] for r in regions})):
+        cleaned = [TextBox(r[1], r[2], r[3], r[4], 1.0, 0) for r in regions if r[0] == index]
+        for box in detect_text(display):
+            if any(box.overlaps(c) for c in cleaned):
+                findings.append(
+                    Finding(name, f"pixels, frame {index}, box {box.x0},{box.y0}-{box.x1},{box.y1}", "burned-in text")
+                )
+    return findings

@@ -1,0 +1,155 @@
+"""Burned-in text: find it with OCR in every frame, blank it with a margin, check again, or quarantine the file.
+
+The BurnedInAnnotation flag is not trusted (real exports say NO over names in the pixels), so every decodable
+image is scanned except objects whose pixels are computed, never rendered (SEG, RT Dose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from medseg.deid.ocr import TextBox, detect_text, to_display
+
+AT_RISK_MODALITIES = frozenset({"US", "SC", "XA", "RF", "CR", "DX", "MG", "OT", "IO", "PX", "XC", "ES", "GM", "DOC"})
+COMPUTED_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
+})  # fmt: skip
+MARGIN_PX = 3
+MARGIN_FRACTION = 0.15
+MAX_ROUNDS = 2
+
+
+@dataclass
+class PixelOutcome:
+    """What happened to one file's pixels: status, reason, frames scanned and the regions blanked per frame."""
+
+    status: str  # no-pixels | computed | not-scanned | clean | cleaned | quarantine
+    reason: str | None = None
+    frames: int = 0
+    regions: list[tuple[int, int, int, int, int]] = field(default_factory=list)  # frame, x0, y0, x1, y1
+
+    @property
+    def rewritten(self) -> bool:
+        """True when new pixel data was written."""
+        return self.status == "cleaned"
+
+
+def at_risk(ds: Dataset) -> bool:
+    """Modalities and objects that usually carry burned-in text: projections, US, captures, scouts."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    sop = str(ds.get("SOPClassUID", ""))
+    return (
+        str(ds.get("Modality", "")).upper() in AT_RISK_MODALITIES
+        or "LOCALIZER" in image_type
+        or sop.startswith("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture family
+        or str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+    )
+
+
+def _frames(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """(frames, rows, cols[, samples]) whatever the number of frames."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return arr[None] if arr.ndim == (3 if samples > 1 else 2) else arr
+
+
+def _margin(box: TextBox) -> int:
+    return MARGIN_PX + int(MARGIN_FRACTION * (box.y1 - box.y0))
+
+
+def _blank(frame: np.ndarray, boxes: list[TextBox], fill: float | int) -> list[TextBox]:
+    height, width = frame.shape[:2]
+    grown = [b.grown(_margin(b), width, height) for b in boxes]
+    for b in grown:
+        frame[b.y0 : b.y1, b.x0 : b.x1] = fill
+    return grown
+
+
+def _render(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        return to_display(apply_color_lut(frame, ds), "RGB")
+    return to_display(frame, photometric)
+
+
+def _decode(ds: Dataset) -> tuple[np.ndarray, str]:
+    """The pixel array (RGB for YBR inputs) and the photometric interpretation it is in."""
+    arr = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric.startswith("YBR") and "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
+        photometric = "RGB"  # pydicom converts decoded JPEG YBR to RGB
+    elif photometric.startswith("YBR"):
+        from pydicom.pixels import convert_color_space
+
+        arr, photometric = convert_color_space(arr, photometric, "RGB"), "RGB"
+    return np.array(arr, copy=True), photometric
+
+
+def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
+    """Scan (and if needed clean, in place) the pixels of a header-de-identified dataset with its original file meta."""
+    if "PixelData" not in ds:
+        return PixelOutcome("no-pixels")
+    if str(ds.get("SOPClassUID", "")) in COMPUTED_SOP_CLASSES:
+        return PixelOutcome("computed")
+    if not scan:
+        if at_risk(ds):
+            return PixelOutcome("quarantine", "pixels at risk of burned-in text were not scanned (--pixels off)")
+        return PixelOutcome("not-scanned")
+    try:
+        arr, photometric = _decode(ds)
+    except Exception as exc:  # any decoder failure means the pixels cannot be checked
+        return PixelOutcome("quarantine", f"pixel data cannot be decoded for a text check ({type(exc).__name__})")
+    frames = _frames(arr, ds)
+    regions: list[tuple[int, int, int, int, int]] = []
+    for index in range(frames.shape[0]):
+        frame = frames[index]
+        display = _render(frame, ds, photometric)
+        boxes = detect_text(display)
+        rounds = 0
+        fill = frame.max() if photometric == "MONOCHROME1" else frame.min()
+        while boxes and rounds < MAX_ROUNDS:
+            grown = _blank(frame, boxes, fill)
+            regions.extend((index, b.x0, b.y0, b.x1, b.y1) for b in grown)
+            rounds += 1
+            boxes = detect_text(_render(frame, ds, photometric))
+        if boxes:
+            return PixelOutcome(
+                "quarantine", f"text still detected after {MAX_ROUNDS} cleaning rounds", frames.shape[0], regions
+            )
+    if not regions:
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+            return PixelOutcome("quarantine", "BurnedInAnnotation is YES but no text was detected", frames.shape[0])
+        return PixelOutcome("clean", None, frames.shape[0])
+    reason = _write_back(ds, frames, photometric)
+    if reason:
+        return PixelOutcome("quarantine", reason, frames.shape[0], regions)
+    return PixelOutcome("cleaned", None, frames.shape[0], regions)
+
+
+def _write_back(ds: Dataset, frames: np.ndarray, photometric: str) -> str | None:
+    """Store the cleaned frames as native pixel data; a reason string when that is not possible."""
+    data = frames[0] if frames.shape[0] == 1 else frames
+    if data.dtype not in (np.uint8, np.uint16, np.int8, np.int16):
+        return f"cleaned pixels of type {data.dtype} cannot be stored"
+    bits = int(ds.get("BitsStored", data.dtype.itemsize * 8))
+    try:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.set_pixel_data(data, photometric, bits, generate_instance_uid=False)
+    except (ValueError, NotImplementedError, AttributeError) as exc:
+        return f"cleaned pixels cannot be stored ({type(exc).__name__})"
+    if "NumberOfFrames" not in ds and frames.shape[0] > 1:
+        ds.NumberOfFrames = frames.shape[0]
+    return None
+
+
+def frames_for_check(ds: Dataset, indices: list[int]) -> list[tuple[int, np.ndarray]]:
+    """8-bit renderings of the given frames of a written file, for the leak check's second OCR pass."""
+    arr, photometric = _decode(ds)
+    frames = _frames(arr, ds)
+    return [(i, _render(frames[i], ds, photometric)) for i in indices if i < frames.shape[0]]

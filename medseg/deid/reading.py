@@ -1,0 +1,57 @@
+"""Read one input file for de-identification, or say why it is skipped (not DICOM, truncated) or dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from medseg.io.dicom_headers import HeaderError, read_header
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+DICOMDIR_NOTE = "DICOMDIR dropped: it indexes the original files by patient values and names; rebuild it on the output"
+
+
+class ReadProblem(Exception):
+    """The file is not de-identified: `status` skipped (unreadable) or dropped (DICOMDIR), with a reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _pixel_bytes_short(ds: Dataset) -> bool:
+    """True when native pixel data is shorter than rows x columns x samples x bits x frames says."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if "PixelData" not in ds or (ts is not None and ts.is_compressed):
+        return False
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * frames * ds.BitsAllocated // 8
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return len(ds.PixelData) < expected
+
+
+def read_input(path: Path) -> Dataset:
+    """The whole dataset (pixel data loaded); ReadProblem for DICOMDIR, non-DICOM, truncated or corrupt files."""
+    if path.name.upper() == "DICOMDIR":
+        raise ReadProblem("dropped", DICOMDIR_NOTE)
+    try:
+        ds = read_header(path)
+        list(ds.iterall())  # every element parsed now, so a corrupt one is reported against this file
+    except HeaderError as exc:
+        raise ReadProblem("skipped", exc.reason) from exc
+    except Exception as exc:
+        raise ReadProblem("skipped", f"unreadable DICOM element ({type(exc).__name__})") from exc
+    meta = getattr(ds, "file_meta", None)
+    if str(ds.get("SOPClassUID", "")) == DICOMDIR_CLASS or (
+        meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_CLASS
+    ):
+        raise ReadProblem("dropped", DICOMDIR_NOTE)
+    if len(ds) == 0:
+        raise ReadProblem("skipped", "empty or truncated DICOM file (no elements)")
+    if _pixel_bytes_short(ds):
+        raise ReadProblem("skipped", "truncated pixel data")
+    return ds

@@ -1,0 +1,228 @@
+"""De-identify a file or a folder tree into OUTPUT/study/series/instance.dcm, resumably, with a run manifest.
+
+Each finished file leaves a small state record (OUTPUT/.deid-state/), so a re-run with the same key skips what is
+done and completes the rest; outputs are written atomically, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID, ExplicitVRBigEndian
+
+from medseg.deid import engine
+from medseg.deid.identity import set_identity
+from medseg.deid.keyed import KeyedMapper
+from medseg.deid.pixels import PixelOutcome, scan_and_clean
+from medseg.deid.reading import ReadProblem, read_input
+from medseg.deid.writer import relative_name, source_transfer_syntax, to_little_endian, write_dataset
+from medseg.errors import InvalidInputError, MedsegError, UsageError
+from medseg.io.atomic import atomic_write_text
+from medseg.keys import secret_id
+
+STATE_DIR = ".deid-state"
+MANIFEST = "deid-manifest.json"
+QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class DeidSettings:
+    """Choices of one run: Annex E options, whether pixels are scanned, and --strict."""
+
+    options: frozenset[str] = frozenset()
+    scan_pixels: bool = True
+    strict: bool = False
+
+
+@dataclass
+class FileRecord:
+    """One input file's line in the manifest: digests, where it went and why; never a value or a name."""
+
+    input_ref: str
+    input_sha256: str
+    status: str  # written | quarantined | skipped | dropped
+    output: str | None = None
+    output_sha256: str | None = None
+    reason: str | None = None
+    actions: dict[str, int] = field(default_factory=dict)
+    pixels: dict[str, object] = field(default_factory=dict)
+    resumed: bool = False
+
+
+@dataclass
+class RunResult:
+    """All records of a run and the manifest's path."""
+
+    records: list[FileRecord]
+    manifest: Path
+
+    def count(self, status: str) -> int:
+        """Number of files with the given status."""
+        return sum(r.status == status for r in self.records)
+
+
+def discover(root: Path) -> Iterator[Path]:
+    """Files under `root` (or `root` itself) in sorted order, state and manifest files excluded."""
+    if root.is_file():
+        yield root
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(folder) / name
+
+
+def _check_paths(src: Path, out: Path, key_id: str) -> None:
+    if not src.exists():
+        raise UsageError("input not found", path=src, hint="Pass a DICOM file or folder.")
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents or o in s.parents:
+        raise UsageError("input and output overlap", path=out, hint="Write the output to a separate folder.")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / STATE_DIR / "key-id"
+        if not marker.is_file():
+            raise UsageError("output folder is not empty and was not made by medseg deid", path=out,
+                             hint="Choose a new or empty folder.")  # fmt: skip
+        if marker.read_text().strip() != key_id:
+            raise UsageError("output folder was made with another key", path=out,
+                             hint="Use the same --key-file to resume, or a new folder.")  # fmt: skip
+
+
+def _load_state(out: Path) -> dict[str, FileRecord]:
+    state: dict[str, FileRecord] = {}
+    for path in sorted((out / STATE_DIR).glob("*.json")):
+        try:
+            rec = FileRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue  # a damaged record only costs re-processing that file
+        state[rec.input_ref] = rec
+    return state
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _unique(rel: Path, ref: str, taken: dict[str, str]) -> Path:
+    """`rel`, or rel with -2, -3... when another input already owns that name (inputs sharing a SOP UID)."""
+    candidate, n = rel, 1
+    while taken.get(candidate.as_posix(), ref) != ref:
+        n += 1
+        candidate = rel.with_name(f"{rel.stem}-{n}.dcm")
+    taken[candidate.as_posix()] = ref
+    return candidate
+
+
+def deidentify_tree(
+    src: Path, out: Path, secret: bytes, settings: DeidSettings,
+    on_file: Callable[[FileRecord], None] | None = None,
+) -> RunResult:  # fmt: skip
+    """De-identify every file under `src` into `out`; returns the records (manifest written to out)."""
+    key_id = secret_id(secret)
+    _check_paths(src, out, key_id)
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STATE_DIR / "key-id", key_id + "\n", overwrite=True)
+    mapper = KeyedMapper(secret)
+    state = _load_state(out)
+    taken = {r.output: r.input_ref for r in state.values() if r.output}
+    records = []
+    for path in discover(src):
+        rel = path.relative_to(src).as_posix() if src.is_dir() else path.name
+        ref = "hmac-sha256:" + mapper.digest("input-path", rel).hex()
+        data = path.read_bytes()
+        digest = _sha256(data)
+        old = state.get(ref)
+        if old is not None and old.input_sha256 == digest and _output_intact(out, old):
+            old.resumed = True
+            rec = old
+        else:
+            rec = _one_file_safe(path, data, ref, digest, out, mapper, settings, taken)
+            atomic_write_text(out / STATE_DIR / f"{ref[12:44]}.json", json.dumps(asdict(rec)), overwrite=True)
+        records.append(rec)
+        if on_file is not None:
+            on_file(rec)
+        if settings.strict and rec.status == "skipped":
+            raise InvalidInputError(
+                f"{rec.reason} (input {ref[:24]}...)", path=src, hint="Remove it, or run without --strict."
+            )
+    manifest = out / MANIFEST
+    atomic_write_text(manifest, json.dumps(_manifest(records, key_id, settings), indent=1) + "\n", overwrite=True)
+    return RunResult(records, manifest)
+
+
+def _output_intact(out: Path, rec: FileRecord) -> bool:
+    if rec.output is None:
+        return True
+    target = out / rec.output
+    return target.is_file() and _sha256(target.read_bytes()) == rec.output_sha256
+
+
+def _one_file_safe(
+    path: Path, data: bytes, ref: str, digest: str, out: Path, mapper: KeyedMapper, settings: DeidSettings,
+    taken: dict[str, str],
+) -> FileRecord:  # fmt: skip
+    """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost."""
+    try:
+        return _one_file(path, data, ref, digest, out, mapper, settings, taken)
+    except (OSError, MedsegError):
+        raise
+    except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
+        return FileRecord(ref, digest, "failed", reason=f"internal error {type(exc).__name__}: {str(exc)[:120]}")
+
+
+def _one_file(
+    path: Path, data: bytes, ref: str, digest: str, out: Path, mapper: KeyedMapper, settings: DeidSettings,
+    taken: dict[str, str],
+) -> FileRecord:  # fmt: skip
+    """Read, de-identify, scan pixels and write one file; problems become the record's status and reason."""
+    try:
+        ds = read_input(path)
+    except ReadProblem as problem:
+        return FileRecord(ref, digest, problem.status, reason=problem.reason)
+    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=engine.identifying_words(ds))
+    result = engine.deidentify(ds, ctx)
+    result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
+    result.file_meta.TransferSyntaxUID = UID(source_transfer_syntax(ds))
+    pixels: PixelOutcome = scan_and_clean(result, settings.scan_pixels)
+    big_endian = source_transfer_syntax(ds) == ExplicitVRBigEndian
+    if big_endian and not pixels.rewritten:
+        to_little_endian(result)
+    elif big_endian:
+        result.set_original_encoding(False, True, result.original_character_set)
+    set_identity(result, ds, ctx, pixels_cleaned=pixels.rewritten)
+    rel = relative_name(result)
+    status = "written"
+    if pixels.status == "quarantine":
+        rel, status = Path(QUARANTINE) / rel.name, "quarantined"
+    rel = _unique(rel, ref, taken)
+    target = out / rel
+    write_dataset(result, ds, target, pixels.rewritten or big_endian)
+    return FileRecord(
+        ref, digest, status, rel.as_posix(), _sha256(target.read_bytes()), pixels.reason,
+        dict(sorted(ctx.actions.items())),
+        {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions]},
+    )  # fmt: skip
+
+
+def _manifest(records: list[FileRecord], key_id: str, settings: DeidSettings) -> dict[str, object]:
+    from medseg import __version__
+    from medseg.deid.table import load_table
+
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return {
+        "tool": f"medseg {__version__}",
+        "table": f"PS3.15 Table E.1-1 {load_table().edition}",
+        "key_id": key_id,
+        "options": sorted(settings.options),
+        "pixels_scanned": settings.scan_pixels,
+        "counts": counts,
+        "files": [asdict(r) for r in records],
+    }

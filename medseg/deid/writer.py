@@ -1,0 +1,56 @@
+"""Write one de-identified dataset atomically under a name made only of new UIDs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from medseg.deid.identity import new_file_meta
+from medseg.io.atomic import atomic_path
+
+
+def source_transfer_syntax(original: Dataset) -> str:
+    """The input's transfer syntax, or the one its encoding implies when the file has no meta group."""
+    meta = getattr(original, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if ts:
+        return ts
+    implicit = getattr(original, "original_encoding", (True, True))[0]
+    return ImplicitVRLittleEndian if implicit in (True, None) else ExplicitVRLittleEndian
+
+
+def output_transfer_syntax(original: Dataset, pixels_rewritten: bool) -> str:
+    """The output's transfer syntax: native little endian when pixels were rewritten, else the input's own."""
+    ts = source_transfer_syntax(original)
+    if pixels_rewritten or ts in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
+        return ExplicitVRLittleEndian
+    return ts
+
+
+def to_little_endian(out: Dataset) -> None:
+    """Rewrite big endian native pixel data as little endian (pydicom does not swap bytes on save)."""
+    if "PixelData" in out:
+        arr = out.pixel_array
+        out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out.set_pixel_data(arr, str(out.PhotometricInterpretation), int(out.BitsStored), generate_instance_uid=False)
+    out.set_original_encoding(False, True, out.original_character_set)
+
+
+def relative_name(out: Dataset) -> Path:
+    """study/series/instance.dcm from the de-identified UIDs (no PHI: they are keyed hashes)."""
+    return Path(str(out.StudyInstanceUID)) / str(out.SeriesInstanceUID) / f"{out.SOPInstanceUID}.dcm"
+
+
+def write_dataset(out: Dataset, original: Dataset, path: Path, pixels_rewritten: bool) -> None:
+    """Save `out` with a fresh file meta group to `path` (temporary file, fsync, rename)."""
+    ts = output_transfer_syntax(original, pixels_rewritten)
+    out.file_meta = new_file_meta(out, original, ts)
+    with atomic_path(path, overwrite=True) as tmp:
+        out.save_as(tmp, enforce_file_format=True)

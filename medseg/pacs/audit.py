@@ -1,0 +1,39 @@
+"""Audit trail entries of the service: each completed study received, each job attempt (with its send)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from medseg import __version__
+from medseg.audit.session import AuditRecorder, audit_session
+from medseg.pacs.queue import Job
+
+
+def software() -> dict[str, str]:
+    """The software versions on every event."""
+    return {"medseg": __version__, "python": platform.python_version()}
+
+
+@contextmanager
+def audited_job(job: Job, destination: str) -> Iterator[AuditRecorder]:
+    """One job attempt: its study (keyed reference), generation, attempt and fence, destination."""
+    params = {
+        "job": job.id,
+        "study_uid": job.study_uid,
+        "generation": job.generation,
+        "attempt": job.attempts,
+        "fence": job.fence,
+        "destination": destination,
+    }
+    with audit_session("pacs.job", params, software=software()) as rec:
+        yield rec
+
+
+def record_study(study_uid: str, generation: int, instances: int, folder: Path, job_id: int) -> None:
+    """A study received completely (its quiet time passed): its files' digests and the job made for it."""
+    params = {"study_uid": study_uid, "generation": generation, "instances": instances, "job": job_id}
+    with audit_session("pacs.receive", params, software=software()) as rec:
+        rec.add_inputs([folder])

@@ -1,0 +1,112 @@
+"""The service's configuration file (`medseg pacs serve --config pacs.yaml`), validated with pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medseg.errors import UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    """Where the C-STORE SCP listens."""
+
+    ae_title: str = Field("MEDSEG", max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+
+
+class Destination(_Strict):
+    """Where SEGs go: a C-STORE peer (ae_title, host, port) or a DICOMweb base URL for STOW-RS."""
+
+    ae_title: str | None = Field(None, max_length=16)
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    dicomweb: str | None = None
+    folder: Path | None = None
+    timeout_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Destination:
+        dimse = self.ae_title is not None and self.host is not None and self.port is not None
+        if dimse + (self.dicomweb is not None) + (self.folder is not None) != 1:
+            raise ValueError("give exactly one of: ae_title, host and port (C-STORE); dicomweb (STOW-RS); folder")
+        return self
+
+    @property
+    def name(self) -> str:
+        """How the ledger names this destination."""
+        if self.folder is not None:
+            return f"folder:{self.folder}"
+        return f"stow:{self.dicomweb}" if self.dicomweb else f"dimse:{self.ae_title}@{self.host}:{self.port}"
+
+
+class Completion(_Strict):
+    """A study is complete once no instance arrived for `quiet_seconds` (deadline kept in the queue)."""
+
+    quiet_seconds: float = Field(60.0, ge=0)
+    check_interval_s: float = Field(1.0, gt=0)
+
+
+class Retry(_Strict):
+    """Exponential backoff with a cap; `max_attempts` then 'failed', retried after `failed_retry_after_s`."""
+
+    base_s: float = Field(5.0, gt=0)
+    cap_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    failed_retry_after_s: float = Field(3600.0, ge=0)
+    max_rounds: int = Field(3, ge=0)
+
+
+class PacsConfig(_Strict):
+    """Everything `medseg pacs serve` needs; see configs/pacs.example.yaml for each key."""
+
+    listen: Listen = Listen()
+    storage: Path
+    destination: Destination
+    organs: list[str] = ["liver"]
+    model: str | None = None
+    backend: str = "auto"
+    strict: bool = False
+    completion: Completion = Completion()
+    retry: Retry = Retry()
+    workers: int = Field(1, ge=1, le=64)
+    scheduler: str | None = None
+    lease_seconds: float = Field(600.0, gt=0)
+    min_free_mb: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_organ(self) -> PacsConfig:
+        if len(self.organs) != 1:
+            raise ValueError("exactly one organ per service for now (one model per SEG)")
+        return self
+
+    @property
+    def queue_path(self) -> Path:
+        """The job queue database."""
+        return self.storage / "queue.db"
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PacsConfig:
+    """Read and validate a YAML config; relative storage paths are taken from the config file's folder."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        hint = "Start from configs/pacs.example.yaml."
+        raise UsageError(f"cannot read the config: {exc}", path=path, hint=hint) from exc
+    data |= overrides or {}
+    if "storage" in data and not Path(data["storage"]).is_absolute():
+        data["storage"] = str(Path(path).resolve().parent / data["storage"])
+    try:
+        return PacsConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise UsageError(f"{where}: {first['msg']}", path=path, hint="See configs/pacs.example.yaml.") from exc

@@ -1,0 +1,61 @@
+"""Idempotent results: the SEG's Series and SOP Instance UIDs derived from the job's idempotency key.
+
+Key = (StudyInstanceUID, source SeriesInstanceUID, organ set, model weights digest, software version). A re-run of
+the same job gives the same UIDs, so a re-send replaces the instance in the PACS instead of adding a series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import ProcessingError
+from medseg.pacs.storage import durable_write
+
+
+@dataclass(frozen=True)
+class SegIdentity:
+    """The key and the UIDs derived from it."""
+
+    key: str
+    series_uid: str
+    sop_uid: str
+    study_uid: str
+    source_series_uid: str
+
+
+def idempotency_key(study_uid: str, series_uid: str, organs: list[str], weights_sha256: str, software: str) -> str:
+    """SHA-256 of the canonical JSON of the five parts."""
+    parts = [study_uid, series_uid, sorted(organs), weights_sha256, software]
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+
+def derived_uid(key: str, role: str) -> str:
+    """A '2.25.<integer>' UID (PS3.5 B.2) from 128 bits of SHA-256(key, role): stable and unique per role."""
+    digest = hashlib.sha256(f"{key}/{role}".encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def stamp_seg(seg: Path, organs: list[str], weights_sha256: str, software: str) -> SegIdentity:
+    """Give the SEG file its derived Series/SOP Instance UIDs (rewritten durably in place)."""
+    import io
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(seg)
+        study = str(ds.StudyInstanceUID)
+        source = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError) as exc:
+        raise ProcessingError(f"cannot read the SEG to stamp it: {exc}", path=seg) from exc
+    key = idempotency_key(study, source, organs, weights_sha256, software)
+    ident = SegIdentity(key, derived_uid(key, "series"), derived_uid(key, "sop"), study, source)
+    ds.SeriesInstanceUID = ident.series_uid
+    ds.SOPInstanceUID = ident.sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = ident.sop_uid
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    durable_write(seg, buf.getvalue())
+    return ident

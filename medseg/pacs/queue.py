@@ -1,0 +1,355 @@
+"""The durable job queue: studies, received instances, jobs with leases and fencing, and the ledger of sends.
+
+SQLite in WAL mode with synchronous=FULL: every state change is committed (and on disk) before it is acted on.
+A job is leased for a time; each lease increments the job's fence, and every later write by the lease holder
+names that fence, so a worker whose lease expired and was taken over can no longer commit anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from medseg.errors import ProcessingError
+from medseg.pacs.records import (
+    JOB_STATES,
+    OPEN_STATES,
+    SCHEMA_SQL,
+    SCHEMA_VERSION,
+    Backoff,
+    Job,
+    Lease,
+    LeaseLost,
+    Received,
+)
+
+__all__ = ["JOB_STATES", "OPEN_STATES", "Backoff", "Job", "JobQueue", "Lease", "LeaseLost", "Received"]
+
+
+class JobQueue:
+    """The queue database; safe to use from several threads and processes (one connection per thread)."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn().executescript(SCHEMA_SQL)
+            with self._write() as db:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            hint = "Check the storage folder."
+            raise ProcessingError(f"cannot open the job queue: {exc}", path=self.path, hint=hint) from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # receiving ----------------------------------------------------------------------------------------------
+    def record_instance(
+        self, sop_uid: str, study_uid: str, series_uid: str, path: str, sha256: str, size: int,
+        quiet_s: float, calling_ae: str = "", now: float | None = None,
+    ) -> Received:  # fmt: skip
+        """Record a stored instance and push its study's completion deadline; a study already done is reopened."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            old = db.execute("SELECT sha256, study_uid FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+            study = db.execute("SELECT state, generation FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if old is not None and old["sha256"] == sha256:
+                gen = study["generation"] if study else 1
+                return Received("duplicate", study_uid, gen)
+            if study is None:
+                db.execute(
+                    "INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, ?, 0)", (study_uid, now, now, now + quiet_s)
+                )
+                gen = 1
+            else:
+                gen = study["generation"]
+                has_job = db.execute(
+                    "SELECT 1 FROM jobs WHERE study_uid=? AND generation=?", (study_uid, gen)
+                ).fetchone()
+                if study["state"] == "complete" or has_job:
+                    gen += 1
+                db.execute(
+                    "UPDATE studies SET state='receiving', generation=?, last_at=?, deadline=? WHERE study_uid=?",
+                    (gen, now, now + quiet_s, study_uid),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sop_uid, study_uid, series_uid, path, sha256, size, now, calling_ae),
+            )
+            db.execute(
+                "UPDATE studies SET instances=(SELECT COUNT(*) FROM instances WHERE study_uid=?) WHERE study_uid=?",
+                (study_uid, study_uid),
+            )
+            return Received("replaced" if old is not None else "new", study_uid, gen)
+
+    def complete_due(self, input_of: Callable[[str], str] | None = None, now: float | None = None) -> list[Job]:
+        """Studies whose quiet time has passed become complete, each with a new job; earlier open jobs are superseded.
+
+        `input_of` gives the folder a study's job reads (default: the study UID itself).
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            due = db.execute(
+                "SELECT study_uid, generation FROM studies WHERE state='receiving' AND deadline<=?", (now,)
+            ).fetchall()
+            made = []
+            for row in due:
+                uid, gen = row["study_uid"], row["generation"]
+                db.execute("UPDATE studies SET state='complete' WHERE study_uid=?", (uid,))
+                db.execute(
+                    "UPDATE jobs SET state='superseded', reason=?, updated_at=?, lease_owner=NULL "
+                    "WHERE study_uid=? AND generation<? AND state IN ('queued', 'pending', 'failed')",
+                    (f"superseded by generation {gen} (instances arrived after completion)", now, uid, gen),
+                )
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, 'queued', ?, ?)",
+                    (uid, gen, input_of(uid) if input_of else uid, now, now),
+                )
+                if cur.rowcount:
+                    made.append(self._job(db, int(cur.lastrowid or 0)))
+            return made
+
+    def add_job(self, study_key: str, input_path: str, now: float | None = None) -> Job:
+        """A job for an already complete study read in place (`medseg batch`); the existing one when added before."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            sql = "INSERT OR IGNORE INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)"
+            db.execute(sql, (study_key, now, now, now))
+            db.execute(
+                "INSERT OR IGNORE INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
+                "VALUES (?, 1, ?, 'queued', ?, ?)",
+                (study_key, input_path, now, now),
+            )
+            row = db.execute("SELECT id FROM jobs WHERE study_uid=? AND generation=1", (study_key,)).fetchone()
+            return self._job(db, row["id"])
+
+    def open_jobs(self) -> int:
+        """Jobs not yet in a final state (queued, running, pending)."""
+        row = self._conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'pending')")
+        return int(row.fetchone()[0])
+
+    def next_deadline(self) -> float | None:
+        """The earliest completion deadline of a study still receiving (persisted, so it survives restarts)."""
+        row = self._conn().execute("SELECT MIN(deadline) FROM studies WHERE state='receiving'").fetchone()
+        return row[0]
+
+    # leasing ------------------------------------------------------------------------------------------------
+    def lease(self, owner: str, duration_s: float, now: float | None = None, job_id: int | None = None) -> Lease | None:
+        """Claim the oldest runnable job (queued, pending past its backoff, or running with an expired lease)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            sql = (
+                "SELECT id FROM jobs WHERE ((state IN ('queued', 'pending') AND not_before<=?) "
+                "OR (state='running' AND lease_expires<?))"
+            )
+            args: tuple[object, ...] = (now, now)
+            if job_id is not None:
+                sql += " AND id=?"
+                args += (job_id,)
+            row = db.execute(sql + " ORDER BY not_before, id LIMIT 1", args).fetchone()
+            if row is None:
+                return None
+            expires = now + duration_s
+            db.execute(
+                "UPDATE jobs SET state='running', fence=fence+1, attempts=attempts+1, lease_owner=?, "
+                "lease_expires=?, updated_at=? WHERE id=?",
+                (owner, expires, now, row["id"]),
+            )
+            job = self._job(db, row["id"])
+            return Lease(job, owner, job.fence, expires)
+
+    def _check(self, db: sqlite3.Connection, lease: Lease) -> None:
+        row = db.execute("SELECT state, fence FROM jobs WHERE id=?", (lease.job.id,)).fetchone()
+        if row is None or row["state"] != "running" or row["fence"] != lease.fence:
+            raise LeaseLost(
+                f"job {lease.job.id}: lease {lease.fence} of {lease.owner} is no longer valid",
+                hint="Another worker took the job over; this result is discarded.",
+            )
+
+    def renew(self, lease: Lease, duration_s: float, now: float | None = None) -> Lease:
+        """Extend a lease still held (LeaseLost otherwise)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            self._check(db, lease)
+            db.execute("UPDATE jobs SET lease_expires=? WHERE id=?", (now + duration_s, lease.job.id))
+        return Lease(lease.job, lease.owner, lease.fence, now + duration_s)
+
+    def set_identity(self, lease: Lease, idem_key: str, series_uid: str, sop_uid: str, result: str) -> None:
+        """Record the job's idempotency key, the SEG's derived UIDs and where the result file is."""
+        with self._write() as db:
+            self._check(db, lease)
+            db.execute(
+                "UPDATE jobs SET idem_key=?, seg_series_uid=?, seg_sop_uid=?, result=?, updated_at=? WHERE id=?",
+                (idem_key, series_uid, sop_uid, result, time.time(), lease.job.id),
+            )
+
+    def sent_to(self, job_id: int, destination: str) -> bool:
+        """Whether the ledger already holds a send of this job to this destination."""
+        row = self._conn().execute(
+            "SELECT 1 FROM ledger WHERE job_id=? AND destination=?", (job_id, destination)
+        ).fetchone()
+        return row is not None
+
+    def record_sent(self, lease: Lease, destination: str, idem_key: str, sop_uid: str) -> None:
+        """Ledger row and state 'sent' in one transaction, fenced."""
+        now = time.time()
+        with self._write() as db:
+            self._check(db, lease)
+            db.execute(
+                "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?, ?, ?)",
+                (lease.job.id, destination, idem_key, sop_uid, now, lease.fence),
+            )
+            self._end(db, lease, "sent", None, now)
+
+    def finish_from_ledger(self, lease: Lease) -> None:
+        """Mark 'sent' a job whose send was already in the ledger (the process died before updating the job)."""
+        with self._write() as db:
+            self._check(db, lease)
+            self._end(db, lease, "sent", None, time.time())
+
+    def quarantine(self, lease: Lease, reason: str) -> None:
+        """A bad study: never retried automatically, never blocks the queue."""
+        with self._write() as db:
+            self._check(db, lease)
+            self._end(db, lease, "quarantined", reason, time.time())
+
+    def fail(self, lease: Lease, reason: str, backoff: Backoff, now: float | None = None) -> str:
+        """A failed attempt: 'pending' with an exponential delay, or 'failed' once attempts are used up."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            self._check(db, lease)
+            attempts = db.execute("SELECT attempts FROM jobs WHERE id=?", (lease.job.id,)).fetchone()[0]
+            if attempts >= backoff.max_attempts:
+                state, not_before = "failed", now + backoff.failed_retry_after_s
+            else:
+                state, not_before = "pending", now + backoff.delay(attempts)
+            self._end(db, lease, state, reason, now, not_before)
+            return state
+
+    def hand_back(self, lease: Lease) -> None:
+        """Give a lease back unfinished (graceful stop): the job is queued again and this attempt not counted."""
+        with self._write() as db:
+            self._check(db, lease)
+            db.execute(
+                "UPDATE jobs SET state='queued', attempts=MAX(0, attempts-1), lease_owner=NULL, lease_expires=NULL, "
+                "updated_at=? WHERE id=?",
+                (time.time(), lease.job.id),
+            )
+
+    def release(self, job_id: int, fence: int, count_attempt: bool = False) -> bool:
+        """Give back a lease by job and fence: a graceful stop (attempt not counted) or a holder known dead."""
+        attempts = "attempts" if count_attempt else "MAX(0, attempts-1)"
+        with self._write() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET state='queued', attempts={attempts}, lease_owner=NULL, lease_expires=NULL, "
+                "updated_at=? WHERE id=? AND fence=? AND state='running'",
+                (time.time(), job_id, fence),
+            )
+            return cur.rowcount == 1
+
+    @staticmethod
+    def _end(
+        db: sqlite3.Connection, lease: Lease, state: str, reason: str | None, now: float, not_before: float = 0.0
+    ) -> None:
+        db.execute(
+            "UPDATE jobs SET state=?, reason=?, lease_owner=NULL, lease_expires=NULL, not_before=?, updated_at=? "
+            "WHERE id=?",
+            (state, reason, not_before, now, lease.job.id),
+        )
+
+    def requeue_failed(self, backoff: Backoff, now: float | None = None) -> int:
+        """Failed jobs whose cool-down passed get another round of attempts, at most `max_rounds` (never a loop)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state='queued', attempts=0, rounds=rounds+1, updated_at=? "
+                "WHERE state='failed' AND not_before<=? AND rounds<?",
+                (now, now, backoff.max_rounds),
+            )
+            return cur.rowcount
+
+    def retry(self, job_id: int | None = None, failed: bool = False) -> list[int]:
+        """Operator retry: the job (failed, quarantined or pending) or every failed job, queued now."""
+        if job_id is None and not failed:
+            raise ProcessingError("nothing to retry", hint="Name a job id or pass --failed.")
+        now = time.time()
+        with self._write() as db:
+            if job_id is not None:
+                rows = db.execute(
+                    "SELECT id FROM jobs WHERE id=? AND state IN ('failed', 'quarantined', 'pending')", (job_id,)
+                ).fetchall()
+            else:
+                rows = db.execute("SELECT id FROM jobs WHERE state='failed'").fetchall()
+            ids = [r["id"] for r in rows]
+            for i in ids:
+                db.execute(
+                    "UPDATE jobs SET state='queued', attempts=0, rounds=0, not_before=0, updated_at=? WHERE id=?",
+                    (now, i),
+                )
+            return ids
+
+    # reading ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _job(db: sqlite3.Connection, job_id: int) -> Job:
+        return Job(**dict(db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()))
+
+    def job(self, job_id: int) -> Job | None:
+        """One job, or None."""
+        row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return Job(**dict(row)) if row else None
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        """Every job (or those in `state`), oldest first."""
+        sql, args = "SELECT * FROM jobs", ()
+        if state is not None:
+            sql, args = sql + " WHERE state=?", (state,)
+        return [Job(**dict(r)) for r in self._conn().execute(sql + " ORDER BY id", args)]
+
+    def ledger(self) -> list[dict[str, object]]:
+        """Every recorded send."""
+        return [dict(r) for r in self._conn().execute("SELECT * FROM ledger ORDER BY job_id")]
+
+    def studies(self) -> list[dict[str, object]]:
+        """Every study with its state, generation, instance count and deadline."""
+        return [dict(r) for r in self._conn().execute("SELECT * FROM studies ORDER BY first_at")]
+
+    def instances(self, study_uid: str | None = None) -> list[dict[str, object]]:
+        """Recorded instances (of one study)."""
+        sql, args = "SELECT * FROM instances", ()
+        if study_uid is not None:
+            sql, args = sql + " WHERE study_uid=?", (study_uid,)
+        return [dict(r) for r in self._conn().execute(sql + " ORDER BY received_at", args)]

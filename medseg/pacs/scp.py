@@ -1,0 +1,101 @@
+"""The C-STORE SCP: each instance is stored durably and recorded in the queue before success is answered."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import MedsegError
+from medseg.pacs.config import PacsConfig
+from medseg.pacs.queue import JobQueue
+from medseg.pacs.storage import DiskFull, durable_write, instance_path
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """The status answered for one C-STORE and why (for the log and the tests)."""
+
+    status: int
+    detail: str
+
+
+def store_instance(
+    data: bytes, sop_uid: str, calling_ae: str, root: Path, queue: JobQueue, quiet_s: float, min_free_mb: float = 0.0
+) -> StoreOutcome:
+    """Store one encoded instance (with file meta) and record it; the status to answer the sender."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_TAGS)
+        study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        path = instance_path(root, study, series, sop_uid)
+    except (MedsegError, AttributeError, ValueError, pydicom.errors.InvalidDicomError) as exc:
+        return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable header: {exc}")
+    if min_free_mb and shutil.disk_usage(root).free < min_free_mb * 1e6 + len(data):
+        return StoreOutcome(OUT_OF_RESOURCES, "storage below min_free_mb")
+    try:
+        durable_write(path, data)
+        got = queue.record_instance(
+            sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae
+        )
+    except DiskFull as exc:
+        return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())
+    except MedsegError as exc:
+        return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())
+    except Exception as exc:  # sqlite3 errors (disk full on the queue) and the like: refuse, never pretend
+        return StoreOutcome(OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}")
+    return StoreOutcome(SUCCESS, got.outcome)
+
+
+class Receiver:
+    """A pynetdicom storage SCP (plus C-ECHO) bound to the configured AE title, host and port."""
+
+    def __init__(self, config: PacsConfig, queue: JobQueue) -> None:
+        self.config = config
+        self.queue = queue
+        self.server: Any = None
+        self.outcomes: dict[str, int] = {}
+
+    def _on_store(self, event: Any) -> int:
+        sop = str(event.request.AffectedSOPInstanceUID)
+        calling = str(event.assoc.requestor.ae_title).strip()
+        out = store_instance(
+            event.encoded_dataset(include_meta=True), sop, calling, self.config.storage, self.queue,
+            self.config.completion.quiet_seconds, self.config.min_free_mb,
+        )  # fmt: skip
+        key = "stored" if out.status == SUCCESS else "refused"
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        return out.status
+
+    def start(self) -> int:
+        """Start listening (in background threads); returns the bound port."""
+        from pydicom.uid import AllTransferSyntaxes
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        listen = self.config.listen
+        ae = AE(ae_title=listen.ae_title)
+        ae.maximum_pdu_size = 0
+        ae.network_timeout = 60
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, list(AllTransferSyntaxes))
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self._on_store)]
+        self.server = ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers)
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting associations and close the listening socket."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+

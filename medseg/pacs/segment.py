@@ -1,0 +1,99 @@
+"""The one place the service calls the inference pipeline: load the model once, segment one received study.
+
+Everything the service needs from `medseg.infer` goes through this module, so a change there is adjusted here only.
+A case the pipeline refuses or fails (invalid input, QC rejection, no SEG possible) is a quarantine with the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+
+@dataclass
+class Segmenter:
+    """A model and its runtime, loaded once and reused for every study."""
+
+    organ: str
+    model: Any
+    runner: Any
+    strict: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def weights_sha256(self) -> str:
+        """The model weights digest (part of every result's idempotency key)."""
+        return str(self.model.card.weights.sha256)
+
+    @property
+    def model_name(self) -> tuple[str, str]:
+        """(name, version) of the model."""
+        return str(self.model.card.name), str(self.model.card.version)
+
+
+@dataclass(frozen=True)
+class SegOutcome:
+    """What segmenting one study gave: a SEG file, or a quarantine reason."""
+
+    seg: Path | None
+    reason: str | None = None
+    outputs: tuple[Path, ...] = ()
+
+
+def load_segmenter(organ: str, model: str | None = None, backend: str = "auto", strict: bool = False) -> Segmenter:
+    """Resolve the model (by name, folder or the organ's default), verify its digest and load its runtime once."""
+    from medseg.errors import UsageError
+    from medseg.infer.runtime import load_runner
+    from medseg.models.registry import resolve_model
+
+    installed = resolve_model(model, organ)
+    if installed.card.organ != organ:
+        raise UsageError(f"model {installed.card.name!r} segments {installed.card.organ}, not {organ}")
+    return Segmenter(organ, installed, load_runner(installed, backend, "cpu"), strict)
+
+
+def software_version() -> str:
+    """The software version in every idempotency key."""
+    return f"medseg {__version__}"
+
+
+def segment_study(segmenter: Segmenter, folder: Path, out: Path) -> SegOutcome:
+    """Run the inference pipeline on the study in `folder`, writing into `out` (replacing earlier outputs)."""
+    from medseg.infer.cases import discover_cases
+    from medseg.infer.pipeline import InferSettings, run_case_safe
+
+    try:
+        cases, _notes = discover_cases(folder, segmenter.model.card.modality)
+    except MedsegError as exc:
+        return SegOutcome(None, exc.one_line())
+    settings = InferSettings(segmenter.organ, out, strict=segmenter.strict, overwrite=True, preview=False)
+    with segmenter.lock:
+        result = run_case_safe(cases[0], segmenter.model, segmenter.runner, settings)
+    outputs = tuple(p for p in result.outputs if p.is_file())
+    if result.status in ("failed", "qc_rejected"):
+        return SegOutcome(None, f"{result.status}: {result.message or result.status}", outputs)
+    seg = next((p for p in outputs if p.suffix == ".dcm"), None)
+    if seg is None:
+        why = _summary_field(result.summary, "seg_not_written") or "the pipeline wrote no DICOM SEG"
+        return SegOutcome(None, f"no SEG: {why}", outputs)
+    return SegOutcome(seg, None, outputs)
+
+
+def _summary_field(summary: Any, name: str) -> Any:
+    """A field of the case summary, whether it is a dict or a pydantic model."""
+    if summary is None:
+        return None
+    return summary.get(name) if isinstance(summary, dict) else getattr(summary, name, None)
+
+
+def discover_studies(folder: Path, modality: str = "CT") -> list[tuple[str, Path]]:
+    """(name, folder) of every study or NIfTI file the pipeline would segment under `folder` (for `medseg batch`)."""
+    from medseg.infer.cases import discover_cases
+
+    cases, _notes = discover_cases(folder, modality)
+    return [(case.name, case.source) for case in cases]

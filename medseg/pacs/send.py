@@ -1,0 +1,91 @@
+"""Send a SEG to the destination: C-STORE (pynetdicom SCU) or STOW-RS (DICOMweb)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from medseg.errors import ProcessingError
+from medseg.pacs.config import Destination
+
+_OK_STATUSES = {0x0000, 0xB000, 0xB007, 0xB006}
+
+
+class SendError(ProcessingError):
+    """The destination did not accept the instance (down, refused, failure status); retried with backoff."""
+
+
+def send(path: Path, dest: Destination, calling_ae: str) -> str:
+    """Send one instance; returns a short description of the accepted response, raises SendError otherwise."""
+    if dest.folder is not None:
+        return send_folder(path, dest.folder)
+    return send_stow(path, dest) if dest.dicomweb else send_cstore(path, dest, calling_ae)
+
+
+def send_folder(path: Path, folder: Path) -> str:
+    """`medseg batch`: the SEG is written durably to FOLDER/<StudyUID>/<SOPUID>.dcm (same name on a re-run)."""
+    import pydicom
+
+    from medseg.pacs.storage import durable_write
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    target = Path(folder) / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+    try:
+        durable_write(target, path.read_bytes())
+    except ProcessingError as exc:
+        raise SendError(exc.message, path=target) from exc
+    return str(target)
+
+
+def send_cstore(path: Path, dest: Destination, calling_ae: str) -> str:
+    """One association, one C-STORE; success or a warning status counts as stored."""
+    import pydicom
+    from pynetdicom import AE
+
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_s
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(ds.SOPClassUID, list(dict.fromkeys([ts, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])))
+    assoc = ae.associate(str(dest.host), int(dest.port or 0), ae_title=str(dest.ae_title))
+    if not assoc.is_established:
+        raise SendError(f"association with {dest.name} not established (down or refused)")
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    code = int(getattr(status, "Status", -1)) if status else -1
+    if code not in _OK_STATUSES:
+        raise SendError(f"C-STORE to {dest.name} answered status 0x{code & 0xFFFF:04X}" if code >= 0 else
+                        f"C-STORE to {dest.name}: no response")  # fmt: skip
+    return f"C-STORE status 0x{code:04X}"
+
+
+def send_stow(path: Path, dest: Destination) -> str:
+    """POST {dicomweb}/studies as multipart/related; 200 without a FailedSOPSequence counts as stored."""
+    import requests
+
+    boundary = uuid.uuid4().hex
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    url = str(dest.dicomweb).rstrip("/") + "/studies"
+    try:
+        r = requests.post(url, data=body, headers=headers, timeout=dest.timeout_s)
+    except requests.RequestException as exc:
+        raise SendError(f"STOW-RS to {url} failed: {type(exc).__name__}") from exc
+    if r.status_code != 200:
+        raise SendError(f"STOW-RS to {url} answered HTTP {r.status_code}")
+    try:
+        reply = r.json()
+    except ValueError:
+        reply = {}
+    if isinstance(reply, dict) and reply.get("00081198", {}).get("Value"):
+        raise SendError(f"STOW-RS to {url}: the instance is in FailedSOPSequence")
+    return "STOW-RS HTTP 200"

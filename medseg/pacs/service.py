@@ -1,0 +1,163 @@
+"""`medseg pacs serve`: the listener, the completion scheduler and the workers (threads here, or a Dask cluster).
+
+The queue is the source of truth; a worker thread or Dask task only carries one leased job. A graceful stop
+(SIGTERM, `medseg pacs stop`) stops the listener, lets running jobs finish within `grace_s`, and hands back the
+leases of the rest so another start picks them up at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.pacs.config import PacsConfig
+from medseg.pacs.queue import JobQueue
+from medseg.pacs.scp import Receiver
+from medseg.pacs.segment import Segmenter, load_segmenter
+from medseg.pacs.storage import study_dir
+from medseg.pacs.worker import JobResult, backoff_of, run_job
+
+PID_FILE = "serve.pid"
+
+
+def owner_name(tag: str) -> str:
+    """A lease owner: host, process and a tag (worker thread or Dask task)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{tag}"
+
+
+def complete_studies(config: PacsConfig, queue: JobQueue) -> list[int]:
+    """Turn studies past their quiet time into jobs (audited), and give failed jobs past their cool-down a new round."""
+    from medseg.pacs.audit import record_study
+
+    jobs = queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
+    for job in jobs:
+        n = len(queue.instances(job.study_uid))
+        record_study(job.study_uid, job.generation, n, Path(job.input), job.id)
+    queue.requeue_failed(backoff_of(config))
+    return [j.id for j in jobs]
+
+
+@dataclass
+class Service:
+    """One running service; `run()` blocks until `stop` is set."""
+
+    config: PacsConfig
+    on_event: Callable[[str], None] = lambda _message: None
+    stop: threading.Event = field(default_factory=threading.Event)
+    results: list[JobResult] = field(default_factory=list)
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        self.queue = JobQueue(self.config.queue_path)
+
+    def run(self, grace_s: float = 30.0) -> None:
+        """Listen, complete studies, run jobs; on stop, finish or hand back running jobs."""
+        pid_file = self.config.storage / PID_FILE
+        pid_file.write_text(str(os.getpid()))
+        for job_id in reclaim_dead_leases(self.queue):
+            self.on_event(f"job {job_id}: its holder on this host is gone; queued again")
+        receiver = Receiver(self.config, self.queue)
+        segmenter = None if self.config.scheduler else load_segmenter(
+            self.config.organs[0], self.config.model, self.config.backend, self.config.strict
+        )  # fmt: skip
+        self.port = receiver.start()
+        self.on_event(f"listening as {self.config.listen.ae_title} on {self.config.listen.host}:{self.port}")
+        threads = [threading.Thread(target=self._schedule, name="scheduler", daemon=True)]
+        if segmenter is not None:
+            threads += [
+                threading.Thread(target=self._work, args=(f"w{n}", segmenter), name=f"worker-{n}", daemon=True)
+                for n in range(self.config.workers)
+            ]
+        else:
+            threads.append(threading.Thread(target=self._dispatch, name="dask", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            self.stop.wait()
+        finally:
+            receiver.stop()
+            deadline = time.monotonic() + grace_s
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            self._hand_back_own()
+            pid_file.unlink(missing_ok=True)
+            self.on_event("stopped")
+
+    def _schedule(self) -> None:
+        while not self.stop.wait(self.config.completion.check_interval_s):
+            try:
+                for job_id in complete_studies(self.config, self.queue):
+                    self.on_event(f"study complete: job {job_id} queued")
+            except Exception as exc:  # a busy or full disk: the deadlines are kept, try again next tick
+                self.on_event(f"scheduler: {type(exc).__name__}: {exc}")
+
+    def _work(self, tag: str, segmenter: Segmenter) -> None:
+        owner = owner_name(tag)
+        while not self.stop.is_set():
+            try:
+                lease = self.queue.lease(owner, self.config.lease_seconds)
+            except Exception as exc:
+                self.on_event(f"{tag}: cannot lease: {type(exc).__name__}: {exc}")
+                lease = None
+            if lease is None:
+                self.stop.wait(0.5)
+                continue
+            self.on_event(f"job {lease.job.id}: running (attempt {lease.job.attempts})")
+            try:
+                result = run_job(self.config, self.queue, lease, segmenter)
+            except Exception as exc:  # an unexpected fault: the lease expires and the job is taken over later
+                result = JobResult(lease.job.id, "error", f"{type(exc).__name__}: {exc}")
+            self.results.append(result)
+            self.on_event(f"job {result.job_id}: {result.state}" + (f" ({result.reason})" if result.reason else ""))
+
+    def _dispatch(self) -> None:
+        from medseg.pacs.dask_workers import dispatch
+
+        dispatch(self.config, self.queue, self.stop, self.on_event, self.results)
+
+    def _hand_back_own(self) -> None:
+        """Leases of this process still held after the grace time go back to the queue."""
+        prefix = owner_name("")
+        for job in self.queue.jobs("running"):
+            if job.lease_owner and job.lease_owner.startswith(prefix):
+                self.queue.release(job.id, job.fence)
+
+
+def reclaim_dead_leases(queue: JobQueue) -> list[int]:
+    """Running jobs leased by a process of this host that no longer exists are queued again now, not at expiry."""
+    host = socket.gethostname()
+    freed = []
+    for job in queue.jobs("running"):
+        owner_host, _, rest = (job.lease_owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)) and queue.release(job.id, job.fence, True):
+            freed.append(job.id)
+    return freed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(storage: Path) -> int | None:
+    """The pid of the service running on this storage, or None."""
+    try:
+        pid = int((storage / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid

@@ -1,0 +1,31 @@
+"""What `medseg pacs status` shows: counts per state, and each open or bad job with its reason and age."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from medseg.pacs.queue import JOB_STATES, JobQueue
+
+SHOWN = ("receiving", "queued", "running", "pending", "failed", "quarantined")
+
+
+def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
+    """Counts of studies receiving and jobs per state, plus the jobs and studies not yet done, with ages in seconds."""
+    now = time.time() if now is None else now
+    studies = queue.studies()
+    jobs = queue.jobs()
+    counts = {"receiving": sum(s["state"] == "receiving" for s in studies)}
+    counts |= {state: sum(j.state == state for j in jobs) for state in JOB_STATES}
+    receiving = [
+        {"study": s["study_uid"], "instances": s["instances"], "age_s": round(now - float(s["first_at"]), 1),
+         "completes_in_s": round(max(0.0, float(s["deadline"]) - now), 1)}
+        for s in studies if s["state"] == "receiving"
+    ]  # fmt: skip
+    rows = [
+        {"job": j.id, "study": j.study_uid, "state": j.state, "attempts": j.attempts, "reason": j.reason,
+         "age_s": round(now - j.created_at, 1), "since_change_s": round(now - j.updated_at, 1),
+         "retry_in_s": round(max(0.0, j.not_before - now), 1) if j.state in ("pending", "failed") else None}
+        for j in jobs if j.state in SHOWN
+    ]  # fmt: skip
+    return {"counts": counts, "receiving": receiving, "jobs": rows, "sent": len(queue.ledger())}

@@ -1,0 +1,76 @@
+"""Where received instances live: studies/<StudyUID>/<SeriesUID>/<SOPUID>.dcm, each written durably.
+
+Durable = temporary file, fsync, rename, fsync of the folder (and of each folder created), so an instance that
+was answered with success is on disk whatever happens next.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+
+from medseg.errors import InvalidInputError, ProcessingError
+from medseg.io.atomic import atomic_path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class DiskFull(ProcessingError):
+    """No space left to store an instance (the C-STORE is answered with an out-of-resources status)."""
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(folder: Path) -> None:
+    """mkdir -p, fsyncing each parent whose entries changed."""
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fsync_dir(d.parent)
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path`: temp file, fsync, rename, fsync folder; DiskFull when the disk is full."""
+    try:
+        make_dirs(path.parent)
+        with atomic_path(path, overwrite=True) as tmp:
+            tmp.write_bytes(data)
+        fsync_dir(path.parent)
+    except (OSError, ProcessingError) as exc:
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull("no space left on the storage disk", path=path, hint="Free space in storage.") from exc
+        if isinstance(exc, ProcessingError):
+            raise
+        raise ProcessingError(f"cannot store: {exc.strerror}", path=path) from exc
+
+
+def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    """The file of one instance; UIDs are checked so they cannot name a path outside `root`."""
+    for uid in (study_uid, series_uid, sop_uid):
+        if not _UID.match(uid) or len(uid) > 64:
+            raise InvalidInputError(f"not a valid DICOM UID: {uid!r}", hint="The sender must send valid UIDs.")
+    return study_dir(root, study_uid) / series_uid / f"{sop_uid}.dcm"
+
+
+def study_dir(root: Path, study_uid: str) -> Path:
+    """The folder holding one study's instances (what the worker segments)."""
+    return Path(root) / "studies" / study_uid
+
+
+def results_dir(root: Path, job_id: int) -> Path:
+    """Where one job writes its outputs."""
+    return Path(root) / "results" / f"job-{job_id}"

@@ -1,0 +1,144 @@
+"""One job, start to finish: segment the study, stamp the SEG's derived UIDs, send it, commit the ledger.
+
+Each step is committed before the next is acted on, and every commit presents the lease's fence, so a worker that
+lost its lease (expired, taken over) stops without writing. A send whose ledger row is missing (the process died
+in between) is simply repeated: the SEG has the same UIDs, so the PACS holds one instance.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medseg.errors import InvalidInputError, MedsegError, ProcessingError
+from medseg.pacs.config import PacsConfig
+from medseg.pacs.identity import stamp_seg
+from medseg.pacs.queue import Backoff, JobQueue, Lease, LeaseLost
+from medseg.pacs.segment import Segmenter, segment_study, software_version
+from medseg.pacs.send import SendError, send
+from medseg.pacs.storage import results_dir
+
+if TYPE_CHECKING:
+    from medseg.audit.session import AuditRecorder
+
+CRASH_ENV = "MEDSEG_PACS_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook for the fault tests: SIGKILL this process at the named step when MEDSEG_PACS_CRASH_AT names it."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How one attempt ended: sent, pending, failed, quarantined or lost (lease taken over)."""
+
+    job_id: int
+    state: str
+    reason: str | None = None
+
+
+def backoff_of(config: PacsConfig) -> Backoff:
+    """The queue's backoff from the config's retry section."""
+    r = config.retry
+    return Backoff(r.base_s, r.cap_s, r.max_attempts, r.failed_retry_after_s, r.max_rounds)
+
+
+@contextmanager
+def heartbeat(queue: JobQueue, lease: Lease, duration_s: float) -> Iterator[threading.Event]:
+    """Renew the lease every third of its duration while the block runs; the event is set if it was lost."""
+    lost, stop = threading.Event(), threading.Event()
+
+    def beat() -> None:
+        current = lease
+        while not stop.wait(duration_s / 3):
+            try:
+                current = queue.renew(current, duration_s)
+            except LeaseLost:
+                lost.set()
+                break
+            except Exception:  # a busy database: try again at the next beat, the lease is still ours for now
+                continue
+        queue.close()
+
+    t = threading.Thread(target=beat, name=f"lease-{lease.job.id}", daemon=True)
+    t.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        t.join()
+
+
+def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter) -> Path:
+    """The job's stamped SEG: reused when an earlier attempt made it, else segmented now (quarantine reasons raise)."""
+    job = lease.job
+    if job.result and job.seg_sop_uid and Path(job.result).is_file():
+        return Path(job.result)
+    with heartbeat(queue, lease, config.lease_seconds) as lost:
+        outcome = segment_study(segmenter, Path(job.input), results_dir(config.storage, job.id))
+        crash_point("after_inference")
+    if lost.is_set():
+        raise LeaseLost(f"job {job.id}: lease lost during inference")
+    if outcome.seg is None:
+        raise InvalidInputError(outcome.reason or "not segmented")
+    ident = stamp_seg(outcome.seg, list(config.organs), segmenter.weights_sha256, software_version())
+    queue.set_identity(lease, ident.key, ident.series_uid, ident.sop_uid, str(outcome.seg))
+    return outcome.seg
+
+
+def run_job(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter) -> JobResult:
+    """One attempt at a leased job, audited; never raises for the job's own failures."""
+    from medseg.pacs.audit import audited_job
+
+    ended: list[JobResult] = []
+    try:
+        with audited_job(lease.job, config.destination.name) as rec:
+            rec.set_model(*segmenter.model_name, segmenter.weights_sha256)
+            _attempt(config, queue, lease, segmenter, rec, ended)
+    except MedsegError as exc:  # quarantine, send failure, lost lease: on the audit trail and in the queue
+        if not ended:
+            ended.append(JobResult(lease.job.id, "lost", exc.one_line()))
+    return ended[-1]
+
+
+def _attempt(
+    config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter, rec: AuditRecorder, ended: list[JobResult]
+) -> None:
+    job, dest = lease.job, config.destination
+    if queue.sent_to(job.id, dest.name):
+        queue.finish_from_ledger(lease)
+        ended.append(JobResult(job.id, "sent", "already in the ledger"))
+        return
+    try:
+        seg = _segmented(config, queue, lease, segmenter)
+    except LeaseLost:
+        raise
+    except MedsegError as exc:
+        reason = exc.one_line()
+        queue.quarantine(lease, reason)
+        rec.set_outcome_detail("quarantined")
+        ended.append(JobResult(job.id, "quarantined", reason))
+        raise InvalidInputError(f"job {job.id} quarantined") from exc
+    rec.add_outputs([seg])
+    fresh = queue.job(job.id)
+    assert fresh is not None and fresh.idem_key and fresh.seg_sop_uid
+    try:
+        crash_point("before_send")
+        send(seg, dest, config.listen.ae_title)
+        crash_point("after_send")
+    except SendError as exc:
+        state = queue.fail(lease, exc.message, backoff_of(config))
+        rec.set_outcome_detail(state)
+        ended.append(JobResult(job.id, state, exc.message))
+        raise ProcessingError(f"job {job.id} {state}") from exc
+    queue.record_sent(lease, dest.name, fresh.idem_key, fresh.seg_sop_uid)
+    rec.set_outcome_detail("sent")
+    ended.append(JobResult(job.id, "sent"))

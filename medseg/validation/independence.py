@@ -1,0 +1,156 @@
+"""Independence of a test set from a model's training data: checked against every training manifest the card names.
+
+A test case conflicts with training when any of its files has the digest of a training file, when its DICOM
+Study/Series Instance UID appears in a training DICOM series, or when its patient pseudonym equals a training case's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pydicom.errors
+
+from medseg.audit.digest import file_sha256
+from medseg.errors import InvalidInputError
+from medseg.models.card import ModelCard
+from medseg.validation.sets import REPO, TestSet, digest_path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What identifies one case: file digests, DICOM UIDs and patient pseudonyms (empty values never count)."""
+
+    digests: frozenset[str] = frozenset()
+    uids: frozenset[str] = frozenset()
+    patients: frozenset[str] = frozenset()
+
+
+@dataclass
+class IndependenceResult:
+    """Which manifests were read, how many training cases and test cases were compared, and every conflict."""
+
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    training_cases: int = 0
+    test_cases: int = 0
+    conflicts: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """As a dict for the report."""
+        return asdict(self) | {"independent": not self.conflicts}
+
+
+def normalise_patient(text: str) -> str:
+    """Patient pseudonyms compare case- and punctuation-blind ('CHAOS^CT_SET_3' == 'chaos ct set3')."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def dicom_identity(folder: Path) -> tuple[set[str], set[str]]:
+    """(Study and Series Instance UIDs, PatientID/PatientName values) found in a DICOM folder's headers."""
+    uids: set[str] = set()
+    patients: set[str] = set()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):  # a non-DICOM file carries no identity
+            continue
+        uids |= {str(ds.get(k, "")).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+        patients |= {str(ds.get(k, "")).strip() for k in ("PatientID", "PatientName")}
+    return uids - {""}, patients - {""}
+
+
+def _manifest_paths(training: Any) -> Iterator[tuple[str, str | None]]:
+    """(manifest path, recorded SHA-256 or None) for every manifest named anywhere in the card's training record."""
+    if isinstance(training, dict):
+        for key, value in training.items():
+            if key == "manifest" and isinstance(value, str):
+                yield value, None
+            elif key == "manifest" and isinstance(value, dict) and "file" in value:
+                yield value["file"], value.get("sha256")
+            else:
+                yield from _manifest_paths(value)
+    elif isinstance(training, list):
+        for item in training:
+            yield from _manifest_paths(item)
+
+
+def training_manifests(card: ModelCard, repo: Path = REPO) -> list[tuple[Path, str | None]]:
+    """Each training manifest of the model once, with the digest the card recorded for it (if any)."""
+    found: dict[str, str | None] = {}
+    for rel, sha in _manifest_paths(card.training):
+        found[rel] = sha or found.get(rel)
+    if not found:
+        raise InvalidInputError(f"model card of {card.name} names no training manifest",
+                                hint="Independence cannot be checked; add the manifest to the card.")  # fmt: skip
+    return [(repo / rel, sha) for rel, sha in sorted(found.items())]
+
+
+def _training_identity(entry: dict[str, Any], root: Path) -> Identity:
+    digests = set(entry.get("sha256", {}).values()) - {entry.get("sha256", {}).get("labels_json")}
+    patients = {entry["case_id"], entry.get("patient") or ""}
+    uids: set[str] = set()
+    image = entry.get("image")
+    if image and (root / image).is_dir():
+        uids, names = dicom_identity(root / image)
+        patients |= names
+    return Identity(
+        frozenset(digests - {None}), frozenset(uids), frozenset(normalise_patient(p) for p in patients if p)
+    )
+
+
+def _test_identity(case: Any, root: Path) -> Identity:
+    digests = {digest_path(root / rel) for rel in case.paths().values()}
+    acq = case.acquisition
+    uids = {u for u in (acq.study_instance_uid, acq.series_instance_uid) if u}
+    patients = {case.patient}
+    if case.dicom:
+        more_uids, names = dicom_identity(root / case.dicom)
+        uids |= more_uids
+        patients |= names
+    return Identity(frozenset(digests), frozenset(uids), frozenset(normalise_patient(p) for p in patients if p))
+
+
+def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = REPO) -> IndependenceResult:
+    """Compare every test case with every case of every training manifest of the model; conflicts listed, not raised."""
+    result = IndependenceResult(test_cases=len(ts.cases))
+    training: list[tuple[str, str, Identity]] = []
+    for path, recorded in training_manifests(card, repo):
+        if not path.is_file():
+            raise InvalidInputError("training manifest named in the model card is missing", path=path)
+        actual = file_sha256(path)
+        if recorded and actual != recorded:
+            raise InvalidInputError(
+                f"training manifest SHA-256 {actual[:12]}... differs from the model card's",
+                path=path,
+                hint="Independence cannot be checked against an altered manifest.",
+            )
+        entries = json.loads(path.read_text())["entries"]
+        result.manifests.append({"file": path.relative_to(repo).as_posix(), "sha256": actual, "entries": len(entries)})
+        training += [(path.stem, e["case_id"], _training_identity(e, root)) for e in entries]
+    result.training_cases = len(training)
+    for case in ts.cases:
+        mine = _test_identity(case, root)
+        for manifest, case_id, theirs in training:
+            for what, shared in (("file digest", mine.digests & theirs.digests), ("DICOM UID", mine.uids & theirs.uids),
+                                 ("patient", mine.patients & theirs.patients)):  # fmt: skip
+                if shared:
+                    example = sorted(shared)[0][:24]
+                    result.conflicts.append(
+                        f"{case.case_id}: same {what} as training case {case_id} in {manifest} ({example})"
+                    )
+    return result
+
+
+def require_independence(result: IndependenceResult, set_name: str) -> None:
+    """InvalidInputError (exit 3) naming the first conflict when the set is not independent of training."""
+    if result.conflicts:
+        raise InvalidInputError(
+            f"test set {set_name} is not independent of the model's training data: {result.conflicts[0]}"
+            + (f" (and {len(result.conflicts) - 1} more)" if len(result.conflicts) > 1 else ""),
+            hint="Remove the case from the test set; a test case seen in training proves nothing.",
+        )

@@ -1,0 +1,49 @@
+"""Quality records attached to a validation: traceability matrix (from JUnit XML), risk records and the SOUP list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medseg.io.atomic import atomic_write_text
+from medseg.validation.soup import soup_diff, soup_list
+from medseg.validation.traceability import RISK_DIR, build_matrix, load_yaml
+
+RELEASED_SOUP = RISK_DIR / "soup-released.json"
+
+
+def attach_records(report: dict[str, Any], out: Path, junit: Path | None, risk_dir: Path = RISK_DIR) -> dict[str, Any]:
+    """Write soup.json and risk.json (and traceability.json with --junit) into OUT; return the report with them."""
+    soup = soup_list()
+    previous = json.loads(RELEASED_SOUP.read_text()) if RELEASED_SOUP.is_file() else []
+    atomic_write_text(out / "soup.json", json.dumps(soup, indent=1) + "\n", overwrite=True)
+    hazards = load_yaml(risk_dir / "hazards.yaml", "hazards")
+    atomic_write_text(out / "risk.json", json.dumps(hazards, indent=1, sort_keys=True) + "\n", overwrite=True)
+    open_risks = [h["id"] for h in hazards if not h["residual_acceptable"]]
+    extra: dict[str, Any] = {
+        "soup": {"packages": len(soup), "diff_vs_released": soup_diff(previous, soup),
+                 "released_list": RELEASED_SOUP.name if previous else None},
+        "risk": {"hazards": len(hazards), "residual_not_acceptable": open_risks},
+        "traceability": None,
+    }  # fmt: skip
+    if junit is not None:
+        verdicts = {c["id"]: c["verdict"] for c in report["acceptance"]["criteria"]}
+        matrix = build_matrix(junit, verdicts, risk_dir)
+        atomic_write_text(out / "traceability.json", json.dumps(matrix, indent=1) + "\n", overwrite=True)
+        extra["traceability"] = matrix
+    return report | extra
+
+
+def release_supported(report: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether the record supports release: acceptance passed and the traceability matrix is complete."""
+    reasons = []
+    if report["acceptance"]["verdict"] != "pass":
+        failed = [c["id"] for c in report["acceptance"]["criteria"] if c["verdict"] != "pass"]
+        reasons.append(f"acceptance {report['acceptance']['verdict']} ({', '.join(failed)})")
+    trace = report.get("traceability")
+    if trace is None:
+        reasons.append("no traceability matrix (pass --junit with this release's test results)")
+    elif not trace["complete"]:
+        reasons.append(f"traceability incomplete: {len(trace['gaps'])} gap(s), first: {trace['gaps'][0]}")
+    return not reasons, reasons

@@ -1,0 +1,163 @@
+"""One validation: verify the lock and independence, segment every case with the infer pipeline, score, judge.
+
+Outputs in OUT: cases/<case>/ (the pipeline's label map, summary.json, preview.png), per_case.csv and report.json
+(written by medseg.validation.report). A case the pipeline fails on counts as a missed organ, never as absent.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg import __version__
+from medseg.audit.digest import file_sha256
+from medseg.errors import InvalidInputError, UsageError
+from medseg.infer.cases import Case, safe_name
+from medseg.infer.pipeline import InferSettings, run_case_safe
+from medseg.io import read_image, read_nifti
+from medseg.metrics import organ_metrics
+from medseg.models.registry import InstalledModel, resolve_model
+from medseg.validation.acceptance import acceptance_path, evaluate, load_acceptance
+from medseg.validation.analysis import aggregates, subgroups
+from medseg.validation.independence import check_independence, require_independence
+from medseg.validation.sets import REPO, SETS_DIR, SetCase, data_root, set_paths, verify_lock
+
+
+@dataclass(frozen=True)
+class ValidationRequest:
+    """What to validate: model, locked set, acceptance criteria, where to write and how to run the model."""
+
+    model: str | None
+    set_name: str
+    out_dir: Path
+    acceptance: str = "liver_v1"
+    backend: str = "auto"
+    device: str = "cpu"
+    sets_dir: Path = SETS_DIR
+    data_root: Path | None = None
+
+
+def _predict(case: SetCase, root: Path, model: InstalledModel, runner: Any, out: Path) -> dict[str, Any]:
+    """Run the infer pipeline on one case; returns its status, QC flags, outputs and the predicted mask path."""
+    image = root / case.image
+    job = Case(safe_name(case.case_id), image, "nifti", lambda: read_image(image))
+    settings = InferSettings(model.card.organ, out / "cases", preview=True)
+    result = run_case_safe(job, model, runner, settings)
+    labels = out / "cases" / job.name / f"{model.card.organ}.nii.gz"
+    return {
+        "status": result.status,
+        "message": result.message,
+        "qc_flags": [f.code for f in result.flags],
+        "prediction": labels if result.status in ("ok", "flagged") and labels.is_file() else None,
+    }
+
+
+def score_case(case: SetCase, root: Path, prediction: Path | None, organ: str, label: int, tolerance: float) -> dict:
+    """Metrics of one case on the reference label's grid; a missing prediction scores as an empty mask (a miss)."""
+    ref = read_nifti(root / case.label)
+    truth = ref.array == case.label_value
+    pred = np.zeros_like(truth)
+    if prediction is not None:
+        vol = read_nifti(prediction)
+        if vol.shape != ref.shape or not np.allclose(vol.spacing, ref.spacing, atol=1e-4):
+            raise InvalidInputError(
+                f"{case.case_id}: prediction grid {vol.shape} {vol.spacing} differs from the reference label's "
+                f"{ref.shape} {ref.spacing}",
+                path=root / case.label,
+                hint="Image and label of a test case must share one grid.",
+            )
+        pred = vol.array == label
+    return {organ: organ_metrics(truth, pred, tuple(float(s) for s in ref.spacing), tolerance).to_json()}
+
+
+def run_validation(
+    req: ValidationRequest, on_case: Callable[[str, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Everything report.json holds except the artifact digests; raises InvalidInputError on lock/independence."""
+    from medseg.infer.runtime import load_runner
+
+    root = req.data_root or data_root()
+    ts, lock = verify_lock(req.set_name, root, req.sets_dir)
+    model = resolve_model(req.model, ts.organ)
+    card = model.card
+    acc_path = acceptance_path(req.acceptance)
+    acc, acc_sha = load_acceptance(acc_path)
+    if acc.organ != card.organ or ts.organ != card.organ:
+        raise UsageError(f"model {card.name} ({card.organ}), set {ts.name} ({ts.organ}) and criteria "
+                         f"{acc.name} ({acc.organ}) are not for one organ")  # fmt: skip
+    independence = check_independence(ts, card, root)
+    require_independence(independence, ts.name)
+    weights_sha = model.verify()
+    runner = load_runner(model, req.backend, req.device)
+    label = next(k for k, v in card.foreground_labels.items() if v == card.organ)
+    tolerance = acc.nsd_tolerance_mm[card.organ]
+    cases = []
+    for case in ts.cases:
+        pred = _predict(case, root, model, runner, req.out_dir)
+        row = {
+            "case_id": case.case_id,
+            "patient": case.patient,
+            "source": case.source,
+            "label_type": case.label_type,
+            "notes": case.notes,
+            "acquisition": case.acquisition.model_dump(),
+            "inference": {k: v for k, v in pred.items() if k != "prediction"},
+            "metrics": score_case(case, root, pred["prediction"], card.organ, label, tolerance),
+        }
+        cases.append(row)
+        if on_case is not None:
+            on_case(case.case_id, row)
+    boot = acc.bootstrap
+    lock_sha = file_sha256(set_paths(req.set_name, req.sets_dir)[1])
+    aggs = aggregates(cases, card.organ, boot.seed, boot.resamples)
+    groups = subgroups(cases, card.organ, acc.subgroups, boot.seed, boot.resamples)
+    return {
+        "schema": "medseg-validation-report/1",
+        "model": _model_record(model, weights_sha, runner),
+        "set": {"name": ts.name, "description": ts.description, "set_digest": lock["set_digest"],
+                "set_file_sha256": lock["set_file_sha256"], "lock_file_sha256": lock_sha,
+                "cases": len(ts.cases), "patients": len({c.patient for c in ts.cases})},
+        "independence": independence.to_json(),
+        "acceptance_file": {"path": _rel(acc_path), "sha256": acc_sha, "version": acc.version},
+        "nsd_tolerance_mm": acc.nsd_tolerance_mm,
+        "bootstrap": boot.model_dump() | {"resampling_unit": "patient"},
+        "cases": cases,
+        "aggregates": aggs,
+        "subgroups": groups,
+        "acceptance": evaluate(acc, aggs, groups),
+        "environment": environment(),
+    }  # fmt: skip
+
+
+def _model_record(model: InstalledModel, weights_sha: str, runner: Any) -> dict[str, Any]:
+    card = model.card
+    runtime = {str(k): str(v) for k, v in runner.info.items()} | {"backend": str(runner.backend)}
+    return {"name": card.name, "version": card.version, "organ": card.organ, "weights_sha256": weights_sha,
+            "card_sha256": file_sha256(model.folder / "model_card.yaml"), "runtime": runtime}  # fmt: skip
+
+
+def _rel(path: Path) -> str:
+    return path.resolve().relative_to(REPO).as_posix() if path.resolve().is_relative_to(REPO) else str(path)
+
+
+def environment() -> dict[str, Any]:
+    """Software that produced the numbers: medseg, Python, platform and the versions of the numeric libraries."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs = {}
+    for name in ("numpy", "scipy", "torch", "monai", "openvino", "nibabel", "SimpleITK", "pydicom"):
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            libs[name] = None
+    return {
+        "medseg": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": libs,
+    }

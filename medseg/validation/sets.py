@@ -1,0 +1,183 @@
+"""Locked test sets: `validation/sets/NAME.yaml` (cases, digests, acquisition facts) and its `NAME.lock.json`.
+
+The lock holds each file's SHA-256, the SHA-256 of the set file and the set digest (over the canonical JSON of
+the locked cases); `medseg validate` refuses a set whose files, set file or lock no longer agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medseg.audit.canonical import canonical_bytes
+from medseg.audit.digest import file_sha256
+from medseg.errors import InvalidInputError, UsageError
+from medseg.io.atomic import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+SETS_DIR = REPO / "validation" / "sets"
+ROLES = ("image", "label", "dicom")
+
+
+def data_root() -> Path:
+    """`$MEDSEG_DATA_ROOT`, else `../shared/data` next to the repository (the same rule as training)."""
+    return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+
+def digest_path(path: Path) -> str:
+    """SHA-256 of a file, or of a folder as the digest of its sorted (relative path, file digest) list."""
+    if path.is_file():
+        return file_sha256(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
+        return h.hexdigest()
+    raise InvalidInputError("file missing", path=path, hint="Check MEDSEG_DATA_ROOT.")
+
+
+class Acquisition(BaseModel):
+    """Facts of the scan, from the headers or the source's documentation; None where unknown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manufacturer: str | None = None
+    model: str | None = None
+    phase: str | None = None
+    slice_thickness_mm: float | None = None
+    kernel: str | None = None
+    kvp: float | None = None
+    site: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+
+
+class SetCase(BaseModel):
+    """One test case: image and reference label (paths relative to the data root), their digests and facts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    case_id: str
+    patient: str
+    image: str
+    label: str
+    label_value: int = 1
+    dicom: str | None = None
+    sha256: dict[Literal["image", "label", "dicom"], str]
+    source: str
+    licence: str
+    label_type: Literal["manual", "model"]
+    acquisition: Acquisition = Acquisition()
+    notes: str | None = None
+
+    def paths(self) -> dict[str, str]:
+        """Role -> relative path of every file of the case."""
+        return {r: p for r in ROLES if (p := getattr(self, r))}
+
+
+class TestSet(BaseModel):
+    """A locked test set file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    organ: str
+    cases: list[SetCase] = Field(min_length=1)
+
+
+def set_paths(name: str, sets_dir: Path = SETS_DIR) -> tuple[Path, Path]:
+    """(set file, lock file) of the set NAME; NAME may also be a path to a .yaml file."""
+    candidate = Path(name)
+    yaml_path = candidate if candidate.suffix in (".yaml", ".yml") else Path(sets_dir) / f"{name}.yaml"
+    return yaml_path, yaml_path.with_name(yaml_path.name.rsplit(".", 1)[0] + ".lock.json")
+
+
+def load_set(path: Path) -> TestSet:
+    """Parse and validate a set file; InvalidInputError naming the first problem."""
+    if not path.is_file():
+        raise UsageError("no such test set file", path=path, hint="List them in validation/sets/.")
+    try:
+        return TestSet.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()[0:3]
+        raise InvalidInputError(f"invalid test set file: {' '.join(first)}", path=path) from exc
+
+
+def _locked_cases(ts: TestSet, root: Path) -> list[dict[str, object]]:
+    """Each case's id, patient and the digest of every file, recomputed from the data."""
+    out = []
+    for case in ts.cases:
+        digests = {role: digest_path(root / rel) for role, rel in case.paths().items()}
+        for role, expected in case.sha256.items():
+            if digests.get(role) != expected:
+                raise InvalidInputError(
+                    f"{case.case_id} {role}: SHA-256 {str(digests.get(role))[:12]}... differs from the set file's "
+                    f"{expected[:12]}...",
+                    path=root / case.paths().get(role, "?"),
+                    hint="The data changed; fix the data or write a new set version.",
+                )
+        out.append({"case_id": case.case_id, "patient": case.patient, "sha256": digests})
+    return out
+
+
+def set_digest(cases: list[dict[str, object]]) -> str:
+    """SHA-256 of the canonical JSON of the locked cases."""
+    return hashlib.sha256(canonical_bytes(cases)).hexdigest()  # type: ignore[arg-type]
+
+
+def lock_set(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR, overwrite: bool = False) -> dict:
+    """Digest every file of the set (they must match the set file) and write NAME.lock.json; returns the lock."""
+    yaml_path, lock_path = set_paths(name, sets_dir)
+    ts = load_set(yaml_path)
+    cases = _locked_cases(ts, root or data_root())
+    lock = {
+        "name": ts.name,
+        "set_file": yaml_path.name,
+        "set_file_sha256": file_sha256(yaml_path),
+        "cases": cases,
+        "set_digest": set_digest(cases),
+    }
+    if lock_path.exists() and not overwrite:
+        raise UsageError(
+            "the set is already locked", path=lock_path, hint="A locked set is not relocked; add a new set."
+        )
+    atomic_write_text(lock_path, json.dumps(lock, indent=1, sort_keys=True) + "\n", overwrite=overwrite)
+    return lock
+
+
+def verify_lock(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR) -> tuple[TestSet, dict]:
+    """The set and its lock, after checking the lock's own digest, the set file and every data file against it."""
+    yaml_path, lock_path = set_paths(name, sets_dir)
+    if not lock_path.is_file():
+        raise InvalidInputError(
+            "the test set is not locked", path=lock_path, hint=f"Run `medseg validation lock {name}`."
+        )
+    try:
+        lock = json.loads(lock_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"unreadable lock file: {exc}", path=lock_path) from exc
+    if set_digest(lock.get("cases", [])) != lock.get("set_digest"):
+        raise InvalidInputError("the lock file was edited: its set digest does not match its cases", path=lock_path)
+    if file_sha256(yaml_path) != lock["set_file_sha256"]:
+        raise InvalidInputError("the set file changed after it was locked", path=yaml_path,
+                                hint="Restore it, or lock a new set version.")  # fmt: skip
+    ts = load_set(yaml_path)
+    root = root or data_root()
+    locked = {c["case_id"]: c for c in lock["cases"]}
+    for case in ts.cases:
+        for role, rel in case.paths().items():
+            actual = digest_path(root / rel)
+            if actual != locked.get(case.case_id, {}).get("sha256", {}).get(role):
+                raise InvalidInputError(
+                    f"{case.case_id} {role} differs from the lock (SHA-256 {actual[:12]}...)",
+                    path=root / rel,
+                    hint="The locked test data was changed; validation refuses it.",
+                )
+    return ts, lock

@@ -1,0 +1,153 @@
+"""Part 11 style e-signatures on a validation folder: an in-toto Statement in a DSSE envelope, signed with Ed25519.
+
+The Statement's subjects are every file of the folder (report.json, report.html, each artifact) with its SHA-256,
+and its predicate the signer's printed name, the meaning of the signature and the UTC time (21 CFR 11.50), plus
+the report's model, set and verdict; so the signature is bound to this record and fails on any other (11.70).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from medseg.audit.canonical import canonical_bytes
+from medseg.errors import InvalidInputError, UsageError
+from medseg.io.atomic import atomic_write_text
+from medseg.keys import key_id
+from medseg.validation.report import REPORT, SIGNATURE, files_in, read_report
+
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://medseg.invalid/validation-signature/v1"
+MEANINGS = ("reviewed", "approved")
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding: 'DSSEv1 <len> <type> <len> <payload>'."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """What a person's signature states: printed name, meaning and UTC time, and the key that made it."""
+
+    signer: str
+    meaning: str
+    signed_at_utc: str
+    key_id: str
+
+
+def signature_info(signer: str, meaning: str, public: Ed25519PublicKey, now: datetime | None = None) -> SignatureInfo:
+    """Check the name and meaning and stamp the UTC time."""
+    if meaning not in MEANINGS:
+        raise UsageError(f"unknown signature meaning {meaning!r}", hint=f"Use one of: {', '.join(MEANINGS)}.")
+    if not signer.strip():
+        raise UsageError("the signer's printed name is empty", hint="Pass --signer 'First Last'.")
+    when = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return SignatureInfo(signer.strip(), meaning, when, key_id(public))
+
+
+def statement(folder: Path, info: SignatureInfo) -> dict[str, Any]:
+    """The in-toto Statement over every file in the folder (except the envelope)."""
+    report = read_report(folder)
+    subjects = [
+        {"name": name, "digest": {"sha256": sha}} for name, sha in files_in(folder).items() if name != SIGNATURE
+    ]
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "signer": info.signer, "meaning": info.meaning, "signed_at_utc": info.signed_at_utc, "key_id": info.key_id,
+            "model": report["model"]["name"] + " " + report["model"]["version"],
+            "model_weights_sha256": report["model"]["weights_sha256"], "set_digest": report["set"]["set_digest"],
+            "verdict": report["acceptance"]["verdict"],
+        },
+    }  # fmt: skip
+
+
+def sign_folder(folder: Path, key: Ed25519PrivateKey, info: SignatureInfo) -> dict[str, Any]:
+    """Write signature.dsse.json over the folder as it is now; refuses a folder that is already signed."""
+    if (folder / SIGNATURE).exists():
+        raise UsageError("the report is already signed", path=folder / SIGNATURE,
+                         hint="A signed report is not re-signed; validate again for a new record.")  # fmt: skip
+    if not (folder / REPORT).is_file():
+        raise UsageError("no report.json here", path=folder, hint="Run `medseg validate` first.")
+    payload = canonical_bytes(statement(folder, info))
+    sig = key.sign(pae(PAYLOAD_TYPE, payload))
+    envelope = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode("ascii"),
+                "signatures": [{"keyid": info.key_id, "sig": base64.b64encode(sig).decode("ascii")}]}  # fmt: skip
+    atomic_write_text(folder / SIGNATURE, json.dumps(envelope, indent=1) + "\n")
+    return envelope
+
+
+@dataclass
+class Verification:
+    """The outcome: the signature's statement (when it verified) and every problem found, named."""
+
+    problems: list[str] = field(default_factory=list)
+    predicate: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _envelope(folder: Path) -> dict[str, Any]:
+    path = folder / SIGNATURE
+    if not path.is_file():
+        raise InvalidInputError("the report is not signed (no signature.dsse.json)", path=folder)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"unreadable signature envelope: {exc}", path=path) from exc
+
+
+def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
+    """Check the signature, then every file against the signed digests and report.json's artifact list."""
+    result = Verification()
+    env = _envelope(folder)
+    try:
+        payload = base64.b64decode(env["payload"], validate=True)
+        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"malformed signature envelope: {exc}", path=folder / SIGNATURE) from exc
+    message = pae(env.get("payloadType", ""), payload)
+    if env.get("payloadType") != PAYLOAD_TYPE or not any(_valid(public, s, message) for s in sigs):
+        result.problems.append(f"signature does not verify with key {key_id(public)} (other key, or envelope edited)")
+        return result
+    stmt = json.loads(payload)
+    result.predicate = stmt.get("predicate", {})
+    signed = {s["name"]: s["digest"]["sha256"] for s in stmt.get("subject", [])}
+    present = {k: v for k, v in files_in(folder).items() if k != SIGNATURE}
+    for name in sorted(signed.keys() | present.keys()):
+        if name not in present:
+            result.problems.append(f"{name}: signed but missing")
+        elif name not in signed:
+            result.problems.append(f"{name}: not covered by the signature (added after signing)")
+        elif signed[name] != present[name]:
+            result.problems.append(
+                f"{name}: changed after signing (SHA-256 {present[name][:12]}..., signed {signed[name][:12]}...)"
+            )
+    if REPORT in present:
+        listed = read_report(folder).get("artifacts", {})
+        for name, sha in listed.items():
+            if present.get(name) != sha:
+                result.problems.append(f"{name}: differs from the digest report.json lists")
+    return result
+
+
+def _valid(public: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
+    try:
+        public.verify(sig, message)
+    except InvalidSignature:
+        return False
+    return True

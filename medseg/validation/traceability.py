@@ -1,0 +1,123 @@
+"""Traceability: requirement -> tests (JUnit XML of this run, `req` properties or named node ids) and validation
+criteria -> result; hazards' controls -> verified or not. Every gap is listed; the matrix is complete only without."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.audit.digest import file_sha256
+from medseg.errors import InvalidInputError
+from medseg.validation.sets import REPO
+
+RISK_DIR = REPO / "docs" / "risk"
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """One test case of the run: pytest node id, outcome (passed/failed/skipped) and the requirements it claims."""
+
+    node: str
+    outcome: str
+    reqs: tuple[str, ...]
+
+
+def read_junit(path: Path) -> list[TestResult]:
+    """Every <testcase> of a JUnit XML file (pytest --junitxml) with its outcome and `req` properties."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise InvalidInputError(
+            f"cannot read the JUnit XML: {exc}", path=path, hint="Pass pytest's --junitxml file."
+        ) from exc
+    out = []
+    for tc in root.iter("testcase"):
+        module = tc.get("classname", "").replace(".", "/")
+        node = f"{module}.py::{tc.get('name', '')}"
+        if tc.find("failure") is not None or tc.find("error") is not None:
+            outcome = "failed"
+        elif tc.find("skipped") is not None:
+            outcome = "skipped"
+        else:
+            outcome = "passed"
+        reqs = tuple(p.get("value", "") for p in tc.iter("property") if p.get("name") == "req")
+        out.append(TestResult(node, outcome, reqs))
+    return out
+
+
+def load_yaml(path: Path, key: str) -> list[dict[str, Any]]:
+    """The list under `key` of a risk YAML file."""
+    try:
+        return list(yaml.safe_load(path.read_text())[key])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"cannot read {key} from the risk file: {exc}", path=path) from exc
+
+
+def _matches(pattern: str, node: str) -> bool:
+    base = node.split("[", 1)[0]
+    return base == pattern or (pattern.endswith(".py") and base.startswith(pattern + "::"))
+
+
+def _status(
+    tests: list[TestResult], named: list[str], criteria: list[str], verdicts: dict[str, str]
+) -> tuple[str, list[str]]:
+    """(status, problems) of one requirement from its tests and criteria."""
+    problems = [f"named test {n} did not run" for n in named if not any(_matches(n, t.node) for t in tests)]
+    problems += [f"test {t.node} failed" for t in tests if t.outcome == "failed"]
+    for c in criteria:
+        if verdicts.get(c) != "pass":
+            problems.append(f"criterion {c} is {verdicts.get(c, 'not evaluated')}")
+    if not tests and not criteria:
+        return "no_test", ["no test or criterion verifies it"]
+    if tests and all(t.outcome == "skipped" for t in tests) and not criteria:
+        problems.append("every test was skipped")
+    return ("pass" if not problems else "fail"), problems
+
+
+def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DIR) -> dict[str, Any]:
+    """The traceability matrix of this run; `complete` False when any requirement or hazard control is unverified."""
+    results = read_junit(junit)
+    reqs = load_yaml(risk_dir / "requirements.yaml", "requirements")
+    hazards = load_yaml(risk_dir / "hazards.yaml", "hazards")
+    known = {r["id"] for r in reqs}
+    gaps = [f"test {t.node} claims unknown requirement {q}" for t in results for q in t.reqs if q not in known]
+    rows = []
+    for r in reqs:
+        named = list(r.get("tests", []))
+        tests = [t for t in results if r["id"] in t.reqs or any(_matches(n, t.node) for n in named)]
+        status, problems = _status(tests, named, list(r.get("criteria", [])), verdicts)
+        gaps += [f"{r['id']}: {p}" for p in problems]
+        rows.append({"id": r["id"], "type": r["type"], "title": r["title"], "status": status,
+                     "verified_by": sorted({t.node for t in tests}) + list(r.get("criteria", [])),
+                     "tests_passed": sum(t.outcome == "passed" for t in tests), "tests": len(tests)})  # fmt: skip
+    by_id = {row["id"]: row for row in rows}
+    haz_rows = []
+    for h in hazards:
+        problems = [f"control {c} is {by_id[c]['status'] if c in by_id else 'an unknown requirement'}"
+                    for c in h.get("controls", []) if by_id.get(c, {}).get("status") != "pass"]  # fmt: skip
+        verification = list(h.get("verification", []))
+        if not verification:
+            problems.append("no verification named")
+        for v in verification:
+            ran = [t for t in results if _matches(v, t.node)]
+            if not ran or any(t.outcome != "passed" for t in ran):
+                problems.append(f"verification {v} did not pass in this run")
+        gaps += [f"{h['id']}: {p}" for p in problems]
+        haz_rows.append({"id": h["id"], "hazard": h["hazard"], "controls": h.get("controls", []),
+                         "verified": not problems, "risk_before": h["severity"] * h["probability_before"],
+                         "risk_after": h["severity_after"] * h["probability_after"],
+                         "residual_acceptable": h["residual_acceptable"]})  # fmt: skip
+    passed = sum(r["status"] == "pass" for r in rows)
+    summary = (f"{passed}/{len(rows)} requirements verified, {sum(h['verified'] for h in haz_rows)}/{len(haz_rows)} "
+               f"hazard controls verified, {len(results)} tests in the run, {len(gaps)} gap(s)")  # fmt: skip
+    return {
+        "junit": {"sha256": file_sha256(junit), "tests": len(results),
+                  "failed": sum(t.outcome == "failed" for t in results)},
+        "requirements_sha256": file_sha256(risk_dir / "requirements.yaml"),
+        "hazards_sha256": file_sha256(risk_dir / "hazards.yaml"),
+        "requirements": rows, "hazards": haz_rows, "gaps": gaps, "complete": not gaps, "summary": summary,
+    }  # fmt: skip

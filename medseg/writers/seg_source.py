@@ -1,0 +1,123 @@
+"""Source headers made safe to copy into a SEG: values highdicom copies are normalised, so a valid segmentation is
+never lost at the last step because a source carried an empty character set, a decimal comma or a malformed date.
+
+Only the in-memory copy is changed; every change is reported as a note for summary.json.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+TEXT_KEYWORDS = ("PatientName", "PatientID", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+                 "StudyDescription", "SeriesDescription")  # fmt: skip
+PERSON_NAMES = ("PatientName", "ReferringPhysicianName")
+DECIMAL_KEYWORDS = ("SliceThickness", "SpacingBetweenSlices", "PixelSpacing")
+DATE_RE = re.compile(r"^\d{8}$")
+TIME_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+SEXES = frozenset({"M", "F", "O", ""})
+MAX_LENGTH = {"SH": 16, "LO": 64, "PN": 64}
+UTF8 = "ISO_IR 192"
+
+
+def _raw(ds: Any, keyword: str) -> str | None:
+    """The value as text without pydicom's VR conversion (which raises on malformed values)."""
+    try:
+        elem = ds.get_item(keyword)
+    except (KeyError, ValueError):
+        return None
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return str(value)
+    return "\\".join(str(v) for v in value)
+
+
+def _decoded_text(ds: Any, keyword: str) -> str:
+    """A text value decoded with the source's character set (invalid bytes replaced), '' when absent."""
+    try:
+        value = ds.get(keyword, None)
+    except Exception:  # undecodable with the declared character set
+        value = _raw(ds, keyword)
+    text = "" if value is None else str(value)
+    return text.encode("utf-8", "replace").decode("utf-8").strip()
+
+
+def _valid_charset(ds: Any) -> bool:
+    from pydicom.charset import python_encoding
+
+    value = ds.get("SpecificCharacterSet", None)
+    terms = [value] if isinstance(value, str) else list(value or [])
+    return bool(terms) and all(t in python_encoding or t == "" for t in terms) and any(terms)
+
+
+def normalise_source(ds: Any) -> list[str]:
+    """Make the header's copied values valid for highdicom, in place; return one note per change."""
+    from pydicom.datadict import dictionary_VR
+
+    notes: list[str] = []
+    for _ in ds.iterall():  # decode every value with the source's own character set before it may change
+        pass
+    had_charset = ds.get("SpecificCharacterSet", None)
+    charset_ok = _valid_charset(ds)
+    texts = {k: _decoded_text(ds, k) for k in TEXT_KEYWORDS if k in ds}
+    if not charset_ok or any(not t.isascii() for t in texts.values()):
+        if not charset_ok and had_charset is not None:
+            notes.append(f"source SpecificCharacterSet {str(had_charset)!r} is empty or unknown; SEG written as UTF-8")
+        ds.SpecificCharacterSet = UTF8
+    for keyword, text in texts.items():
+        limit = MAX_LENGTH.get(dictionary_VR(keyword), 64)
+        if len(text) > limit:
+            notes.append(f"source {keyword} longer than {limit} characters; shortened in the SEG")
+            text = text[:limit]
+        if keyword in PERSON_NAMES and text and "^" not in text:
+            text += "^"  # a family name only: the trailing caret says so unambiguously (PS3.5 6.2.1.2)
+        setattr(ds, keyword, text)
+    for keyword, pattern in (("StudyDate", DATE_RE), ("PatientBirthDate", DATE_RE), ("StudyTime", TIME_RE)):
+        value = (_raw(ds, keyword) or "").strip()
+        if value and not pattern.match(value):
+            notes.append(f"source {keyword} {value[:20]!r} is not a valid DICOM date/time; left empty in the SEG")
+            value = ""
+        setattr(ds, keyword, value)
+    sex = (_raw(ds, "PatientSex") or "").strip().upper()
+    if sex not in SEXES:
+        notes.append(f"source PatientSex {sex[:8]!r} is not M, F or O; left empty in the SEG")
+        sex = ""
+    ds.PatientSex = sex
+    for keyword in DECIMAL_KEYWORDS:
+        _normalise_decimal(ds, keyword, notes)
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return notes
+
+
+def _normalise_decimal(ds: Any, keyword: str, notes: list[str]) -> None:
+    """Decimal commas become points; a value that is still not a number is dropped (all are optional here)."""
+    raw = _raw(ds, keyword)
+    if raw is None:
+        return
+    parts = [p.strip().replace(",", ".") for p in raw.strip(" \x00").split("\\")]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        notes.append(f"source {keyword} {raw[:20]!r} is not a number; omitted from the SEG")
+        del ds[keyword]
+        return
+    if any("," in p for p in raw.split("\\")):
+        notes.append(f"source {keyword} {raw[:20]!r} uses a decimal comma; written as {'/'.join(parts)}")
+    setattr(ds, keyword, [f"{n:.10g}"[:16] for n in numbers] if len(numbers) > 1 else f"{numbers[0]:.10g}"[:16])

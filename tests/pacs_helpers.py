@@ -1,0 +1,183 @@
+"""Helpers for the PACS service tests: a real Orthanc on loopback, small CT studies made from real slices,
+dcmtk storescu, and the service started as a separate process (so it can be SIGKILLed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from medseg.pacs.queue import JobQueue
+
+ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def chaos_files(shared: Path) -> list[Path]:
+    folder = shared / "ct" / "chaos_ct_sample" / "dicom"
+    files = sorted(folder.glob("*.dcm"))
+    if len(files) < 60:
+        pytest.fail(f"real CT study missing at {folder}")
+    return files
+
+
+def make_study(src: list[Path], dst: Path, ks: range, seed: str) -> tuple[str, str]:
+    """A valid CT study from real slices `ks` with new, seed-derived Study/Series/SOP/FoR UIDs; (study, series)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    study, series, frame = (generate_uid(entropy_srcs=[seed, role]) for role in ("study", "series", "for"))
+    dst.mkdir(parents=True, exist_ok=True)
+    for n, k in enumerate(ks):
+        ds = pydicom.dcmread(src[k])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed, str(k)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = n + 1
+        ds.save_as(dst / f"{n:04d}.dcm")
+    return study, series
+
+
+def storescu(port: int, folder: Path, aet: str = "MEDSEG", calling: str = "STORESCU", check: bool = True):
+    """Send every file of `folder` in one association with dcmtk storescu (TCP_NODELAY=1)."""
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    cmd = ["storescu", "-aet", calling, "-aec", aet, "127.0.0.1", str(port), *files]
+    return subprocess.run(cmd, env=NODELAY, capture_output=True, text=True, timeout=300, check=check)
+
+
+class Orthanc:
+    """Orthanc 1.10 from Debian, in the foreground, loopback ports chosen now, DICOMweb plugin on."""
+
+    def __init__(self, root: Path, medseg_port: int) -> None:
+        if shutil.which("Orthanc") is None or not ORTHANC_PLUGIN.is_file():
+            pytest.fail("Orthanc or its DICOMweb plugin is not installed: run scripts/setup.sh")
+        self.root = root
+        self.http, self.dicom = free_port(), free_port()
+        self.aet = "ORTHANC"
+        self.config = root / "orthanc.json"
+        (root / "db").mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "Name": "medseg-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": self.aet, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+            "DicomModalities": {"medseg": ["MEDSEG", "127.0.0.1", medseg_port]}, "Plugins": [str(ORTHANC_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "OverwriteInstances": True, "StableAge": 2,
+            "HttpThreadsCount": 8,
+        }  # fmt: skip
+        self.config.write_text(json.dumps(cfg))
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.http}"
+
+    def start(self) -> Orthanc:
+        log = (self.root / "orthanc.log").open("ab")
+        self.proc = subprocess.Popen(["Orthanc", str(self.config)], env=NODELAY, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/system", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        pytest.fail(f"Orthanc did not answer; see {self.root / 'orthanc.log'}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+    def clear(self) -> None:
+        for pid in requests.get(self.url + "/studies", timeout=10).json():
+            requests.delete(f"{self.url}/studies/{pid}", timeout=10)
+
+    def seg_instances(self) -> list[str]:
+        """Orthanc ids of every SEG instance it holds."""
+        q = {"Level": "Instance", "Query": {"Modality": "SEG"}}
+        return list(requests.post(self.url + "/tools/find", json=q, timeout=10).json())
+
+    def seg_series(self) -> list[str]:
+        q = {"Level": "Series", "Query": {"Modality": "SEG"}}
+        return list(requests.post(self.url + "/tools/find", json=q, timeout=10).json())
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        return requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30).content
+
+
+def write_config(path: Path, storage: Path, destination: dict, quiet: float = 2.0, **extra: object) -> int:
+    """A service config on a free loopback port; returns the port."""
+    port = free_port()
+    cfg = {
+        "listen": {"ae_title": "MEDSEG", "host": "127.0.0.1", "port": port},
+        "storage": str(storage), "destination": destination, "organs": ["liver"],
+        "completion": {"quiet_seconds": quiet, "check_interval_s": 0.3},
+        "retry": {"base_s": 1.0, "cap_s": 4.0, "max_attempts": 4}, "lease_seconds": 20,
+    }  # fmt: skip
+    cfg |= extra
+    path.write_text(yaml.safe_dump(cfg))
+    return port
+
+
+class Served:
+    """`medseg pacs serve` as a child process."""
+
+    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        self.config, self.port, self.log = config, port, log
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Served:
+        out = self.log.open("ab")
+        cmd = [sys.executable, "-m", "medseg", "pacs", "serve", "--config", str(self.config), "--grace", "5"]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"service exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.2)
+        pytest.fail(f"service did not listen: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        self.proc = None
+
+
+def wait_jobs(queue_path: Path, n: int, timeout: float = 240, states: tuple[str, ...] = ("sent", "quarantined")):
+    """Wait until `n` jobs are in a final state; returns the jobs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if queue_path.exists():
+            q = JobQueue(queue_path)
+            jobs = q.jobs()
+            q.close()
+            if sum(j.state in states for j in jobs) >= n:
+                return jobs
+        time.sleep(0.5)
+    q = JobQueue(queue_path)
+    pytest.fail(f"jobs not done in {timeout} s: {[(j.id, j.state, j.reason) for j in q.jobs()]}")

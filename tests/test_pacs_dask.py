@@ -1,0 +1,76 @@
+"""`medseg batch`, locally and on a 2-worker Dask LocalCluster where a worker is SIGKILLed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pacs_helpers import chaos_files, make_study
+
+from medseg.pacs.batch import batch_config, enqueue
+from medseg.pacs.worker import JobResult
+
+pytestmark = pytest.mark.slow
+
+
+def test_batch_cli_segments_each_study_once_and_a_rerun_adds_nothing(shared: Path, tmp_path: Path) -> None:
+    studies = tmp_path / "in"
+    uid, _ = make_study(chaos_files(shared), studies / "a", range(28, 52), "batch-a")
+    cmd = [sys.executable, "-m", "medseg", "batch", str(studies), "--out", str(tmp_path / "out")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "1 sent" in first.stdout
+    segs = list((tmp_path / "out" / "seg").rglob("*.dcm"))
+    assert len(segs) == 1 and pydicom.dcmread(segs[0]).StudyInstanceUID == uid
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.startswith("1 sent, 0 quarantined, 0 failed of 1 studies")
+    assert list((tmp_path / "out" / "seg").rglob("*.dcm")) == segs
+
+
+def test_dask_worker_killed_mid_job_still_one_completion(shared: Path, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from medseg.pacs.dask_workers import dispatch
+
+    src = chaos_files(shared)
+    uids = {make_study(src, tmp_path / "in" / name, ks, name)[0] for name, ks in (("a", range(28, 52)),
+                                                                                   ("b", range(30, 50)))}  # fmt: skip
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        client = Client(cluster)
+        config = batch_config(tmp_path / "out", "liver", None, "auto", cluster.scheduler_address)
+        queue = enqueue(config, tmp_path / "in")
+        results: list[JobResult] = []
+        stop = threading.Event()
+        runner = threading.Thread(target=dispatch, args=(config, queue, stop, lambda _m: None, results, True))
+        runner.start()
+        pids = client.run(os.getpid)
+        victim = None
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline:
+            busy = {w: keys for w, keys in client.processing().items() if keys}
+            if busy and all(j.state == "running" for j in queue.jobs()):
+                victim = next(iter(busy))
+            time.sleep(0.2)
+        assert victim is not None, "no job started on the cluster"
+        time.sleep(1.5)  # inside the job (model loading or inference)
+        os.kill(pids[victim], signal.SIGKILL)
+        runner.join(300)
+        stop.set()
+        assert not runner.is_alive()
+        assert set(client.run(os.getpid).values()) != set(pids.values())  # the killed worker was replaced
+        client.close()
+    jobs = queue.jobs()
+    assert [j.state for j in jobs] == ["sent", "sent"], [(j.state, j.reason) for j in jobs]
+    assert all(j.attempts == 1 for j in jobs)  # the re-run went on under the same lease and fence
+    ledger = queue.ledger()
+    assert sorted(r["job_id"] for r in ledger) == [j.id for j in jobs]
+    assert sorted(r.state for r in results) == ["sent", "sent"]
+    segs = list((tmp_path / "out" / "seg").rglob("*.dcm"))
+    assert {pydicom.dcmread(p).StudyInstanceUID for p in segs} == uids and len(segs) == 2

@@ -1,0 +1,125 @@
+"""The C-STORE SCP: every acknowledged instance is on disk and recorded; duplicates; disk full refuses cleanly."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pacs_helpers import chaos_files, free_port, make_study, storescu
+
+from medseg.pacs.config import PacsConfig
+from medseg.pacs.queue import JobQueue
+from medseg.pacs.scp import OUT_OF_RESOURCES, Receiver
+from medseg.pacs.service import complete_studies
+from medseg.pacs.storage import study_dir
+
+
+def _receiver(storage: Path, quiet: float = 0.5) -> tuple[Receiver, JobQueue, int]:
+    config = PacsConfig(
+        listen={"ae_title": "MEDSEG", "host": "127.0.0.1", "port": free_port()},
+        storage=storage, destination={"folder": str(storage / "out")}, completion={"quiet_seconds": quiet},
+    )  # fmt: skip
+    queue = JobQueue(config.queue_path)
+    receiver = Receiver(config, queue)
+    return receiver, queue, receiver.start()
+
+
+def _send_each(port: int, files: list[Path]) -> list[int]:
+    """C-STORE each file in one association (pynetdicom SCU); the status of each."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEG")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(pydicom.dcmread(f)).Status) for f in files]
+    assoc.release()
+    return statuses
+
+
+def test_received_study_is_on_disk_recorded_and_completes_once(shared: Path, tmp_path: Path) -> None:
+    study_src = tmp_path / "src"
+    study, series = make_study(chaos_files(shared), study_src, range(30, 40), "recv")
+    receiver, queue, port = _receiver(tmp_path / "store")
+    try:
+        done = storescu(port, study_src)
+        assert done.returncode == 0, done.stderr
+        again = storescu(port, study_src)  # the same study sent twice
+        assert again.returncode == 0
+    finally:
+        receiver.stop()
+    rows = queue.instances(study)
+    assert len(rows) == 10 and receiver.outcomes == {"stored": 20}
+    for row in rows:
+        path = Path(str(row["path"]))
+        assert path.parent.parent == study_dir(tmp_path / "store", study)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
+        assert pydicom.dcmread(path).SeriesInstanceUID == series
+    assert not list((tmp_path / "store").rglob(".tmp-*"))
+    time.sleep(0.6)
+    config = receiver.config
+    assert len(complete_studies(config, queue)) == 1
+    assert complete_studies(config, queue) == []
+    assert [j.input for j in queue.jobs()] == [str(study_dir(config.storage, study))]
+
+
+def test_completion_deadline_survives_a_restart(shared: Path, tmp_path: Path) -> None:
+    study_src = tmp_path / "src"
+    make_study(chaos_files(shared), study_src, range(30, 33), "restart")
+    receiver, queue, port = _receiver(tmp_path / "store", quiet=1.0)
+    storescu(port, study_src)
+    receiver.stop()
+    queue.close()
+    reopened = JobQueue(tmp_path / "store" / "queue.db")  # a new process would see the same deadline
+    deadline = reopened.next_deadline()
+    assert deadline is not None and deadline > time.time() - 5
+    time.sleep(max(0.0, deadline - time.time()) + 0.05)
+    assert len(complete_studies(receiver.config, reopened)) == 1
+
+
+def test_unreadable_header_is_refused(tmp_path: Path) -> None:
+    from medseg.pacs.scp import CANNOT_UNDERSTAND, store_instance
+
+    queue = JobQueue(tmp_path / "q.db")
+    out = store_instance(b"\0" * 200, "1.2.3", "X", tmp_path, queue, 1.0)
+    assert out.status == CANNOT_UNDERSTAND
+    assert queue.instances() == [] and not (tmp_path / "studies").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 3 MB tmpfs (the tests run as root here and in CI); fails loudly when it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_refuses_the_store_and_leaves_nothing_half_written(
+    shared: Path, tmp_path: Path, small_disk: Path
+) -> None:
+    study_src = tmp_path / "src"
+    make_study(chaos_files(shared), study_src, range(30, 42), "full")
+    receiver, queue, port = _receiver(small_disk / "store")
+    try:
+        statuses = _send_each(port, sorted(study_src.glob("*.dcm")))
+    finally:
+        receiver.stop()
+    assert 0x0000 in statuses and OUT_OF_RESOURCES in statuses, statuses
+    first_refusal = statuses.index(OUT_OF_RESOURCES)
+    assert all(s == 0 for s in statuses[:first_refusal])
+    stored = [p for p in (small_disk / "store" / "studies").rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.name.startswith(".tmp-")]
+    recorded = {str(r["path"]) for r in queue.instances()}
+    assert recorded == {str(p) for p in stored}
+    assert len(recorded) == statuses.count(0)
+    for p in stored:
+        assert pydicom.dcmread(p).pixel_array.shape == (512, 512)

@@ -1,0 +1,172 @@
+"""Locked test sets and independence: a changed file, set file or lock, and any leak of training data, are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medseg.cli.main import main
+from medseg.errors import InvalidInputError, UsageError
+from medseg.models.registry import resolve_model
+from medseg.validation.independence import check_independence, require_independence
+from medseg.validation.sets import REPO, SETS_DIR, load_set, lock_set, set_paths, verify_lock
+
+SHIPPED = "liver_real_manual_v1"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out + out.err
+
+
+def copy_set(tmp_path: Path, edit=None) -> Path:
+    """The shipped set file copied into tmp_path/sets (optionally edited), not yet locked."""
+    folder = tmp_path / "sets"
+    folder.mkdir(exist_ok=True)
+    doc = yaml.safe_load(set_paths(SHIPPED)[0].read_text())
+    if edit is not None:
+        edit(doc)
+    (folder / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder
+
+
+@pytest.mark.req("REQ-010")
+def test_the_shipped_set_matches_its_lock_and_the_data(shared) -> None:
+    ts, lock = verify_lock(SHIPPED, shared)
+    assert [c.case_id for c in ts.cases] == ["chaos_ct_set3", "radcttace_1211", "radcttace_0697"]
+    assert all(c.label_type == "manual" for c in ts.cases)
+    assert len(lock["set_digest"]) == 64 and lock["set_file_sha256"]
+
+
+@pytest.mark.req("REQ-011")
+def test_the_shipped_set_is_independent_of_every_training_manifest(shared) -> None:
+    card = resolve_model(None, "liver").card
+    result = check_independence(load_set(set_paths(SHIPPED)[0]), card, shared)
+    assert result.conflicts == [] and result.training_cases >= 60
+    assert [m["file"] for m in result.manifests] == ["data_manifests/liver_v1.json"]
+
+
+@pytest.mark.req("REQ-010")
+def test_lock_refuses_data_that_differs_from_the_set_file(shared, tmp_path) -> None:
+    def edit(doc):
+        doc["cases"][2]["sha256"]["label"] = "0" * 64
+
+    sets = copy_set(tmp_path, edit)
+    with pytest.raises(InvalidInputError, match="radcttace_0697 label"):
+        lock_set(SHIPPED, shared, sets)
+
+
+@pytest.mark.req("REQ-010")
+def test_a_changed_file_set_file_or_lock_is_refused(shared, tmp_path) -> None:
+    sets = copy_set(tmp_path)
+    lock_set(SHIPPED, shared, sets)
+    verify_lock(SHIPPED, shared, sets)
+    with pytest.raises(UsageError, match="already locked"):
+        lock_set(SHIPPED, shared, sets)
+    root = tmp_path / "data"  # the real data, with one label replaced by an edited copy
+    for case in ("chaos_ct_sample", "radcttace_1211", "radcttace_0697"):
+        (root / "ct" / case).mkdir(parents=True)
+        for f in (shared / "ct" / case).iterdir():
+            (root / "ct" / case / f.name).symlink_to(f)
+    label = root / "ct/radcttace_0697/liver.nii.gz"
+    label.unlink()
+    data = bytearray((shared / "ct/radcttace_0697/liver.nii.gz").read_bytes())
+    data[-10] ^= 0xFF
+    label.write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="radcttace_0697 label differs from the lock"):
+        verify_lock(SHIPPED, root, sets)
+    yaml_path, lock_path = set_paths(SHIPPED, sets)
+    lock = json.loads(lock_path.read_text())
+    lock["cases"][0]["sha256"]["image"] = "f" * 64
+    lock_path.write_text(json.dumps(lock))
+    with pytest.raises(InvalidInputError, match="lock file was edited"):
+        verify_lock(SHIPPED, shared, sets)
+    lock_set(SHIPPED, shared, sets, overwrite=True)
+    yaml_path.write_text(yaml_path.read_text().replace("Three real", "Four real"))
+    with pytest.raises(InvalidInputError, match="set file changed"):
+        verify_lock(SHIPPED, shared, sets)
+
+
+@pytest.mark.req("REQ-010")
+def test_validate_exits_3_on_an_unlocked_or_altered_set(shared, tmp_path, capsys) -> None:
+    sets = copy_set(tmp_path)
+    code, out = run_cli(["validate", "--set", str(sets / f"{SHIPPED}.yaml"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 3 and "not locked" in out and "Traceback" not in out
+    lock_set(SHIPPED, shared, sets)
+    (sets / f"{SHIPPED}.yaml").write_text((sets / f"{SHIPPED}.yaml").read_text() + "\n# edited\n")
+    code, out = run_cli(["validate", "--set", str(sets / f"{SHIPPED}.yaml"), "--out", str(tmp_path / "o2")], capsys)
+    assert code == 3 and "changed after it was locked" in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def leaking_set(tmp_path: Path, shared: Path, case: dict) -> Path:
+    """A locked set of one case (given as a set-file case entry)."""
+    sets = tmp_path / "sets"
+    sets.mkdir(exist_ok=True)
+    doc = {"name": "leak", "description": "leak test", "organ": "liver", "cases": [case]}
+    (sets / "leak.yaml").write_text(yaml.safe_dump(doc))
+    lock_set("leak", shared, sets)
+    return sets / "leak.yaml"
+
+
+def training_pair(shared: Path) -> dict:
+    from medseg.validation.sets import digest_path
+
+    image, label = "ct/totalseg_example_ct_sm/image.nii.gz", "ct/totalseg_example_ct_sm/liver.nii.gz"
+    return {"case_id": "ts_sm", "patient": "someone-new", "image": image, "label": label,
+            "sha256": {"image": digest_path(shared / image), "label": digest_path(shared / label)},
+            "source": "TotalSegmentator", "licence": "Apache-2.0", "label_type": "model"}  # fmt: skip
+
+
+@pytest.mark.req("REQ-011")
+def test_a_training_case_in_the_test_set_is_refused_with_exit_3(shared, tmp_path, capsys) -> None:
+    path = leaking_set(tmp_path, shared, training_pair(shared))
+    code, out = run_cli(["validate", "--set", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 3, out
+    assert "not independent" in out and "totalseg_example_ct_sm" in out and "file digest" in out
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.mark.req("REQ-011")
+def test_same_patient_or_same_dicom_uid_counts_as_a_leak(shared, tmp_path) -> None:
+    card = resolve_model(None, "liver").card
+    case = training_pair(shared) | {
+        "image": "ct/radcttace_0697/image.nii.gz",
+        "label": "ct/radcttace_0697/liver.nii.gz",
+    }
+    case["sha256"] = {"image": "5a1b279cc9464fd1dc88db36af7435e57301415014f7b7c31f793b7ab232cbe9",
+                      "label": "c997770f1b87e89590322fb02d04a1bfda2526f9499ae67503b87600324eb842"}  # fmt: skip
+    case["patient"] = "WORD 0014"  # a WORD training case under another spelling
+    ts = load_set(leaking_set(tmp_path, shared, case))
+    result = check_independence(ts, card, shared)
+    assert any("same patient as training case word_0014" in c for c in result.conflicts), result.conflicts
+    with pytest.raises(InvalidInputError, match="not independent"):
+        require_independence(result, ts.name)
+    # a training manifest holding the CHAOS DICOM series: the test case carries only its UIDs, not the files
+    repo = tmp_path / "repo"
+    (repo / "m").mkdir(parents=True)
+    entry = {"case_id": "chaos_dicom", "kind": "ct_pair", "image": "ct/chaos_ct_sample/dicom", "label": "x",
+             "sha256": {"image": "1" * 64}, "split": "train"}  # fmt: skip
+    (repo / "m" / "train.json").write_text(json.dumps({"name": "t", "entries": [entry]}))
+    other = card.model_copy(update={"training": {"manifest": {"file": "m/train.json"}}})
+    chaos = load_set(SETS_DIR / f"{SHIPPED}.yaml").model_copy()
+    only_uids = chaos.model_copy(update={"cases": [chaos.cases[0].model_copy(update={"dicom": None})]})
+    result = check_independence(only_uids, other, shared, repo)
+    assert [c for c in result.conflicts if "DICOM UID" in c], result.conflicts
+
+
+@pytest.mark.req("REQ-011")
+def test_a_training_manifest_that_differs_from_the_card_is_refused(shared, tmp_path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "data_manifests", repo / "data_manifests")
+    path = repo / "data_manifests/liver_v1.json"
+    path.write_text(path.read_text().replace('"split": "val"', '"split": "train"', 1))
+    card = resolve_model(None, "liver").card
+    with pytest.raises(InvalidInputError, match="differs from the model card"):
+        check_independence(load_set(SETS_DIR / f"{SHIPPED}.yaml"), card, shared, repo)

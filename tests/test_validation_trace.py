@@ -1,0 +1,170 @@
+"""Traceability from a real pytest run's JUnit XML, the risk records, and the SOUP list from requirements.lock."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medseg.validation.soup import LOCK, read_lock, soup_diff, soup_list
+from medseg.validation.traceability import RISK_DIR, build_matrix, load_yaml, read_junit
+
+TESTS = Path(__file__).parent
+pytestmark = pytest.mark.req("REQ-021")
+
+SAMPLE = """
+import pytest
+
+@pytest.mark.req("REQ-A")
+def test_a():
+    assert 1 + 1 == 2
+
+@pytest.mark.req("REQ-B")
+def test_b():
+    assert 1 + 1 == 3
+
+@pytest.mark.req("REQ-ZZZ")
+def test_c():
+    pass
+
+@pytest.mark.req("REQ-D")
+@pytest.mark.skip(reason="not here")
+def test_d():
+    pass
+"""
+
+
+@pytest.fixture(scope="module")
+def junit(tmp_path_factory) -> Path:
+    """JUnit XML of a real pytest run (passing, failing, skipped tests, one claiming an unknown requirement)."""
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "test_sample.py").write_text(SAMPLE)
+    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n    req: requirement ids\n")
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "req_plugin", "-p", "no:randomly",
+                           "-p", "no:cacheprovider", f"--junitxml={folder / 'junit.xml'}", "test_sample.py"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # test_b fails on purpose
+    return folder / "junit.xml"
+
+
+def risk_files(folder: Path, requirements: list[dict], hazards: list[dict]) -> Path:
+    folder.mkdir()
+    (folder / "requirements.yaml").write_text(yaml.safe_dump({"requirements": requirements}))
+    (folder / "hazards.yaml").write_text(yaml.safe_dump({"hazards": hazards}))
+    return folder
+
+
+def hazard(hid: str, controls: list[str], verification: list[str]) -> dict:
+    scores = {"severity": 4, "probability_before": 3, "severity_after": 4, "probability_after": 1}
+    return {
+        "id": hid,
+        "hazard": hid,
+        "controls": controls,
+        "verification": verification,
+        "residual_acceptable": True,
+    } | scores
+
+
+def test_junit_properties_carry_the_requirement_ids(junit) -> None:
+    results = {r.node: r for r in read_junit(junit)}
+    assert results["test_sample.py::test_a"].reqs == ("REQ-A",)
+    assert results["test_sample.py::test_b"].outcome == "failed"
+    assert results["test_sample.py::test_d"].outcome == "skipped"
+
+
+def test_every_gap_is_named_and_a_complete_matrix_passes(junit, tmp_path) -> None:
+    reqs = [{"id": i, "type": "functional", "title": i} for i in ("REQ-A", "REQ-B", "REQ-C", "REQ-D")]
+    reqs.append({"id": "REQ-E", "type": "performance", "title": "E", "criteria": ["AC-01"]})
+    a, b = "test_sample.py::test_a", "test_sample.py::test_b"
+    hazards = [hazard("HAZ-1", ["REQ-A"], [a]), hazard("HAZ-2", ["REQ-B"], [b]), hazard("HAZ-3", ["REQ-A"], [])]
+    m = build_matrix(junit, {"AC-01": "pass"}, risk_files(tmp_path / "r1", reqs, hazards))
+    status = {r["id"]: r["status"] for r in m["requirements"]}
+    assert status == {"REQ-A": "pass", "REQ-B": "fail", "REQ-C": "no_test", "REQ-D": "fail", "REQ-E": "pass"}
+    gaps = "\n".join(m["gaps"])
+    assert "claims unknown requirement REQ-ZZZ" in gaps
+    assert "REQ-B: test test_sample.py::test_b failed" in gaps
+    assert "REQ-C: no test or criterion verifies it" in gaps
+    assert "REQ-D: every test was skipped" in gaps
+    assert "HAZ-2: control REQ-B is fail" in gaps and "HAZ-3: no verification named" in gaps
+    assert [h["verified"] for h in m["hazards"]] == [True, False, False] and not m["complete"]
+    m = build_matrix(junit, {"AC-01": "fail"}, risk_files(tmp_path / "r2", reqs[4:], []))
+    assert m["gaps"] == ["test test_sample.py::test_a claims unknown requirement REQ-A",
+                         "test test_sample.py::test_b claims unknown requirement REQ-B",
+                         "test test_sample.py::test_c claims unknown requirement REQ-ZZZ",
+                         "test test_sample.py::test_d claims unknown requirement REQ-D",
+                         "REQ-E: criterion AC-01 is fail"]  # fmt: skip
+    clean = [{"id": "REQ-A", "type": "functional", "title": "A"}]
+    m = build_matrix(
+        junit, {}, risk_files(tmp_path / "r3", clean, [hazard("HAZ-1", ["REQ-A"], ["test_sample.py::test_a"])])
+    )
+    assert [g for g in m["gaps"] if "claims" not in g] == []
+
+
+def _markers_in(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "req":
+            found |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+    return found
+
+
+def test_the_project_risk_records_are_consistent() -> None:
+    reqs = load_yaml(RISK_DIR / "requirements.yaml", "requirements")
+    ids = [r["id"] for r in reqs]
+    assert len(ids) == len(set(ids)) and {r["type"] for r in reqs} <= {
+        "functional",
+        "performance",
+        "safety",
+        "security",
+    }
+    used = set().union(*(_markers_in(p) for p in TESTS.glob("test_*.py"))) - {"REQ-A", "REQ-B", "REQ-D", "REQ-ZZZ"}
+    assert used <= set(ids), used - set(ids)
+    named = [t for r in reqs for t in r.get("tests", [])]
+    for t in named:
+        assert (TESTS.parent / t.split("::")[0]).is_file(), t
+    hazards = load_yaml(RISK_DIR / "hazards.yaml", "hazards")
+    assert len(hazards) >= 10
+    for h in hazards:
+        assert set(h["controls"]) <= set(ids), h["id"]
+        assert all(1 <= h[k] <= 5 for k in ("severity", "probability_before", "severity_after", "probability_after"))
+        for t in h["verification"]:
+            assert (TESTS.parent / t.split("::")[0]).is_file(), t
+    text = json.dumps(hazards).lower()
+    for topic in ("wrong organ or wrong side", "geometry", "neighbouring organ", "phi", "mr,", "swapped",
+                  "leaked into training", "altered after signing", "wrong study", "duplicated seg"):  # fmt: skip
+        assert topic in text, topic
+
+
+def test_soup_list_has_every_locked_package_with_exact_version_licence_and_tracker() -> None:
+    rows = soup_list()
+    pins = read_lock()
+    assert [r["name"] for r in rows] == sorted(pins)
+    for r in rows:
+        assert r["version"] == pins[r["name"]] == r["installed"], r
+        assert r["licence"] and r["purpose"] != "not stated", r
+    assert sum(r["anomaly_reference"] is not None for r in rows) >= len(rows) - 5
+    by_name = {r["name"]: r for r in rows}
+    assert (
+        by_name["torch"]["version"] == "2.13.0+cpu"
+        and "github.com/pytorch/pytorch/issues" in by_name["torch"]["anomaly_reference"]
+    )
+
+
+def test_soup_diff_names_added_removed_and_changed(tmp_path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lines = LOCK.read_text().splitlines()
+    edited = [
+        ln.replace("==", "==0.0.") if ln.startswith("typer==") else ln for ln in lines if not ln.startswith("rich==")
+    ]
+    lock.write_text("\n".join(edited) + "\n")
+    old = [{"name": n, "version": v} for n, v in read_lock(lock).items()] + [{"name": "gone", "version": "1"}]
+    diff = soup_diff(old, soup_list())
+    assert diff["removed"] == ["gone==1"] and diff["added"] == [f"rich=={read_lock()['rich']}"]
+    assert diff["changed"] == [f"typer: 0.0.{read_lock()['typer']} -> {read_lock()['typer']}"]
