@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
-SHARED = {"errors", "keys"}
+SHARED = {"errors", "keys", "digests"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),
@@ -15,7 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"io"},
     "preprocess": {"io"},
     "postprocess": {"io", "preprocess"},  # resampling back reuses the separable resampler (one kernel, both ways)
-    "writers": {"io"},
+    "writers": {"io", "postprocess"},  # summary and preview measure masks with postprocess.measure (one way)
     "infer": {"io", "models", "preprocess", "postprocess", "writers"},
     "train": {"io", "models", "preprocess", "infer", "audit", "metrics"},
     "validation": {"io", "models", "infer", "audit", "metrics"},

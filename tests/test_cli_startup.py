@@ -56,13 +56,20 @@ def test_every_subcommand_has_help_with_examples() -> None:
 
     from medseg.cli.main import app
 
-    group = get_command(app)
-    names = sorted(group.commands)  # type: ignore[attr-defined]
-    assert "convert" in names
-    for name in names:
-        res = run(name, "--help")
-        assert res.returncode == 0, (name, res.stderr)
-        assert "Usage:" in res.stdout
+    def leaves(cmd: object, path: list[str]) -> list[list[str]]:
+        subs = getattr(cmd, "commands", None)
+        if not subs:
+            return [path]
+        return [leaf for name, sub in sorted(subs.items()) for leaf in leaves(sub, [*path, name])]
+
+    paths = leaves(get_command(app), [])
+    assert ["convert"] in paths and ["audit", "verify"] in paths  # groups are walked down to their commands
+    for path in paths:
+        res = run(*path, "--help")
+        assert res.returncode == 0, (path, res.stderr)
+        examples = res.stdout.split("Examples:", 1)
+        assert len(examples) == 2, f"`medseg {' '.join(path)} --help` has no Examples section"
+        assert f"medseg {' '.join(path)}" in examples[1], f"no example of `medseg {' '.join(path)}` in its help"
 
 
 def test_missing_input_is_invalid_input(tmp_path: Path) -> None:

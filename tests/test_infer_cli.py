@@ -17,7 +17,7 @@ from test_infer_seg import assert_seg_matches, dciodvfy_errors
 
 from medseg.cli.main import main
 from medseg.io import read_image, read_nifti
-from medseg.models.registry import ZOO
+from medseg.models.registry import ZOO, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_dicom_study_end_to_end(shared, tmp_path, run, everything_model):
     assert organ["volume_ml"] == pytest.approx(mask.sum() * volume.geometry.voxel_volume_ml)
     assert organ["mean_hu"] == pytest.approx(float(volume.array[mask].mean()), rel=1e-6)
     assert organ["std_hu"] == pytest.approx(float(volume.array[mask].std()), rel=1e-6)
-    assert s["model"]["sha256"] == json.dumps(s["model"]["sha256"]).strip('"') and len(s["model"]["sha256"]) == 64
+    assert s["model"]["sha256"] == sha256_file(everything_model / "weights.pt")
     assert {f["code"] for f in s["qc"]["flags"]} >= {"volume_implausible", "organ_truncated"}
     assert "QC flag volume_implausible" in err and s["status"] == "flagged"
     assert set(s["timings_s"]) >= {"load", "preprocess", "inference", "postprocess", "write_seg", "total"}

@@ -57,7 +57,7 @@ def test_seg_on_reverse_ordered_real_series_is_valid_and_round_trips(chaos, tmp_
     seg = hd.seg.segread(path)
     desc = seg.SegmentSequence[0]
     assert desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
-    assert desc.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    assert desc.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
     assert desc.SegmentAlgorithmType == "AUTOMATIC"
     assert desc.SegmentAlgorithmName == ALGO.name
     algo = desc.SegmentationAlgorithmIdentificationSequence[0]

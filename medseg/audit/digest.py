@@ -9,16 +9,14 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from medseg import digests
+
 CHUNK = 1 << 20
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, streamed in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 of a file's bytes (`medseg.digests`, the one digest helper; this name is kept for callers)."""
+    return digests.file_sha256(path)
 
 
 def _is_regular(path: Path) -> bool:

@@ -12,7 +12,7 @@ from medseg.io import SeriesInfo, Volume, read_image
 from medseg.io.dicom_reader import volume_from_headers
 from medseg.io.image import check_damaged_files, check_stray_slices
 from medseg.io.nifti import is_nifti_path
-from medseg.io.series import FolderScan, check_entry
+from medseg.io.series import FolderScan, check_entry, choose_series
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,6 @@ def _nifti_stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
-def _main_series(series: list[SeriesInfo], modality: str) -> SeriesInfo:
-    """The series to segment in a study: the model's modality first, then the most slices."""
-    return max(series, key=lambda s: (s.modality == modality, s.n_slices, s.uid))
-
-
 def _load_series(scan: FolderScan, series: SeriesInfo, folder: Path, notes: tuple[str, ...]) -> Volume:
     """Read one series the way `read_image` does, including its refusal of stray slices of another geometry."""
     check_stray_slices(scan, series)
@@ -61,7 +56,8 @@ def _dicom_cases(
             studies.setdefault(s.study_uid or f"folder:{s.files[0].parent}", []).append(s)
     cases = []
     for members in studies.values():
-        main = _main_series(members, modality)
+        main = choose_series(members, modality)
+        assert main is not None  # members are volumes
         others = tuple(f"other series in this study not segmented: {s.summary()}" for s in members if s is not main)
         folder = Path(*_common_parts([f.parent for f in main.files]))
         rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)

@@ -10,7 +10,6 @@ warnings raised while a case runs become notes in its summary.json, never raw co
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 import traceback
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
+from medseg.digests import files_sha256
 from medseg.errors import MedsegError, QCRejectedError
 from medseg.infer.cases import Case
 from medseg.infer.predict import Prediction, predict_labels
@@ -29,10 +29,12 @@ from medseg.infer.qc import QCFlag, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
+from medseg.io.summary_schema import CaseStatus
 from medseg.models.registry import InstalledModel
+from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
 from medseg.writers.seg import SegAlgorithm, SegUnavailable, write_seg
-from medseg.writers.summary import organ_stats, write_summary
+from medseg.writers.summary import write_summary
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,10 @@ class InferSettings:
 
 @dataclass
 class CaseResult:
-    """What happened to one case: status ok/flagged/qc_rejected/failed, its exit code, outputs and flags."""
+    """What happened to one case: its status, exit code, outputs and flags."""
 
     case: str
-    status: str
+    status: CaseStatus
     exit_code: int
     outputs: list[Path] = field(default_factory=list)
     flags: list[QCFlag] = field(default_factory=list)
@@ -83,13 +85,7 @@ def output_names(model: InstalledModel, case: Case) -> dict[str, str]:
 
 def input_digest(volume: Volume, case: Case) -> str:
     """SHA-256 over the source files' bytes in slice order (DICOM) or of the file (NIfTI)."""
-    files = list(volume.meta.source_files) or [case.source]
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
+    return files_sha256(list(volume.meta.source_files) or [case.source])
 
 
 def _describe_input(volume: Volume, case: Case) -> dict[str, Any]:
@@ -199,7 +195,7 @@ class _CaseRun:
         yield
         self.timings[stage] = time.perf_counter() - t
 
-    def write_summary(self, status: str, flags: list[QCFlag]) -> list[Path]:
+    def write_summary(self, status: CaseStatus, flags: list[QCFlag]) -> list[Path]:
         """Write summary.json last (with the total time) and return every file this case wrote."""
         self.summary |= {"status": status, "qc": _qc(flags, self.settings), "outputs": self.outputs}
         notes = [*self.summary.get("notes", []), *_warning_notes(self.caught)]
@@ -290,7 +286,7 @@ def forced_note(flags: list[QCFlag], settings: InferSettings) -> str | None:
 
 def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume) -> CaseResult:
     """Write every output, then summary.json; on any failure remove what this case wrote and re-raise."""
-    status = "flagged" if flags else "ok"
+    status = CaseStatus.FLAGGED if flags else CaseStatus.OK
     try:
         _write_outputs(run, pred, volume, flags)
         paths = run.write_summary(status, flags)
@@ -347,8 +343,9 @@ def _finish_rejected(
     if pred is not None and run.settings.preview:
         caption = _caption(run.summary, []) + " | REJECTED: " + ", ".join(f.code for f in flags)
         run.write_preview(volume, pred, caption)
-    paths = run.write_summary("qc_rejected", flags)
-    return CaseResult(run.case.name, "qc_rejected", error.exit_code, paths, flags, error.one_line(), run.summary)
+    paths = run.write_summary(CaseStatus.QC_REJECTED, flags)
+    status = CaseStatus.QC_REJECTED
+    return CaseResult(run.case.name, status, error.exit_code, paths, flags, error.one_line(), run.summary)
 
 
 def run_case_safe(
@@ -363,10 +360,11 @@ def run_case_safe(
     try:
         return run_case(case, model, runner, settings, progress, on_flag)
     except MedsegError as exc:
-        return CaseResult(case.name, "failed", exc.exit_code, message=exc.one_line(), traceback=traceback.format_exc())
+        trace = traceback.format_exc()
+        return CaseResult(case.name, CaseStatus.FAILED, exc.exit_code, message=exc.one_line(), traceback=trace)
     except Exception as exc:  # one case's internal fault must not stop the others; --debug shows the traceback
         message = f"{case.source}: internal error: {type(exc).__name__}: {exc}. Rerun with --debug and report it"
-        return CaseResult(case.name, "failed", 4, message=message, traceback=traceback.format_exc())
+        return CaseResult(case.name, CaseStatus.FAILED, 4, message=message, traceback=traceback.format_exc())
 
 
 def run_cases(

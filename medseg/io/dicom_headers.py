@@ -1,4 +1,5 @@
-"""Reading DICOM headers once, and the facts about them that grouping, classification and geometry need."""
+"""Reading DICOM headers once, and the facts about them that grouping and geometry need (what kind of object a
+file is lives in `dicom_classify`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom import uid as _uid
 
-DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+DICOMDIR_CLASS = str(_uid.MediaStorageDirectoryStorage)
+LABEL_MAP_SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation (2024), not yet in pydicom.uid
 NOT_DICOM = "not a DICOM file"
 DEFER_SIZE = "16 KB"  # values this large (pixel data, private blobs) are read only when used: scans stay small
 ASCII_KEYWORDS = frozenset(
@@ -34,51 +37,17 @@ PIXEL_KEYWORDS = (
     "RescaleIntercept",
     "SeriesDescription",
 )
-VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 ENHANCED_IMAGE_CLASSES = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
-        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
-        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
-        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
-        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
-        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
-    }
+    str(u)
+    for u in (
+        _uid.EnhancedCTImageStorage,
+        _uid.EnhancedMRImageStorage,
+        _uid.EnhancedPETImageStorage,
+        _uid.LegacyConvertedEnhancedCTImageStorage,
+        _uid.LegacyConvertedEnhancedMRImageStorage,
+        _uid.LegacyConvertedEnhancedPETImageStorage,
+    )
 )
-NON_IMAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM SEG (segmentation)",
-    "1.2.840.10008.5.1.4.1.1.66.7": "DICOM label-map SEG",
-    "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT (contours)",
-    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
-    "1.2.840.10008.5.1.4.1.1.481.8": "RT Ion Plan",
-    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
-    "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection",
-    "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
-    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
-    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Registration",
-    "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping",
-    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
-    "1.2.840.10008.5.1.4.1.1.91.1": "Microscopy Bulk Annotations",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
-    DICOMDIR_CLASS: "DICOMDIR (file-set index)",
-}
-CLASS_PREFIXES = {
-    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report (SR)",
-    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
-    "1.2.840.10008.5.1.4.1.1.9.": "Waveform",
-    "1.2.840.10008.5.1.4.1.1.7.": "Secondary Capture",
-}
-NON_IMAGE_MODALITIES = {
-    "SEG": "DICOM SEG",
-    "RTSTRUCT": "RTSTRUCT",
-    "RTPLAN": "RT Plan",
-    "RTDOSE": "RT Dose",
-    "SR": "Structured Report (SR)",
-    "KO": "Key Object Selection",
-    "PR": "Presentation State",
-    "REG": "Registration",
-    "DOC": "document",
-}
 EXTRA_KEYWORDS = {
     "SliceThickness": "slice_thickness",
     "SpacingBetweenSlices": "spacing_between_slices",
@@ -222,19 +191,6 @@ def sop_class(ds: Any) -> str:
     return uid
 
 
-def non_image_kind(ds: Any) -> str | None:
-    """Name of the non-image object type (SEG, RTSTRUCT, SR, DICOMDIR...), or None for images."""
-    uid = sop_class(ds)
-    if uid in NON_IMAGE_CLASSES:
-        return NON_IMAGE_CLASSES[uid]
-    for prefix, name in CLASS_PREFIXES.items():
-        if uid.startswith(prefix):
-            return name
-    if "DirectoryRecordSequence" in ds:
-        return NON_IMAGE_CLASSES[DICOMDIR_CLASS]
-    return NON_IMAGE_MODALITIES.get(text(ds, "Modality").upper())
-
-
 def image_type(ds: Any) -> tuple[str, ...]:
     """ImageType values upper-cased (e.g. ORIGINAL, PRIMARY, AXIAL / LOCALIZER)."""
     value = raw_text(ds, "ImageType")
@@ -366,3 +322,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [_plain(v) for v in value]
     return str(value)
+
+
+def __getattr__(name: str) -> Any:
+    """Classification names moved to `dicom_classify`; importing them from here keeps working."""
+    from medseg.io import dicom_classify
+
+    if name in dicom_classify.__all__:
+        return getattr(dicom_classify, name)
+    raise AttributeError(name)

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
 from medseg.errors import InvalidInputError
 
 PIXEL_DATA_TAG = 0x7FE00010
-NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-JPEG2000_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+NATIVE_LE = frozenset({str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)})
+JPEG2000_SYNTAXES = frozenset({str(JPEG2000Lossless), str(JPEG2000)})
 
 
 @dataclass(frozen=True)

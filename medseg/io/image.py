@@ -10,7 +10,7 @@ from medseg.io.dicom_geometry import check_pixel_spacing, check_plausible_grid
 from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, read_header
 from medseg.io.dicom_reader import volume_from_headers
 from medseg.io.nifti import is_nifti_path, read_nifti
-from medseg.io.series import FolderScan, SeriesInfo, check_entry, group_headers, scan_folder, walk_files
+from medseg.io.series import FolderScan, SeriesInfo, check_entry, choose_series, group_headers, scan_folder, walk_files
 from medseg.io.volume import Volume
 
 
@@ -79,7 +79,7 @@ def _read_dicom_file(path: Path) -> Volume:
 
 
 def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
-    """The requested series, or the volume series with the most slices."""
+    """The requested series, or the main series by `choose_series` (the rule `medseg infer` uses too)."""
     if series_uid is not None:
         matches = [s for s in scan.series if s.uid == series_uid] or [
             s for s in scan.series if s.series_instance_uid == series_uid
@@ -97,14 +97,13 @@ def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
             )
         check_damaged_files(scan, volumes[0])
         return volumes[0]
-    volumes = [s for s in scan.series if s.is_volume]
-    if not volumes:
+    chosen = choose_series(scan.series)
+    if chosen is None:
         raise InvalidInputError(
             f"no 3D image series found; found {_describe(scan.series)}",
             path=scan.root,
             hint="medseg needs a CT/MR/PET series of at least 2 slices; see `medseg series FOLDER`.",
         )
-    chosen = volumes[0]
     check_stray_slices(scan, chosen)
     check_damaged_files(scan, chosen)
     return chosen

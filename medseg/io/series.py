@@ -16,19 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.digests import file_sha256
 from medseg.errors import InvalidInputError
+from medseg.io.dicom_classify import VOLUME_MODALITIES, non_image_kind
 from medseg.io.dicom_geometry import ORIENTATION_TOL, PIXEL_SPACING_RTOL
-from medseg.io.dicom_headers import (
-    NOT_DICOM,
-    VOLUME_MODALITIES,
-    Header,
-    HeaderError,
-    image_type,
-    non_image_kind,
-    raw_text,
-    read_header,
-    text,
-)
+from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, image_type, raw_text, read_header, text
 
 
 @dataclass(frozen=True)
@@ -51,6 +43,18 @@ class SeriesInfo:
     series_instance_uid: str = ""
     notes: tuple[str, ...] = ()
     split_group: int = -1  # >= 0 when one series was split by geometry; equal values mark the same origin
+    matrix: tuple[int, int] = (0, 0)  # rows, columns
+    pixel_spacing_mm: tuple[float, float] | None = None
+
+    @property
+    def key(self) -> str:
+        """The series key (`uid` is kept as its older name): SeriesInstanceUID, `<uid>#<n>` or `auto-<hash>`."""
+        return self.uid
+
+    def grid_fineness(self) -> tuple[int, float]:
+        """Pixels per slice, then minus the pixel area: larger is finer (for choosing between twin series)."""
+        area = self.pixel_spacing_mm[0] * self.pixel_spacing_mm[1] if self.pixel_spacing_mm else float("inf")
+        return self.matrix[0] * self.matrix[1], -area
 
     def summary(self) -> str:
         """One line for listings: key, modality, slice count and why it is skipped, if it is."""
@@ -209,7 +213,7 @@ def _drop_identical_copies(headers: list[Header]) -> tuple[list[Header], list[Pa
             continue
         digests: dict[str, Path] = {}
         for h in same:
-            digest = hashlib.sha256(h.path.read_bytes()).hexdigest()
+            digest = file_sha256(h.path)
             if digest in digests:
                 drop.add(h.path)
             else:
@@ -364,4 +368,20 @@ def _classify(group: _Group) -> SeriesInfo:
         series_instance_uid=h.series_uid,
         notes=group.notes,
         split_group=group.split_group,
+        matrix=(h.rows, h.columns),
+        pixel_spacing_mm=None if h.pixel_spacing is None else (float(h.pixel_spacing[0]), float(h.pixel_spacing[1])),
     )
+
+
+def choose_series(series: list[SeriesInfo], prefer_modality: str | None = None) -> SeriesInfo | None:
+    """The main image series of a folder or study, one rule for `convert` and `infer`: a volume; of the preferred
+    modality when given; the most slices; on a tie the finer grid (512x512 before its 256x256 twin); then the key,
+    so the choice never depends on file or key order alone. None when there is no volume."""
+    volumes = [s for s in series if s.is_volume]
+    if not volumes:
+        return None
+    return min(
+        volumes,
+        key=lambda s: (prefer_modality is not None and s.modality != prefer_modality, -s.n_slices,
+                       tuple(-v for v in s.grid_fineness()), s.uid),
+    )  # fmt: skip

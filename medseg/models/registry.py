@@ -6,11 +6,11 @@ No network access, ever.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medseg.digests import file_sha256
 from medseg.errors import InvalidInputError, ProcessingError
 from medseg.models.card import ModelCard
 
@@ -22,13 +22,9 @@ CARD_NAME = "model_card.yaml"
 DEFAULT_MODELS = {"liver": "liver"}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file (`medseg.digests.file_sha256`; this name is kept for existing callers)."""
+    return file_sha256(path)
 
 
 @dataclass(frozen=True)

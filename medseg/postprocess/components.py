@@ -43,15 +43,3 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     keep_background[border] = True
     keep_background[0] = False
     return ~keep_background[background]
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
-    """Slices of the smallest box holding every True voxel, grown by `margin` and clipped; None when empty."""
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medseg.errors import InvalidInputError
+from medseg.preprocess import window  # the one HU window, as at inference
 from medseg.train.config import TrainConfig
 from medseg.train.manifest import Manifest
 from medseg.train.realdata import RealCase, cached_real_case
@@ -21,11 +22,6 @@ from medseg.train.synth.fields import gaussian_blur
 from medseg.train.synth.generator import synth_patch
 from medseg.train.synth.prepare import AnatomyCase, cached_case
 from medseg.train.synth.spatial import SpatialParams, sampling_grid, warp
-
-
-def window(hu: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
-    """HU -> [0, 1] with clipping (the model's intensity contract)."""
-    return np.clip((hu - a_min) / (a_max - a_min), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Sliding-window evaluation on whole volumes at the model grid: Dice and HD95 from medseg.metrics."""
+"""Sliding-window evaluation on whole volumes at the model grid (the inference engine's `infer.sliding`): Dice
+and HD95 from medseg.metrics."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ class CaseScore:
 def predict_volume(net: torch.nn.Module, image01: np.ndarray, roi: tuple[int, int, int], overlap: float,
                    sw_batch_size: int, device: str = "cpu") -> np.ndarray:  # fmt: skip
     """Argmax labels of a [0, 1]-scaled volume, with the inference engine's gaussian sliding window."""
-    from monai.inferers import sliding_window_inference
+    from medseg.infer.sliding import sliding_window
 
-    x = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None, None].to(device)
-    with torch.inference_mode():
-        logits = sliding_window_inference(x, roi, sw_batch_size, net, overlap=overlap, mode="gaussian")
-    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    image = np.ascontiguousarray(image01, dtype=np.float32)
+    channels = int(getattr(net, "out_channels", 2))
+    logits = sliding_window(image, predict, tuple(roi), channels, batch_size=sw_batch_size, overlap=overlap)
+    return logits.argmax(0).astype(np.uint8)
 
 
 def score(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float], case: str, kind: str) -> CaseScore:

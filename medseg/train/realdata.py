@@ -1,7 +1,8 @@
 """Real CT/label pairs at the model grid, prepared exactly like inference input (RAS, model spacing), cached.
 
-Model contract: `Volume.to_metatensor()` -> MONAI `Orientation("RAS")` -> `Spacing(card.spacing, bilinear)`;
-labels use nearest interpolation. Images stay in HU here; windowing happens when patches are drawn.
+Model contract: the inference preprocessing (`preprocess.model_grid` + `resample_to_grid`, parity-tested against
+MONAI `Orientation("RAS")` + `Spacing`), linear for images and nearest for labels. Images stay in HU here;
+windowing happens when patches are drawn.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from medseg.errors import InvalidInputError
 from medseg.io import Volume, read_image
+from medseg.preprocess import model_grid, resample_to_grid
 
 
 @dataclass
@@ -28,13 +30,12 @@ class RealCase:
 
 
 def to_model_grid(volume: Volume, spacing: tuple[float, float, float], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Array and RAS affine of `volume` reoriented to RAS and resampled to `spacing` (MONAI, as at inference)."""
-    from monai.transforms import Orientation, Spacing
-
-    mt = volume.to_metatensor().float()
-    mt = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(mt)
-    mt = Spacing(pixdim=spacing, mode=mode)(mt)
-    return mt[0].numpy().astype(np.float32), np.asarray(mt.affine, dtype=np.float64)
+    """Array and RAS affine of `volume` on the model grid, exactly as inference prepares it ("bilinear" for
+    images, "nearest" for labels)."""
+    grid = model_grid(volume.geometry, spacing)
+    array = np.asarray(volume.array, dtype=np.float32)
+    out = resample_to_grid(array, volume.geometry, grid, order=1 if mode == "bilinear" else 0)
+    return np.asarray(out, dtype=np.float32), np.asarray(grid.affine_ras, dtype=np.float64)
 
 
 def prepare_real_case(name: str, image: Path, label: Path, liver_value: int,
@@ -61,7 +62,7 @@ def cached_real_case(name: str, image: Path, label: Path, liver_value: int, spac
     """`prepare_real_case` through an on-disk cache keyed by the file digests and spacing."""
     folder = cache_dir / "real"
     folder.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{sorted(digests.items())}|{liver_value}|{spacing}|1".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{sorted(digests.items())}|{liver_value}|{spacing}|2".encode()).hexdigest()[:24]
     target = folder / f"{name}-{key}.npz"
     if target.is_file():
         with np.load(target) as z:

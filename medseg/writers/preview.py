@@ -12,6 +12,7 @@ import numpy as np
 
 from medseg.io import Geometry, Volume
 from medseg.io.atomic import atomic_path
+from medseg.postprocess.measure import centroid_index
 
 TILE = 320
 CAPTION_HEIGHT = 22
@@ -62,12 +63,9 @@ def _tile(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], 
 
 
 def _centre(mask: np.ndarray) -> np.ndarray:
-    """Integer centroid of a mask (from its axis profiles, no coordinate list), or the grid centre when empty."""
-    profiles = [mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64) for axis in range(3)]
-    total = profiles[0].sum()
-    if total == 0:
-        return np.asarray(mask.shape) // 2
-    return np.array([round(float((p * np.arange(p.size)).sum()) / total) for p in profiles])
+    """Integer centroid of a mask (`postprocess.measure`), or the grid centre when empty."""
+    centre = centroid_index(mask)
+    return np.asarray(mask.shape) // 2 if centre is None else np.array([round(float(c)) for c in centre])
 
 
 def render_preview(

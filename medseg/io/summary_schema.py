@@ -1,0 +1,138 @@
+"""The typed form of summary.json (`medseg infer`'s per-case record): written by the pipeline, read by monitoring.
+
+Every summary is validated against `CaseSummary` before it is written, so a missing or mistyped field fails at
+the writer, not in a reader months later. The JSON schema is published in `docs/summary.schema.json` (a test
+keeps it in step). Unknown extra keys are kept (`extra="allow"`), so a newer writer stays readable.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA = "medseg.infer.summary/1"
+
+
+class CaseStatus(StrEnum):
+    """What happened to a case: segmented (ok/flagged), refused or rejected by QC, or failed."""
+
+    OK = "ok"
+    FLAGGED = "flagged"
+    QC_REJECTED = "qc_rejected"
+    FAILED = "failed"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Software(_Open):
+    medseg: str
+    python: str
+    backend: str
+
+
+class ModelInfo(_Open):
+    name: str
+    version: str
+    sha256: str
+    spacing_mm: list[float]
+    roi_size: list[int]
+    runtime: dict[str, Any] | None = None
+
+
+class Settings(_Open):
+    fast: bool
+    strict: bool
+    force: bool = False
+    overlap: float
+
+
+class InputInfo(_Open):
+    path: str
+    format: str
+    sha256: str
+    files: int
+    modality: str | None
+    series_instance_uid: str | None
+    shape: list[int]
+    spacing_mm: list[float]
+    origin_lps_mm: list[float]
+    direction: list[list[float]]
+
+
+class QCFlagRecord(_Open):
+    code: str
+    stage: str
+    reason: str
+    refuses: bool = False
+
+
+class QCRecord(_Open):
+    passed: bool
+    strict: bool
+    refused: list[str] = Field(default_factory=list)
+    forced: list[str] = Field(default_factory=list)
+    flags: list[QCFlagRecord]
+
+
+class BoxIndex(BaseModel):
+    start: list[int]
+    stop: list[int]
+
+
+class BoxMM(BaseModel):
+    min: list[float]
+    max: list[float]
+
+
+class OrganStats(_Open):
+    """One segmented label: volume, intensity inside it, where it is."""
+
+    name: str
+    label: int
+    voxel_count: int
+    volume_ml: float
+    mean_hu: float | None
+    std_hu: float | None
+    bbox_index: BoxIndex | None
+    bbox_lps_mm: BoxMM | None
+    centroid_lps_mm: list[float] | None
+
+
+class ModelGridInfo(_Open):
+    shape: list[int]
+    windows: dict[str, int]
+
+
+class CaseSummary(_Open):
+    """summary.json of one case."""
+
+    schema_: str = Field(SCHEMA, alias="schema")
+    case: str
+    organ: str
+    software: Software
+    model: ModelInfo
+    settings: Settings
+    input: InputInfo | None = None
+    notes: list[str] = Field(default_factory=list)
+    model_grid: ModelGridInfo | None = None
+    organs: list[OrganStats] | None = None
+    status: CaseStatus
+    qc: QCRecord
+    outputs: dict[str, str | None]
+    timings_s: dict[str, float]
+    seg_not_written: str | None = None
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form, keys as in summary.json (absent optional sections left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False, exclude_unset=True)
+
+
+def summary_json_schema() -> dict[str, Any]:
+    """The JSON schema of summary.json (published as docs/summary.schema.json)."""
+    return CaseSummary.model_json_schema(by_alias=True)

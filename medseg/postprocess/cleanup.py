@@ -1,0 +1,49 @@
+"""Clean-up of the network output: softmax, largest component and hole filling at model spacing (with the box
+around the organ), and the same on the input grid inside that box."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.postprocess.components import fill_holes, largest_component
+from medseg.postprocess.measure import bounding_box
+
+MODEL_BOX_MARGIN = 2
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Channel softmax of (C, ...) logits, in place."""
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
+def model_space_cleanup(probs: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+    """Per class at model spacing: keep the largest component with its holes filled (probability 1 in the holes),
+    zero the class beyond a one-voxel band around it; return the probabilities and the box around all classes."""
+    from scipy import ndimage
+
+    labels = probs.argmax(axis=0)
+    union = np.zeros(labels.shape, dtype=bool)
+    for c in range(1, probs.shape[0]):
+        keep = fill_holes(largest_component(labels == c))
+        probs[c][keep & (labels != c)] = 1.0
+        band = ndimage.binary_dilation(keep, iterations=1)
+        probs[c][~band] = 0.0
+        union |= band
+    return probs, bounding_box(union, margin=MODEL_BOX_MARGIN)
+
+
+def input_grid_cleanup(labels: np.ndarray, box: tuple[slice, ...] | None, n_classes: int) -> np.ndarray:
+    """Largest component and 3D hole filling per class, inside the organ box on the input grid."""
+    if box is None:
+        return labels
+    crop = labels[box]
+    for c in range(1, n_classes):
+        mask = largest_component(crop == c)
+        mask = fill_holes(mask) & ((crop == 0) | mask)
+        crop[crop == c] = 0
+        crop[mask] = c
+    labels[box] = crop
+    return labels

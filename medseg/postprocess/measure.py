@@ -1,0 +1,59 @@
+"""Where a mask is and how big: bounding box, centroid and per-organ statistics, computed one way for the pipeline
+(model-space box, summary.json) and the preview (the slices it shows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medseg.io import Volume
+
+
+def axis_profiles(mask: np.ndarray) -> list[np.ndarray]:
+    """Voxel counts of `mask` per index along each axis (no coordinate list is ever built)."""
+    return [mask.sum(axis=tuple(a for a in range(mask.ndim) if a != axis), dtype=np.int64) for axis in range(mask.ndim)]
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True voxel, grown by `margin` and clipped; None when empty."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def centroid_index(mask: np.ndarray) -> np.ndarray | None:
+    """Mean voxel index of `mask` (float, per axis); None when empty."""
+    profiles = axis_profiles(mask)
+    total = int(profiles[0].sum())
+    if total == 0:
+        return None
+    return np.array([float((p * np.arange(p.size)).sum()) / total for p in profiles])
+
+
+def organ_stats(labels: np.ndarray, label: int, volume: Volume) -> dict[str, Any]:
+    """Volume, voxel count, mean/std of the image inside (HU for CT), bounding box and centroid of one label."""
+    mask = labels == label
+    count = int(mask.sum())
+    stats: dict[str, Any] = {"label": label, "voxel_count": count, "volume_ml": count * volume.geometry.voxel_volume_ml}
+    box = bounding_box(mask)
+    centre = centroid_index(mask)
+    if box is None or centre is None:
+        empty = ("mean_hu", "std_hu", "bbox_index", "bbox_lps_mm", "centroid_lps_mm")
+        return stats | dict.fromkeys(empty)
+    start, stop = [s.start for s in box], [s.stop for s in box]
+    corners = volume.geometry.index_to_world(np.array([start, [s - 1 for s in stop]]))
+    values = volume.array[box][mask[box]].astype(np.float64)
+    centroid = volume.geometry.index_to_world(centre)[0]
+    return stats | {
+        "mean_hu": float(values.mean()),
+        "std_hu": float(values.std()),
+        "bbox_index": {"start": start, "stop": stop},
+        "bbox_lps_mm": {"min": corners.min(0).round(2).tolist(), "max": corners.max(0).round(2).tolist()},
+        "centroid_lps_mm": centroid.round(2).tolist(),
+    }
