@@ -1,0 +1,63 @@
+"""Per-organ confidence of a segmentation, computed from the network's softmax at model spacing (before clean-up).
+
+Three signals, none needing a reference:
+- `boundary_entropy`: mean normalised softmax entropy (0 = certain, 1 = uniform) in a band of `BAND_VOX` voxels
+  on both sides of the organ's boundary. A well-segmented organ has a sharp, confident edge.
+- `uncertain_fraction`: the volume where the organ's probability lies between 0.2 and 0.8, as a fraction of the
+  organ's volume: how much of the mask could flip either way. Size-normalised, so small and large organs compare.
+- `neighbour_contact`: the share of the organ's surface voxels that touch another foreground class (multi-organ
+  models only; 0 for a single-organ model): where the organ meets a neighbour, leaks are likely.
+The QC flag `low_confidence` (threshold in `medseg/infer/qc_rules.yaml`) uses `uncertain_fraction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+BAND_VOX = 2
+UNCERTAIN = (0.2, 0.8)
+
+
+@dataclass(frozen=True)
+class OrganConfidence:
+    """Reference-free confidence signals of one organ (see the module docstring)."""
+
+    boundary_entropy: float
+    uncertain_fraction: float
+    neighbour_contact: float
+
+    def to_json(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Softmax entropy per voxel divided by log(C): 0 = one class certain, 1 = all classes equally likely."""
+    p = np.clip(probs, 1e-8, 1.0)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])).astype(np.float32)
+
+
+def organ_confidence(probs: np.ndarray, labels: dict[int, str]) -> dict[str, OrganConfidence]:
+    """Confidence of every foreground class in `labels` from (C, X, Y, Z) softmax probabilities."""
+    from scipy import ndimage
+
+    argmax = probs.argmax(axis=0)
+    entropy = normalised_entropy(probs)
+    foreground = argmax > 0
+    out = {}
+    for c, name in labels.items():
+        mask = argmax == c
+        n = int(mask.sum())
+        if n == 0:
+            out[name] = OrganConfidence(1.0, 1.0, 0.0)
+            continue
+        outer = ndimage.binary_dilation(mask, iterations=BAND_VOX)
+        inner = ndimage.binary_erosion(mask, iterations=BAND_VOX)
+        band = outer & ~inner
+        uncertain = (probs[c] > UNCERTAIN[0]) & (probs[c] < UNCERTAIN[1])
+        surface = mask & ~ndimage.binary_erosion(mask)
+        others = ndimage.binary_dilation(foreground & ~mask)
+        contact = float((surface & others).sum() / max(int(surface.sum()), 1))
+        out[name] = OrganConfidence(float(entropy[band].mean()), float(uncertain.sum() / n), contact)
+    return out
