@@ -87,7 +87,29 @@ def _superior(volume: Any) -> tuple[int, int]:
     return axis, int(np.sign(d[2, axis]))
 
 
-def real_rows(model: Any, runner: Any, root: Path, cases: list[str]) -> list[dict[str, Any]]:
+TOTALSEG_ORGANS = {"liver": [5], "spleen": [1], "stomach": [6], "kidney": [2, 3, 23, 24], "gallbladder": [4],
+                   "pancreas": [7], "heart": [51]}  # fmt: skip
+
+
+def totalseg_organ_dice(model: Any, runner: Any, root: Path) -> dict[str, float]:
+    """Dice per model organ on the TotalSegmentator example against its MODEL-MADE labels (not a manual truth)."""
+    from medseg.infer.predict import predict_labels
+    from medseg.io import read_image
+
+    volume = read_image(root / "ct/totalseg_example_ct_sm/image.nii.gz")
+    ref = np.asarray(read_image(root / "ct/totalseg_example_ct_sm/labels.nii.gz").array)
+    pred = predict_labels(volume, model.card, runner, runner.batch_size)
+    out = {}
+    for value, name in model.card.foreground_labels.items():
+        r = np.isin(ref, TOTALSEG_ORGANS.get(name, []))
+        if r.any():
+            p = pred.labels == value
+            out[name] = float(2 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
+    return out
+
+
+def real_rows(model: Any, runner: Any, root: Path, cases: list[str],
+              variants: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     from medseg.io import read_image
     from medseg.train.accuracy import _on_grid
 
@@ -97,6 +119,8 @@ def real_rows(model: Any, runner: Any, root: Path, cases: list[str]) -> list[dic
         volume = read_image(root / image)
         ref = _on_grid(read_image(root / label), volume) > 0
         for variant, fn in degradations(*_superior(volume)).items():
+            if variants and variant not in variants:
+                continue
             hu, r = fn(np.asarray(volume.array, dtype=np.float32), ref)
             rows.append({"case": name, "label": kind, "variant": variant,
                          **evaluate(volume.with_array(hu), r, model, runner)})  # fmt: skip
@@ -167,6 +191,8 @@ def main() -> None:
     ap.add_argument("--synthetic-seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--from-json", type=Path, help="re-tabulate a previous --out file (no inference)")
+    ap.add_argument("--variants", nargs="*", default=None, help="only these inputs (e.g. 'as stored')")
+    ap.add_argument("--totalseg-organs", action="store_true", help="also Dice per organ vs TotalSegmentator labels")
     a = ap.parse_args()
     if a.from_json:
         done = json.loads(a.from_json.read_text())
@@ -181,10 +207,14 @@ def main() -> None:
     root = default_data_root()
     synth = synthetic_rows(model, runner, root, a.synthetic_seeds) if a.synthetic_seeds else []
     threshold = choose_threshold(synth)
-    real = real_rows(model, runner, root, a.cases)
+    real = real_rows(model, runner, root, a.cases, a.variants)
+    organs = totalseg_organ_dice(model, runner, root) if a.totalseg_organs else {}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"model": f"{model.card.name} {model.card.version}", "threshold": threshold,
-                                 "synthetic": synth, "real": real}, indent=1))  # fmt: skip
+                                 "synthetic": synth, "real": real, "totalseg_organ_dice_model_labels": organs},
+                                indent=1))  # fmt: skip
+    if organs:
+        print("TotalSegmentator example, Dice vs its model-made labels: " + json.dumps(organs))
     print(f"{model.card.name} {model.card.version}; threshold on uncertain_fraction (synthetic side): {threshold}\n")
     print("synthetic (threshold choice)\n" + table(synth, threshold) + "\n\nreal\n" + table(real, threshold))
 

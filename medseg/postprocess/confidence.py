@@ -4,7 +4,8 @@ Three signals, none needing a reference:
 - `boundary_entropy`: mean normalised softmax entropy (0 = certain, 1 = uniform) in a band of `BAND_VOX` voxels
   on both sides of the organ's boundary. A well-segmented organ has a sharp, confident edge.
 - `uncertain_fraction`: the volume where the organ's probability lies between 0.2 and 0.8, as a fraction of the
-  organ's volume: how much of the mask could flip either way. Size-normalised, so small and large organs compare.
+  organ's volume: how much of the mask could flip either way (exceeds 1 when a tiny mask sits in a wide
+  uncertain region). Size-normalised, so small and large organs compare.
 - `neighbour_contact`: the share of the organ's surface voxels that touch another foreground class (multi-organ
   models only; 0 for a single-organ model): where the organ meets a neighbour, leaks are likely.
 The QC flag `low_confidence` (threshold in `medseg/infer/qc_rules.yaml`) uses `uncertain_fraction`.
