@@ -38,3 +38,15 @@ def test_shipped_model_flags_its_wrong_results_on_real_ct(shared: Path, case: st
     flags = check_confidence("liver", conf)
     assert [f.code for f in flags] == ["low_confidence"], f"{case}: uncertain fraction {conf['uncertain_fraction']}"
     assert conf["uncertain_fraction"] > 1.5 * float(rules()["low_confidence"]["max_uncertain_fraction"])
+
+
+def test_a_real_ct_stored_clipped_at_1024_gives_the_same_mask(shared: Path) -> None:
+    """Archives that clip at +-1024 HU: the model window (-200..300 HU) makes it invisible (Dice >= 0.98)."""
+    model = resolve_model(None, "liver")
+    volume = read_image(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    assert volume.array.min() < -1024 and volume.array.max() > 1024, "the case must hold values beyond +-1024"
+    runner = torch_runner(model, batch_size=2)
+    stored = predict_labels(volume, model.card, runner, 2).labels == 1
+    clipped = predict_labels(volume.with_array(np.clip(volume.array, -1024, 1024)), model.card, runner, 2).labels == 1
+    assert stored.sum() > 10_000
+    assert _dice(stored, clipped) >= 0.98
