@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medseg.preprocess import hu_window as window
 from medseg.train.config import load_config
-from medseg.train.data import window
 from medseg.train.losses import marginal_dice_ce, merge_unlabelled
 from medseg.train.manifest import digest_path, load_manifest
 from medseg.train.robust import archive_clip, fov_cut, sharpen

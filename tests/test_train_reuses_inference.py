@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from medseg.io import read_image
-from medseg.preprocess import window
+from medseg.preprocess import hu_window, window
 from medseg.train import data as train_data
 from medseg.train.evaluate import predict_volume
 from medseg.train.realdata import to_model_grid
 
 
 def test_training_uses_the_inference_hu_window():
-    assert train_data.window is window
+    assert train_data.hu_window is hu_window is window
     hu = np.array([-1200.0, -200.0, 50.0, 300.0, 900.0])
     assert window(hu, -200.0, 300.0).tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
 

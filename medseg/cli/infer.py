@@ -208,6 +208,8 @@ def _report(r: CaseResult, single: bool) -> None:
         if not single:
             console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
         return
+    if r.status == "qc_rejected" and not single:
+        console.error(f"{r.case}: {r.message}", exit_code=r.exit_code)
     if r.forced:
         console.warn(f"{r.case}: --force: segmented although refused ({', '.join(r.forced)}); recorded in summary")
     s = r.summary or {}

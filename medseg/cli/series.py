@@ -47,25 +47,25 @@ def register(app: typer.Typer) -> None:
             console.warn(note)
         if not scan.series:
             raise InvalidInputError("no DICOM files found", path=folder, hint="Pass a folder of DICOM files.")
-        problems = {s.uid: stack_problem(scan.headers[s.uid], folder) for s in scan.series if s.is_volume}
+        problems = {s.key: stack_problem(scan.headers[s.key], folder) for s in scan.series if s.is_volume}
         for s in scan.series:
             if as_json:
-                console.result(json.dumps({**_as_dict(s), "problem": problems.get(s.uid)}, sort_keys=True))
+                console.result(json.dumps({**_as_dict(s), "problem": problems.get(s.key)}, sort_keys=True))
             else:
-                console.result(_row(s, problems.get(s.uid)))
-        readable = sum(s.is_volume and problems[s.uid] is None for s in scan.series)
+                console.result(_row(s, problems.get(s.key)))
+        readable = sum(s.is_volume and problems[s.key] is None for s in scan.series)
         console.info(f"{len(scan.series)} series, {readable} readable volume(s); the first volume is read by default")
 
 
 def _row(s: SeriesInfo, problem: str | None) -> str:
     what = f"skip: {s.skip_reason}" if not s.is_volume else f"VOLUME, unreadable: {problem}" if problem else "VOLUME"
     counts = f"{s.n_slices:>5} slices\t{len(s.files):>5} files"
-    return f"{s.uid}\t{s.modality or '?'}\t{counts}\t{s.description or '-'}\t{what}"
+    return f"{s.key}\t{s.modality or '?'}\t{counts}\t{s.description or '-'}\t{what}"
 
 
 def _as_dict(s: SeriesInfo) -> dict[str, object]:
     return {
-        "series": s.uid,
+        "series": s.key,
         "series_instance_uid": s.series_instance_uid,
         "modality": s.modality,
         "description": s.description,

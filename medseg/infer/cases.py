@@ -41,7 +41,7 @@ def _load_series(scan: FolderScan, series: SeriesInfo, folder: Path, notes: tupl
     """Read one series the way `read_image` does, including its refusal of stray slices of another geometry."""
     check_stray_slices(scan, series)
     check_damaged_files(scan, series)
-    return volume_from_headers(scan.headers[series.uid], folder, list(notes))
+    return volume_from_headers(scan.headers[series.key], folder, list(notes))
 
 
 def _dicom_cases(

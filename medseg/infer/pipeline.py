@@ -151,22 +151,16 @@ def _qc(flags: list[QCFlag], settings: InferSettings) -> dict[str, Any]:
     }
 
 
-def _reject(flags: list[QCFlag], where: Path) -> QCRejectedError:
-    return QCRejectedError(
-        "QC rejected under --strict: " + "; ".join(f"{f.code} ({f.reason})" for f in flags),
-        flags=[f.code for f in flags],
-        path=where,
-        hint="See summary.json; rerun without --strict to segment anyway.",
+def _qc_error(flags: list[QCFlag], where: Path, refused: bool) -> QCRejectedError:
+    """The exit-5 error of a refused input (without --force) or of a --strict rejection, naming each flag."""
+    what = "input refused, not what the model is for" if refused else "QC rejected under --strict"
+    hint = (
+        "See summary.json; rerun with --force to segment it anyway (recorded in the summary, SEG and audit)."
+        if refused
+        else "See summary.json; rerun without --strict to segment anyway."
     )
-
-
-def _refuse(flags: list[QCFlag], where: Path) -> QCRejectedError:
-    return QCRejectedError(
-        "input refused, not what the model is for: " + "; ".join(f"{f.code} ({f.reason})" for f in flags),
-        flags=[f.code for f in flags],
-        path=where,
-        hint="See summary.json; rerun with --force to segment it anyway (recorded in the summary, SEG and audit).",
-    )
+    reasons = "; ".join(f"{f.code} ({f.reason})" for f in flags)
+    return QCRejectedError(f"{what}: {reasons}", flags=[f.code for f in flags], path=where, hint=hint)
 
 
 def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -262,7 +256,7 @@ def _run_checked(
     _announce(flags, on_flag)
     refusals = [f for f in flags if f.refuses]
     if refusals and not settings.force:
-        return _finish_rejected(run, flags, None, volume, _refuse(refusals, case.source))
+        return _finish_rejected(run, flags, None, volume, _qc_error(refusals, case.source, refused=True))
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, None, volume)
 
@@ -359,7 +353,7 @@ def _finish_rejected(
 ) -> CaseResult:
     """Record a refusal or --strict rejection: summary.json (and the preview when there is a result), no
     segmentation."""
-    error = error or _reject(_blocking(flags, run.settings), run.case.source)
+    error = error or _qc_error(_blocking(flags, run.settings), run.case.source, refused=False)
     if pred is not None and run.settings.preview:
         caption = _caption(run.summary, []) + " | REJECTED: " + ", ".join(f.code for f in flags)
         run.write_preview(volume, pred, caption)

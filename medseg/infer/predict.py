@@ -17,7 +17,7 @@ from medseg.io import Volume
 from medseg.models.card import ModelCard
 from medseg.postprocess import input_grid_cleanup, labels_on_input_grid, model_space_cleanup, softmax
 from medseg.postprocess.confidence import OrganConfidence, organ_confidence
-from medseg.preprocess import ModelGrid, model_grid, resample_to_grid, window
+from medseg.preprocess import ModelGrid, hu_window, model_grid, resample_to_grid
 
 
 @dataclass
@@ -43,7 +43,8 @@ def predict_labels(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     grid = model_grid(volume.geometry, card.spacing)
-    image = window(resample_to_grid(volume.array, volume.geometry, grid), card.intensity.a_min, card.intensity.a_max)
+    resampled = resample_to_grid(volume.array, volume.geometry, grid)
+    image = hu_window(resampled, card.intensity.a_min, card.intensity.a_max)
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -45,7 +45,7 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
     chosen = _choose(scan, series_uid)
     notes = [*scan.notes(), *chosen.notes, *_other_series_notes(scan, chosen)]
     try:
-        return volume_from_headers(scan.headers[chosen.uid], path, notes)
+        return volume_from_headers(scan.headers[chosen.key], path, notes)
     except InvalidInputError as exc:
         broken = [(p, r) for p, r in scan.skipped_files if r != NOT_DICOM]
         if broken:
@@ -81,12 +81,12 @@ def _read_dicom_file(path: Path) -> Volume:
 def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
     """The requested series, or the main series by `choose_series` (the rule `medseg infer` uses too)."""
     if series_uid is not None:
-        matches = [s for s in scan.series if s.uid == series_uid] or [
+        matches = [s for s in scan.series if s.key == series_uid] or [
             s for s in scan.series if s.series_instance_uid == series_uid
         ]
         if not matches:
             raise UsageError(
-                f"series {series_uid} not found; found {', '.join(s.uid for s in scan.series)}",
+                f"series {series_uid} not found; found {', '.join(s.key for s in scan.series)}",
                 path=scan.root,
                 hint="List the series with `medseg series FOLDER`.",
             )
@@ -147,7 +147,7 @@ def check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
             f"mixed orientations or pixel spacings in series {name}: {chosen.n_slices} slices agree but "
             f"{len(strays)} stray slice(s) differ (e.g. {strays[0].files[0].name})",
             path=scan.root,
-            hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.uid}.",
+            hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.key}.",
         )
 
 
@@ -159,7 +159,7 @@ def _other_series_notes(scan: FolderScan, chosen: SeriesInfo) -> list[str]:
     notes = []
     if volumes:
         notes.append(
-            f"folder holds {len(volumes) + 1} volume series; read {chosen.uid} ({chosen.n_slices} slices); "
+            f"folder holds {len(volumes) + 1} volume series; read {chosen.key} ({chosen.n_slices} slices); "
             f"pick another with --series (see `medseg series`)"
         )
     skipped = [s for s in others if not s.is_volume]

@@ -27,11 +27,12 @@ from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, image_type, 
 class SeriesInfo:
     """One group of DICOM objects: a 3D image volume (`is_volume`) or something medseg does not read (`skip_reason`).
 
-    `uid` is the SeriesInstanceUID, `<uid>#<n>` when one UID held several geometries, or a stable generated key
-    `auto-<hash>` when the UID is empty; pass it to `read_image(..., series_uid=uid)` / `--series`.
+    `key` is the SeriesInstanceUID, `<uid>#<n>` when one UID held several geometries, or a stable generated key
+    `auto-<hash>` when the UID is empty (so it is a key, not always a UID; `series_instance_uid` is the UID); pass
+    it to `read_image(..., series_uid=key)` / `--series`. `uid` is kept as an older name of `key`.
     """
 
-    uid: str
+    key: str
     modality: str
     description: str
     files: tuple[Path, ...]
@@ -47,9 +48,9 @@ class SeriesInfo:
     pixel_spacing_mm: tuple[float, float] | None = None
 
     @property
-    def key(self) -> str:
-        """The series key (`uid` is kept as its older name): SeriesInstanceUID, `<uid>#<n>` or `auto-<hash>`."""
-        return self.uid
+    def uid(self) -> str:
+        """Older name of `key` (kept for existing callers)."""
+        return self.key
 
     def grid_fineness(self) -> tuple[int, float]:
         """Pixels per slice, then minus the pixel area: larger is finer (for choosing between twin series)."""
@@ -60,7 +61,7 @@ class SeriesInfo:
         """One line for listings: key, modality, slice count and why it is skipped, if it is."""
         what = "volume" if self.is_volume else f"skipped: {self.skip_reason}"
         desc = f" '{self.description}'" if self.description else ""
-        return f"{self.uid} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s) - {what}"
+        return f"{self.key} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s) - {what}"
 
 
 @dataclass
@@ -75,8 +76,14 @@ class FolderScan:
     # reason, and their SeriesInstanceUID when it could still be read (None when not)
 
     def damaged_in(self, series: SeriesInfo) -> list[tuple[Path, str]]:
-        """Damaged DICOM files that belong, or may belong (series unknown), to `series`."""
-        return [(p, r) for p, r, uid in self.damaged if uid is None or uid == series.series_instance_uid]
+        """Damaged DICOM files that belong to `series` (same SeriesInstanceUID) or may belong to it (series
+        unreadable, and in a folder that holds slices of `series`)."""
+        folders = {f.parent for f in series.files}
+        return [
+            (p, r)
+            for p, r, uid in self.damaged
+            if uid == series.series_instance_uid or (uid is None and p.parent in folders)
+        ]
 
     def notes(self) -> list[str]:
         """Non-fatal findings to carry into VolumeMeta.notes."""
@@ -228,7 +235,7 @@ def group_headers(headers: list[Header]) -> tuple[list[SeriesInfo], dict[str, li
     for group in _group(headers):
         series.append(_classify(group))
         by_uid[group.key] = group.members
-    series.sort(key=lambda s: (not s.is_volume, -s.n_slices, s.uid))
+    series.sort(key=lambda s: (not s.is_volume, -s.n_slices, s.key))
     return series, by_uid
 
 
@@ -356,7 +363,7 @@ def _classify(group: _Group) -> SeriesInfo:
     n_slices = sum(max(m.frames, 1) for m in group.members)
     reason = _skip_reason(group.members, n_slices)
     return SeriesInfo(
-        uid=group.key,
+        key=group.key,
         modality=h.modality,
         description=h.description,
         files=tuple(m.path for m in group.members),
@@ -383,5 +390,5 @@ def choose_series(series: list[SeriesInfo], prefer_modality: str | None = None) 
     return min(
         volumes,
         key=lambda s: (prefer_modality is not None and s.modality != prefer_modality, -s.n_slices,
-                       tuple(-v for v in s.grid_fineness()), s.uid),
+                       tuple(-v for v in s.grid_fineness()), s.key),
     )  # fmt: skip

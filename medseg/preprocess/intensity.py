@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def window(array: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
-    """Clip to [a_min, a_max] and scale linearly to [0, 1], in float32 and in place when possible."""
+def hu_window(array: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
+    """Clip HU to [a_min, a_max] and scale linearly to [0, 1], in float32 (the one HU window: inference and training;
+    "window" alone means a sliding-window tile in `infer.sliding`)."""
     out = np.asarray(array, dtype=np.float32)
     if out is array:
         out = out.copy()
@@ -14,3 +15,6 @@ def window(array: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
     out -= np.float32(a_min)
     out *= np.float32(1.0 / (a_max - a_min))
     return out
+
+
+window = hu_window  # older name, kept for existing callers

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from medseg.errors import InvalidInputError
-from medseg.preprocess import window  # the one HU window, as at inference
+from medseg.preprocess import hu_window  # the one HU window, as at inference
 from medseg.train.config import TrainConfig
 from medseg.train.manifest import Manifest
 from medseg.train.realdata import RealCase, cached_real_case
@@ -113,7 +113,7 @@ class PatchStream(torch.utils.data.IterableDataset):
             hu, lab = s.image, s.label
             labelled = np.ones(len(self.organs) + 1, bool)
         hu, lab = archive_augment(hu, lab, rng, self.robust)
-        img = window(hu, cfg.intensity.a_min, cfg.intensity.a_max)
+        img = hu_window(hu, cfg.intensity.a_min, cfg.intensity.a_max)
         if rng.random() < 0.25:
             img = img ** rng.uniform(0.7, 1.5)
         return {"image": torch.from_numpy(img)[None], "label": torch.from_numpy(lab.astype(np.int64))[None],

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from medseg.errors import InvalidInputError
+from medseg.preprocess import hu_window
 from medseg.train.checkpoint import Progress, load_checkpoint, save_checkpoint, save_weights
 from medseg.train.config import TrainConfig
-from medseg.train.data import CaseSets, PatchStream, window
+from medseg.train.data import CaseSets, PatchStream
 from medseg.train.distributed import DistContext
 from medseg.train.evaluate import CaseScore, predict_volume, score
 from medseg.train.synth.appearance import AppearanceParams
@@ -56,12 +57,13 @@ def build_valset(cases: CaseSets, cfg: TrainConfig) -> ValSet:
     liver = np.uint8(1 + cfg.organs.index("liver"))
     for rc in cases.real:
         v.names.append(rc.name), v.kinds.append("real")
-        v.images.append(window(rc.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(rc.label * liver)
+        v.images.append(hu_window(rc.image, cfg.intensity.a_min, cfg.intensity.a_max))
+        v.labels.append(rc.label * liver)
     appearance = AppearanceParams(p_random_intensity=0.0)
     for i, ac in enumerate(cases.anatomy[: cfg.validation.synthetic_cases]):
         s = synth_volume(ac, np.random.default_rng([cfg.data.synth_val_seed, i]), appearance, cfg.organs)
         v.names.append(f"synth_{ac.name}"), v.kinds.append("synthetic")
-        v.images.append(window(s.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(s.label)
+        v.images.append(hu_window(s.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(s.label)
     return v
 
 
