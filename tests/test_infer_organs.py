@@ -176,3 +176,30 @@ def test_low_confidence_flag_follows_the_rules_file() -> None:
     assert check_confidence("liver", {"uncertain_fraction": limit}) == []
     (flag,) = check_confidence("liver", {"uncertain_fraction": limit + 0.01})
     assert flag.code == "low_confidence" and flag.stage == "result" and "liver" in flag.reason
+
+
+def test_confidence_in_the_organ_box_equals_the_whole_volume_definition() -> None:
+    """The box crop is an optimisation only: same figures as the definition computed over the whole volume."""
+    from scipy import ndimage
+
+    from medseg.postprocess.confidence import BAND_VOX, normalised_entropy
+
+    rng = np.random.default_rng(5)
+    logits = np.zeros((4, 48, 40, 36), np.float32)
+    for c in (1, 2, 3):
+        blob = np.zeros(logits.shape[1:], np.float32)
+        blob[6 + 9 * c : 22 + 9 * c, 8:30, 6:28] = 1
+        logits[c] = ndimage.gaussian_filter(blob, 2) * 12 - 4 + 0.3 * rng.standard_normal(blob.shape)
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    argmax = probs.argmax(0)
+    got = organ_confidence(probs, {1: "liver", 2: "spleen", 3: "heart"})
+    for c, name in ((1, "liver"), (2, "spleen"), (3, "heart")):
+        mask = argmax == c
+        band = ndimage.binary_dilation(mask, iterations=BAND_VOX) & ~ndimage.binary_erosion(mask, iterations=BAND_VOX)
+        surface = mask & ~ndimage.binary_erosion(mask)
+        contact = (surface & ndimage.binary_dilation((argmax > 0) & ~mask)).sum() / surface.sum()
+        uncertain = ((probs[c] > 0.2) & (probs[c] < 0.8)).sum() / mask.sum()
+        want = (normalised_entropy(probs)[band].mean(), uncertain, contact)
+        assert np.allclose(
+            (got[name].boundary_entropy, got[name].uncertain_fraction, got[name].neighbour_contact), want, atol=1e-5
+        ), name
