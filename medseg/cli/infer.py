@@ -26,7 +26,7 @@ Examples:
 
   medseg infer ct.nii.gz --organ liver --strict
 
-  medseg infer study/ --organ liver,spleen --model abdomen   # one labels.nii.gz (1 liver, 2 spleen), SEG 2 segments
+  medseg infer study/ --organ liver,spleen --model multi_organ_folder   # labels.nii.gz 1 liver 2 spleen, 2 segments
 
   medseg infer studies/ --out results/ --model path/to/model_folder --overwrite
 
