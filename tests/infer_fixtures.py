@@ -47,6 +47,7 @@ def make_model_folder(
         "intensity": {"a_min": -200.0, "a_max": 300.0},
         "network": spec.model_dump(mode="json"),
         "weights": {"file": "weights.pt", "sha256": sha256_file(folder / "weights.pt")},
+        "metrics": {"untrained": {"mean_dice": 0.0, "note": "random weights: a figure so --organ liver is served"}},
     }
     (folder / "model_card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     return folder

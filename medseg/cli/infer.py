@@ -26,11 +26,14 @@ Examples:
 
   medseg infer ct.nii.gz --organ liver --strict
 
+  medseg infer study/ --organ liver,spleen --model multi_organ_folder   # labels.nii.gz 1 liver 2 spleen, 2 segments
+
   medseg infer studies/ --out results/ --model path/to/model_folder --overwrite
 
   medseg infer mr_study/ --organ liver --force    # segment an input refused as not what the model is for
 
-Outputs per series in OUT/<case>/: liver.nii.gz, seg.dcm (DICOM input), summary.json, preview.png.
+Outputs per series in OUT/<case>/: liver.nii.gz (one organ; several: labels.nii.gz, values 1..N in --organ
+order), seg.dcm (DICOM input, one segment per organ), summary.json, preview.png.
 Exit codes: 0 ok (QC flags allowed), 2 usage, 3 invalid input, 4 processing failure, 5 input refused (modality,
 body_part, not_hu; --force overrides) or QC rejection (--strict).
 """
@@ -58,7 +61,12 @@ def register(app: typer.Typer) -> None:
     @app.command("infer", epilog=EXAMPLES)
     def infer(
         input: Path = typer.Argument(..., help="DICOM study folder, NIfTI file, or a folder of studies/NIfTI files."),
-        organ: str = typer.Option("liver", "--organ", help="Organ to segment (chooses the default model)."),
+        organ: str = typer.Option(
+            "liver",
+            "--organ",
+            help="Organ(s) to segment, comma-separated (liver,spleen): only those the model's "
+            "card validates; the first chooses the default model.",
+        ),
         out: Path = typer.Option(Path("medseg-out"), "--out", "-o", help="Output folder (one subfolder per series)."),
         model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -128,16 +136,15 @@ def _run(
     options: InferOptions,
 ) -> None:
     from medseg.infer.cases import discover_cases
+    from medseg.infer.organs import parse_organs, select_organs
     from medseg.infer.pipeline import InferSettings, exit_code, run_case_safe
     from medseg.infer.runtime import BACKENDS, check_precision
     from medseg.models.registry import resolve_model
 
-    model = resolve_model(model_name, organ)
+    organs = parse_organs(organ)
+    model = resolve_model(model_name, organs[0])
     card = model.card
-    if card.organ != organ:
-        from medseg.errors import UsageError
-
-        raise UsageError(f"model {card.name!r} segments {card.organ}, not {organ}", hint="Pick a matching --model.")
+    select_organs(card, organs)
     if backend not in BACKENDS:
         from medseg.errors import UsageError
 
@@ -151,7 +158,7 @@ def _run(
     check_precision(model, backend, device, options.precision)
     runner = _lazy_runner(model, backend, device, options.precision)
     settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
-                             preview=options.preview, force=options.force)  # fmt: skip
+                             preview=options.preview, force=options.force, organs=organs)  # fmt: skip
     results = []
     for n, case in enumerate(cases, 1):
         label = f"[{n}/{len(cases)}] {case.name}" if len(cases) > 1 else case.name

@@ -24,8 +24,9 @@ from medseg import __version__
 from medseg.digests import files_sha256
 from medseg.errors import MedsegError, QCRejectedError
 from medseg.infer.cases import Case
+from medseg.infer.organs import renumber
 from medseg.infer.predict import Prediction, predict_labels
-from medseg.infer.qc import QCFlag, check_input, check_result
+from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
@@ -48,6 +49,7 @@ class InferSettings:
     overwrite: bool = False
     preview: bool = True
     force: bool = False
+    organs: tuple[str, ...] = ()  # --organ liver,spleen (checked by infer.organs.select_organs); () = all labels
 
     @property
     def overlap(self) -> float:
@@ -74,10 +76,20 @@ class CaseResult:
         return list(((self.summary or {}).get("qc") or {}).get("forced") or [])
 
 
-def output_names(model: InstalledModel, case: Case) -> dict[str, str]:
-    """File names written for a case; the label map is named after the organ when the model has one label."""
+def served_labels(model: InstalledModel, organs: tuple[str, ...] = ()) -> dict[int, str]:
+    """The model's {label value: organ} to output, in the requested order (all foreground labels when none asked)."""
     fg = model.card.foreground_labels
-    names = {"labels": f"{next(iter(fg.values()))}.nii.gz" if len(fg) == 1 else "labels.nii.gz"}
+    if not organs:
+        return fg
+    by_name = {name: value for value, name in fg.items()}
+    return {by_name[o]: o for o in organs if o in by_name}
+
+
+def output_names(model: InstalledModel, case: Case, organs: tuple[str, ...] = ()) -> dict[str, str]:
+    """File names written for a case; the label map is named after the organ when one organ is output, else
+    labels.nii.gz (values 1..N = the organs in request order, listed in summary.json `organs`)."""
+    served = served_labels(model, organs)
+    names = {"labels": f"{next(iter(served.values()))}.nii.gz" if len(served) == 1 else "labels.nii.gz"}
     if case.kind == "dicom":
         names["seg"] = "seg.dcm"
     return names | {"preview": "preview.png", "summary": "summary.json"}
@@ -218,7 +230,7 @@ def run_case(
     """Segment one case and write its outputs; raises MedsegError on failure. A refused input (without --force)
     or a flagged one under --strict returns a qc_rejected result (exit code 5) with only summary.json written."""
     run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case),
-                   settings.out_dir / case.name, output_names(model, case))  # fmt: skip
+                   settings.out_dir / case.name, output_names(model, case, settings.organs))  # fmt: skip
     for name in run.names.values():
         check_writable(run.folder / name, settings.overwrite)
     with warnings.catch_warnings(record=True) as caught:
@@ -254,12 +266,15 @@ def _run_checked(
     run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)
     run.summary["model_grid"] = {"shape": list(pred.grid.shape), "windows": vars(pred.windows)}
+    pred.labels, served = renumber(pred.labels, served_labels(run.model, settings.organs))
     with run.timed("qc_result"):
-        organs = [
-            {"name": name, **organ_stats(pred.labels, label, volume)} for label, name in card.foreground_labels.items()
-        ]
+        organs = [{"name": name, **organ_stats(pred.labels, label, volume)} for label, name in served.items()]
+        for o in organs:
+            if o["name"] in pred.confidence:
+                o["confidence"] = pred.confidence[o["name"]].to_json()
         direction = volume.geometry.direction_matrix
         result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
+        result_flags += [f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"])]
     _announce(result_flags, on_flag)
     flags += result_flags
     run.summary["organs"] = organs
@@ -294,8 +309,12 @@ def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume
 
 
 def _caption(summary: dict[str, Any], flags: list[QCFlag]) -> str:
-    """One line for the preview: case, organ volumes, model, QC flags."""
-    organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in summary.get("organs", []))
+    """One line for the preview: case, organ volumes with their uncertain fraction, model, QC flags."""
+    organs = ", ".join(
+        f"{o['name']} {o['volume_ml']:.0f} ml"
+        + (f" (uncertain {o['confidence']['uncertain_fraction']:.2f})" if o.get("confidence") else "")
+        for o in summary.get("organs", [])
+    )
     model = summary["model"]
     text = f"{summary['case']}: {organs or 'no organ'} | {model['name']} {model['version']}"
     return text + (f" | QC flags: {', '.join(f.code for f in flags)}" if flags else "")
@@ -314,7 +333,8 @@ def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[
         with run.timed("write_seg"):
             try:
                 seg_notes: list[str] = []
-                write_seg(pred.labels, volume, card.foreground_labels, algorithm, run.folder / names["seg"], overwrite,
+                served = {o["label"]: o["name"] for o in run.summary["organs"]}
+                write_seg(pred.labels, volume, served, algorithm, run.folder / names["seg"], overwrite,
                           series_note=note, notes=seg_notes)  # fmt: skip
                 run.outputs["seg"] = names["seg"]
                 run.summary["notes"] = [*run.summary.get("notes", []), *seg_notes]

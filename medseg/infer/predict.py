@@ -16,6 +16,7 @@ from medseg.infer.sliding import Predictor, WindowStats, sliding_window
 from medseg.io import Volume
 from medseg.models.card import ModelCard
 from medseg.postprocess import input_grid_cleanup, labels_on_input_grid, model_space_cleanup, softmax
+from medseg.postprocess.confidence import OrganConfidence, organ_confidence
 from medseg.preprocess import ModelGrid, hu_window, model_grid, resample_to_grid
 
 
@@ -27,6 +28,7 @@ class Prediction:
     grid: ModelGrid
     windows: WindowStats
     timings: dict[str, float] = field(default_factory=dict)
+    confidence: dict[str, OrganConfidence] = field(default_factory=dict)
 
 
 def predict_labels(
@@ -62,9 +64,11 @@ def predict_labels(
     timings["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    probs, model_box = model_space_cleanup(softmax(logits))
+    probs = softmax(logits)
+    confidence = organ_confidence(probs, card.foreground_labels)
+    probs, model_box = model_space_cleanup(probs)
     labels, box = labels_on_input_grid(probs, grid.affine_ras, volume.geometry, model_box)
     del probs
     labels = input_grid_cleanup(labels, box, card.network.out_channels)
     timings["postprocess"] = time.perf_counter() - t
-    return Prediction(labels, grid, stats, timings)
+    return Prediction(labels, grid, stats, timings, confidence)

@@ -159,3 +159,14 @@ def check_result(
         reason = f"{organ} touches the {where} edge of the scan: its volume may be underestimated"
         flags.append(QCFlag("organ_truncated", "result", reason))
     return flags
+
+
+def check_confidence(organ: str, confidence: dict[str, float]) -> list[QCFlag]:
+    """`low_confidence` when the organ's uncertain fraction (medseg.postprocess.confidence) exceeds the rule."""
+    limit = float(rules()["low_confidence"]["max_uncertain_fraction"])
+    value = confidence["uncertain_fraction"]
+    if value <= limit:
+        return []
+    reason = (f"{organ}: {value:.1%} of the mask is uncertain (probability 0.2-0.8; limit {limit:.1%}): "
+              "the result may be wrong, check it")  # fmt: skip
+    return [QCFlag("low_confidence", "result", reason)]

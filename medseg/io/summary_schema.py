@@ -129,6 +129,14 @@ class BoxMM(BaseModel):
     max: list[float]
 
 
+class OrganConfidenceRecord(_Open):
+    """Reference-free confidence of one organ (medseg.postprocess.confidence); `low_confidence` uses the fraction."""
+
+    boundary_entropy: float
+    uncertain_fraction: float
+    neighbour_contact: float
+
+
 class OrganStats(_Open):
     """One segmented label: volume, intensity inside it, where it is."""
 
@@ -141,6 +149,7 @@ class OrganStats(_Open):
     bbox_index: BoxIndex | None
     bbox_lps_mm: BoxMM | None
     centroid_lps_mm: list[float] | None
+    confidence: OrganConfidenceRecord | None = None
 
 
 class ModelGridInfo(_Open):

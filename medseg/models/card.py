@@ -102,3 +102,15 @@ class ModelCard(Strict):
     @property
     def foreground_labels(self) -> dict[int, str]:
         return {k: v for k, v in self.labels.items() if k != 0}
+
+    @property
+    def validated_organs(self) -> tuple[str, ...]:
+        """Organs with validation figures in this card: the main organ when a metrics set reports its mean Dice,
+        any other label when `metrics.organs.<name>.mean_dice` is given. Only these may be served."""
+        main = any(isinstance(m, dict) and m.get("mean_dice") is not None for m in self.metrics.values())
+        others = self.metrics.get("organs") or {}
+        return tuple(
+            name
+            for name in self.foreground_labels.values()
+            if (name == self.organ and main) or (others.get(name) or {}).get("mean_dice") is not None
+        )

@@ -48,9 +48,21 @@ class AppearanceAug(Strict):
     bias_hu: tuple[float, float] = (0.0, 25.0)
 
 
+class RobustAug(Strict):
+    """Archive-storage augmentations (medseg/train/robust.py); all off by default."""
+
+    p_clip: float = Field(0.0, ge=0, le=1)
+    clips: tuple[tuple[float, float], ...] = ((-1024.0, 1024.0),)
+    p_fov_cut: float = Field(0.0, ge=0, le=1)
+    fov_keep: tuple[float, float] = (0.35, 0.9)
+    p_sharpen: float = Field(0.0, ge=0, le=1)
+    sharpen_amount: tuple[float, float] = (0.3, 1.5)
+
+
 class AugmentSpec(Strict):
     spatial: SpatialAug = SpatialAug()
     appearance: AppearanceAug = AppearanceAug()
+    robust: RobustAug = RobustAug()
     real_noise_sd: tuple[float, float] = (0.0, 15.0)
     real_hu_scale: tuple[float, float] = (0.92, 1.08)
     real_hu_shift: tuple[float, float] = (-25.0, 25.0)
@@ -102,6 +114,12 @@ class TrainConfig(Strict):
     optim: OptimSpec = OptimSpec()
     run: RunSpec = RunSpec()
     validation: ValidationSpec = ValidationSpec()
+    init_weights: str | None = None
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        """The foreground classes in label order (label i is organs[i - 1])."""
+        return tuple(self.labels[i] for i in range(1, len(self.labels)))
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -109,6 +127,8 @@ class TrainConfig(Strict):
             raise ValueError("network.out_channels must equal the number of labels")
         if sorted(self.labels) != list(range(len(self.labels))) or self.labels[0] != "background":
             raise ValueError("labels must be 0..N-1 with 0 = background")
+        if "liver" not in self.labels.values():
+            raise ValueError("labels must include liver (real CT pairs carry a liver label)")
         if self.intensity.a_max <= self.intensity.a_min:
             raise ValueError("intensity.a_max must exceed a_min")
         return self

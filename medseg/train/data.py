@@ -16,6 +16,7 @@ from medseg.preprocess import hu_window  # the one HU window, as at inference
 from medseg.train.config import TrainConfig
 from medseg.train.manifest import Manifest
 from medseg.train.realdata import RealCase, cached_real_case
+from medseg.train.robust import RobustParams, archive_augment
 from medseg.train.synth.appearance import AppearanceParams
 from medseg.train.synth.fields import gaussian_blur
 from medseg.train.synth.generator import synth_patch
@@ -75,7 +76,11 @@ def real_patch(
 
 
 class PatchStream(torch.utils.data.IterableDataset):
-    """Endless patches: synthetic with probability 1 - real_fraction, each positive with probability pos_fraction."""
+    """Endless patches: synthetic with probability 1 - real_fraction, each positive with probability pos_fraction.
+
+    Each sample carries `labelled` (one flag per class): synthetic patches label every organ, real CT pairs only
+    background and liver (the partial-label loss merges the other classes into background for them).
+    """
 
     def __init__(self, cases: CaseSets, cfg: TrainConfig, seed: int, rank: int = 0) -> None:
         super().__init__()
@@ -87,6 +92,9 @@ class PatchStream(torch.utils.data.IterableDataset):
                                            a.thick_factor, a.bias_hu)  # fmt: skip
         s = cfg.augment.spatial
         self.spatial = SpatialParams(s.rotate_deg, s.scale, s.anisotropy, s.elastic_vox)
+        self.robust = RobustParams(**cfg.augment.robust.model_dump())
+        self.organs = cfg.organs
+        self.liver = 1 + self.organs.index("liver")
         self.start_index = 0
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -96,14 +104,20 @@ class PatchStream(torch.utils.data.IterableDataset):
         if use_real:
             case = self.cases.real[rng.integers(len(self.cases.real))]
             hu, lab = real_patch(case, rng, cfg, positive)
+            lab = lab * np.uint8(self.liver)
+            labelled = np.zeros(len(self.organs) + 1, bool)
+            labelled[[0, self.liver]] = True
         else:
             anat = self.cases.anatomy[rng.integers(len(self.cases.anatomy))]
-            s = synth_patch(anat, rng, cfg.data.patch_size, positive, self.spatial, self.appearance)
+            s = synth_patch(anat, rng, cfg.data.patch_size, positive, self.spatial, self.appearance, self.organs)
             hu, lab = s.image, s.label
+            labelled = np.ones(len(self.organs) + 1, bool)
+        hu, lab = archive_augment(hu, lab, rng, self.robust)
         img = hu_window(hu, cfg.intensity.a_min, cfg.intensity.a_max)
         if rng.random() < 0.25:
             img = img ** rng.uniform(0.7, 1.5)
-        return {"image": torch.from_numpy(img)[None], "label": torch.from_numpy(lab.astype(np.int64))[None]}
+        return {"image": torch.from_numpy(img)[None], "label": torch.from_numpy(lab.astype(np.int64))[None],
+                "labelled": torch.from_numpy(labelled)}
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         info = torch.utils.data.get_worker_info()

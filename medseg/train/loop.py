@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.errors import InvalidInputError
 from medseg.preprocess import hu_window
 from medseg.train.checkpoint import Progress, load_checkpoint, save_checkpoint, save_weights
 from medseg.train.config import TrainConfig
@@ -51,30 +52,52 @@ class TrainResult:
 
 
 def build_valset(cases: CaseSets, cfg: TrainConfig) -> ValSet:
-    """Real validation CTs plus a fixed-seed rendering of the first held-out label maps."""
+    """Real validation CTs (liver label only) plus a fixed-seed rendering of the first held-out label maps."""
     v = ValSet([], [], [], [])
+    liver = np.uint8(1 + cfg.organs.index("liver"))
     for rc in cases.real:
         v.names.append(rc.name), v.kinds.append("real")
-        v.images.append(hu_window(rc.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(rc.label)
+        v.images.append(hu_window(rc.image, cfg.intensity.a_min, cfg.intensity.a_max))
+        v.labels.append(rc.label * liver)
     appearance = AppearanceParams(p_random_intensity=0.0)
     for i, ac in enumerate(cases.anatomy[: cfg.validation.synthetic_cases]):
-        s = synth_volume(ac, np.random.default_rng([cfg.data.synth_val_seed, i]), appearance)
+        s = synth_volume(ac, np.random.default_rng([cfg.data.synth_val_seed, i]), appearance, cfg.organs)
         v.names.append(f"synth_{ac.name}"), v.kinds.append("synthetic")
         v.images.append(hu_window(s.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(s.label)
     return v
 
 
-def validate(net: torch.nn.Module, val: ValSet, cfg: TrainConfig, device: str) -> tuple[float, list[CaseScore]]:
-    """Per-case Dice/HD95 and the selection score (weighted mean of real and synthetic mean Dice)."""
+def organ_dice(pred: np.ndarray, ref: np.ndarray, organs: tuple[str, ...]) -> dict[str, float]:
+    """Dice of every foreground class present in `ref` (a class absent from the reference is skipped)."""
+    out = {}
+    for i, organ in enumerate(organs, start=1):
+        r = ref == i
+        if r.any():
+            p = pred == i
+            out[organ] = float(2 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
+    return out
+
+
+def validate(net: torch.nn.Module, val: ValSet, cfg: TrainConfig, device: str,
+             organ_scores: dict[str, dict[str, float]] | None = None) -> tuple[float, list[CaseScore]]:  # fmt: skip
+    """Per-case liver Dice/HD95 and the selection score (weighted mean of real liver Dice and synthetic mean Dice
+    over all organs, which is the liver Dice for a liver-only model); per-organ Dice go into `organ_scores`."""
     net.eval()
     scores = []
+    liver = 1 + cfg.organs.index("liver")
+    synth_means = []
     for name, kind, img, lab in zip(val.names, val.kinds, val.images, val.labels, strict=True):
         pred = predict_volume(net, img, cfg.validation.roi_size, cfg.validation.overlap,
                               cfg.validation.sw_batch_size, device)  # fmt: skip
-        scores.append(score(pred, lab, cfg.spacing, name, kind))
+        scores.append(score(pred == liver, lab == liver, cfg.spacing, name, kind))
+        per_organ = organ_dice(pred, lab, cfg.organs)
+        if organ_scores is not None:
+            organ_scores[name] = per_organ
+        if kind == "synthetic":
+            synth_means.append(float(np.mean(list(per_organ.values()) or [0.0])))
     net.train()
     real = [s.dice for s in scores if s.kind == "real"]
-    synth = [s.dice for s in scores if s.kind == "synthetic"]
+    synth = synth_means
     if real and synth:
         w = cfg.validation.weight_real
         sel = w * float(np.mean(real)) + (1 - w) * float(np.mean(synth))
@@ -93,6 +116,33 @@ def lr_factor(cfg: TrainConfig, iteration: int, elapsed_s: float) -> float:
     p = min(max(p, 0.0), 1.0)
     decay = 0.5 * (1 + math.cos(math.pi * p)) if o.schedule == "cosine" else (1 - p) ** 0.9
     return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * decay)
+
+
+def init_from(net: torch.nn.Module, weights: Path) -> None:
+    """Warm start from another model's state_dict: equal tensors are copied, a tensor whose class dimension grew
+    (the output layers) gets the old classes copied into its leading block and keeps random init elsewhere, except
+    that new input channels feeding old outputs start at zero: the old classes' logits are exactly the old model's."""
+    from medseg.train.manifest import REPO
+
+    path = weights if weights.is_absolute() else REPO / weights
+    try:
+        src = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise InvalidInputError(f"cannot read init_weights: {exc}".splitlines()[0], path=path) from exc
+    own = net.state_dict()
+    with torch.no_grad():
+        for k, v in own.items():
+            fits = k in src and src[k].dim() == v.dim()
+            if not fits or any(a > b for a, b in zip(src[k].shape, v.shape, strict=True)):
+                raise InvalidInputError(f"init_weights do not fit this network at {k}", path=path)
+            v[tuple(slice(0, n) for n in src[k].shape)] = src[k].to(v.dtype)
+        for name, mod in net.named_modules():
+            if isinstance(mod, torch.nn.Conv3d | torch.nn.ConvTranspose3d) and f"{name}.weight" in src:
+                out_dim, in_dim = (1, 0) if isinstance(mod, torch.nn.ConvTranspose3d) else (0, 1)
+                old = src[f"{name}.weight"].shape
+                idx = [slice(None)] * mod.weight.dim()
+                idx[out_dim], idx[in_dim] = slice(0, old[out_dim]), slice(old[in_dim], None)
+                mod.weight[tuple(idx)] = 0.0
 
 
 class _Stop:
@@ -119,16 +169,20 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
           dist: DistContext, tracker: Tracker, resume: Path | None = None,
           on_event: Event = lambda kind, fields: None) -> TrainResult:  # fmt: skip
     """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0."""
-    from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
     from medseg.models.network import build_network
+    from medseg.train.losses import marginal_dice_ce
 
     set_determinism(seed=cfg.run.seed + dist.rank)
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = dist.device
-    net = build_network(cfg.network).to(device)
+    net = build_network(cfg.network)
+    if cfg.init_weights and resume is None:
+        init_from(net, Path(cfg.init_weights))
+        on_event("stage", {"message": f"initialised from {cfg.init_weights}"})
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     progress = Progress()
     ckpt_dir = out / "checkpoints"
@@ -139,7 +193,6 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
         progress = Progress(**state["progress"])
         on_event("resume", {"iteration": progress.iteration, "checkpoint": str(resume)})
     model = dist.wrap(net)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     stream = PatchStream(train_cases, cfg, cfg.run.seed, dist.rank)
     stream.start_index = progress.iteration * cfg.data.batch_size
     loader = torch.utils.data.DataLoader(
@@ -179,7 +232,7 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
                     g["lr"] = cfg.optim.lr * factor
                 x, y = batch["image"].to(device), batch["label"].to(device)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
+                loss = marginal_dice_ce(model(x), y, batch["labelled"].to(device))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
                 opt.step()
@@ -199,9 +252,10 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
                 out_of_time = bool(cfg.run.time_budget_min and progress.elapsed_s >= cfg.run.time_budget_min * 60)
                 final = out_of_time or progress.iteration >= cfg.run.max_iterations
                 if (log_step or final) and dist.is_main and val.images:
-                    sel, scores = validate(net, val, cfg, device)
+                    organ_scores: dict[str, dict[str, float]] = {}
+                    sel, scores = validate(net, val, cfg, device, organ_scores)
                     rec = {"iteration": progress.iteration, "elapsed_s": progress.elapsed_s, "val_score": sel,
-                           "cases": [asdict(s) for s in scores]}  # fmt: skip
+                           "cases": [asdict(s) for s in scores], "organ_dice": organ_scores}  # fmt: skip
                     improved = sel > progress.best_score
                     if improved:
                         progress.best_score, progress.best_iteration = sel, progress.iteration

@@ -20,7 +20,7 @@ from medseg.train.synth.tissues import tissue_table
 
 @dataclass
 class SynthSample:
-    """One generated pair: `image` in HU (float32), `label` (uint8, 1 = liver), and what was sampled."""
+    """One generated pair: `image` in HU (float32), `label` (uint8, organ i -> i + 1), and what was sampled."""
 
     image: np.ndarray
     label: np.ndarray
@@ -50,8 +50,9 @@ def cut_region(case: AnatomyCase, lo: np.ndarray, size: tuple[int, int, int]) ->
     )  # fmt: skip
 
 
-def _liver_label(tissues: np.ndarray) -> np.ndarray:
-    return np.isin(tissues, tissue_table().liver_ids).astype(np.uint8)
+def organ_label(tissues: np.ndarray, organs: tuple[str, ...] = ("liver",)) -> np.ndarray:
+    """The training label of a tissue map: organs[i] -> i + 1, background 0 (default: the binary liver label)."""
+    return tissue_table().label_lut(organs)[tissues]
 
 
 def pick_centre(case: AnatomyCase, rng: np.random.Generator, positive: bool) -> np.ndarray:
@@ -66,7 +67,8 @@ def pick_centre(case: AnatomyCase, rng: np.random.Generator, positive: bool) -> 
 
 
 def synth_patch(case: AnatomyCase, rng: np.random.Generator, patch: tuple[int, int, int], positive: bool,
-                spatial: SpatialParams, appearance: AppearanceParams) -> SynthSample:  # fmt: skip
+                spatial: SpatialParams, appearance: AppearanceParams,
+                organs: tuple[str, ...] = ("liver",)) -> SynthSample:  # fmt: skip
     """A randomly deformed and rendered patch of `case` around a positive (liver) or negative centre."""
     centre = pick_centre(case, rng, positive) + rng.integers(-patch[0] // 6, patch[0] // 6 + 1, size=3)
     size = tuple(int(np.ceil(p * 1.45)) for p in patch)
@@ -75,12 +77,13 @@ def synth_patch(case: AnatomyCase, rng: np.random.Generator, patch: tuple[int, i
     grid = sampling_grid(patch, size, rng, spatial)
     warped = warp(tissues.astype(np.float32), grid, "nearest", float(PAD)).round().astype(np.int16)
     image, phase = render(warped, rng, appearance)
-    return SynthSample(image, _liver_label(warped), phase, case.name)
+    return SynthSample(image, organ_label(warped, organs), phase, case.name)
 
 
-def synth_volume(case: AnatomyCase, rng: np.random.Generator, appearance: AppearanceParams) -> SynthSample:
+def synth_volume(case: AnatomyCase, rng: np.random.Generator, appearance: AppearanceParams,
+                 organs: tuple[str, ...] = ("liver",)) -> SynthSample:  # fmt: skip
     """The whole prepared case rendered without deformation (fixed-seed synthetic validation volumes)."""
     reg = cut_region(case, np.zeros(3, int), case.classes.shape)
     tissues = build_tissues(reg, rng)
     image, phase = render(tissues.astype(np.int16), rng, appearance)
-    return SynthSample(image, _liver_label(tissues), phase, case.name)
+    return SynthSample(image, organ_label(tissues, organs), phase, case.name)

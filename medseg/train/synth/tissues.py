@@ -32,6 +32,16 @@ class TissueTable:
     def liver_ids(self) -> tuple[int, ...]:
         return tuple(self.raw["liver_ids"])
 
+    def label_lut(self, organs: tuple[str, ...]) -> np.ndarray:
+        """Tissue class id -> output label (organs[i] -> i + 1, everything else 0)."""
+        lut = np.zeros(max(self.lut_size(), 256), dtype=np.uint8)
+        for i, organ in enumerate(organs, start=1):
+            parts = self.raw["organ_tissues"].get(organ)
+            if parts is None:
+                raise InvalidInputError(f"organ {organ!r} is not in the generator's organ_tissues table", path=TABLE)
+            lut[[self.ids[p] for p in parts]] = i
+        return lut
+
     def prior(self, cid: int, phase: str) -> tuple[float, float]:
         table = self.hu[cid]
         return table.get(phase, table.get("all", (0.0, 0.0)))

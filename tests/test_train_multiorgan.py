@@ -1,0 +1,175 @@
+"""Multi-organ training: partial-label (marginal) loss, organ labels from the generator, archive augmentations,
+warm start from the liver model, and the locked real test CTs kept out of every manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medseg.preprocess import hu_window as window
+from medseg.train.config import load_config
+from medseg.train.losses import marginal_dice_ce, merge_unlabelled
+from medseg.train.manifest import digest_path, load_manifest
+from medseg.train.robust import archive_clip, fov_cut, sharpen
+from medseg.train.synth.appearance import AppearanceParams
+from medseg.train.synth.generator import organ_label, synth_volume
+from medseg.train.synth.prepare import cached_case
+from medseg.train.synth.tissues import tissue_table
+
+REPO = Path(__file__).resolve().parents[1]
+ORGANS = ("liver", "spleen", "stomach", "kidney", "gallbladder", "pancreas", "heart")
+LOCKED = ("ct/chaos_ct_sample", "ct/radcttace_1211", "ct/radcttace_0697")
+
+
+def test_marginal_loss_is_dice_ce_when_every_class_is_labelled() -> None:
+    from monai.losses import DiceCELoss
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 8, 10, 10, 10, generator=g), torch.randint(0, 8, (2, 1, 10, 10, 10), generator=g)
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)(x, y)
+    assert torch.allclose(marginal_dice_ce(x, y, torch.ones(2, 8, dtype=torch.bool)), ref, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_liver_only_case_is_indifferent_to_how_unlabelled_organs_share_background(seed: int) -> None:
+    """Moving logit mass among background and unlabelled organs leaves the merged probabilities, so the loss, equal."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 8, 6, 6, 6, generator=g)
+    y = (torch.rand(1, 1, 6, 6, 6, generator=g) < 0.4).long()
+    labelled = torch.zeros(1, 8, dtype=torch.bool)
+    labelled[0, :2] = True
+    shuffled = x.clone()
+    shuffled[:, [0, 2, 3, 4, 5, 6, 7]] = x[:, [3, 5, 0, 7, 2, 6, 4]]
+    assert torch.allclose(marginal_dice_ce(x, y, labelled), marginal_dice_ce(shuffled, y, labelled), atol=1e-5)
+    merged = merge_unlabelled(torch.softmax(x, 1), labelled)
+    assert torch.allclose(merged.sum(1), torch.ones(1, 6, 6, 6), atol=1e-5)
+    assert torch.all(merged[:, 2:] == 0)
+
+
+def test_partial_label_loss_does_not_punish_a_neighbour_organ_but_full_labels_do() -> None:
+    """A spleen prediction on a liver-only case's background costs nothing; on a fully labelled case it does."""
+    y = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    y[..., :2] = 1
+    bg, spleen = torch.zeros(1, 8, 4, 4, 4), torch.zeros(1, 8, 4, 4, 4)
+    for x in (bg, spleen):
+        x[:, 1][y[:, 0] == 1] = 10.0
+    bg[:, 0][y[:, 0] == 0] = 10.0
+    spleen[:, 2][y[:, 0] == 0] = 10.0
+    partial = torch.tensor([[True, True] + [False] * 6])
+    full = torch.ones(1, 8, dtype=torch.bool)
+    assert torch.isclose(marginal_dice_ce(spleen, y, partial), marginal_dice_ce(bg, y, partial), atol=1e-4)
+    assert marginal_dice_ce(spleen, y, full) > marginal_dice_ce(bg, y, full) + 1.0
+
+
+@pytest.fixture(scope="module")
+def amos(shared: Path, tmp_path_factory: pytest.TempPathFactory):
+    p = shared / "labels/amos/amos_0013.nii.gz"
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    return cached_case(p, p.parent / "labels.json", (3.0, 3.0, 3.0), digest, tmp_path_factory.mktemp("cache"))
+
+
+def test_generator_emits_every_organ_and_keeps_the_binary_liver_label(amos) -> None:
+    s = synth_volume(amos, np.random.default_rng(3), AppearanceParams(p_random_intensity=0.0), ORGANS)
+    ids = tissue_table().ids
+    present = set(np.unique(s.label).tolist())
+    assert present == set(range(8)), f"labels present: {present}"
+    liver_only = synth_volume(amos, np.random.default_rng(3), AppearanceParams(p_random_intensity=0.0))
+    assert np.array_equal(liver_only.label, (s.label == 1).astype(np.uint8))
+    tissues = np.array([ids["kidney_left"], ids["kidney_right"], ids["heart_blood"], ids["liver_vessel"], 32])
+    assert organ_label(tissues, ORGANS).tolist() == [4, 4, 7, 1, 0]
+    assert np.median(s.image[s.label == 7]) > 30, "the heart must be rendered as soft tissue/blood"
+
+
+def test_archive_clip_at_1024_is_invisible_after_the_model_window_but_a_narrow_window_is_not() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-3000, 3000, (20, 20, 20)).astype(np.float32)
+    clipped = archive_clip(hu, rng, ((-1024.0, 1024.0),))
+    assert clipped.min() == -1024 and clipped.max() == 1024
+    assert np.array_equal(window(clipped, -200, 300), window(hu, -200, 300))
+    narrow = archive_clip(hu, rng, ((-160.0, 240.0),))
+    assert not np.array_equal(window(narrow, -200, 300), window(hu, -200, 300))
+
+
+def test_fov_cut_blanks_one_end_of_the_patch_image_and_label() -> None:
+    hu = np.full((8, 8, 40), 60.0, np.float32)
+    lab = np.ones((8, 8, 40), np.uint8)
+    out, olab = fov_cut(hu, lab, np.random.default_rng(1), (0.5, 0.5))
+    kept = olab.any(axis=(0, 1))
+    assert kept.sum() == 20 and (kept[:20].all() or kept[20:].all())
+    assert np.all(out[:, :, ~kept] == -1024.0) and np.all(out[:, :, kept] == 60.0)
+    assert hu.min() == 60.0, "the input must not be modified"
+
+
+def test_sharpen_overshoots_at_edges_and_keeps_flat_regions() -> None:
+    hu = np.zeros((24, 24, 24), np.float32)
+    hu[12:] = 100.0
+    out = sharpen(hu, np.random.default_rng(2), (1.0, 1.0))
+    assert out.max() > 110.0 and out.min() < -10.0
+    assert np.allclose(out[:6], 0.0, atol=1e-3) and np.allclose(out[-6:], 100.0, atol=1e-3)
+
+
+def test_warm_start_keeps_the_liver_models_background_and_liver_logits_exactly() -> None:
+    from medseg.models.network import build_network
+    from medseg.train.loop import init_from
+
+    cfg, _ = load_config(REPO / "configs/abdomen.yaml")
+    assert cfg.organs == ORGANS
+    net = build_network(cfg.network)
+    init_from(net, Path(cfg.init_weights))
+    old = build_network(load_config(REPO / "configs/liver.yaml")[0].network)
+    weights = torch.load(REPO / "medseg/models/zoo/liver/weights.pt", weights_only=True)
+    old.load_state_dict({k: v.float() for k, v in weights.items()})
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        new_logits, old_logits = net.eval()(x), old.eval()(x)
+    assert torch.allclose(new_logits[:, :2], old_logits, atol=1e-4)
+    assert new_logits[:, 2:].std() > 0.01, "new classes must not start dead"
+
+
+def test_locked_real_manual_cts_are_in_no_training_manifest(shared: Path) -> None:
+    locked = {digest_path(shared / c / f) for c in LOCKED for f in ("image.nii.gz", "liver.nii.gz")}
+    locked.add(digest_path(shared / "ct/chaos_ct_sample/dicom"))
+    for path in (REPO / "data_manifests").glob("*.json"):
+        manifest, _ = load_manifest(path)
+        if manifest.name == "liver_test_locked":
+            continue
+        for e in manifest.entries:
+            assert not set(e.sha256.values()) & locked, f"{path.name}: {e.case_id} is a locked test CT"
+            assert not any(str(p).startswith(LOCKED) for p in (e.image, e.label) if p), f"{path.name}: {e.case_id}"
+
+
+def test_abdomen_manifest_holds_every_label_map_source(shared: Path) -> None:
+    manifest, _ = load_manifest(REPO / "data_manifests/abdomen_v2.json")
+    maps = manifest.split("train", "label_map") + manifest.split("val", "label_map")
+    assert len(maps) == 112
+    assert sum(e.label.startswith("labels/flare22/") for e in maps) == 50
+    assert [e.case_id for e in manifest.split("val", "ct_pair")] == ["totalseg_example_ct_sm"]
+
+
+@pytest.mark.slow
+def test_multi_organ_ci_config_trains_with_partial_labels_and_reports_every_organ(tmp_path: Path) -> None:
+    """configs/abdomen_ci.yaml end to end: real liver-only patches and every archive augmentation switched on."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MEDSEG_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1", MEDSEG_AUDIT_DIR=str(tmp_path / "a"))
+    medseg = Path(sys.executable).with_name("medseg")
+    r = subprocess.run([str(medseg), "train", str(REPO / "configs/abdomen_ci.yaml"), "--out", str(tmp_path / "run")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    assert last["iteration"] == 6
+    synth = next(v for k, v in last["organ_dice"].items() if k.startswith("synth_"))
+    assert set(synth) == set(ORGANS), "every organ of the label map is scored on the synthetic validation volume"
+    assert set(last["organ_dice"]["totalseg_example_ct_sm"]) == {"liver"}, "the real CT is scored on its liver only"
