@@ -19,6 +19,8 @@ EXAMPLES = """Examples:
 
   medseg deid study/ deid-out/ --key-file deid.key --option retain-dates-shifted --option clean-descriptors
 
+  medseg deid run study/ deid-out/ --key-file deid.key --strict   (the same as without `run`)
+
   medseg deid check study/ deid-out/
 
 Output: OUTPUT/<study UID>/<series UID>/<instance UID>.dcm (new keyed UIDs), OUTPUT/quarantine/ for files whose
