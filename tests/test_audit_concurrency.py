@@ -23,7 +23,7 @@ COMMANDS_PER_WRITER = 25  # x2 events (start + end) = 50 events per writer
 
 def _writer(audit_dir: str, worker: int, barrier: Any) -> None:
     config = load_config(Path(audit_dir))
-    barrier.wait(timeout=120)
+    barrier.wait(timeout=600)  # spawned interpreters start slowly on a loaded 2-core machine
     for i in range(COMMANDS_PER_WRITER):
         with audit_session("batch", {"worker": worker, "i": i}, software={"medseg": "test"}, config=config):
             time.sleep(0.005)  # the command's work: other writers get their turn at the lock
