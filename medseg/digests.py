@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from os import PathLike
+from pathlib import Path
+
+from medseg.errors import InvalidInputError
 
 
 def file_sha256(path: str | PathLike[str]) -> str:
@@ -20,3 +23,18 @@ def files_sha256(paths: Iterable[str | PathLike[str]]) -> str:
         with open(path, "rb") as f:
             hashlib.file_digest(f, lambda: h)
     return h.hexdigest()
+
+
+def digest_path(path: Path) -> str:
+    """SHA-256 of a file, or of a folder as the digest of its sorted (relative path, file digest) list.
+
+    The one definition behind training manifests and locked validation sets, so their digests can be compared.
+    """
+    if path.is_file():
+        return file_sha256(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
+        return h.hexdigest()
+    raise InvalidInputError("data file missing", path=path, hint="Check --data-root / MEDSEG_DATA_ROOT.")

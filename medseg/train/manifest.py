@@ -8,7 +8,6 @@ manifest's own digest. Build one from a sources spec with `python -m medseg.trai
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from medseg.digests import digest_path
 from medseg.errors import InvalidInputError
-from medseg.models.registry import sha256_file
 from medseg.train.config import read_validated
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,18 +55,6 @@ class Manifest(BaseModel):
 def default_data_root() -> Path:
     """`$MEDSEG_DATA_ROOT`, else `../shared/data` relative to the repository."""
     return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
-
-
-def digest_path(path: Path) -> str:
-    """SHA-256 of a file, or of a folder as the digest of its sorted (relative path, file digest) list."""
-    if path.is_file():
-        return sha256_file(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
-        return h.hexdigest()
-    raise InvalidInputError("manifest file missing", path=path, hint="Check --data-root / MEDSEG_DATA_ROOT.")
 
 
 def load_manifest(path: Path) -> tuple[Manifest, str]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medseg.audit.canonical import canonical_bytes
 from medseg.audit.digest import file_sha256
+from medseg.digests import digest_path
 from medseg.errors import InvalidInputError, UsageError
 from medseg.io.atomic import atomic_write_text
 
@@ -28,18 +29,6 @@ ROLES = ("image", "label", "dicom")
 def data_root() -> Path:
     """`$MEDSEG_DATA_ROOT`, else `../shared/data` next to the repository (the same rule as training)."""
     return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
-
-
-def digest_path(path: Path) -> str:
-    """SHA-256 of a file, or of a folder as the digest of its sorted (relative path, file digest) list."""
-    if path.is_file():
-        return file_sha256(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
-        return h.hexdigest()
-    raise InvalidInputError("file missing", path=path, hint="Check MEDSEG_DATA_ROOT.")
 
 
 class Acquisition(BaseModel):
