@@ -8,23 +8,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cli_run import run_in_process as run
 
 from medseg.audit.config import load_config
 from medseg.cli.audited import audited
-from medseg.cli.main import main
 
 PHANTOM = "dicom/mr_series_penn_prisma_phantom"
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from cli_run import run_in_process as _cli
 
 from medseg.deid.check import check_tree
 from medseg.deid.conformance import Conformance, measure
@@ -201,17 +202,6 @@ def test_rtstruct_with_its_ct_still_points_at_the_right_images(shared: Path, tmp
         assert roi.ReferencedFrameOfReferenceUID == frame.FrameOfReferenceUID
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    from medseg.cli.main import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_runs_checks_and_audits_without_phi(shared: Path, tmp_path: Path, capsys) -> None:
