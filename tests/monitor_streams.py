@@ -113,6 +113,7 @@ def site_case(base: dict[str, dict[str, Any]], rng: np.random.Generator, index: 
         organ["voxel_count"] = int(organ["voxel_count"] * factor)
         organ["mean_hu"] += float(rng.normal(0.0, 6.0))
     _set_flag(s, "organ_truncated", bool(rng.random() < SITE_TRUNCATED_RATE))
+    _set_flag(s, "low_confidence", False)  # model 1.0.0 flags every real CT here; tests inject the rate they need
     return s
 
 
