@@ -12,6 +12,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,20 @@ class Head:
     hash: str
 
 
+def _enable_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL, retrying while another process holds the lock: SQLite answers "database is locked" at once
+    for this pragma (no busy handler), so writers creating a store together failed at random (found by the
+    concurrency test under pytest-xdist)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class AuditStore:
     """An open audit database; create with `AuditStore.open(config)` and close when done."""
 
@@ -94,7 +109,7 @@ class AuditStore:
             raise _audit_error("cannot open the audit store", config.audit_dir, exc) from exc
         store = cls(config, conn)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _enable_wal(conn)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal mode is {mode}, WAL needed")
             conn.execute("PRAGMA synchronous=FULL")
