@@ -16,3 +16,9 @@ def run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the CLI in-process; returns (exit code, stdout and stderr together)."""
+    code, out, err = run_in_process(argv, capsys)
+    return code, out + err

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run_cli
 
 from medseg.cli.main import main
 from medseg.keys import keypair_paths, write_keypair
@@ -22,13 +23,6 @@ from medseg.validation.sets import SETS_DIR, load_set
 
 pytestmark = pytest.mark.slow
 SET = "liver_real_manual_v1"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out + out.err
 
 
 @pytest.fixture(scope="session")

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import run_cli
 
-from medseg.cli.main import main
 from medseg.errors import InvalidInputError, UsageError
 from medseg.models.registry import resolve_model
 from medseg.validation.independence import check_independence, require_independence
 from medseg.validation.sets import REPO, SETS_DIR, load_set, lock_set, set_paths, verify_lock
 
 SHIPPED = "liver_real_manual_v1"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out + out.err
 
 
 def copy_set(tmp_path: Path, edit=None) -> Path:
