@@ -16,22 +16,29 @@ from medseg.train.manifest import ManifestSpec, build_manifest, digest_path, loa
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Each training manifest and the locked test set of the model trained on it (model 1.0.0: CHAOS; 2.0: the two
+# RadCTTACEomics CTs, because abdomen_v3 trains on CHAOS).
+LOCKED_FOR = {"liver_v1": "liver_test_locked", "liver_ci": "liver_test_locked", "abdomen_v2": "liver_test_locked",
+              "abdomen_v3": "abdomen_test_locked"}  # fmt: skip
+
+
 def test_committed_manifests_match_the_shared_data(shared: Path) -> None:
-    for name in ("liver_ci", "liver_test_locked"):
+    for name in ("liver_ci", "liver_test_locked", "abdomen_test_locked"):
         manifest, sha = load_manifest(REPO / "data_manifests" / f"{name}.json")
         verify_manifest(manifest, shared)
         assert len(sha) == 64
 
 
-def test_locked_test_case_is_in_no_training_manifest() -> None:
-    locked, _ = load_manifest(REPO / "data_manifests" / "liver_test_locked.json")
-    locked_digests = {d for e in locked.entries for d in e.sha256.values()}
-    for path in (REPO / "data_manifests").glob("*.json"):
-        if path.name == "liver_test_locked.json":
-            continue
-        manifest, _ = load_manifest(path)
+def test_locked_test_cases_are_in_no_training_manifest_of_their_model() -> None:
+    names = {p.stem for p in (REPO / "data_manifests").glob("*.json")}
+    assert names - set(LOCKED_FOR) == set(LOCKED_FOR.values()), "every manifest is a training or a locked test set"
+    for train, test in LOCKED_FOR.items():
+        locked, _ = load_manifest(REPO / "data_manifests" / f"{test}.json")
+        assert {e.split for e in locked.entries} == {"test"} and {e.label_type for e in locked.entries} == {"manual"}
+        locked_digests = {d for e in locked.entries for d in e.sha256.values()}
+        manifest, _ = load_manifest(REPO / "data_manifests" / f"{train}.json")
         used = {d for e in manifest.entries for d in e.sha256.values()}
-        assert not used & locked_digests, f"{path.name} contains the locked test CT"
+        assert not used & locked_digests, f"{train}.json contains a CT of its locked test set {test}"
 
 
 def test_changed_file_is_refused(shared: Path, tmp_path: Path) -> None:
