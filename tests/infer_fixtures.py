@@ -53,7 +53,7 @@ def make_model_folder(
     return folder
 
 
-def intensity_predictor(threshold: float = 0.6, sharpness: float = 40.0):
+def intensity_network(threshold: float = 0.6, sharpness: float = 40.0):
     """A stand-in model with a known answer: 'liver' where the windowed intensity exceeds `threshold`."""
 
     def predict(batch: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from infer_fixtures import intensity_predictor
+from infer_fixtures import intensity_network
 
 from medseg.infer.predict import predict_labels
 from medseg.io import Volume, read_image, read_nifti
@@ -72,7 +72,7 @@ def test_labels_land_on_the_input_grid(oracle_ct, variant):
         sp = np.asarray(spacing)[[1, 0, 2]]
     volume = Volume.from_array(np.ascontiguousarray(reorder(hu)), tuple(sp), origin, direction)
     truth = reorder(liver)
-    pred = predict_labels(volume, card(), intensity_predictor(threshold=0.9), batch_size=2)
+    pred = predict_labels(volume, card(), intensity_network(threshold=0.9), batch_size=2)
     assert pred.labels.shape == volume.shape
     assert dice(pred.labels == 1, truth) > 0.9
     stats = organ_stats(pred.labels, 1, volume)
@@ -89,7 +89,7 @@ def test_only_largest_component_and_no_holes(oracle_ct):
     c = tuple(slice(int(v) - 2, int(v) + 3) for v in cavity)
     hu[c] = 0.0  # a small hole inside the liver
     volume = Volume.from_array(hu, spacing, origin)
-    pred = predict_labels(volume, card(), intensity_predictor(threshold=0.9), batch_size=2)
+    pred = predict_labels(volume, card(), intensity_network(threshold=0.9), batch_size=2)
     assert not pred.labels[5:15, 5:15, 5:15].any()
     assert pred.labels[c].all()
 
@@ -102,7 +102,7 @@ def test_memory_stays_bounded_on_a_large_grid(oracle_ct):
     big = np.repeat(hu, 2, axis=2)  # 256 x 256 x 156
     volume = Volume.from_array(big, (spacing[0], spacing[1], spacing[2] / 2), origin)
     tracemalloc.start()
-    predict_labels(volume, card(), intensity_predictor(threshold=0.9), batch_size=2)
+    predict_labels(volume, card(), intensity_network(threshold=0.9), batch_size=2)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     full_float_two_channels = 2 * big.size * 4

@@ -30,8 +30,8 @@ def test_series_with_empty_uids_is_grouped_by_geometry_with_a_stable_key(shared:
     s = first[0]
     assert s.is_volume and s.n_slices == 20 and s.modality == "CT"
     assert s.series_instance_uid == "" and s.study_uid == "" and s.frame_of_reference_uid
-    assert s.uid.startswith("auto-") and s.uid == again[0].uid
-    vol = read_image(shared / TS_CT, series_uid=s.uid)
+    assert s.key.startswith("auto-") and s.key == again[0].key
+    vol = read_image(shared / TS_CT, series_key=s.key)
     assert vol.shape == (512, 512, 20)
     assert read_dicom_series(s).geometry == vol.geometry
 
@@ -78,15 +78,15 @@ def test_folder_with_several_volumes_picks_the_largest_or_the_requested(shared: 
     assert vol.shape[2] == max(s.n_slices for s in volumes)
     assert any("volume series" in n and "--series" in n for n in vol.meta.notes)
     other = volumes[-1]
-    chosen = read_image(folder, series_uid=other.uid)
+    chosen = read_image(folder, series_key=other.key)
     assert set(chosen.meta.source_files) == set(other.files)
     with pytest.raises(UsageError, match="not found"):
-        read_image(folder, series_uid="1.2.3.4.no.such.series")
+        read_image(folder, series_key="1.2.3.4.no.such.series")
     with pytest.raises(UsageError, match="only be chosen from a folder"):
-        read_image(other.files[0], series_uid=other.uid)
+        read_image(other.files[0], series_key=other.key)
     seg = next(s for s in find_series(folder) if s.modality == "SEG")
     with pytest.raises(InvalidInputError, match="not a 3D image volume"):
-        read_image(folder, series_uid=seg.uid)
+        read_image(folder, series_key=seg.key)
 
 
 def test_volume_meta_has_qc_facts_and_no_patient_identity(shared: Path) -> None:
@@ -130,7 +130,7 @@ def test_cli_convert_writes_nifti_equal_to_the_dicom(shared: Path, tmp_path: Pat
 def test_cli_convert_accepts_series_key_from_listing(shared: Path, tmp_path: Path) -> None:
     src = tmp_path / "study"
     shutil.copytree(shared / "dicom/seg/dcmqi/segmentations", src)
-    key = next(s.uid for s in find_series(src) if s.is_volume and s.n_slices == 3 and len(s.files) == 1)
+    key = next(s.key for s in find_series(src) if s.is_volume and s.n_slices == 3 and len(s.files) == 1)
     res = run_cli("convert", str(src), str(tmp_path / "mf.nii.gz"), "--series", key, tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert read_nifti(tmp_path / "mf.nii.gz").shape[2] == 3
@@ -151,7 +151,7 @@ def test_two_echoes_in_one_series_become_two_volumes(shared: Path, tmp_path: Pat
     volumes = [s for s in find_series(tmp_path) if s.is_volume]
     assert [s.n_slices for s in volumes] == [32, 32]
     assert {s.series_instance_uid for s in volumes} == {volumes[0].series_instance_uid}
-    second = read_image(tmp_path, series_uid=volumes[1].uid)
-    first = read_image(tmp_path, series_uid=volumes[0].uid)
+    second = read_image(tmp_path, series_key=volumes[1].key)
+    first = read_image(tmp_path, series_key=volumes[0].key)
     assert second.geometry == first.geometry
     assert np.all(np.abs(second.array.astype(int) - first.array.astype(int)) == 10)

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         check_writable(output, overwrite)
         with audited("convert", params={"series": series, "overwrite": overwrite}) as rec:
             rec.add_inputs([input])
-            volume = read_image(input, series_uid=series)
+            volume = read_image(input, series_key=series)
             for note in volume.meta.notes:
                 console.warn(note)
             write_nifti(volume, output, overwrite=overwrite)

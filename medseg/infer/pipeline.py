@@ -30,7 +30,7 @@ from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
-from medseg.io.summary_schema import CaseStatus, acquisition_facts
+from medseg.io.summary_schema import CaseStatus, ModelGridInfo, OrganStats, acquisition_facts
 from medseg.models.registry import InstalledModel
 from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
@@ -265,13 +265,10 @@ def _run_checked(
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)
-    run.summary["model_grid"] = {"shape": list(pred.grid.shape), "windows": vars(pred.windows)}
+    run.summary["model_grid"] = ModelGridInfo(shape=list(pred.grid.shape), windows=vars(pred.windows)).model_dump()
     pred.labels, served = renumber(pred.labels, served_labels(run.model, settings.organs))
     with run.timed("qc_result"):
-        organs = [{"name": name, **organ_stats(pred.labels, label, volume)} for label, name in served.items()]
-        for o in organs:
-            if o["name"] in pred.confidence:
-                o["confidence"] = pred.confidence[o["name"]].to_json()
+        organs = [_organ_record(name, label, pred, volume) for label, name in served.items()]
         direction = volume.geometry.direction_matrix
         result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
         result_flags += [f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"])]
@@ -281,6 +278,13 @@ def _run_checked(
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, pred, volume)
     return _finish(run, flags, pred, volume)
+
+
+def _organ_record(name: str, label: int, pred: Prediction, volume: Volume) -> dict[str, Any]:
+    """One organ's summary record, validated as `OrganStats` when it is made (not only when summary.json is written)."""
+    extra = {"confidence": pred.confidence[name].to_json()} if name in pred.confidence else {}
+    record = OrganStats(name=name, **organ_stats(pred.labels, label, volume), **extra)
+    return record.model_dump(mode="json", exclude_unset=True)
 
 
 def _blocking(flags: list[QCFlag], settings: InferSettings) -> list[QCFlag]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medseg.infer.sliding import Predictor, WindowStats, sliding_window
+from medseg.infer.sliding import Network, WindowStats, sliding_window
 from medseg.io import Volume
 from medseg.models.card import ModelCard
 from medseg.postprocess import input_grid_cleanup, labels_on_input_grid, model_space_cleanup, softmax
@@ -34,12 +34,12 @@ class Prediction:
 def predict_labels(
     volume: Volume,
     card: ModelCard,
-    predictor: Predictor,
+    network: Network,
     batch_size: int,
     overlap: float = 0.25,
     progress: Callable[[int, int], None] | None = None,
 ) -> Prediction:
-    """Segment `volume` with `predictor` per the model card's contract; labels come back on the input grid."""
+    """Segment `volume` with `network` per the model card's contract; labels come back on the input grid."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     grid = model_grid(volume.geometry, card.spacing)
@@ -51,7 +51,7 @@ def predict_labels(
     stats = WindowStats()
     logits = sliding_window(
         image,
-        predictor,
+        network,
         tuple(card.roi_size),
         card.network.out_channels,
         batch_size=batch_size,

@@ -32,15 +32,16 @@ PRECISIONS = ("f32", "int8")
 
 @dataclass
 class Runner:
-    """A loaded model: call it with a (batch, 1, *roi) float32 array to get (batch, C, *roi) logits."""
+    """A loaded model, the one name for it: call it with a (batch, 1, *roi) float32 array to get (batch, C, *roi)
+    logits (it is an `infer.sliding.Network`); `forward` is the backend's function, `info` what was loaded how."""
 
     backend: str
     batch_size: int
-    predict: Callable[[np.ndarray], np.ndarray]
+    forward: Callable[[np.ndarray], np.ndarray]
     info: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.predict(batch)
+        return self.forward(batch)
 
 
 def cache_dir() -> Path:
@@ -56,11 +57,11 @@ def torch_runner(model: InstalledModel, device: str = "cpu", batch_size: int = 4
         raise ProcessingError("--device cuda requested but no CUDA device is available", hint="Use --device cpu.")
     net = model.load_network(device)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def forward(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-    return Runner("torch", batch_size, predict, {"device": device})
+    return Runner("torch", batch_size, forward, {"device": device})
 
 
 def _parity_input(batch_size: int, roi: tuple[int, ...]) -> np.ndarray:
@@ -214,9 +215,9 @@ def accelerated_runner(
         raise ProcessingError(
             f"{backend} export does not match eager torch ({record['parity']})", hint="Use --backend torch."
         )
-    predict = EXPORTERS[backend][1](folder)
+    forward = EXPORTERS[backend][1](folder)
     info = {"exported_now": exported, "parity": record["parity"], "cache": str(folder), "version": version}
-    return Runner(backend, batch_size, predict, info)
+    return Runner(backend, batch_size, forward, info)
 
 
 def int8_runner(model: InstalledModel) -> Runner:
@@ -322,8 +323,5 @@ class LazyRunner:
     def info(self) -> dict[str, Any]:
         return self.runner.info
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner.predict(batch)
-
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner.predict(batch)
+        return self.runner(batch)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Predictor = Callable[[np.ndarray], np.ndarray]
+Network = Callable[[np.ndarray], np.ndarray]
+"""What the sliding window runs: a (B, 1, *roi) float32 batch in, (B, C, *roi) logits out. A loaded model
+(`infer.runtime.Runner`) is one; tests pass plain functions."""
 
 
 @dataclass
@@ -54,7 +56,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 def sliding_window(
     image: np.ndarray,
-    predictor: Predictor,
+    network: Network,
     roi: tuple[int, int, int],
     out_channels: int,
     batch_size: int = 1,
@@ -63,9 +65,9 @@ def sliding_window(
     stats: WindowStats | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Blend `predictor` outputs over windows of `image` (I, J, K); returns (C, I, J, K) float32 blended outputs.
+    """Blend `network` outputs over windows of `image` (I, J, K); returns (C, I, J, K) float32 blended outputs.
 
-    `predictor` takes a (B, 1, *roi) float32 batch and returns (B, C, *roi); B is always `batch_size` (the last
+    `network` takes a (B, 1, *roi) float32 batch and returns (B, C, *roi); B is always `batch_size` (the last
     batch is padded with zeros), so fixed-shape compiled models can be used.
     """
     shape = image.shape
@@ -86,7 +88,7 @@ def sliding_window(
         lo = float(patch.min())
         if skip_constant and lo == float(patch.max()):
             if lo not in constant:
-                constant[lo] = predictor(np.full((batch_size, 1, *roi), lo, dtype=np.float32))[0] * weight
+                constant[lo] = network(np.full((batch_size, 1, *roi), lo, dtype=np.float32))[0] * weight
                 stats.run += 1
             acc[(slice(None), *sl)] += constant[lo]
             norm[sl] += weight
@@ -98,7 +100,7 @@ def sliding_window(
         batch = np.zeros((batch_size, 1, *roi), dtype=np.float32)
         for b, sl in enumerate(group):
             batch[b, 0] = padded[sl]
-        out = predictor(batch)
+        out = network(batch)
         for b, sl in enumerate(group):
             acc[(slice(None), *sl)] += out[b] * weight
             norm[sl] += weight

@@ -14,14 +14,14 @@ from medseg.io.series import FolderScan, SeriesInfo, check_entry, choose_series,
 from medseg.io.volume import Volume
 
 
-def read_image(path: Path, series_uid: str | None = None) -> Volume:
-    """Read a CT/MR/PET volume from a DICOM folder (main series, or `series_uid`), a DICOM file, or NIfTI."""
+def read_image(path: Path, series_key: str | None = None) -> Volume:
+    """Read a CT/MR/PET volume from a DICOM folder (main series, or `series_key`), a DICOM file, or NIfTI."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError("input not found", path=path, hint="Check the path.")
     check_entry(path)
     if path.is_file():
-        if series_uid is not None:
+        if series_key is not None:
             raise UsageError(
                 "a series can only be chosen from a folder", path=path, hint="Drop --series or pass the folder."
             )
@@ -42,7 +42,7 @@ def read_image(path: Path, series_uid: str | None = None) -> Volume:
             path=path,
             hint="Pass a folder of DICOM images, a .nii/.nii.gz file, or a multi-frame DICOM file.",
         )
-    chosen = _choose(scan, series_uid)
+    chosen = _choose(scan, series_key)
     notes = [*scan.notes(), *chosen.notes, *_other_series_notes(scan, chosen)]
     try:
         return volume_from_headers(scan.headers[chosen.key], path, notes)
@@ -78,22 +78,22 @@ def _read_dicom_file(path: Path) -> Volume:
     return volume_from_headers([header], path)
 
 
-def _choose(scan: FolderScan, series_uid: str | None) -> SeriesInfo:
+def _choose(scan: FolderScan, series_key: str | None) -> SeriesInfo:
     """The requested series, or the main series by `choose_series` (the rule `medseg infer` uses too)."""
-    if series_uid is not None:
-        matches = [s for s in scan.series if s.key == series_uid] or [
-            s for s in scan.series if s.series_instance_uid == series_uid
+    if series_key is not None:
+        matches = [s for s in scan.series if s.key == series_key] or [
+            s for s in scan.series if s.series_instance_uid == series_key
         ]
         if not matches:
             raise UsageError(
-                f"series {series_uid} not found; found {', '.join(s.key for s in scan.series)}",
+                f"series {series_key} not found; found {', '.join(s.key for s in scan.series)}",
                 path=scan.root,
                 hint="List the series with `medseg series FOLDER`.",
             )
         volumes = [s for s in matches if s.is_volume]
         if not volumes:
             raise InvalidInputError(
-                f"series {series_uid} is not a 3D image volume: {matches[0].skip_reason}", path=scan.root
+                f"series {series_key} is not a 3D image volume: {matches[0].skip_reason}", path=scan.root
             )
         check_damaged_files(scan, volumes[0])
         return volumes[0]

@@ -29,7 +29,7 @@ class SeriesInfo:
 
     `key` is the SeriesInstanceUID, `<uid>#<n>` when one UID held several geometries, or a stable generated key
     `auto-<hash>` when the UID is empty (so it is a key, not always a UID; `series_instance_uid` is the UID); pass
-    it to `read_image(..., series_uid=key)` / `--series`. `uid` is kept as an older name of `key`.
+    it to `read_image(..., series_key=key)` / `--series`.
     """
 
     key: str
@@ -46,11 +46,6 @@ class SeriesInfo:
     split_group: int = -1  # >= 0 when one series was split by geometry; equal values mark the same origin
     matrix: tuple[int, int] = (0, 0)  # rows, columns
     pixel_spacing_mm: tuple[float, float] | None = None
-
-    @property
-    def uid(self) -> str:
-        """Older name of `key` (kept for existing callers)."""
-        return self.key
 
     def grid_fineness(self) -> tuple[int, float]:
         """Pixels per slice, then minus the pixel area: larger is finer (for choosing between twin series)."""

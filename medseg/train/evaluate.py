@@ -24,13 +24,13 @@ def predict_volume(net: torch.nn.Module, image01: np.ndarray, roi: tuple[int, in
     """Argmax labels of a [0, 1]-scaled volume, with the inference engine's gaussian sliding window."""
     from medseg.infer.sliding import sliding_window
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def network(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
     image = np.ascontiguousarray(image01, dtype=np.float32)
     channels = int(getattr(net, "out_channels", 2))
-    logits = sliding_window(image, predict, tuple(roi), channels, batch_size=sw_batch_size, overlap=overlap)
+    logits = sliding_window(image, network, tuple(roi), channels, batch_size=sw_batch_size, overlap=overlap)
     return logits.argmax(0).astype(np.uint8)
 
 

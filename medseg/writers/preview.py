@@ -46,11 +46,13 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def _tile(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], window: tuple[float, float]) -> object:
+def _tile(
+    image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], display_hu: tuple[float, float]
+) -> object:
     """One RGB tile (rows, cols plane) with label outlines and a faint fill, resized to true aspect."""
     from PIL import Image
 
-    rgb = np.repeat(_grey(image, *window)[..., None], 3, axis=2).astype(np.float32)
+    rgb = np.repeat(_grey(image, *display_hu)[..., None], 3, axis=2).astype(np.float32)
     for value in np.unique(labels[labels > 0]):
         colour = np.asarray(COLOURS[(int(value) - 1) % len(COLOURS)], dtype=np.float32)
         mask = labels == value
@@ -69,7 +71,7 @@ def _centre(mask: np.ndarray) -> np.ndarray:
 
 
 def render_preview(
-    volume: Volume, labels: np.ndarray, caption: str = "", window: tuple[float, float] = (-160.0, 240.0)
+    volume: Volume, labels: np.ndarray, caption: str = "", display_hu: tuple[float, float] = (-160.0, 240.0)
 ) -> object:
     """A PIL image with three orthogonal slices through the centroid of the labels (or the volume centre)."""
     from PIL import Image
@@ -84,7 +86,7 @@ def render_preview(
     coronal = (img[:, c[1], :].T[::-1], lab[:, c[1], :].T[::-1], (sz, sx))
     # sagittal: rows inferior-going, cols P-going (anterior on the left)
     sagittal = (img[c[0], :, :].T[::-1], lab[c[0], :, :].T[::-1], (sz, sy))
-    tiles = [_tile(a, b, p, window) for a, b, p in (axial, coronal, sagittal)]
+    tiles = [_tile(a, b, p, display_hu) for a, b, p in (axial, coronal, sagittal)]
     from PIL import ImageDraw
 
     top = CAPTION_HEIGHT if caption else 0
