@@ -1,13 +1,22 @@
-"""SHA-256 of files: one helper (hashlib.file_digest) for model weights, inputs, audit digests and copies."""
+"""Data files: where the shared data lives (one rule for training, validation and benches) and SHA-256 of files
+(one helper, hashlib.file_digest, for model weights, inputs, audit digests and copies)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 
 from medseg.errors import InvalidInputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_data_root() -> Path:
+    """`$MEDSEG_DATA_ROOT`, else `../shared/data` next to the repository."""
+    return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
 
 
 def file_sha256(path: str | PathLike[str]) -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from medseg import __version__
 from medseg.digests import files_sha256
 from medseg.errors import MedsegError, QCRejectedError
@@ -30,7 +32,17 @@ from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable
-from medseg.io.summary_schema import CaseStatus, ModelGridInfo, OrganStats, acquisition_facts
+from medseg.io.summary_schema import (
+    CaseStatus,
+    InputInfo,
+    ModelGridInfo,
+    ModelInfo,
+    OrganStats,
+    QCRecord,
+    Settings,
+    Software,
+    acquisition_facts,
+)
 from medseg.models.registry import InstalledModel
 from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
@@ -101,19 +113,25 @@ def input_digest(volume: Volume, case: Case) -> str:
 
 
 def _describe_input(volume: Volume, case: Case) -> dict[str, Any]:
-    return {
-        "path": str(case.source),
-        "format": case.kind,
-        "sha256": input_digest(volume, case),
-        "files": len(volume.meta.source_files) or 1,
-        "modality": volume.meta.modality,
-        "series_instance_uid": volume.meta.series_instance_uid,
-        "shape": list(volume.shape),
-        "spacing_mm": [round(s, 4) for s in volume.spacing],
-        "origin_lps_mm": [round(o, 3) for o in volume.geometry.origin],
-        "direction": [list(r) for r in volume.geometry.direction],
-        "acquisition": acquisition_facts(volume.meta.extra).model_dump(),
-    }
+    """summary.json `input`, validated as `InputInfo` when made."""
+    return _dump(InputInfo(
+        path=str(case.source),
+        format=case.kind,
+        sha256=input_digest(volume, case),
+        files=len(volume.meta.source_files) or 1,
+        modality=volume.meta.modality,
+        series_instance_uid=volume.meta.series_instance_uid,
+        shape=list(volume.shape),
+        spacing_mm=[round(s, 4) for s in volume.spacing],
+        origin_lps_mm=[round(o, 3) for o in volume.geometry.origin],
+        direction=[list(r) for r in volume.geometry.direction],
+        acquisition=acquisition_facts(volume.meta.extra),
+    ))  # fmt: skip
+
+
+def _dump(record: BaseModel) -> dict[str, Any]:
+    """A summary section made as its pydantic model (validated on construction), in its JSON form."""
+    return record.model_dump(mode="json")
 
 
 def _base_summary(
@@ -123,33 +141,30 @@ def _base_summary(
     return {
         "case": case.name,
         "organ": settings.organ,
-        "software": {"medseg": __version__, "python": platform.python_version(), "backend": runner.backend},
-        "model": {
-            "name": card.name,
-            "version": card.version,
-            "sha256": card.weights.sha256,
-            "spacing_mm": list(card.spacing),
-            "roi_size": list(card.roi_size),
-            "runtime": runner.info if not isinstance(runner, LazyRunner) or runner.loaded else None,
-        },
-        "settings": {
-            "fast": settings.fast,
-            "strict": settings.strict,
-            "force": settings.force,
-            "overlap": settings.overlap,
-        },
-    }
+        "software": _dump(Software(medseg=__version__, python=platform.python_version(), backend=runner.backend)),
+        "model": _dump(ModelInfo(
+            name=card.name,
+            version=card.version,
+            sha256=card.weights.sha256,
+            spacing_mm=list(card.spacing),
+            roi_size=list(card.roi_size),
+            runtime=runner.info if not isinstance(runner, LazyRunner) or runner.loaded else None,
+        )),
+        "settings": _dump(Settings(
+            fast=settings.fast, strict=settings.strict, force=settings.force, overlap=settings.overlap
+        )),
+    }  # fmt: skip
 
 
 def _qc(flags: list[QCFlag], settings: InferSettings) -> dict[str, Any]:
     refused = [f.code for f in flags if f.refuses]
-    return {
-        "passed": not flags,
-        "strict": settings.strict,
-        "refused": [] if settings.force else refused,
-        "forced": refused if settings.force else [],
-        "flags": [f.to_json() for f in flags],
-    }
+    return _dump(QCRecord(
+        passed=not flags,
+        strict=settings.strict,
+        refused=[] if settings.force else refused,
+        forced=refused if settings.force else [],
+        flags=[f.to_json() for f in flags],
+    ))  # fmt: skip
 
 
 def _qc_error(flags: list[QCFlag], where: Path, refused: bool) -> QCRejectedError:
@@ -265,7 +280,7 @@ def _run_checked(
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)
-    run.summary["model_grid"] = ModelGridInfo(shape=list(pred.grid.shape), windows=vars(pred.windows)).model_dump()
+    run.summary["model_grid"] = _dump(ModelGridInfo(shape=list(pred.grid.shape), windows=vars(pred.windows)))
     pred.labels, served = renumber(pred.labels, served_labels(run.model, settings.organs))
     with run.timed("qc_result"):
         organs = [_organ_record(name, label, pred, volume) for label, name in served.items()]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from medseg.digests import digest_path
+from medseg.digests import default_data_root, digest_path
 from medseg.errors import InvalidInputError
 from medseg.train.config import read_validated
 
@@ -52,9 +51,6 @@ class Manifest(BaseModel):
         return [e for e in self.entries if e.split == split and (kind is None or e.kind == kind)]
 
 
-def default_data_root() -> Path:
-    """`$MEDSEG_DATA_ROOT`, else `../shared/data` relative to the repository."""
-    return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
 
 
 def load_manifest(path: Path) -> tuple[Manifest, str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from medseg import __version__
 from medseg.audit.digest import file_sha256
+from medseg.digests import default_data_root
 from medseg.errors import InvalidInputError, UsageError
 from medseg.infer.cases import Case, safe_name
 from medseg.infer.pipeline import InferSettings, run_case_safe
@@ -25,7 +26,7 @@ from medseg.models.registry import InstalledModel, resolve_model
 from medseg.validation.acceptance import acceptance_path, evaluate, load_acceptance
 from medseg.validation.analysis import aggregates, subgroups
 from medseg.validation.independence import check_independence, require_independence
-from medseg.validation.sets import REPO, SETS_DIR, SetCase, data_root, set_paths, verify_lock
+from medseg.validation.sets import REPO, SETS_DIR, SetCase, set_paths, verify_lock
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def run_validation(
     """Everything report.json holds except the artifact digests; raises InvalidInputError on lock/independence."""
     from medseg.infer.runtime import load_runner
 
-    root = req.data_root or data_root()
+    root = req.data_root or default_data_root()
     ts, lock = verify_lock(req.set_name, root, req.sets_dir)
     model = resolve_model(req.model, ts.organ)
     card = model.card

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medseg.audit.canonical import canonical_bytes
 from medseg.audit.digest import file_sha256
-from medseg.digests import digest_path
+from medseg.digests import default_data_root, digest_path
 from medseg.errors import InvalidInputError, UsageError
 from medseg.io.atomic import atomic_write_text
 
@@ -26,9 +25,6 @@ SETS_DIR = REPO / "validation" / "sets"
 ROLES = ("image", "label", "dicom")
 
 
-def data_root() -> Path:
-    """`$MEDSEG_DATA_ROOT`, else `../shared/data` next to the repository (the same rule as training)."""
-    return Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
 
 
 class Acquisition(BaseModel):
@@ -125,7 +121,7 @@ def lock_set(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR, ove
     """Digest every file of the set (they must match the set file) and write NAME.lock.json; returns the lock."""
     yaml_path, lock_path = set_paths(name, sets_dir)
     ts = load_set(yaml_path)
-    cases = _locked_cases(ts, root or data_root())
+    cases = _locked_cases(ts, root or default_data_root())
     lock = {
         "name": ts.name,
         "set_file": yaml_path.name,
@@ -158,7 +154,7 @@ def verify_lock(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR) 
         raise InvalidInputError("the set file changed after it was locked", path=yaml_path,
                                 hint="Restore it, or lock a new set version.")  # fmt: skip
     ts = load_set(yaml_path)
-    root = root or data_root()
+    root = root or default_data_root()
     locked = {c["case_id"]: c for c in lock["cases"]}
     for case in ts.cases:
         for role, rel in case.paths().items():
