@@ -180,9 +180,9 @@ def table(rows: list[dict[str, Any]], threshold: float | None, key: str = "uncer
 def main() -> None:
     import torch
 
+    from medseg.digests import default_data_root
     from medseg.infer.runtime import torch_runner
     from medseg.models.registry import resolve_model
-    from medseg.train.manifest import default_data_root
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="medseg/models/zoo/liver")

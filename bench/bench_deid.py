@@ -38,7 +38,7 @@ from medseg.deid.conformance import Conformance, measure
 from medseg.deid.leakcheck import collect, read_any
 from medseg.deid.runner import DeidSettings, deidentify_tree, discover
 from medseg.deid.table import OPTIONS
-from medseg.train.manifest import default_data_root
+from medseg.digests import default_data_root
 
 SHARED = default_data_root()
 SECRET = b"bench-secret-bench-secret-bench-secret"

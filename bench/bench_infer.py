@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.train.manifest import default_data_root
+from medseg.digests import default_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = default_data_root()

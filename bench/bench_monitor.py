@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from monitor_streams import REAL_INPUTS, SHIFTS, read_summaries, run_real_inference, stream, to_facts
 
+from medseg.digests import default_data_root
 from medseg.monitor.report import analyse
-from medseg.train.manifest import default_data_root
 
 REFERENCE, CLEAN, SHIFTED = 60, 20, 100
 EXPECTED = {  # shift -> the feature whose alarm must fire

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pydicom
 
+from medseg.digests import default_data_root
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.scp import store_instance
-from medseg.train.manifest import default_data_root
 
 
 def rate(items: list[tuple[bytes, str]], threads: int) -> float:

@@ -28,10 +28,11 @@ def throughput(config: Path, iterations: int, warmup: int) -> dict[str, float]:
     import torch
     from monai.losses import DiceCELoss
 
+    from medseg.digests import default_data_root
     from medseg.models.network import build_network
     from medseg.train.config import load_config
     from medseg.train.data import PatchStream, load_cases
-    from medseg.train.manifest import default_data_root, load_manifest
+    from medseg.train.manifest import load_manifest
     from medseg.train.runner import resolve_manifest
     from medseg.train.synth.prepare import default_cache_dir
 
@@ -75,9 +76,10 @@ def throughput(config: Path, iterations: int, warmup: int) -> dict[str, float]:
 
 
 def accuracy(model_name: str, device: str) -> dict[str, object]:
+    from medseg.digests import default_data_root
     from medseg.models.registry import resolve_model
     from medseg.train.accuracy import evaluate_model, metrics_table
-    from medseg.train.manifest import default_data_root, load_manifest
+    from medseg.train.manifest import load_manifest
 
     model = resolve_model(model_name, organ="liver")
     model.verify()

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from medseg.digests import default_data_root, digest_path
 from medseg.errors import InvalidInputError, ProcessingError
 from medseg.models.card import Int8Spec
 from medseg.models.registry import CARD_NAME, InstalledModel, resolve_model, sha256_file
-from medseg.train.manifest import Manifest, default_data_root, digest_path, load_manifest
+from medseg.train.manifest import Manifest, load_manifest
 
 MAX_DICE_DROP = 0.005
 MAX_VOLUME_DIFF = 0.01

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from medseg.digests import default_data_root
 from medseg.errors import InvalidInputError
 from medseg.train.config import TrainConfig, load_config
 from medseg.train.distributed import init_distributed
 from medseg.train.loop import Event, TrainResult, build_valset, train
-from medseg.train.manifest import REPO, default_data_root, load_manifest, verify_manifest
+from medseg.train.manifest import REPO, load_manifest, verify_manifest
 from medseg.train.synth.prepare import default_cache_dir
 from medseg.train.tracking import Tracker, git_commit, package_versions
 
