@@ -108,6 +108,38 @@ def totalseg_organ_dice(model: Any, runner: Any, root: Path) -> dict[str, float]
     return out
 
 
+def synthetic_organ_dice(model: Any, runner: Any, root: Path, manifest: str = "abdomen_v3") -> dict[str, Any]:
+    """Dice per model organ on the validation label maps rendered as CT (seed fixed, as stored): the
+    label-map-derived validation figures of every organ besides the liver."""
+    from medseg.infer.predict import predict_labels
+    from medseg.io import Volume
+    from medseg.train.manifest import load_manifest
+    from medseg.train.synth.appearance import AppearanceParams
+    from medseg.train.synth.generator import synth_volume
+    from medseg.train.synth.prepare import cached_case, default_cache_dir
+
+    organs = tuple(model.card.foreground_labels.values())
+    loaded, _ = load_manifest(REPO / "data_manifests" / f"{manifest}.json")
+    per_case: dict[str, dict[str, float]] = {}
+    for e in loaded.split("val", "label_map"):
+        assert e.labels_json is not None
+        case = cached_case(root / e.label, root / e.labels_json, (3.0, 3.0, 3.0), e.sha256["label"],
+                           default_cache_dir())  # fmt: skip
+        s = synth_volume(case, np.random.default_rng([4242, 0]), AppearanceParams(p_random_intensity=0.0), organs)
+        volume = Volume.from_array(s.image, spacing=(3.0, 3.0, 3.0), direction=np.diag([-1.0, -1.0, 1.0]))
+        pred = predict_labels(volume, model.card, runner, runner.batch_size)
+        per_case[e.case_id] = {}
+        for i, name in enumerate(organs, start=1):
+            value = next(k for k, v in model.card.labels.items() if v == name)
+            p, r = pred.labels == value, s.label == i
+            if r.any():
+                per_case[e.case_id][name] = float(2 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
+        print(json.dumps({e.case_id: per_case[e.case_id]}), file=sys.stderr, flush=True)
+    mean = {o: float(np.mean([c[o] for c in per_case.values() if o in c])) for o in organs
+            if any(o in c for c in per_case.values())}  # fmt: skip
+    return {"manifest": manifest, "split": "val", "cases": per_case, "mean_dice": mean}
+
+
 def real_rows(model: Any, runner: Any, root: Path, cases: list[str],
               variants: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     from medseg.io import read_image
@@ -193,6 +225,8 @@ def main() -> None:
     ap.add_argument("--from-json", type=Path, help="re-tabulate a previous --out file (no inference)")
     ap.add_argument("--variants", nargs="*", default=None, help="only these inputs (e.g. 'as stored')")
     ap.add_argument("--totalseg-organs", action="store_true", help="also Dice per organ vs TotalSegmentator labels")
+    ap.add_argument("--synthetic-organs", action="store_true",
+                    help="also Dice per organ on the validation label maps of abdomen_v3 rendered as CT")  # fmt: skip
     a = ap.parse_args()
     if a.from_json:
         done = json.loads(a.from_json.read_text())
@@ -209,12 +243,16 @@ def main() -> None:
     threshold = choose_threshold(synth)
     real = real_rows(model, runner, root, a.cases, a.variants)
     organs = totalseg_organ_dice(model, runner, root) if a.totalseg_organs else {}
+    synth_organs = synthetic_organ_dice(model, runner, root) if a.synthetic_organs else {}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"model": f"{model.card.name} {model.card.version}", "threshold": threshold,
-                                 "synthetic": synth, "real": real, "totalseg_organ_dice_model_labels": organs},
+                                 "synthetic": synth, "real": real, "totalseg_organ_dice_model_labels": organs,
+                                 "synthetic_organ_dice": synth_organs},
                                 indent=1))  # fmt: skip
     if organs:
         print("TotalSegmentator example, Dice vs its model-made labels: " + json.dumps(organs))
+    if synth_organs:
+        print("Validation label maps rendered as CT, mean Dice per organ: " + json.dumps(synth_organs["mean_dice"]))
     print(f"{model.card.name} {model.card.version}; threshold on uncertain_fraction (synthetic side): {threshold}\n")
     print("synthetic (threshold choice)\n" + table(synth, threshold) + "\n\nreal\n" + table(real, threshold))
 

@@ -75,7 +75,10 @@ def throughput(config: Path, iterations: int, warmup: int) -> dict[str, float]:
     }  # fmt: skip
 
 
-def accuracy(model_name: str, device: str) -> dict[str, object]:
+def accuracy(model_name: str, device: str, test: str = "liver_test_locked", val: str = "liver_v1",
+             trained: str | None = None) -> dict[str, object]:  # fmt: skip
+    """Dice/HD95 on the model's locked test set, its real validation CT and (reported, marked as such) the real
+    manual CTs it was trained on, keyed `locked_test`, `validation` and `trained_on`."""
     from medseg.digests import default_data_root
     from medseg.models.registry import resolve_model
     from medseg.train.accuracy import evaluate_model, metrics_table
@@ -84,10 +87,15 @@ def accuracy(model_name: str, device: str) -> dict[str, object]:
     model = resolve_model(model_name, organ="liver")
     model.verify()
     out: dict[str, object] = {"model": model.card.name, "version": model.card.version}
-    for name, split in (("liver_test_locked", "test"), ("liver_v1", "val")):
+    sets = [("locked_test", test, "test"), ("validation", val, "val")]
+    if trained:
+        sets.append(("trained_on", trained, "train"))
+    for key, name, split in sets:
         manifest, sha = load_manifest(REPO / "data_manifests" / f"{name}.json")
         scores = evaluate_model(model, manifest, split, default_data_root(), device)
-        out[name] = metrics_table(scores, name, sha)
+        if key == "trained_on":
+            scores = [c for c in scores if c.kind == "manual"]
+        out[key] = metrics_table(scores, name, sha)
     return out
 
 
@@ -101,6 +109,9 @@ def main() -> None:
     a = sub.add_parser("accuracy")
     a.add_argument("--model", default="liver")
     a.add_argument("--device", default="cpu")
+    a.add_argument("--test-manifest", default="liver_test_locked", help="the model's locked test set")
+    a.add_argument("--val-manifest", default="liver_v1", help="the training manifest (its real val CT)")
+    a.add_argument("--trained-manifest", default=None, help="also report its real manual training CTs")
     for p in (t, a):
         p.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -109,12 +120,13 @@ def main() -> None:
         for k, v in result.items():
             print(f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}")
     else:
-        result = accuracy(args.model, args.device)
+        result = accuracy(args.model, args.device, args.test_manifest, args.val_manifest, args.trained_manifest)
         print("| set | case | label | Dice | HD95 (mm) |\n|---|---|---|---|---|")
-        for name in ("liver_test_locked", "liver_v1"):
-            for c in result[name]["cases"]:  # type: ignore[index]
+        for key in ("locked_test", "validation", "trained_on"):
+            for c in result.get(key, {}).get("cases", []):  # type: ignore[attr-defined]
                 hd = "n/a" if c["hd95_mm"] is None else f"{c['hd95_mm']:.1f}"
-                print(f"| {name} | {c['case']} | {c['kind']} | {c['dice']:.4f} | {hd} |")
+                print(f"| {key} ({result[key]['test_set']['manifest']}) | {c['case']} | {c['kind']} "  # type: ignore[index]
+                      f"| {c['dice']:.4f} | {hd} |")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.flush()

@@ -175,3 +175,26 @@ def test_multi_organ_ci_config_trains_with_partial_labels_and_reports_every_orga
     synth = next(v for k, v in last["organ_dice"].items() if k.startswith("synth_"))
     assert set(synth) == set(ORGANS), "every organ of the label map is scored on the synthetic validation volume"
     assert set(last["organ_dice"]["totalseg_example_ct_sm"]) == {"liver"}, "the real CT is scored on its liver only"
+
+
+def test_an_organ_gets_card_figures_only_above_the_minimum_dice() -> None:
+    """`metrics.organs` decides what may be served: spleen passes, pancreas (below 0.80) and the main organ do not."""
+    from medseg.models.card import ModelCard
+    from medseg.train.export import ORGAN_MIN_DICE, organ_metrics
+
+    bench = {
+        "synthetic_organ_dice": {
+            "manifest": "abdomen_v3",
+            "cases": {"a": {"liver": 0.95, "spleen": 0.9, "pancreas": 0.5}, "b": {"liver": 0.9, "spleen": 0.86}},
+            "mean_dice": {"liver": 0.925, "spleen": 0.88, "pancreas": 0.5},
+        },
+        "totalseg_organ_dice_model_labels": {"spleen": 0.91},
+    }
+    organs = organ_metrics(bench, "liver")
+    assert set(organs) == {"spleen"} and organs["spleen"]["cases"] == {"a": 0.9, "b": 0.86}
+    assert organs["spleen"]["totalseg_example_dice_vs_model_labels"] == 0.91
+    assert organs["spleen"]["mean_dice"] >= ORGAN_MIN_DICE > 0.5
+    card = ModelCard.load(REPO / "medseg/models/zoo/liver/model_card.yaml")
+    multi = card.model_copy(update={"labels": {0: "background", 1: "liver", 2: "spleen", 3: "pancreas"},
+                                    "metrics": {**card.metrics, "organs": organs}})  # fmt: skip
+    assert multi.validated_organs == ("liver", "spleen")

@@ -125,9 +125,11 @@ def card_metrics(run_dir: Path, accuracy: dict[str, Any]) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     at_best = next((r["cases"] for r in records if r["iteration"] == summary["best_iteration"]), [])
+    extra = {"trained_on_real_ct": accuracy["trained_on"]} if accuracy.get("trained_on") else {}
     return {
-        "locked_test_real_ct": accuracy["liver_test_locked"],
-        "validation_real_ct_model_label": accuracy["liver_v1"],
+        "locked_test_real_ct": accuracy.get("locked_test") or accuracy["liver_test_locked"],
+        "validation_real_ct_model_label": accuracy.get("validation") or accuracy["liver_v1"],
+        **extra,
         "checkpoint_selection": {
             "score": "0.5 * Dice(real validation CT) + 0.5 * mean Dice(fixed-seed synthetic validation volumes), "
             "at model spacing without post-processing",
@@ -138,6 +140,29 @@ def card_metrics(run_dir: Path, accuracy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+ORGAN_MIN_DICE = 0.80
+
+
+def organ_metrics(confidence_bench: dict[str, Any], main_organ: str) -> dict[str, Any]:
+    """`metrics.organs` from `bench/bench_confidence.py --synthetic-organs --totalseg-organs` output: an organ other
+    than the main one gets validation figures (and so may be served) only if its mean Dice on the validation label
+    maps rendered as CT reaches ORGAN_MIN_DICE; the TotalSegmentator figure is reported beside it, marked model-made."""
+    synth = confidence_bench.get("synthetic_organ_dice") or {}
+    totalseg = confidence_bench.get("totalseg_organ_dice_model_labels") or {}
+    out: dict[str, Any] = {}
+    for name, dice in (synth.get("mean_dice") or {}).items():
+        if name == main_organ or dice < ORGAN_MIN_DICE:
+            continue
+        out[name] = {
+            "mean_dice": dice,
+            "evaluation": f"validation label maps of {synth['manifest']} rendered as synthetic CT (fixed seed), "
+            "medseg.infer.predict_labels; not real CT",
+            "cases": {case: d[name] for case, d in synth["cases"].items() if name in d},
+            "totalseg_example_dice_vs_model_labels": totalseg.get(name),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m medseg.train.export RUN_DIR DEST [--accuracy bench.json | --metrics FILE.json] [--overwrite]`."""
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -145,12 +170,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dest", type=Path)
     ap.add_argument("--metrics", type=Path, default=None, help="JSON written as the card's metrics as is")
     ap.add_argument("--accuracy", type=Path, default=None, help="output of bench/bench_train.py accuracy --out")
+    ap.add_argument("--organs", type=Path, default=None, help="bench/bench_confidence.py --out with organ Dice")
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
     if a.accuracy:
         metrics = card_metrics(a.run_dir, json.loads(a.accuracy.read_text()))
+    if a.organs:
+        cfg, _ = training_record(a.run_dir)
+        metrics["organs"] = organ_metrics(json.loads(a.organs.read_text()), cfg.organ)
     export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights)
 
 
