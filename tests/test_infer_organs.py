@@ -178,6 +178,19 @@ def test_low_confidence_flag_follows_the_rules_file() -> None:
     assert flag.code == "low_confidence" and flag.stage == "result" and "liver" in flag.reason
 
 
+def test_a_model_calibrated_limit_overrides_the_rules_file() -> None:
+    from medseg.models.card import ConfidenceCalibration, ModelCard
+
+    card = ModelCard.load(Path(__file__).resolve().parents[1] / "medseg/models/zoo/liver/model_card.yaml")
+    limit = float(rules()["low_confidence"]["max_uncertain_fraction"])
+    own = card.model_copy(update={"confidence": ConfidenceCalibration(max_uncertain_fraction=limit + 0.1,
+                                                                        chosen_on="test")})  # fmt: skip
+    conf = {"uncertain_fraction": limit + 0.05}
+    assert check_confidence("liver", conf, card) and not check_confidence("liver", conf, own)
+    with pytest.raises(ValueError):
+        ConfidenceCalibration(max_uncertain_fraction=0.0, chosen_on="test")
+
+
 def test_confidence_in_the_organ_box_equals_the_whole_volume_definition() -> None:
     """The box crop is an optimisation only: same figures as the definition computed over the whole volume."""
     from scipy import ndimage

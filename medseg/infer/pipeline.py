@@ -286,7 +286,9 @@ def _run_checked(
         organs = [_organ_record(name, label, pred, volume) for label, name in served.items()]
         direction = volume.geometry.direction_matrix
         result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
-        result_flags += [f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"])]
+        result_flags += [
+            f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"], card)
+        ]
     _announce(result_flags, on_flag)
     flags += result_flags
     run.summary["organs"] = organs

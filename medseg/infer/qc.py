@@ -161,9 +161,13 @@ def check_result(
     return flags
 
 
-def check_confidence(organ: str, confidence: dict[str, float]) -> list[QCFlag]:
-    """`low_confidence` when the organ's uncertain fraction (medseg.postprocess.confidence) exceeds the rule."""
-    limit = float(rules()["low_confidence"]["max_uncertain_fraction"])
+def check_confidence(organ: str, confidence: dict[str, float], card: ModelCard | None = None) -> list[QCFlag]:
+    """`low_confidence` when the organ's uncertain fraction (medseg.postprocess.confidence) exceeds the model's
+    calibrated limit (`card.confidence`) or, for a model without one, the rules file's."""
+    if card is not None and card.confidence is not None:
+        limit = card.confidence.max_uncertain_fraction
+    else:
+        limit = float(rules()["low_confidence"]["max_uncertain_fraction"])
     value = confidence["uncertain_fraction"]
     if value <= limit:
         return []

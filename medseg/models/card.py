@@ -57,6 +57,14 @@ class Int8Spec(Strict):
     acceptance: list[dict[str, Any]] = Field(description="per real manual case: Dice f32/int8 and volume difference")
 
 
+class ConfidenceCalibration(Strict):
+    """This model's `low_confidence` limit: the uncertain fraction depends on the network, so a model calibrated on
+    its own synthetic validation side carries its limit (else the rules file's applies)."""
+
+    max_uncertain_fraction: float = Field(gt=0)
+    chosen_on: str = Field(description="how and on what the limit was chosen (never the evaluation cases)")
+
+
 class ModelCard(Strict):
     """The model card shipped next to the weights (see docs and `medseg models list`)."""
 
@@ -76,6 +84,7 @@ class ModelCard(Strict):
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     int8: Int8Spec | None = None
+    confidence: ConfidenceCalibration | None = None
 
     @field_validator("labels")
     @classmethod
