@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from medseg.cli import state
 from medseg.cli.state import console
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ def register(app: typer.Typer) -> None:
         params |= {"fast": fast, "strict": strict, "force": force}
         with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
             options = InferOptions(fast, strict, overwrite, preview, force, precision)
-            _run(rec, input, organ, out, model, device, backend, options)
+            folders = _run(rec, input, organ, out, model, device, backend, options)
+        state.fast_exit.append(state.FastExit(folders))  # success, audit end record written: see cli.main
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ def _run(
     device: str,
     backend: str,
     options: InferOptions,
-) -> None:
+) -> list[Path]:
+    """Run every case; returns the folders written to (for the fast exit's fsync)."""
     from medseg.infer.batch import Prefetcher, progress_for
     from medseg.infer.cases import discover_cases
     from medseg.infer.organs import parse_organs, select_organs
@@ -195,6 +198,7 @@ def _run(
         raise _batch_error(results, code)
     if flagged or forced:
         rec.set_outcome_detail(";".join([*detail, *(["qc_flagged:" + ",".join(flagged)] if flagged else [])]))
+    return [p.parent for r in results for p in r.outputs]
 
 
 def _report(r: CaseResult, single: bool) -> None:
