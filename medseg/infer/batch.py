@@ -4,12 +4,14 @@ The model stays loaded for the whole run and outputs are written by the caller, 
 whose read fails in the background fails exactly as it would have in the foreground (the error is raised when
 that case loads), and the others go on.
 
-Python's `warnings` state is global: a read uses `warnings.catch_warnings` (pydicom's warnings are muted), and so
-does every case (library warnings become notes). So the background read starts only once case n's network has
-started (its first progress call) and case n waits for it when its network is done (its last progress call):
-both lie inside case n's own warnings context, when no library code of case n that warns runs. `settle` is called
-between cases; it waits for the read and puts back the warnings state the run started with, should a case have
-failed in the middle of its network.
+Python's `warnings` state is global (3.11): a read uses `warnings.catch_warnings` (pydicom's warnings are muted),
+and so does every case (library warnings become notes). So the background read starts only once case n's network
+has started (its first progress call) and case n waits for it when its network is done (its last progress call):
+the read's warnings context nests inside case n's, while case n only runs the compiled network and numpy sums.
+Known limits of that window: a warning the main thread raised in it would be muted, and one raised while case
+n+1's model input is made would be noted in case n's summary. `settle` is called between cases; it waits for the
+read and puts back the warnings state the run started with, should a case have failed in the middle of its
+network. Case n's `inference` time includes any wait for the read at its end.
 """
 
 from __future__ import annotations

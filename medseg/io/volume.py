@@ -129,7 +129,7 @@ class VolumeMeta:
     source_files: tuple[Path, ...] = ()  # DICOM files in slice order (k = 0 first)
     notes: tuple[str, ...] = ()  # warnings found while reading (e.g. "slice thickness 3.2 > spacing 2.0")
     extra: dict[str, Any] = field(default_factory=dict)
-    source_slices: tuple[SourceSlice, ...] = field(default=(), repr=False)  # per slice k, single-frame DICOM only
+    source_slices: tuple[SourceSlice, ...] = field(default=(), repr=False, compare=False)  # per k, single-frame DICOM
 
 
 @dataclass(frozen=True)
