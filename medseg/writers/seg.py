@@ -110,21 +110,24 @@ def _source_headers(volume: Volume, notes: list[str]) -> list[Any]:
 
 def _slim_sources(volume: Volume, notes: list[str]) -> list[Any]:
     """Slice 0's full (normalised) header, then per slice the attributes highdicom reads of later sources."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
 
     first = _read_source(volume.meta.source_files[0], notes)
     if str(getattr(first, "SOPInstanceUID", "")).strip() != volume.meta.source_slices[0].sop_instance_uid:
         raise ProcessingError("the first source file changed since it was read", path=volume.meta.source_files[0],
                               hint="Do not modify the input while medseg runs; rerun.")  # fmt: skip
-    shared = {k: first.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Rows",
-                                        "Columns", "Modality") if k in first}  # fmt: skip
+    shared = [first[k] for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns",
+                                 "Modality") if k in first]  # fmt: skip
     datasets = [first]
-    for ref in volume.meta.source_slices[1:]:
+    for ref in volume.meta.source_slices[1:]:  # values already read once from these files: not validated again
         ds = Dataset()
-        for keyword, value in shared.items():
-            setattr(ds, keyword, value)
-        ds.SOPClassUID, ds.SOPInstanceUID = ref.sop_class_uid, ref.sop_instance_uid
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = ref.position, ref.orientation
+        for elem in shared:
+            ds.add(elem)
+        for tag, vr, value in ((0x00080016, "UI", ref.sop_class_uid), (0x00080018, "UI", ref.sop_instance_uid),
+                               (0x00200032, "DS", ref.position), (0x00200037, "DS", ref.orientation)):  # fmt: skip
+            ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
         datasets.append(ds)
     return datasets
 
