@@ -1,6 +1,6 @@
 """Benchmark `medseg infer`: end to end on a generated 512x512x~234 abdominal CT DICOM series, and the inference core.
 
-Run: `.venv/bin/python bench/bench_infer.py [--model NAME_OR_FOLDER] [--slices 234]`
+Run: `.venv/bin/python bench/bench_infer.py [--model NAME_OR_FOLDER] [--slices 234] [--batch 20 [--batch-only]]`
 
 The series is built from the real chaos CT (78 slices at 2 mm) tiled along z (forward, mirrored, forward) with
 valid, consistent geometry and fresh UIDs, written uncompressed to a temporary folder. Measured:
@@ -8,7 +8,9 @@ valid, consistent geometry and fresh UIDs, written uncompressed to a temporary f
       cold OpenVINO cache (first use of a model: includes the one-off export) and warm (every later run);
   (b) plain MONAI `sliding_window_inference` (gaussian, overlap 0.25, sw_batch_size 1, eager torch) on the
       preprocessed tensor at model spacing;
-  (c) medseg's inference core on the same tensor (OpenVINO, fixed-shape batch, constant windows cached).
+  (c) medseg's inference core on the same tensor (OpenVINO, fixed-shape batch, constant windows cached);
+  with --batch N: `medseg infer` over a folder of N studies of 512x512x150 (one model, the next study read and
+  preprocessed while the current one runs the network), f32 and INT8: studies per minute.
 Without --model, the installed liver model is used, or else an untrained network of the default architecture
 (the timing depends on the architecture, not on the weights).
 """
@@ -145,10 +147,38 @@ def core_benchmark(series: Path, model_ref: str, cache: Path) -> dict[str, float
     }
 
 
+def batch_benchmark(tmp: Path, model: str, cache: Path, studies: int, slices: int, int8: bool) -> list[str]:
+    """`medseg infer` over a folder of `studies` studies (512x512x`slices`, fresh UIDs each): studies per minute."""
+    root = tmp / "batch"
+    for n in range(studies):
+        make_series(root / f"study{n:02d}", slices)
+    lines = []
+    for precision in ("f32", "int8") if int8 else ("f32",):
+        warm = ["--precision", precision]
+        run_cli(root / "study00", model, tmp / f"batch-warm-{precision}", cache, warm)  # export cached before timing
+        out = tmp / f"batch-{precision}"
+        wall, rss, code = run_cli(root, model, out, cache, ["--precision", precision])
+        summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
+        ok = sum(s["status"] in ("ok", "flagged") for s in summaries)
+        stages: dict[str, float] = {}
+        for s in summaries:
+            for k, v in s["timings_s"].items():
+                stages[k] = stages.get(k, 0.0) + v / max(len(summaries), 1)
+        lines.append(
+            f"batch {precision}: {studies} studies of 512x512x{slices} in {wall:.1f} s wall = "
+            f"{60 * studies / wall:.1f} studies/min ({ok} segmented, exit {code}, peak RSS {rss:.0f} MB); "
+            "mean s per case: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model name or folder (default: installed liver model)")
     parser.add_argument("--slices", type=int, default=234)
+    parser.add_argument("--batch", type=int, default=0, help="also time a folder of this many studies (20)")
+    parser.add_argument("--batch-slices", type=int, default=150)
+    parser.add_argument("--batch-only", action="store_true", help="only the batch part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -158,8 +188,17 @@ def main() -> None:
             str(ZOO / "liver") if (ZOO / "liver/model_card.yaml").is_file() else str(default_model(tmp_path / "m"))
         )
         series = tmp_path / "series"
-        make_series(series, args.slices)
         cache = tmp_path / "cache"
+        if args.batch:
+            from medseg.models.registry import resolve_model
+
+            int8 = resolve_model(model, "liver").card.int8 is not None
+            batch = batch_benchmark(tmp_path, model, cache, args.batch, args.batch_slices, int8)
+            load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+            print(f"\nmedseg infer over a folder, {os.cpu_count()} CPU(s), load {load}:", *batch, sep="\n")
+            if args.batch_only:
+                return
+        make_series(series, args.slices)
         cold = run_cli(series, model, tmp_path / "out1", cache)
         warm = run_cli(series, model, tmp_path / "out2", cache)
         core = core_benchmark(series, model, cache)

@@ -87,10 +87,20 @@ def test_seg_with_negated_orientation_is_not_mirrored(chaos, shared, tmp_path):
     assert_seg_matches(path, volume, sub)
 
 
-def test_sources_out_of_place_are_refused(chaos):
+@pytest.mark.parametrize("kept_slices", [True, False])
+def test_sources_out_of_place_are_refused(chaos, kept_slices):
+    volume, liver = chaos
+    meta = volume.meta
+    slices = meta.source_slices[::-1] if kept_slices else ()
+    shuffled = replace(meta, source_files=meta.source_files[::-1], source_slices=slices)
+    with pytest.raises(ProcessingError, match="misplaced SEG"):
+        build_seg(liver, replace(volume, meta=shuffled), {1: "liver"}, ALGO)
+
+
+def test_source_files_not_the_ones_read_are_refused(chaos):
     volume, liver = chaos
     shuffled = replace(volume.meta, source_files=volume.meta.source_files[::-1])
-    with pytest.raises(ProcessingError, match="misplaced SEG"):
+    with pytest.raises(ProcessingError, match="changed since it was read"):
         build_seg(liver, replace(volume, meta=shuffled), {1: "liver"}, ALGO)
 
 

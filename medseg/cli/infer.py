@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from medseg.cli import state
 from medseg.cli.state import console
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ def register(app: typer.Typer) -> None:
         params |= {"fast": fast, "strict": strict, "force": force}
         with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
             options = InferOptions(fast, strict, overwrite, preview, force, precision)
-            _run(rec, input, organ, out, model, device, backend, options)
+            folders = _run(rec, input, organ, out, model, device, backend, options)
+        state.fast_exit.append(state.FastExit(folders))  # success, audit end record written: see cli.main
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,9 @@ def _run(
     device: str,
     backend: str,
     options: InferOptions,
-) -> None:
+) -> list[Path]:
+    """Run every case; returns the folders written to (for the fast exit's fsync)."""
+    from medseg.infer.batch import Prefetcher, progress_for
     from medseg.infer.cases import discover_cases
     from medseg.infer.organs import parse_organs, select_organs
     from medseg.infer.pipeline import InferSettings, exit_code, run_case_safe
@@ -160,20 +164,28 @@ def _run(
     settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
                              preview=options.preview, force=options.force, organs=organs)  # fmt: skip
     results = []
-    for n, case in enumerate(cases, 1):
-        label = f"[{n}/{len(cases)}] {case.name}" if len(cases) > 1 else case.name
-        with console.progress(f"{label}: segmenting", total=None) as advance:
-            result = run_case_safe(
-                case,
-                model,
-                runner,
-                settings,
-                progress=lambda done, total, a=advance: a(1, windows=f"{done}/{total}"),
-                on_flag=lambda f, c=case.name: console.warn(f"{c}: QC flag {f.code}: {f.reason}"),
-            )
-        results.append(result)
-        rec.add_outputs([p for p in result.outputs if p.is_file()])
-        _report(result, len(cases) == 1)
+    prefetcher = Prefetcher(cases, card) if len(cases) > 1 else None  # read case n+1 while case n runs
+    try:
+        for n, case in prefetcher or enumerate(cases):
+            label = f"[{n + 1}/{len(cases)}] {case.name}" if len(cases) > 1 else case.name
+            with console.progress(f"{label}: segmenting", total=None) as advance:
+                progress = lambda done, total, a=advance: a(1, windows=f"{done}/{total}")  # noqa: E731
+                result = run_case_safe(
+                    case,
+                    model,
+                    runner,
+                    settings,
+                    progress=progress_for(prefetcher, n, progress) if prefetcher else progress,
+                    on_flag=lambda f, c=case.name: console.warn(f"{c}: QC flag {f.code}: {f.reason}"),
+                )
+            if prefetcher:
+                prefetcher.settle(n)
+            results.append(result)
+            rec.add_outputs([p for p in result.outputs if p.is_file()])
+            _report(result, len(cases) == 1)
+    finally:
+        if prefetcher:
+            prefetcher.close()
     if len(results) > 1:
         counts = {s: sum(r.status == s for r in results) for s in ("ok", "flagged", "qc_rejected", "failed")}
         console.result("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" of {len(results)}")
@@ -186,6 +198,7 @@ def _run(
         raise _batch_error(results, code)
     if flagged or forced:
         rec.set_outcome_detail(";".join([*detail, *(["qc_flagged:" + ",".join(flagged)] if flagged else [])]))
+    return [p.parent for r in results for p in r.outputs]
 
 
 def _report(r: CaseResult, single: bool) -> None:

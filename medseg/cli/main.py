@@ -26,6 +26,7 @@ from medseg.cli import models as models_cmd
 from medseg.cli import monitor as monitor_cmd
 from medseg.cli import pacs as pacs_cmd
 from medseg.cli import series as series_cmd
+from medseg.cli import state
 from medseg.cli import train as train_cmd
 from medseg.cli import validate as validate_cmd
 from medseg.cli.state import console
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map every failure to one line on stderr plus its exit code."""
     args = sys.argv[1:] if argv is None else argv
     console.debug = "--debug" in args
+    state.fast_exit.clear()
     try:
         code = app(args=args, prog_name="medseg", standalone_mode=False)
     except typer.Exit as exc:
@@ -113,4 +115,30 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(EXIT_PROCESSING)
     # with standalone_mode=False, click returns (not raises) the code of a `typer.Exit(n)` raised in a command
-    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK)
+    code = code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK
+    if code == EXIT_OK and argv is None and state.fast_exit:
+        _fast_exit(state.fast_exit[0])
+    sys.exit(code)
+
+
+def _fast_exit(request: state.FastExit) -> None:
+    """End a successful run at once: every output is already written atomically (fsynced, renamed) and the audit
+    end record committed; the folders holding the renames are fsynced and stdout/stderr flushed first. Skips the
+    interpreter teardown (0.3-0.45 s of freeing modules and objects here). Only for a real process (`argv` None),
+    never for in-process calls; MEDSEG_NO_FAST_EXIT=1 turns it off."""
+    import os
+
+    if os.environ.get("MEDSEG_NO_FAST_EXIT") == "1":
+        return
+    for folder in dict.fromkeys(request.folders):
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)

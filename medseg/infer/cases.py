@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medseg.errors import InvalidInputError
 from medseg.io import SeriesInfo, Volume, read_image
@@ -24,6 +25,7 @@ class Case:
     kind: str  # "dicom" | "nifti"
     load: Callable[[], Volume] = field(repr=False, compare=False)
     notes: tuple[str, ...] = ()
+    prepared: Callable[[], Any] = field(default=lambda: None, repr=False, compare=False)  # batch: made ahead
 
 
 def safe_name(text: str) -> str:

@@ -276,7 +276,7 @@ def _run_checked(
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, None, volume)
 
-    pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress)
+    pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress, case.prepared())
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)

@@ -31,6 +31,24 @@ class Prediction:
     confidence: dict[str, OrganConfidence] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModelInput:
+    """A volume resampled to the model grid and HU-windowed, with the seconds that took (batch runs make it ahead)."""
+
+    grid: ModelGrid
+    image: np.ndarray
+    seconds: float
+
+
+def model_input(volume: Volume, card: ModelCard) -> ModelInput:
+    """The network's input for `volume` per the card (spacing, HU window)."""
+    t = time.perf_counter()
+    grid = model_grid(volume.geometry, card.spacing)
+    resampled = resample_to_grid(volume.array, volume.geometry, grid)
+    image = hu_window(resampled, card.intensity.a_min, card.intensity.a_max)
+    return ModelInput(grid, image, time.perf_counter() - t)
+
+
 def predict_labels(
     volume: Volume,
     card: ModelCard,
@@ -38,14 +56,15 @@ def predict_labels(
     batch_size: int,
     overlap: float = 0.25,
     progress: Callable[[int, int], None] | None = None,
+    prepared: ModelInput | None = None,
 ) -> Prediction:
-    """Segment `volume` with `network` per the model card's contract; labels come back on the input grid."""
+    """Segment `volume` with `network` per the model card's contract; labels come back on the input grid.
+
+    `prepared` is `model_input(volume, card)` made ahead (by a batch run's background thread)."""
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    grid = model_grid(volume.geometry, card.spacing)
-    resampled = resample_to_grid(volume.array, volume.geometry, grid)
-    image = hu_window(resampled, card.intensity.a_min, card.intensity.a_max)
-    timings["preprocess"] = time.perf_counter() - t
+    made = prepared if prepared is not None else model_input(volume, card)
+    grid, image, timings["preprocess"] = made.grid, made.image, made.seconds
+    del made, prepared
 
     t = time.perf_counter()
     stats = WindowStats()

@@ -11,7 +11,7 @@ import numpy as np
 
 from medseg.errors import InvalidInputError, MedsegError
 from medseg.io.dicom_geometry import FramePlane, Stack, build_stack
-from medseg.io.dicom_headers import Header, HeaderError, ds_floats, header_extra, read_header, text
+from medseg.io.dicom_headers import Header, HeaderError, ds_floats, header_extra, raw_text, read_header, text
 from medseg.io.dicom_pixels import (
     Rescale,
     decode,
@@ -20,7 +20,7 @@ from medseg.io.dicom_pixels import (
     stored_dtype_and_range,
 )
 from medseg.io.series import SeriesInfo
-from medseg.io.volume import Volume, VolumeMeta
+from medseg.io.volume import SourceSlice, Volume, VolumeMeta
 
 
 def read_dicom_series(source: SeriesInfo | Sequence[Path] | Path) -> Volume:
@@ -96,7 +96,15 @@ def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str
     for k, h in enumerate(ordered):
         decode_into(h.dataset, h.path, stored[k])
     out, dtype = rescale_stack(stored, rescales, stored_range)
-    return _volume(out, stack, ordered[0].dataset, [h.path for h in ordered], rescales, dtype, notes)
+    slices = tuple(_source_slice(h) for h in ordered)
+    return _volume(out, stack, ordered[0].dataset, [h.path for h in ordered], rescales, dtype, notes, slices)
+
+
+def _source_slice(h: Header) -> SourceSlice:
+    """The slice's UIDs and plane as written in its file (raw text: no value conversion, nothing re-read)."""
+    ds = h.dataset
+    return SourceSlice(h.sop_class_uid, text(ds, "SOPInstanceUID"), raw_text(ds, "ImagePositionPatient") or "",
+                       raw_text(ds, "ImageOrientationPatient") or "")  # fmt: skip
 
 
 def _check_uniform(headers: list[Header], where: Path) -> None:
@@ -194,6 +202,7 @@ def _volume(
     rescales: list[Rescale],
     dtype: np.dtype,
     notes: Sequence[str],
+    slices: tuple[SourceSlice, ...] = (),
 ) -> Volume:
     """Wrap the (k, row, col) pixel block as Volume [i, j, k] with its meta."""
     extra = header_extra(ds)
@@ -219,5 +228,6 @@ def _volume(
         source_files=tuple(files),
         notes=tuple(notes) + stack.notes,
         extra=extra,
+        source_slices=slices,
     )
     return Volume(out.transpose(2, 1, 0), stack.geometry, meta)

@@ -107,6 +107,16 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class SourceSlice:
+    """What a SEG needs of one source slice, kept from the header read so the writer never re-reads it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    position: str  # ImagePositionPatient as written in the file (x\\y\\z), so a SEG copies it verbatim
+    orientation: str  # ImageOrientationPatient as written in the file
+
+
+@dataclass(frozen=True)
 class VolumeMeta:
     """What is known about where a volume came from; no pixel data, and PHI only in `source_files` paths."""
 
@@ -119,6 +129,7 @@ class VolumeMeta:
     source_files: tuple[Path, ...] = ()  # DICOM files in slice order (k = 0 first)
     notes: tuple[str, ...] = ()  # warnings found while reading (e.g. "slice thickness 3.2 > spacing 2.0")
     extra: dict[str, Any] = field(default_factory=dict)
+    source_slices: tuple[SourceSlice, ...] = field(default=(), repr=False, compare=False)  # per k, single-frame DICOM
 
 
 @dataclass(frozen=True)

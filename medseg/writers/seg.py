@@ -90,14 +90,45 @@ def _check_plane(volume: Volume, k: int, pos: np.ndarray, iop: np.ndarray, where
 
 
 def _source_headers(volume: Volume, notes: list[str]) -> list[Any]:
-    """Single-frame sources (headers only) in slice order, each checked to sit where the label map's slice k sits."""
-    datasets = [_read_source(f, notes) for f in volume.meta.source_files]
+    """Single-frame sources (headers only) in slice order, each checked to sit where the label map's slice k sits.
+
+    When the reader kept each slice's UIDs and plane (`VolumeMeta.source_slices`), only slice 0 is re-read (highdicom
+    copies patient, study and pixel measures from the first source only) and the others are small datasets holding
+    what highdicom reads of them: the written SEG is the same, without re-reading and normalising every header."""
+    if volume.meta.source_slices:
+        datasets = _slim_sources(volume, notes)
+    else:
+        datasets = [_read_source(f, notes) for f in volume.meta.source_files]
     for k, ds in enumerate(datasets):
         where = volume.meta.source_files[k]
         if not str(getattr(ds, "SOPInstanceUID", "")).strip():
             raise SegUnavailable("a source slice has an empty SOP Instance UID", path=where)
         pos = np.asarray(ds.ImagePositionPatient, dtype=float)
         _check_plane(volume, k, pos, np.asarray(ds.ImageOrientationPatient, dtype=float), where)
+    return datasets
+
+
+def _slim_sources(volume: Volume, notes: list[str]) -> list[Any]:
+    """Slice 0's full (normalised) header, then per slice the attributes highdicom reads of later sources."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    first = _read_source(volume.meta.source_files[0], notes)
+    if str(getattr(first, "SOPInstanceUID", "")).strip() != volume.meta.source_slices[0].sop_instance_uid:
+        raise ProcessingError("the first source file changed since it was read", path=volume.meta.source_files[0],
+                              hint="Do not modify the input while medseg runs; rerun.")  # fmt: skip
+    shared = [first[k] for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns",
+                                 "Modality") if k in first]  # fmt: skip
+    datasets = [first]
+    for ref in volume.meta.source_slices[1:]:  # values already read once from these files: not validated again
+        ds = Dataset()
+        for elem in shared:
+            ds.add(elem)
+        for tag, vr, value in ((0x00080016, "UI", ref.sop_class_uid), (0x00080018, "UI", ref.sop_instance_uid),
+                               (0x00200032, "DS", ref.position), (0x00200037, "DS", ref.orientation)):  # fmt: skip
+            ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+        datasets.append(ds)
     return datasets
 
 
@@ -116,6 +147,20 @@ def _frame_slices(volume: Volume, ds: Any) -> list[int]:
         _check_plane(volume, k, pos, iop, where)
         slices.append(k)
     return slices
+
+
+def k_major_frames(labels: np.ndarray, block: int = 64) -> np.ndarray:
+    """`labels[i, j, k]` as uint8 frames `[k, j, i]`, copied in cubes that hold any label (a plain transposed copy
+    reads with a stride of a whole slice plane, and most of a CT holds no organ)."""
+    frames = np.zeros(labels.shape[::-1], dtype=np.uint8)
+    ni, nj, nk = labels.shape
+    for i in range(0, ni, block):
+        for j in range(0, nj, block):
+            for k in range(0, nk, block):
+                cube = labels[i : i + block, j : j + block, k : k + block]
+                if cube.any():
+                    frames[k : k + block, j : j + block, i : i + block] = cube.transpose(2, 1, 0)
+    return frames
 
 
 def build_seg(
@@ -155,7 +200,7 @@ def build_seg(
         )
         for n in range(1, max(names) + 1)
     ]
-    frames = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)
+    frames = k_major_frames(labels)
     if len(volume.meta.source_files) == 1 and volume.shape[2] > 1:
         sources = [_read_source(volume.meta.source_files[0], notes)]
         frames = frames[_frame_slices(volume, sources[0])]

@@ -1,0 +1,106 @@
+"""The fast SEG path writes the same SEG as the original one: headers kept from the input read instead of re-read,
+frames transposed in cubes. Compared element by element with the SEG built from every re-read header."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from medseg.infer.cases import discover_cases
+from medseg.io import read_image, read_nifti
+from medseg.writers.seg import SegAlgorithm, build_seg, k_major_frames
+
+ALGO = SegAlgorithm("medseg-test-liver", "1.2.3", "medseg 0.1.0")
+GENERATED = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceCreationDate", "InstanceCreationTime", "ContentDate",
+             "ContentTime", "DimensionOrganizationSequence")  # fmt: skip
+
+
+@given(
+    labels=arrays(np.uint8, st.tuples(*[st.integers(1, 23)] * 3), elements=st.sampled_from([0, 0, 0, 1, 2, 255])),
+    block=st.integers(1, 9),
+)
+@settings(max_examples=60, deadline=None)
+def test_k_major_frames_is_the_plain_transpose(labels, block):
+    expected = np.ascontiguousarray(labels.transpose(2, 1, 0))
+    frames = k_major_frames(labels, block)
+    assert frames.dtype == np.uint8 and frames.flags.c_contiguous
+    np.testing.assert_array_equal(frames, expected)
+
+
+def test_k_major_frames_casts_like_astype():
+    labels = np.arange(-3, 61, dtype=np.int64).reshape(4, 4, 4)
+    np.testing.assert_array_equal(k_major_frames(labels, 3), labels.transpose(2, 1, 0).astype(np.uint8))
+
+
+def _comparable(seg):
+    """The SEG with the values made fresh on every build (UIDs, creation times) removed."""
+    ds = seg.copy()
+    for keyword in GENERATED:
+        if keyword in ds:
+            delattr(ds, keyword)
+    for item in ds.DimensionIndexSequence:
+        del item.DimensionOrganizationUID
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            del item.ContributionDateTime
+    return ds
+
+
+@pytest.fixture(scope="module")
+def chaos_two_segments(shared):
+    volume = read_image(shared / "ct/chaos_ct_sample/dicom")
+    liver = read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz").array.astype(np.uint8)
+    labels = liver.copy()
+    labels[: labels.shape[0] // 2][labels[: labels.shape[0] // 2] == 1] = 2  # two segments, both non-empty
+    assert set(np.unique(labels)) == {0, 1, 2}
+    return volume, labels
+
+
+def test_seg_from_kept_headers_equals_seg_from_reread_headers(chaos_two_segments):
+    volume, labels = chaos_two_segments
+    assert len(volume.meta.source_slices) == volume.shape[2]
+    names = {1: "liver", 2: "spleen"}
+    fast_notes: list[str] = []
+    slow_notes: list[str] = []
+    fast = build_seg(labels, volume, names, ALGO, "FORCED modality", fast_notes)
+    reread = replace(volume, meta=replace(volume.meta, source_slices=()))
+    slow = build_seg(labels, reread, names, ALGO, "FORCED modality", slow_notes)
+    assert fast.PixelData == slow.PixelData and fast.NumberOfFrames == slow.NumberOfFrames > 0
+    a, b = _comparable(fast), _comparable(slow)
+    assert sorted(e.keyword for e in a) == sorted(e.keyword for e in b)
+    for elem in b:
+        assert a[elem.tag] == elem, elem.keyword
+    assert fast_notes == slow_notes
+
+
+def test_per_source_frame_pixels_equal_the_label_map(chaos_two_segments):
+    """Decoded per segment and per referenced source instance, the SEG is the label map exactly."""
+    import highdicom as hd
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    volume, labels = chaos_two_segments
+    seg = build_seg(labels, volume, {1: "liver", 2: "spleen"}, ALGO)
+    buffer = DicomBytesIO()
+    seg.save_as(buffer)
+    buffer.seek(0)
+    back = hd.seg.Segmentation.from_dataset(dcmread(buffer))
+    uids = [s.sop_instance_uid for s in volume.meta.source_slices]
+    for segment in (1, 2):
+        got = back.get_pixels_by_source_instance(uids, segment_numbers=[segment], skip_overlap_checks=True)
+        np.testing.assert_array_equal(got[..., 0], (labels == segment).transpose(2, 1, 0))
+
+
+def test_cases_keep_the_slice_headers(shared):
+    cases, _ = discover_cases(shared / "ct/chaos_ct_sample/dicom")
+    volume = cases[0].load()
+    slices = volume.meta.source_slices
+    assert len(slices) == volume.shape[2] == len(volume.meta.source_files)
+    z = [float(s.position.split("\\")[2]) for s in slices]
+    world_z = volume.geometry.index_to_world(np.array([[0, 0, k] for k in range(volume.shape[2])]))[:, 2]
+    np.testing.assert_allclose(z, world_z, atol=1e-3)
