@@ -34,13 +34,13 @@ def _pixel_bytes_short(ds: Dataset) -> bool:
     return len(ds.PixelData) < expected
 
 
-def read_input(path: Path) -> Dataset:
-    """The whole dataset (pixel data loaded); ReadProblem for DICOMDIR, non-DICOM, truncated or corrupt files."""
+def read_input(path: Path, data: bytes) -> Dataset:
+    """The dataset parsed from the file's bytes `data` (values converted only when used: a kept element is copied
+    byte for byte); ReadProblem for DICOMDIR, non-DICOM and truncated files."""
     if path.name.upper() == "DICOMDIR":
         raise ReadProblem("dropped", DICOMDIR_NOTE)
     try:
-        ds = read_header(path)
-        list(ds.iterall())  # every element parsed now, so a corrupt one is reported against this file
+        ds = read_header(path, data)
     except HeaderError as exc:
         raise ReadProblem("skipped", exc.reason) from exc
     except Exception as exc:
@@ -55,3 +55,12 @@ def read_input(path: Path) -> Dataset:
     if _pixel_bytes_short(ds):
         raise ReadProblem("skipped", "truncated pixel data")
     return ds
+
+
+def corrupt_element(data: bytes) -> str | None:
+    """Why the file cannot be parsed element by element (every value converted), or None when it can."""
+    try:
+        list(read_header(Path("input"), data).iterall())
+    except Exception as exc:
+        return f"unreadable DICOM element ({type(exc).__name__})"
+    return None
