@@ -1,7 +1,7 @@
 """De-identify a file or a folder tree into OUTPUT/study/series/instance.dcm, resumably, with a run manifest.
 
-Each finished file leaves a small state record (OUTPUT/.deid-state/), so a re-run with the same key skips what is
-done and completes the rest; outputs are written atomically, so a crash never leaves a half-written file.
+Each finished file appends a state record to OUTPUT/.deid-state/journal.jsonl, so a re-run with the same key skips
+what is done and completes the rest; outputs are written atomically, so a crash never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
@@ -30,6 +30,7 @@ STATE_DIR = ".deid-state"
 MANIFEST = "deid-manifest.json"
 QUARANTINE = "quarantine"
 PENDING = f"{STATE_DIR}/pending"
+JOURNAL = f"{STATE_DIR}/journal.jsonl"
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,22 @@ def _check_paths(src: Path, out: Path, key_id: str) -> None:
 
 
 def _load_state(out: Path) -> dict[str, FileRecord]:
+    """Records of files finished by earlier runs: the journal's lines (a later line wins), a cut line ignored."""
     state: dict[str, FileRecord] = {}
-    for path in sorted((out / STATE_DIR).glob("*.json")):
+    journal = out / JOURNAL
+    lines = journal.read_text(encoding="utf-8", errors="replace").splitlines() if journal.is_file() else []
+    for line in lines:
         try:
-            rec = FileRecord(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue  # a damaged record only costs re-processing that file
+            rec = FileRecord(**json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a damaged or cut record only costs re-processing that file
         state[rec.input_ref] = rec
     return state
+
+
+def _record_json(rec: FileRecord) -> str:
+    """One journal line (fields are plain values: no deep copy needed)."""
+    return json.dumps(vars(rec), separators=(",", ":"))
 
 
 def _sha256(data: bytes) -> str:
@@ -197,8 +206,9 @@ def deidentify_tree(
     """De-identify every file under `src` into `out`; returns the records (manifest written to out).
 
     Durability: each output and state record is renamed into place complete (never half-written, even if the
-    process is killed); outputs are synced to disk once at the end of the run (and when it stops early),
-    before the manifest is written, and state records are never synced. After a power loss before that sync
+    process is killed), and each finished file appends one line to the state journal; outputs are synced to disk
+    once at the end of the run (and when it stops early), before the manifest is written; the journal is never
+    synced. After a power loss before that sync
     an output or record may be incomplete or missing on disk; a re-run detects it (the record's output SHA-256
     no longer matches, or the record is unreadable) and redoes that file.
     """
@@ -218,6 +228,7 @@ def deidentify_tree(
         jobs.append(_Job(path, ref, state.get(ref)))
     records: list[FileRecord] = []
     unsynced: list[Path] = []
+    journal = (out / JOURNAL).open("a", encoding="utf-8")
     try:
         for done in _results(_Worker(out, secret, settings), jobs, settings.workers):
             rec = done.record
@@ -228,8 +239,8 @@ def deidentify_tree(
                 rec.output = rel.as_posix()
                 unsynced.append(out / rel)
             if not rec.resumed:
-                record_path = out / STATE_DIR / f"{rec.input_ref[12:44]}.json"
-                atomic_write_text(record_path, json.dumps(asdict(rec)), overwrite=True, durable=False)
+                journal.write(_record_json(rec) + "\n")
+                journal.flush()  # in the kernel now: a killed process loses at most a cut last line
             records.append(rec)
             if on_file is not None:
                 on_file(rec)
@@ -237,6 +248,7 @@ def deidentify_tree(
                 raise InvalidInputError(f"{rec.reason} (input {rec.input_ref[:24]}...)", path=src,
                                         hint="Remove it, or run without --strict.")  # fmt: skip
     finally:
+        journal.close()
         _clear_pending(out)
         sync_paths(unsynced)
     manifest = out / MANIFEST
@@ -316,5 +328,5 @@ def _manifest(records: list[FileRecord], key_id: str, settings: DeidSettings) ->
         "options": sorted(settings.options),
         "pixels_scanned": settings.scan_pixels,
         "counts": counts,
-        "files": [asdict(r) for r in records],
+        "files": [vars(r) for r in records],
     }

@@ -80,11 +80,12 @@ class HeaderError(Exception):
         self.reason = reason
 
 
-def read_header(path: Path, data: bytes | None = None) -> Any:
+def read_header(path: Path, data: bytes | None = None, check_values: bool = True) -> Any:
     """Parse a DICOM file once, deferring pixel data (read later only for the chosen series).
 
     With `data` (the file's bytes, already read), it is parsed from memory: deferred values then come from those
     same bytes. pydicom's warnings are not printed; a warning that the file ended early becomes a HeaderError.
+    check_values=False leaves the values medseg's readers use unconverted (a caller that converts what it uses).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -102,7 +103,8 @@ def read_header(path: Path, data: bytes | None = None) -> Any:
             raise HeaderError(f"truncated DICOM file ({str(w.message).split(' in file ')[0]})")
     if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "DirectoryRecordSequence")):
         raise HeaderError("truncated or corrupt DICOM file (its data set has no SOP Class or Instance UID)")
-    _convert_used_values(ds)
+    if check_values:
+        _convert_used_values(ds)
     _fill_transfer_syntax(ds)
     return ds
 
