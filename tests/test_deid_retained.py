@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from cli_run import run_cli
 
 from medseg.deid.check import check_tree
 from medseg.deid.retained import option_keeping, options_in
@@ -101,3 +102,16 @@ def test_no_real_leak_under_each_option_on_the_corpus(shared: Path, tmp_path: Pa
         kept += len(result.kept)
         assert all(f.kept_by == option for f in result.kept)
     assert real == [], real[:5]
+
+
+def test_cli_check_passes_and_names_what_an_option_kept(shared: Path, tmp_path: Path, capsys) -> None:
+    src = _one_ct(shared, tmp_path)
+    key = tmp_path / "key"
+    key.write_text("ab" * 32)
+    out = tmp_path / "out"
+    code, text = run_cli(["deid", str(src), str(out), "--key-file", str(key), "--pixels", "off",
+                          "--option", "retain-device-identity", "--workers", "1"], capsys)  # fmt: skip
+    assert code == 0, text
+    code, text = run_cli(["deid", "check", str(src), str(out), "--no-ocr"], capsys)
+    assert code == 0, text
+    assert "kept on purpose by option retain-device-identity" in text and "60064" not in text

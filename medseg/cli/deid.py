@@ -121,7 +121,13 @@ def check(
         result = check_tree(original, deidentified, ocr=ocr)
         for finding in result.findings:
             console.error(finding.line(), exit_code=1)
-        rec.set_outcome_detail(f"leaks={len(result.findings)},files={result.files_checked}")
+        by_option: dict[str, int] = {}
+        for finding in result.kept:
+            by_option[finding.kept_by or ""] = by_option.get(finding.kept_by or "", 0) + 1
+        for name, count in sorted(by_option.items()):
+            console.info(f"{count} value(s) kept on purpose by option {name} (each attribute's own value; not a leak)")
+        kept = ",".join(f"{k}={v}" for k, v in sorted(by_option.items()))
+        rec.set_outcome_detail(f"leaks={len(result.findings)},files={result.files_checked},kept=[{kept}]")
         console.result(
             f"{deidentified}: {len(result.findings)} leak(s) in {result.files_checked} file(s) checked against "
             f"{result.identifying_values} identifying values of {result.originals_used} original(s); "
