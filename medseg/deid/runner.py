@@ -19,6 +19,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 from medseg.deid import engine
 from medseg.deid.identity import set_identity
 from medseg.deid.keyed import KeyedMapper
+from medseg.deid.overlays import clean_overlays
 from medseg.deid.pixels import PixelOutcome, scan_and_clean
 from medseg.deid.reading import ReadProblem, corrupt_element, read_input
 from medseg.deid.writer import convert_values, encode_dataset, relative_name, source_transfer_syntax, to_little_endian
@@ -294,6 +295,7 @@ def _one_file(
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
     result.file_meta.TransferSyntaxUID = UID(source_transfer_syntax(original))
     pixels: PixelOutcome = scan_and_clean(result, settings.scan_pixels)
+    overlays = clean_overlays(result, settings.scan_pixels) if "clean-graphics" in settings.options else None
     big_endian = source_transfer_syntax(original) == ExplicitVRBigEndian
     if big_endian:
         convert_values(result)
@@ -309,7 +311,8 @@ def _one_file(
     encoded = encode_dataset(result, original, pixels.rewritten or big_endian)
     record = FileRecord(
         ref, digest, status, None, _sha256(encoded), pixels.reason, dict(sorted(ctx.actions.items())),
-        {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions]},
+        {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions],
+         **({"overlays": overlays.summary()} if overlays is not None and overlays.groups else {})},
     )  # fmt: skip
     return record, encoded, rel
 
