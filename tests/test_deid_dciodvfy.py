@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from medseg.deid.runner import discover
@@ -32,6 +33,18 @@ def errors(path: Path) -> set[str]:
     run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     return {re.sub(r'"[^"]*"|[\d.]+', "#", line) for line in (run.stdout + run.stderr).splitlines()
             if line.startswith("Error")}  # fmt: skip
+
+
+def baseline_errors(original: Path, scratch: Path) -> set[str]:
+    """The original's errors; for one dciodvfy cannot read (deflated, odd encodings) those of a plain re-encoding
+    of it (explicit VR little endian, nothing else changed), so its own content errors count as the original's."""
+    found = errors(original)
+    if not any("Dicom dataset read failed" in e for e in found):
+        return found
+    ds = pydicom.dcmread(original, force=True)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(scratch, enforce_file_format=True)
+    return found | errors(scratch)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -64,7 +77,7 @@ def test_no_new_dciodvfy_errors_in_any_output_of_the_corpus(corpus_run) -> None:
             if rec is None:
                 continue
             compared += 1
-            added = errors(out / rec.output) - errors(path)
+            added = errors(out / rec.output) - baseline_errors(path, out.parent / "baseline.dcm")
             if added:
                 worse[path.relative_to(src).as_posix()] = sorted(added)[:2]
     assert compared >= 300 and worse == {}, worse
