@@ -67,24 +67,34 @@ def _cleans(tag: int, option: str) -> bool:
 def retention(options: frozenset[str], sources: dict[str, frozenset[tuple[int, str]]]) -> Retention:
     """(tag, values found, the element's values) -> the option keeping them there, or None for a real leak.
 
-    Kept (K): each value found must be this attribute's own value in an original, or lie inside one of the
-    element's values that is (a kept station name holding a word also seen in a private tag). Cleaned (C): each
-    value found must be this attribute's own value and, wherever else it occurred, only free or private text:
-    a name, identifier, date or place from another attribute inside a cleaned description is a real leak.
+    Kept (K): each value found must be (or lie inside) this attribute's own value in an original, or lie inside
+    one of the element's values that is (a kept station name holding a word also seen in a private tag).
+    Cleaned (C): each value found must be (or lie inside) this attribute's own value in an original and,
+    wherever else it occurred, be only free or private text: a name, identifier, date or place from another
+    attribute inside a cleaned description is a real leak.
     """
+
+    originals: dict[int, list[str]] = {}
+    for value, seen in sources.items():
+        for t, kind in seen:
+            if kind == "value":
+                originals.setdefault(t, []).append(f" {value} ")
+
+    def inside(hit: str, values: Iterable[str]) -> bool:
+        return any(f" {hit} " in v for v in values)
 
     def retained(tag: int, hits: list[str], whole: set[str]) -> str | None:
         option = option_keeping(tag, options) if options else None
         if option is None:
             return None
-        own = {v for v in whole if any(t == tag for t, _ in sources.get(v, ()))}
+        own = [f" {v} " for v in whole if any(t == tag for t, _ in sources.get(v, ()))]
         for hit in hits:
             seen = sources.get(hit, frozenset())
-            mine = any(t == tag for t, _ in seen)
+            mine = any(t == tag for t, _ in seen) or inside(hit, originals.get(tag, ()))
             if _cleans(tag, option):
                 if not mine or any(t != tag and k not in LOOSE_KINDS for t, k in seen):
                     return None
-            elif not mine and not any(f" {hit} " in f" {o} " for o in own):
+            elif not mine and not inside(hit, own):
                 return None
         return option
 

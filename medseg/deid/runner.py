@@ -289,7 +289,9 @@ def _one_file(
         ds = read_input(path, data)
     except ReadProblem as problem:
         return FileRecord(ref, digest, problem.status, reason=problem.reason), None, None
-    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=engine.identifying_words(ds))
+    cleans_text = bool(settings.options & {"clean-descriptors", "clean-structured-content", "clean-graphics"})
+    words = engine.identifying_words(ds, all_names=cleans_text)
+    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=words)
     original = engine.snapshot(ds)
     result = engine.deidentify(ds, ctx, in_place=True)
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
