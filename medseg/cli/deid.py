@@ -62,10 +62,11 @@ def run(
     option: list[str] = typer.Option([], "--option", help="Annex E option; repeat. See docs/deid.md."),
     pixels: str = typer.Option("scan", "--pixels", help="scan: OCR every image and blank text; off: header only."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 3) on the first non-DICOM or truncated file."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU); outputs do not depend on it."),
 ) -> None:
     """De-identify DICOM files into OUTPUT with keyed UIDs, pseudonyms and date shifts."""
     from medseg.cli.audited import audited
-    from medseg.deid.runner import DeidSettings, deidentify_tree
+    from medseg.deid.runner import DeidSettings, deidentify_tree, usable_cpus
     from medseg.deid.table import check_options
     from medseg.errors import UsageError
     from medseg.keys import read_secret, secret_id
@@ -74,6 +75,9 @@ def run(
         raise UsageError(f"unknown profile {profile!r}", hint="Only --profile basic exists.")
     if pixels not in ("scan", "off"):
         raise UsageError(f"unknown --pixels {pixels!r}", hint="Use scan or off.")
+    if workers < 0:
+        raise UsageError(f"--workers {workers} is negative", hint="Give 0 (one per CPU) or a positive number.")
+    workers = workers or usable_cpus()
     options = check_options(option)
     secret = read_secret(key_file)
     params = {"profile": profile, "options": sorted(options), "pixels": pixels, "strict": strict,
@@ -81,7 +85,7 @@ def run(
     warnings.filterwarnings("ignore", category=UserWarning)  # pydicom's notes on odd inputs; records say enough
     with audited("deid", params=params) as rec:
         rec.add_inputs([input])
-        settings = DeidSettings(options, scan_pixels=pixels == "scan", strict=strict)
+        settings = DeidSettings(options, scan_pixels=pixels == "scan", strict=strict, workers=workers)
         with console.progress("de-identifying", total=None) as advance:
             result = deidentify_tree(input, output, secret, settings, on_file=lambda r: advance(1, last=r.status))
         written = [output / r.output for r in result.records if r.output and r.status == "written"]
@@ -117,7 +121,13 @@ def check(
         result = check_tree(original, deidentified, ocr=ocr)
         for finding in result.findings:
             console.error(finding.line(), exit_code=1)
-        rec.set_outcome_detail(f"leaks={len(result.findings)},files={result.files_checked}")
+        by_option: dict[str, int] = {}
+        for finding in result.kept:
+            by_option[finding.kept_by or ""] = by_option.get(finding.kept_by or "", 0) + 1
+        for name, count in sorted(by_option.items()):
+            console.info(f"{count} value(s) kept on purpose by option {name} (each attribute's own value; not a leak)")
+        kept = ",".join(f"{k}={v}" for k, v in sorted(by_option.items()))
+        rec.set_outcome_detail(f"leaks={len(result.findings)},files={result.files_checked},kept=[{kept}]")
         console.result(
             f"{deidentified}: {len(result.findings)} leak(s) in {result.files_checked} file(s) checked against "
             f"{result.identifying_values} identifying values of {result.originals_used} original(s); "

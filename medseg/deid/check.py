@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.deid.leakcheck import Finding, Matchers, collect, read_any, scan_dataset, scan_raw
+from medseg.deid.retained import options_in, retention
 from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
 from medseg.errors import UsageError
 
@@ -16,7 +17,8 @@ from medseg.errors import UsageError
 class CheckResult:
     """Findings (no values), what was checked, and what was not (quarantined files are never released)."""
 
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # real leaks: any one fails the check
+    kept: list[Finding] = field(default_factory=list)  # attributes' own values kept on purpose by an option
     files_checked: int = 0
     originals_used: int = 0
     identifying_values: int = 0
@@ -52,6 +54,7 @@ def check_tree(
         raise UsageError("not found", path=missing, hint="Pass the original and the de-identified folder.")
     manifest = _manifest(deid)
     options = frozenset(manifest.get("options", []))
+    allowed = options if "options" in manifest else None
     matchers = matchers or collect(discover(original), options)
     result = CheckResult(originals_used=matchers.files)
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
@@ -66,10 +69,16 @@ def check_tree(
         data = path.read_bytes()
         ds = read_any(path)
         result.files_checked += 1
-        result.findings.extend(scan_raw(data, matchers, rel))
+        kept: dict[str, str] = {}
+        found = []
+        if ds is not None:
+            retained = retention(options_in(ds, allowed), matchers.sources)
+            found += scan_dataset(ds, matchers, rel, retained, kept)
+        found += scan_raw(data, matchers, rel, kept)
+        result.findings.extend(f for f in found if f.kept_by is None)
+        result.kept.extend(f for f in found if f.kept_by is not None)
         if ds is None:
             continue
-        result.findings.extend(scan_dataset(ds, matchers, rel))
         if ocr and regions.get(rel):
             result.ocr_files += 1
             result.findings.extend(_ocr_regions(ds, regions[rel], rel))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from medseg.io.dicom_headers import HeaderError, read_header
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 DICOMDIR_NOTE = "DICOMDIR dropped: it indexes the original files by patient values and names; rebuild it on the output"
 
 
@@ -34,13 +36,25 @@ def _pixel_bytes_short(ds: Dataset) -> bool:
     return len(ds.PixelData) < expected
 
 
-def read_input(path: Path) -> Dataset:
-    """The whole dataset (pixel data loaded); ReadProblem for DICOMDIR, non-DICOM, truncated or corrupt files."""
+def _element_cut_short(ds: Dataset) -> bool:
+    """True when a top-level element holds fewer bytes than its defined length says: the file was cut inside it
+    (pydicom reads such files without a warning; the element holding the end of the file is always top-level)."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+            continue
+        if raw.length != UNDEFINED_LENGTH and len(raw.value) < raw.length:
+            return True
+    return False
+
+
+def read_input(path: Path, data: bytes) -> Dataset:
+    """The dataset parsed from the file's bytes `data` (values converted only when used: a kept element is copied
+    byte for byte); ReadProblem for DICOMDIR, non-DICOM and truncated files."""
     if path.name.upper() == "DICOMDIR":
         raise ReadProblem("dropped", DICOMDIR_NOTE)
     try:
-        ds = read_header(path)
-        list(ds.iterall())  # every element parsed now, so a corrupt one is reported against this file
+        ds = read_header(path, data, check_values=False)  # the engine converts what it changes
     except HeaderError as exc:
         raise ReadProblem("skipped", exc.reason) from exc
     except Exception as exc:
@@ -54,4 +68,15 @@ def read_input(path: Path) -> Dataset:
         raise ReadProblem("skipped", "empty or truncated DICOM file (no elements)")
     if _pixel_bytes_short(ds):
         raise ReadProblem("skipped", "truncated pixel data")
+    if _element_cut_short(ds):
+        raise ReadProblem("skipped", "truncated DICOM file (an element ends before its declared length)")
     return ds
+
+
+def corrupt_element(data: bytes) -> str | None:
+    """Why the file cannot be parsed element by element (every value converted), or None when it can."""
+    try:
+        list(read_header(Path("input"), data).iterall())
+    except Exception as exc:
+        return f"unreadable DICOM element ({type(exc).__name__})"
+    return None

@@ -1,7 +1,7 @@
 """De-identify a file or a folder tree into OUTPUT/study/series/instance.dcm, resumably, with a run manifest.
 
-Each finished file leaves a small state record (OUTPUT/.deid-state/), so a re-run with the same key skips what is
-done and completes the rest; outputs are written atomically, so a crash never leaves a half-written file.
+Each finished file appends a state record to OUTPUT/.deid-state/journal.jsonl, so a re-run with the same key skips
+what is done and completes the rest; outputs are written atomically, so a crash never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
@@ -19,25 +19,29 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 from medseg.deid import engine
 from medseg.deid.identity import set_identity
 from medseg.deid.keyed import KeyedMapper
+from medseg.deid.overlays import clean_overlays
 from medseg.deid.pixels import PixelOutcome, scan_and_clean
-from medseg.deid.reading import ReadProblem, read_input
-from medseg.deid.writer import relative_name, source_transfer_syntax, to_little_endian, write_dataset
+from medseg.deid.reading import ReadProblem, corrupt_element, read_input
+from medseg.deid.writer import convert_values, encode_dataset, relative_name, source_transfer_syntax, to_little_endian
 from medseg.errors import InvalidInputError, MedsegError, UsageError
-from medseg.io.atomic import atomic_write_text
+from medseg.io.atomic import atomic_write_text, sync_paths
 from medseg.keys import secret_id
 
 STATE_DIR = ".deid-state"
 MANIFEST = "deid-manifest.json"
 QUARANTINE = "quarantine"
+PENDING = f"{STATE_DIR}/pending"
+JOURNAL = f"{STATE_DIR}/journal.jsonl"
 
 
 @dataclass(frozen=True)
 class DeidSettings:
-    """Choices of one run: Annex E options, whether pixels are scanned, and --strict."""
+    """Choices of one run: Annex E options, whether pixels are scanned, --strict, and worker processes."""
 
     options: frozenset[str] = frozenset()
     scan_pixels: bool = True
     strict: bool = False
+    workers: int = 1
 
 
 @dataclass
@@ -65,6 +69,11 @@ class RunResult:
     def count(self, status: str) -> int:
         """Number of files with the given status."""
         return sum(r.status == status for r in self.records)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (the default number of workers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def discover(root: Path) -> Iterator[Path]:
@@ -95,14 +104,22 @@ def _check_paths(src: Path, out: Path, key_id: str) -> None:
 
 
 def _load_state(out: Path) -> dict[str, FileRecord]:
+    """Records of files finished by earlier runs: the journal's lines (a later line wins), a cut line ignored."""
     state: dict[str, FileRecord] = {}
-    for path in sorted((out / STATE_DIR).glob("*.json")):
+    journal = out / JOURNAL
+    lines = journal.read_text(encoding="utf-8", errors="replace").splitlines() if journal.is_file() else []
+    for line in lines:
         try:
-            rec = FileRecord(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue  # a damaged record only costs re-processing that file
+            rec = FileRecord(**json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a damaged or cut record only costs re-processing that file
         state[rec.input_ref] = rec
     return state
+
+
+def _record_json(rec: FileRecord) -> str:
+    """One journal line (fields are plain values: no deep copy needed)."""
+    return json.dumps(vars(rec), separators=(",", ":"))
 
 
 def _sha256(data: bytes) -> str:
@@ -119,39 +136,122 @@ def _unique(rel: Path, ref: str, taken: dict[str, str]) -> Path:
     return candidate
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One input for a worker: its path, keyed reference and the record a previous run left for it."""
+
+    path: Path
+    ref: str
+    old: FileRecord | None
+
+
+@dataclass
+class _Done:
+    """A worker's answer: the record, and the encoded output waiting under `pending` for its final name."""
+
+    record: FileRecord
+    pending: Path | None = None
+    name: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """De-identifies one file into the pending folder; runs in a worker process (or in-process for one worker)."""
+
+    out: Path
+    secret: bytes
+    settings: DeidSettings
+
+    def __call__(self, job: _Job) -> _Done:
+        data = job.path.read_bytes()
+        digest = _sha256(data)
+        old = job.old
+        if old is not None and old.input_sha256 == digest and _output_intact(self.out, old):
+            old.resumed = True
+            return _Done(old)
+        rec, encoded, name = _one_file_safe(job.path, data, job.ref, digest, KeyedMapper(self.secret), self.settings)
+        if encoded is None:
+            return _Done(rec)
+        pending = self.out / PENDING / f".tmp-{job.ref[12:44]}.dcm"
+        pending.write_bytes(encoded)
+        return _Done(rec, pending, name)
+
+
+def _results(worker: _Worker, jobs: list[_Job], workers: int) -> Iterator[_Done]:
+    """Each job's answer in input order, from a process pool when more than one worker is asked for."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(worker, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork is cheap for the header path; OCR (onnxruntime threads) needs a clean process: forkserver
+    method = "forkserver" if worker.settings.scan_pixels else "fork"
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context(method))
+    try:
+        yield from pool.map(worker, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _clear_pending(out: Path) -> None:
+    """Remove encoded outputs that never got their final name (an interrupted or killed run)."""
+    for leftover in (out / PENDING).glob(".tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
 def deidentify_tree(
     src: Path, out: Path, secret: bytes, settings: DeidSettings,
     on_file: Callable[[FileRecord], None] | None = None,
 ) -> RunResult:  # fmt: skip
-    """De-identify every file under `src` into `out`; returns the records (manifest written to out)."""
+    """De-identify every file under `src` into `out`; returns the records (manifest written to out).
+
+    Durability: each output and state record is renamed into place complete (never half-written, even if the
+    process is killed), and each finished file appends one line to the state journal; outputs are synced to disk
+    once at the end of the run (and when it stops early), before the manifest is written; the journal is never
+    synced. After a power loss before that sync
+    an output or record may be incomplete or missing on disk; a re-run detects it (the record's output SHA-256
+    no longer matches, or the record is unreadable) and redoes that file.
+    """
     key_id = secret_id(secret)
     marker = f"{key_id} {','.join(sorted(settings.options)) or 'basic'} pixels={settings.scan_pixels}"
     _check_paths(src, out, marker)
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    (out / PENDING).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STATE_DIR / "key-id", marker + "\n", overwrite=True)
+    _clear_pending(out)
     mapper = KeyedMapper(secret)
     state = _load_state(out)
     taken = {r.output: r.input_ref for r in state.values() if r.output}
-    records = []
+    jobs = []
     for path in discover(src):
         rel = path.relative_to(src).as_posix() if src.is_dir() else path.name
         ref = "hmac-sha256:" + mapper.digest("input-path", rel).hex()
-        data = path.read_bytes()
-        digest = _sha256(data)
-        old = state.get(ref)
-        if old is not None and old.input_sha256 == digest and _output_intact(out, old):
-            old.resumed = True
-            rec = old
-        else:
-            rec = _one_file_safe(path, data, ref, digest, out, mapper, settings, taken)
-            atomic_write_text(out / STATE_DIR / f"{ref[12:44]}.json", json.dumps(asdict(rec)), overwrite=True)
-        records.append(rec)
-        if on_file is not None:
-            on_file(rec)
-        if settings.strict and rec.status == "skipped":
-            raise InvalidInputError(
-                f"{rec.reason} (input {ref[:24]}...)", path=src, hint="Remove it, or run without --strict."
-            )
+        jobs.append(_Job(path, ref, state.get(ref)))
+    records: list[FileRecord] = []
+    unsynced: list[Path] = []
+    journal = (out / JOURNAL).open("a", encoding="utf-8")
+    try:
+        for done in _results(_Worker(out, secret, settings), jobs, settings.workers):
+            rec = done.record
+            if done.pending is not None and done.name is not None:
+                rel = _unique(done.name, rec.input_ref, taken)
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(done.pending, out / rel)
+                rec.output = rel.as_posix()
+                unsynced.append(out / rel)
+            if not rec.resumed:
+                journal.write(_record_json(rec) + "\n")
+                journal.flush()  # in the kernel now: a killed process loses at most a cut last line
+            records.append(rec)
+            if on_file is not None:
+                on_file(rec)
+            if settings.strict and rec.status == "skipped":
+                raise InvalidInputError(f"{rec.reason} (input {rec.input_ref[:24]}...)", path=src,
+                                        hint="Remove it, or run without --strict.")  # fmt: skip
+    finally:
+        journal.close()
+        _clear_pending(out)
+        sync_paths(unsynced)
     manifest = out / MANIFEST
     atomic_write_text(manifest, json.dumps(_manifest(records, key_id, settings), indent=1) + "\n", overwrite=True)
     return RunResult(records, manifest)
@@ -164,35 +264,43 @@ def _output_intact(out: Path, rec: FileRecord) -> bool:
     return target.is_file() and _sha256(target.read_bytes()) == rec.output_sha256
 
 
+Encoded = tuple[FileRecord, bytes | None, Path | None]
+
+
 def _one_file_safe(
-    path: Path, data: bytes, ref: str, digest: str, out: Path, mapper: KeyedMapper, settings: DeidSettings,
-    taken: dict[str, str],
-) -> FileRecord:  # fmt: skip
+    path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings
+) -> Encoded:
     """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost."""
     try:
-        return _one_file(path, data, ref, digest, out, mapper, settings, taken)
+        return _one_file(path, data, ref, digest, mapper, settings)
     except (OSError, MedsegError):
         raise
     except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
-        return FileRecord(ref, digest, "failed", reason=f"internal error {type(exc).__name__}: {str(exc)[:120]}")
+        reason = corrupt_element(data) or f"internal error {type(exc).__name__}: {str(exc)[:120]}"
+        status = "skipped" if reason.startswith("unreadable") else "failed"
+        return FileRecord(ref, digest, status, reason=reason), None, None
 
 
 def _one_file(
-    path: Path, data: bytes, ref: str, digest: str, out: Path, mapper: KeyedMapper, settings: DeidSettings,
-    taken: dict[str, str],
-) -> FileRecord:  # fmt: skip
-    """Read, de-identify, scan pixels and write one file; problems become the record's status and reason."""
+    path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings
+) -> Encoded:
+    """Read, de-identify, scan pixels and encode one file; problems become the record's status and reason."""
     try:
-        ds = read_input(path)
+        ds = read_input(path, data)
     except ReadProblem as problem:
-        return FileRecord(ref, digest, problem.status, reason=problem.reason)
-    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=engine.identifying_words(ds))
+        return FileRecord(ref, digest, problem.status, reason=problem.reason), None, None
+    cleans_text = bool(settings.options & {"clean-descriptors", "clean-structured-content", "clean-graphics"})
+    words = engine.identifying_words(ds, all_names=cleans_text)
+    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=words)
     original = engine.snapshot(ds)
     result = engine.deidentify(ds, ctx, in_place=True)
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
     result.file_meta.TransferSyntaxUID = UID(source_transfer_syntax(original))
     pixels: PixelOutcome = scan_and_clean(result, settings.scan_pixels)
+    overlays = clean_overlays(result, settings.scan_pixels) if "clean-graphics" in settings.options else None
     big_endian = source_transfer_syntax(original) == ExplicitVRBigEndian
+    if big_endian:
+        convert_values(result)
     if big_endian and not pixels.rewritten:
         to_little_endian(result)
     elif big_endian:
@@ -202,14 +310,13 @@ def _one_file(
     status = "written"
     if pixels.status == "quarantine":
         rel, status = Path(QUARANTINE) / rel.name, "quarantined"
-    rel = _unique(rel, ref, taken)
-    target = out / rel
-    write_dataset(result, original, target, pixels.rewritten or big_endian)
-    return FileRecord(
-        ref, digest, status, rel.as_posix(), _sha256(target.read_bytes()), pixels.reason,
-        dict(sorted(ctx.actions.items())),
-        {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions]},
+    encoded = encode_dataset(result, original, pixels.rewritten or big_endian)
+    record = FileRecord(
+        ref, digest, status, None, _sha256(encoded), pixels.reason, dict(sorted(ctx.actions.items())),
+        {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions],
+         **({"overlays": overlays.summary()} if overlays is not None and overlays.groups else {})},
     )  # fmt: skip
+    return record, encoded, rel
 
 
 def _manifest(records: list[FileRecord], key_id: str, settings: DeidSettings) -> dict[str, object]:
@@ -226,5 +333,5 @@ def _manifest(records: list[FileRecord], key_id: str, settings: DeidSettings) ->
         "options": sorted(settings.options),
         "pixels_scanned": settings.scan_pixels,
         "counts": counts,
-        "files": [asdict(r) for r in records],
+        "files": [vars(r) for r in records],
     }

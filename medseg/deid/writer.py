@@ -1,7 +1,8 @@
-"""Write one de-identified dataset atomically under a name made only of new UIDs."""
+"""Encode one de-identified dataset, and name it only from its new UIDs."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -13,7 +14,6 @@ from pydicom.uid import (
 )
 
 from medseg.deid.identity import new_file_meta
-from medseg.io.atomic import atomic_path
 
 
 def source_transfer_syntax(original: Dataset) -> str:
@@ -34,6 +34,12 @@ def output_transfer_syntax(original: Dataset, pixels_rewritten: bool) -> str:
     return ts
 
 
+def convert_values(ds: Dataset) -> None:
+    """Convert every element still raw (kept byte for byte) before the output's byte order differs from the input's."""
+    for _ in ds.iterall():
+        pass
+
+
 def to_little_endian(out: Dataset) -> None:
     """Rewrite big endian native pixel data as little endian (pydicom does not swap bytes on save)."""
     if "PixelData" in out:
@@ -48,9 +54,10 @@ def relative_name(out: Dataset) -> Path:
     return Path(str(out.StudyInstanceUID)) / str(out.SeriesInstanceUID) / f"{out.SOPInstanceUID}.dcm"
 
 
-def write_dataset(out: Dataset, original: Dataset, path: Path, pixels_rewritten: bool) -> None:
-    """Save `out` with a fresh file meta group to `path` (temporary file, fsync, rename)."""
+def encode_dataset(out: Dataset, original: Dataset, pixels_rewritten: bool) -> bytes:
+    """`out` as DICOM file bytes with a fresh file meta group (written and hashed by the runner)."""
     ts = output_transfer_syntax(original, pixels_rewritten)
     out.file_meta = new_file_meta(out, original, ts)
-    with atomic_path(path, overwrite=True) as tmp:
-        out.save_as(tmp, enforce_file_format=True)
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

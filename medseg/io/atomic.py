@@ -21,8 +21,13 @@ def check_writable(path: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it is renamed onto `path`."""
+def atomic_path(path: Path, overwrite: bool = False, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it is renamed onto `path`.
+
+    durable=False skips the fsync before the rename (the caller syncs a whole batch later with `sync_paths`):
+    still never a half-written file after a crash of the process, but after a power loss a renamed file may be
+    incomplete until that batch sync, so the caller must be able to detect and redo it.
+    """
     path = Path(path)
     check_writable(path, overwrite)
     try:
@@ -34,8 +39,9 @@ def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with tmp_path.open("rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with tmp_path.open("rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -47,12 +53,60 @@ def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False) -> None:
+def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False, durable: bool = True) -> None:
     """Write `data` to `path` atomically."""
-    with atomic_path(path, overwrite) as tmp:
+    with atomic_path(path, overwrite, durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: Path, text: str, overwrite: bool = False) -> None:
+def atomic_write_text(path: Path, text: str, overwrite: bool = False, durable: bool = True) -> None:
     """Write UTF-8 `text` to `path` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"), overwrite)
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite, durable)
+
+
+def _syncfs(fd: int) -> bool:
+    """Flush the whole filesystem holding `fd` in one call (Linux syncfs); False where it is not available."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    if syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_paths(paths: list[Path]) -> None:
+    """Make a batch written with durable=False durable: one syncfs per filesystem (Linux), else an fsync of
+    each file and then of each folder holding one."""
+    if not paths:
+        return
+    try:
+        folders = list(dict.fromkeys(p.parent for p in paths))
+        devices: dict[int, Path] = {}
+        for folder in folders:
+            devices.setdefault(os.stat(folder).st_dev, folder)
+        fd = os.open(next(iter(devices.values())), os.O_RDONLY)
+        try:
+            done = len(devices) == 1 and _syncfs(fd)
+        finally:
+            os.close(fd)
+        if not done:
+            for path in [*dict.fromkeys(paths), *folders]:
+                _fsync(path)
+    except OSError as exc:
+        raise ProcessingError(
+            f"cannot sync outputs to disk: {exc.strerror}", path=Path(exc.filename or "."), hint="Check the disk."
+        ) from exc

@@ -3,6 +3,7 @@ file is lives in `dicom_classify`)."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +80,12 @@ class HeaderError(Exception):
         self.reason = reason
 
 
-def read_header(path: Path) -> Any:
+def read_header(path: Path, data: bytes | None = None, check_values: bool = True) -> Any:
     """Parse a DICOM file once, deferring pixel data (read later only for the chosen series).
 
-    pydicom's warnings are not printed; a warning that the file ended early becomes a HeaderError.
+    With `data` (the file's bytes, already read), it is parsed from memory: deferred values then come from those
+    same bytes. pydicom's warnings are not printed; a warning that the file ended early becomes a HeaderError.
+    check_values=False leaves the values medseg's readers use unconverted (a caller that converts what it uses).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -90,9 +93,9 @@ def read_header(path: Path) -> Any:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
+            ds = pydicom.dcmread(_source(path, data), defer_size=DEFER_SIZE)
         except InvalidDicomError:
-            ds = _read_forced(path)
+            ds = _read_forced(_source(path, data))
         except Exception as exc:
             raise HeaderError(f"unreadable DICOM ({type(exc).__name__}; truncated or corrupt?)") from exc
     for w in caught:
@@ -100,9 +103,15 @@ def read_header(path: Path) -> Any:
             raise HeaderError(f"truncated DICOM file ({str(w.message).split(' in file ')[0]})")
     if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "DirectoryRecordSequence")):
         raise HeaderError("truncated or corrupt DICOM file (its data set has no SOP Class or Instance UID)")
-    _convert_used_values(ds)
+    if check_values:
+        _convert_used_values(ds)
     _fill_transfer_syntax(ds)
     return ds
+
+
+def _source(path: Path, data: bytes | None) -> Any:
+    """What pydicom reads: the path, or a fresh in-memory stream of the file's bytes."""
+    return path if data is None else io.BytesIO(data)
 
 
 def _fill_transfer_syntax(ds: Any) -> None:
@@ -144,7 +153,7 @@ def _convert_used_values(ds: Any) -> None:
         raise HeaderError(f"unreadable DICOM header (corrupt {keyword}: {type(exc).__name__})") from exc
 
 
-def _read_forced(path: Path) -> Any:
+def _read_forced(path: Any) -> Any:
     """Read a file without preamble/file meta; accept it only when it looks like an image or object header."""
     import pydicom
 

@@ -1,0 +1,106 @@
+"""The fast header path: worker processes, one read per file, values copied untouched, one sync per run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from cli_run import run_cli
+
+from medseg.deid.runner import PENDING, DeidSettings, deidentify_tree, discover
+from medseg.deid.writer import source_transfer_syntax
+from tests.deid_fixtures import SECRET, corpus_runs, run_deid, tree_digest
+
+MR = ("deid", "tcia_pseudo_phi_mr", "original")
+
+
+@pytest.fixture(scope="session")
+def corpus_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return corpus_runs(shared, tmp_path_factory)
+
+
+def test_two_workers_write_the_same_bytes_as_one(corpus_run, tmp_path: Path) -> None:
+    src, single, _ = corpus_run["dicom"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = deidentify_tree(src, tmp_path / "out", SECRET, DeidSettings(scan_pixels=False, workers=2))
+    assert result.count("written") >= 150
+    assert tree_digest(tmp_path / "out") == tree_digest(single)
+    assert not list((tmp_path / "out").rglob(".tmp-*"))
+
+
+def test_pixel_data_and_untouched_values_are_copied_exactly(corpus_run) -> None:
+    """Kept elements are written without being parsed: their bytes (pixel data included) equal the input's."""
+    compared = 0
+    for name in ("deid", "dicom"):
+        src, out, result = corpus_run[name]
+        by_sha = {r.input_sha256: r for r in result.records if r.status == "written"}
+        for path in discover(src):
+            data = path.read_bytes()
+            rec = by_sha.get(hashlib.sha256(data).hexdigest())
+            if rec is None:
+                continue
+            original = pydicom.dcmread(path, force=True)
+            if "PixelData" not in original or source_transfer_syntax(original) == pydicom.uid.ExplicitVRBigEndian:
+                continue
+            output = pydicom.dcmread(out / rec.output)
+            assert output.PixelData == original.PixelData, rec.output
+            for keyword in ("Rows", "Columns", "PixelSpacing", "ImageOrientationPatient", "SliceThickness"):
+                assert output.get(keyword) == original.get(keyword), (rec.output, keyword)
+            compared += 1
+    assert compared >= 150
+
+
+def _kill_mid_run(src: Path, out: Path) -> None:
+    """Start a two-worker run in another process and SIGKILL it once some outputs have their final names."""
+    code = (
+        "import sys, warnings; from pathlib import Path; warnings.simplefilter('ignore');"
+        "from medseg.deid.runner import DeidSettings, deidentify_tree;"
+        f"deidentify_tree(Path(sys.argv[1]), Path(sys.argv[2]), bytes.fromhex('{SECRET.hex()}'),"
+        " DeidSettings(scan_pixels=False, workers=2))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out)], start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([p for p in out.rglob("2.25.*.dcm")]) >= 3:
+            break
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, as a crash or an OOM kill would
+    proc.wait(timeout=30)
+    assert killed, "the run finished before it could be killed; the test proves nothing"
+
+
+def test_killed_run_leaves_only_whole_files_and_resumes_to_the_same_result(shared: Path, tmp_path: Path) -> None:
+    src = shared.joinpath(*MR)
+    full = tmp_path / "full"
+    run_deid(src, full)
+    part = tmp_path / "part"
+    _kill_mid_run(src, part)
+    assert not (part / "deid-manifest.json").exists()
+    expected = tree_digest(full)
+    for path in part.rglob("2.25.*.dcm"):
+        rel = path.relative_to(part).as_posix()
+        assert tree_digest(part)[rel] == expected[rel], f"{rel} is not the whole output"
+    result = run_deid(src, part)
+    assert not list(part.rglob(".tmp-*")) and not list((part / PENDING).iterdir())
+    assert result.count("written") == len(list(discover(src)))
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith((".deid-state", "deid-manifest"))}  # noqa: E731
+    assert strip(tree_digest(part)) == strip(tree_digest(full))
+
+
+def test_cli_refuses_negative_workers(shared: Path, tmp_path: Path, capsys) -> None:
+    key = tmp_path / "k"
+    key.write_text(SECRET.hex())
+    code, out = run_cli(["deid", str(shared.joinpath(*MR)), str(tmp_path / "o"), "--key-file", str(key),
+                         "--pixels", "off", "--workers", "-1"], capsys)  # fmt: skip
+    assert code == 2 and "--workers" in out
