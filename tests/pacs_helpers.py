@@ -163,9 +163,15 @@ class Served:
         self.proc = None
 
     def stop(self) -> None:
+        """SIGTERM and wait: 120 s, because on 2 loaded CI cores a service with a model loaded has taken over 60 s
+        to end (seen once in a fresh-clone CI run; 2-5 s on a quiet machine)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(60)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                log = self.log.read_text()[-2000:] if self.log.is_file() else ""
+                pytest.fail(f"service did not stop within 120 s of SIGTERM: {log}")
         self.proc = None
 
 
