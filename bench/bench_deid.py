@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deid_measure import clean_ct_slices, false_positive_slices, recall
 
 from medseg.deid.check import check_tree
-from medseg.deid.conformance import Conformance, measure
+from medseg.deid.conformance import Conformance, dciodvfy_baseline, dciodvfy_errors, measure
 from medseg.deid.leakcheck import collect, read_any
 from medseg.deid.runner import DeidSettings, deidentify_tree, discover, usable_cpus
 from medseg.deid.table import OPTIONS
@@ -145,24 +143,6 @@ def run_peer(kind: str, tmp: Path) -> dict | str:
             "applied_pct": conf.applied_pct, "kept_pct": conf.kept_pct}  # fmt: skip
 
 
-def dciodvfy_errors(path: Path) -> set[str]:
-    """dciodvfy's error lines for one file, without the file-specific parts (values, offsets)."""
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
-    lines = (run.stdout + run.stderr).splitlines()
-    return {re.sub(r'"[^"]*"|[\d.]+', "#", line)[:160] for line in lines if line.startswith("Error")}
-
-
-def _baseline_errors(original: Path, scratch: Path) -> set[str]:
-    """The original's errors, plus those of a plain re-encoding when dciodvfy cannot read the original itself."""
-    found = dciodvfy_errors(original)
-    if not any("Dicom dataset read failed" in e for e in found):
-        return found
-    ds = pydicom.dcmread(original, force=True)
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.save_as(scratch, enforce_file_format=True)
-    return found | dciodvfy_errors(scratch)
-
-
 def dciodvfy_compare(tmp: Path) -> dict:
     """Files (written or quarantined) whose de-identified output has dciodvfy errors the input did not have."""
     if shutil.which("dciodvfy") is None:
@@ -173,7 +153,7 @@ def dciodvfy_compare(tmp: Path) -> dict:
         deidentify_tree(SHARED / name, out, SECRET, DeidSettings(scan_pixels=False))
         for original, output in _medseg_pairs(SHARED / name, out, ("written", "quarantined")):
             checked += 1
-            added = dciodvfy_errors(output) - _baseline_errors(original, tmp / "baseline.dcm")
+            added = dciodvfy_errors(output) - dciodvfy_baseline(original, tmp / "baseline.dcm")
             new_files += bool(added)
             for kind in added:
                 new_kinds[kind] = new_kinds.get(kind, 0) + 1

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
-import pydicom
 import pytest
 
+from medseg.deid.conformance import dciodvfy_baseline as baseline_errors
+from medseg.deid.conformance import dciodvfy_errors as errors
 from medseg.deid.runner import discover
 from tests.deid_fixtures import corpus_runs, run_deid
 
@@ -26,25 +25,6 @@ FILES = (
     "deid/tcia_pseudo_phi_mr/original/1-01.dcm",
     "deid/deid_data/humans/ctbrain1.dcm",
 )
-
-
-def errors(path: Path) -> set[str]:
-    """dciodvfy's error lines with values, UIDs and numbers masked (so equal problems compare equal)."""
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
-    return {re.sub(r'"[^"]*"|[\d.]+', "#", line) for line in (run.stdout + run.stderr).splitlines()
-            if line.startswith("Error")}  # fmt: skip
-
-
-def baseline_errors(original: Path, scratch: Path) -> set[str]:
-    """The original's errors; for one dciodvfy cannot read (deflated, odd encodings) those of a plain re-encoding
-    of it (explicit VR little endian, nothing else changed), so its own content errors count as the original's."""
-    found = errors(original)
-    if not any("Dicom dataset read failed" in e for e in found):
-        return found
-    ds = pydicom.dcmread(original, force=True)
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.save_as(scratch, enforce_file_format=True)
-    return found | errors(scratch)
 
 
 @pytest.mark.parametrize("name", FILES)

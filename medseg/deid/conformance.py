@@ -4,9 +4,12 @@ burned-in text boxes removed."""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from medseg.deid.table import load_table
@@ -145,3 +148,23 @@ def box_coverage(box: tuple[int, int, int, int], regions: list[tuple[int, int, i
             for x in range(max(x0, rx0), min(x1, rx1)):
                 row[x - x0] = True
     return sum(map(sum, covered)) / (width * height)
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    """dicom3tools dciodvfy's error lines for one file, values, UIDs and numbers masked (so equal problems compare
+    equal between an original and its de-identified output)."""
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
+    lines = (run.stdout + run.stderr).splitlines()
+    return {re.sub(r'"[^"]*"|[\d.]+', "#", line) for line in lines if line.startswith("Error")}
+
+
+def dciodvfy_baseline(original: Path, scratch: Path) -> set[str]:
+    """The original's dciodvfy errors; for one dciodvfy cannot read (deflated, odd encodings), plus those of a plain
+    re-encoding of it written to `scratch` (explicit VR little endian, nothing else changed)."""
+    found = dciodvfy_errors(original)
+    if not any("Dicom dataset read failed" in e for e in found):
+        return found
+    ds = pydicom.dcmread(original, force=True)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(scratch, enforce_file_format=True)
+    return found | dciodvfy_errors(scratch)
