@@ -55,7 +55,12 @@ def torch_runner(model: InstalledModel, device: str = "cpu", batch_size: int = 4
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ProcessingError("--device cuda requested but no CUDA device is available", hint="Use --device cpu.")
-    net = model.load_network(device)
+    return module_runner(model.load_network(device), device, batch_size)
+
+
+def module_runner(net: Any, device: str = "cpu", batch_size: int = 4) -> Runner:
+    """A Runner around a torch module already in memory (the shipped model, or a network being trained)."""
+    import torch
 
     def forward(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -22,14 +22,12 @@ class CaseScore:
 def predict_volume(net: torch.nn.Module, image01: np.ndarray, roi: tuple[int, int, int], overlap: float,
                    sw_batch_size: int, device: str = "cpu") -> np.ndarray:  # fmt: skip
     """Argmax labels of a [0, 1]-scaled volume, with the inference engine's gaussian sliding window."""
+    from medseg.infer.runtime import module_runner
     from medseg.infer.sliding import sliding_window
-
-    def network(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
     image = np.ascontiguousarray(image01, dtype=np.float32)
     channels = int(getattr(net, "out_channels", 2))
+    network = module_runner(net, device, sw_batch_size)
     logits = sliding_window(image, network, tuple(roi), channels, batch_size=sw_batch_size, overlap=overlap)
     return logits.argmax(0).astype(np.uint8)
 
