@@ -16,14 +16,15 @@ from medseg.train.manifest import ManifestSpec, build_manifest, digest_path, loa
 REPO = Path(__file__).resolve().parents[1]
 
 
-# Each training manifest and the locked test set of the model trained on it (model 1.0.0: CHAOS; 2.0: the two
-# RadCTTACEomics CTs, because abdomen_v3 trains on CHAOS).
+# Each training manifest and the locked test set of the model trained on it (model 1.0.0: CHAOS; 2.0 first runs: the
+# two RadCTTACEomics CTs, because abdomen_v3 trains on CHAOS; stage 2: radcttace_0697, because abdomen_v4 also
+# trains on radcttace_1211).
 LOCKED_FOR = {"liver_v1": "liver_test_locked", "liver_ci": "liver_test_locked", "abdomen_v2": "liver_test_locked",
-              "abdomen_v3": "abdomen_test_locked"}  # fmt: skip
+              "abdomen_v3": "abdomen_test_locked", "abdomen_v4": "abdomen_v4_test_locked"}  # fmt: skip
 
 
 def test_committed_manifests_match_the_shared_data(shared: Path) -> None:
-    for name in ("liver_ci", "liver_test_locked", "abdomen_test_locked"):
+    for name in ("liver_ci", "liver_test_locked", "abdomen_test_locked", "abdomen_v4_test_locked"):
         manifest, sha = load_manifest(REPO / "data_manifests" / f"{name}.json")
         verify_manifest(manifest, shared)
         assert len(sha) == 64

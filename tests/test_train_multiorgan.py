@@ -24,7 +24,9 @@ from medseg.train.synth.tissues import tissue_table
 
 REPO = Path(__file__).resolve().parents[1]
 ORGANS = ("liver", "spleen", "stomach", "kidney", "gallbladder", "pancreas", "heart")
-LOCKED = ("ct/radcttace_1211", "ct/radcttace_0697")
+# The real manual CT locked for every model 2.0 manifest, and the one trained on by abdomen_v4 only.
+LOCKED = ("ct/radcttace_0697",)
+TRAINED_BY_V4_ONLY = "ct/radcttace_1211"
 
 
 def test_marginal_loss_is_dice_ce_when_every_class_is_labelled() -> None:
@@ -134,9 +136,11 @@ def test_warm_start_keeps_the_liver_models_background_and_liver_logits_exactly()
 
 
 def test_locked_real_manual_cts_are_in_no_training_manifest(shared: Path) -> None:
-    """The two RadCTTACEomics CTs are in no training manifest at all (CHAOS is trained on by abdomen_v3 only,
-    checked per model in test_train_manifest.py)."""
+    """radcttace_0697 is in no training manifest at all, radcttace_1211 only in abdomen_v4 (CHAOS is trained on by
+    abdomen_v3 and v4; each model's own locked set is checked in test_train_manifest.py)."""
     locked = {digest_path(shared / c / f) for c in LOCKED for f in ("image.nii.gz", "liver.nii.gz")}
+    v4_only = {digest_path(shared / TRAINED_BY_V4_ONLY / f) for f in ("image.nii.gz", "liver.nii.gz")}
+    seen_v4_only = []
     for path in (REPO / "data_manifests").glob("*.json"):
         manifest, _ = load_manifest(path)
         if manifest.name.endswith("_test_locked"):
@@ -144,11 +148,21 @@ def test_locked_real_manual_cts_are_in_no_training_manifest(shared: Path) -> Non
         for e in manifest.entries:
             assert not set(e.sha256.values()) & locked, f"{path.name}: {e.case_id} is a locked test CT"
             assert not any(str(p).startswith(LOCKED) for p in (e.image, e.label) if p), f"{path.name}: {e.case_id}"
+            if set(e.sha256.values()) & v4_only:
+                seen_v4_only.append(manifest.name)
+    assert seen_v4_only == ["abdomen_v4"]
 
 
-def test_abdomen_manifest_holds_every_label_map_source(shared: Path) -> None:
-    manifest, _ = load_manifest(REPO / "data_manifests/abdomen_v3.json")
-    assert [e.case_id for e in manifest.split("train", "ct_pair")] == ["totalseg_dicom_20sl", "chaos_ct_set3"]
+REAL_TRAINING = {
+    "abdomen_v3": ["totalseg_dicom_20sl", "chaos_ct_set3"],
+    "abdomen_v4": ["totalseg_dicom_20sl", "chaos_ct_set3", "radcttace_1211"],
+}
+
+
+@pytest.mark.parametrize(("name", "real"), REAL_TRAINING.items())
+def test_abdomen_manifest_holds_every_label_map_source(shared: Path, name: str, real: list[str]) -> None:
+    manifest, _ = load_manifest(REPO / f"data_manifests/{name}.json")
+    assert [e.case_id for e in manifest.split("train", "ct_pair")] == real
     maps = manifest.split("train", "label_map") + manifest.split("val", "label_map")
     assert len(maps) == 112
     assert sum(e.label.startswith("labels/flare22/") for e in maps) == 50
