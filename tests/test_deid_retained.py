@@ -16,10 +16,9 @@ from medseg.deid.retained import option_keeping, options_in
 from medseg.deid.table import OPTIONS
 from tests.deid_fixtures import run_deid
 
-# retain-dates-shifted is not here: depending on the secret, a shifted date can equal another date of the corpus,
-# which the check reports as a real leak (docs/deid.md, "Not done"); it has not been resolved.
-RETAINING = ("retain-device-identity", "retain-patient-characteristics", "retain-institution-identity",
-             "retain-safe-private", "clean-descriptors", "clean-structured-content", "clean-graphics")  # fmt: skip
+RETAINING = ("retain-dates-shifted", "retain-device-identity", "retain-patient-characteristics",
+             "retain-institution-identity", "retain-safe-private", "clean-descriptors", "clean-structured-content",
+             "clean-graphics")  # fmt: skip
 
 
 def _check(src: Path, out: Path):
@@ -73,6 +72,42 @@ def test_kept_value_is_kept_by_option_and_planted_copies_are_real_leaks(shared: 
     ds.save_as(target)
     swapped = _check(src, out)
     assert "(0018,1000)" in [f.location for f in swapped.findings], [f.line() for f in swapped.findings]
+
+
+def test_a_shifted_date_equal_to_another_real_date_is_kept_and_an_unshifted_one_is_a_leak(
+    shared: Path, tmp_path: Path
+) -> None:
+    """Retain Modified Dates: a file's own dates moved back by its shift are kept by the option even where the
+    shifted value happens to be another real date of the corpus; an unmoved or copied date is a real leak."""
+    src = _one_ct(shared, tmp_path)
+    out = tmp_path / "out"
+    result = run_deid(src, out, options=frozenset({"retain-dates-shifted"}))
+    target = out / result.records[0].output
+    original, ds = pydicom.dcmread(src / "ct.dcm"), pydicom.dcmread(target)
+    assert ds.StudyDate != original.StudyDate
+    other = pydicom.dcmread(src / "ct.dcm")
+    other.StudyDate = other.SeriesDate = other.AcquisitionDate = other.ContentDate = ds.StudyDate
+    other.save_as(tmp_path / "in" / "other.dcm")  # another original whose real dates equal the shifted one
+    coincidence = _check(src, out)
+    assert coincidence.findings == [], [f.line() for f in coincidence.findings]
+    assert {f.kept_by for f in coincidence.kept} == {"retain-dates-shifted"}
+    assert "(0008,0020)" in {f.location for f in coincidence.kept}
+
+    ds.AcquisitionDate = original.AcquisitionDate  # left unshifted
+    ds.save_as(target)
+    unshifted = _check(src, out)
+    assert "(0008,0022)" in [f.location for f in unshifted.findings], [f.line() for f in unshifted.findings]
+
+    ds = pydicom.dcmread(target)
+    ds.AcquisitionDate = ds.StudyDate
+    ds.ContentDate = "19700101"
+    other.ContentDate = "19700101"
+    other.save_as(tmp_path / "in" / "other.dcm")  # a real date of the corpus written where a shifted one belongs
+    ds.save_as(target)
+    copied = _check(src, out)
+    assert [f.location for f in copied.findings if f.location != "raw bytes"] == ["(0008,0023)"], [
+        f.line() for f in copied.findings
+    ]
 
 
 def test_claimed_option_outside_the_manifest_is_not_honoured(shared: Path, tmp_path: Path) -> None:

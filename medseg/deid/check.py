@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.deid.leakcheck import Finding, Matchers, collect, read_any, scan_dataset, scan_raw
-from medseg.deid.retained import options_in, retention
+from medseg.deid.retained import SHIFT_OPTION, options_in, retention, shifted_dates, with_shifted_dates
 from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
 from medseg.errors import UsageError
 
@@ -59,6 +60,7 @@ def check_tree(
     result = CheckResult(originals_used=matchers.files)
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
+    sources: dict[str, Path] | None = None
     for path in _outputs(deid):
         rel = path.relative_to(deid).as_posix() if deid.is_dir() else path.name
         if rel.split("/")[0] == QUARANTINE:
@@ -72,7 +74,12 @@ def check_tree(
         kept: dict[str, str] = {}
         found = []
         if ds is not None:
-            retained = retention(options_in(ds, allowed), matchers.sources)
+            declared = options_in(ds, allowed)
+            retained = retention(declared, matchers.sources)
+            if SHIFT_OPTION in declared:
+                sources = _sources_of_outputs(original, manifest) if sources is None else sources
+                source = read_any(sources[rel]) if rel in sources else None
+                retained = with_shifted_dates(retained, shifted_dates(source, ds) if source is not None else {})
             found += scan_dataset(ds, matchers, rel, retained, kept)
         found += scan_raw(data, matchers, rel, kept)
         result.findings.extend(f for f in found if f.kept_by is None)
@@ -83,6 +90,16 @@ def check_tree(
             result.ocr_files += 1
             result.findings.extend(_ocr_regions(ds, regions[rel], rel))
     return result
+
+
+def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
+    """Output (relative path) -> the original it was made from, matched by the manifest's input SHA-256."""
+    by_digest = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in discover(original)}
+    return {
+        f["output"]: by_digest[f["input_sha256"]]
+        for f in manifest.get("files", [])
+        if f.get("output") and f.get("input_sha256") in by_digest
+    }
 
 
 def _ocr_regions(ds: object, regions: list[list[int]], name: str) -> list[Finding]:

@@ -5,21 +5,28 @@ those the run manifest lists when there is one. A finding is kept by option X on
 attribute (its Table E.1-1 cell is K or C where the Basic Profile would not keep it, every UID under Retain UIDs,
 private elements under Retain Safe Private) AND the values found are that same attribute's values in an
 original (rules in `retention`); a value from another attribute (a serial number copied into a comment, a name
-in a cleaned description) stays a real leak.
+in a cleaned description) stays a real leak. Under Retain Longitudinal Modified Dates a shifted date can equal some
+other real date of the corpus by chance; it is kept by that option only when it is its own attribute's original
+date moved back by the file's shift (`shifted_dates`), so an unshifted or copied date stays a real leak.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import re
+from collections import Counter
 from collections.abc import Iterable
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from medseg.deid.leakcheck import Retention
+from medseg.deid.leakcheck import Retention, _values, _walk, normalise
 from medseg.deid.table import COMBINED, OPTIONS, load_cid7050, load_table
 
 LOOSE_KINDS = frozenset({"value", "free text", "private text"})
+SHIFT_OPTION = "retain-dates-shifted"
+DATE_VRS = ("DA", "DT")
 
 
 @functools.cache
@@ -97,5 +104,52 @@ def retention(options: frozenset[str], sources: dict[str, frozenset[tuple[int, s
             elif not mine and not inside(hit, own):
                 return None
         return option
+
+    return retained
+
+
+def _day(value: str) -> int | None:
+    """The proleptic day number of a DA, or of a DT's date part; None when it holds no valid full date."""
+    digits = re.sub(r"\D", "", value)
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8])).toordinal()
+    except ValueError:
+        return None
+
+
+def shifted_dates(original: Dataset, output: Dataset) -> dict[int, set[str]]:
+    """Per tag, the output's DA/DT values that are the same element's original date moved back by the file's shift.
+
+    The shift is the most common whole-day move over the file's dates (a date moved with its time may cross midnight:
+    one day more or less is accepted); a date that did not move, or moved by another amount (a copy of another
+    date), is not in the result and stays a finding."""
+    before = {path: elem for path, elem in _walk(original) if elem.VR in DATE_VRS}
+    moved: list[tuple[int, str, int]] = []
+    for path, elem in _walk(output):
+        if elem.VR not in DATE_VRS or path not in before:
+            continue
+        for new, old in zip(_values(elem.value), _values(before[path].value), strict=False):
+            a, b = _day(old), _day(new)
+            if a is not None and b is not None:
+                moved.append((int(elem.tag), new, a - b))
+    counts = Counter(days for _, _, days in moved if days > 0)
+    if not counts:
+        return {}
+    shift = counts.most_common(1)[0][0]
+    out: dict[int, set[str]] = {}
+    for tag, new, days in moved:
+        if days > 0 and abs(days - shift) <= 1:
+            out.setdefault(tag, set()).update({normalise(new), new.strip("\0 ")})
+    return out
+
+
+def with_shifted_dates(inner: Retention | None, shifted: dict[int, set[str]]) -> Retention:
+    """`inner` for every element but dates: a DA/DT element is kept by Retain Modified Dates only when it holds its
+    own shifted dates (`shifted_dates`; empty when the original is unknown), else it is a real leak."""
+
+    def retained(tag: int, hits: list[str], whole: set[str]) -> str | None:
+        if _vr(tag) in DATE_VRS:
+            return SHIFT_OPTION if tag in shifted and whole <= shifted[tag] else None
+        return inner(tag, hits, whole) if inner else None
 
     return retained
