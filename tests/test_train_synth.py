@@ -129,3 +129,38 @@ def test_heart_sits_left_and_anterior_on_the_dome_and_is_never_liver(amos) -> No
         assert h[1] > amos.spine[:, 1].mean(), "heart anterior to the spine"
         assert h[2] > lv[2], "heart above the liver's centre"
     assert found >= 3
+
+
+def test_table_lies_under_the_back_and_arms_beside_the_body_outside_every_organ(amos) -> None:
+    """Real archives show the scanner table and sometimes the arms; the generator draws both outside the body."""
+    from medseg.train.synth.anatomy import _arms, _table, build_tissues
+    from medseg.train.synth.appearance import render
+    from medseg.train.synth.generator import cut_region
+
+    ids = tissue_table().ids
+    table_ids = [ids["table_shell"], ids["table_core"], ids["table_pad"]]
+    reg = cut_region(amos, np.array([-40, -60, 0]), np.array(amos.classes.shape) + np.array([80, 120, 0]))
+    shape = reg.classes.shape
+    body = np.zeros(shape, bool)
+    body[60:-60, 80:-40] = True
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        t = np.full(shape, ids["outside_air"], np.uint8)
+        _table(t, reg, rng, body, ~body)
+        table = np.isin(t, table_ids)
+        assert table.any() and not (table & body).any()
+        assert np.nonzero(table.any(axis=(0, 2)))[0].max() < 80, "under the back (-y), not beside or above it"
+        _arms(t, reg, rng, body, ~body)
+        arm = np.isin(t, [ids["muscle"], ids["subcut_fat"], ids["bone_cortex"], ids["bone_marrow"]])
+        cols = np.nonzero(arm.any(axis=(1, 2)))[0]
+        assert cols.size and not (arm & body).any()
+        assert cols.min() < 60 and cols.max() >= shape[0] - 60, "one arm on each side"
+        assert np.isin(t, [ids["bone_cortex"]]).any(), "each arm holds a humerus"
+    shell, core = t == ids["table_shell"], t == ids["table_core"]
+    assert shell.any() and core.any()
+    image, _ = render(t, np.random.default_rng(0), AppearanceParams(p_random_intensity=0.0))
+    assert image[shell].mean() > image[core].mean()
+    volumes = [build_tissues(reg, np.random.default_rng(s)) for s in range(10)]
+    drawn = [np.isin(t, table_ids).any() for t in volumes]
+    assert 1 <= sum(drawn) <= 9, "the table is drawn in some volumes, not all"
+    assert not any((np.isin(t, table_ids) & (reg.classes > 0)).any() for t in volumes)

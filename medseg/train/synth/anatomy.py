@@ -1,4 +1,5 @@
-"""Synthesise the anatomy a label map lacks (body, fat, muscle, spine, ribs, lungs, heart, gas, liver vessels, lesions).
+"""Synthesise the anatomy a label map lacks (body, fat, muscle, spine, ribs, lungs, heart, gas, liver vessels, lesions,
+the scanner table and arms at the sides).
 
 Works on a region of an `AnatomyCase` and returns a tissue-class map (ids from `tissues.yaml`). Everything is
 randomised per call; organs from the label map are never overwritten except by structures that keep their label
@@ -134,6 +135,11 @@ def build_tissues(reg: Region, rng: np.random.Generator) -> np.ndarray:
     _bowel_gas(t, reg, rng)
     _liver_details(t, rng)
     t[~body & ~organ] = ids["outside_air"]
+    outside = ~body & ~organ
+    if rng.random() < 0.6:
+        _table(t, reg, rng, body, outside)
+    if rng.random() < 0.3:
+        _arms(t, reg, rng, body, outside)
     t[~reg.fov] = PAD
     return t
 
@@ -198,3 +204,51 @@ def _heart(t: np.ndarray, reg: Region, rng: np.random.Generator, free: np.ndarra
     t[free & (r >= 1.0) & (r < 1.0 + rng.uniform(0.02, 0.12))] = ids["visceral_fat"]
     t[free & (r < 1.0) & (r >= 1.0 - wall)] = ids["heart_muscle"]
     t[free & (r < 1.0 - wall)] = ids["heart_blood"]
+
+
+def _table(t: np.ndarray, reg: Region, rng: np.random.Generator, body: np.ndarray, outside: np.ndarray) -> None:
+    """The scanner table under the patient's back: a shallow curved shell (carbon fibre, foam core) and often a pad.
+
+    Real archives show it in every abdominal CT; only drawn where the region reaches below the back (air there)."""
+    ids = tissue_table().ids
+    rows = np.nonzero(body.any(axis=(0, 2)))[0]
+    if rows.size == 0 or rows[0] == 0:
+        return
+    x, y, _ = _coords(t.shape, reg.origin, reg.spacing)
+    cx = reg.spine[:, 0].mean() * reg.spacing[0]
+    back = (rows[0] + reg.origin[1]) * reg.spacing[1]
+    top = back - rng.uniform(0.0, 25.0) - ((x - cx) / rng.uniform(250.0, 600.0)) ** 2 * rng.uniform(0.0, 60.0)
+    pad = rng.uniform(0.0, 30.0) if rng.random() < 0.6 else 0.0
+    shell, core = max(rng.uniform(1.5, 4.0), reg.spacing[1]), rng.uniform(8.0, 40.0)
+    wide = np.abs(x - cx) < rng.uniform(200.0, 260.0)
+    depth = top - y
+    t[outside & wide & (depth >= 0) & (depth < pad)] = ids["table_pad"]
+    d = depth - pad
+    skin = (d >= 0) & ((d < shell) | ((d >= shell + core) & (d < 2 * shell + core)))
+    t[outside & wide & skin] = ids["table_shell"]
+    t[outside & wide & (d >= shell) & (d < shell + core)] = ids["table_core"]
+
+
+def _arms(t: np.ndarray, reg: Region, rng: np.random.Generator, body: np.ndarray, outside: np.ndarray) -> None:
+    """Arms down at the sides (trauma, frail patients): skin fat, muscle and a humerus, just outside the body."""
+    ids = tissue_table().ids
+    cols = np.nonzero(body.any(axis=(1, 2)))[0]
+    rows = np.nonzero(body.any(axis=(0, 2)))[0]
+    if cols.size == 0:
+        return
+    x, y, _ = _coords(t.shape, reg.origin, reg.spacing)
+    sx, sy = reg.spacing[:2]
+    cy = (rows.mean() + reg.origin[1]) * sy + rng.uniform(-30.0, 30.0)
+    for edge, side in ((cols[0], -1.0), (cols[-1], 1.0)):
+        if edge in (0, t.shape[0] - 1):
+            continue
+        a, b = rng.uniform(30.0, 50.0), rng.uniform(35.0, 60.0)
+        cx = (edge + reg.origin[0]) * sx + side * (a + rng.uniform(2.0, 40.0))
+        r = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2) + np.zeros(t.shape)
+        arm = outside & (r < 1.0)
+        t[arm] = ids["subcut_fat"]
+        t[arm & (r < rng.uniform(0.6, 0.85))] = ids["muscle"]
+        bone = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) + np.zeros(t.shape)
+        hr = rng.uniform(9.0, 14.0)
+        t[arm & (bone < hr)] = ids["bone_cortex"]
+        t[arm & (bone < hr - rng.uniform(2.0, 4.0))] = ids["bone_marrow"]
