@@ -32,12 +32,14 @@ class CardText(BaseModel):
     volume_range_ml: tuple[float, float] | None = None
 
 
-def card_text(organ: str) -> CardText:
-    """The card text for `organ`; an organ without one is refused rather than shipped without limitations."""
+def card_text(organ: str, model: str | None = None) -> CardText:
+    """The card text for the model `model` (when written for it) or else for `organ`; a model without one is refused
+    rather than shipped without limitations."""
     texts = yaml.safe_load(CARD_TEXT.read_text())
-    if organ not in texts:
+    key = model if model in texts else organ
+    if key not in texts:
         raise InvalidInputError(f"no model card text for organ '{organ}'", path=CARD_TEXT, hint="Add it first.")
-    return CardText.model_validate(texts[organ])
+    return CardText.model_validate(texts[key])
 
 
 def sources_of(manifest: Manifest) -> list[dict[str, Any]]:
@@ -53,7 +55,7 @@ def sources_of(manifest: Manifest) -> list[dict[str, Any]]:
 def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], metrics: dict[str, Any],
                roi_size: tuple[int, int, int] = (96, 96, 96)) -> ModelCard:  # fmt: skip
     """The model card for weights trained with `cfg` (roi_size: the inference sliding-window size)."""
-    text = card_text(cfg.organ)
+    text = card_text(cfg.organ, cfg.name)
     return ModelCard(
         name=cfg.name, version=cfg.version, organ=cfg.organ, labels=cfg.labels, modality="CT",
         intended_use=text.intended_use, limitations=text.limitations, spacing=cfg.spacing, intensity=cfg.intensity,
