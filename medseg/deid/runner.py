@@ -305,7 +305,9 @@ def _one_file(
     cleans_text = bool(settings.options & {"clean-descriptors", "clean-structured-content", "clean-graphics"})
     words = engine.identifying_words(ds, all_names=cleans_text)
     sequences = rawcopy.sequence if raw is not None else None
-    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), words, raw_sequence=sequences)
+    ctx = engine.FileContext(
+        mapper, settings.options, engine.patient_key(ds), words, raw_sequence=sequences, raw_values=raw is not None
+    )
     original = engine.snapshot(ds)
     result = engine.deidentify(ds, ctx, in_place=True)
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
