@@ -35,7 +35,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision
+from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision, value_of
 from medseg.deid.identity import new_file_meta
 from medseg.deid.reading import DICOMDIR_CLASS
 from medseg.deid.writer import output_transfer_syntax, source_transfer_syntax
@@ -179,7 +179,7 @@ def _readable(ds: FileDataset, spans: dict, meta: Dataset) -> bool:
     native pixel data."""
     if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "DirectoryRecordSequence")):
         return False
-    if str(ds.get("SOPClassUID", "")) == DICOMDIR_CLASS or str(meta.get("MediaStorageSOPClassUID", "")) == (
+    if str(value_of(ds, "SOPClassUID", "")) == DICOMDIR_CLASS or str(meta.get("MediaStorageSOPClassUID", "")) == (
         DICOMDIR_CLASS
     ):
         return False
@@ -187,8 +187,9 @@ def _readable(ds: FileDataset, spans: dict, meta: Dataset) -> bool:
     if pixels is None or UID(str(meta.TransferSyntaxUID)).is_compressed:
         return True
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * frames * ds.BitsAllocated // 8
+        rows, columns, bits = (int(value_of(ds, k)) for k in ("Rows", "Columns", "BitsAllocated"))  # type: ignore[arg-type]
+        frames = int(value_of(ds, "NumberOfFrames", 1) or 1)  # type: ignore[arg-type]
+        expected = rows * columns * int(value_of(ds, "SamplesPerPixel", 1)) * frames * bits // 8  # type: ignore[arg-type]
     except (AttributeError, TypeError, ValueError):
         return True
     return len(pixels[0].value) >= expected
@@ -315,7 +316,7 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
         return None
     out.file_meta = new_file_meta(out, original, ts)
     meta = out.file_meta
-    ds_class, ds_instance = out.get("SOPClassUID", None), out.get("SOPInstanceUID", None)
+    ds_class, ds_instance = value_of(out, "SOPClassUID"), value_of(out, "SOPInstanceUID")
     if meta.get("MediaStorageSOPClassUID", None) is None or (ds_class and ds_class != meta.MediaStorageSOPClassUID):
         meta.MediaStorageSOPClassUID = ds_class
     if meta.get("MediaStorageSOPInstanceUID", None) is None or (
@@ -332,7 +333,7 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
     pixels = out.get_item(BaseTag(PIXEL_DATA), keep_deferred=True)
     if pixels is not None and not (_copied(raw, pixels) and (pixels.length == UNDEFINED) == compressed):
         out["PixelData"].is_undefined_length = compressed
-    charset = out.get("SpecificCharacterSet", default_encoding)
+    charset = value_of(out, "SpecificCharacterSet", default_encoding)
     data = raw.data
     for tag in sorted(out.keys()):
         if tag.element == 0 and tag.group > 6:
