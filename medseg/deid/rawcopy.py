@@ -19,14 +19,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import __version_info__
 from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset, validate_file_meta
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag, tag_in_exception
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
@@ -48,6 +50,7 @@ LONG_VRS = frozenset(str(v) for v in EXPLICIT_VR_LENGTH_32)
 _HEADER = struct.Struct("<HHL")
 _ITEM_END_BYTES = struct.pack("<HH", 0xFFFE, 0xE00D)
 _ITEM_DELIMITER = _HEADER.pack(0xFFFE, 0xE00D, 0)
+_SEQUENCE_DELIMITER = _HEADER.pack(0xFFFE, 0xE0DD, 0)
 # options whose rules look across a whole level (date pairs shifted together, private blocks and their
 # creators): sequences are then walked by the engine itself
 LEVEL_OPTIONS = frozenset({"retain-dates-shifted", "retain-safe-private"})
@@ -295,11 +298,7 @@ def _merge(
     for tag in list(level.keys()):
         if tag.element == 0 and tag.group > 6:
             continue
-        fp = DicomBytesIO()
-        fp.is_implicit_VR, fp.is_little_endian = implicit, True
-        with tag_in_exception(tag):
-            write_data_element(fp, level.get_item(tag), charset)  # type: ignore[arg-type]
-        pieces.append((int(tag), fp.getvalue()))
+        pieces.append((int(tag), _encoded(level.get_item(tag), implicit, charset)))
     pieces.sort(key=lambda piece: piece[0])
     return b"".join(piece for _, piece in pieces)
 
@@ -315,20 +314,11 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
     ):
         return None
     out.file_meta = new_file_meta(out, original, ts)
-    meta = out.file_meta
-    ds_class, ds_instance = value_of(out, "SOPClassUID"), value_of(out, "SOPInstanceUID")
-    if meta.get("MediaStorageSOPClassUID", None) is None or (ds_class and ds_class != meta.MediaStorageSOPClassUID):
-        meta.MediaStorageSOPClassUID = ds_class
-    if meta.get("MediaStorageSOPInstanceUID", None) is None or (
-        ds_instance and ds_instance != meta.MediaStorageSOPInstanceUID
-    ):
-        meta.MediaStorageSOPInstanceUID = ds_instance
-    validate_file_meta(meta, enforce_standard=True)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = raw.implicit, True
     fp.write(out.preamble or b"\x00" * 128)
     fp.write(b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
+    fp.write(_file_meta(out.file_meta))
     compressed = UID(ts).is_compressed
     pixels = out.get_item(BaseTag(PIXEL_DATA), keep_deferred=True)
     if pixels is not None and not (_copied(raw, pixels) and (pixels.length == UNDEFINED) == compressed):
@@ -343,9 +333,65 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
         if span is not None and span[0] is elem:
             fp.write(data[span[1] : span[2]])
             continue
-        with tag_in_exception(tag):
-            write_data_element(fp, out.get_item(tag), charset)
+        fp.write(_encoded(out.get_item(tag), raw.implicit, charset))
     return fp.getvalue()
+
+
+def _file_meta(meta: Dataset) -> bytes:
+    """The file meta group as dcmwrite writes it with enforce_file_format (version, class, instance, transfer
+    syntax, pydicom's implementation UID and version name), encoded directly."""
+    elements = [
+        (0x0001, b"OB", b"\x00\x01"),
+        (0x0002, b"UI", _uid(meta.MediaStorageSOPClassUID)),
+        (0x0003, b"UI", _uid(meta.MediaStorageSOPInstanceUID)),
+        (0x0010, b"UI", _uid(meta.TransferSyntaxUID)),
+        (0x0012, b"UI", _uid(PYDICOM_IMPLEMENTATION_UID)),
+        (0x0013, b"SH", _even(f"PYDICOM {'.'.join(__version_info__)}".encode("ascii"), b" ")),
+    ]
+    body = b"".join(
+        struct.pack("<HH2sHL", 2, e, vr, 0, len(v)) + v if vr == b"OB" else struct.pack("<HH2sH", 2, e, vr, len(v)) + v
+        for e, vr, v in elements
+    )
+    return struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(body)) + body
+
+
+def _uid(value: object) -> bytes:
+    return _even(str(value).encode("ascii"), b"\x00")
+
+
+def _even(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def _encoded(elem: object, implicit: bool, charset: object) -> bytes:
+    """One element's encoding: a raw element's header and value bytes directly, anything else by pydicom."""
+    header = _raw_header(elem, implicit) if isinstance(elem, RawDataElement) else None
+    if header is None:
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = implicit, True
+        with tag_in_exception(elem.tag):  # type: ignore[attr-defined]
+            write_data_element(fp, elem, charset)  # type: ignore[arg-type]
+        return fp.getvalue()
+    value = elem.value  # type: ignore[attr-defined]
+    return header + value + (_SEQUENCE_DELIMITER if elem.length == UNDEFINED else b"")  # type: ignore[attr-defined]
+
+
+def _raw_header(raw: RawDataElement, implicit: bool) -> bytes | None:
+    """The header pydicom's write_data_element writes for a raw element; None where it would do more (check
+    encapsulated Pixel Data, turn a long short-VR value into UN)."""
+    if raw.value is None or (raw.length == UNDEFINED and raw.tag == PIXEL_DATA):
+        return None
+    length = UNDEFINED if raw.length == UNDEFINED else len(raw.value)
+    group, element = raw.tag >> 16, raw.tag & 0xFFFF
+    if implicit:
+        return _HEADER.pack(group, element, length)
+    if raw.VR is None or len(raw.VR) != 2:
+        return None
+    if raw.VR in LONG_VRS:
+        return struct.pack("<HH2sHL", group, element, raw.VR.encode("ascii"), 0, length)
+    if length > 0xFFFF:
+        return None
+    return struct.pack("<HH2sH", group, element, raw.VR.encode("ascii"), length)
 
 
 def _copied(raw: RawFile, elem: object) -> bool:
