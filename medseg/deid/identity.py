@@ -7,8 +7,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from medseg.deid.engine import FileContext, value_of
+from medseg.deid.engine import FileContext
 from medseg.deid.table import load_cid7050, load_table
+from medseg.deid.values import value_of
 
 METHOD_PREFIX = "medseg deid"
 

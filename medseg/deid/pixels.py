@@ -12,8 +12,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from medseg.deid.engine import value_of
 from medseg.deid.ocr import TextBox, detect_text, to_display
+from medseg.deid.values import value_of
 
 AT_RISK_MODALITIES = frozenset({"US", "SC", "XA", "RF", "CR", "DX", "MG", "OT", "IO", "PX", "XC", "ES", "GM", "DOC"})
 COMPUTED_SOP_CLASSES = frozenset({

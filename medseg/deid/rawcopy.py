@@ -37,9 +37,10 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision, value_of
+from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision
 from medseg.deid.identity import new_file_meta
 from medseg.deid.reading import DICOMDIR_CLASS
+from medseg.deid.values import value_of
 from medseg.deid.writer import output_transfer_syntax, source_transfer_syntax
 
 UNDEFINED = 0xFFFFFFFF

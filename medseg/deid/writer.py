@@ -13,8 +13,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from medseg.deid.engine import value_of
 from medseg.deid.identity import new_file_meta
+from medseg.deid.values import value_of
 
 
 def source_transfer_syntax(original: Dataset) -> str:
