@@ -19,16 +19,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import __version_info__
 from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.filewriter import write_data_element
-from pydicom.tag import BaseTag, tag_in_exception
+from pydicom.tag import BaseTag
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     UID,
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
@@ -37,8 +34,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision
+from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision, raw_changed
 from medseg.deid.identity import new_file_meta
+from medseg.deid.rawencode import encoded_element, file_meta_bytes
 from medseg.deid.reading import DICOMDIR_CLASS
 from medseg.deid.values import value_of
 from medseg.deid.writer import output_transfer_syntax, source_transfer_syntax
@@ -51,7 +49,6 @@ LONG_VRS = frozenset(str(v) for v in EXPLICIT_VR_LENGTH_32)
 _HEADER = struct.Struct("<HHL")
 _ITEM_END_BYTES = struct.pack("<HH", 0xFFFE, 0xE00D)
 _ITEM_DELIMITER = _HEADER.pack(0xFFFE, 0xE00D, 0)
-_SEQUENCE_DELIMITER = _HEADER.pack(0xFFFE, 0xE0DD, 0)
 # options whose rules look across a whole level (date pairs shifted together, private blocks and their
 # creators): sequences are then walked by the engine itself
 LEVEL_OPTIONS = frozenset({"retain-dates-shifted", "retain-safe-private"})
@@ -252,6 +249,7 @@ def _item(
     copied, the rest go through the engine (which calls `sequence` again for the sequences they hold)."""
     kept: list[tuple[int, bytes]] = []
     rest: dict[BaseTag, RawDataElement] = {}
+    changed = False
     while True:
         if pos >= end:
             if delimited:
@@ -270,21 +268,56 @@ def _item(
             value_end = element_end = start + length
             if value_end > end:
                 raise _Unusual
-        if (
-            not tag >> 16 & 1
-            and length != UNDEFINED
-            and not length & 1
-            and vr != "UN"
-            and element_decision(tag, vr, ctx.options)[0] == "keep"
-        ):
-            kept.append((tag, data[pos:element_end]))
-        else:
+        piece = _direct(tag, vr, length, data[start:value_end], start, implicit, charset, ctx)
+        if piece is None:
             key = BaseTag(tag)
             rest[key] = RawDataElement(key, vr, length, data[start:value_end], start, implicit, True)
+        elif piece is _KEPT:
+            kept.append((tag, data[pos:element_end]))
+        else:
+            changed = True
+            if piece:
+                kept.append((tag, piece))
         pos = element_end
-    if not rest:
+    if rest:
+        return _merge(kept, rest, implicit, charset, ctx), item_end
+    if not changed:
         return None, item_end
-    return _merge(kept, rest, implicit, charset, ctx), item_end
+    kept.sort(key=lambda item: item[0])
+    return b"".join(piece for _, piece in kept), item_end
+
+
+_KEPT = b"kept"
+
+
+def _direct(
+    tag: int, vr: str | None, length: int, value: bytes, start: int, implicit: bool, charset: object,
+    ctx: FileContext,
+) -> bytes | None:  # fmt: skip
+    """What the engine would make of one element of an item, without building a data set: _KEPT (copy its
+    bytes), b"" (removed), its new encoding (changed from its bytes); None when the engine must see it."""
+    if tag >> 16 & 1:
+        ctx.actions["private X"] += 1  # no Retain Safe Private here (LEVEL_OPTIONS): every private element goes
+        return b""
+    kind, action, label = element_decision(tag, vr, ctx.options)
+    if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN":
+        return _KEPT
+    if kind == "drop":
+        return b""
+    if kind == "remove" or action == "X":
+        ctx.actions[label] += 1
+        return b""
+    if kind not in ("row", "dummy", "safe-ui"):
+        return None
+    engine_vr = vr if vr and vr != "UN" else dictionary_vr(tag)
+    new = raw_changed(
+        RawDataElement(BaseTag(tag), vr, length, value, start, implicit, True), engine_vr, kind, action, ctx
+    )
+    if new is None:
+        return None
+    if label:
+        ctx.actions[label] += 1
+    return encoded_element(new, implicit, charset)
 
 
 def _merge(
@@ -299,7 +332,7 @@ def _merge(
     for tag in list(level.keys()):
         if tag.element == 0 and tag.group > 6:
             continue
-        pieces.append((int(tag), _encoded(level.get_item(tag), implicit, charset)))
+        pieces.append((int(tag), encoded_element(level.get_item(tag), implicit, charset)))
     pieces.sort(key=lambda piece: piece[0])
     return b"".join(piece for _, piece in pieces)
 
@@ -319,7 +352,7 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
     fp.is_implicit_VR, fp.is_little_endian = raw.implicit, True
     fp.write(out.preamble or b"\x00" * 128)
     fp.write(b"DICM")
-    fp.write(_file_meta(out.file_meta))
+    fp.write(file_meta_bytes(out.file_meta))
     compressed = UID(ts).is_compressed
     pixels = out.get_item(BaseTag(PIXEL_DATA), keep_deferred=True)
     if pixels is not None and not (_copied(raw, pixels) and (pixels.length == UNDEFINED) == compressed):
@@ -334,65 +367,8 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
         if span is not None and span[0] is elem:
             fp.write(data[span[1] : span[2]])
             continue
-        fp.write(_encoded(out.get_item(tag), raw.implicit, charset))
+        fp.write(encoded_element(out.get_item(tag), raw.implicit, charset))
     return fp.getvalue()
-
-
-def _file_meta(meta: Dataset) -> bytes:
-    """The file meta group as dcmwrite writes it with enforce_file_format (version, class, instance, transfer
-    syntax, pydicom's implementation UID and version name), encoded directly."""
-    elements = [
-        (0x0001, b"OB", b"\x00\x01"),
-        (0x0002, b"UI", _uid(meta.MediaStorageSOPClassUID)),
-        (0x0003, b"UI", _uid(meta.MediaStorageSOPInstanceUID)),
-        (0x0010, b"UI", _uid(meta.TransferSyntaxUID)),
-        (0x0012, b"UI", _uid(PYDICOM_IMPLEMENTATION_UID)),
-        (0x0013, b"SH", _even(f"PYDICOM {'.'.join(__version_info__)}".encode("ascii"), b" ")),
-    ]
-    body = b"".join(
-        struct.pack("<HH2sHL", 2, e, vr, 0, len(v)) + v if vr == b"OB" else struct.pack("<HH2sH", 2, e, vr, len(v)) + v
-        for e, vr, v in elements
-    )
-    return struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(body)) + body
-
-
-def _uid(value: object) -> bytes:
-    return _even(str(value).encode("ascii"), b"\x00")
-
-
-def _even(value: bytes, pad: bytes) -> bytes:
-    return value + pad if len(value) % 2 else value
-
-
-def _encoded(elem: object, implicit: bool, charset: object) -> bytes:
-    """One element's encoding: a raw element's header and value bytes directly, anything else by pydicom."""
-    header = _raw_header(elem, implicit) if isinstance(elem, RawDataElement) else None
-    if header is None:
-        fp = DicomBytesIO()
-        fp.is_implicit_VR, fp.is_little_endian = implicit, True
-        with tag_in_exception(elem.tag):  # type: ignore[attr-defined]
-            write_data_element(fp, elem, charset)  # type: ignore[arg-type]
-        return fp.getvalue()
-    value = elem.value  # type: ignore[attr-defined]
-    return header + value + (_SEQUENCE_DELIMITER if elem.length == UNDEFINED else b"")  # type: ignore[attr-defined]
-
-
-def _raw_header(raw: RawDataElement, implicit: bool) -> bytes | None:
-    """The header pydicom's write_data_element writes for a raw element; None where it would do more (check
-    encapsulated Pixel Data, turn a long short-VR value into UN)."""
-    if raw.value is None or (raw.length == UNDEFINED and raw.tag == PIXEL_DATA):
-        return None
-    length = UNDEFINED if raw.length == UNDEFINED else len(raw.value)
-    group, element = raw.tag >> 16, raw.tag & 0xFFFF
-    if implicit:
-        return _HEADER.pack(group, element, length)
-    if raw.VR is None or len(raw.VR) != 2:
-        return None
-    if raw.VR in LONG_VRS:
-        return struct.pack("<HH2sHL", group, element, raw.VR.encode("ascii"), 0, length)
-    if length > 0xFFFF:
-        return None
-    return struct.pack("<HH2sH", group, element, raw.VR.encode("ascii"), length)
 
 
 def _copied(raw: RawFile, elem: object) -> bool:
