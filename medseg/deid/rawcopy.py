@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import config
 from pydicom.charset import default_encoding
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomBytesIO
@@ -188,12 +192,36 @@ def _readable(ds: FileDataset, spans: dict, meta: Dataset) -> bool:
     if pixels is None or UID(str(meta.TransferSyntaxUID)).is_compressed:
         return True
     try:
-        rows, columns, bits = (int(value_of(ds, k)) for k in ("Rows", "Columns", "BitsAllocated"))  # type: ignore[arg-type]
+        rows, columns, bits = (_us(ds, spans, k) for k in ("Rows", "Columns", "BitsAllocated"))
         frames = int(value_of(ds, "NumberOfFrames", 1) or 1)  # type: ignore[arg-type]
-        expected = rows * columns * int(value_of(ds, "SamplesPerPixel", 1)) * frames * bits // 8  # type: ignore[arg-type]
+        expected = rows * columns * int(_us(ds, spans, "SamplesPerPixel", 1)) * frames * bits // 8  # type: ignore[operator]
     except (AttributeError, TypeError, ValueError):
         return True
     return len(pixels[0].value) >= expected
+
+
+def _us(ds: FileDataset, spans: dict, keyword: str, default: int | None = None) -> int | None:
+    """A US value read from its two bytes (converted by pydicom when it is not plain US)."""
+    span = spans.get(BaseTag(tag_for_keyword(keyword)))
+    if span is None:
+        return default
+    raw = span[0]
+    if raw.VR in ("US", None) and raw.length == 2:
+        return _SHORT_LENGTH.unpack(raw.value)[0]
+    return int(value_of(ds, keyword))  # type: ignore[arg-type]
+
+
+@contextmanager
+def unchecked_reads() -> Iterator[None]:
+    """pydicom's checks of the values it converts, off for the raw copier (in this mode they only warn, so the
+    values and the outputs are the same; the engine's rules judge the values)."""
+    settings = config.settings
+    mode = settings.reading_validation_mode
+    settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = mode
 
 
 def sequence(raw: object, charset: object, ctx: FileContext) -> RawDataElement | None:

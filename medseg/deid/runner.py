@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -276,7 +277,8 @@ def _one_file_safe(
     """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost; a
     fault on the raw copier's path is retried on the full path first."""
     try:
-        return _one_file(path, data, ref, digest, mapper, settings)
+        with rawcopy.unchecked_reads() if settings.copy_raw else nullcontext():
+            return _one_file(path, data, ref, digest, mapper, settings)
     except (OSError, MedsegError):
         raise
     except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
