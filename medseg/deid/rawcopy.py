@@ -1,15 +1,12 @@
-"""The header path's byte copier: parse a file's top level into raw elements that remember where their bytes are,
-and write the de-identified dataset by copying every element the engine left untouched (Pixel Data included)
-from the input instead of re-encoding it; sequences whose content needs no change at any depth stay bytes too.
+"""The header path's raw copier: parse a file's top level into raw elements that remember where their bytes are;
+de-identify sequences from their bytes; write by copying every element the engine left untouched (Pixel Data too).
 
-Used for little-endian files with a file meta group (implicit VR, explicit VR and encapsulated transfer syntaxes).
-`parse` returns None, and the caller takes the full pydicom path (`reading.read_input`, `writer.encode_dataset`),
-for: no preamble or file meta, deflated, big-endian, private or unknown transfer syntaxes, a command group, a data
-set whose encoding differs from its transfer syntax's, unknown explicit VRs, undefined lengths other than sequences
-and encapsulated Pixel Data, repeated tags, anything cut short, DICOMDIR, no SOP UID, short native Pixel Data (the
-full path reports those). `encode` returns None (full encoder) when the output's encoding or character set is not
-the input's (pixels rewritten). A sequence counts as unchanged only when every element in it, at every depth, is
-a kept safe-list element (not UN, even length) or an unchanged safe sequence, in the encoding of its parent.
+`parse` returns None (the caller then takes the full pydicom path, `reading.read_input`) for: no preamble or file
+meta, deflated, big-endian, private or unknown transfer syntaxes, a command group, a data set encoded otherwise than
+its transfer syntax says, unknown explicit VRs, undefined lengths other than sequences and encapsulated Pixel Data,
+repeated tags, anything cut short, DICOMDIR, no SOP UID, short native Pixel Data. `sequence` returns None (the
+engine converts and walks it) for implicit-VR items in an explicit-VR file, an item's own character set and
+LEVEL_OPTIONS; `encode` returns None (`writer.encode_dataset`) when the output's encoding or charset changed.
 """
 
 from __future__ import annotations
