@@ -9,6 +9,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from medseg.deid.engine import FileContext
 from medseg.deid.table import load_cid7050, load_table
+from medseg.deid.values import value_of
 
 METHOD_PREFIX = "medseg deid"
 
@@ -50,17 +51,17 @@ def _fill_empty_uids(out: Dataset, original: Dataset, ctx: FileContext) -> None:
     if "retain-uids" in ctx.options:
         return
     study = str(original.get("StudyInstanceUID", "") or "")
-    if not str(out.get("StudyInstanceUID", "") or ""):
+    if not str(value_of(out, "StudyInstanceUID", "") or ""):
         parts = [ctx.patient_key] + [
             str(original.get(k, "")) for k in ("StudyDate", "StudyTime", "AccessionNumber", "StudyID")
         ]
         out.StudyInstanceUID = ctx.mapper.derived_uid("study", *parts)
-    if not str(out.get("SeriesInstanceUID", "") or ""):
+    if not str(value_of(out, "SeriesInstanceUID", "") or ""):
         keys = ("SeriesNumber", "Modality", "FrameOfReferenceUID", "SeriesDescription", "SeriesDate", "SeriesTime")
         out.SeriesInstanceUID = ctx.mapper.derived_uid(
-            "series", study, str(out.StudyInstanceUID), *[str(original.get(k, "")) for k in keys]
+            "series", study, str(value_of(out, "StudyInstanceUID")), *[str(original.get(k, "")) for k in keys]
         )
-    if not str(out.get("SOPInstanceUID", "") or ""):
+    if not str(value_of(out, "SOPInstanceUID", "") or ""):
         meta = getattr(original, "file_meta", None)
         media = str(meta.get("MediaStorageSOPInstanceUID", "") or "") if meta is not None else ""
         out.SOPInstanceUID = (
@@ -68,7 +69,7 @@ def _fill_empty_uids(out: Dataset, original: Dataset, ctx: FileContext) -> None:
             if media
             else ctx.mapper.derived_uid(
                 "instance",
-                str(out.SeriesInstanceUID),
+                str(value_of(out, "SeriesInstanceUID")),
                 str(original.get("InstanceNumber", "")),
                 str(original.get("AcquisitionNumber", "")),
             )
@@ -79,9 +80,9 @@ def new_file_meta(out: Dataset, original: Dataset, transfer_syntax: str | None) 
     """A fresh file meta group: only class, instance, transfer syntax and this writer's implementation."""
     old = getattr(original, "file_meta", None)
     meta = FileMetaDataset()
-    sop_class = out.get("SOPClassUID") or (old.get("MediaStorageSOPClassUID") if old is not None else None)
+    sop_class = value_of(out, "SOPClassUID") or (old.get("MediaStorageSOPClassUID") if old is not None else None)
     meta.MediaStorageSOPClassUID = UID(str(sop_class or "1.2.840.10008.5.1.4.1.1.7"))
-    meta.MediaStorageSOPInstanceUID = UID(str(out.SOPInstanceUID))
+    meta.MediaStorageSOPInstanceUID = UID(str(value_of(out, "SOPInstanceUID")))
     meta.TransferSyntaxUID = UID(transfer_syntax or ExplicitVRLittleEndian)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return meta

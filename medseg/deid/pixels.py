@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medseg.deid.ocr import TextBox, detect_text, to_display
+from medseg.deid.values import value_of
 
 AT_RISK_MODALITIES = frozenset({"US", "SC", "XA", "RF", "CR", "DX", "MG", "OT", "IO", "PX", "XC", "ES", "GM", "DOC"})
 COMPUTED_SOP_CLASSES = frozenset({
@@ -42,13 +43,13 @@ class PixelOutcome:
 
 def at_risk(ds: Dataset) -> bool:
     """Modalities and objects that usually carry burned-in text: projections, US, captures, scouts."""
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    sop = str(ds.get("SOPClassUID", ""))
+    image_type = [str(v).upper() for v in (value_of(ds, "ImageType") or [])]  # type: ignore[attr-defined]
+    sop = str(value_of(ds, "SOPClassUID", ""))
     return (
-        str(ds.get("Modality", "")).upper() in AT_RISK_MODALITIES
+        str(value_of(ds, "Modality", "")).upper() in AT_RISK_MODALITIES
         or "LOCALIZER" in image_type
         or sop.startswith("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture family
-        or str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+        or str(value_of(ds, "BurnedInAnnotation", "")).upper() == "YES"
     )
 
 
@@ -95,7 +96,7 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     """Scan (and if needed clean, in place) the pixels of a header-de-identified dataset with its original file meta."""
     if "PixelData" not in ds:
         return PixelOutcome("no-pixels")
-    if str(ds.get("SOPClassUID", "")) in COMPUTED_SOP_CLASSES:
+    if str(value_of(ds, "SOPClassUID", "")) in COMPUTED_SOP_CLASSES:
         return PixelOutcome("computed")
     if not scan:
         if at_risk(ds):

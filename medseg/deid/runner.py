@@ -10,13 +10,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRBigEndian
 
-from medseg.deid import engine
+from medseg.deid import engine, rawcopy
 from medseg.deid.identity import set_identity
 from medseg.deid.keyed import KeyedMapper
 from medseg.deid.overlays import clean_overlays
@@ -36,12 +37,15 @@ JOURNAL = f"{STATE_DIR}/journal.jsonl"
 
 @dataclass(frozen=True)
 class DeidSettings:
-    """Choices of one run: Annex E options, whether pixels are scanned, --strict, and worker processes."""
+    """Choices of one run: Annex E options, whether pixels are scanned, --strict, and worker processes; copy_raw
+    False writes every file through pydicom's full parse and encoder (the reference the raw copier is tested
+    against, see medseg.deid.rawcopy)."""
 
     options: frozenset[str] = frozenset()
     scan_pixels: bool = True
     strict: bool = False
     workers: int = 1
+    copy_raw: bool = True
 
 
 @dataclass
@@ -270,28 +274,42 @@ Encoded = tuple[FileRecord, bytes | None, Path | None]
 def _one_file_safe(
     path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings
 ) -> Encoded:
-    """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost."""
+    """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost; a
+    fault on the raw copier's path is retried on the full path first."""
     try:
-        return _one_file(path, data, ref, digest, mapper, settings)
+        with rawcopy.unchecked_reads() if settings.copy_raw else nullcontext():
+            return _one_file(path, data, ref, digest, mapper, settings)
     except (OSError, MedsegError):
         raise
     except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
-        reason = corrupt_element(data) or f"internal error {type(exc).__name__}: {str(exc)[:120]}"
-        status = "skipped" if reason.startswith("unreadable") else "failed"
-        return FileRecord(ref, digest, status, reason=reason), None, None
+        fault = exc
+    if settings.copy_raw:
+        try:
+            return _one_file(path, data, ref, digest, mapper, replace(settings, copy_raw=False))
+        except (OSError, MedsegError):
+            raise
+        except Exception as exc:
+            fault = exc
+    reason = corrupt_element(data) or f"internal error {type(fault).__name__}: {str(fault)[:120]}"
+    status = "skipped" if reason.startswith("unreadable") else "failed"
+    return FileRecord(ref, digest, status, reason=reason), None, None
 
 
 def _one_file(
     path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings
 ) -> Encoded:
     """Read, de-identify, scan pixels and encode one file; problems become the record's status and reason."""
+    raw = rawcopy.parse(path, data) if settings.copy_raw else None
     try:
-        ds = read_input(path, data)
+        ds = raw.dataset if raw is not None else read_input(path, data)
     except ReadProblem as problem:
         return FileRecord(ref, digest, problem.status, reason=problem.reason), None, None
     cleans_text = bool(settings.options & {"clean-descriptors", "clean-structured-content", "clean-graphics"})
     words = engine.identifying_words(ds, all_names=cleans_text)
-    ctx = engine.FileContext(mapper, settings.options, engine.patient_key(ds), identifiers=words)
+    sequences = rawcopy.sequence if raw is not None else None
+    ctx = engine.FileContext(
+        mapper, settings.options, engine.patient_key(ds), words, raw_sequence=sequences, raw_values=raw is not None
+    )
     original = engine.snapshot(ds)
     result = engine.deidentify(ds, ctx, in_place=True)
     result.file_meta = FileMetaDataset()  # the pixel decoder needs the original transfer syntax
@@ -310,7 +328,8 @@ def _one_file(
     status = "written"
     if pixels.status == "quarantine":
         rel, status = Path(QUARANTINE) / rel.name, "quarantined"
-    encoded = encode_dataset(result, original, pixels.rewritten or big_endian)
+    copied = rawcopy.encode(result, original, raw) if raw is not None and not pixels.rewritten else None
+    encoded = copied if copied is not None else encode_dataset(result, original, pixels.rewritten or big_endian)
     record = FileRecord(
         ref, digest, status, None, _sha256(encoded), pixels.reason, dict(sorted(ctx.actions.items())),
         {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions],

@@ -14,6 +14,7 @@ from pydicom.uid import (
 )
 
 from medseg.deid.identity import new_file_meta
+from medseg.deid.values import value_of
 
 
 def source_transfer_syntax(original: Dataset) -> str:
@@ -51,7 +52,10 @@ def to_little_endian(out: Dataset) -> None:
 
 def relative_name(out: Dataset) -> Path:
     """study/series/instance.dcm from the de-identified UIDs (no PHI: they are keyed hashes)."""
-    return Path(str(out.StudyInstanceUID)) / str(out.SeriesInstanceUID) / f"{out.SOPInstanceUID}.dcm"
+    study, series, instance = (
+        str(value_of(out, k)) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    )
+    return Path(study) / series / f"{instance}.dcm"
 
 
 def encode_dataset(out: Dataset, original: Dataset, pixels_rewritten: bool) -> bytes:
