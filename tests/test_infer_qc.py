@@ -82,3 +82,19 @@ def test_result_flags_follow_the_label_map(chaos):
     assert "organ_intensity" in codes(check_result("liver", organ_stats(air, 1, volume), volume.shape, CARD))
     empty = organ_stats(np.zeros_like(liver), 1, volume)
     assert codes(check_result("liver", empty, volume.shape, CARD)) == {"organ_not_found"}
+
+
+def test_a_multi_organ_cards_volume_range_is_its_main_organs_only(chaos) -> None:
+    """The card's liver range once flagged a normal 123 ml spleen as implausible (seen with model 2.0.0)."""
+    volume, _ = chaos
+    labels = {0: "background", 1: "liver", 2: "spleen"}
+    card = CARD.model_copy(update={"labels": labels, "volume_range_ml": (600, 4500)})
+    spleen = np.zeros(volume.shape, np.uint8)
+    spleen[300:370, 300:370, 30:54] = 1
+    stats = organ_stats(spleen, 1, volume)
+    assert 60 < stats["volume_ml"] < 200
+    assert "volume_implausible" not in codes(check_result("spleen", stats, volume.shape, card))
+    assert "volume_implausible" in codes(check_result("liver", stats, volume.shape, card))
+    tiny = np.zeros(volume.shape, np.uint8)
+    tiny[300:305, 300:305, 30:32] = 1
+    assert "volume_implausible" in codes(check_result("spleen", organ_stats(tiny, 1, volume), volume.shape, card))

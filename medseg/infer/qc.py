@@ -105,8 +105,9 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
 
 
 def volume_range(card: ModelCard, organ: str) -> tuple[float, float] | None:
-    """Plausible volume range in ml: the model card's, else the default for the organ, else None."""
-    if card.volume_range_ml is not None:
+    """Plausible volume range in ml: the model card's for its main organ, else the rules' default for the organ, else
+    None (a multi-organ card's range is its main organ's: a 123 ml spleen is not an implausible liver)."""
+    if card.volume_range_ml is not None and organ == card.organ:
         return tuple(card.volume_range_ml)
     default = rules()["volume_ml"].get(organ)
     return tuple(default) if default else None
