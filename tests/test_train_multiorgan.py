@@ -212,3 +212,13 @@ def test_an_organ_gets_card_figures_only_above_the_minimum_dice() -> None:
     multi = card.model_copy(update={"labels": {0: "background", 1: "liver", 2: "spleen", 3: "pancreas"},
                                     "metrics": {**card.metrics, "organs": organs}})  # fmt: skip
     assert multi.validated_organs == ("liver", "spleen")
+
+
+def test_the_cards_confidence_limit_comes_from_the_synthetic_side_of_the_bench() -> None:
+    from medseg.errors import InvalidInputError
+    from medseg.train.export import confidence_limit
+
+    limit = confidence_limit({"threshold": 0.23456, "synthetic": [{}] * 12, "real": [{}] * 28})
+    assert limit.max_uncertain_fraction == 0.2346 and "12 synthetic" in limit.chosen_on
+    with pytest.raises(InvalidInputError):
+        confidence_limit({"threshold": None, "synthetic": []})
