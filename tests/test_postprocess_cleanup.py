@@ -7,19 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from medseg.postprocess.cleanup import input_grid_cleanup
-from medseg.postprocess.components import fill_holes, largest_component
+from medseg.postprocess.cleanup import clean_class, input_grid_cleanup
 
 
 def _on_the_whole_box(labels: np.ndarray, box: tuple[slice, ...], n_classes: int) -> np.ndarray:
-    """The previous implementation: every class on the whole organ box."""
-    crop = labels[box]
+    """The previous implementation: every class cleaned on the whole organ box."""
     for c in range(1, n_classes):
-        mask = largest_component(crop == c)
-        mask = fill_holes(mask) & ((crop == 0) | mask)
-        crop[crop == c] = 0
-        crop[mask] = c
-    labels[box] = crop
+        clean_class(labels[box], c)
     return labels
 
 

@@ -35,6 +35,14 @@ def model_space_cleanup(probs: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...
     return probs, bounding_box(union, margin=MODEL_BOX_MARGIN)
 
 
+def clean_class(crop: np.ndarray, c: int) -> None:
+    """In place: class `c` of `crop` becomes its largest component, holes filled (holes take background only)."""
+    mask = largest_component(crop == c)
+    mask = fill_holes(mask) & ((crop == 0) | mask)
+    crop[crop == c] = 0
+    crop[mask] = c
+
+
 def input_grid_cleanup(labels: np.ndarray, box: tuple[slice, ...] | None, n_classes: int) -> np.ndarray:
     """Largest component and 3D hole filling per class, inside the organ box on the input grid.
 
@@ -46,12 +54,6 @@ def input_grid_cleanup(labels: np.ndarray, box: tuple[slice, ...] | None, n_clas
     crop = labels[box]
     for c in range(1, n_classes):
         own = bounding_box(crop == c, margin=1)
-        if own is None:
-            continue
-        sub = crop[own]
-        mask = largest_component(sub == c)
-        mask = fill_holes(mask) & ((sub == 0) | mask)
-        sub[sub == c] = 0
-        sub[mask] = c
-    labels[box] = crop
+        if own is not None:
+            clean_class(crop[own], c)
     return labels

@@ -53,7 +53,8 @@ def sources_of(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], metrics: dict[str, Any],
-               roi_size: tuple[int, int, int] = (96, 96, 96)) -> ModelCard:  # fmt: skip
+               roi_size: tuple[int, int, int] = (96, 96, 96),
+               confidence: ConfidenceCalibration | None = None) -> ModelCard:  # fmt: skip
     """The model card for weights trained with `cfg` (roi_size: the inference sliding-window size)."""
     text = card_text(cfg.organ, cfg.name)
     return ModelCard(
@@ -61,7 +62,7 @@ def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], 
         intended_use=text.intended_use, limitations=text.limitations, spacing=cfg.spacing, intensity=cfg.intensity,
         roi_size=roi_size, network=cfg.network,
         weights=WeightsSpec(file="weights.pt", sha256=weights_sha256, storage="float16"),
-        volume_range_ml=text.volume_range_ml, training=training, metrics=metrics,
+        volume_range_ml=text.volume_range_ml, training=training, metrics=metrics, confidence=confidence,
     )  # fmt: skip
 
 
@@ -118,8 +119,7 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
     tmp = dest / ".weights.pt.tmp"
     save_half_precision(src, tmp)
     tmp.replace(target)
-    card = build_card(cfg, sha256_file(target), record, metrics).model_copy(update={"confidence": confidence})
-    card = ModelCard.model_validate(card.model_dump())
+    card = build_card(cfg, sha256_file(target), record, metrics, confidence=confidence)
     atomic_write_text(dest / CARD_NAME, card.dump(), overwrite=True)
     return card
 
