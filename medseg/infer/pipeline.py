@@ -276,12 +276,14 @@ def _run_checked(
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, None, volume)
 
-    pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress, case.prepared())
+    served = served_labels(run.model, settings.organs)
+    pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress, case.prepared(),
+                          tuple(served))  # fmt: skip
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)
     run.summary["model_grid"] = _dump(ModelGridInfo(shape=list(pred.grid.shape), windows=vars(pred.windows)))
-    pred.labels, served = renumber(pred.labels, served_labels(run.model, settings.organs))
+    pred.labels, served = renumber(pred.labels, served)
     with run.timed("qc_result"):
         organs = [_organ_record(name, label, pred, volume) for label, name in served.items()]
         direction = volume.geometry.direction_matrix

@@ -57,10 +57,12 @@ def predict_labels(
     overlap: float = 0.25,
     progress: Callable[[int, int], None] | None = None,
     prepared: ModelInput | None = None,
+    classes: tuple[int, ...] | None = None,
 ) -> Prediction:
     """Segment `volume` with `network` per the model card's contract; labels come back on the input grid.
 
-    `prepared` is `model_input(volume, card)` made ahead (by a batch run's background thread)."""
+    `prepared` is `model_input(volume, card)` made ahead (by a batch run's background thread). With `classes`
+    (the label values to be served) only those labels are exact on the input grid; others may be cut."""
     timings: dict[str, float] = {}
     made = prepared if prepared is not None else model_input(volume, card)
     grid, image, timings["preprocess"] = made.grid, made.image, made.seconds
@@ -86,8 +88,8 @@ def predict_labels(
     probs = softmax(logits)
     confidence = organ_confidence(probs, card.foreground_labels)
     probs, model_box = model_space_cleanup(probs)
-    labels, box = labels_on_input_grid(probs, grid.affine_ras, volume.geometry, model_box)
+    labels, box = labels_on_input_grid(probs, grid.affine_ras, volume.geometry, model_box, classes)
     del probs
-    labels = input_grid_cleanup(labels, box, card.network.out_channels)
+    labels = input_grid_cleanup(labels, box, card.network.out_channels, classes)
     timings["postprocess"] = time.perf_counter() - t
     return Prediction(labels, grid, stats, timings, confidence)

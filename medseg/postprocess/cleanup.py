@@ -43,16 +43,19 @@ def clean_class(crop: np.ndarray, c: int) -> None:
     crop[mask] = c
 
 
-def input_grid_cleanup(labels: np.ndarray, box: tuple[slice, ...] | None, n_classes: int) -> np.ndarray:
+def input_grid_cleanup(
+    labels: np.ndarray, box: tuple[slice, ...] | None, n_classes: int, classes: tuple[int, ...] | None = None
+) -> np.ndarray:
     """Largest component and 3D hole filling per class, inside the organ box on the input grid.
 
     Each class works in its own box (grown by one voxel) within the organ box: the result is the same as on the
     whole organ box (a background region touching the class box's border reaches that box's border through voxels
-    of no class, so it is no hole in either), at the cost of the class's extent, not of all organs' union."""
+    of no class, so it is no hole in either), at the cost of the class's extent, not of all organs' union.
+    `classes` limits the clean-up to those classes (the others are not served)."""
     if box is None:
         return labels
     crop = labels[box]
-    for c in range(1, n_classes):
+    for c in range(1, n_classes) if classes is None else classes:
         own = bounding_box(crop == c, margin=1)
         if own is not None:
             clean_class(crop[own], c)
