@@ -58,14 +58,22 @@ def test_shipped_network_in_subpixel_form_gives_the_same_labels() -> None:
     assert bool((before.argmax(1) == after.argmax(1)).all())
 
 
-def test_shipped_int8_export_carries_passing_evidence_on_cases_it_was_not_calibrated_on(shared) -> None:
-    card = resolve_model("liver").card
-    assert card.int8 is not None, "the shipped liver model has no INT8 export"
+# Every real manual case each shipped model was not trained (nor calibrated) on.
+EVALUATED = {
+    "liver": {"ct/chaos_ct_sample", "ct/radcttace_1211", "ct/radcttace_0697"},
+    "abdomen": {"ct/radcttace_0697"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVALUATED))
+def test_shipped_int8_export_carries_passing_evidence_on_cases_it_was_not_calibrated_on(shared, name) -> None:
+    card = resolve_model(name).card
+    assert card.int8 is not None, f"the shipped {name} model has no INT8 export"
     manifest, sha = load_manifest(REPO / "data_manifests" / f"{card.int8.calibration['manifest']}.json")
     assert sha == card.int8.calibration["manifest_sha256"]
     training_digests = {d for e in manifest.entries for d in e.sha256.values()}
     cases = {row["case"] for row in card.int8.acceptance}
-    assert {"ct/chaos_ct_sample", "ct/radcttace_1211", "ct/radcttace_0697"} <= cases
+    assert EVALUATED[name] <= cases
     for row in card.int8.acceptance:
         assert digest_path(shared / row["case"] / "image.nii.gz") not in training_digests
         assert row["dice_f32"] - row["dice_int8"] <= MAX_DICE_DROP
@@ -73,8 +81,9 @@ def test_shipped_int8_export_carries_passing_evidence_on_cases_it_was_not_calibr
     assert card.int8.parity["argmax_agreement"] >= 0.99
 
 
-def test_int8_reproduces_its_recorded_dice_on_a_real_manual_case(shared) -> None:
-    model = resolve_model("liver")
+@pytest.mark.parametrize("name", sorted(EVALUATED))
+def test_int8_reproduces_its_recorded_dice_on_a_real_manual_case(shared, name) -> None:
+    model = resolve_model(name)
     row = next(r for r in model.card.int8.acceptance if r["case"] == "ct/radcttace_0697")
     volume = read_image(shared / row["case"] / "image.nii.gz")
     truth = read_image(shared / row["case"] / "liver.nii.gz").array > 0
@@ -112,5 +121,6 @@ def test_infer_cli_with_int8_writes_a_seg_and_records_the_runtime(shared, tmp_pa
     assert done.value.code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "dicom" / "summary.json").read_text())
     assert summary["software"]["backend"] == "openvino-int8"
+    assert summary["model"]["sha256"] == resolve_model(None, "liver").card.weights.sha256
     assert (tmp_path / "dicom" / "seg.dcm").is_file()
     assert np.isfinite(summary["organs"][0]["volume_ml"])

@@ -1,9 +1,11 @@
-"""The shipped default liver model is traceable to the config and manifests in the repository."""
+"""The shipped models are traceable to the config and manifests in the repository; the default is abdomen 2.0.0."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import pytest
 
 from medseg.models.registry import resolve_model
 from medseg.train.config import load_config
@@ -11,10 +13,21 @@ from medseg.train.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_default_liver_model_matches_its_config_and_manifests() -> None:
-    model = resolve_model(None, organ="liver")
+def test_the_default_liver_and_spleen_model_is_abdomen_2() -> None:
+    for organ in ("liver", "spleen"):
+        card = resolve_model(None, organ=organ).card
+        assert (card.name, card.version) == ("abdomen", "2.0.0")
+        assert organ in card.validated_organs
+
+
+SHIPPED = [("abdomen", "configs/abdomen_stage2.yaml"), ("liver", "configs/liver.yaml")]
+
+
+@pytest.mark.parametrize(("name", "config"), SHIPPED)
+def test_shipped_model_matches_its_config_and_manifests(name: str, config: str) -> None:
+    model = resolve_model(name)
     assert model.verify() == model.card.weights.sha256
-    cfg, cfg_sha = load_config(REPO / "configs/liver.yaml")
+    cfg, cfg_sha = load_config(REPO / config)
     card = model.card
     assert card.training["config_sha256"] == cfg_sha
     assert (card.network, card.spacing, card.intensity, card.labels) == (cfg.network, cfg.spacing, cfg.intensity,

@@ -40,7 +40,7 @@ def validated(shared, tmp_path_factory) -> Path:
         mp.setenv("MEDSEG_AUDIT_DIR", str(base / "audit"))  # this run's own trail, kept for the audit test
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with pytest.raises(SystemExit) as exc:
-            main(["validate", "--set", SET, "--out", str(out), "--junit", str(junit)])
+            main(["validate", "--model", "liver", "--set", SET, "--out", str(out), "--junit", str(junit)])
     report = json.loads((out / "report.json").read_text())
     assert exc.value.code == (
         0 if report["acceptance"]["verdict"] == "pass" and report["traceability"]["complete"] else 1
@@ -79,7 +79,7 @@ def test_report_holds_every_case_with_finite_metrics_and_the_card_figure(validat
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), c["case_id"]
         assert 0.0 <= m["dice"] <= 1.0 and m["hd95_mm"] >= 0 and m["nsd_tolerance_mm"] == 3.0
     chaos = r["cases"][0]["metrics"]["liver"]
-    card_dice = resolve_model(None, "liver").card.metrics["locked_test_real_ct"]["cases"][0]["dice"]
+    card_dice = resolve_model("liver").card.metrics["locked_test_real_ct"]["cases"][0]["dice"]
     assert chaos["dice"] == pytest.approx(card_dice, abs=0.02)  # the card's figure, reproduced through medseg infer
     assert chaos["volume_ref_ml"] == pytest.approx(1417.5, abs=0.5)
     dice = r["aggregates"]["dice"]
@@ -203,7 +203,7 @@ def test_the_audit_trail_records_the_validation_and_the_signature(signed, valida
     assert len(runs) == 1 and runs[0]["outcome"] == "success", runs
     assert (
         "verdict:" in json.dumps(runs[0])
-        and runs[0]["model"]["sha256"] == resolve_model(None, "liver").card.weights.sha256
+        and runs[0]["model"]["sha256"] == resolve_model("liver").card.weights.sha256
     )
     code, out = run_cli(["audit", "show", "--json"], capsys)
     signs = [r for r in json.loads(out) if r["command"] == "report sign"]

@@ -39,10 +39,23 @@ def test_the_shipped_set_matches_its_lock_and_the_data(shared) -> None:
 
 @pytest.mark.req("REQ-011")
 def test_the_shipped_set_is_independent_of_every_training_manifest(shared) -> None:
-    card = resolve_model(None, "liver").card
+    card = resolve_model("liver").card
     result = check_independence(load_set(set_paths(SHIPPED)[0]), card, shared)
     assert result.conflicts == [] and result.training_cases >= 60
     assert [m["file"] for m in result.manifests] == ["data_manifests/liver_v1.json"]
+
+
+@pytest.mark.req("REQ-010", "REQ-011")
+def test_the_default_models_set_is_locked_and_independent_and_v1_is_not(shared) -> None:
+    """Abdomen 2.0.0 trained on CHAOS and radcttace_1211: its set holds radcttace_0697 only, and v1 is refused."""
+    ts, lock = verify_lock("liver_real_manual_v2", shared)
+    assert [c.case_id for c in ts.cases] == ["radcttace_0697"] and len(lock["set_digest"]) == 64
+    card = resolve_model(None, "liver").card
+    assert card.metrics["locked_test_real_ct"]["test_set"]["manifest"] == "abdomen_v4_test_locked"
+    result = check_independence(ts, card, shared)
+    assert result.conflicts == [] and [m["file"] for m in result.manifests] == ["data_manifests/abdomen_v4.json"]
+    old = check_independence(load_set(set_paths(SHIPPED)[0]), card, shared)
+    assert {c.split(":")[0] for c in old.conflicts} >= {"chaos_ct_set3", "radcttace_1211"}, old.conflicts
 
 
 @pytest.mark.req("REQ-010")
@@ -120,7 +133,7 @@ def training_pair(shared: Path) -> dict:
 @pytest.mark.req("REQ-011")
 def test_a_training_case_in_the_test_set_is_refused_with_exit_3(shared, tmp_path, capsys) -> None:
     path = leaking_set(tmp_path, shared, training_pair(shared))
-    code, out = run_cli(["validate", "--set", str(path), "--out", str(tmp_path / "o")], capsys)
+    code, out = run_cli(["validate", "--model", "liver", "--set", str(path), "--out", str(tmp_path / "o")], capsys)
     assert code == 3, out
     assert "not independent" in out and "totalseg_example_ct_sm" in out and "file digest" in out
     assert not (tmp_path / "o" / "report.json").exists()
@@ -128,7 +141,7 @@ def test_a_training_case_in_the_test_set_is_refused_with_exit_3(shared, tmp_path
 
 @pytest.mark.req("REQ-011")
 def test_same_patient_or_same_dicom_uid_counts_as_a_leak(shared, tmp_path) -> None:
-    card = resolve_model(None, "liver").card
+    card = resolve_model("liver").card
     case = training_pair(shared) | {
         "image": "ct/radcttace_0697/image.nii.gz",
         "label": "ct/radcttace_0697/liver.nii.gz",
@@ -160,7 +173,7 @@ def test_a_training_manifest_that_differs_from_the_card_is_refused(shared, tmp_p
     shutil.copytree(REPO / "data_manifests", repo / "data_manifests")
     path = repo / "data_manifests/liver_v1.json"
     path.write_text(path.read_text().replace('"split": "val"', '"split": "train"', 1))
-    card = resolve_model(None, "liver").card
+    card = resolve_model("liver").card
     with pytest.raises(InvalidInputError, match="differs from the model card"):
         check_independence(load_set(SETS_DIR / f"{SHIPPED}.yaml"), card, shared, repo)
 

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 CARD_NAME = "model_card.yaml"
-DEFAULT_MODELS = {"liver": "liver"}
+# Default model per organ: abdomen 2.0.0 (liver and its neighbours as separate classes; better than liver 1.0.0
+# on every real CT with a manual label, docs/training.md). liver 1.0.0 stays installed under its own name.
+DEFAULT_MODELS = {"liver": "abdomen", "spleen": "abdomen"}
 
 
 def sha256_file(path: Path) -> str:
