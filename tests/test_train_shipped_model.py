@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 
 from medseg.models.registry import resolve_model
 from medseg.train.config import load_config
@@ -18,6 +19,13 @@ def test_the_default_liver_and_spleen_model_is_abdomen_2() -> None:
         card = resolve_model(None, organ=organ).card
         assert (card.name, card.version) == ("abdomen", "2.0.0")
         assert organ in card.validated_organs
+
+
+def test_models_list_names_the_default(capsys) -> None:
+    code, out = run_cli(["models", "list"], capsys)
+    assert code == 0
+    assert "abdomen 2.0.0  organ=liver  modality=CT  (default for --organ liver, spleen)" in out
+    assert "liver 1.0.0  organ=liver  modality=CT\n" in out
 
 
 SHIPPED = [("abdomen", "configs/abdomen_stage2.yaml"), ("liver", "configs/liver.yaml")]

@@ -63,14 +63,18 @@ def _print(found: list[InstalledModel], verify: bool, problems: dict[str, str]) 
     if not found:
         console.result("no models installed")
         return
+    from medseg.models.registry import DEFAULT_MODELS
+
     for m in found:
         c = m.card
         labels = ", ".join(f"{k}={v}" for k, v in c.labels.items())
+        defaults = [organ for organ, name in DEFAULT_MODELS.items() if name == m.folder.name]
+        default = f"  (default for --organ {', '.join(defaults)})" if defaults else ""
         check = ""
         if verify:
             check = f"  [MISMATCH: {problems[c.name]}]" if c.name in problems else "  [verified]"
         lines = [
-            f"{c.name} {c.version}  organ={c.organ}  modality={c.modality}",
+            f"{c.name} {c.version}  organ={c.organ}  modality={c.modality}{default}",
             f"  labels: {labels}",
             f"  spacing: {' x '.join(f'{s:g}' for s in c.spacing)} mm"
             f"  window: {c.intensity.a_min:g}..{c.intensity.a_max:g} HU"
