@@ -62,7 +62,8 @@ def predict_labels(
     """Segment `volume` with `network` per the model card's contract; labels come back on the input grid.
 
     `prepared` is `model_input(volume, card)` made ahead (by a batch run's background thread). With `classes`
-    (the label values to be served) only those labels are exact on the input grid; others may be cut."""
+    (the label values to be served) only those labels are exact on the input grid, others may be cut, and only
+    those get a confidence."""
     timings: dict[str, float] = {}
     made = prepared if prepared is not None else model_input(volume, card)
     grid, image, timings["preprocess"] = made.grid, made.image, made.seconds
@@ -86,8 +87,11 @@ def predict_labels(
 
     t = time.perf_counter()
     probs = softmax(logits)
-    confidence = organ_confidence(probs, card.foreground_labels)
-    probs, model_box = model_space_cleanup(probs)
+    served = card.foreground_labels if classes is None else {c: card.foreground_labels[c] for c in classes}
+    argmax = probs.argmax(axis=0)
+    confidence = organ_confidence(probs, served, argmax)
+    probs, model_box = model_space_cleanup(probs, argmax)
+    del argmax
     labels, box = labels_on_input_grid(probs, grid.affine_ras, volume.geometry, model_box, classes)
     del probs
     labels = input_grid_cleanup(labels, box, card.network.out_channels, classes)

@@ -19,7 +19,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def model_space_cleanup(probs: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+def model_space_cleanup(
+    probs: np.ndarray, argmax: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Per class at model spacing: keep the largest component with its holes filled (probability 1 in the holes),
     zero the class beyond a one-voxel band around it; return the probabilities and the box around all classes.
 
@@ -27,7 +29,7 @@ def model_space_cleanup(probs: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...
     reaching beyond the class's box reaches the grown box's border, and the one-voxel band fits inside)."""
     from scipy import ndimage
 
-    labels = probs.argmax(axis=0)
+    labels = probs.argmax(axis=0) if argmax is None else argmax
     boxes = []
     for c in range(1, probs.shape[0]):
         own = bounding_box(labels == c, margin=2)

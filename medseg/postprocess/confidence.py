@@ -39,7 +39,9 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     return (-(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])).astype(np.float32)
 
 
-def organ_confidence(probs: np.ndarray, labels: dict[int, str]) -> dict[str, OrganConfidence]:
+def organ_confidence(
+    probs: np.ndarray, labels: dict[int, str], argmax: np.ndarray | None = None
+) -> dict[str, OrganConfidence]:
     """Confidence of every foreground class in `labels` from (C, X, Y, Z) softmax probabilities. The uncertain
     fraction counts the whole volume; the band and surface measures work in the organ's box grown by the band
     (identical results, the cost of the morphology follows the organ, not the volume)."""
@@ -47,7 +49,7 @@ def organ_confidence(probs: np.ndarray, labels: dict[int, str]) -> dict[str, Org
 
     from medseg.postprocess.measure import bounding_box
 
-    argmax = probs.argmax(axis=0)
+    argmax = probs.argmax(axis=0) if argmax is None else argmax
     out = {}
     for c, name in labels.items():
         box = bounding_box(argmax == c, margin=BAND_VOX + 1)
