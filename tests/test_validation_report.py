@@ -244,3 +244,29 @@ def test_the_validation_is_one_searchable_mlflow_run_with_the_report_files(valid
     assert {"validation/report.json", "validation/per_case.csv", "validation/report.html"} <= files
     local = Path(client.download_artifacts(run.info.run_id, "validation/report.json", str(validated.parent / "dl")))
     assert local.read_bytes() == (validated / "report.json").read_bytes()
+
+
+@pytest.mark.req("REQ-012", "REQ-013")
+def test_the_default_multi_organ_model_is_validated_on_its_own_set_for_its_organ_only(shared, tmp_path) -> None:
+    """Abdomen 2.0.0 on liver_real_manual_v2: the liver alone is served and scored (a multi-organ model once
+    wrote labels.nii.gz with every class here, and the liver was scored as a miss)."""
+    junit = tmp_path / "junit.xml"
+    junit.write_text('<testsuite name="t" tests="0"></testsuite>')
+    out = tmp_path / "v2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+        mp.setenv("MEDSEG_AUDIT_DIR", str(tmp_path / "audit"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        with pytest.raises(SystemExit):
+            main(["validate", "--set", "liver_real_manual_v2", "--out", str(out), "--junit", str(junit)])
+    report = json.loads((out / "report.json").read_text())
+    card = resolve_model(None, "liver").card
+    assert (report["model"]["name"], report["model"]["version"]) == (card.name, card.version)
+    [case] = report["cases"]
+    folder = out / "cases" / "radcttace_0697"
+    assert sorted(p.name for p in folder.glob("*.nii.gz")) == ["liver.nii.gz"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [o["name"] for o in summary["organs"]] == ["liver"]
+    card_dice = card.metrics["locked_test_real_ct"]["cases"][0]["dice"]
+    assert case["metrics"]["liver"]["dice"] == pytest.approx(card_dice, abs=0.02)
+    assert "low_confidence" in case["inference"]["qc_flags"]  # its Dice is under 0.90: the flag must say so

@@ -26,7 +26,7 @@ from medseg import __version__
 from medseg.digests import files_sha256
 from medseg.errors import MedsegError, QCRejectedError
 from medseg.infer.cases import Case
-from medseg.infer.organs import renumber
+from medseg.infer.organs import renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
 from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
@@ -61,7 +61,11 @@ class InferSettings:
     overwrite: bool = False
     preview: bool = True
     force: bool = False
-    organs: tuple[str, ...] = ()  # --organ liver,spleen (checked by infer.organs.select_organs); () = all labels
+    organs: tuple[str, ...] = ()  # --organ liver,spleen (checked by infer.organs.select_organs); () = (organ,)
+
+    def __post_init__(self) -> None:
+        if not self.organs:
+            object.__setattr__(self, "organs", (self.organ,))
 
     @property
     def overlap(self) -> float:
@@ -88,16 +92,13 @@ class CaseResult:
         return list(((self.summary or {}).get("qc") or {}).get("forced") or [])
 
 
-def served_labels(model: InstalledModel, organs: tuple[str, ...] = ()) -> dict[int, str]:
-    """The model's {label value: organ} to output, in the requested order (all foreground labels when none asked)."""
-    fg = model.card.foreground_labels
-    if not organs:
-        return fg
-    by_name = {name: value for value, name in fg.items()}
-    return {by_name[o]: o for o in organs if o in by_name}
+def served_labels(model: InstalledModel, organs: tuple[str, ...]) -> dict[int, str]:
+    """The model's {label value: organ} to output, in the requested order; an organ without validation figures in
+    the card is refused (UsageError), whoever calls: the CLI, the PACS service or `validate`."""
+    return select_organs(model.card, organs)
 
 
-def output_names(model: InstalledModel, case: Case, organs: tuple[str, ...] = ()) -> dict[str, str]:
+def output_names(model: InstalledModel, case: Case, organs: tuple[str, ...]) -> dict[str, str]:
     """File names written for a case; the label map is named after the organ when one organ is output, else
     labels.nii.gz (values 1..N = the organs in request order, listed in summary.json `organs`)."""
     served = served_labels(model, organs)

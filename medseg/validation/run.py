@@ -17,7 +17,7 @@ import numpy as np
 from medseg import __version__
 from medseg.audit.digest import file_sha256
 from medseg.digests import default_data_root
-from medseg.errors import InvalidInputError, UsageError
+from medseg.errors import InvalidInputError, ProcessingError, UsageError
 from medseg.infer.cases import Case, safe_name
 from medseg.infer.pipeline import InferSettings, run_case_safe
 from medseg.io import read_image, read_nifti
@@ -47,9 +47,15 @@ def _predict(case: SetCase, root: Path, model: InstalledModel, runner: Any, out:
     """Run the infer pipeline on one case; returns its status, QC flags, outputs and the predicted mask path."""
     image = root / case.image
     job = Case(safe_name(case.case_id), image, "nifti", lambda: read_image(image))
-    settings = InferSettings(model.card.organ, out / "cases", preview=True)
+    settings = InferSettings(model.card.organ, out / "cases", preview=True, organs=(model.card.organ,))
     result = run_case_safe(job, model, runner, settings)
     labels = out / "cases" / job.name / f"{model.card.organ}.nii.gz"
+    if result.status in ("ok", "flagged") and not labels.is_file():
+        raise ProcessingError(
+            f"{case.case_id}: the pipeline reported {result.status} but wrote no {labels.name}",
+            path=labels.parent,
+            hint="Report this as a defect; the validation cannot score it.",
+        )
     return {
         "status": result.status,
         "message": result.message,
@@ -95,7 +101,7 @@ def run_validation(
     require_independence(independence, ts.name)
     weights_sha = model.verify()
     runner = load_runner(model, req.backend, req.device)
-    label = next(k for k, v in card.foreground_labels.items() if v == card.organ)
+    label = 1  # the organ's value in `<organ>.nii.gz` (infer.organs.renumber), whatever its class in the model
     tolerance = acc.nsd_tolerance_mm[card.organ]
     cases = []
     for case in ts.cases:
