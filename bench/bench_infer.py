@@ -174,7 +174,7 @@ def batch_benchmark(tmp: Path, model: str, cache: Path, studies: int, slices: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model name or folder (default: installed liver model)")
+    parser.add_argument("--model", default=None, help="model name or folder (default: the default liver model)")
     parser.add_argument("--slices", type=int, default=234)
     parser.add_argument("--batch", type=int, default=0, help="also time a folder of this many studies (20)")
     parser.add_argument("--batch-slices", type=int, default=150)
@@ -183,10 +183,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
         tmp_path = Path(tmp)
-        from medseg.models.registry import ZOO
+        from medseg.models.registry import DEFAULT_MODELS, ZOO
 
+        default = ZOO / DEFAULT_MODELS["liver"]
         model = args.model or (
-            str(ZOO / "liver") if (ZOO / "liver/model_card.yaml").is_file() else str(default_model(tmp_path / "m"))
+            str(default) if (default / "model_card.yaml").is_file() else str(default_model(tmp_path / "m"))
         )
         series = tmp_path / "series"
         cache = tmp_path / "cache"
