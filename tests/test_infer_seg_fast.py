@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from medseg.infer.cases import discover_cases
 from medseg.io import read_image, read_nifti
-from medseg.writers.seg import SegAlgorithm, build_seg, k_major_frames
+from medseg.writers.seg import SegAlgorithm, build_seg, k_major_frames, memoise_multiframe_check
 
 ALGO = SegAlgorithm("medseg-test-liver", "1.2.3", "medseg 0.1.0")
 GENERATED = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceCreationDate", "InstanceCreationTime", "ContentDate",
@@ -104,3 +104,43 @@ def test_cases_keep_the_slice_headers(shared):
     z = [float(s.position.split("\\")[2]) for s in slices]
     world_z = volume.geometry.index_to_world(np.array([[0, 0, k] for k in range(volume.shape[2])]))[:, 2]
     np.testing.assert_allclose(z, world_z, atol=1e-3)
+
+
+def test_memoised_multiframe_check_answers_like_highdicom_for_every_sop_class() -> None:
+    import highdicom.utils as hd_utils
+    from highdicom._standard_utils import get_sop_class_iod_map, is_multiframe_image
+    from pydicom.dataset import Dataset
+
+    memoise_multiframe_check()
+    memoise_multiframe_check()  # idempotent: one wrapper, not a wrapper of a wrapper
+    assert hd_utils.is_multiframe_image.__wrapped__ is is_multiframe_image
+    answers = set()
+    for uid in get_sop_class_iod_map():
+        ds = Dataset()
+        ds.SOPClassUID = uid
+        try:
+            expected = is_multiframe_image(ds)
+        except KeyError:  # an IOD highdicom's tables lack: the memoised check fails the same way
+            with pytest.raises(KeyError):
+                hd_utils.is_multiframe_image(ds)
+            continue
+        assert hd_utils.is_multiframe_image(ds) == hd_utils.is_multiframe_image(ds) == expected, uid
+        answers.add(expected)
+    assert answers == {True, False}
+
+
+def test_seg_is_the_same_with_highdicoms_own_multiframe_check(chaos_two_segments, monkeypatch):
+    import highdicom.utils as hd_utils
+
+    volume, labels = chaos_two_segments
+    names = {1: "liver", 2: "spleen"}
+    memoise_multiframe_check()
+    fast = build_seg(labels, volume, names, ALGO)
+    monkeypatch.setattr(hd_utils, "is_multiframe_image", hd_utils.is_multiframe_image.__wrapped__)
+    monkeypatch.setattr("medseg.writers.seg.memoise_multiframe_check", lambda: None)
+    plain = build_seg(labels, volume, names, ALGO)
+    assert fast.PixelData == plain.PixelData
+    a, b = _comparable(fast), _comparable(plain)
+    assert sorted(e.keyword for e in a) == sorted(e.keyword for e in b)
+    for elem in b:
+        assert a[elem.tag] == elem, elem.keyword

@@ -219,9 +219,35 @@ def _series_description(description: str, note: str | None) -> str:
     return (f"{note} {description}" if note else description)[:64]
 
 
+def memoise_multiframe_check() -> None:
+    """Make highdicom ask its IOD tables once per SOP Class instead of once per source image.
+
+    `highdicom.utils.get_plane_positions_of_series` calls `is_multiframe_image` on every source, a walk of the IOD
+    module tables costing about 3 ms each (0.9 s of a 300-slice SEG); its answer depends only on the SOP Class UID
+    (`is_attribute_in_iod('NumberOfFrames', SOPClassUID)`), so it is memoised per class. Same answers for every SOP
+    Class highdicom knows, same SEG (tests/test_infer_seg_fast.py). Installed once; safe to call again."""
+    import highdicom.utils as hd_utils
+
+    if getattr(hd_utils.is_multiframe_image, "medseg_memoised", False):
+        return
+    original = hd_utils.is_multiframe_image
+    answers: dict[str, bool] = {}
+
+    def is_multiframe_image(dataset: Any) -> bool:
+        uid = str(dataset.SOPClassUID)
+        if uid not in answers:
+            answers[uid] = bool(original(dataset))
+        return answers[uid]
+
+    is_multiframe_image.medseg_memoised = True  # type: ignore[attr-defined]
+    is_multiframe_image.__wrapped__ = original  # type: ignore[attr-defined]
+    hd_utils.is_multiframe_image = is_multiframe_image
+
+
 def _segmentation(
     hd: Any, sources: list[Any], frames: np.ndarray, descriptions: list[Any], algorithm: SegAlgorithm, series: str
 ) -> Any:
+    memoise_multiframe_check()
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
