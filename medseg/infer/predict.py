@@ -16,6 +16,7 @@ from medseg.infer.sliding import Network, WindowStats, sliding_window
 from medseg.io import Volume
 from medseg.models.card import ModelCard
 from medseg.postprocess import input_grid_cleanup, labels_on_input_grid, model_space_cleanup, softmax
+from medseg.postprocess.cleanup import components_per_class
 from medseg.postprocess.confidence import OrganConfidence, organ_confidence
 from medseg.preprocess import ModelGrid, hu_window, model_grid, resample_to_grid
 
@@ -90,10 +91,11 @@ def predict_labels(
     served = card.foreground_labels if classes is None else {c: card.foreground_labels[c] for c in classes}
     argmax = probs.argmax(axis=0)
     confidence = organ_confidence(probs, served, argmax)
-    probs, model_box = model_space_cleanup(probs, argmax)
+    keep = components_per_class(card.labels)
+    probs, model_box = model_space_cleanup(probs, argmax, keep)
     del argmax
     labels, box = labels_on_input_grid(probs, grid.affine_ras, volume.geometry, model_box, classes)
     del probs
-    labels = input_grid_cleanup(labels, box, card.network.out_channels, classes)
+    labels = input_grid_cleanup(labels, box, card.network.out_channels, classes, keep)
     timings["postprocess"] = time.perf_counter() - t
     return Prediction(labels, grid, stats, timings, confidence)
