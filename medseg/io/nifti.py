@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InvalidInputError
-from medseg.io.atomic import atomic_write_bytes, check_writable
+from medseg.io.atomic import atomic_path, check_writable
 from medseg.io.volume import Geometry, Volume, VolumeMeta
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -142,15 +142,36 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False) -> Path:
     if not any(array.dtype == np.dtype(t) for t in WRITABLE_DTYPES):
         raise InvalidInputError(f"cannot write voxels of type {array.dtype} to NIfTI", path=path)
     affine = volume.geometry.affine_ras
-    image = nib.Nifti1Image(np.asanyarray(array), affine)
+    image = nib.Nifti1Image(np.zeros((1, 1, 1), dtype=array.dtype), affine, dtype=array.dtype)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_data_dtype(array.dtype)
     image.header.set_xyzt_units("mm", "sec")
-    data = image.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        from isal import igzip
+    head, voxels = nifti_parts(image.header, array)
+    gz = path.name.lower().endswith(".gz")
+    with atomic_path(path, overwrite) as tmp, tmp.open("wb") as f:
+        if gz:
+            from isal import isal_zlib
 
-        data = igzip.compress(data, compresslevel=GZIP_LEVEL)
-    atomic_write_bytes(path, data, overwrite)
+            packer = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+            f.write(packer.compress(head))
+            f.write(packer.compress(voxels))
+            f.write(packer.flush())
+        else:
+            f.write(head)
+            f.write(voxels)
     return path
+
+
+def nifti_parts(header: Any, array: np.ndarray) -> tuple[bytes, memoryview]:
+    """Single-file NIfTI-1 as (header + empty extension flag, voxel bytes): what nibabel's `to_bytes` writes for an
+    unscaled image of `array`'s dtype (byte-identical, tested), without its 0.4 s of copies for a 512x512x300 map:
+    the voxels are `array` with its axes reversed (`medseg.io.layout`), handed over as a buffer."""
+    from medseg.io.layout import reversed_axes
+
+    h = header.copy()
+    h.set_data_shape(array.shape)
+    h["vox_offset"] = 352
+    h["scl_slope"], h["scl_inter"] = 1.0, 0.0
+    voxels = reversed_axes(array).astype(array.dtype.newbyteorder(h.endianness), copy=False)
+    return h.binaryblock + b"\x00" * 4, memoryview(voxels).cast("B")

@@ -150,17 +150,11 @@ def _frame_slices(volume: Volume, ds: Any) -> list[int]:
 
 
 def k_major_frames(labels: np.ndarray, block: int = 64) -> np.ndarray:
-    """`labels[i, j, k]` as uint8 frames `[k, j, i]`, copied in cubes that hold any label (a plain transposed copy
-    reads with a stride of a whole slice plane, and most of a CT holds no organ)."""
-    frames = np.zeros(labels.shape[::-1], dtype=np.uint8)
-    ni, nj, nk = labels.shape
-    for i in range(0, ni, block):
-        for j in range(0, nj, block):
-            for k in range(0, nk, block):
-                cube = labels[i : i + block, j : j + block, k : k + block]
-                if cube.any():
-                    frames[k : k + block, j : j + block, i : i + block] = cube.transpose(2, 1, 0)
-    return frames
+    """`labels[i, j, k]` as uint8 frames `[k, j, i]` (`medseg.io.layout.reversed_axes`: cubes holding no label
+    are skipped)."""
+    from medseg.io.layout import reversed_axes
+
+    return reversed_axes(labels, np.uint8, block)
 
 
 def build_seg(
