@@ -144,3 +144,18 @@ def test_seg_is_the_same_with_highdicoms_own_multiframe_check(chaos_two_segments
     assert sorted(e.keyword for e in a) == sorted(e.keyword for e in b)
     for elem in b:
         assert a[elem.tag] == elem, elem.keyword
+
+
+def test_prewarm_runs_once_and_leaves_highdicom_ready() -> None:
+    import sys
+
+    import medseg.writers.seg as seg
+
+    seg.prewarm_in_background()
+    seg.prewarm_in_background()
+    assert len(seg._PREWARM) == 1
+    seg._PREWARM[0].join(timeout=60)
+    assert not seg._PREWARM[0].is_alive() and "highdicom" in sys.modules
+    import highdicom.utils as hd_utils
+
+    assert getattr(hd_utils.is_multiframe_image, "medseg_memoised", False)

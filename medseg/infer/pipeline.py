@@ -46,7 +46,7 @@ from medseg.io.summary_schema import (
 from medseg.models.registry import InstalledModel
 from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
-from medseg.writers.seg import SegAlgorithm, SegUnavailable, write_seg
+from medseg.writers.seg import SegAlgorithm, SegUnavailable, prewarm_in_background, write_seg
 from medseg.writers.summary import write_summary
 
 
@@ -278,6 +278,8 @@ def _run_checked(
         return _finish_rejected(run, flags, None, volume)
 
     served = served_labels(run.model, settings.organs)
+    if case.kind == "dicom":
+        prewarm_in_background()
     pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress, case.prepared(),
                           tuple(served))  # fmt: skip
     run.summary["software"]["backend"] = runner.backend

@@ -213,6 +213,37 @@ def _series_description(description: str, note: str | None) -> str:
     return (f"{note} {description}" if note else description)[:64]
 
 
+_PREWARM: list[Any] = []
+
+
+def prewarm_in_background() -> None:
+    """Import highdicom and load its IOD tables in a daemon thread, once per process (about 1 s of a SEG's time).
+
+    Meant to be started while the network runs (OpenVINO works outside the GIL), so that the SEG stage does not pay
+    the import on a one-study process. The real write imports the same modules and waits for a half-done import;
+    an error here is ignored (the write reports it)."""
+    import threading
+
+    if _PREWARM:
+        return
+    thread = threading.Thread(target=_prewarm, name="medseg-seg-prewarm", daemon=True)
+    _PREWARM.append(thread)
+    thread.start()
+
+
+def _prewarm() -> None:
+    try:
+        import highdicom  # noqa: F401
+        from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+        from pydicom.sr.codedict import codes
+
+        get_sop_class_iod_map(), get_iod_module_map(), get_module_attribute_map()
+        _ = codes.cid7162.ArtificialIntelligence
+        memoise_multiframe_check()
+    except Exception:  # a warm-up only: write_seg raises whatever is really wrong
+        return
+
+
 def memoise_multiframe_check() -> None:
     """Make highdicom ask its IOD tables once per SOP Class instead of once per source image.
 
