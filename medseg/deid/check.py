@@ -103,14 +103,16 @@ def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
 
 
 def _ocr_regions(ds: object, regions: list[list[int]], name: str) -> list[Finding]:
-    """Text boxes detected again inside the regions that were blanked."""
+    """Text boxes (recognised by OCR, or ink lines of the detector-free pass) found again inside the blanked regions."""
+    from medseg.deid.glyphs import find_text_lines
     from medseg.deid.ocr import TextBox, detect_text
     from medseg.deid.pixels import frames_for_check
 
     findings = []
     for index, display in frames_for_check(ds, sorted({r[0] for r in regions})):
         cleaned = [TextBox(r[1], r[2], r[3], r[4], 1.0, 0) for r in regions if r[0] == index]
-        for box in detect_text(display):
+        ink_lines = [TextBox(*line, 1.0, 0) for line in find_text_lines(display)]
+        for box in detect_text(display) + ink_lines:
             if any(box.overlaps(c) for c in cleaned):
                 findings.append(
                     Finding(name, f"pixels, frame {index}, box {box.x0},{box.y0}-{box.x1},{box.y1}", "burned-in text")
