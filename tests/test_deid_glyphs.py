@@ -27,7 +27,8 @@ from deid_measure import clean_ct_slices, ground_truth
 MR_SLICE = "9894340694_04-16-1997-MRI_ABDOMEN_PELVIS_WWO_CONT-87318_15_000000-LIVER-PELVISHASTEAXIALP-65398_1-17.dcm"
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 WORDS = st.lists(st.text(ALNUM + "/:.-", min_size=1, max_size=8), min_size=1, max_size=3).map(" ".join)
-LINES = WORDS.filter(lambda line: sum(ch.isalnum() for ch in line) >= 3)  # a label or value: >= 3 letters/digits
+# a label or value: >= 3 letters/digits, starting with one (the left margin the block is aligned on)
+LINES = WORDS.filter(lambda line: sum(ch.isalnum() for ch in line) >= 3 and line[0].isalnum())
 
 
 def _display(path: Path) -> np.ndarray:
@@ -93,7 +94,7 @@ def _anatomy_like(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(
     seed=st.integers(0, 2**32 - 1),
     side=st.integers(160, 512),
@@ -108,6 +109,7 @@ def test_a_block_of_one_ink_text_over_noise_is_found(
 ) -> None:
     pitch = int(font_size * 1.4)
     assume(max(map(len, lines)) * font_size * pitch * len(lines) <= 0.2 * side * side)  # a corner block, not a page
+    assume(font_size >= 10 or not any(ch.islower() for ch in "".join(lines)))  # under 10 px: capitals and digits
     rng = np.random.default_rng(seed)
     image = Image.fromarray(_noise(rng, side, side, level, spread))
     draw = ImageDraw.Draw(image)

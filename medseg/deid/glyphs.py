@@ -20,19 +20,21 @@ to the 8-bit rendering (`ocr.to_display`: min-max window) or to glyph geometry, 
   are 3 px thick); solid blobs (gas, vessels, calcifications) are thicker.
 - Lines: glyphs overlap vertically by >= half the smaller height, follow each other with gaps <= `GAP_FACTOR` 1.5
   heights (letter and word spacing), keep heights within `HEIGHT_RATIO` 2.5 of the line's median (one font); a
-  line needs `MIN_LETTERS` 3 letters (a word or label), a blob counting as its width over `LETTER_WIDTH` 0.6 of
-  its height (the width of a typical capital or digit).
+  line needs `MIN_LETTERS` 2 letters (a short label or value), a blob counting as its width over `LETTER_WIDTH` 0.5 of
+  its height, rounded (a capital or digit with its spacing is about half as wide as a blob is high once a
+  descender of touching lowercase letters counts in the height).
 - Blocks (`text_blocks`): burned-in demographics are blocks of left-aligned lines, so a line counts only inside a
   block of >= `MIN_BLOCK_LINES` 3 lines whose left edges differ by <= `ALIGN_PX` 3 px or `ALIGN_FRACTION` half a
   line height, with similar heights and a pitch <= `PITCH_FACTOR` 2.5 line heights; >= `MIN_INK_LINES` 2 of them
   must be ink lines (the others may be text detector boxes). Lone lines of blobs happen in anatomy (gas pockets
   under the table, streaks in air); on the 98 clean CT slices three or more never stack up like this.
 - Quiet background: annotation text is placed where it can be read, so in the band around a block (two line
-  heights, or half the block's height if more) there are at most `MAX_CLUTTER` 0.25 as many glyph-shaped blobs as
-  inside it; a "block" assembled by chance from a field of random blobs (streak artefacts, coarse noise) sits in
-  as many blobs as it holds. A block covers at most `MAX_BLOCK_SHARE` 25 % of the image (annotation blocks fill
-  a corner or a side: 0.5-9.4 % of the image on the ground-truth set), so that quietness is judged on a real
-  surrounding.
+  heights, or half the block's height if more) at most `MAX_CLUTTER` 0.25 as many ink blobs (any shape, boxes of
+  >= 3 px) reach into it as lie inside the block (a large region such as air counts once); a "block" assembled
+  by chance from a field of random blobs (streak artefacts, coarse or clipped noise) sits in as many blobs as it
+  holds. A block covers at most `MAX_BLOCK_SHARE` 25 % of
+  the image (annotation blocks fill a corner or a side: 0.5-9.4 % of the image on the ground-truth set), so that
+  quietness is judged on a real surrounding.
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ MIN_STROKE = 3
 STROKE_FRACTION = 0.3
 GAP_FACTOR = 1.5
 HEIGHT_RATIO = 2.5
-MIN_LETTERS = 3
+MIN_LETTERS = 2
 MAX_ASPECT = 16.0
-LETTER_WIDTH = 0.6
+LETTER_WIDTH = 0.5
 ALIGN_PX = 3
 ALIGN_FRACTION = 0.5
 PITCH_FACTOR = 2.5
@@ -84,7 +86,7 @@ class Glyph:
     @property
     def letters(self) -> int:
         """How many letters the blob spans: touching letters of a tiny font make one blob."""
-        return max(1, round((self.x1 - self.x0) / (LETTER_WIDTH * self.height)))
+        return max(1, int((self.x1 - self.x0) / (LETTER_WIDTH * self.height) + 0.5))
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -100,18 +102,21 @@ def _stroke_width(blob: np.ndarray) -> int:
     return 2 * int(ndimage.distance_transform_cdt(padded, metric="chessboard").max()) - 1
 
 
-def _glyphs(ink: np.ndarray, background: np.ndarray) -> list[Glyph]:
-    """Connected ink blobs of glyph size and stroke shape whose surrounding ring contrasts with the ink."""
+def _glyphs(ink: np.ndarray, background: np.ndarray) -> tuple[list[Glyph], list[Box]]:
+    """Connected ink blobs of glyph size and stroke shape whose surrounding ring contrasts with the ink, and the
+    boxes of every ink blob (for the quiet-background test)."""
     from scipy import ndimage
 
     joined = ink | ndimage.binary_closing(ink, structure=np.ones((CLOSE, CLOSE), bool))
     labels, _ = ndimage.label(joined, structure=np.ones((3, 3), bool))
-    found = []
+    found, blobs = [], []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
         height, width = y1 - y0, x1 - x0
+        if height * width >= MIN_PIXELS:
+            blobs.append((x0, y0, x1, y1))
         if not (MIN_GLYPH_H <= height <= MAX_GLYPH_H and width <= MAX_ASPECT * height):
             continue
         if y0 == 0 or x0 == 0 or y1 == ink.shape[0] or x1 == ink.shape[1]:
@@ -125,7 +130,7 @@ def _glyphs(ink: np.ndarray, background: np.ndarray) -> list[Glyph]:
         ring = ndimage.binary_dilation(blob, structure=np.ones((3, 3), bool)) & ~blob
         if ring.any() and background[ring_box][ring].mean() >= RING_FAR:
             found.append(Glyph(x0, y0, x1, y1, pixels))
-    return found
+    return found, blobs
 
 
 def _lines(glyphs: list[Glyph]) -> list[list[Glyph]]:
@@ -155,6 +160,7 @@ class InkText:
     """What the ink pass read in one image, per ink (darkest, brightest): glyph-shaped blobs and their text lines."""
 
     glyphs: tuple[list[Glyph], ...]
+    blobs: tuple[list[Box], ...]
     lines: tuple[list[Box], ...]
     shape: tuple[int, int]
 
@@ -169,13 +175,14 @@ def read_ink(image: np.ndarray) -> InkText:
     gray = _gray(np.asarray(image)).astype(np.int16)
     passes = ((gray <= INK_BAND, gray >= INK_BAND + MIN_CONTRAST),
               (gray >= 255 - INK_BAND, gray <= 255 - INK_BAND - MIN_CONTRAST))  # fmt: skip
-    glyphs, lines = [], []
+    glyphs, blobs, lines = [], [], []
     for ink, background in passes:
-        found = _glyphs(ink, background)
+        found, every = _glyphs(ink, background)
         glyphs.append(found)
+        blobs.append(every)
         lines.append([(min(g.x0 for g in line), min(g.y0 for g in line),
                        max(g.x1 for g in line), max(g.y1 for g in line)) for line in _lines(found)])  # fmt: skip
-    return InkText(tuple(glyphs), tuple(lines), (int(gray.shape[0]), int(gray.shape[1])))
+    return InkText(tuple(glyphs), tuple(blobs), tuple(lines), (int(gray.shape[0]), int(gray.shape[1])))
 
 
 def find_text_lines(image: np.ndarray) -> list[Box]:
@@ -192,16 +199,14 @@ def _aligned(upper: Box, lower: Box) -> bool:
     return same_margin and similar and 0 < lower[1] - upper[1] <= PITCH_FACTOR * height
 
 
-def _quiet_around(block: Box, line_height: int, glyphs: list[Glyph]) -> bool:
-    """True when few glyph-shaped blobs lie in the band around the block compared with inside it."""
+def _quiet_around(block: Box, line_height: int, blobs: list[Box]) -> bool:
+    """True when few ink blobs (of any shape) reach into the band around the block compared with inside it."""
     x0, y0, x1, y1 = block
     margin = max(2 * line_height, (y1 - y0) // 2)
-
-    def count(a: int, b: int, c: int, d: int) -> int:
-        return sum(g.x0 >= a and g.y0 >= b and g.x1 <= c and g.y1 <= d for g in glyphs)
-
-    inside = count(x0, y0, x1, y1)
-    return count(x0 - margin, y0 - margin, x1 + margin, y1 + margin) - inside <= MAX_CLUTTER * inside
+    a, b, c, d = x0 - margin, y0 - margin, x1 + margin, y1 + margin
+    inside = sum(bx0 >= x0 and by0 >= y0 and bx1 <= x1 and by1 <= y1 for bx0, by0, bx1, by1 in blobs)
+    reaching = sum(bx0 < c and a < bx1 and by0 < d and b < by1 for bx0, by0, bx1, by1 in blobs)
+    return reaching - inside <= MAX_CLUTTER * inside
 
 
 def text_blocks(ink: InkText, detected: list[Box]) -> list[Box]:
@@ -212,7 +217,7 @@ def text_blocks(ink: InkText, detected: list[Box]) -> list[Box]:
     that detector boxes alone (anatomy read as text) never make one. The whole rectangle is returned: text in a
     block that neither pass found whole (fragments, a word over anatomy) lies inside it."""
     found: list[Box] = []
-    for glyphs, lines in zip(ink.glyphs, ink.lines, strict=True):
+    for blobs, lines in zip(ink.blobs, ink.lines, strict=True):
         if len(lines) < MIN_INK_LINES:
             continue
         candidates = sorted({(*b, True) for b in lines} | {(*b, False) for b in detected}, key=lambda c: (c[1], c[0]))
@@ -229,6 +234,6 @@ def text_blocks(ink: InkText, detected: list[Box]) -> list[Box]:
                 box = (min(c[0] for c in b), min(c[1] for c in b), max(c[2] for c in b), max(c[3] for c in b))
                 small = (box[2] - box[0]) * (box[3] - box[1]) <= MAX_BLOCK_SHARE * ink.shape[0] * ink.shape[1]
                 line_height = int(np.median([c[3] - c[1] for c in b]))
-                if small and box not in found and _quiet_around(box, line_height, glyphs):
+                if small and box not in found and _quiet_around(box, line_height, blobs):
                     found.append(box)
     return found
