@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.deid.leakcheck import Finding, Matchers, collect, read_any, scan_dataset, scan_raw
-from medseg.deid.retained import SHIFT_OPTION, options_in, retention, shifted_dates, with_shifted_dates
+from medseg.deid.retained import SHIFT_OPTION, options_in, own_values, retention, shifted_dates, with_shifted_dates
 from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
 from medseg.errors import UsageError
 
@@ -56,11 +56,12 @@ def check_tree(
     manifest = _manifest(deid)
     options = frozenset(manifest.get("options", []))
     allowed = options if "options" in manifest else None
-    matchers = matchers or collect(discover(original), options)
+    matchers = matchers or collect(discover(original), options, with_sources=allowed is None or bool(allowed))
     result = CheckResult(originals_used=matchers.files)
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
     sources: dict[str, Path] | None = None
+    originals: dict[int, list[str]] | None = None
     for path in _outputs(deid):
         rel = path.relative_to(deid).as_posix() if deid.is_dir() else path.name
         if rel.split("/")[0] == QUARANTINE:
@@ -69,13 +70,16 @@ def check_tree(
         if on_file is not None:
             on_file(path)
         data = path.read_bytes()
-        ds = read_any(path)
+        ds = read_any(path, data)
         result.files_checked += 1
         kept: dict[str, str] = {}
         found = []
         if ds is not None:
             declared = options_in(ds, allowed)
-            retained = retention(declared, matchers.sources)
+            retained = None
+            if declared:
+                originals = own_values(matchers.sources) if originals is None else originals
+                retained = retention(declared, matchers.sources, originals)
             if SHIFT_OPTION in declared:
                 sources = _sources_of_outputs(original, manifest) if sources is None else sources
                 source = read_any(sources[rel]) if rel in sources else None
@@ -103,14 +107,16 @@ def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
 
 
 def _ocr_regions(ds: object, regions: list[list[int]], name: str) -> list[Finding]:
-    """Text boxes detected again inside the regions that were blanked."""
+    """Text boxes (recognised by OCR, or ink lines of the detector-free pass) found again inside the blanked regions."""
+    from medseg.deid.glyphs import find_text_lines
     from medseg.deid.ocr import TextBox, detect_text
     from medseg.deid.pixels import frames_for_check
 
     findings = []
     for index, display in frames_for_check(ds, sorted({r[0] for r in regions})):
         cleaned = [TextBox(r[1], r[2], r[3], r[4], 1.0, 0) for r in regions if r[0] == index]
-        for box in detect_text(display):
+        ink_lines = [TextBox(*line, 1.0, 0) for line in find_text_lines(display)]
+        for box in detect_text(display) + ink_lines:
             if any(box.overlaps(c) for c in cleaned):
                 findings.append(
                     Finding(name, f"pixels, frame {index}, box {box.x0},{box.y0}-{box.x1},{box.y1}", "burned-in text")

@@ -76,22 +76,29 @@ def detect_text(image: np.ndarray, filtered: bool = True, strict: bool = False) 
     """Text boxes in an 8-bit RGB image; filtered: recognise each box and keep those with >= 2 letters/digits
     and a score >= 0.5 (strict, for images not at risk: short strings need a score >= 0.75, since anatomy
     reads as two or three letters at scores 0.53-0.68 on clean CT); unfiltered: detection only."""
+    return detect_text_all(image, filtered, strict)[0]
+
+
+def detect_text_all(
+    image: np.ndarray, filtered: bool = True, strict: bool = False
+) -> tuple[list[TextBox], list[TextBox]]:
+    """The boxes `detect_text` keeps, and every box the detector found (rejected ones too), from one detector run."""
     image, factor = _upscale(image)
     result = _engine()(image, use_det=True, use_cls=False, use_rec=filtered)
     if result.boxes is None or len(result.boxes) == 0:
-        return []
+        return [], []
     texts = getattr(result, "txts", None) or ("",) * len(result.boxes)
     scores = (getattr(result, "scores", None) if filtered else None) or (1.0,) * len(result.boxes)
-    boxes = []
+    kept, detected = [], []
     for poly, text, score in zip(result.boxes, texts, scores, strict=False):
         alnum = sum(ch.isalnum() for ch in str(text))
+        xs, ys = np.asarray(poly)[:, 0] / factor, np.asarray(poly)[:, 1] / factor
+        box = TextBox(int(np.floor(xs.min())), int(np.floor(ys.min())), int(np.ceil(xs.max())) + 1,
+                      int(np.ceil(ys.max())) + 1, float(score), alnum)  # fmt: skip
+        detected.append(box)
         if filtered and (alnum < MIN_ALNUM or float(score) < MIN_SCORE):
             continue
         if filtered and strict and alnum < STRICT_ALNUM and float(score) < STRICT_SCORE:
             continue
-        xs, ys = np.asarray(poly)[:, 0] / factor, np.asarray(poly)[:, 1] / factor
-        boxes.append(
-            TextBox(int(np.floor(xs.min())), int(np.floor(ys.min())), int(np.ceil(xs.max())) + 1,
-                    int(np.ceil(ys.max())) + 1, float(score), alnum)
-        )  # fmt: skip
-    return boxes
+        kept.append(box)
+    return kept, detected

@@ -12,7 +12,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from medseg.deid.ocr import TextBox, detect_text, to_display
+from medseg.deid.glyphs import find_text_lines, read_ink, text_blocks
+from medseg.deid.ocr import TextBox, detect_text, detect_text_all, to_display
 from medseg.deid.values import value_of
 
 AT_RISK_MODALITIES = frozenset({"US", "SC", "XA", "RF", "CR", "DX", "MG", "OT", "IO", "PX", "XC", "ES", "GM", "DOC"})
@@ -92,6 +93,23 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, str]:
     return np.array(arr, copy=True), photometric
 
 
+def _as_box(box: tuple[int, int, int, int]) -> TextBox:
+    return TextBox(*box, 1.0, 0)
+
+
+def _text_boxes(display: np.ndarray, strict: bool) -> list[TextBox]:
+    """Recognised text boxes, plus whole annotation blocks found by ink lines lined up with the detector's boxes."""
+    kept, detected = detect_text_all(display, strict=strict)
+    ink = read_ink(display)
+    blocks = text_blocks(ink, [(b.x0, b.y0, b.x1, b.y1) for b in detected]) if ink.all_lines else []
+    return kept + [_as_box(b) for b in blocks]
+
+
+def _leftover_boxes(display: np.ndarray) -> list[TextBox]:
+    """Anything text-like for the check after blanking: detector boxes (no recognition) and ink lines."""
+    return detect_text(display, filtered=False) + [_as_box(b) for b in find_text_lines(display)]
+
+
 def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     """Scan (and if needed clean, in place) the pixels of a header-de-identified dataset with its original file meta."""
     if "PixelData" not in ds:
@@ -111,8 +129,7 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     regions: list[tuple[int, int, int, int, int]] = []
     for index in range(frames.shape[0]):
         frame = frames[index]
-        display = _render(frame, ds, photometric)
-        boxes = detect_text(display, strict=strict)
+        boxes = _text_boxes(_render(frame, ds, photometric), strict)
         rounds, cleaned = 0, []
         fill = frame.max() if photometric == "MONOCHROME1" else frame.min()
         while boxes and rounds < MAX_ROUNDS:
@@ -121,8 +138,7 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
             regions.extend((index, b.x0, b.y0, b.x1, b.y1) for b in grown)
             rounds += 1
             # verification: detection only (no recognition), anything text-like left inside a cleaned region
-            boxes = [b for b in detect_text(_render(frame, ds, photometric), filtered=False)
-                     if any(b.overlaps(c) for c in cleaned)]  # fmt: skip
+            boxes = [b for b in _leftover_boxes(_render(frame, ds, photometric)) if any(b.overlaps(c) for c in cleaned)]
         if boxes:
             return PixelOutcome(
                 "quarantine", f"text still detected after {MAX_ROUNDS} cleaning rounds", frames.shape[0], regions

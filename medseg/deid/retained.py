@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from medseg.deid.leakcheck import Retention, _values, _walk, normalise
+from medseg.deid.leakcheck import Retention, element_values, normalise, walk_elements
 from medseg.deid.table import COMBINED, OPTIONS, load_cid7050, load_table
 
 LOOSE_KINDS = frozenset({"value", "free text", "private text"})
@@ -71,21 +71,28 @@ def _cleans(tag: int, option: str) -> bool:
     return row is not None and row.options.get(option) == "C"
 
 
-def retention(options: frozenset[str], sources: dict[str, frozenset[tuple[int, str]]]) -> Retention:
+def own_values(sources: dict[str, frozenset[tuple[int, str]]]) -> dict[int, list[str]]:
+    """Attribute tag -> its own values in the originals, space-padded for whole-word containment; built once per
+    check (it spans the whole corpus), then shared by every file's `retention`."""
+    originals: dict[int, list[str]] = {}
+    for value, seen in sources.items():
+        for t, kind in seen:
+            if kind == "value":
+                originals.setdefault(t, []).append(f" {value} ")
+    return originals
+
+
+def retention(
+    options: frozenset[str], sources: dict[str, frozenset[tuple[int, str]]], originals: dict[int, list[str]]
+) -> Retention:
     """(tag, values found, the element's values) -> the option keeping them there, or None for a real leak.
 
     Kept (K): each value found must be (or lie inside) this attribute's own value in an original, or lie inside
     one of the element's values that is (a kept station name holding a word also seen in a private tag).
     Cleaned (C): each value found must be (or lie inside) this attribute's own value in an original and,
     wherever else it occurred, be only free or private text: a name, identifier, date or place from another
-    attribute inside a cleaned description is a real leak.
+    attribute inside a cleaned description is a real leak. `originals` is `own_values(sources)`.
     """
-
-    originals: dict[int, list[str]] = {}
-    for value, seen in sources.items():
-        for t, kind in seen:
-            if kind == "value":
-                originals.setdefault(t, []).append(f" {value} ")
 
     def inside(hit: str, values: Iterable[str]) -> bool:
         return any(f" {hit} " in v for v in values)
@@ -123,12 +130,12 @@ def shifted_dates(original: Dataset, output: Dataset) -> dict[int, set[str]]:
     The shift is the most common whole-day move over the file's dates (a date moved with its time may cross midnight:
     one day more or less is accepted); a date that did not move, or moved by another amount (a copy of another
     date), is not in the result and stays a finding."""
-    before = {path: elem for path, elem in _walk(original) if elem.VR in DATE_VRS}
+    before = {path: elem for path, elem in walk_elements(original) if elem.VR in DATE_VRS}
     moved: list[tuple[int, str, int]] = []
-    for path, elem in _walk(output):
+    for path, elem in walk_elements(output):
         if elem.VR not in DATE_VRS or path not in before:
             continue
-        for new, old in zip(_values(elem.value), _values(before[path].value), strict=False):
+        for new, old in zip(element_values(elem.value), element_values(before[path].value), strict=False):
             a, b = _day(old), _day(new)
             if a is not None and b is not None:
                 moved.append((int(elem.tag), new, a - b))
