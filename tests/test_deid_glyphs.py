@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFont
 
@@ -95,6 +95,8 @@ def _anatomy_like(rng: np.random.Generator, height: int, width: int) -> np.ndarr
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@example(seed=0, side=160, font_size=14, lines=["000", "000", "000 :"], dark_ink=False, level=60, spread=0)  # a
+# colon after merged digits, too small to be a glyph, once counted as clutter around the block (CI, hypothesis)
 @given(
     seed=st.integers(0, 2**32 - 1),
     side=st.integers(160, 512),

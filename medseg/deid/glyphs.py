@@ -200,11 +200,16 @@ def _aligned(upper: Box, lower: Box) -> bool:
 
 
 def _quiet_around(block: Box, line_height: int, blobs: list[Box]) -> bool:
-    """True when few ink blobs (of any shape) reach into the band around the block compared with inside it."""
+    """True when few ink blobs (of any shape) reach into the band around the block compared with inside it.
+
+    Blobs within one line height beside the lines or half of one above or below count as the block's own: trailing
+    punctuation and marks too small to be glyphs (a colon after a merged word) are part of the text, not clutter."""
     x0, y0, x1, y1 = block
     margin = max(2 * line_height, (y1 - y0) // 2)
     a, b, c, d = x0 - margin, y0 - margin, x1 + margin, y1 + margin
-    inside = sum(bx0 >= x0 and by0 >= y0 and bx1 <= x1 and by1 <= y1 for bx0, by0, bx1, by1 in blobs)
+    p, q = x0 - line_height, y0 - line_height // 2
+    r, t = x1 + line_height, y1 + line_height // 2
+    inside = sum(bx0 >= p and by0 >= q and bx1 <= r and by1 <= t for bx0, by0, bx1, by1 in blobs)
     reaching = sum(bx0 < c and a < bx1 and by0 < d and b < by1 for bx0, by0, bx1, by1 in blobs)
     return reaching - inside <= MAX_CLUTTER * inside
 
