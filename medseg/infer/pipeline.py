@@ -92,16 +92,10 @@ class CaseResult:
         return list(((self.summary or {}).get("qc") or {}).get("forced") or [])
 
 
-def served_labels(model: InstalledModel, organs: tuple[str, ...]) -> dict[int, str]:
-    """The model's {label value: organ} to output, in the requested order; an organ without validation figures in
-    the card is refused (UsageError), whoever calls: the CLI, the PACS service or `validate`."""
-    return select_organs(model.card, organs)
-
-
 def output_names(model: InstalledModel, case: Case, organs: tuple[str, ...]) -> dict[str, str]:
     """File names written for a case; the label map is named after the organ when one organ is output, else
     labels.nii.gz (values 1..N = the organs in request order, listed in summary.json `organs`)."""
-    served = served_labels(model, organs)
+    served = select_organs(model.card, organs)  # refuses an organ without validation figures, whoever calls
     names = {"labels": f"{next(iter(served.values()))}.nii.gz" if len(served) == 1 else "labels.nii.gz"}
     if case.kind == "dicom":
         names["seg"] = "seg.dcm"
@@ -277,7 +271,7 @@ def _run_checked(
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, None, volume)
 
-    served = served_labels(run.model, settings.organs)
+    served = select_organs(card, settings.organs)
     if case.kind == "dicom":
         prewarm_in_background()
     pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress, case.prepared(),
