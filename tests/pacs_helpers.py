@@ -163,8 +163,9 @@ class Served:
         self.proc = None
 
     def stop(self) -> None:
-        """SIGTERM and wait: 120 s, because on 2 loaded CI cores a service with a model loaded has taken over 60 s
-        to end (seen once in a fresh-clone CI run; 2-5 s on a quiet machine)."""
+        """SIGTERM and wait up to 120 s (2-5 s on a quiet machine). Two CI runs saw a service never stop: SIGTERM had
+        landed on a worker thread while the main thread sat in a plain `Event.wait()` (fixed: `wait_in_main_thread`,
+        tests/test_pacs_signals.py)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

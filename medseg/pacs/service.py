@@ -82,7 +82,7 @@ class Service:
         for t in threads:
             t.start()
         try:
-            self.stop.wait()
+            wait_in_main_thread(self.stop)
         finally:
             receiver.stop()
             deadline = time.monotonic() + grace_s
@@ -131,6 +131,16 @@ class Service:
         for job in self.queue.jobs("running"):
             if job.lease_owner and job.lease_owner.startswith(prefix):
                 self.queue.release(job.id, job.fence)
+
+
+def wait_in_main_thread(event: threading.Event, poll_s: float = 0.25) -> None:
+    """Block until `event` is set, waking every `poll_s` so that Python signal handlers run.
+
+    A plain `event.wait()` blocks the main thread in one lock acquisition; when the kernel delivers SIGTERM to another
+    thread (an inference or network thread), CPython only flags the handler and the main thread never wakes to run it,
+    so the service ignored the stop (seen in CI: no exit 120 s after SIGTERM)."""
+    while not event.wait(poll_s):
+        pass
 
 
 def reclaim_dead_leases(queue: JobQueue) -> list[int]:
