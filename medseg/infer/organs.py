@@ -39,11 +39,16 @@ def select_organs(card: ModelCard, organs: tuple[str, ...]) -> dict[int, str]:
     return {by_name[o]: o for o in organs}
 
 
-def renumber(labels: np.ndarray, selected: dict[int, str]) -> tuple[np.ndarray, dict[int, str]]:
-    """Keep only the selected labels, numbered 1..N in request order; returns the map and its {value: name}."""
+def renumber(
+    labels: np.ndarray, selected: dict[int, str], within: tuple[slice, ...] | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Keep only the selected labels, numbered 1..N in request order; returns the map and its {value: name}.
+
+    `within`: a box known to hold every non-zero label (only it is scanned)."""
     out = np.zeros(labels.shape, dtype=np.uint8)
+    region, target = (labels, out) if within is None else (labels[within], out[within])
     names = {}
     for i, (value, name) in enumerate(selected.items(), start=1):
-        out[labels == value] = i
+        target[region == value] = i
         names[i] = name
     return out, names

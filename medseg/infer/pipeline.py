@@ -280,7 +280,7 @@ def _run_checked(
     run.summary["model"]["runtime"] = runner.info
     run.timings.update(pred.timings)
     run.summary["model_grid"] = _dump(ModelGridInfo(shape=list(pred.grid.shape), windows=vars(pred.windows)))
-    pred.labels, served = renumber(pred.labels, served)
+    pred.labels, served = renumber(pred.labels, served, pred.box)
     with run.timed("qc_result"):
         organs = [_organ_record(name, label, pred, volume) for label, name in served.items()]
         direction = volume.geometry.direction_matrix
@@ -299,7 +299,7 @@ def _run_checked(
 def _organ_record(name: str, label: int, pred: Prediction, volume: Volume) -> dict[str, Any]:
     """One organ's summary record, validated as `OrganStats` when it is made (not only when summary.json is written)."""
     extra = {"confidence": pred.confidence[name].to_json()} if name in pred.confidence else {}
-    record = OrganStats(name=name, **organ_stats(pred.labels, label, volume), **extra)
+    record = OrganStats(name=name, **organ_stats(pred.labels, label, volume, pred.box), **extra)
     return record.model_dump(mode="json", exclude_unset=True)
 
 

@@ -30,6 +30,7 @@ class Prediction:
     windows: WindowStats
     timings: dict[str, float] = field(default_factory=dict)
     confidence: dict[str, OrganConfidence] = field(default_factory=dict)
+    box: tuple[slice, ...] | None = None  # a region of `labels` holding every non-zero voxel; None: the whole grid
 
 
 @dataclass(frozen=True)
@@ -98,4 +99,4 @@ def predict_labels(
     del probs
     labels = input_grid_cleanup(labels, box, card.network.out_channels, classes, keep)
     timings["postprocess"] = time.perf_counter() - t
-    return Prediction(labels, grid, stats, timings, confidence)
+    return Prediction(labels, grid, stats, timings, confidence, box)

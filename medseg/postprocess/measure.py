@@ -36,9 +36,16 @@ def centroid_index(mask: np.ndarray) -> np.ndarray | None:
     return np.array([float((p * np.arange(p.size)).sum()) / total for p in profiles])
 
 
-def organ_stats(labels: np.ndarray, label: int, volume: Volume) -> dict[str, Any]:
-    """Volume, voxel count, mean/std of the image inside (HU for CT), bounding box and centroid of one label."""
-    mask = labels == label
+def organ_stats(
+    labels: np.ndarray, label: int, volume: Volume, within: tuple[slice, ...] | None = None
+) -> dict[str, Any]:
+    """Volume, voxel count, mean/std of the image inside (HU for CT), bounding box and centroid of one label.
+
+    `within`: a box known to hold every voxel of the label (the prediction's labelled region); the figures are the
+    same, computed on the box instead of the whole grid."""
+    offset = np.zeros(labels.ndim, dtype=int) if within is None else np.array([s.start for s in within])
+    region = labels if within is None else labels[within]
+    mask = region == label
     count = int(mask.sum())
     stats: dict[str, Any] = {"label": label, "voxel_count": count, "volume_ml": count * volume.geometry.voxel_volume_ml}
     box = bounding_box(mask)
@@ -46,10 +53,12 @@ def organ_stats(labels: np.ndarray, label: int, volume: Volume) -> dict[str, Any
     if box is None or centre is None:
         empty = ("mean_hu", "std_hu", "bbox_index", "bbox_lps_mm", "centroid_lps_mm")
         return stats | dict.fromkeys(empty)
-    start, stop = [s.start for s in box], [s.stop for s in box]
+    start = [int(s.start + o) for s, o in zip(box, offset, strict=True)]
+    stop = [int(s.stop + o) for s, o in zip(box, offset, strict=True)]
     corners = volume.geometry.index_to_world(np.array([start, [s - 1 for s in stop]]))
-    values = volume.array[box][mask[box]].astype(np.float64)
-    centroid = volume.geometry.index_to_world(centre)[0]
+    image = volume.array if within is None else volume.array[within]
+    values = image[box][mask[box]].astype(np.float64)
+    centroid = volume.geometry.index_to_world(centre + offset)[0]
     return stats | {
         "mean_hu": float(values.mean()),
         "std_hu": float(values.std()),
