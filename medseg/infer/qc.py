@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from medseg.io import Volume
 from medseg.models.card import ModelCard
+from medseg.yamltext import load_yaml
 
 RULES_FILE = Path(__file__).with_name("qc_rules.yaml")
 
@@ -41,7 +41,7 @@ class QCFlag:
 
 @cache
 def rules() -> dict[str, Any]:
-    return yaml.safe_load(RULES_FILE.read_text())
+    return load_yaml(RULES_FILE.read_text())
 
 
 def refusal_codes() -> frozenset[str]:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medseg.errors import InvalidInputError
+from medseg.yamltext import load_yaml
 
 
 class Strict(BaseModel):
@@ -97,7 +98,7 @@ class ModelCard(Strict):
     def load(cls, path: Path) -> ModelCard:
         """Read and validate a `model_card.yaml`."""
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())
             return cls.model_validate(data)
         except (OSError, yaml.YAMLError, ValueError) as exc:
             raise InvalidInputError(

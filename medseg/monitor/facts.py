@@ -15,9 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medseg.errors import InvalidInputError
+from medseg.yamltext import load_yaml
 
 FEATURES_FILE = Path(__file__).with_name("features.yaml")
 SUMMARY_SCHEMA_PREFIX = "medseg.infer.summary/"
@@ -29,7 +28,7 @@ _IDENTIFYING = re.compile(r"[/\\]|^\d+(\.\d+){4,}$|\d{8}")  # paths, DICOM UIDs 
 @cache
 def feature_paths() -> dict[str, dict[str, list[str]]]:
     """The summary paths of each numeric and categorical fact (features.yaml)."""
-    return yaml.safe_load(FEATURES_FILE.read_text())
+    return load_yaml(FEATURES_FILE.read_text())
 
 
 @dataclass(frozen=True)

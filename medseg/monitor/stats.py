@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from medseg.yamltext import load_yaml
 
 THRESHOLDS_FILE = Path(__file__).with_name("thresholds.yaml")
 
@@ -18,7 +19,7 @@ THRESHOLDS_FILE = Path(__file__).with_name("thresholds.yaml")
 @cache
 def thresholds() -> dict[str, Any]:
     """The preset thresholds (thresholds.yaml)."""
-    return yaml.safe_load(THRESHOLDS_FILE.read_text())
+    return load_yaml(THRESHOLDS_FILE.read_text())
 
 
 @dataclass(frozen=True)

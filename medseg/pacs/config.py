@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medseg.errors import UsageError
+from medseg.yamltext import load_yaml
 
 
 class _Strict(BaseModel):
@@ -97,7 +98,7 @@ class PacsConfig(_Strict):
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PacsConfig:
     """Read and validate a YAML config; relative storage paths are taken from the config file's folder."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         hint = "Start from configs/pacs.example.yaml."
         raise UsageError(f"cannot read the config: {exc}", path=path, hint=hint) from exc

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medseg.errors import InvalidInputError
 from medseg.models.card import IntensitySpec, NetworkSpec
+from medseg.yamltext import load_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -134,7 +135,7 @@ class TrainConfig(Strict):
         return self
 
 
-def read_validated(path: Path, model: type[M], what: str, parse: Callable[[bytes], Any] = yaml.safe_load,
+def read_validated(path: Path, model: type[M], what: str, parse: Callable[[bytes], Any] = load_yaml,
                   hint: str | None = None) -> tuple[M, str]:  # fmt: skip
     """Parse and validate a YAML/JSON file into `model`; returns it and the SHA-256 of the bytes it was read from."""
     try:

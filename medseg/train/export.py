@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from medseg.errors import InvalidInputError
@@ -19,6 +18,7 @@ from medseg.models.card import ConfidenceCalibration, ModelCard, WeightsSpec
 from medseg.models.registry import CARD_NAME, sha256_file
 from medseg.train.config import TrainConfig
 from medseg.train.manifest import Manifest
+from medseg.yamltext import load_yaml
 
 CARD_TEXT = Path(__file__).with_name("card_text.yaml")
 
@@ -35,7 +35,7 @@ class CardText(BaseModel):
 def card_text(organ: str, model: str | None = None) -> CardText:
     """The card text for the model `model` (when written for it) or else for `organ`; a model without one is refused
     rather than shipped without limitations."""
-    texts = yaml.safe_load(CARD_TEXT.read_text())
+    texts = load_yaml(CARD_TEXT.read_text())
     key = model if model in texts else organ
     if key not in texts:
         raise InvalidInputError(f"no model card text for organ '{organ}'", path=CARD_TEXT, hint="Add it first.")
@@ -71,7 +71,7 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     from medseg.train.manifest import load_manifest
 
     try:
-        cfg = TrainConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        cfg = TrainConfig.model_validate(load_yaml((run_dir / "config.yaml").read_text()))
         summary = json.loads((run_dir / "summary.json").read_text())
         run = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as exc:

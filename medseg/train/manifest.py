@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.digests import default_data_root, digest_path
 from medseg.errors import InvalidInputError
 from medseg.train.config import read_validated
+from medseg.yamltext import load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    spec = ManifestSpec.model_validate(yaml.safe_load(a.spec.read_text()))
+    spec = ManifestSpec.model_validate(load_yaml(a.spec.read_text()))
     manifest = build_manifest(spec, a.data_root or default_data_root())
     atomic_write_text(a.out, manifest.model_dump_json(indent=1, exclude_none=True) + "\n", overwrite=a.overwrite)
 

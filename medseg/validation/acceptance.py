@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medseg.audit.digest import file_sha256
 from medseg.errors import InvalidInputError, UsageError
 from medseg.validation.sets import REPO
+from medseg.yamltext import load_yaml
 
 ACCEPTANCE_DIR = REPO / "validation" / "acceptance"
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
@@ -65,7 +66,7 @@ def load_acceptance(path: Path) -> tuple[Acceptance, str]:
     if not path.is_file():
         raise UsageError("no such acceptance criteria file", path=path, hint="See validation/acceptance/.")
     try:
-        return Acceptance.model_validate(yaml.safe_load(path.read_text())), file_sha256(path)
+        return Acceptance.model_validate(load_yaml(path.read_text())), file_sha256(path)
     except (yaml.YAMLError, ValidationError) as exc:
         raise InvalidInputError(f"invalid acceptance file: {str(exc).splitlines()[0]}", path=path) from exc
 

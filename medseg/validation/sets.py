@@ -19,6 +19,7 @@ from medseg.audit.digest import file_sha256
 from medseg.digests import default_data_root, digest_path
 from medseg.errors import InvalidInputError, UsageError
 from medseg.io.atomic import atomic_write_text
+from medseg.yamltext import load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SETS_DIR = REPO / "validation" / "sets"
@@ -89,7 +90,7 @@ def load_set(path: Path) -> TestSet:
     if not path.is_file():
         raise UsageError("no such test set file", path=path, hint="List them in validation/sets/.")
     try:
-        return TestSet.model_validate(yaml.safe_load(path.read_text()))
+        return TestSet.model_validate(load_yaml(path.read_text()))
     except (yaml.YAMLError, ValidationError) as exc:
         first = str(exc).splitlines()[0:3]
         raise InvalidInputError(f"invalid test set file: {' '.join(first)}", path=path) from exc

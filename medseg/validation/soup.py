@@ -7,10 +7,9 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medseg.errors import InvalidInputError
 from medseg.validation.sets import REPO
+from medseg.yamltext import load_yaml
 
 LOCK = REPO / "requirements.lock"
 PURPOSES = Path(__file__).with_name("soup_purpose.yaml")
@@ -77,7 +76,7 @@ def _required_by(pins: dict[str, str]) -> dict[str, list[str]]:
 def soup_list(lock: Path = LOCK) -> list[dict[str, Any]]:
     """One record per locked package; licence and tracker from its installed metadata."""
     pins = read_lock(lock)
-    purposes = {_norm(k): v for k, v in yaml.safe_load(PURPOSES.read_text()).items()}
+    purposes = {_norm(k): v for k, v in load_yaml(PURPOSES.read_text()).items()}
     users = _required_by(pins)
     rows = []
     for name, version in sorted(pins.items()):

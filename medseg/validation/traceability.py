@@ -13,6 +13,7 @@ import yaml
 from medseg.audit.digest import file_sha256
 from medseg.errors import InvalidInputError
 from medseg.validation.sets import REPO
+from medseg.yamltext import load_yaml as parse_yaml
 
 RISK_DIR = REPO / "docs" / "risk"
 
@@ -58,7 +59,7 @@ def read_junit(path: Path) -> list[TestResult]:
 def load_yaml(path: Path, key: str) -> list[dict[str, Any]]:
     """The list under `key` of a risk YAML file."""
     try:
-        return list(yaml.safe_load(path.read_text())[key])
+        return list(parse_yaml(path.read_text())[key])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise InvalidInputError(f"cannot read {key} from the risk file: {exc}", path=path) from exc
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from medseg.errors import ProcessingError
 from medseg.io import Volume
 from medseg.io.atomic import atomic_path
 from medseg.writers.seg_source import normalise_source
+from medseg.yamltext import load_yaml
 
 CODES_FILE = Path(__file__).with_name("data") / "segment_codes.yaml"
 POSITION_TOL_MM = 0.01
@@ -42,7 +42,7 @@ class SegUnavailable(ProcessingError):
 @cache
 def segment_codes() -> dict[str, Any]:
     """The structure-code table (data file, loaded once)."""
-    return yaml.safe_load(CODES_FILE.read_text())
+    return load_yaml(CODES_FILE.read_text())
 
 
 def _code(entry: dict[str, str]) -> Any:

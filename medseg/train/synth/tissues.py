@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from medseg.errors import InvalidInputError
+from medseg.yamltext import load_yaml
 
 TABLE = Path(__file__).with_name("tissues.yaml")
 
@@ -53,7 +53,7 @@ class TissueTable:
 @cache
 def tissue_table() -> TissueTable:
     """Parse `tissues.yaml` once."""
-    raw = yaml.safe_load(TABLE.read_text())
+    raw = load_yaml(TABLE.read_text())
     ids, hu, sd, oral = {}, {}, {}, set()
     for name, spec in raw["classes"].items():
         cid = int(spec["id"])
