@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--batch-slices", type=int, default=150)
     parser.add_argument("--batch-only", action="store_true", help="only the batch part")
     parser.add_argument("--organ", default=None, help="--organ for medseg infer (default: the CLI's, liver)")
+    parser.add_argument("--repeat", type=int, default=3, help="warm runs; the median is reported (this VM is noisy)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -203,7 +204,10 @@ def main() -> None:
         make_series(series, args.slices)
         organ = ["--organ", args.organ] if args.organ else []
         cold = run_cli(series, model, tmp_path / "out1", cache, organ)
-        warm = run_cli(series, model, tmp_path / "out2", cache, organ)
+        runs = sorted(
+            (run_cli(series, model, tmp_path / f"out2-{i}", cache, organ), i) for i in range(max(args.repeat, 1))
+        )
+        warm, warm_dir = runs[len(runs) // 2][0], tmp_path / f"out2-{runs[len(runs) // 2][1]}"
         core = core_benchmark(series, model, cache)
         nproc = os.cpu_count()
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -212,7 +216,9 @@ def main() -> None:
         print(f"model grid {core['shape']}, {core['windows']} windows of {os.environ.get('ROI', 'the card roi')}")
         print(f"{'measurement':58s} {'wall s':>8s} {'peak RSS MB':>12s}")
         print(f"{'(a) medseg infer DICOM->SEG, cold (first use: OpenVINO export)':58s} {cold[0]:8.1f} {cold[1]:12.0f}")
-        print(f"{'(a) medseg infer DICOM->SEG, warm (every later run)':58s} {warm[0]:8.1f} {warm[1]:12.0f}")
+        label = f"(a) medseg infer DICOM->SEG, warm, median of {len(runs)}"
+        print(f"{label:58s} {warm[0]:8.1f} {warm[1]:12.0f}")
+        print(f"    warm runs: {', '.join(f'{r[0][0]:.1f}' for r in runs)} s")
         print(f"{'(b) MONAI sliding_window_inference, eager torch, batch 1':58s} {core['monai_b1_s']:8.2f}")
         print(f"{'(c) medseg core (OpenVINO f32, fixed shape)':58s} {core['ours_s']:8.2f}")
         print(f"{'    for reference: medseg loop, ONNX Runtime (fixed shape)':58s} {core['onnx_s']:8.2f}")
@@ -231,10 +237,13 @@ def main() -> None:
             int8_warm = run_cli(series, model, tmp_path / "out3", cache, ["--precision", "int8", *organ])
             label = "(a) medseg infer DICOM->SEG, warm, --precision int8"
             print(f"{label:58s} {int8_warm[0]:8.1f} {int8_warm[1]:12.0f}")
-        goals = [warm[0] < 20, warm[1] < 4096, core["ratio"] >= 3]
-        print("goals (warm e2e < 20 s, < 4 GB, ratio >= 3):", "met" if all(goals) else f"NOT all met {goals}")
-        print(f"exit codes: cold {cold[2]}, warm {warm[2]}")
-        stages = json.loads((tmp_path / "out2" / "series" / "summary.json").read_text())["timings_s"]
+        for name, goals in (
+            ("#12 (warm e2e < 10 s, peak RSS < 2 GB)", [warm[0] < 10, warm[1] < 2048]),
+            ("#19 (warm e2e <= 3 s, <= 1 GB, core ratio >= 5)", [warm[0] <= 3, warm[1] <= 1024, core["ratio"] >= 5]),
+        ):
+            print(f"goals {name}:", "met" if all(goals) else f"NOT all met {goals}")
+        print(f"exit codes: cold {cold[2]}, warm {', '.join(str(r[0][2]) for r in runs)}")
+        stages = json.loads((warm_dir / "series" / "summary.json").read_text())["timings_s"]
         print("warm run, seconds per stage (summary.json):", ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
 
