@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
-SHARED = {"errors", "keys", "digests"}
+SHARED = {"errors", "keys", "digests", "yamltext"}  # base modules every package may use
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),
