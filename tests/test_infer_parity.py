@@ -159,3 +159,13 @@ def test_sliding_window_matches_monai_for_any_shape(shape, roi, overlap, batch):
 
         got = sliding_window(image, predict, roi, 3, batch_size=batch, overlap=overlap, skip_constant=True)
     np.testing.assert_allclose(got, expected[0].numpy(), atol=1e-5)
+
+
+def test_pass_order_shrinks_the_big_axes_first_and_grows_last():
+    """The cheapest order (fewest intermediate voxels): a 512x512x300 CT to 3 mm shrinks in-plane before the slice
+    axis; bringing a 3 mm map back to that grid grows the slice axis first and the in-plane axes last."""
+    from medseg.preprocess.separable import pass_order
+
+    assert pass_order((300, 512, 512), (200, 125, 125)) == (1, 2, 0)
+    assert pass_order((200, 125, 125), (300, 512, 512)) == (0, 1, 2)
+    assert pass_order((4, 4, 4), (4, 4, 4)) == (0, 1, 2)
