@@ -216,3 +216,22 @@ def test_confidence_in_the_organ_box_equals_the_whole_volume_definition() -> Non
         assert np.allclose(
             (got[name].boundary_entropy, got[name].uncertain_fraction, got[name].neighbour_contact), want, atol=1e-5
         ), name
+
+
+@pytest.mark.parametrize("failing", ["write_preview", "write_seg"])
+def test_a_writer_failing_on_either_thread_leaves_no_outputs(
+    model: InstalledModel, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The label map and preview are written on a helper thread while the SEG is built: an error on either side is
+    raised after both ended, and every output already written (on both threads) is removed."""
+    import medseg.infer.pipeline as pipeline
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, failing, disk_full)
+    cases, _ = discover_cases(shared / "ct/chaos_ct_sample/dicom")
+    with pytest.raises(OSError, match="No space left"):
+        run_case(cases[0], model, band_runner(), InferSettings("liver", tmp_path, organs=("liver", "spleen")))
+    folder = tmp_path / cases[0].name
+    assert not folder.exists() or sorted(p.name for p in folder.rglob("*")) == []
