@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 
 # Debian tools, each with what needs it; one apt-get update, only when something is missing:
 # dicom3tools (dciodvfy checks every SEG), orthanc + orthanc-dicomweb + dcmtk (the PACS service tests run a real
-# Orthanc and send with storescu), chromium (validation report PDF, monitoring dashboard test).
+# Orthanc and send with storescu), chromium (validation report PDF, monitoring dashboard test), time (GNU time:
+# bench/ measures wall time and peak RSS of a command with /usr/bin/time -v; CI runs bench_infer's short form).
 need=()
+[ -x /usr/bin/time ] || need+=(time)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
