@@ -347,7 +347,7 @@ def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[
     """Write label map, SEG and preview, recording each in `run.outputs` as soon as it exists.
 
     The label map and the preview (numpy, compression and PNG encoding, mostly outside the GIL) are written by a
-    helper thread while this thread builds the SEG (highdicom and pydicom, Python): on two cores about 0.3 s less
+    helper thread while this thread builds the SEG (highdicom and pydicom, Python): on two cores about 0.2 s less
     per study. Both are always waited for; the first error is raised, and `_finish` removes whatever was written."""
     from concurrent.futures import ThreadPoolExecutor
 
