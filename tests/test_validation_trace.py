@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from medseg.validation.soup import LOCK, read_lock, soup_diff, soup_list
-from medseg.validation.traceability import RISK_DIR, build_matrix, load_yaml, read_junit
+from medseg.validation.traceability import RISK_DIR, build_matrix, read_junit, risk_list
 
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.req("REQ-021")
@@ -123,7 +123,7 @@ def _markers_in(path: Path) -> set[str]:
 
 
 def test_the_project_risk_records_are_consistent() -> None:
-    reqs = load_yaml(RISK_DIR / "requirements.yaml", "requirements")
+    reqs = risk_list(RISK_DIR / "requirements.yaml", "requirements")
     ids = [r["id"] for r in reqs]
     assert len(ids) == len(set(ids)) and {r["type"] for r in reqs} <= {
         "functional",
@@ -134,11 +134,11 @@ def test_the_project_risk_records_are_consistent() -> None:
     used = set().union(*(_markers_in(p) for p in TESTS.glob("test_*.py"))) - {"REQ-A", "REQ-B", "REQ-D", "REQ-ZZZ"}
     assert used <= set(ids), used - set(ids)
     named = [t for r in reqs for t in r.get("tests", [])]
-    named += [t for h in load_yaml(RISK_DIR / "hazards.yaml", "hazards") for t in h["verification"]]
+    named += [t for h in risk_list(RISK_DIR / "hazards.yaml", "hazards") for t in h["verification"]]
     for t in named:  # every named test exists (as a file, or a function in it), so CI can run it
         path, _, func = t.partition("::")
         assert (TESTS.parent / path).is_file() and (not func or f"def {func}(" in (TESTS.parent / path).read_text()), t
-    hazards = load_yaml(RISK_DIR / "hazards.yaml", "hazards")
+    hazards = risk_list(RISK_DIR / "hazards.yaml", "hazards")
     assert len(hazards) >= 10
     for h in hazards:
         assert set(h["controls"]) <= set(ids), h["id"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from medseg.io.atomic import atomic_write_text
 from medseg.validation.soup import cyclonedx, soup_diff, soup_list
-from medseg.validation.traceability import RISK_DIR, build_matrix, load_yaml
+from medseg.validation.traceability import RISK_DIR, build_matrix, risk_list
 
 RELEASED_SOUP = RISK_DIR / "soup-released.json"
 
@@ -19,7 +19,7 @@ def attach_records(report: dict[str, Any], out: Path, junit: Path | None, risk_d
     previous = json.loads(RELEASED_SOUP.read_text()) if RELEASED_SOUP.is_file() else []
     atomic_write_text(out / "soup.json", json.dumps(soup, indent=1) + "\n", overwrite=True)
     atomic_write_text(out / "sbom.cdx.json", json.dumps(cyclonedx(soup), indent=1) + "\n", overwrite=True)
-    hazards = load_yaml(risk_dir / "hazards.yaml", "hazards")
+    hazards = risk_list(risk_dir / "hazards.yaml", "hazards")
     atomic_write_text(out / "risk.json", json.dumps(hazards, indent=1, sort_keys=True) + "\n", overwrite=True)
     open_risks = [h["id"] for h in hazards if not h["residual_acceptable"]]
     extra: dict[str, Any] = {

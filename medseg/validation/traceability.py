@@ -13,7 +13,7 @@ import yaml
 from medseg.audit.digest import file_sha256
 from medseg.errors import InvalidInputError
 from medseg.validation.sets import REPO
-from medseg.yamltext import load_yaml as parse_yaml
+from medseg.yamltext import load_yaml
 
 RISK_DIR = REPO / "docs" / "risk"
 
@@ -56,10 +56,10 @@ def read_junit(path: Path) -> list[TestResult]:
     return out
 
 
-def load_yaml(path: Path, key: str) -> list[dict[str, Any]]:
+def risk_list(path: Path, key: str) -> list[dict[str, Any]]:
     """The list under `key` of a risk YAML file."""
     try:
-        return list(parse_yaml(path.read_text())[key])
+        return list(load_yaml(path.read_text())[key])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise InvalidInputError(f"cannot read {key} from the risk file: {exc}", path=path) from exc
 
@@ -88,8 +88,8 @@ def _status(
 def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DIR) -> dict[str, Any]:
     """The traceability matrix of this run; `complete` False when any requirement or hazard control is unverified."""
     results = read_junit(junit)
-    reqs = load_yaml(risk_dir / "requirements.yaml", "requirements")
-    hazards = load_yaml(risk_dir / "hazards.yaml", "hazards")
+    reqs = risk_list(risk_dir / "requirements.yaml", "requirements")
+    hazards = risk_list(risk_dir / "hazards.yaml", "hazards")
     known = {r["id"] for r in reqs}
     gaps = [f"test {t.node} claims unknown requirement {q}" for t in results for q in t.reqs if q not in known]
     rows = []
