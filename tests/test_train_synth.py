@@ -164,3 +164,47 @@ def test_table_lies_under_the_back_and_arms_beside_the_body_outside_every_organ(
     drawn = [np.isin(t, table_ids).any() for t in volumes]
     assert 1 <= sum(drawn) <= 9, "the table is drawn in some volumes, not all"
     assert not any((np.isin(t, table_ids) & (reg.classes > 0)).any() for t in volumes)
+
+
+def test_diaphragm_is_a_thin_muscle_sheet_on_the_upper_liver_and_never_touches_an_organ(amos) -> None:
+    """The diaphragm that real CT shows between the liver and the wall or lung: muscle within two voxels of the
+    liver, only above its lower quarter, replacing filler tissue only (organs, heart and bone stay)."""
+    from scipy import ndimage
+
+    from medseg.train.synth.anatomy import AnatomyParams, _diaphragm, build_tissues
+    from medseg.train.synth.generator import cut_region
+
+    ids = tissue_table().ids
+    t = np.full((40, 40, 40), ids["soft_tissue"], np.uint8)
+    t[10:30, 10:30, 10:30] = ids["liver"]
+    t[30:34, 10:30, 10:30] = ids["kidney_right"]
+    t[10:30, 10:30, 30:33] = ids["lung"]
+    t[10:30, 6:10, 10:30] = ids["bone_cortex"]
+    organ = np.isin(t, [ids["liver"], ids["kidney_right"]])
+    t[30:34, 10:30, 20:30] = ids["bowel_gas"]  # gas inside an organ of the label map (as in the stomach)
+    before = t.copy()
+    _diaphragm(t, np.random.default_rng(0), free=~organ)
+    sheet = (t == ids["muscle"]) & (before != ids["muscle"])
+    near = ndimage.binary_dilation(before == ids["liver"], iterations=2)
+    assert sheet.any() and not (sheet & ~near).any()
+    assert not sheet[:, :, :15].any(), "nothing on the liver's lower quarter"
+    assert np.isin(before[sheet], [ids["soft_tissue"], ids["lung"]]).all()
+    kept = organ | (before == ids["bone_cortex"])
+    assert np.array_equal(t[kept], before[kept])
+    assert sheet[:, :, 30].sum() >= 0.9 * 20 * 20, "it covers the dome where the lung meets the liver"
+
+    reg = cut_region(amos, np.zeros(3, int), amos.classes.shape)
+    organs = reg.classes > 0
+    drawn = 0
+    for seed in range(2):
+        with_sheet = build_tissues(reg, np.random.default_rng(seed), AnatomyParams(p_diaphragm=1.0))
+        plain = build_tissues(reg, np.random.default_rng(seed), AnatomyParams(p_diaphragm=0.0))
+        assert np.array_equal(np.isin(with_sheet, [ids["heart_muscle"], ids["heart_blood"]]),
+                              np.isin(plain, [ids["heart_muscle"], ids["heart_blood"]])), "the heart stays"  # fmt: skip
+        liverish = np.isin(with_sheet, [ids["liver"], ids["liver_vessel"], ids["liver_lesion"]])
+        assert np.array_equal(liverish, reg.classes == ids["liver"]), "the liver label is unchanged"
+        assert np.array_equal(with_sheet[organs & ~liverish], plain[organs & ~liverish]), "other organs stay"
+        drawn += int(((with_sheet == ids["muscle"]) & (plain != ids["muscle"])).sum() > 0)
+    assert drawn == 2
+    assert np.array_equal(build_tissues(reg, np.random.default_rng(7)),
+                          build_tissues(reg, np.random.default_rng(7), AnatomyParams(p_diaphragm=0.0)))  # fmt: skip

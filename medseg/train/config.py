@@ -60,7 +60,14 @@ class RobustAug(Strict):
     sharpen_amount: tuple[float, float] = (0.3, 1.5)
 
 
+class AnatomyAug(Strict):
+    """Optional synthesised structures (medseg/train/synth/anatomy.py `AnatomyParams`); off by default."""
+
+    p_diaphragm: float = Field(0.0, ge=0, le=1)
+
+
 class AugmentSpec(Strict):
+    anatomy: AnatomyAug = AnatomyAug()
     spatial: SpatialAug = SpatialAug()
     appearance: AppearanceAug = AppearanceAug()
     robust: RobustAug = RobustAug()

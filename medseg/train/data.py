@@ -17,6 +17,7 @@ from medseg.train.config import TrainConfig
 from medseg.train.manifest import Manifest
 from medseg.train.realdata import RealCase, cached_real_case
 from medseg.train.robust import RobustParams, archive_augment
+from medseg.train.synth.anatomy import AnatomyParams
 from medseg.train.synth.appearance import AppearanceParams
 from medseg.train.synth.fields import gaussian_blur
 from medseg.train.synth.generator import synth_patch
@@ -93,6 +94,7 @@ class PatchStream(torch.utils.data.IterableDataset):
         s = cfg.augment.spatial
         self.spatial = SpatialParams(s.rotate_deg, s.scale, s.anisotropy, s.elastic_vox)
         self.robust = RobustParams(**cfg.augment.robust.model_dump())
+        self.anatomy = AnatomyParams(**cfg.augment.anatomy.model_dump())
         self.organs = cfg.organs
         self.liver = 1 + self.organs.index("liver")
         self.start_index = 0
@@ -109,7 +111,8 @@ class PatchStream(torch.utils.data.IterableDataset):
             labelled[[0, self.liver]] = True
         else:
             anat = self.cases.anatomy[rng.integers(len(self.cases.anatomy))]
-            s = synth_patch(anat, rng, cfg.data.patch_size, positive, self.spatial, self.appearance, self.organs)
+            s = synth_patch(anat, rng, cfg.data.patch_size, positive, self.spatial, self.appearance, self.organs,
+                            self.anatomy)
             hu, lab = s.image, s.label
             labelled = np.ones(len(self.organs) + 1, bool)
         hu, lab = archive_augment(hu, lab, rng, self.robust)

@@ -26,6 +26,7 @@ from medseg.train.config import TrainConfig
 from medseg.train.data import CaseSets, PatchStream
 from medseg.train.distributed import DistContext
 from medseg.train.evaluate import CaseScore, predict_volume, score
+from medseg.train.synth.anatomy import AnatomyParams
 from medseg.train.synth.appearance import AppearanceParams
 from medseg.train.synth.generator import synth_volume
 from medseg.train.tracking import Tracker
@@ -61,7 +62,8 @@ def build_valset(cases: CaseSets, cfg: TrainConfig) -> ValSet:
         v.labels.append(rc.label * liver)
     appearance = AppearanceParams(p_random_intensity=0.0)
     for i, ac in enumerate(cases.anatomy[: cfg.validation.synthetic_cases]):
-        s = synth_volume(ac, np.random.default_rng([cfg.data.synth_val_seed, i]), appearance, cfg.organs)
+        s = synth_volume(ac, np.random.default_rng([cfg.data.synth_val_seed, i]), appearance, cfg.organs,
+                         AnatomyParams(**cfg.augment.anatomy.model_dump()))
         v.names.append(f"synth_{ac.name}"), v.kinds.append("synthetic")
         v.images.append(hu_window(s.image, cfg.intensity.a_min, cfg.intensity.a_max)), v.labels.append(s.label)
     return v

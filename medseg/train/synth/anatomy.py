@@ -31,6 +31,14 @@ class Region:
     spacing: tuple[float, float, float]
 
 
+@dataclass(frozen=True)
+class AnatomyParams:
+    """Probabilities of optional synthesised structures (from the training config); 0 draws no random number, so a
+    recipe that leaves one off renders exactly as before it existed."""
+
+    p_diaphragm: float = 0.0
+
+
 def _coords(shape: tuple[int, int, int], origin: np.ndarray, spacing: tuple[float, float, float]) -> list[np.ndarray]:
     return [((np.arange(n) + o) * s).reshape([-1 if a == d else 1 for a in range(3)])
             for d, (n, o, s) in enumerate(zip(shape, origin, spacing, strict=True))]  # fmt: skip
@@ -89,6 +97,31 @@ def _liver_details(t: np.ndarray, rng: np.random.Generator) -> None:
             sub[inside & np.isin(sub, [ids["liver"], ids["liver_vessel"]])] = ids["liver_lesion"]
 
 
+# Synthesised filler the diaphragm may replace; organs from the label map, the heart, bone and the wall stay.
+DIAPHRAGM_REPLACES = ("soft_tissue", "visceral_fat", "lung", "bowel_gas")
+
+
+def _diaphragm(t: np.ndarray, rng: np.random.Generator, free: np.ndarray) -> None:
+    """A muscle sheet of one or two voxels on the liver's upper part where it meets filler tissue or lung (`free`:
+    outside every organ of the label map, so gas inside the stomach stays).
+
+    Real CT shows the diaphragm (about 50 HU) between the liver and the lung bases, the wall and the fat; without it
+    every model over-segmented real livers by a rim of one to two voxels along the dome and the lateral wall
+    (docs/training.md, "Stage 3").
+    """
+    from scipy import ndimage
+
+    ids = tissue_table().ids
+    liver = t == ids["liver"]
+    if not liver.any():
+        return
+    k = np.nonzero(liver.any(axis=(0, 1)))[0]
+    level = int(k.min() + rng.uniform(0.25, 0.45) * (k.max() - k.min()))
+    sheet = ndimage.binary_dilation(liver, iterations=int(rng.choice([1, 2], p=[0.6, 0.4]))) & ~liver
+    sheet[:, :, :level] = False
+    t[sheet & free & np.isin(t, [ids[n] for n in DIAPHRAGM_REPLACES])] = ids["muscle"]
+
+
 def _bowel_gas(t: np.ndarray, reg: Region, rng: np.random.Generator) -> None:
     ids = tissue_table().ids
     bowel = np.isin(t, [ids[n] for n in ("stomach", "duodenum", "colon", "intestine", "rectum")])
@@ -104,7 +137,7 @@ def _bowel_gas(t: np.ndarray, reg: Region, rng: np.random.Generator) -> None:
         t[stomach & (yy > level)] = ids["bowel_gas"]
 
 
-def build_tissues(reg: Region, rng: np.random.Generator) -> np.ndarray:
+def build_tissues(reg: Region, rng: np.random.Generator, params: AnatomyParams = AnatomyParams()) -> np.ndarray:
     """Tissue-class map for a region: organs from the label map, the rest synthesised plausibly."""
     ids = tissue_table().ids
     t = reg.classes.copy()
@@ -133,6 +166,8 @@ def build_tissues(reg: Region, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.85:
         _heart(t, reg, rng, free=~organ & body & (hd < wall_out - mus_th))
     _bowel_gas(t, reg, rng)
+    if params.p_diaphragm > 0 and rng.random() < params.p_diaphragm:
+        _diaphragm(t, rng, free=~organ)
     _liver_details(t, rng)
     t[~body & ~organ] = ids["outside_air"]
     outside = ~body & ~organ

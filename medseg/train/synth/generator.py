@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.train.synth.anatomy import PAD, Region, build_tissues
+from medseg.train.synth.anatomy import PAD, AnatomyParams, Region, build_tissues
 from medseg.train.synth.appearance import AppearanceParams, render
 from medseg.train.synth.prepare import AnatomyCase
 from medseg.train.synth.spatial import SpatialParams, sampling_grid, warp
@@ -67,13 +67,13 @@ def pick_centre(case: AnatomyCase, rng: np.random.Generator, positive: bool) -> 
 
 
 def synth_patch(case: AnatomyCase, rng: np.random.Generator, patch: tuple[int, int, int], positive: bool,
-                spatial: SpatialParams, appearance: AppearanceParams,
-                organs: tuple[str, ...] = ("liver",)) -> SynthSample:  # fmt: skip
+                spatial: SpatialParams, appearance: AppearanceParams, organs: tuple[str, ...] = ("liver",),
+                anatomy: AnatomyParams = AnatomyParams()) -> SynthSample:  # fmt: skip
     """A randomly deformed and rendered patch of `case` around a positive (liver) or negative centre."""
     centre = pick_centre(case, rng, positive) + rng.integers(-patch[0] // 6, patch[0] // 6 + 1, size=3)
     size = tuple(int(np.ceil(p * 1.45)) for p in patch)
     reg = cut_region(case, centre - np.asarray(size) // 2, size)
-    tissues = build_tissues(reg, rng)
+    tissues = build_tissues(reg, rng, anatomy)
     grid = sampling_grid(patch, size, rng, spatial)
     warped = warp(tissues.astype(np.float32), grid, "nearest", float(PAD)).round().astype(np.int16)
     image, phase = render(warped, rng, appearance)
@@ -81,9 +81,10 @@ def synth_patch(case: AnatomyCase, rng: np.random.Generator, patch: tuple[int, i
 
 
 def synth_volume(case: AnatomyCase, rng: np.random.Generator, appearance: AppearanceParams,
-                 organs: tuple[str, ...] = ("liver",)) -> SynthSample:  # fmt: skip
+                 organs: tuple[str, ...] = ("liver",),
+                 anatomy: AnatomyParams = AnatomyParams()) -> SynthSample:  # fmt: skip
     """The whole prepared case rendered without deformation (fixed-seed synthetic validation volumes)."""
     reg = cut_region(case, np.zeros(3, int), case.classes.shape)
-    tissues = build_tissues(reg, rng)
+    tissues = build_tissues(reg, rng, anatomy)
     image, phase = render(tissues.astype(np.int16), rng, appearance)
     return SynthSample(image, organ_label(tissues, organs), phase, case.name)
