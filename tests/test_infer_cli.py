@@ -204,8 +204,9 @@ def test_models_list_shows_cards_and_verifies_weights(run, tmp_path, monkeypatch
     monkeypatch.setattr(registry, "ZOO", tmp_path)
     code, out, _ = run("models", "list")
     assert code == 0 and "test-liver-5 0.0.1  organ=liver" in out and "intended use: tests only" in out
+    assert "  --model good  labels:" in out, "the name to pass to --model is the folder's"
     code, out, err = run("models", "list", "--verify")
-    assert code == 4 and "[verified]" in out and "[MISMATCH" in out and "test-liver-6" in err
+    assert code == 4 and "[verified]" in out and "[MISMATCH" in out and "for bad" in err
     code, out, _ = run("models", "list", "--json", "--verify")
     assert {c["name"]: c["weights_verified"] for c in json.loads(out)} == {"test-liver-5": True, "test-liver-6": False}
 

@@ -45,12 +45,12 @@ def register(app: typer.Typer) -> None:
                 try:
                     m.verify()
                 except MedsegError as exc:
-                    problems[m.card.name] = exc.message
+                    problems[m.folder.name] = exc.message
         if as_json:
-            cards = [m.card.model_dump(mode="json") | {"folder": str(m.folder)} for m in found]
+            cards = [m.card.model_dump(mode="json") | {"folder": str(m.folder), "model": m.folder.name} for m in found]
             if verify:
                 for c in cards:
-                    c["weights_verified"] = c["name"] not in problems
+                    c["weights_verified"] = c["model"] not in problems
             console.result(json.dumps(cards, indent=2))
         else:
             _print(found, verify, problems)
@@ -72,10 +72,10 @@ def _print(found: list[InstalledModel], verify: bool, problems: dict[str, str]) 
         default = f"  (default for --organ {', '.join(defaults)})" if defaults else ""
         check = ""
         if verify:
-            check = f"  [MISMATCH: {problems[c.name]}]" if c.name in problems else "  [verified]"
+            check = f"  [MISMATCH: {problems[m.folder.name]}]" if m.folder.name in problems else "  [verified]"
         lines = [
             f"{c.name} {c.version}  organ={c.organ}  modality={c.modality}{default}",
-            f"  labels: {labels}",
+            f"  --model {m.folder.name}  labels: {labels}",
             f"  spacing: {' x '.join(f'{s:g}' for s in c.spacing)} mm"
             f"  window: {c.intensity.a_min:g}..{c.intensity.a_max:g} HU"
             f"  roi: {'x'.join(str(r) for r in c.roi_size)}  network: {c.network.name}",
