@@ -1,9 +1,9 @@
 """The low_confidence flag on real CT with manual liver labels: each shipped model's wrong results are flagged.
 
 Reproduces rows of the confidence tables in docs/training.md (bench/bench_confidence.py). Liver 1.0.0 (the rules
-file's limit): radcttace_1211 and radcttace_0697 as stored, both under Dice 0.90, are flagged. Abdomen 2.0.0 (the
-default; its card's own limit, chosen on synthetic volumes only): radcttace_0697 as stored (its locked test, Dice
-0.884) is flagged, CHAOS as stored (Dice 0.947) is not.
+file's limit): radcttace_1211 and radcttace_0697 as stored, both under Dice 0.90, are flagged. Abdomen 2.0.0 and
+2.1.0 (the default; each card's own limit, chosen on synthetic volumes only): radcttace_0697 as stored (their locked
+test, Dice 0.884 / 0.892) is flagged, CHAOS as stored (Dice 0.947 / 0.958) is not.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ def _limit(card: ModelCard) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("model_name", "case", "wrong"),
-    [("liver", "radcttace_1211", True), ("liver", "radcttace_0697", True), ("abdomen", "radcttace_0697", True),
-     ("abdomen", "chaos_ct_sample", False)],
+    ("model_name", "case", "wrong", "margin"),
+    [("liver", "radcttace_1211", True, 1.5), ("liver", "radcttace_0697", True, 1.5),
+     ("abdomen", "radcttace_0697", True, 1.5), ("abdomen", "chaos_ct_sample", False, 1.5),
+     ("abdomen-2.1", "radcttace_0697", True, 1.2), ("abdomen-2.1", "chaos_ct_sample", False, 1.2)],
 )  # fmt: skip
 def test_shipped_models_flag_their_wrong_results_on_real_ct(shared: Path, model_name: str, case: str,
-                                                            wrong: bool) -> None:  # fmt: skip
+                                                            wrong: bool, margin: float) -> None:  # fmt: skip
+    """`margin`: how far past its limit the wrong case's uncertain fraction lies in the table (docs/training.md):
+    1.5 times for the earlier models, 1.43 times (0.339 against 0.236) for abdomen 2.1.0."""
     model = resolve_model(model_name)
     card = model.card
     volume = read_image(shared / "ct" / case / "image.nii.gz")
@@ -53,7 +56,7 @@ def test_shipped_models_flag_their_wrong_results_on_real_ct(shared: Path, model_
     if wrong:
         assert dice < 0.90, f"{case}: Dice {dice:.3f}; the table says under 0.90"
         assert flags == ["low_confidence"], f"{case}: uncertain fraction {conf['uncertain_fraction']}"
-        assert conf["uncertain_fraction"] > 1.5 * _limit(card)
+        assert conf["uncertain_fraction"] > margin * _limit(card)
     else:
         assert dice > 0.93, f"{case}: Dice {dice:.3f}; the table says above 0.93"
         assert flags == [], f"{case}: uncertain fraction {conf['uncertain_fraction']}"

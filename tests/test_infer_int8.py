@@ -62,6 +62,7 @@ def test_shipped_network_in_subpixel_form_gives_the_same_labels() -> None:
 EVALUATED = {
     "liver": {"ct/chaos_ct_sample", "ct/radcttace_1211", "ct/radcttace_0697"},
     "abdomen": {"ct/radcttace_0697"},
+    "abdomen-2.1": {"ct/radcttace_0697"},
 }
 
 
