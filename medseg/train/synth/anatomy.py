@@ -105,9 +105,9 @@ def _diaphragm(t: np.ndarray, rng: np.random.Generator, free: np.ndarray) -> Non
     """A muscle sheet of one or two voxels on the liver's upper part where it meets filler tissue or lung (`free`:
     outside every organ of the label map, so gas inside the stomach stays).
 
-    Real CT shows the diaphragm (about 50 HU) between the liver and the lung bases, the wall and the fat; without it
-    every model over-segmented real livers by a rim of one to two voxels along the dome and the lateral wall
-    (docs/training.md, "Stage 3").
+    Real CT shows the diaphragm (about 50 HU) between the liver and the lung bases, the wall and the fat. Its absence
+    is the likely cause of the rim of one to two voxels by which every model so far over-segments real livers along
+    the dome and the lateral wall (docs/training.md, "Stage 3"); off by default until a run has tested that.
     """
     from scipy import ndimage
 
