@@ -206,5 +206,3 @@ def test_diaphragm_is_a_thin_muscle_sheet_on_the_upper_liver_and_never_touches_a
         assert np.array_equal(with_sheet[organs & ~liverish], plain[organs & ~liverish]), "other organs stay"
         drawn += int(((with_sheet == ids["muscle"]) & (plain != ids["muscle"])).sum() > 0)
     assert drawn == 2
-    assert np.array_equal(build_tissues(reg, np.random.default_rng(7)),
-                          build_tissues(reg, np.random.default_rng(7), AnatomyParams(p_diaphragm=0.0)))  # fmt: skip
