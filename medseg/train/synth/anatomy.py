@@ -106,8 +106,8 @@ def _diaphragm(t: np.ndarray, rng: np.random.Generator, free: np.ndarray) -> Non
     outside every organ of the label map, so gas inside the stomach stays).
 
     Real CT shows the diaphragm (about 50 HU) between the liver and the lung bases, the wall and the fat. Its absence
-    is the likely cause of the rim of one to two voxels by which every model so far over-segments real livers along
-    the dome and the lateral wall (docs/training.md, "Stage 3"); off by default until a run has tested that.
+    was a suspected cause of the rim by which every model so far over-segments real livers; a run with it (stage 4,
+    docs/training.md) left the rim unchanged, so it stays off by default.
     """
     from scipy import ndimage
 
