@@ -29,6 +29,18 @@ LOCKED = ("ct/radcttace_0697",)
 TRAINED_BY_V4_ONLY = "ct/radcttace_1211"
 
 
+@pytest.mark.parametrize(("dice_weight", "ce_weight"), [(0.0, 1.0), (0.25, 1.0), (1.0, 0.5)])
+def test_marginal_loss_weights_match_monai_lambdas(dice_weight: float, ce_weight: float) -> None:
+    from monai.losses import DiceCELoss
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 8, 10, 10, 10, generator=g), torch.randint(0, 8, (2, 1, 10, 10, 10), generator=g)
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                     lambda_dice=dice_weight, lambda_ce=ce_weight)(x, y)  # fmt: skip
+    ours = marginal_dice_ce(x, y, torch.ones(2, 8, dtype=torch.bool), dice_weight=dice_weight, ce_weight=ce_weight)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
 def test_marginal_loss_is_dice_ce_when_every_class_is_labelled() -> None:
     from monai.losses import DiceCELoss
 

@@ -87,6 +87,13 @@ class OptimSpec(Strict):
     grad_clip: float = 12.0
 
 
+class LossSpec(Strict):
+    """Weights of the marginal soft-Dice and cross-entropy terms (`medseg.train.losses.marginal_dice_ce`)."""
+
+    dice_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(1.0, gt=0)
+
+
 class RunSpec(Strict):
     """How long to train and how often to check; the run stops at whichever limit comes first."""
 
@@ -120,6 +127,7 @@ class TrainConfig(Strict):
     data: DataSpec
     augment: AugmentSpec = AugmentSpec()
     optim: OptimSpec = OptimSpec()
+    loss: LossSpec = LossSpec()
     run: RunSpec = RunSpec()
     validation: ValidationSpec = ValidationSpec()
     init_weights: str | None = None

@@ -234,7 +234,8 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
                     g["lr"] = cfg.optim.lr * factor
                 x, y = batch["image"].to(device), batch["label"].to(device)
                 opt.zero_grad(set_to_none=True)
-                loss = marginal_dice_ce(model(x), y, batch["labelled"].to(device))
+                loss = marginal_dice_ce(model(x), y, batch["labelled"].to(device), dice_weight=cfg.loss.dice_weight,
+                                        ce_weight=cfg.loss.ce_weight)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
                 opt.step()

@@ -22,11 +22,12 @@ def merge_unlabelled(probs: torch.Tensor, labelled: torch.Tensor) -> torch.Tenso
     return merged
 
 
-def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor,
-                     smooth: float = 1e-5) -> torch.Tensor:  # fmt: skip
+def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor, smooth: float = 1e-5,
+                     dice_weight: float = 1.0, ce_weight: float = 1.0) -> torch.Tensor:  # fmt: skip
     """Dice (foreground classes, batch-pooled like MONAI DiceCELoss(batch=True)) + CE on merged probabilities.
 
-    logits (B, C, ...), target (B, 1, ...) integer labels using only labelled classes, labelled (B, C) bool.
+    logits (B, C, ...), target (B, 1, ...) integer labels using only labelled classes, labelled (B, C) bool. The
+    weights are MONAI's `lambda_dice` and `lambda_ce`; a zero Dice weight is plain (marginal) cross-entropy.
     """
     probs = merge_unlabelled(torch.softmax(logits.float(), 1), labelled)
     tgt = target[:, 0].long()
@@ -36,4 +37,4 @@ def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, labelled: torch
     inter = (probs * onehot).sum(dims)[1:]
     denom = (probs.sum(dims) + onehot.sum(dims))[1:]
     dice = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
-    return dice.mean() + ce
+    return dice_weight * dice.mean() + ce_weight * ce
