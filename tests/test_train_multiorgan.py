@@ -240,11 +240,13 @@ def test_the_cards_confidence_limit_comes_from_the_synthetic_side_of_the_bench()
 
 @pytest.mark.parametrize("name", ["abdomen_stage4", "abdomen_stage5"])
 def test_experiment_recipes_load_and_change_only_what_they_say(name: str) -> None:
-    """Stages 4 and 5 start from the installed 2.1.0 and differ from stage 3 only in the factor each one tests."""
+    """Stages 4 and 5 start from the installed 2.1.0, keep stage 3's data, network, grid and other augmentations,
+    and each switches on exactly one of the two factors tested (rate, budget and seed differ, as their headers say)."""
     stage3, _ = load_config(REPO / "configs/abdomen_stage3.yaml")
     cfg, _ = load_config(REPO / f"configs/{name}.yaml")
     assert cfg.init_weights == "medseg/models/zoo/abdomen-2.1/weights.pt" and (REPO / cfg.init_weights).is_file()
     assert cfg.data == stage3.data and cfg.network == stage3.network and cfg.spacing == stage3.spacing
+    assert cfg.augment.model_copy(update={"anatomy": stage3.augment.anatomy}) == stage3.augment
     tested = {"abdomen_stage4": cfg.augment.anatomy.p_diaphragm > 0, "abdomen_stage5": cfg.loss.dice_weight == 0}
     assert tested[name]
     assert (cfg.augment.anatomy.p_diaphragm > 0) != (cfg.loss.dice_weight == 0)
