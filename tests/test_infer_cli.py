@@ -67,7 +67,7 @@ def test_dicom_study_end_to_end(shared, tmp_path, run, everything_model):
     assert s["model"]["sha256"] == sha256_file(everything_model / "weights.pt")
     assert {f["code"] for f in s["qc"]["flags"]} >= {"volume_implausible", "organ_truncated"}
     assert "QC flag volume_implausible" in err and s["status"] == "flagged"
-    assert set(s["timings_s"]) >= {"load", "preprocess", "inference", "postprocess", "write_seg", "total"}
+    assert set(s["timings_s"]) >= {"load", "load_model", "preprocess", "inference", "postprocess", "write_seg", "total"}
     assert s["input"]["sha256"] and s["software"]["medseg"]
     assert dciodvfy_errors(case / "seg.dcm") == []
     assert_seg_matches(case / "seg.dcm", volume, labels.array)

@@ -63,6 +63,7 @@ EVALUATED = {
     "liver": {"ct/chaos_ct_sample", "ct/radcttace_1211", "ct/radcttace_0697"},
     "abdomen": {"ct/radcttace_0697"},
     "abdomen-2.1": {"ct/radcttace_0697"},
+    "abdomen-2.2": {"ct/radcttace_0697"},
 }
 
 

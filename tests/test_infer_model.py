@@ -1,4 +1,4 @@
-"""The shipped default liver model (abdomen 2.1.0) through `medseg infer`, on the real CT with a manual liver label.
+"""The shipped default liver model (abdomen 2.2.0) through `medseg infer`, on the real CT with a manual liver label.
 
 The models ship in `medseg/models/zoo/`; a missing model fails the suite.
 """
@@ -30,7 +30,7 @@ def reported_dice(metrics: dict, case: str = "chaos_ct_set3") -> float:
 
 def test_default_model_is_installed():
     """Missing data fails loudly: the shipped model is part of the product, not an optional extra."""
-    for name in ("abdomen-2.1", "abdomen", "liver"):
+    for name in ("abdomen-2.2", "abdomen-2.1", "abdomen", "liver"):
         assert (ZOO / name / "model_card.yaml").is_file(), f"shipped model {name} missing in {ZOO / name}"
 
 

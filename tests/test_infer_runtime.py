@@ -97,6 +97,21 @@ def test_cuda_request_without_gpu_is_a_clear_error(model):
             runtime.load_runner(model, "auto", device="cuda")
 
 
+@pytest.mark.gpu
+def test_cuda_runner_computes_the_cpu_float32_network(model):
+    """On a GPU the torch runner gives the CPU's outputs within the export-parity limits (TF32 off); skipped without
+    one (bench/bench_gpu.py checks the whole `medseg infer --device cuda` on a lent GPU machine)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    x = runtime._parity_input(2, tuple(model.card.roi_size))
+    cpu = runtime.load_runner(model, "torch", device="cpu")(x)
+    gpu = runtime.load_runner(model, "torch", device="cuda")(x)
+    assert not torch.backends.cudnn.allow_tf32
+    assert runtime.parity_ok(runtime.parity(cpu, gpu)), runtime.parity(cpu, gpu)
+
+
 @pytest.mark.slow
 def test_concurrent_first_use_publishes_one_consistent_export(model, cache):
     """Two processes exporting the same model at once: both end up with a verified, working export."""

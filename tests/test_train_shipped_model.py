@@ -1,4 +1,4 @@
-"""The shipped models are traceable to the config and manifests in the repository; the default is abdomen 2.1.0."""
+"""The shipped models are traceable to the config and manifests in the repository; the default is abdomen 2.2.0."""
 
 from __future__ import annotations
 
@@ -14,23 +14,24 @@ from medseg.train.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_default_liver_and_spleen_model_is_abdomen_2_1() -> None:
+def test_the_default_liver_and_spleen_model_is_abdomen_2_2() -> None:
     for organ in ("liver", "spleen"):
         card = resolve_model(None, organ=organ).card
-        assert (card.name, card.version) == ("abdomen", "2.1.0")
+        assert (card.name, card.version) == ("abdomen", "2.2.0")
         assert organ in card.validated_organs
 
 
 def test_models_list_names_the_default(capsys) -> None:
     code, out = run_cli(["models", "list"], capsys)
     assert code == 0
-    assert "abdomen 2.1.0  organ=liver  modality=CT  (default for --organ liver, spleen)" in out
+    assert "abdomen 2.2.0  organ=liver  modality=CT  (default for --organ liver, spleen)" in out
+    assert "abdomen 2.1.0  organ=liver  modality=CT\n" in out
     assert "abdomen 2.0.0  organ=liver  modality=CT\n" in out
     assert "liver 1.0.0  organ=liver  modality=CT\n" in out
 
 
-SHIPPED = [("abdomen-2.1", "configs/abdomen_stage3.yaml"), ("abdomen", "configs/abdomen_stage2.yaml"),
-           ("liver", "configs/liver.yaml")]  # fmt: skip
+SHIPPED = [("abdomen-2.2", "configs/abdomen_stage5.yaml"), ("abdomen-2.1", "configs/abdomen_stage3.yaml"),
+           ("abdomen", "configs/abdomen_stage2.yaml"), ("liver", "configs/liver.yaml")]  # fmt: skip
 
 
 def test_stage_3_started_from_the_installed_2_0_0() -> None:
@@ -39,6 +40,14 @@ def test_stage_3_started_from_the_installed_2_0_0() -> None:
     start = resolve_model("abdomen")
     assert cfg.init_weights == str(start.weights_path.relative_to(REPO))
     assert (start.card.version, start.verify()) == ("2.0.0", start.card.weights.sha256)
+
+
+def test_stage_5_started_from_the_installed_2_1_0() -> None:
+    """The default 2.2.0 is stage 5, initialised from `abdomen-2.1`, so that model stays installed, unchanged."""
+    cfg, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    start = resolve_model("abdomen-2.1")
+    assert cfg.init_weights == str(start.weights_path.relative_to(REPO))
+    assert (start.card.version, start.verify()) == ("2.1.0", start.card.weights.sha256)
 
 
 @pytest.mark.parametrize(("name", "config"), SHIPPED)

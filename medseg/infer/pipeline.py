@@ -277,7 +277,9 @@ def _run_checked(
     served = select_organs(card, settings.organs)
     if case.kind == "dicom":
         prewarm_in_background()
-    pred = predict_labels(volume, card, runner, runner.batch_size, settings.overlap, progress, case.prepared(),
+    with run.timed("load_model"):  # the first case of a process pays the runtime's import and model load
+        batch_size = runner.batch_size
+    pred = predict_labels(volume, card, runner, batch_size, settings.overlap, progress, case.prepared(),
                           tuple(served))  # fmt: skip
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info

@@ -53,9 +53,20 @@ def torch_runner(model: InstalledModel, device: str = "cpu", batch_size: int = 4
     """Eager torch: the reference implementation; `device` may be "cuda" where a GPU exists."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ProcessingError("--device cuda requested but no CUDA device is available", hint="Use --device cpu.")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ProcessingError("--device cuda requested but no CUDA device is available", hint="Use --device cpu.")
+        exact_float32_on_cuda()
     return module_runner(model.load_network(device), device, batch_size)
+
+
+def exact_float32_on_cuda() -> None:
+    """Turn off TF32 (10-bit mantissa) in cuDNN convolutions and matmuls, on by default for convolutions, so that
+    `--device cuda` computes the float32 network that was validated and its labels match the CPU's."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def module_runner(net: Any, device: str = "cpu", batch_size: int = 4) -> Runner:

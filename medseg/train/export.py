@@ -32,11 +32,11 @@ class CardText(BaseModel):
     volume_range_ml: tuple[float, float] | None = None
 
 
-def card_text(organ: str, model: str | None = None) -> CardText:
-    """The card text for the model `model` (when written for it) or else for `organ`; a model without one is refused
-    rather than shipped without limitations."""
+def card_text(organ: str, model: str | None = None, version: str | None = None) -> CardText:
+    """The card text for `model version` or else `model` (when written for it) or else for `organ`; a model without
+    one is refused rather than shipped without limitations."""
     texts = load_yaml(CARD_TEXT.read_text())
-    key = model if model in texts else organ
+    key = next((k for k in (f"{model} {version}", model) if k in texts), organ)
     if key not in texts:
         raise InvalidInputError(f"no model card text for organ '{organ}'", path=CARD_TEXT, hint="Add it first.")
     return CardText.model_validate(texts[key])
@@ -56,7 +56,7 @@ def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], 
                roi_size: tuple[int, int, int] = (96, 96, 96),
                confidence: ConfidenceCalibration | None = None) -> ModelCard:  # fmt: skip
     """The model card for weights trained with `cfg` (roi_size: the inference sliding-window size)."""
-    text = card_text(cfg.organ, cfg.name)
+    text = card_text(cfg.organ, cfg.name, cfg.version)
     return ModelCard(
         name=cfg.name, version=cfg.version, organ=cfg.organ, labels=cfg.labels, modality="CT",
         intended_use=text.intended_use, limitations=text.limitations, spacing=cfg.spacing, intensity=cfg.intensity,
