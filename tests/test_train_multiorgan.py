@@ -251,3 +251,12 @@ def test_experiment_recipes_load_and_change_only_what_they_say(name: str) -> Non
     assert tested[name]
     assert (cfg.augment.anatomy.p_diaphragm > 0) != (cfg.loss.dice_weight == 0)
     assert stage3.loss.dice_weight == 1.0 and stage3.augment.anatomy.p_diaphragm == 0
+
+
+def test_stage_6_is_stage_5_with_more_real_ct_only() -> None:
+    """Stage 6 tests one factor against stage 5 (the default 2.2.0): the share of real CT in a batch, 0.5 -> 0.8."""
+    stage5, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    stage6, _ = load_config(REPO / "configs/abdomen_stage6.yaml")
+    assert (stage5.data.real_fraction, stage6.data.real_fraction) == (0.5, 0.8)
+    same = stage6.model_copy(update={"version": stage5.version, "data": stage5.data})
+    assert same == stage5
