@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 CARD_NAME = "model_card.yaml"
-# Default model per organ: abdomen 2.1.0 (liver and its neighbours as separate classes; stage 3 of the recipe,
-# better than 2.0.0 and liver 1.0.0 on every real CT with a manual label, docs/training.md). The earlier models stay
-# installed under their own names (abdomen 2.0.0 as `abdomen`, the start of stage 3; liver 1.0.0 as `liver`).
+# Default model per organ: abdomen 2.2.0 (liver and its neighbours as separate classes; stage 5 of the recipe,
+# better than 2.1.0, 2.0.0 and liver 1.0.0 on every real CT with a manual label, docs/training.md). The earlier
+# models stay installed under their own names (2.1.0 as `abdomen-2.1`, the start of stage 5; 2.0.0 as `abdomen`,
+# the start of stage 3; liver 1.0.0 as `liver`).
 DEFAULT_MODELS = {"liver": "abdomen-2.2", "spleen": "abdomen-2.2"}
 
 
