@@ -133,18 +133,20 @@ def infer_runs(series: Path, tmp: Path, device: str, repeat: int, env: dict[str,
 
 
 def compare(cpu: Path, gpu: Path) -> dict:
-    """Per-organ Dice and volume between two `medseg infer` folders; SEG pixel data byte-identical or not."""
+    """Per-organ Dice (`organ_dice`, the training loop's) and voxel counts between two `medseg infer` folders; SEG
+    pixel data byte-identical or not."""
     import nibabel as nib
     import pydicom
 
+    from medseg.train.loop import organ_dice
+
     a = np.asarray(nib.load(cpu / "labels.nii.gz").dataobj)
     b = np.asarray(nib.load(gpu / "labels.nii.gz").dataobj)
-    organs = {}
-    for v in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
-        x, y = a == v, b == v
-        organs[int(v)] = {"dice": round(float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1)), 6),
-                          "voxels_cpu": int(x.sum()), "voxels_cuda": int(y.sum())}  # fmt: skip
     sa, sb = (json.loads((f / "summary.json").read_text())["organs"] for f in (cpu, gpu))
+    names = tuple(o["name"] for o in sorted(sa, key=lambda o: o["label"]))
+    dice = organ_dice(b, a, names)
+    organs = {n: {"dice": round(dice.get(n, float("nan")), 6), "voxels_cpu": int((a == v).sum()),
+                  "voxels_cuda": int((b == v).sum())} for v, n in enumerate(names, start=1)}  # fmt: skip
     seg_a, seg_b = (pydicom.dcmread(f / "seg.dcm") for f in (cpu, gpu))
     return {"labels_identical": bool((a == b).all()), "voxel_agreement": float((a == b).mean()), "organs": organs,
             "summary_organs": {"cpu": sa, "cuda": sb},
