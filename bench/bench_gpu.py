@@ -78,7 +78,8 @@ def make_kit(kit: Path) -> None:
 
 
 class PeakRSS:
-    """Peak resident memory of a process and its children, sampled every 20 ms (psutil)."""
+    """Peak resident memory of a process and its children, sampled every 20 ms (psutil): bench_infer's
+    `/usr/bin/time -v` is not on every GPU machine image."""
 
     def __init__(self, pid: int) -> None:
         import psutil
@@ -181,11 +182,10 @@ def run_all(args: argparse.Namespace) -> dict:
     if not (kit / "data/ct/chaos_ct_sample/dicom").exists():
         with tarfile.open(kit / "chaos_dicom.tar.xz") as tar:
             tar.extractall(kit / "data", filter="data")
-    os.environ["MEDSEG_DATA_ROOT"] = str(kit / "data")
-    sys.path.insert(0, str(REPO / "bench"))
+    os.environ["MEDSEG_DATA_ROOT"] = str(kit / "data")  # before bench_infer reads it at import
     from bench_infer import make_series
 
-    env = dict(os.environ, MEDSEG_DATA_ROOT=str(kit / "data"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     result: dict = {"gpu": gpu, "torch": torch.__version__, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as t:
