@@ -260,3 +260,42 @@ def test_stage_6_is_stage_5_with_more_real_ct_only() -> None:
     assert (stage5.data.real_fraction, stage6.data.real_fraction) == (0.5, 0.8)
     same = stage6.model_copy(update={"version": stage5.version, "data": stage5.data})
     assert same == stage5
+
+
+def test_stage_7_is_stage_5_with_real_patches_centred_anywhere_only() -> None:
+    """Stage 7 tests one factor against stage 5: real-CT patches centred anywhere in the body instead of on the liver
+    two times in three; synthetic patches keep pos_fraction 0.67."""
+    stage5, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    stage7, _ = load_config(REPO / "configs/abdomen_stage7.yaml")
+    assert stage5.data.real_positive_fraction == 0.67 and stage7.data.real_positive_fraction == 0.0
+    assert stage7.data.pos_fraction == stage5.data.pos_fraction
+    same = stage7.model_copy(update={"version": stage5.version, "data": stage5.data})
+    assert same == stage5
+
+
+def _liver_patch_share(real_pos_fraction: float | None, n: int = 40) -> tuple[float, list[float]]:
+    """Share of real-CT patches that contain liver, and their mean liver fraction, from a phantom whose liver is a
+    small block in one corner of a large body."""
+    from medseg.train.data import CaseSets, PatchStream
+    from medseg.train.realdata import RealCase
+
+    hu = np.full((64, 64, 64), 40.0, np.float32)
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[4:14, 4:14, 4:14] = 1
+    cfg, _ = load_config(REPO / "configs/abdomen_stage7.yaml")
+    data = cfg.data.model_copy(update={"patch_size": (16, 16, 16), "real_fraction": 1.0, "pos_fraction": 1.0,
+                                       "real_pos_fraction": real_pos_fraction})  # fmt: skip
+    cfg = cfg.model_copy(update={"data": data})
+    stream = PatchStream(CaseSets([], [RealCase("phantom", hu, lab, np.eye(4))]), cfg, seed=3)
+    labels = [stream.sample(np.random.default_rng([3, i]))["label"].numpy() > 0 for i in range(n)]
+    return float(np.mean([m.any() for m in labels])), [float(m.mean()) for m in labels]
+
+
+def test_real_pos_fraction_decides_where_real_patches_are_centred() -> None:
+    """Unset, real patches follow pos_fraction (all centred on the liver here; augmentation such as a cut field of view
+    may still remove it); at 0 they are centred anywhere in the body, so most miss a liver that fills 0.4 % of it."""
+    on_liver, shares_on = _liver_patch_share(None)
+    anywhere, shares_any = _liver_patch_share(0.0)
+    assert on_liver >= 0.9
+    assert anywhere < 0.5
+    assert np.mean(shares_any) < np.mean(shares_on) / 3

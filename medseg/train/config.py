@@ -29,8 +29,14 @@ class DataSpec(Strict):
     batch_size: int = Field(2, ge=1)
     pos_fraction: float = Field(0.67, ge=0, le=1)
     real_fraction: float = Field(0.15, ge=0, le=1)
+    real_pos_fraction: float | None = Field(None, ge=0, le=1)
     num_workers: int = Field(1, ge=0)
     synth_val_seed: int = 777
+
+    @property
+    def real_positive_fraction(self) -> float:
+        """Share of real-CT patches centred on the liver; the rest are centred anywhere in the body."""
+        return self.pos_fraction if self.real_pos_fraction is None else self.real_pos_fraction
 
 
 class SpatialAug(Strict):

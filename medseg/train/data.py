@@ -77,7 +77,8 @@ def real_patch(
 
 
 class PatchStream(torch.utils.data.IterableDataset):
-    """Endless patches: synthetic with probability 1 - real_fraction, each positive with probability pos_fraction.
+    """Endless patches: synthetic with probability 1 - real_fraction, positive with probability pos_fraction
+    (real_pos_fraction for real CT when set).
 
     Each sample carries `labelled` (one flag per class): synthetic patches label every organ, real CT pairs only
     background and liver (the partial-label loss merges the other classes into background for them).
@@ -101,8 +102,9 @@ class PatchStream(torch.utils.data.IterableDataset):
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        positive = rng.random() < cfg.data.pos_fraction
+        u = rng.random()
         use_real = self.cases.real and (not self.cases.anatomy or rng.random() < cfg.data.real_fraction)
+        positive = u < (cfg.data.real_positive_fraction if use_real else cfg.data.pos_fraction)
         if use_real:
             case = self.cases.real[rng.integers(len(self.cases.real))]
             hu, lab = real_patch(case, rng, cfg, positive)
