@@ -299,3 +299,58 @@ def test_real_pos_fraction_decides_where_real_patches_are_centred() -> None:
     assert on_liver >= 0.9
     assert anywhere < 0.5
     assert np.mean(shares_any) < np.mean(shares_on) / 3
+
+
+def test_stage_8_is_stage_5_with_the_real_liver_shifted_only() -> None:
+    """Stage 8 tests one factor against stage 5: the liver of half the real-CT patches shifted by -40..+40 HU."""
+    stage5, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    stage8, _ = load_config(REPO / "configs/abdomen_stage8.yaml")
+    assert stage5.augment.p_real_liver_shift == 0.0
+    assert (stage8.augment.p_real_liver_shift, stage8.augment.real_liver_shift_hu) == (0.5, (-40.0, 40.0))
+    augment = stage8.augment.model_copy(update={"p_real_liver_shift": 0.0})
+    same = stage8.model_copy(update={"version": stage5.version, "augment": augment})
+    assert same == stage5
+
+
+def test_shift_organ_hu_moves_the_organ_only_and_fades_at_its_edge() -> None:
+    from medseg.train.data import shift_organ_hu
+
+    hu = np.full((24, 24, 24), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[6:18, 6:18, 6:18] = True
+    out = shift_organ_hu(hu, mask, -35.0)
+    assert np.allclose(out[9:15, 9:15, 9:15], 5.0, atol=1e-3)
+    assert np.allclose(out[:3], 40.0) and np.allclose(out[:, :, 21:], 40.0)
+    edge = out[5:19, 12, 12]
+    assert np.all(np.diff(edge[:7]) <= 1e-4) and 5.0 < edge[1] < 40.0
+
+
+def _liver_contrast(p_shift: float) -> float:
+    """Mean windowed intensity inside minus outside the phantom's liver over real-CT patches with the liver shift
+    fixed at +60 HU and applied with probability `p_shift`."""
+    from medseg.train.data import CaseSets, PatchStream
+    from medseg.train.realdata import RealCase
+
+    hu = np.full((48, 48, 48), 40.0, np.float32)
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[14:34, 14:34, 14:34] = 1
+    cfg, _ = load_config(REPO / "configs/abdomen_stage8.yaml")
+    data = cfg.data.model_copy(update={"patch_size": (24, 24, 24), "real_fraction": 1.0, "pos_fraction": 1.0})
+    augment = cfg.augment.model_copy(update={"p_real_liver_shift": p_shift, "real_liver_shift_hu": (60.0, 60.0)})
+    stream = PatchStream(CaseSets([], [RealCase("phantom", hu, lab, np.eye(4))]), cfg.model_copy(
+        update={"data": data, "augment": augment}), seed=5)  # fmt: skip
+    diffs = []
+    for i in range(8):
+        s = stream.sample(np.random.default_rng([5, i]))
+        img, liver = s["image"].numpy()[0], s["label"].numpy()[0] > 0
+        body = ~liver & (img > 0.2)  # not the -1024 HU padding beyond the phantom
+        if liver.any() and body.any():
+            diffs.append(float(img[liver].mean() - img[body].mean()))
+    return float(np.mean(diffs))
+
+
+def test_real_liver_shift_changes_the_liver_contrast_only_when_on() -> None:
+    """Off (stage 5), the phantom's liver is as bright as the body around it; on, about 60 HU brighter (0.12 of the
+    500 HU window, less the faded edge)."""
+    assert abs(_liver_contrast(0.0)) < 0.02
+    assert 0.07 < _liver_contrast(1.0) < 0.13

@@ -80,6 +80,8 @@ class AugmentSpec(Strict):
     real_noise_sd: tuple[float, float] = (0.0, 15.0)
     real_hu_scale: tuple[float, float] = (0.92, 1.08)
     real_hu_shift: tuple[float, float] = (-25.0, 25.0)
+    p_real_liver_shift: float = Field(0.0, ge=0, le=1)
+    real_liver_shift_hu: tuple[float, float] = (-40.0, 40.0)
 
 
 class OptimSpec(Strict):

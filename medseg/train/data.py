@@ -50,6 +50,12 @@ def load_cases(manifest: Manifest, split: str, cfg: TrainConfig, data_root: Path
     return CaseSets(anatomy, real)
 
 
+def shift_organ_hu(hu: np.ndarray, mask: np.ndarray, shift: float) -> np.ndarray:
+    """`hu` with `shift` HU added inside `mask`, faded over about one voxel at its edge (a blurred mask): another
+    contrast phase's enhancement of the organ against unchanged surroundings, the label unchanged."""
+    return hu + np.float32(shift) * gaussian_blur(mask.astype(np.float32), (0.7, 0.7, 0.7))
+
+
 def real_patch(
     case: RealCase, rng: np.random.Generator, cfg: TrainConfig, positive: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +75,8 @@ def real_patch(
     out = warp(img, grid, "bilinear", -1024.0)
     out_lab = warp(lab.astype(np.float32), grid, "nearest", 0.0).round().astype(np.uint8)
     aug = cfg.augment
+    if aug.p_real_liver_shift > 0 and rng.random() < aug.p_real_liver_shift:
+        out = shift_organ_hu(out, out_lab > 0, rng.uniform(*aug.real_liver_shift_hu))
     out = out * rng.uniform(*aug.real_hu_scale) + rng.uniform(*aug.real_hu_shift)
     if rng.random() < 0.3:
         out = gaussian_blur(out, (rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.2, 1.2)))
