@@ -273,21 +273,29 @@ def test_stage_7_is_stage_5_with_real_patches_centred_anywhere_only() -> None:
     assert same == stage5
 
 
-def _liver_patch_share(real_pos_fraction: float | None, n: int = 40) -> tuple[float, list[float]]:
-    """Share of real-CT patches that contain liver, and their mean liver fraction, from a phantom whose liver is a
-    small block in one corner of a large body."""
+def _phantom_patches(size: int, liver: slice, patch: int, n: int, data: dict, augment: dict | None = None) -> list:
+    """`n` real-CT training samples (stage-5 recipe, real CT only) from a phantom: a cube of body at 40 HU with a
+    cubic liver at `liver` on every axis; `data` and `augment` override the recipe's fields."""
     from medseg.train.data import CaseSets, PatchStream
     from medseg.train.realdata import RealCase
 
-    hu = np.full((64, 64, 64), 40.0, np.float32)
+    hu = np.full((size,) * 3, 40.0, np.float32)
     lab = np.zeros(hu.shape, np.uint8)
-    lab[4:14, 4:14, 4:14] = 1
-    cfg, _ = load_config(REPO / "configs/abdomen_stage7.yaml")
-    data = cfg.data.model_copy(update={"patch_size": (16, 16, 16), "real_fraction": 1.0, "pos_fraction": 1.0,
-                                       "real_pos_fraction": real_pos_fraction})  # fmt: skip
-    cfg = cfg.model_copy(update={"data": data})
+    lab[liver, liver, liver] = 1
+    cfg, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"patch_size": (patch,) * 3, "real_fraction": 1.0, **data}),
+        "augment": cfg.augment.model_copy(update=augment or {}),
+    })  # fmt: skip
     stream = PatchStream(CaseSets([], [RealCase("phantom", hu, lab, np.eye(4))]), cfg, seed=3)
-    labels = [stream.sample(np.random.default_rng([3, i]))["label"].numpy() > 0 for i in range(n)]
+    return [stream.sample(np.random.default_rng([3, i])) for i in range(n)]
+
+
+def _liver_patch_share(real_pos_fraction: float | None, n: int = 40) -> tuple[float, list[float]]:
+    """Share of real-CT patches that contain liver, and their mean liver fraction, from a phantom whose liver is a
+    small block in one corner of a large body."""
+    samples = _phantom_patches(64, slice(4, 14), 16, n, {"pos_fraction": 1.0, "real_pos_fraction": real_pos_fraction})
+    labels = [s["label"].numpy() > 0 for s in samples]
     return float(np.mean([m.any() for m in labels])), [float(m.mean()) for m in labels]
 
 
@@ -328,20 +336,10 @@ def test_shift_organ_hu_moves_the_organ_only_and_fades_at_its_edge() -> None:
 def _liver_contrast(p_shift: float) -> float:
     """Mean windowed intensity inside minus outside the phantom's liver over real-CT patches with the liver shift
     fixed at +60 HU and applied with probability `p_shift`."""
-    from medseg.train.data import CaseSets, PatchStream
-    from medseg.train.realdata import RealCase
-
-    hu = np.full((48, 48, 48), 40.0, np.float32)
-    lab = np.zeros(hu.shape, np.uint8)
-    lab[14:34, 14:34, 14:34] = 1
-    cfg, _ = load_config(REPO / "configs/abdomen_stage8.yaml")
-    data = cfg.data.model_copy(update={"patch_size": (24, 24, 24), "real_fraction": 1.0, "pos_fraction": 1.0})
-    augment = cfg.augment.model_copy(update={"p_real_liver_shift": p_shift, "real_liver_shift_hu": (60.0, 60.0)})
-    stream = PatchStream(CaseSets([], [RealCase("phantom", hu, lab, np.eye(4))]), cfg.model_copy(
-        update={"data": data, "augment": augment}), seed=5)  # fmt: skip
+    samples = _phantom_patches(48, slice(14, 34), 24, 8, {"pos_fraction": 1.0},
+                               {"p_real_liver_shift": p_shift, "real_liver_shift_hu": (60.0, 60.0)})  # fmt: skip
     diffs = []
-    for i in range(8):
-        s = stream.sample(np.random.default_rng([5, i]))
+    for s in samples:
         img, liver = s["image"].numpy()[0], s["label"].numpy()[0] > 0
         body = ~liver & (img > 0.2)  # not the -1024 HU padding beyond the phantom
         if liver.any() and body.any():
