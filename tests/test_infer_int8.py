@@ -126,3 +126,14 @@ def test_infer_cli_with_int8_writes_a_seg_and_records_the_runtime(shared, tmp_pa
     assert summary["model"]["sha256"] == resolve_model(None, "liver").card.weights.sha256
     assert (tmp_path / "dicom" / "seg.dcm").is_file()
     assert np.isfinite(summary["organs"][0]["volume_ml"])
+
+
+def test_f32_convolutions_keeps_the_first_and_last_asked_for() -> None:
+    """`names[-0:]` is the whole list in Python: asking to keep no trailing convolution must keep none."""
+    from medseg.train.quantize import f32_convolutions
+
+    names = [f"conv{i}" for i in range(6)]
+    assert f32_convolutions(names, 2, 0) == ["conv0", "conv1"]
+    assert f32_convolutions(names, 0, 0) == []
+    assert f32_convolutions(names, 2, 2) == ["conv0", "conv1", "conv4", "conv5"]
+    assert f32_convolutions(names, 0, 1) == ["conv5"]
