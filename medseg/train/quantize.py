@@ -186,7 +186,7 @@ def build_int8(model_dir: Path, manifest_path: Path, cases: list[Path], data_roo
                 "cases": used,
                 "windows": len(windows),
                 "method": f"nncf.quantize (OpenVINO PTQ), MIXED preset, first {KEEP_F32_FIRST} and last "
-                          f"{KEEP_F32_LAST} convolutions f32",
+                f"{KEEP_F32_LAST} convolutions f32",
                 "decoder": "transposed convolutions in exact sub-pixel form",
             },
             parity=par,
