@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -98,3 +99,24 @@ def test_store_files_are_owner_only() -> None:
         modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
     keep.close()
     assert modes == {"audit.db": 0o600, "audit.db-wal": 0o600, "audit.db-shm": 0o600, "chain-anchor.log": 0o600}
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_inputs_hashed_in_the_background_are_recorded_like_the_others(shared: Path, tmp_path: Path, fails) -> None:
+    """`add_inputs(background=True)` (what `medseg infer` uses): the same digests, in the order added, in the end
+    event, also when the command fails while the hashing runs."""
+    folder, file = shared / "deid" / "deid_data", tmp_path / "model.pt"
+    file.write_bytes(b"weights" * 1000)
+    with audited("convert", {}) as rec:
+        rec.add_inputs([folder, file])
+    expected = _bodies(load_config().db_path)[-1]["inputs"]
+    with pytest.raises(InvalidInputError) if fails else contextlib.nullcontext(), audited("convert", {}) as rec:
+        rec.add_inputs([folder], background=True)
+        rec.add_inputs([tmp_path / "missing.dcm"])
+        rec.add_inputs([file], background=True)
+        if fails:
+            raise InvalidInputError("bad")
+    end = _bodies(load_config().db_path)[-1]
+    assert end["outcome"] == ("failure" if fails else "success")
+    assert [i["type"] for i in end["inputs"]] == ["folder", "missing", "file"]
+    assert end["inputs"][0] == expected[0] and end["inputs"][2] == expected[1]

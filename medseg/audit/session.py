@@ -15,16 +15,18 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 from medseg.audit.canonical import JsonValue, normalise
 from medseg.audit.config import AuditConfig, load_config
-from medseg.audit.digest import describe_path, keyed_ref, path_ref
+from medseg.audit.digest import PathDigest, describe_path, keyed_ref, path_ref
 from medseg.audit.record import AuditEvent
 from medseg.audit.store import AuditStore, utc_now
 from medseg.errors import AuditError, MedsegError, QCRejectedError
+from medseg.parallel import in_background
 
 EXIT_INTERRUPTED = 130
 _UID = re.compile(r"^[0-9]+(\.[0-9]+){2,}$")
@@ -102,10 +104,27 @@ class AuditRecorder:
     outcome_detail: str | None = None
     mlflow_run_id: str | None = None
     mlflow_tracking_uri: str | None = None
+    _deferred: list[tuple[int, Future[PathDigest]]] = field(default_factory=list, repr=False)
 
-    def add_inputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
-        """Record files or folders read, by keyed path reference and SHA-256 of their content."""
-        self.inputs.extend(describe_path(Path(p), self.path_key).to_json() for p in _as_list(paths))
+    def add_inputs(
+        self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], *, background: bool = False
+    ) -> None:
+        """Record files or folders read, by keyed path reference and SHA-256 of their content.
+
+        `background`: hash on a helper thread (hashing releases the GIL) while the command works, and wait for it when
+        the end event is written; only for inputs the command reads and never changes."""
+        for p in _as_list(paths):
+            if background:
+                self._deferred.append((len(self.inputs), in_background(describe_path, Path(p), self.path_key)))
+                self.inputs.append({})
+            else:
+                self.inputs.append(describe_path(Path(p), self.path_key).to_json())
+
+    def settle_inputs(self) -> None:
+        """Wait for the digests of inputs added with `background=True` and put them in their places."""
+        for index, future in self._deferred:
+            self.inputs[index] = future.result().to_json()
+        self._deferred.clear()
 
     def add_outputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
         """Record files written (call after writing them), by keyed path reference and SHA-256."""
@@ -175,6 +194,7 @@ def audit_session(
             error = exc
             raise
         finally:
+            rec.settle_inputs()
             code = exit_code_of(error)
             end = _event(
                 rec, "end", soft, config.operator,

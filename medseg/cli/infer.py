@@ -153,7 +153,7 @@ def _run(
         from medseg.errors import UsageError
 
         raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
-    rec.add_inputs([input, model.weights_path])
+    rec.add_inputs([input, model.weights_path], background=True)  # read only; hashed beside the work
     rec.set_model(card.name, card.version, card.weights.sha256)
     model.verify()
     cases, notes = discover_cases(input, card.modality)

@@ -15,6 +15,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from medseg.io.summary_schema import (
     acquisition_facts,
 )
 from medseg.models.registry import InstalledModel
+from medseg.parallel import in_background
 from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
 from medseg.writers.seg import SegAlgorithm, SegUnavailable, prewarm_in_background, write_seg
@@ -109,12 +111,12 @@ def input_digest(volume: Volume, case: Case) -> str:
     return files_sha256(list(volume.meta.source_files) or [case.source])
 
 
-def _describe_input(volume: Volume, case: Case) -> dict[str, Any]:
+def _describe_input(volume: Volume, case: Case, sha256: str) -> dict[str, Any]:
     """summary.json `input`, validated as `InputInfo` when made."""
     return _dump(InputInfo(
         path=str(case.source),
         format=case.kind,
-        sha256=input_digest(volume, case),
+        sha256=sha256,
         files=len(volume.meta.source_files) or 1,
         modality=volume.meta.modality,
         series_instance_uid=volume.meta.series_instance_uid,
@@ -206,6 +208,8 @@ class _CaseRun:
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str | None] = field(default_factory=dict)
     caught: list[warnings.WarningMessage] = field(default_factory=list)
+    volume: Volume | None = None
+    digest: Future[str] | None = None  # input_digest, computed on a helper thread
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -216,6 +220,9 @@ class _CaseRun:
 
     def write_summary(self, status: CaseStatus, flags: list[QCFlag]) -> list[Path]:
         """Write summary.json last (with the total time) and return every file this case wrote."""
+        if self.digest is not None and self.volume is not None:
+            with self.timed("input_digest"):  # the wait for the helper thread, usually done long before
+                self.summary["input"] = _describe_input(self.volume, self.case, self.digest.result())
         outputs = {k: self.outputs[k] for k in OUTPUT_ORDER if k in self.outputs} | self.outputs
         self.summary |= {"status": status, "qc": _qc(flags, self.settings), "outputs": outputs}
         notes = [*self.summary.get("notes", []), *_warning_notes(self.caught)]
@@ -262,8 +269,8 @@ def _run_checked(
     case, card, settings = run.case, run.model.card, run.settings
     with run.timed("load"):
         volume = case.load()
-    with run.timed("input_digest"):
-        run.summary["input"] = _describe_input(volume, case)
+    run.summary["input"] = None  # filled in by write_summary, from `run.digest`, in this place
+    run.volume, run.digest = volume, in_background(input_digest, volume, case)  # hashing beside the model
     run.summary["notes"] = list(dict.fromkeys([*case.notes, *volume.meta.notes]))
     with run.timed("qc_input"):
         flags = check_input(volume, card)
@@ -351,8 +358,6 @@ def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[
     The label map and the preview (numpy, compression and PNG encoding, mostly outside the GIL) are written by a
     helper thread while this thread builds the SEG (highdicom and pydicom, Python): on two cores about 0.2 s less
     per study. Both are always waited for; the first error is raised, and `_finish` removes whatever was written."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1, thread_name_prefix="medseg-writer") as pool:
         side = pool.submit(_write_labels_and_preview, run, pred, volume, flags)
         try:

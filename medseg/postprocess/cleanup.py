@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from medseg.parallel import thread_map
 from medseg.postprocess.components import fill_holes, largest_component
 from medseg.postprocess.measure import bounding_box
 
@@ -35,24 +36,9 @@ def model_space_cleanup(
     Each class works in its own box grown by two voxels (the same result as on the whole grid: a background region
     reaching beyond the class's box reaches the grown box's border, and the one-voxel band fits inside).
     `keep` gives the components to keep per class (`components_per_class`; default 1)."""
-    from scipy import ndimage
-
     labels = probs.argmax(axis=0) if argmax is None else argmax
-    boxes = []
-    for c in range(1, probs.shape[0]):
-        own = bounding_box(labels == c, margin=2)
-        if own is None:
-            probs[c] = 0.0
-            continue
-        crop = labels[own]
-        mask = fill_holes(largest_component(crop == c, 1 if keep is None else keep.get(c, 1)))
-        band = ndimage.binary_dilation(mask, iterations=1)
-        kept = np.where(band, probs[c][own], np.float32(0.0)).astype(probs.dtype, copy=False)
-        kept[mask & (crop != c)] = 1.0
-        probs[c] = 0.0
-        probs[c][own] = kept
-        inner = bounding_box(band)
-        boxes.append(tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(own, inner, strict=True)))
+    boxes = [b for b in thread_map(lambda c: _clean_model_class(probs, labels, c, keep), range(1, probs.shape[0]))
+             if b is not None]  # fmt: skip
     if not boxes:
         return probs, None
     return probs, tuple(
@@ -60,6 +46,27 @@ def model_space_cleanup(
               min(max(b[a].stop for b in boxes) + MODEL_BOX_MARGIN, labels.shape[a]))
         for a in range(labels.ndim)
     )  # fmt: skip
+
+
+def _clean_model_class(
+    probs: np.ndarray, labels: np.ndarray, c: int, keep: dict[int, int] | None
+) -> tuple[slice, ...] | None:
+    """`model_space_cleanup` for class `c` (writes `probs[c]` only, so classes can run on separate threads)."""
+    from scipy import ndimage
+
+    own = bounding_box(labels == c, margin=2)
+    if own is None:
+        probs[c] = 0.0
+        return None
+    crop = labels[own]
+    mask = fill_holes(largest_component(crop == c, 1 if keep is None else keep.get(c, 1)))
+    band = ndimage.binary_dilation(mask, iterations=1)
+    kept = np.where(band, probs[c][own], np.float32(0.0)).astype(probs.dtype, copy=False)
+    kept[mask & (crop != c)] = 1.0
+    probs[c] = 0.0
+    probs[c][own] = kept
+    inner = bounding_box(band)
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(own, inner, strict=True))
 
 
 def clean_class(crop: np.ndarray, c: int, keep: int = 1) -> None:

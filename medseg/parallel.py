@@ -1,0 +1,40 @@
+"""The second core for array work: numpy and scipy.ndimage release the GIL in their inner loops, so a helper
+thread runs beside the caller. Results always come back in input order, so a parallel loop gives exactly what the
+serial loop gives, whatever the timing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def helper_threads() -> int:
+    """Helper threads beside the caller: one where two or more cores are usable, none on one core or with
+    `MEDSEG_THREADS=1`. Never more than one: each thread holds one more array, and peak memory is a goal too."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = int(os.environ.get("MEDSEG_THREADS", "0") or 0)
+    return max(0, min(cores if cap <= 0 else min(cap, cores), 2) - 1)
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`[fn(x) for x in items]`, computed by as many threads as there are cores to use, in input order."""
+    todo = list(items)
+    if helper_threads() == 0 or len(todo) < 2:
+        return [fn(x) for x in todo]
+    with ThreadPoolExecutor(helper_threads() + 1, thread_name_prefix="medseg-array") as pool:
+        return list(pool.map(fn, todo))
+
+
+def in_background(fn: Callable[..., R], *args: object) -> Future[R]:
+    """`fn(*args)` on a one-off helper thread (for work that releases the GIL, such as hashing files); the thread
+    ends with the call, so nothing lingers in the process or in a forked child."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="medseg-background")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)
