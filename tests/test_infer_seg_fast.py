@@ -3,6 +3,7 @@ frames transposed in cubes. Compared element by element with the SEG built from 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -159,3 +160,70 @@ def test_prewarm_runs_once_and_leaves_highdicom_ready() -> None:
     import highdicom.utils as hd_utils
 
     assert getattr(hd_utils.is_multiframe_image, "medseg_memoised", False)
+
+
+def _highdicom_own_table(monkeypatch) -> object:
+    """Put highdicom's own module-table function back in every highdicom module (undone after the test)."""
+    import sys
+
+    import highdicom._standard_utils as standard
+
+    own = getattr(standard.get_module_attribute_map, "__wrapped__", standard.get_module_attribute_map)
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "highdicom" and hasattr(module, "get_module_attribute_map"):
+            monkeypatch.setattr(module, "get_module_attribute_map", own)
+    return own
+
+
+def test_module_table_answers_every_question_like_highdicoms_table(monkeypatch, tmp_path) -> None:
+    from medseg.writers.seg_tables import PRELOADED_SOP_CLASSES, install_module_table
+
+    own = _highdicom_own_table(monkeypatch)
+    whole = own()
+    table = install_module_table(tmp_path)
+    assert install_module_table(tmp_path) is table  # once per process
+    cached = list((tmp_path / "highdicom").glob("modules-*.json"))
+    assert len(cached) == 1 and 20 < len(table._preloaded) < 60, len(table._preloaded)
+    assert table["patient"] == whole["patient"] and "segmentation-image" in table
+    assert not table.whole_table_loaded  # questions about preloaded modules never load the 22 MB table
+    assert all(table[k] == whole[k] for k in table._preloaded)
+    assert "no-such-module" not in table and table.whole_table_loaded
+    assert len(table) == len(whole) and list(table) == list(whole)
+    assert all(table[k] == whole[k] for k in whole)
+    assert PRELOADED_SOP_CLASSES == ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.66.4")
+
+
+def test_seg_is_the_same_with_highdicoms_own_module_table(chaos_two_segments, monkeypatch, tmp_path) -> None:
+    """A CT SEG built with the preloaded table equals the one built with highdicom's own, and it asked about no
+    module outside the preloaded ones (the speed-up holds)."""
+    import highdicom._standard_utils as standard
+
+
+    volume, labels = chaos_two_segments
+    names = {1: "liver", 2: "spleen"}
+    own = _highdicom_own_table(monkeypatch)
+    plain = build_seg(labels, volume, names, ALGO)
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    fast = build_seg(labels, volume, names, ALGO)  # build_seg installs the table
+    table = standard.get_module_attribute_map()
+    assert standard.get_module_attribute_map.__wrapped__ is own
+    assert not table.whole_table_loaded
+    assert fast.PixelData == plain.PixelData
+    a, b = _comparable(fast), _comparable(plain)
+    assert sorted(e.keyword for e in a) == sorted(e.keyword for e in b)
+    for elem in b:
+        assert a[elem.tag] == elem, elem.keyword
+
+
+def test_a_damaged_or_unwritable_cached_copy_is_cut_again(monkeypatch, tmp_path) -> None:
+    from medseg.writers.seg_tables import preloaded_modules
+
+    own = _highdicom_own_table(monkeypatch)
+    first = preloaded_modules(own, tmp_path)
+    (cached,) = (tmp_path / "highdicom").glob("modules-*.json")
+    cached.write_text("{not json")
+    assert preloaded_modules(own, tmp_path) == first
+    assert json.loads(cached.read_text()) == first  # rewritten whole
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    assert preloaded_modules(own, blocked) == first  # the cache cannot be written: still the same modules

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.cache import cache_dir
 from medseg.errors import ProcessingError, UsageError
 from medseg.models.registry import InstalledModel, sha256_file
 
@@ -42,11 +42,6 @@ class Runner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.forward(batch)
-
-
-def cache_dir() -> Path:
-    """Where exported models are cached (outside the package, never in git)."""
-    return Path(os.environ.get("MEDSEG_CACHE_DIR", Path.home() / ".cache" / "medseg"))
 
 
 def torch_runner(model: InstalledModel, device: str = "cpu", batch_size: int = 4) -> Runner:

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from medseg.cache import cache_dir
 from medseg.errors import ProcessingError
 from medseg.io import Volume
 from medseg.io.atomic import atomic_path
 from medseg.writers.seg_source import normalise_source
+from medseg.writers.seg_tables import install_module_table, memoise_multiframe_check
 from medseg.yamltext import load_yaml
 
 CODES_FILE = Path(__file__).with_name("data") / "segment_codes.yaml"
@@ -234,45 +236,26 @@ def prewarm_in_background() -> None:
 def _prewarm() -> None:
     try:
         import highdicom  # noqa: F401
-        from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+        from highdicom._standard_utils import get_iod_module_map, get_sop_class_iod_map
         from pydicom.sr.codedict import codes
 
-        get_sop_class_iod_map(), get_iod_module_map(), get_module_attribute_map()
+        get_sop_class_iod_map(), get_iod_module_map()
+        _speed_ups()
         _ = codes.cid7162.ArtificialIntelligence
-        memoise_multiframe_check()
     except Exception:  # a warm-up only: write_seg raises whatever is really wrong
         return
 
 
-def memoise_multiframe_check() -> None:
-    """Make highdicom ask its IOD tables once per SOP Class instead of once per source image.
-
-    `highdicom.utils.get_plane_positions_of_series` calls `is_multiframe_image` on every source, a walk of the IOD
-    module tables costing about 3 ms each (0.9 s of a 300-slice SEG); its answer depends only on the SOP Class UID
-    (`is_attribute_in_iod('NumberOfFrames', SOPClassUID)`), so it is memoised per class. Same answers for every SOP
-    Class highdicom knows, same SEG (tests/test_infer_seg_fast.py). Installed once; safe to call again."""
-    import highdicom.utils as hd_utils
-
-    if getattr(hd_utils.is_multiframe_image, "medseg_memoised", False):
-        return
-    original = hd_utils.is_multiframe_image
-    answers: dict[str, bool] = {}
-
-    def is_multiframe_image(dataset: Any) -> bool:
-        uid = str(dataset.SOPClassUID)
-        if uid not in answers:
-            answers[uid] = bool(original(dataset))
-        return answers[uid]
-
-    is_multiframe_image.medseg_memoised = True  # type: ignore[attr-defined]
-    is_multiframe_image.__wrapped__ = original  # type: ignore[attr-defined]
-    hd_utils.is_multiframe_image = is_multiframe_image
+def _speed_ups() -> None:
+    """highdicom's tables the fast way (`writers.seg_tables`: same answers, same SEG)."""
+    install_module_table(cache_dir())
+    memoise_multiframe_check()
 
 
 def _segmentation(
     hd: Any, sources: list[Any], frames: np.ndarray, descriptions: list[Any], algorithm: SegAlgorithm, series: str
 ) -> Any:
-    memoise_multiframe_check()
+    _speed_ups()
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,

@@ -52,8 +52,10 @@ class AnatomyCase:
 
 
 def default_cache_dir() -> Path:
-    """`$MEDSEG_CACHE_DIR` or `~/.cache/medseg` (never inside the repository)."""
-    return Path(os.environ.get("MEDSEG_CACHE_DIR", Path.home() / ".cache" / "medseg"))
+    """`medseg.cache.cache_dir()`: `$MEDSEG_CACHE_DIR` or `~/.cache/medseg` (never inside the repository)."""
+    from medseg.cache import cache_dir
+
+    return cache_dir()
 
 
 def resample_labels_ras(path: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
