@@ -235,7 +235,7 @@ class _CaseRun:
     def write_preview(self, volume: Volume, pred: Prediction, caption: str) -> None:
         with self.timed("write_preview"):
             path = self.folder / self.names["preview"]
-            write_preview(volume, pred.labels, path, self.settings.overwrite, caption)
+            write_preview(volume, pred.labels, path, self.settings.overwrite, caption, within=pred.box)
             self.outputs["preview"] = self.names["preview"]
 
 

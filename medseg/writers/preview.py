@@ -12,23 +12,29 @@ import numpy as np
 
 from medseg.io import Geometry, Volume
 from medseg.io.atomic import atomic_path
-from medseg.postprocess.measure import centroid_index
+from medseg.postprocess.measure import axis_profiles
 
 TILE = 320
 CAPTION_HEIGHT = 22
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 220, 0), (120, 255, 120), (255, 120, 255)]
 
 
-def _to_lps(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Flip/transpose an [i, j, k] array so its axes run along L, P, S; returns it with the matching spacing."""
+def _lps_axes(geometry: Geometry) -> tuple[list[int], list[bool]]:
+    """For each of L, P, S: the array axis that runs along it, and whether it runs the opposite way."""
     d = geometry.direction_matrix
     axes = [int(np.argmax(np.abs(d[:, c]))) for c in range(3)]
     if sorted(axes) != [0, 1, 2]:
         axes = [0, 1, 2]
     order = [axes.index(w) for w in range(3)]
+    return order, [bool(d[w, c] < 0) for w, c in enumerate(order)]
+
+
+def _to_lps(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Flip/transpose an [i, j, k] array so its axes run along L, P, S; returns it with the matching spacing."""
+    order, flips = _lps_axes(geometry)
     out = array.transpose(order)
-    for w, c in enumerate(order):
-        if d[w, c] < 0:
+    for w, flip in enumerate(flips):
+        if flip:
             out = np.flip(out, axis=w)
     return out, np.asarray(geometry.spacing)[order]
 
@@ -64,21 +70,40 @@ def _tile(
     return tile.resize((max(int(w_mm * scale), 1), max(int(h_mm * scale), 1)), Image.Resampling.BILINEAR)
 
 
-def _centre(mask: np.ndarray) -> np.ndarray:
-    """Integer centroid of a mask (`postprocess.measure`), or the grid centre when empty."""
-    centre = centroid_index(mask)
-    return np.asarray(mask.shape) // 2 if centre is None else np.array([round(float(c)) for c in centre])
+def _centre(labels: np.ndarray, geometry: Geometry, within: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Integer centroid of the labelled voxels in the L, P, S-ordered array, or its centre when there are none.
+
+    `within`: a box holding every labelled voxel (the pipeline knows it), so only the box is scanned. Computed from
+    the integer voxel counts per index, so it is exactly the centroid of the reordered whole array."""
+    order, flips = _lps_axes(geometry)
+    region = labels if within is None else labels[within]
+    profiles = axis_profiles(region > 0)
+    total = int(profiles[0].sum())
+    if total == 0:
+        return np.asarray(labels.shape)[order] // 2
+    starts = [0] * labels.ndim if within is None else [s.start for s in within]
+    sums = [int((p * (np.arange(p.size) + start)).sum()) for p, start in zip(profiles, starts, strict=True)]
+    centre = []
+    for c, flip in zip(order, flips, strict=True):
+        numerator = (labels.shape[c] - 1) * total - sums[c] if flip else sums[c]
+        centre.append(round(float(numerator) / total))
+    return np.array(centre)
 
 
 def render_preview(
-    volume: Volume, labels: np.ndarray, caption: str = "", display_hu: tuple[float, float] = (-160.0, 240.0)
+    volume: Volume,
+    labels: np.ndarray,
+    caption: str = "",
+    display_hu: tuple[float, float] = (-160.0, 240.0),
+    within: tuple[slice, ...] | None = None,
 ) -> object:
-    """A PIL image with three orthogonal slices through the centroid of the labels (or the volume centre)."""
+    """A PIL image with three orthogonal slices through the centroid of the labels (or the volume centre);
+    `within`: a box holding every labelled voxel (speeds up finding the centroid)."""
     from PIL import Image
 
     img, spacing = _to_lps(volume.array, volume.geometry)
     lab, _ = _to_lps(labels, volume.geometry)
-    c = _centre(lab > 0)
+    c = _centre(labels, volume.geometry, within)
     sx, sy, sz = spacing
     # axial: rows posterior-going (anterior up), cols L-going (patient right on the left)
     axial = (img[:, :, c[2]].T, lab[:, :, c[2]].T, (sy, sx))
@@ -101,9 +126,16 @@ def render_preview(
     return sheet
 
 
-def write_preview(volume: Volume, labels: np.ndarray, path: Path, overwrite: bool = False, caption: str = "") -> Path:
-    """Render and write preview.png atomically."""
-    sheet = render_preview(volume, labels, caption)
+def write_preview(
+    volume: Volume,
+    labels: np.ndarray,
+    path: Path,
+    overwrite: bool = False,
+    caption: str = "",
+    within: tuple[slice, ...] | None = None,
+) -> Path:
+    """Render and write preview.png atomically (`within` as in `render_preview`)."""
+    sheet = render_preview(volume, labels, caption, within=within)
     with atomic_path(path, overwrite) as tmp:
         sheet.save(tmp, format="PNG")
     return path
