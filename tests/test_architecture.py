@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
-SHARED = {"errors", "keys", "digests", "yamltext"}  # base modules every package may use
+SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline"}  # base modules every package may use
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),
@@ -57,3 +57,9 @@ def test_nothing_imports_the_cli() -> None:
         if "cli" in _medseg_imports(m) and m.relative_to(PKG).parts[0] not in ("cli", "__main__.py")
     ]
     assert users == [], users
+
+
+def test_process_wide_helpers_import_nothing_of_medseg() -> None:
+    """cache, parallel and offline (imported by `medseg/__init__` or by every layer) stay standard-library only."""
+    for name in ("cache", "parallel", "offline"):
+        assert _medseg_imports(PKG / f"{name}.py") == set(), name

@@ -65,11 +65,12 @@ def test_serve_then_graceful_stop_hands_back_the_running_job_and_audits(
     shared: Path, tmp_path: Path, _isolated_audit_dir: Path
 ) -> None:
     config = _config(tmp_path)
-    make_study(chaos_files(shared), tmp_path / "study", range(28, 52), "stop")
+    files = chaos_files(shared)
+    make_study(files, tmp_path / "study", range(len(files)), "stop")  # the whole study: inference outlasts the grace
     q = JobQueue(tmp_path / "store" / "queue.db")
     q.add_job("batch:stop", str(tmp_path / "study"))
     port = int(yaml.safe_load(config.read_text())["listen"]["port"])
-    served = Served(config, port, tmp_path / "serve.log", grace=0.5).start()
+    served = Served(config, port, tmp_path / "serve.log", grace=0.1).start()
     deadline = time.monotonic() + 60
     while q.job(1).state != "running" and time.monotonic() < deadline:
         time.sleep(0.1)

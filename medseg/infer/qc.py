@@ -172,6 +172,6 @@ def check_confidence(organ: str, confidence: dict[str, float], card: ModelCard |
     value = confidence["uncertain_fraction"]
     if value <= limit:
         return []
-    reason = (f"{organ}: {value:.1%} of the mask is uncertain (probability 0.2-0.8; limit {limit:.1%}): "
-              "the result may be wrong, check it")  # fmt: skip
+    reason = (f"{organ}: uncertain volume (probability 0.2-0.8) is {value:.1%} of the organ's volume "
+              f"(limit {limit:.1%}): the result may be wrong, check it")  # fmt: skip
     return [QCFlag("low_confidence", "result", reason)]
