@@ -176,3 +176,28 @@ def test_pass_order_shrinks_the_big_axes_first_and_grows_last():
     assert pass_order((300, 512, 512), (200, 125, 125)) == (1, 2, 0)
     assert pass_order((200, 125, 125), (300, 512, 512)) == (0, 1, 2)
     assert pass_order((4, 4, 4), (4, 4, 4)) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("writeable", [True, False])
+def test_sliding_window_gives_the_same_when_the_network_reuses_its_output_buffer(writeable):
+    """OpenVINO hands back its own output buffer, overwritten by the next call (`runtime._load_openvino`): the
+    sliding window must use each output before the next call. Same result, to the bit, as a network returning fresh
+    arrays, whether the buffer can be scaled in place or not."""
+    rng = np.random.default_rng(3)
+    image = rng.random((70, 50, 90), dtype=np.float32)
+    kernel = rng.normal(size=(3, 1, 1, 1, 1)).astype(np.float32)
+
+    def fresh(batch: np.ndarray) -> np.ndarray:
+        return (batch * kernel[None, :, 0]).astype(np.float32)
+
+    buffer = np.empty((2, 3, 32, 32, 32), dtype=np.float32)
+
+    def shared(batch: np.ndarray) -> np.ndarray:
+        buffer.flags.writeable = True
+        buffer[...] = fresh(batch)
+        buffer.flags.writeable = writeable
+        return buffer
+
+    expected = sliding_window(image, fresh, (32, 32, 32), 3, batch_size=2, overlap=0.25)
+    got = sliding_window(image, shared, (32, 32, 32), 3, batch_size=2, overlap=0.25)
+    assert np.array_equal(got, expected)

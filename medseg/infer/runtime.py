@@ -33,7 +33,8 @@ PRECISIONS = ("f32", "int8")
 @dataclass
 class Runner:
     """A loaded model, the one name for it: call it with a (batch, 1, *roi) float32 array to get (batch, C, *roi)
-    logits (it is an `infer.sliding.Network`); `forward` is the backend's function, `info` what was loaded how."""
+    logits (it is an `infer.sliding.Network`); `forward` is the backend's function, `info` what was loaded how.
+    The logits may live in the backend's own buffer (OpenVINO): use them before the next call, or copy them."""
 
     backend: str
     batch_size: int
@@ -117,11 +118,14 @@ def _export_openvino(net: Any, example: np.ndarray, folder: Path) -> list[str]:
 
 
 def _load_openvino(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The compiled model as a function. Its output is OpenVINO's own output buffer, not a copy (a 96^3 window of
+    eight classes is 28 MB, copied twice before: about 6 ms a window): valid until the next call, which the sliding
+    window respects (it blends each output before it runs the next window); a caller that keeps outputs copies them."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(folder / "model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    return lambda batch: request.infer({0: batch})[0].copy()
+    return lambda batch: request.infer({0: batch}, share_inputs=True, share_outputs=True)[0]
 
 
 def _export_onnx(net: Any, example: np.ndarray, folder: Path) -> list[str]:

@@ -17,7 +17,8 @@ import numpy as np
 
 Network = Callable[[np.ndarray], np.ndarray]
 """What the sliding window runs: a (B, 1, *roi) float32 batch in, (B, C, *roi) logits out. A loaded model
-(`infer.runtime.Runner`) is one; tests pass plain functions."""
+(`infer.runtime.Runner`) is one; tests pass plain functions. The logits may be the network's own buffer, valid until
+its next call (OpenVINO): the sliding window blends them (scaling them in place) before the next call."""
 
 
 @dataclass
@@ -102,7 +103,7 @@ def sliding_window(
             batch[b, 0] = padded[sl]
         out = network(batch)
         for b, sl in enumerate(group):
-            acc[(slice(None), *sl)] += out[b] * weight
+            acc[(slice(None), *sl)] += np.multiply(out[b], weight, out=out[b] if out.flags.writeable else None)
             norm[sl] += weight
         done += len(group)
         stats.run += len(group)
