@@ -320,6 +320,14 @@ def test_stage_8_is_stage_5_with_the_real_liver_shifted_only() -> None:
     assert same == stage5
 
 
+def test_stage_9_is_stage_5_on_a_faster_host() -> None:
+    """Stage 9 changes nothing in the recipe (only the version): what differs is the host's speed."""
+    stage5, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    stage9, _ = load_config(REPO / "configs/abdomen_stage9.yaml")
+    assert stage9.version == "2.3.0"
+    assert stage9.model_copy(update={"version": stage5.version}) == stage5
+
+
 def test_shift_organ_hu_moves_the_organ_only_and_fades_at_its_edge() -> None:
     from medseg.train.data import shift_organ_hu
 
