@@ -61,6 +61,27 @@ def test_late_instance_supersedes_open_job(tmp_path: Path) -> None:
     assert "generation 2" in q.job(first.id).reason
 
 
+def test_a_running_job_overtaken_by_new_instances_is_superseded_not_sent(tmp_path: Path) -> None:
+    """Found by the kill test on a faster host: a study completed early (its sender crashed and came back after the
+    quiet time), its job started, the rest of the study arrived while it ran. That job's SEG would show the partial
+    study beside the newer job's; the worker asks `supersede_if_stale` before sending."""
+    q = JobQueue(tmp_path / "q.db")
+    _receive(q, "9", 2, now=100.0)
+    first = q.complete_due(None, now=111.0)[0]
+    lease = q.lease("w1", 30, now=112.0)
+    assert lease is not None and lease.job.id == first.id
+    assert q.supersede_if_stale(lease) is None  # still the latest: goes on to send
+    _receive(q, "9", 1, now=113.0, tag="late")  # arrives while it runs: running jobs are not superseded at once
+    assert q.job(first.id).state == "running"
+    assert q.supersede_if_stale(lease) == 2
+    done = q.job(first.id)
+    assert (done.state, done.lease_owner) == ("superseded", None) and "not sent" in done.reason
+    with pytest.raises(LeaseLost):
+        q.record_sent(lease, "dest", "k", "1.2.3")  # the fence holds: nothing can mark it sent now
+    second = q.complete_due(None, now=124.0)[0]
+    assert second.generation == 2 and q.lease("w1", 30, now=125.0).job.id == second.id
+
+
 def test_fencing_stale_lease_cannot_commit(tmp_path: Path) -> None:
     q = JobQueue(tmp_path / "q.db")
     _receive(q, "9", 1, now=100.0)

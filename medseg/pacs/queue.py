@@ -241,6 +241,20 @@ class JobQueue:
             self._check(db, lease)
             self._end(db, lease, "sent", None, time.time())
 
+    def supersede_if_stale(self, lease: Lease) -> int | None:
+        """A running job whose study received new instances while it ran (a newer generation exists): marked
+        superseded, fenced, and the newer generation returned, so its result is not sent (the newer job segments the
+        whole study); None while the job is still the study's latest."""
+        with self._write() as db:
+            self._check(db, lease)
+            row = db.execute("SELECT generation FROM studies WHERE study_uid=?", (lease.job.study_uid,)).fetchone()
+            if row is None or int(row["generation"]) <= lease.job.generation:
+                return None
+            newer = int(row["generation"])
+            reason = f"superseded by generation {newer} (instances arrived while it ran); not sent"
+            self._end(db, lease, "superseded", reason, time.time())
+            return newer
+
     def quarantine(self, lease: Lease, reason: str) -> None:
         """A bad study: never retried automatically, never blocks the queue."""
         with self._write() as db:

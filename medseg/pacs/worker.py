@@ -38,7 +38,8 @@ def crash_point(name: str) -> None:
 
 @dataclass(frozen=True)
 class JobResult:
-    """How one attempt ended: sent, pending, failed, quarantined or lost (lease taken over)."""
+    """How one attempt ended: sent, pending, failed, quarantined, superseded (newer instances) or lost (lease taken
+    over)."""
 
     job_id: int
     state: str
@@ -128,6 +129,11 @@ def _attempt(
         ended.append(JobResult(job.id, "quarantined", reason))
         raise InvalidInputError(f"job {job.id} quarantined") from exc
     rec.add_outputs([seg])
+    newer = queue.supersede_if_stale(lease)
+    if newer is not None:  # a SEG of the study as it was would reach the PACS beside the newer job's
+        rec.set_outcome_detail("superseded")
+        ended.append(JobResult(job.id, "superseded", f"generation {newer} arrived while it ran"))
+        return
     fresh = queue.job(job.id)
     assert fresh is not None and fresh.idem_key and fresh.seg_sop_uid
     try:
