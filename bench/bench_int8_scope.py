@@ -70,28 +70,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/int8-scope"))
     a = ap.parse_args()
 
-    import nncf
-    import openvino as ov
-    import torch
-
     from medseg.digests import default_data_root
-    from medseg.infer.runtime import Runner, _load_openvino, _parity_input, openvino_runner, parity
+    from medseg.infer.runtime import Runner, _load_openvino, openvino_runner, parity
     from medseg.models.registry import resolve_model
-    from medseg.models.subpixel import replace_transposed_convs
     from medseg.train.manifest import load_manifest
-    from medseg.train.quantize import calibration_windows, f32_convolutions
+    from medseg.train.quantize import calibration_windows, subpixel_graph, write_int8
 
     root = default_data_root()
     model = resolve_model(a.model)
     manifest, _ = load_manifest(a.manifest)
     windows, _ = calibration_windows(model, manifest, root)
-    net = model.load_network("cpu")
-    example = _parity_input(1, tuple(model.card.roi_size))
-    with torch.inference_mode():
-        reference = net(torch.from_numpy(example)).numpy()
-        replace_transposed_convs(net)
-        graph = ov.convert_model(net, example_input=torch.from_numpy(example), input=[list(example.shape)])
-    convs = [op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    source = subpixel_graph(model)
     labels = {int(k): v for k, v in model.card.labels.items()}
     volumes = validation_volumes(model, manifest, root)
     f32 = openvino_runner(model)
@@ -100,16 +89,13 @@ def main() -> None:
     results: dict[str, Any] = {"f32_ms_per_window": f32_ms, "scopes": {}}
     for scope in a.scopes:
         first, last = SCOPES[scope]
-        scope_f32 = nncf.IgnoredScope(names=f32_convolutions(convs, first, last))
-        quantized = nncf.quantize(graph, nncf.Dataset(windows), preset=nncf.QuantizationPreset.MIXED,
-                                  subset_size=len(windows), ignored_scope=scope_f32)  # fmt: skip
         folder = a.out / scope.replace("/", "-")
-        folder.mkdir(parents=True, exist_ok=True)
-        ov.save_model(quantized, folder / "model.xml", compress_to_fp16=False)
+        write_int8(source, windows, folder, first, last)
         runner = Runner("openvino-int8", 1, _load_openvino(folder))
         rows = {name: agreement(label_map(model, runner, item), ref[name], labels) for name, item in volumes}
-        results["scopes"][scope] = {"ms_per_window": _window_ms(runner, windows),
-                                    "parity": parity(reference, runner(example)), "validation": rows}  # fmt: skip
+        agreement_f32 = parity(source.reference, runner(source.example))
+        results["scopes"][scope] = {"ms_per_window": _window_ms(runner, windows), "parity": agreement_f32,
+                                    "validation": rows}  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "int8-scope.json").write_text(json.dumps(results, indent=1))
     print(f"f32: {f32_ms:.1f} ms per {model.card.roi_size} window")

@@ -18,6 +18,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,23 @@ def calibration_windows(model: InstalledModel, manifest: Manifest, data_root: Pa
     return windows, used
 
 
-def quantize_openvino(model: InstalledModel, windows: list[np.ndarray], folder: Path) -> dict[str, float]:
-    """Write the INT8 OpenVINO graph (sub-pixel decoder) to `folder`; return its parity against eager f32 torch."""
-    import nncf
+@dataclass
+class SubpixelGraph:
+    """The f32 network as an OpenVINO graph with its decoder in sub-pixel form, ready for NNCF, with the parity
+    input and eager torch's output on it."""
+
+    graph: Any
+    convolutions: list[str]
+    example: np.ndarray
+    reference: np.ndarray
+
+
+def subpixel_graph(model: InstalledModel) -> SubpixelGraph:
+    """Convert `model` (transposed convolutions replaced by the exact sub-pixel form, so the decoder quantises)."""
     import openvino as ov
     import torch
 
-    from medseg.infer.runtime import _load_openvino, _parity_input, parity
+    from medseg.infer.runtime import _parity_input
     from medseg.models.subpixel import replace_transposed_convs
 
     net = model.load_network("cpu")
@@ -108,18 +119,35 @@ def quantize_openvino(model: InstalledModel, windows: list[np.ndarray], folder: 
     with torch.inference_mode():
         reference = net(torch.from_numpy(example)).numpy()
         replace_transposed_convs(net)
-        ov_model = ov.convert_model(net, example_input=torch.from_numpy(example), input=[list(example.shape)])
-    convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+        graph = ov.convert_model(net, example_input=torch.from_numpy(example), input=[list(example.shape)])
+    convs = [op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    return SubpixelGraph(graph, convs, example, reference)
+
+
+def write_int8(source: SubpixelGraph, windows: list[np.ndarray], folder: Path, first: int, last: int) -> None:
+    """NNCF post-training quantisation (MIXED preset) with the first `first` and last `last` convolutions left f32,
+    written to `folder`."""
+    import nncf
+    import openvino as ov
+
     quantized = nncf.quantize(
-        ov_model,
+        source.graph,
         nncf.Dataset(windows),
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(windows),
-        ignored_scope=nncf.IgnoredScope(names=f32_convolutions(convs, KEEP_F32_FIRST, KEEP_F32_LAST)),
+        ignored_scope=nncf.IgnoredScope(names=f32_convolutions(source.convolutions, first, last)),
     )
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, folder / "model.xml", compress_to_fp16=False)
-    return parity(reference, _load_openvino(folder)(example))
+
+
+def quantize_openvino(model: InstalledModel, windows: list[np.ndarray], folder: Path) -> dict[str, float]:
+    """Write the INT8 OpenVINO graph (sub-pixel decoder) to `folder`; return its parity against eager f32 torch."""
+    from medseg.infer.runtime import _load_openvino, parity
+
+    source = subpixel_graph(model)
+    write_int8(source, windows, folder, KEEP_F32_FIRST, KEEP_F32_LAST)
+    return parity(source.reference, _load_openvino(folder)(source.example))
 
 
 def acceptance(model: InstalledModel, int8_folder: Path, cases: list[Path], data_root: Path) -> list[dict[str, Any]]:
