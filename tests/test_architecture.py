@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
-SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline"}  # base modules every package may use
+# base modules every package may use
+SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline", "signals"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),

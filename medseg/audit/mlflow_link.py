@@ -8,6 +8,7 @@ from medseg.audit.config import AuditConfig, load_config
 from medseg.audit.query import RecordFilter, query_records
 from medseg.audit.store import AuditStore
 from medseg.errors import AuditError
+from medseg.signals import deferred_interrupt
 
 ARTIFACT = "audit/events.json"
 
@@ -29,7 +30,9 @@ def attach_events_to_mlflow(store: AuditStore, run_id: str, tracking_uri: str | 
     try:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=tracking_uri).log_text(run_id, run_events_json(store, run_id), ARTIFACT)
+        document = run_events_json(store, run_id)
+        with deferred_interrupt():
+            MlflowClient(tracking_uri=tracking_uri).log_text(run_id, document, ARTIFACT)
     except Exception as exc:
         raise AuditError(f"cannot attach audit events to MLflow run {run_id}: {exc}") from exc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -93,7 +94,8 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
         raise
     finally:
         if dist.is_main and status != "FINISHED":
-            tracker.end(status)
+            with contextlib.suppress(Exception):  # the run's own failure is what to report, not a store failing too
+                tracker.end(status)
         if status != "FINISHED":
             dist.close()
     if dist.is_main:

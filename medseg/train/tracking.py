@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ProcessingError
+from medseg.signals import deferred_interrupt
 
 PACKAGES = ("medseg", "torch", "monai", "numpy", "scipy", "nibabel", "SimpleITK", "pydantic", "mlflow-skinny")
 REPO = Path(__file__).resolve().parents[2]
@@ -77,14 +78,15 @@ class Tracker:
         import mlflow
 
         try:
-            mlflow.set_tracking_uri(self.uri)
-            if mlflow.get_experiment_by_name(self.experiment) is None:
-                location = None
-                if self.uri.startswith("sqlite:///"):
-                    location = (self.run_dir / "mlartifacts").resolve().as_uri()
-                mlflow.create_experiment(self.experiment, artifact_location=location)
-            mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name)
+            with deferred_interrupt():
+                mlflow.set_tracking_uri(self.uri)
+                if mlflow.get_experiment_by_name(self.experiment) is None:
+                    location = None
+                    if self.uri.startswith("sqlite:///"):
+                        location = (self.run_dir / "mlartifacts").resolve().as_uri()
+                    mlflow.create_experiment(self.experiment, artifact_location=location)
+                mlflow.set_experiment(self.experiment)
+                run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name)
         except Exception as exc:
             raise ProcessingError(f"cannot start MLflow run at {self.uri}: {exc}".splitlines()[0],
                                   hint="Check --tracking-uri / MLFLOW_TRACKING_URI.") from exc  # fmt: skip
@@ -95,22 +97,24 @@ class Tracker:
         if self.enabled:
             import mlflow
 
-            flat = _flatten(params)
-            items = list(flat.items())
-            for i in range(0, len(items), 90):
-                mlflow.log_params(dict(items[i : i + 90]))
+            items = list(_flatten(params).items())
+            with deferred_interrupt():
+                for i in range(0, len(items), 90):
+                    mlflow.log_params(dict(items[i : i + 90]))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.enabled:
             import mlflow
 
-            mlflow.set_tags(dict(tags))
+            with deferred_interrupt():
+                mlflow.set_tags(dict(tags))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.enabled:
             import mlflow
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+            with deferred_interrupt():
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
     def log_manifest(self, path: Path, digest: str, name: str, context: str) -> None:
         """The manifest as an MLflow dataset whose digest is the manifest file's SHA-256."""
@@ -123,21 +127,24 @@ class Tracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(str(path.resolve()))
-        mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
-                         tags={"sha256": digest})  # fmt: skip
-        mlflow.log_artifact(str(path), artifact_path="manifests")
+        with deferred_interrupt():
+            mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
+                             tags={"sha256": digest})  # fmt: skip
+            mlflow.log_artifact(str(path), artifact_path="manifests")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             import mlflow
 
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-            else:
-                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            with deferred_interrupt():
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+                else:
+                    mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             import mlflow
 
-            mlflow.end_run(status=status)
+            with deferred_interrupt():
+                mlflow.end_run(status=status)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ProcessingError
+from medseg.signals import deferred_interrupt
 
 EXPERIMENT = "medseg-validation"
 
@@ -45,14 +46,14 @@ def start_run(report: dict[str, Any], out: Path, tracking_uri: str | None) -> di
     try:
         from mlflow.entities import Param
 
-        client, exp_id = _client(uri, out)
-        model, ts = report["model"], report["set"]
-        run = client.create_run(exp_id, run_name=f"{model['name']}-{model['version']}@{ts['name']}", tags=_tags(report))
-        run_id = run.info.run_id
-        _log_dataset(client, run_id, ts)
-        client.log_batch(
-            run_id, metrics=_metrics(report), params=[Param(k, str(v)[:500]) for k, v in _params(report).items()]
-        )
+        with deferred_interrupt():
+            client, exp_id = _client(uri, out)
+            model, ts = report["model"], report["set"]
+            run_name = f"{model['name']}-{model['version']}@{ts['name']}"
+            run_id = client.create_run(exp_id, run_name=run_name, tags=_tags(report)).info.run_id
+            _log_dataset(client, run_id, ts)
+            params = [Param(k, str(v)[:500]) for k, v in _params(report).items()]
+            client.log_batch(run_id, metrics=_metrics(report), params=params)
     except ProcessingError:
         raise
     except Exception as exc:
@@ -120,9 +121,10 @@ def _log_dataset(client: Any, run_id: str, ts: dict[str, Any]) -> None:
 def finish_run(info: dict[str, str], out: Path, verdict: str) -> None:
     """Log every file of the validation folder as an artifact and end the run."""
     try:
-        client, _ = _client(info["tracking_uri"], out)
-        client.log_artifacts(info["run_id"], str(out), artifact_path="validation")
-        client.set_tag(info["run_id"], "verdict", verdict)
-        client.set_terminated(info["run_id"], "FINISHED")
+        with deferred_interrupt():
+            client, _ = _client(info["tracking_uri"], out)
+            client.log_artifacts(info["run_id"], str(out), artifact_path="validation")
+            client.set_tag(info["run_id"], "verdict", verdict)
+            client.set_terminated(info["run_id"], "FINISHED")
     except Exception as exc:
         raise ProcessingError(f"cannot log the validation files to MLflow: {exc}".splitlines()[0]) from exc
