@@ -94,7 +94,7 @@ def test_sigkill_at_random_moments_during_receive_and_work(orthanc: Orthanc, sha
         jobs = wait_jobs(tmp_path / "store" / "queue.db", 1)
     finally:
         service.stop()
-    assert [j.state for j in jobs if j.state != "superseded"] == ["sent"]
+    assert [j.state for j in jobs if j.state != "superseded"] == ["sent"], [(j.state, j.reason) for j in jobs]
     assert len(q.instances()) == len(files)
     _one_seg(orthanc, study)
 

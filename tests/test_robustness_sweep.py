@@ -181,6 +181,29 @@ def test_named_pipe_in_the_study_folder_never_blocks(base, tmp_path):
     assert done.returncode == 3 and "named pipe" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_write_cut_short_in_the_study_folder_is_not_input(base, tmp_path):
+    """A killed writer (the PACS receiver, SIGKILLed mid-instance) leaves its temporary file beside the instances: a
+    second copy of a slice position, half written. It is skipped with the reason, not read as a duplicate slice."""
+    import shutil
+
+    from medseg.io.atomic import atomic_path
+    from medseg.io.series import walk_files
+
+    folder = tmp_path / "study"
+    shutil.copytree(base, folder)
+    first = sorted(folder.glob("*.dcm"))[0]
+    with atomic_path(folder / "incoming.dcm") as tmp:  # the temporary name is the one the writer really uses
+        tmp.write_bytes(first.read_bytes()[:3000])
+        leftover = tmp.with_name(tmp.name + ".kept.dcm")
+        shutil.copyfile(tmp, leftover)
+    (folder / "incoming.dcm").unlink()
+    walk = walk_files(folder)
+    assert leftover not in walk.files
+    assert (leftover, "temporary file of an unfinished write, not input") in walk.skipped
+    got, original = read_image(folder), read_image(base)
+    assert got.shape == original.shape and np.array_equal(got.array, original.array)
+
+
 def test_unreadable_slice_is_refused_naming_it(base, tmp_path):
     """chmod 000 does not stop root, so as root the read runs in a child that drops to an unprivileged user."""
     import shutil

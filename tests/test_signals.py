@@ -94,10 +94,14 @@ def _store_engine() -> Any:
     return _get_store().engine
 
 
-def test_ctrl_c_at_any_statement_of_a_metric_write_leaves_the_store_usable(tmp_path: Path) -> None:
+def test_ctrl_c_at_any_statement_of_a_metric_write_leaves_the_store_usable(tmp_path: Path, monkeypatch) -> None:
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # Tracker.start sets the process-wide URI (and environment)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     probe = Tracker(tmp_path / "probe", None, "interrupt")
     probe.start("probe")

@@ -13,6 +13,14 @@ from pathlib import Path
 
 from medseg.errors import ProcessingError, UsageError
 
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def is_unfinished_write(name: str) -> bool:
+    """True for the name of a temporary file of `atomic_path` (a write in progress, or one a killed process left):
+    never input, since it may be half-written or renamed away while it is read."""
+    return name.startswith(TEMPORARY_PREFIX)
+
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless `overwrite` (UsageError, exit code 2)."""
@@ -32,7 +40,8 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True) -> It
     check_writable(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix="".join(path.suffixes), dir=path.parent)
+        prefix = f"{TEMPORARY_PREFIX}{path.name}-"
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix="".join(path.suffixes), dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise ProcessingError(f"cannot write output: {exc.strerror}", path=path, hint="Check the folder.") from exc

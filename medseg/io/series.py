@@ -18,6 +18,7 @@ import numpy as np
 
 from medseg.digests import file_sha256
 from medseg.errors import InvalidInputError
+from medseg.io.atomic import is_unfinished_write
 from medseg.io.dicom_classify import VOLUME_MODALITIES, non_image_kind
 from medseg.io.dicom_geometry import ORIENTATION_TOL, PIXEL_SPACING_RTOL
 from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, image_type, raw_text, read_header, text
@@ -109,6 +110,8 @@ SPECIAL_KINDS = (
 
 def _entry_kind(path: Path) -> str | None:
     """None for a regular file (or a link to one), else why the entry is skipped; never opens the entry."""
+    if is_unfinished_write(path.name):
+        return "temporary file of an unfinished write, not input"
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:

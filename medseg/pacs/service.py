@@ -19,7 +19,7 @@ from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.scp import Receiver
 from medseg.pacs.segment import Segmenter, load_segmenter
-from medseg.pacs.storage import study_dir
+from medseg.pacs.storage import study_dir, sweep_unfinished_writes
 from medseg.pacs.worker import JobResult, backoff_of, run_job
 
 PID_FILE = "serve.pid"
@@ -65,6 +65,9 @@ class Service:
         pid_file.write_text(str(os.getpid()))
         for job_id in reclaim_dead_leases(self.queue):
             self.on_event(f"job {job_id}: its holder on this host is gone; queued again")
+        swept = sweep_unfinished_writes(self.config.storage)
+        if swept:
+            self.on_event(f"removed {len(swept)} temporary file(s) of instance writes cut short")
         receiver = Receiver(self.config, self.queue)
         segmenter = None if self.config.scheduler else load_segmenter(
             self.config.organs[0], self.config.model, self.config.backend, self.config.strict

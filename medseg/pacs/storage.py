@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from pathlib import Path
 
 from medseg.errors import InvalidInputError, ProcessingError
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, is_unfinished_write
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -74,3 +75,20 @@ def study_dir(root: Path, study_uid: str) -> Path:
 def results_dir(root: Path, job_id: int) -> Path:
     """Where one job writes its outputs."""
     return Path(root) / "results" / f"job-{job_id}"
+
+
+def sweep_unfinished_writes(root: Path, older_than_s: float = 60.0) -> list[Path]:
+    """Delete temporary files of instance writes a killed receiver left under `root`/studies (never input, but
+    disk space); only those untouched for `older_than_s`, so a write in progress elsewhere is never cut."""
+    cutoff = time.time() - older_than_s
+    removed = []
+    for folder, _dirs, names in os.walk(Path(root) / "studies"):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                if is_unfinished_write(name) and path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+    return removed

@@ -110,6 +110,16 @@ def run_job(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmen
     return ended[-1]
 
 
+def _superseded(queue: JobQueue, lease: Lease, rec: AuditRecorder, ended: list[JobResult]) -> bool:
+    """End the job as superseded when its study received instances while it ran; the newer job segments it whole."""
+    newer = queue.supersede_if_stale(lease)
+    if newer is None:
+        return False
+    rec.set_outcome_detail("superseded")
+    ended.append(JobResult(lease.job.id, "superseded", f"generation {newer} arrived while it ran"))
+    return True
+
+
 def _attempt(
     config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter, rec: AuditRecorder, ended: list[JobResult]
 ) -> None:
@@ -123,16 +133,15 @@ def _attempt(
     except LeaseLost:
         raise
     except MedsegError as exc:
+        if _superseded(queue, lease, rec, ended):  # refused maybe because the study changed under it
+            return
         reason = exc.one_line()
         queue.quarantine(lease, reason)
         rec.set_outcome_detail("quarantined")
         ended.append(JobResult(job.id, "quarantined", reason))
         raise InvalidInputError(f"job {job.id} quarantined") from exc
     rec.add_outputs([seg])
-    newer = queue.supersede_if_stale(lease)
-    if newer is not None:  # a SEG of the study as it was would reach the PACS beside the newer job's
-        rec.set_outcome_detail("superseded")
-        ended.append(JobResult(job.id, "superseded", f"generation {newer} arrived while it ran"))
+    if _superseded(queue, lease, rec, ended):  # a SEG of the study as it was would reach the PACS beside the newer one
         return
     fresh = queue.job(job.id)
     assert fresh is not None and fresh.idem_key and fresh.seg_sop_uid
