@@ -176,15 +176,17 @@ class Served:
         self.proc = None
 
 
-def wait_jobs(queue_path: Path, n: int, timeout: float = 240, states: tuple[str, ...] = ("sent", "quarantined")):
-    """Wait until `n` jobs are in a final state; returns the jobs."""
+def wait_jobs(queue_path: Path, n: int, timeout: float = 240, states: tuple[str, ...] = ("sent", "quarantined"),
+              settled: bool = False):  # fmt: skip
+    """Wait until `n` jobs are in a final state (and, when `settled`, none is queued, running or pending)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if queue_path.exists():
             q = JobQueue(queue_path)
             jobs = q.jobs()
             q.close()
-            if sum(j.state in states for j in jobs) >= n:
+            still_open = settled and any(j.state in ("queued", "running", "pending") for j in jobs)
+            if sum(j.state in states for j in jobs) >= n and not still_open:
                 return jobs
         time.sleep(0.5)
     q = JobQueue(queue_path)

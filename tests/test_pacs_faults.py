@@ -91,7 +91,7 @@ def test_sigkill_at_random_moments_during_receive_and_work(orthanc: Orthanc, sha
     service = Served(config, port, log).start()
     try:
         storescu(port, study_src)
-        jobs = wait_jobs(tmp_path / "store" / "queue.db", 1)
+        jobs = wait_jobs(tmp_path / "store" / "queue.db", 1, settled=True)
     finally:
         service.stop()
     assert [j.state for j in jobs if j.state != "superseded"] == ["sent"], [(j.state, j.reason) for j in jobs]

@@ -97,11 +97,15 @@ def _store_engine() -> Any:
 def test_ctrl_c_at_any_statement_of_a_metric_write_leaves_the_store_usable(tmp_path: Path, monkeypatch) -> None:
     import mlflow
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient, fluent
     from mlflow.tracking._tracking_service import utils
 
-    monkeypatch.setattr(utils, "_tracking_uri", None)  # Tracker.start sets the process-wide URI (and environment)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # Tracker.start sets MLflow's process-wide URI and experiment (and their environment variables): restored after
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.setenv(name, "")  # remembers the value before (or its absence), then unset for the test
+        monkeypatch.delenv(name)
 
     probe = Tracker(tmp_path / "probe", None, "interrupt")
     probe.start("probe")
