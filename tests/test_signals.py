@@ -15,6 +15,15 @@ from medseg.signals import deferred_interrupt
 from medseg.train.tracking import Tracker
 
 
+@pytest.fixture(autouse=True)
+def _python_ctrl_c_handler():
+    """Python's own Ctrl-C handler, as a command line process has it; whatever an earlier test in this worker left
+    (CI once had SIGINT's default action there: the raised signal then ended the pytest worker) is restored after."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def test_interrupt_waits_for_the_block_then_is_raised() -> None:
     done = []
     with pytest.raises(KeyboardInterrupt), deferred_interrupt():
