@@ -1,147 +1,19 @@
-"""Ctrl-C during an MLflow write: the write commits, the interrupt follows, and the store is not left locked
-(CI once saw `medseg train` exit 4 "database is locked" instead of 130 after a Ctrl-C)."""
+"""Runs `signals_cases.py` (Ctrl-C held back across MLflow writes) in a fresh interpreter: those tests raise SIGINT
+in their own process, which in a long-lived pytest-xdist worker once ended the worker (and xdist then hung)."""
 
 from __future__ import annotations
 
-import signal
-import sqlite3
-from collections.abc import Callable
+import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from medseg.signals import deferred_interrupt
-from medseg.train.tracking import Tracker
+CASES = Path(__file__).with_name("signals_cases.py")
 
 
-@pytest.fixture(autouse=True)
-def _python_ctrl_c_handler():
-    """Python's own Ctrl-C handler, as a command line process has it; whatever an earlier test in this worker left
-    (CI once had SIGINT's default action there: the raised signal then ended the pytest worker) is restored after."""
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, old)
-
-
-def test_interrupt_waits_for_the_block_then_is_raised() -> None:
-    done = []
-    with pytest.raises(KeyboardInterrupt), deferred_interrupt():
-        signal.raise_signal(signal.SIGINT)
-        done.append("rest of the block")
-    assert done == ["rest of the block"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with deferred_interrupt():
-        done.append("no signal, no interrupt")
-    assert len(done) == 2
-
-
-def test_a_handler_someone_installed_is_left_alone() -> None:
-    seen: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
-    try:
-        with deferred_interrupt():
-            signal.raise_signal(signal.SIGINT)
-            assert seen == [signal.SIGINT]
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-def _statements(engine: Any, write: Callable[[], None]) -> int:
-    from sqlalchemy import event
-
-    count = [0]
-
-    def hook(*_: Any) -> None:
-        count[0] += 1
-
-    event.listen(engine, "after_cursor_execute", hook)
-    try:
-        write()
-    finally:
-        event.remove(engine, "after_cursor_execute", hook)
-    return count[0]
-
-
-def _interrupted(engine: Any, at: int, write: Callable[[], None]) -> bool:
-    """Run `write` with Ctrl-C arriving right after its `at`-th SQL statement; True if KeyboardInterrupt came."""
-    from sqlalchemy import event
-
-    count = [0]
-
-    def hook(*_: Any) -> None:
-        if count[0] == at:
-            signal.raise_signal(signal.SIGINT)
-        count[0] += 1
-
-    event.listen(engine, "after_cursor_execute", hook)
-    try:
-        write()
-    except KeyboardInterrupt:
-        return True
-    finally:
-        event.remove(engine, "after_cursor_execute", hook)
-    return False
-
-
-def _locked(db: Path) -> bool:
-    con = sqlite3.connect(db, timeout=0)
-    try:
-        con.execute("BEGIN EXCLUSIVE")
-        con.rollback()
-        return False
-    except sqlite3.OperationalError as exc:
-        assert "locked" in str(exc)
-        return True
-    finally:
-        con.close()
-
-
-def _store_engine() -> Any:
-    from mlflow.tracking._tracking_service.utils import _get_store
-
-    return _get_store().engine
-
-
-def test_ctrl_c_at_any_statement_of_a_metric_write_leaves_the_store_usable(tmp_path: Path, monkeypatch) -> None:
-    import mlflow
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient, fluent
-    from mlflow.tracking._tracking_service import utils
-
-    # Tracker.start sets MLflow's process-wide URI and experiment (and their environment variables): restored after
-    monkeypatch.setattr(utils, "_tracking_uri", None)
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.setenv(name, "")  # remembers the value before (or its absence), then unset for the test
-        monkeypatch.delenv(name)
-
-    probe = Tracker(tmp_path / "probe", None, "interrupt")
-    probe.start("probe")
-    n = _statements(_store_engine(), lambda: probe.log_metrics({"loss": 1.0}, 0))
-    probe.end()
-    assert n >= 3
-
-    locked_without = 0
-    for at in range(n):
-        run_dir = tmp_path / f"plain{at}"  # control: the same write through MLflow alone
-        run_dir.mkdir()
-        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-        experiment = client.create_experiment("interrupt", artifact_location=run_dir.as_uri())
-        run_id = client.create_run(experiment).info.run_id
-        engine = client._tracking_client.store.engine
-        metric = Metric("loss", 1.0, 0, 1)
-        assert _interrupted(engine, at, lambda: client.log_batch(run_id, metrics=[metric]))  # noqa: B023
-        locked_without += _locked(run_dir / "mlflow.db")
-
-        run_dir = tmp_path / f"medseg{at}"
-        run_dir.mkdir()
-        tracker = Tracker(run_dir, None, "interrupt")
-        tracker.start("run")
-        assert _interrupted(_store_engine(), at, lambda: tracker.log_metrics({"loss": 1.0}, 1))  # noqa: B023
-        assert not _locked(run_dir / "mlflow.db"), f"store locked after Ctrl-C at statement {at} of {n}"
-        tracker.end("KILLED")
-        run = mlflow.get_run(tracker.run_id)
-        assert run.info.status == "KILLED"
-        assert run.data.metrics == {"loss": 1.0}, "the interrupted write did not commit"
-    assert locked_without >= 1, "the control never locked the store: the test no longer reaches the failure"
+def test_ctrl_c_cases_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly",
+           "--basetemp", str(tmp_path / "t"), str(CASES)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=CASES.parent.parent)
+    why = done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 0 and re.search(r"^3 passed", done.stdout, re.M), why
