@@ -5,8 +5,9 @@ serial loop gives, whatever the timing."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,10 +25,24 @@ def helper_threads() -> int:
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """`[fn(x) for x in items]`, computed by as many threads as there are cores to use, in input order."""
     todo = list(items)
-    if helper_threads() == 0 or len(todo) < 2:
+    if len(todo) < 2:
         return [fn(x) for x in todo]
+    with array_threads() as run:
+        return run(fn, todo)
+
+
+Mapper = Callable[[Callable[[T], R], Iterable[T]], list[R]]
+
+
+@contextmanager
+def array_threads() -> Iterator[Mapper]:
+    """A `thread_map` whose threads live for the whole block, for loops that fan out many small steps (the sliding
+    window blends each window's channels on both cores); serial where there is no second core."""
+    if helper_threads() == 0:
+        yield lambda fn, items: [fn(x) for x in items]
+        return
     with ThreadPoolExecutor(helper_threads() + 1, thread_name_prefix="medseg-array") as pool:
-        return list(pool.map(fn, todo))
+        yield lambda fn, items: list(pool.map(fn, items))
 
 
 def in_background(fn: Callable[..., R], *args: object) -> Future[R]:

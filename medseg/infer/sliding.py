@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medseg.parallel import array_threads
+
 Network = Callable[[np.ndarray], np.ndarray]
 """What the sliding window runs: a (B, 1, *roi) float32 batch in, (B, C, *roi) logits out. A loaded model
 (`infer.runtime.Runner`) is one; tests pass plain functions. The logits may be the network's own buffer, valid until
@@ -81,34 +83,51 @@ def sliding_window(
     norm = np.zeros(padded.shape, dtype=np.float32)
     stats = stats if stats is not None else WindowStats()
     stats.planned += len(corners)
-    todo = []
-    constant: dict[float, np.ndarray] = {}
-    for c in corners:
-        sl = tuple(slice(s, s + r) for s, r in zip(c, roi, strict=True))
-        patch = padded[sl]
-        lo = float(patch.min())
-        if skip_constant and lo == float(patch.max()):
-            if lo not in constant:
-                constant[lo] = network(np.full((batch_size, 1, *roi), lo, dtype=np.float32))[0] * weight
-                stats.run += 1
-            acc[(slice(None), *sl)] += constant[lo]
+    channels = range(out_channels)
+    with array_threads() as run:
+
+        def blend(logits: np.ndarray, sl: tuple[slice, ...], weighted: bool = False) -> None:
+            """acc += logits * weight over the window, one channel per task (bit-identical to one array step)."""
+
+            def channel(c: int) -> None:
+                scaled = logits[c] if weighted else np.multiply(logits[c], weight, out=logits[c])
+                acc[(c, *sl)] += scaled
+
+            if not (weighted or logits.flags.writeable):
+                logits = logits.copy()
+            run(channel, channels)
             norm[sl] += weight
-            stats.skipped += 1
-            continue
-        todo.append(sl)
-    done = 0
-    for group in _batches(todo, batch_size):
-        batch = np.zeros((batch_size, 1, *roi), dtype=np.float32)
-        for b, sl in enumerate(group):
-            batch[b, 0] = padded[sl]
-        out = network(batch)
-        for b, sl in enumerate(group):
-            acc[(slice(None), *sl)] += np.multiply(out[b], weight, out=out[b] if out.flags.writeable else None)
-            norm[sl] += weight
-        done += len(group)
-        stats.run += len(group)
-        if progress is not None:
-            progress(done, len(todo))
-    acc /= norm
+
+        todo = []
+        constant: dict[float, np.ndarray] = {}
+        for c in corners:
+            sl = tuple(slice(s, s + r) for s, r in zip(c, roi, strict=True))
+            patch = padded[sl]
+            lo = float(patch.min())
+            if skip_constant and lo == float(patch.max()):
+                if lo not in constant:
+                    constant[lo] = network(np.full((batch_size, 1, *roi), lo, dtype=np.float32))[0] * weight
+                    stats.run += 1
+                blend(constant[lo], sl, weighted=True)
+                stats.skipped += 1
+                continue
+            todo.append(sl)
+        done = 0
+        for group in _batches(todo, batch_size):
+            batch = np.zeros((batch_size, 1, *roi), dtype=np.float32)
+            for b, sl in enumerate(group):
+                batch[b, 0] = padded[sl]
+            out = network(batch)
+            for b, sl in enumerate(group):
+                blend(out[b], sl)
+            done += len(group)
+            stats.run += len(group)
+            if progress is not None:
+                progress(done, len(todo))
+
+        def normalise(c: int) -> None:
+            acc[c] /= norm
+
+        run(normalise, channels)
     crop = tuple(slice(p[0], p[0] + s) for p, s in zip(pad, shape, strict=True))
     return acc[(slice(None), *crop)]
