@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from medseg.parallel import array_threads
+from medseg.parallel import Mapper, array_threads
 
 Network = Callable[[np.ndarray], np.ndarray]
 """What the sliding window runs: a (B, 1, *roi) float32 batch in, (B, C, *roi) logits out. A loaded model
@@ -57,6 +58,28 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+def _blend(
+    run: Mapper,
+    acc: np.ndarray,
+    norm: np.ndarray,
+    weight: np.ndarray,
+    logits: np.ndarray,
+    sl: tuple[slice, ...],
+    weighted: bool = False,
+) -> None:
+    """acc += logits * weight and norm += weight over one window; the channels are separate tasks for `run`, so
+    each voxel sees the same operations as in one array step (bit-identical on one thread or two)."""
+    if not (weighted or logits.flags.writeable):
+        logits = logits.copy()
+
+    def channel(c: int) -> None:
+        scaled = logits[c] if weighted else np.multiply(logits[c], weight, out=logits[c])
+        acc[(c, *sl)] += scaled
+
+    run(channel, range(len(logits)))
+    norm[sl] += weight
+
+
 def sliding_window(
     image: np.ndarray,
     network: Network,
@@ -83,21 +106,8 @@ def sliding_window(
     norm = np.zeros(padded.shape, dtype=np.float32)
     stats = stats if stats is not None else WindowStats()
     stats.planned += len(corners)
-    channels = range(out_channels)
     with array_threads() as run:
-
-        def blend(logits: np.ndarray, sl: tuple[slice, ...], weighted: bool = False) -> None:
-            """acc += logits * weight over the window, one channel per task (bit-identical to one array step)."""
-
-            def channel(c: int) -> None:
-                scaled = logits[c] if weighted else np.multiply(logits[c], weight, out=logits[c])
-                acc[(c, *sl)] += scaled
-
-            if not (weighted or logits.flags.writeable):
-                logits = logits.copy()
-            run(channel, channels)
-            norm[sl] += weight
-
+        blend = partial(_blend, run, acc, norm, weight)
         todo = []
         constant: dict[float, np.ndarray] = {}
         for c in corners:
@@ -124,10 +134,6 @@ def sliding_window(
             stats.run += len(group)
             if progress is not None:
                 progress(done, len(todo))
-
-        def normalise(c: int) -> None:
-            acc[c] /= norm
-
-        run(normalise, channels)
+        run(lambda c: np.divide(acc[c], norm, out=acc[c]), range(out_channels))
     crop = tuple(slice(p[0], p[0] + s) for p, s in zip(pad, shape, strict=True))
     return acc[(slice(None), *crop)]
