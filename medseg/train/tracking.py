@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@contextmanager
+def _writing() -> Iterator[Any]:
+    """The mlflow module, with Ctrl-C held until the block's writes have committed (`medseg.signals`): every write
+    of a Tracker goes through here."""
+    import mlflow
+
+    with deferred_interrupt():
+        yield mlflow
+
+
 class Tracker:
     """One MLflow run. Methods are no-ops on non-zero DDP ranks (`enabled=False`)."""
 
@@ -75,10 +86,8 @@ class Tracker:
             return None
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", module="mlflow")
-        import mlflow
-
         try:
-            with deferred_interrupt():
+            with _writing() as mlflow:
                 mlflow.set_tracking_uri(self.uri)
                 if mlflow.get_experiment_by_name(self.experiment) is None:
                     location = None
@@ -95,48 +104,39 @@ class Tracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled:
-            import mlflow
-
             items = list(_flatten(params).items())
-            with deferred_interrupt():
+            with _writing() as mlflow:
                 for i in range(0, len(items), 90):
                     mlflow.log_params(dict(items[i : i + 90]))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.enabled:
-            import mlflow
-
-            with deferred_interrupt():
+            with _writing() as mlflow:
                 mlflow.set_tags(dict(tags))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.enabled:
-            import mlflow
-
-            with deferred_interrupt():
+            with _writing() as mlflow:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
     def log_manifest(self, path: Path, digest: str, name: str, context: str) -> None:
         """The manifest as an MLflow dataset whose digest is the manifest file's SHA-256."""
         if not self.enabled:
             return
-        import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(str(path.resolve()))
-        with deferred_interrupt():
+        with _writing() as mlflow:
             mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
                              tags={"sha256": digest})  # fmt: skip
             mlflow.log_artifact(str(path), artifact_path="manifests")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            import mlflow
-
-            with deferred_interrupt():
+            with _writing() as mlflow:
                 if path.is_dir():
                     mlflow.log_artifacts(str(path), artifact_path=artifact_path)
                 else:
@@ -144,7 +144,5 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
-            import mlflow
-
-            with deferred_interrupt():
+            with _writing() as mlflow:
                 mlflow.end_run(status=status)
