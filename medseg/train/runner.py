@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -94,8 +93,10 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
         raise
     finally:
         if dist.is_main and status != "FINISHED":
-            with contextlib.suppress(Exception):  # the run's own failure is what to report, not a store failing too
+            try:
                 tracker.end(status)
+            except Exception as exc:  # the run's own failure is the error to report; this is a note beside it
+                on_event("stage", {"message": f"MLflow run not marked {status}: {exc}".splitlines()[0]})
         if status != "FINISHED":
             dist.close()
     if dist.is_main:
