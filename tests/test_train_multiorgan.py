@@ -328,6 +328,27 @@ def test_stage_9_is_stage_5_on_a_faster_host() -> None:
     assert stage9.model_copy(update={"version": stage5.version}) == stage5
 
 
+def test_one_stage_recipe_is_stage_5_from_liver_1_0_0_in_one_run() -> None:
+    """The one-stage recipe differs from stage 5 only in what makes it one run from the start of stage 1: warm start
+    from liver 1.0.0, stage 1's peak rate and warm-up, a 120-minute budget (within #12's 150), validation every 600
+    iterations, its own seed and version."""
+    stage1, _ = load_config(REPO / "configs/abdomen.yaml")
+    stage5, _ = load_config(REPO / "configs/abdomen_stage5.yaml")
+    one, _ = load_config(REPO / "configs/abdomen_onestage.yaml")
+    assert one.init_weights == stage1.init_weights == "medseg/models/zoo/liver/weights.pt"
+    assert (one.optim.lr, one.optim.warmup_iterations) == (stage1.optim.lr, stage1.optim.warmup_iterations)
+    assert one.run.time_budget_min is not None and one.run.time_budget_min <= 150
+    assert (one.loss.dice_weight, one.loss.ce_weight) == (0.0, 1.0)
+    same = one.model_copy(update={
+        "version": stage5.version,
+        "init_weights": stage5.init_weights,
+        "optim": stage5.optim,
+        "run": one.run.model_copy(update={"time_budget_min": stage5.run.time_budget_min,
+                                          "val_every": stage5.run.val_every, "seed": stage5.run.seed}),
+    })  # fmt: skip
+    assert same == stage5
+
+
 def test_shift_organ_hu_moves_the_organ_only_and_fades_at_its_edge() -> None:
     from medseg.train.data import shift_organ_hu
 
