@@ -48,8 +48,9 @@ def rewritten(xml: Path, depth_to_space: bool, channels_last: bool) -> Any:
     model = ov.Core().read_model(xml)
     if depth_to_space:
         for node in list(model.get_ordered_ops()):
-            order = node.input_value(1).get_node()
-            if node.get_type_name() != "Transpose" or list(order.get_vector()) != PIXEL_SHUFFLE:
+            if node.get_type_name() != "Transpose":
+                continue
+            if list(node.input_value(1).get_node().get_vector()) != PIXEL_SHUFFLE:
                 continue
             source = node.input_value(0).get_node().input_value(0)
             (after,) = [t.get_node() for t in node.output(0).get_target_inputs()]
