@@ -27,12 +27,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PIXEL_SHUFFLE = [0, 4, 5, 1, 6, 2, 7, 3]
 
 
-def real_window(model: Any, roi: tuple[int, int, int]) -> np.ndarray:
+def real_window(model: Any, roi: tuple[int, int, int], data: Path = SHARED) -> np.ndarray:
     """The centre window of CHAOS as the network sees it (model spacing, HU window), (1, 1, *roi) float32."""
     from medseg.infer.predict import model_input
     from medseg.io import read_image
 
-    image = model_input(read_image(SHARED / "ct/chaos_ct_sample/image.nii.gz"), model.card).image
+    image = model_input(read_image(data / "ct/chaos_ct_sample/image.nii.gz"), model.card).image
     pad = [(0, max(r - s, 0)) for r, s in zip(roi, image.shape, strict=True)]
     image = np.pad(image, pad)
     start = [(s - r) // 2 for s, r in zip(image.shape, roi, strict=True)]

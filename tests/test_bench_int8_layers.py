@@ -31,7 +31,7 @@ def _types(model) -> list[str]:
 
 def test_channels_last_output_gives_the_shipped_logits_exactly(shared: Path, shipped) -> None:
     model, xml = shipped
-    x = real_window(model, tuple(model.card.roi_size))
+    x = real_window(model, tuple(model.card.roi_size), shared)
     assert x.shape == (1, 1, *model.card.roi_size) and 0.0 <= x.min() < x.max() <= 1.0
     _, reference, _ = timed(rewritten(xml, False, False), x, 1)
     _, moved, _ = timed(rewritten(xml, False, True), x, 1)
