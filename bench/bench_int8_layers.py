@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from medseg.models.subpixel import PIXEL_SHUFFLE_ORDER
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PIXEL_SHUFFLE = [0, 4, 5, 1, 6, 2, 7, 3]
 
 
 def real_window(model: Any, roi: tuple[int, int, int], data: Path = SHARED) -> np.ndarray:
@@ -50,7 +51,7 @@ def rewritten(xml: Path, depth_to_space: bool, channels_last: bool) -> Any:
         for node in list(model.get_ordered_ops()):
             if node.get_type_name() != "Transpose":
                 continue
-            if list(node.input_value(1).get_node().get_vector()) != PIXEL_SHUFFLE:
+            if list(node.input_value(1).get_node().get_vector()) != list(PIXEL_SHUFFLE_ORDER):
                 continue
             source = node.input_value(0).get_node().input_value(0)
             (after,) = [t.get_node() for t in node.output(0).get_target_inputs()]

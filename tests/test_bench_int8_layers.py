@@ -13,9 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_int8_layers import PIXEL_SHUFFLE, real_window, rewritten, timed  # noqa: E402
+from bench_int8_layers import real_window, rewritten, timed  # noqa: E402
 
 from medseg.models.registry import resolve_model  # noqa: E402
+from medseg.models.subpixel import PIXEL_SHUFFLE_ORDER  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,9 @@ def test_channels_last_output_gives_the_shipped_logits_exactly(shared: Path, shi
 def test_depth_to_space_replaces_every_pixel_shuffle_and_nothing_else(shipped) -> None:
     _, xml = shipped
     plain, swapped = rewritten(xml, False, False), rewritten(xml, True, False)
+    order = list(PIXEL_SHUFFLE_ORDER)
     shuffles = [n for n in plain.get_ordered_ops()
-                if n.get_type_name() == "Transpose" and list(n.input_value(1).get_node().get_vector()) == PIXEL_SHUFFLE]
+                if n.get_type_name() == "Transpose" and list(n.input_value(1).get_node().get_vector()) == order]
     assert len(shuffles) == 4  # the four sub-pixel decoders of the UNet
     assert _types(swapped).count("DepthToSpace") == 4
     assert _types(swapped).count("Transpose") == _types(plain).count("Transpose") - 4

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+# The 3D pixel shuffle: (B, rd, rh, rw, C, D, H, W) -> (B, C, D, rd, H, rh, W, rw); OpenVINO keeps it as this Transpose
+PIXEL_SHUFFLE_ORDER = (0, 4, 5, 1, 6, 2, 7, 3)
 # Per output phase r (0 = even, 1 = odd): the transposed-kernel tap used at input offset 0 and at offset +1 (-1: none)
 _TAPS = {0: (1, -1), 1: (2, 0)}
 
@@ -62,7 +64,7 @@ def subpixel_module(transposed: Any) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b, _, d, h, w = x.shape
             y = self.conv(nn.functional.pad(x, (0, 1, 0, 1, 0, 1)))
-            y = y.reshape(b, 2, 2, 2, self.c_out, d, h, w).permute(0, 4, 5, 1, 6, 2, 7, 3)
+            y = y.reshape(b, 2, 2, 2, self.c_out, d, h, w).permute(*PIXEL_SHUFFLE_ORDER)
             return y.reshape(b, self.c_out, 2 * d, 2 * h, 2 * w)
 
     return SubpixelConvTranspose3d()
