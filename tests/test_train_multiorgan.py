@@ -328,6 +328,14 @@ def test_stage_9_is_stage_5_on_a_faster_host() -> None:
     assert stage9.model_copy(update={"version": stage5.version}) == stage5
 
 
+def test_stage_10_is_stage_9_with_patches_as_large_as_the_inference_window() -> None:
+    stage9, _ = load_config(REPO / "configs/abdomen_stage9.yaml")
+    stage10, _ = load_config(REPO / "configs/abdomen_stage10.yaml")
+    assert stage10.data.patch_size == stage10.validation.roi_size == (96, 96, 96)
+    assert stage10.model_copy(update={"data": stage10.data.model_copy(update={"patch_size": stage9.data.patch_size})}) \
+        == stage9
+
+
 def test_one_stage_recipe_is_stage_5_from_liver_1_0_0_in_one_run() -> None:
     """The one-stage recipe differs from stage 5 only in what makes it one run from the start of stage 1: warm start
     from liver 1.0.0, stage 1's peak rate and warm-up, a 120-minute budget (within #12's 150), validation every 600
