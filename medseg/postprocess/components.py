@@ -1,8 +1,8 @@
 """Connected-component clean-up of binary masks: keep the largest component, fill enclosed holes.
 
-Labelling uses cc3d (connected-components-3d) and hole filling fill_voids, both by seung-lab and used by
-TotalSegmentator's post-processing: on a liver box of a 512x512x300 CT they take 14 and 20 ms where
-`scipy.ndimage.label` takes 95 and 99 ms. Both are parity-tested against the scipy formulation they replace
+Labelling uses cc3d (connected-components-3d) and hole filling fill_voids, both maintained by seung-lab (C++ with
+Python bindings, on PyPI): on a liver box of a 512x512x300 CT they take 14 and 20-35 ms where the two
+`scipy.ndimage.label` passes take 95 and 99 ms. Both are parity-tested against the scipy formulation they replace
 (`scipy_largest_component`, `scipy_fill_holes`, kept as the reference): on a C-ordered array cc3d numbers
 components in the same raster order as `ndimage.label`, so ties between equal sizes resolve identically.
 """
