@@ -24,20 +24,23 @@ CASES = ("chaos_ct_sample", "radcttace_1211", "radcttace_0697", "totalseg_exampl
 
 
 def dice_by_window(model: Any, case: str, sizes: list[int], data: Path = SHARED) -> dict[int, float]:
-    """Liver Dice of `model` on `case` (image.nii.gz against liver.nii.gz) per cubic window size."""
+    """Liver Dice of `model` on `case` (image.nii.gz against liver.nii.gz, on the image's grid) per cubic window
+    size, scored as the model card's figures are (`medseg.train.evaluate.score`)."""
     from medseg.infer.predict import predict_labels
     from medseg.infer.runtime import torch_runner
     from medseg.io import read_image
+    from medseg.train.accuracy import _on_grid
+    from medseg.train.evaluate import score
 
     volume = read_image(data / "ct" / case / "image.nii.gz")
-    truth = np.asarray(read_image(data / "ct" / case / "liver.nii.gz").array) > 0
+    truth = _on_grid(read_image(data / "ct" / case / "liver.nii.gz"), volume) > 0
     runner = torch_runner(model, batch_size=1)
     liver = next(v for v, name in model.card.foreground_labels.items() if name == "liver")
     out = {}
     for size in sizes:
         card = model.card.model_copy(update={"roi_size": [size, size, size]})
         pred = predict_labels(volume, card, runner, 1).labels == liver
-        out[size] = float(2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()))
+        out[size] = score(pred, truth, volume.spacing, case, "").dice
     return out
 
 
