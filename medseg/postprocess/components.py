@@ -14,16 +14,20 @@ import numpy as np
 SECOND_COMPONENT_MIN_FRACTION = 0.1
 
 
+def _scipy_label26(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Components of `mask`, every neighbour connected (26 in 3D), by `scipy.ndimage.label`."""
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+
+
 def _label26(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components of a 3D mask, numbered in C raster order of their first voxel (as `ndimage.label`).
 
-    cc3d 4.1.1 fails on arrays with a dimension of 1 ("cannot be mapped to union-find array"), and numbers
-    Fortran-ordered arrays in another order: those cases go through scipy, the others through cc3d on a C-ordered
-    array."""
+    cc3d 4.1.1 fails on arrays with a dimension of 1 ("cannot be mapped to union-find array"): those go through
+    scipy. cc3d numbers a Fortran-ordered array in another order, so it always gets a C-ordered one."""
     if mask.ndim != 3 or min(mask.shape) < 2:
-        from scipy import ndimage
-
-        return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+        return _scipy_label26(mask)
     import cc3d
 
     labels, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=26, return_N=True)
@@ -54,10 +58,7 @@ def largest_component(mask: np.ndarray, keep: int = 1) -> np.ndarray:
 
 def scipy_largest_component(mask: np.ndarray, keep: int = 1) -> np.ndarray:
     """`largest_component` with `scipy.ndimage.label` (the reference the parity tests compare against)."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-    return _keep_largest(labels, n, mask, keep)
+    return _keep_largest(*_scipy_label26(mask), mask, keep)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
