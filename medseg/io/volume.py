@@ -196,6 +196,10 @@ class Volume:
     def to_metatensor(self) -> MetaTensor:
         """Channel-first MONAI MetaTensor (1, I, J, K) with the RAS affine MONAI expects."""
         import torch
+
+        from medseg.monai_import import import_monai
+
+        import_monai()
         from monai.data import MetaTensor
 
         return MetaTensor(

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 
 def build_network(spec: NetworkSpec) -> torch.nn.Module:
     """A MONAI 3D UNet (default, CPU-friendly) or DynUNet (GPU machines) from `spec`."""
+    from medseg.monai_import import import_monai
+
+    import_monai()
     from monai.networks.nets import DynUNet, UNet
 
     norm = "instance" if spec.norm == "instance" else "batch"

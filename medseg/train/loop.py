@@ -171,6 +171,9 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
           dist: DistContext, tracker: Tracker, resume: Path | None = None,
           on_event: Event = lambda kind, fields: None) -> TrainResult:  # fmt: skip
     """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0."""
+    from medseg.monai_import import import_monai
+
+    import_monai()
     from monai.utils import set_determinism
 
     from medseg.models.network import build_network
