@@ -44,6 +44,21 @@ def test_kit_holds_verified_data_and_the_stage_5_recipe(shared: Path, tmp_path: 
     assert len(names) == len(list((shared / "ct/chaos_ct_sample/dicom").iterdir()))
 
 
+def test_lite_kit_holds_every_second_chaos_slice_in_z_order(shared: Path, tmp_path: Path, monkeypatch) -> None:
+    import pydicom
+
+    monkeypatch.setenv("MEDSEG_DATA_ROOT", str(shared))
+    make_kit(tmp_path / "kit", lite=True)
+    assert sorted(p.name for p in (tmp_path / "kit").iterdir()) == ["chaos_dicom.tar.xz"]
+    with tarfile.open(tmp_path / "kit/chaos_dicom.tar.xz") as tar:
+        tar.extractall(tmp_path / "data", filter="data")
+    z = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+               for f in (shared / "ct/chaos_ct_sample/dicom").iterdir())  # fmt: skip
+    packed = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+                    for f in (tmp_path / "data/ct/chaos_ct_sample/dicom").iterdir())  # fmt: skip
+    assert packed == z[::2]
+
+
 @pytest.mark.slow
 def test_compare_tells_identical_outputs_from_different_ones(shared: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(bench_infer, "SHARED", shared)
