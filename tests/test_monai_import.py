@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,15 @@ def test_finder_refuses_only_the_importing_thread_and_only_skipped_modules() -> 
 
 def test_skipped_names_exclude_what_monai_and_medseg_need() -> None:
     assert not SKIPPED & {"torch", "numpy", "scipy", "nibabel", "pydicom", "SimpleITK", "yaml", "psutil"}
+
+
+def test_bench_import_reports_both_imports_and_their_ratio(monkeypatch, capsys) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_import
+
+    monkeypatch.setattr(sys, "argv", ["bench_import.py", "--repeat", "1"])
+    bench_import.main()
+    out = capsys.readouterr().out
+    assert "plain MONAI" in out and "medseg.monai_import" in out and "ratio plain/lean" in out
+    lean_line = next(line for line in out.splitlines() if "medseg.monai_import" in line)
+    assert lean_line.rstrip().endswith("loads -")
