@@ -7,7 +7,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
 # base modules every package may use
-SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline", "signals"}
+SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline", "signals", "monai_import"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),
@@ -61,6 +61,7 @@ def test_nothing_imports_the_cli() -> None:
 
 
 def test_process_wide_helpers_import_nothing_of_medseg() -> None:
-    """cache, parallel and offline (imported by `medseg/__init__` or by every layer) stay standard-library only."""
-    for name in ("cache", "parallel", "offline"):
+    """cache, parallel, offline and monai_import (imported by `medseg/__init__` or by every layer) stay
+    standard-library only."""
+    for name in ("cache", "parallel", "offline", "monai_import"):
         assert _medseg_imports(PKG / f"{name}.py") == set(), name
