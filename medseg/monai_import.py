@@ -8,7 +8,8 @@ of a `medseg infer --device cuda`. medseg uses from MONAI only its networks, `Me
 which need none of these. A library skipped here is, to MONAI, a library not installed, which it supports by design:
 the features that need it raise MONAI's own `OptionalImportError` if called. Only imports made by the importing
 thread during the import are refused, so other threads and later imports (medseg's own MLflow tracker, the
-dashboard's matplotlib) are unaffected.
+dashboard's matplotlib) are unaffected. It also keeps a broken optional library from taking medseg down with MONAI
+(MONAI issue #8455: an onnx that crashed on import broke `import monai`; tested with a stand-in that exits).
 """
 
 from __future__ import annotations

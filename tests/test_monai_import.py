@@ -5,6 +5,7 @@ check sees them loaded otherwise."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -80,3 +81,17 @@ def test_bench_import_reports_both_imports_and_their_ratio(monkeypatch, capsys) 
     assert "plain MONAI" in out and "medseg.monai_import" in out and "ratio plain/lean" in out
     lean_line = next(line for line in out.splitlines() if "medseg.monai_import" in line)
     assert lean_line.rstrip().endswith("loads -")
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_a_crashing_optional_library_cannot_take_the_import_down(tmp_path: Path, lean: bool) -> None:
+    """MONAI issue #8455: an optional library that crashed on import (onnx 1.18 on Windows) took `import monai` down
+    with it. A stand-in `tensorboard` that ends the process on import: the plain import dies, the lean one does not."""
+    fake = tmp_path / "tensorboard"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nos._exit(42)\n")
+    lean_line = "from medseg.monai_import import import_monai; import_monai(); " if lean else ""
+    code = f"import torch; {lean_line}from monai.networks.nets import UNet; print('imported')"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert (proc.returncode, "imported" in proc.stdout) == ((0, True) if lean else (42, False)), proc.stderr[-500:]
