@@ -59,7 +59,8 @@ def test_dask_worker_killed_mid_job_still_one_completion(shared: Path, tmp_path:
                 victim = next(iter(busy))
             time.sleep(0.2)
         assert victim is not None, "no job started on the cluster"
-        time.sleep(1.5)  # inside the job (model loading or inference)
+        time.sleep(0.3)  # inside the job (model loading or inference)
+        assert "running" in [j.state for j in queue.jobs()]
         os.kill(pids[victim], signal.SIGKILL)
         runner.join(300)
         stop.set()
@@ -74,3 +75,22 @@ def test_dask_worker_killed_mid_job_still_one_completion(shared: Path, tmp_path:
     assert sorted(r.state for r in results) == ["sent", "sent"]
     segs = list((tmp_path / "out" / "seg").rglob("*.dcm"))
     assert {pydicom.dcmread(p).StudyInstanceUID for p in segs} == uids and len(segs) == 2
+
+
+def test_a_rerun_of_a_committed_job_reports_its_outcome_and_runs_nothing(tmp_path: Path) -> None:
+    """Dask re-runs a task whose worker died before the scheduler had its result, also after the job committed: the
+    re-run reports the committed state (here 'sent') without segmenting or sending again; another fence is 'lost'."""
+    from medseg.pacs.dask_workers import dask_job
+    from medseg.pacs.queue import JobQueue
+
+    config = batch_config(tmp_path / "out", "liver", None, "auto", None)
+    queue = JobQueue(config.queue_path)
+    job = queue.add_job("batch:a", str(tmp_path / "nowhere"))
+    lease = queue.lease("w1", 600, job_id=job.id)
+    assert lease is not None
+    queue.record_sent(lease, "folder", "key", "1.2.3")
+    payload = config.model_dump(mode="json")
+    assert dask_job(payload, job.id, lease.fence, "w2") == (job.id, "sent", "committed before its worker was lost; "
+                                                                           "not run again")  # fmt: skip
+    assert dask_job(payload, job.id, lease.fence + 1, "w2")[1] == "lost"
+    assert len(queue.ledger()) == 1 and queue.job(job.id).state == "sent"

@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
     def batch(
         input: Path = typer.Argument(..., help="Folder of DICOM studies."),
         out: Path = typer.Option(..., "--out", "-o", help="Results folder (also holds the queue)."),
-        organ: str = typer.Option("liver", "--organ"),
+        organ: str = typer.Option("liver", "--organ", help="Organ(s), e.g. liver,spleen: one SEG segment each."),
         model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
         backend: str = typer.Option("auto", "--backend"),
         scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address, tcp://HOST:PORT."),
@@ -158,8 +158,10 @@ def register(app: typer.Typer) -> None:
         from medseg.cli.audited import audited
         from medseg.errors import ProcessingError
         from medseg.pacs.batch import batch_config, enqueue, run_batch
+        from medseg.pacs.segment import served_model
 
         cfg = batch_config(out, organ, model, backend, scheduler)
+        served_model(cfg.organs, cfg.model)  # before any study is read or queued
         with audited("batch", params={"organ": organ, "model": model, "scheduler": scheduler}) as rec:
             rec.add_inputs([input])
             queue = enqueue(cfg, input)

@@ -14,11 +14,14 @@ from medseg.pacs.worker import JobResult, run_job
 
 
 def batch_config(out: Path, organ: str, model: str | None, backend: str, scheduler: str | None) -> PacsConfig:
-    """The service configuration for a batch: queue and results in OUT, SEGs to OUT/<StudyUID>/."""
+    """The service configuration for a batch: queue and results in OUT, SEGs to OUT/<StudyUID>/; `organ` is one or
+    more organ names separated by commas (a usage error otherwise)."""
+    from medseg.infer.organs import parse_organs
+
     out = Path(out).resolve()
     return PacsConfig(
-        storage=out, destination=Destination(folder=out / "seg"), organs=[organ], model=model, backend=backend,
-        scheduler=scheduler, retry={"base_s": 1.0, "cap_s": 10.0, "max_attempts": 3},
+        storage=out, destination=Destination(folder=out / "seg"), organs=list(parse_organs(organ)), model=model,
+        backend=backend, scheduler=scheduler, retry={"base_s": 1.0, "cap_s": 10.0, "max_attempts": 3},
     )  # fmt: skip
 
 
@@ -42,7 +45,7 @@ def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], Non
 
         dispatch(config, queue, threading.Event(), on_event, results, until_empty=True)
         return results
-    segmenter = load_segmenter(config.organs[0], config.model, config.backend, config.strict)
+    segmenter = load_segmenter(config.organs, config.model, config.backend, config.strict)
     while queue.open_jobs():
         lease = queue.lease(owner_name("batch"), config.lease_seconds)
         if lease is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import UsageError
 from medseg.yamltext import load_yaml
@@ -83,11 +83,13 @@ class PacsConfig(_Strict):
     lease_seconds: float = Field(600.0, gt=0)
     min_free_mb: float = Field(0.0, ge=0)
 
-    @model_validator(mode="after")
-    def _one_organ(self) -> PacsConfig:
-        if len(self.organs) != 1:
-            raise ValueError("exactly one organ per service for now (one model per SEG)")
-        return self
+    @field_validator("organs")
+    @classmethod
+    def _organs(cls, organs: list[str]) -> list[str]:
+        names = [o.strip().lower() for o in organs]
+        if not names or not all(names) or len(set(names)) != len(names):
+            raise ValueError("one or more distinct organ names (one model serves them all, one SEG segment each)")
+        return names
 
     @property
     def queue_path(self) -> Path:

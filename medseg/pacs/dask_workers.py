@@ -23,7 +23,7 @@ _LOCK = threading.Lock()
 
 def _segmenter(config: PacsConfig) -> Segmenter:
     """This worker process's model, loaded on first use."""
-    key = (config.organs[0], config.model, config.backend, config.strict)
+    key = (tuple(config.organs), config.model, config.backend, config.strict)
     with _LOCK:
         if key not in _SEGMENTERS:
             _SEGMENTERS[key] = load_segmenter(*key)
@@ -31,10 +31,14 @@ def _segmenter(config: PacsConfig) -> Segmenter:
 
 
 def dask_job(config_json: dict[str, Any], job_id: int, fence: int, owner: str) -> tuple[int, str, str | None]:
-    """The task: run one leased job on this worker (skipped when the lease was taken over meanwhile)."""
+    """The task: run one leased job on this worker (skipped when the lease was taken over meanwhile). Dask runs a
+    task again when its worker dies before the result reached the scheduler, even after the job was committed: that
+    re-run reports the committed outcome instead of running the job twice."""
     config = PacsConfig.model_validate(config_json)
     queue = JobQueue(config.queue_path)
     job = queue.job(job_id)
+    if job is not None and job.fence == fence and job.state in ("sent", "quarantined"):
+        return job_id, job.state, "committed before its worker was lost; not run again"
     if job is None or job.fence != fence or job.state != "running":
         return job_id, "lost", "lease no longer held when the task started"
     lease = Lease(job, owner, fence, job.lease_expires or 0.0)

@@ -7,6 +7,7 @@ A case the pipeline refuses or fails (invalid input, QC rejection, no SEG possib
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from medseg.errors import MedsegError
 
 @dataclass
 class Segmenter:
-    """A model and its runtime, loaded once and reused for every study."""
+    """A model and its runtime, loaded once and reused for every study; `organs` are the served organs, one SEG
+    segment each, checked against the model card as `medseg infer --organ` checks them."""
 
-    organ: str
+    organs: tuple[str, ...]
     model: Any
     runner: Any
     strict: bool = False
@@ -45,16 +47,25 @@ class SegOutcome:
     outputs: tuple[Path, ...] = ()
 
 
-def load_segmenter(organ: str, model: str | None = None, backend: str = "auto", strict: bool = False) -> Segmenter:
-    """Resolve the model (by name, folder or the organ's default), verify its digest and load its runtime once."""
-    from medseg.errors import UsageError
-    from medseg.infer.runtime import load_runner
+def served_model(organs: str | Sequence[str], model: str | None = None) -> tuple[tuple[str, ...], Any]:
+    """The organs ("liver", "liver,spleen" or a list) and the model that serves them (by name, folder or the first
+    organ's default); a usage error names organs it lacks or has no validation figures for. Reads only the card."""
+    from medseg.infer.organs import parse_organs, select_organs
     from medseg.models.registry import resolve_model
 
-    installed = resolve_model(model, organ)
-    if installed.card.organ != organ:
-        raise UsageError(f"model {installed.card.name!r} segments {installed.card.organ}, not {organ}")
-    return Segmenter(organ, installed, load_runner(installed, backend, "cpu"), strict)
+    served = parse_organs(organs if isinstance(organs, str) else ",".join(organs))
+    installed = resolve_model(model, served[0])
+    select_organs(installed.card, served)
+    return served, installed
+
+
+def load_segmenter(organs: str | Sequence[str], model: str | None = None, backend: str = "auto",
+                   strict: bool = False) -> Segmenter:  # fmt: skip
+    """`served_model`, then the weights' digest verified and the runtime loaded, once for every study."""
+    from medseg.infer.runtime import load_runner
+
+    served, installed = served_model(organs, model)
+    return Segmenter(served, installed, load_runner(installed, backend, "cpu"), strict)
 
 
 def software_version() -> str:
@@ -71,7 +82,8 @@ def segment_study(segmenter: Segmenter, folder: Path, out: Path) -> SegOutcome:
         cases, _notes = discover_cases(folder, segmenter.model.card.modality)
     except MedsegError as exc:
         return SegOutcome(None, exc.one_line())
-    settings = InferSettings(segmenter.organ, out, strict=segmenter.strict, overwrite=True, preview=False)
+    settings = InferSettings(",".join(segmenter.organs), out, strict=segmenter.strict, overwrite=True, preview=False,
+                             organs=segmenter.organs)  # fmt: skip
     with segmenter.lock:
         result = run_case_safe(cases[0], segmenter.model, segmenter.runner, settings)
     outputs = tuple(p for p in result.outputs if p.is_file())

@@ -18,7 +18,7 @@ from pathlib import Path
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.scp import Receiver
-from medseg.pacs.segment import Segmenter, load_segmenter
+from medseg.pacs.segment import Segmenter, load_segmenter, served_model
 from medseg.pacs.storage import study_dir, sweep_unfinished_writes
 from medseg.pacs.worker import JobResult, backoff_of, run_job
 
@@ -69,8 +69,9 @@ class Service:
         if swept:
             self.on_event(f"removed {len(swept)} temporary file(s) of instance writes cut short")
         receiver = Receiver(self.config, self.queue)
+        served_model(self.config.organs, self.config.model)  # Dask workers load the model; refuse bad organs here
         segmenter = None if self.config.scheduler else load_segmenter(
-            self.config.organs[0], self.config.model, self.config.backend, self.config.strict
+            self.config.organs, self.config.model, self.config.backend, self.config.strict
         )  # fmt: skip
         self.port = receiver.start()
         self.on_event(f"listening as {self.config.listen.ae_title} on {self.config.listen.host}:{self.port}")
