@@ -1,4 +1,5 @@
-"""NIfTI faults: a full disk or a killed writer never leaves a partial output or damages an existing one."""
+"""NIfTI faults: a full disk or a killed writer never leaves a partial output or damages an existing one; corrupt,
+truncated, 4D or non-finite input is refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medseg.errors import InvalidInputError
 from medseg.io import read_nifti, write_nifti
@@ -102,6 +105,52 @@ def test_4d_nifti_with_several_volumes_is_refused(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), dtype=np.int16), np.eye(4)), str(tmp_path / "4d.nii.gz"))
     with pytest.raises(InvalidInputError, match="3D volumes only"):
         read_nifti(tmp_path / "4d.nii.gz")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(["float32", "float64"]),
+    shape=st.tuples(st.integers(2, 12), st.integers(2, 12), st.integers(2, 12)),
+    bad=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from([np.nan, np.inf, -np.inf])),
+                 min_size=0, max_size=6),
+    order=st.sampled_from("CF"),
+)  # fmt: skip
+def test_nan_or_infinite_voxels_are_refused_and_counted(tmp_path_factory, dtype, shape, bad, order) -> None:
+    """A float NIfTI with NaN or infinite voxels is not an image (converters write them for missing data): refused
+    with their count, exit 3; the same volume without them reads unchanged. Checked in slabs (slab_voxels small)."""
+    import nibabel as nib
+
+    from medseg.io.nifti import _require_finite
+
+    rng = np.random.default_rng(len(bad))
+    array = np.asarray(rng.normal(0, 300, shape).astype(dtype), order=order)
+    flat = array.reshape(-1, order="A")
+    positions = {int(f * array.size) for f, _ in bad}
+    for f, value in bad:
+        flat[int(f * array.size)] = value
+    path = tmp_path_factory.mktemp("nan") / "image.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+    if positions:
+        with pytest.raises(InvalidInputError, match=f"{len(positions)} of {array.size} voxels are NaN or infinite"):
+            read_nifti(path)
+        with pytest.raises(InvalidInputError, match=f"{len(positions)} of {array.size}"):
+            _require_finite(array, path, slab_voxels=7)
+    else:
+        np.testing.assert_array_equal(read_nifti(path).array, array)
+        _require_finite(array, path, slab_voxels=7)
+
+
+def test_cli_refuses_a_nan_image_in_one_line_with_exit_3(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    array = np.zeros((64, 64, 48), dtype=np.float32)
+    array[10:20, 10:20, 10:20] = np.nan
+    nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 2.5, 1.0])), str(tmp_path / "nan.nii.gz"))
+    cmd = [sys.executable, "-m", "medseg", "infer", str(tmp_path / "nan.nii.gz"), "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 3 and len(lines) == 1 and "1000 of 196608 voxels are NaN or infinite" in lines[0]
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "out").rglob("*.dcm"))
 
 
 def _uncompressed(path: Path) -> bytes:

@@ -101,6 +101,7 @@ def read_nifti(path: Path) -> Volume:
         raise InvalidInputError(
             f"unusable NIfTI geometry or data: {exc}", path=path, hint="Resample to an orthogonal grid."
         ) from exc
+    _require_finite(array, path)
     qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
     meta = VolumeMeta(
         source_format="nifti",
@@ -109,6 +110,28 @@ def read_nifti(path: Path) -> Volume:
         extra={"nifti_qform_code": qcode, "nifti_sform_code": scode, "stored_dtype": str(hdr.get_data_dtype())},
     )
     return Volume(array, geometry, meta)
+
+
+def _require_finite(array: np.ndarray, path: Path, slab_voxels: int = 1 << 22) -> None:
+    """Refuse (InvalidInputError) float voxels that are NaN or infinite: no image value means that, and the model
+    would otherwise run on whatever the intensity window makes of them. Checked in slabs along the slowest axis, so
+    the check needs no second full-size array."""
+    if array.dtype.kind not in "fc":
+        return
+    axis = array.ndim - 1 if array.flags.f_contiguous and not array.flags.c_contiguous else 0
+    step = max(1, slab_voxels // max(1, array.size // max(1, array.shape[axis])))
+    index: list[slice] = [slice(None)] * array.ndim
+    bad = 0
+    for start in range(0, array.shape[axis], step):
+        index[axis] = slice(start, start + step)
+        slab = array[tuple(index)]
+        bad += slab.size - int(np.count_nonzero(np.isfinite(slab)))
+    if bad:
+        raise InvalidInputError(
+            f"{bad} of {array.size} voxels are NaN or infinite: not a valid image",
+            path=path,
+            hint="Fix the conversion that wrote this file; medseg does not guess their values.",
+        )
 
 
 def _form_notes(img: Any, shape: tuple[int, int, int], qcode: int, scode: int) -> list[str]:
