@@ -67,6 +67,21 @@ def test_short_and_narrow_fields_of_view(chaos):
     assert "fov_small" in codes(check_input(narrow, CARD))
 
 
+@pytest.mark.parametrize("slices", [1, 2, 3])
+def test_one_or_two_slices_are_refused_as_not_a_volume(chaos, slices):
+    """A single image (a key image or screenshot exported as CT) is not what a 3D model is for: refused, like MR;
+    three slices are a (very short) volume, flagged fov_short only."""
+    from medseg.io import Volume
+
+    v = chaos[0]
+    cut = Volume(np.ascontiguousarray(v.array[:, :, 40 : 40 + slices]), replace(v.geometry, shape=(512, 512, slices)),
+                 v.meta)  # fmt: skip
+    flags = {f.code: f for f in check_input(cut, CARD)}
+    assert ("not_a_volume" in flags) == (slices < 3) and "fov_short" in flags
+    if slices < 3:
+        assert flags["not_a_volume"].refuses and f"{slices} slice(s)" in flags["not_a_volume"].reason
+
+
 def test_result_flags_follow_the_label_map(chaos):
     volume, truth = chaos
     liver = truth.array.astype(np.uint8)

@@ -36,7 +36,7 @@ Examples:
 Outputs per series in OUT/<case>/: liver.nii.gz (one organ; several: labels.nii.gz, values 1..N in --organ
 order), seg.dcm (DICOM input, one segment per organ), summary.json, preview.png.
 Exit codes: 0 ok (QC flags allowed), 2 usage, 3 invalid input, 4 processing failure, 5 input refused (modality,
-body_part, not_hu; --force overrides) or QC rejection (--strict).
+body_part, not_hu, not_a_volume; --force overrides) or QC rejection (--strict).
 """
 
 

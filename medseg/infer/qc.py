@@ -75,6 +75,9 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
         flags.append(
             QCFlag("body_part", "input", f"BodyPartExamined is {body_part}: the scan does not show the abdomen")
         )
+    if min(volume.shape) < r["min_slices"]:
+        reason = f"{min(volume.shape)} slice(s) along one axis (shape {tuple(volume.shape)}): an image, not a volume"
+        flags.append(QCFlag("not_a_volume", "input", reason))
     extent = _extent_mm(volume)
     axial = int(np.argmax(np.abs(volume.geometry.direction_matrix[2, :])))
     inplane = [e for a, e in enumerate(extent) if a != axial]
