@@ -118,7 +118,17 @@ def test_infer_sweep_over_every_real_file_and_folder(shared, tmp_path, invoke, m
     seconds = time.perf_counter() - start
     print(f"infer sweep: {len(entries)} entries, exit codes {dict(sorted(tally.items()))}, {seconds:.1f} s")
     assert problems == []
-    assert tally[0] >= 5 and tally[3] > 100 and tally[5] > 5
+    assert tally[0] >= 4 and tally[3] > 100 and tally[5] > 5  # 2-slice CTs are refused as not_a_volume (test below)
+
+
+@pytest.mark.parametrize("entry", ["dicom/pydicom_data/eCT_Supplemental.dcm", "dicom/rtstruct/rt-utils/mock_data"])
+def test_real_two_slice_ct_is_refused_as_not_a_volume(shared, tmp_path, invoke, model, entry) -> None:
+    """Two real CTs of two slices each (an enhanced CT file of 2 frames, a 2-slice series): served as 'flagged'
+    before the fourteenth session, refused now (exit 5, one line naming the file, no SEG)."""
+    args = ("infer", shared / entry, "--model", model, "--out", tmp_path / "o", "--backend", "torch")
+    code, _, err, escaped = invoke(*args)
+    assert problems_with(shared / entry, code, err, escaped, {5}) == []
+    assert "not_a_volume" in err and not list((tmp_path / "o").rglob("seg.dcm"))
 
 
 CORPUS = corpus()
