@@ -86,10 +86,13 @@ class PacsConfig(_Strict):
     @field_validator("organs")
     @classmethod
     def _organs(cls, organs: list[str]) -> list[str]:
-        names = [o.strip().lower() for o in organs]
-        if not names or not all(names) or len(set(names)) != len(names):
-            raise ValueError("one or more distinct organ names (one model serves them all, one SEG segment each)")
-        return names
+        """Normalised as `medseg infer --organ` normalises them (`parse_organs`)."""
+        from medseg.infer.organs import parse_organs
+
+        try:
+            return list(parse_organs(",".join(organs)))
+        except UsageError as exc:
+            raise ValueError("one or more distinct organ names (one model, a SEG segment each)") from exc
 
     @property
     def queue_path(self) -> Path:

@@ -69,10 +69,11 @@ class Service:
         if swept:
             self.on_event(f"removed {len(swept)} temporary file(s) of instance writes cut short")
         receiver = Receiver(self.config, self.queue)
-        served_model(self.config.organs, self.config.model)  # Dask workers load the model; refuse bad organs here
-        segmenter = None if self.config.scheduler else load_segmenter(
-            self.config.organs, self.config.model, self.config.backend, self.config.strict
-        )  # fmt: skip
+        segmenter = None
+        if self.config.scheduler:
+            served_model(self.config.organs, self.config.model)  # the workers load the model: refuse bad organs here
+        else:
+            segmenter = load_segmenter(self.config.organs, self.config.model, self.config.backend, self.config.strict)
         self.port = receiver.start()
         self.on_event(f"listening as {self.config.listen.ae_title} on {self.config.listen.host}:{self.port}")
         threads = [threading.Thread(target=self._schedule, name="scheduler", daemon=True)]
