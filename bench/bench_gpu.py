@@ -47,6 +47,7 @@ def pack_chaos(kit: Path, shared: Path, step: int = 1) -> int:
     import pydicom
 
     src = shared / "ct/chaos_ct_sample/dicom"
+
     def z(f: Path) -> float:
         return float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
 

@@ -52,11 +52,13 @@ def test_lite_kit_holds_every_second_chaos_slice_in_z_order(shared: Path, tmp_pa
     assert sorted(p.name for p in (tmp_path / "kit").iterdir()) == ["chaos_dicom.tar.xz"]
     with tarfile.open(tmp_path / "kit/chaos_dicom.tar.xz") as tar:
         tar.extractall(tmp_path / "data", filter="data")
-    z = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
-               for f in (shared / "ct/chaos_ct_sample/dicom").iterdir())  # fmt: skip
-    packed = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
-                    for f in (tmp_path / "data/ct/chaos_ct_sample/dicom").iterdir())  # fmt: skip
-    assert packed == z[::2]
+
+    def positions(folder: Path) -> list[float]:
+        headers = (pydicom.dcmread(f, stop_before_pixels=True) for f in folder.iterdir())
+        return sorted(float(ds.ImagePositionPatient[2]) for ds in headers)
+
+    rel = "ct/chaos_ct_sample/dicom"
+    assert positions(tmp_path / "data" / rel) == positions(shared / rel)[::2]
 
 
 @pytest.mark.slow
