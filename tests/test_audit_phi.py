@@ -7,6 +7,7 @@ burned_in_text_jsl names carry synthetic patient names, MRNs and dates). To cove
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,9 @@ def test_no_phi_in_audit_store(shared: Path, tmp_path: Path, command: str) -> No
         files = [p for src in inputs for p in ([src] if src.is_file() else sorted(src.rglob("*.dcm")))]
         phi = header_phi(files, annex_e_tags(shared)) | name_phi(files) | name_phi(inputs)
         assert len(phi) > 50
+        # Every audit record holds the id of the process that ran the command (here this one), which is not PHI;
+        # a 5-digit header value once equalled it by chance (CI, pid 19638), so that one number is not searched for.
+        phi.discard(str(os.getpid()))
         assert leaks(config.audit_dir, phi) == []
         (n_events,) = keep_wal_open.execute("SELECT COUNT(*) FROM events").fetchone()
         assert n_events == 2 + 2 * len(codes)
