@@ -31,7 +31,11 @@ Examples:
 
   medseg batch studies/ --out results/ --scheduler tcp://10.0.0.5:8786
 
+  medseg batch studies/ --out results/ --research research/ --research-key deid.key
+
 SEGs go to OUT/seg/<StudyInstanceUID>/; the queue (OUT/queue.db) makes a rerun finish only what is left.
+With --research, each segmented study and its SEG are also de-identified (Annex E, as `medseg deid`), leak-checked
+and published as RESEARCH/<new study UID>/ (a copy with a finding is withheld in OUT/research/withheld/).
 """
 
 CONFIG = typer.Option(Path("pacs.yaml"), "--config", "-c", help="The service's YAML configuration.")
@@ -96,6 +100,11 @@ def register(app: typer.Typer) -> None:
         for j in report["jobs"]:
             why = f": {j['reason']}" if j["reason"] else ""
             console.result(f"  job {j['job']} {j['state']} (attempts {j['attempts']}, age {j['age_s']} s){why}")
+        copies = report["research"]
+        if cfg.research is not None or copies["published"] or copies["withheld"]:
+            console.result(f"research copies: {copies['published']} published, {copies['withheld']} withheld")
+        for w in copies["withheld_jobs"]:
+            console.result(f"  job {w['job']} research copy withheld: {w['reason']}")
 
     @pacs_app.command("retry", epilog=EXAMPLES)
     def retry(
@@ -153,6 +162,10 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, "--model", help="Installed model name or model folder."),
         backend: str = typer.Option("auto", "--backend"),
         scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address, tcp://HOST:PORT."),
+        research: Path | None = typer.Option(None, "--research", help="Also publish de-identified copies here."),
+        research_key: Path | None = typer.Option(None, "--research-key", help="Secret for --research (`medseg keys "
+                                                 "secret FILE`); the same key gives the same pseudonyms."),
+        research_option: list[str] = typer.Option([], "--research-option", help="Annex E option for --research."),
     ) -> None:
         """Segment many studies offline through the durable queue (locally or on a Dask cluster)."""
         from medseg.cli.audited import audited
@@ -160,9 +173,10 @@ def register(app: typer.Typer) -> None:
         from medseg.pacs.batch import batch_config, enqueue, run_batch
         from medseg.pacs.segment import served_model
 
-        cfg = batch_config(out, organ, model, backend, scheduler)
+        cfg = batch_config(out, organ, model, backend, scheduler, research, research_key, research_option)
         served_model(cfg.organs, cfg.model)  # before any study is read or queued
-        with audited("batch", params={"organ": organ, "model": model, "scheduler": scheduler}) as rec:
+        params = {"organ": organ, "model": model, "scheduler": scheduler, "research": research is not None}
+        with audited("batch", params=params) as rec:
             rec.add_inputs([input])
             queue = enqueue(cfg, input)
             run_batch(cfg, queue, console.info)
@@ -172,6 +186,9 @@ def register(app: typer.Typer) -> None:
                 if j.state != "sent":
                     console.warn(f"job {j.id} ({j.input}): {j.state}: {j.reason}")
             console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} studies")
+            for r in queue.research():
+                if r["state"] != "published":
+                    console.warn(f"job {r['job_id']}: research copy {r['state']}: {r['reason']}")
             if counts["sent"] != len(jobs):
                 rec.set_outcome_detail("not_all_sent")
                 raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not segmented")

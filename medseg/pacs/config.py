@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,6 +66,29 @@ class Retry(_Strict):
     max_rounds: int = Field(3, ge=0)
 
 
+class Research(_Strict):
+    """A de-identified copy of every segmented study and its SEG (`medseg deid`'s engine), published under `folder`
+    only after the leak check found nothing (see medseg.pacs.research)."""
+
+    folder: Path
+    key_file: Path
+    options: list[str] = []
+    pixels: Literal["scan", "off"] = "scan"
+    include_seg: bool = True
+    workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, options: list[str]) -> list[str]:
+        """Annex E option names as `medseg deid --option` takes them."""
+        from medseg.deid.table import check_options
+
+        try:
+            return sorted(check_options(options))
+        except UsageError as exc:
+            raise ValueError(exc.message) from exc
+
+
 class PacsConfig(_Strict):
     """Everything `medseg pacs serve` needs; see configs/pacs.example.yaml for each key."""
 
@@ -82,6 +105,7 @@ class PacsConfig(_Strict):
     scheduler: str | None = None
     lease_seconds: float = Field(600.0, gt=0)
     min_free_mb: float = Field(0.0, ge=0)
+    research: Research | None = None
 
     @field_validator("organs")
     @classmethod
@@ -108,11 +132,32 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PacsConf
         hint = "Start from configs/pacs.example.yaml."
         raise UsageError(f"cannot read the config: {exc}", path=path, hint=hint) from exc
     data |= overrides or {}
+    here = Path(path).resolve().parent
     if "storage" in data and not Path(data["storage"]).is_absolute():
-        data["storage"] = str(Path(path).resolve().parent / data["storage"])
+        data["storage"] = str(here / data["storage"])
+    research = data.get("research")
+    if isinstance(research, dict):
+        relative = [k for k in ("folder", "key_file") if k in research and not Path(research[k]).is_absolute()]
+        data["research"] = research | {k: str(here / research[k]) for k in relative}
     try:
-        return PacsConfig.model_validate(data)
+        config = PacsConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise UsageError(f"{where}: {first['msg']}", path=path, hint="See configs/pacs.example.yaml.") from exc
+    check_research(config)
+    return config
+
+
+def check_research(config: PacsConfig) -> None:
+    """Refuse at start, not at the first study, a research copy that could not be made: an unreadable or short key,
+    or a folder that overlaps the service's storage (the copy would be received as input, or mix with it)."""
+    from medseg.keys import read_secret
+
+    if config.research is None:
+        return
+    read_secret(config.research.key_file)
+    folder, storage = config.research.folder.resolve(), config.storage.resolve()
+    if folder == storage or storage in folder.parents or folder in storage.parents:
+        raise UsageError("research.folder overlaps the storage folder", path=config.research.folder,
+                         hint="Give the research copy a folder of its own, outside storage.")  # fmt: skip

@@ -224,8 +224,9 @@ class JobQueue:
         ).fetchone()
         return row is not None
 
-    def record_sent(self, lease: Lease, destination: str, idem_key: str, sop_uid: str) -> None:
-        """Ledger row and state 'sent' in one transaction, fenced."""
+    def record_sent(self, lease: Lease, destination: str, idem_key: str, sop_uid: str, finish: bool = True) -> None:
+        """Ledger row and (with `finish`) state 'sent' in one transaction, fenced; without `finish` the job keeps
+        running for what follows the send (the research copy) and ends with `finish_from_ledger`."""
         now = time.time()
         with self._write() as db:
             self._check(db, lease)
@@ -233,7 +234,25 @@ class JobQueue:
                 "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?, ?, ?)",
                 (lease.job.id, destination, idem_key, sop_uid, now, lease.fence),
             )
-            self._end(db, lease, "sent", None, now)
+            if finish:
+                self._end(db, lease, "sent", None, now)
+
+    def record_research(self, lease: Lease, state: str, folder: str | None, files: int, quarantined: int,
+                        reason: str | None) -> None:  # fmt: skip
+        """How the job's research copy ended (published or withheld), fenced; replaces an earlier row of the job."""
+        with self._write() as db:
+            self._check(db, lease)
+            db.execute(
+                "INSERT OR REPLACE INTO research VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (lease.job.id, state, folder, files, quarantined, reason, lease.fence, time.time()),
+            )
+
+    def research(self, job_id: int | None = None) -> list[dict[str, object]]:
+        """Research copies made (of one job)."""
+        sql, args = "SELECT * FROM research", ()
+        if job_id is not None:
+            sql, args = sql + " WHERE job_id=?", (job_id,)
+        return [dict(r) for r in self._conn().execute(sql + " ORDER BY job_id", args)]
 
     def finish_from_ledger(self, lease: Lease) -> None:
         """Mark 'sent' a job whose send was already in the ledger (the process died before updating the job)."""

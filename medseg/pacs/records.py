@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS ledger (
     fence INTEGER NOT NULL,
     PRIMARY KEY (job_id, destination)
 );
+CREATE TABLE IF NOT EXISTS research (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    state TEXT NOT NULL CHECK (state IN ('published', 'withheld')),
+    folder TEXT,
+    files INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL,
+    reason TEXT,
+    fence INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 

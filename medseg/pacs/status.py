@@ -6,12 +6,14 @@ import time
 from typing import Any
 
 from medseg.pacs.queue import JOB_STATES, JobQueue
+from medseg.pacs.research import RESEARCH_STATES
 
 SHOWN = ("receiving", "queued", "running", "pending", "failed", "quarantined")
 
 
 def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
-    """Counts of studies receiving and jobs per state, plus the jobs and studies not yet done, with ages in seconds."""
+    """Counts of studies receiving and jobs per state, plus the jobs and studies not yet done, with ages in seconds,
+    and the research copies published and withheld (with the reasons of those withheld)."""
     now = time.time() if now is None else now
     studies = queue.studies()
     jobs = queue.jobs()
@@ -28,4 +30,8 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
          "retry_in_s": round(max(0.0, j.not_before - now), 1) if j.state in ("pending", "failed") else None}
         for j in jobs if j.state in SHOWN
     ]  # fmt: skip
-    return {"counts": counts, "receiving": receiving, "jobs": rows, "sent": len(queue.ledger())}
+    research = queue.research()
+    copies = {state: sum(r["state"] == state for r in research) for state in RESEARCH_STATES}
+    withheld = [{"job": r["job_id"], "reason": r["reason"]} for r in research if r["state"] != "published"]
+    return {"counts": counts, "receiving": receiving, "jobs": rows, "sent": len(queue.ledger()),
+            "research": copies | {"withheld_jobs": withheld}}  # fmt: skip

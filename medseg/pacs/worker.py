@@ -1,4 +1,5 @@
-"""One job, start to finish: segment the study, stamp the SEG's derived UIDs, send it, commit the ledger.
+"""One job, start to finish: segment the study, stamp the SEG's derived UIDs, send it, commit the ledger, and
+(when the config has `research`) make the study's de-identified research copy before the job ends.
 
 Each step is committed before the next is acted on, and every commit presents the lease's fence, so a worker that
 lost its lease (expired, taken over) stops without writing. A send whose ledger row is missing (the process died
@@ -20,6 +21,7 @@ from medseg.errors import InvalidInputError, MedsegError, ProcessingError
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.identity import stamp_seg
 from medseg.pacs.queue import Backoff, JobQueue, Lease, LeaseLost
+from medseg.pacs.research import RECORD, ResearchOutcome
 from medseg.pacs.segment import Segmenter, segment_study, software_version
 from medseg.pacs.send import SendError, send
 from medseg.pacs.storage import results_dir
@@ -120,13 +122,58 @@ def _superseded(queue: JobQueue, lease: Lease, rec: AuditRecorder, ended: list[J
     return True
 
 
+def _research_copy(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter) -> ResearchOutcome:
+    """The job's study and SEG de-identified, leak-checked and published (or withheld), under the lease's heartbeat."""
+    from medseg.pacs.research import make_copy
+
+    assert config.research is not None
+    job = queue.job(lease.job.id)
+    assert job is not None
+    inputs = [Path(job.input)] + ([Path(job.result)] if config.research.include_seg and job.result else [])
+    name, version = segmenter.model_name
+    record = {"generation": job.generation, "organs": list(config.organs), "software": software_version(),
+              "model": {"name": name, "version": version, "weights_sha256": segmenter.weights_sha256}}  # fmt: skip
+    with heartbeat(queue, lease, config.lease_seconds) as lost:
+        outcome = make_copy(config.research, config.storage, job.id, lease.fence, inputs, record,
+                            on_file=lambda _r: crash_point("during_research"))  # fmt: skip
+        crash_point("after_research")
+    if lost.is_set():
+        raise LeaseLost(f"job {job.id}: lease lost during the research copy")
+    return outcome
+
+
+def _finish(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter, rec: AuditRecorder,
+            ended: list[JobResult], note: str | None = None) -> None:  # fmt: skip
+    """The SEG is in the ledger: make the research copy when one is configured and not yet made, then end 'sent'.
+    A copy that could not be made (disk, key) leaves the job pending for another attempt, which does not send
+    again; a copy the leak check refused is withheld for good and the job ends 'sent'."""
+    job = lease.job
+    if config.research is not None and not queue.research(job.id):
+        try:
+            outcome = _research_copy(config, queue, lease, segmenter)
+        except LeaseLost:
+            raise
+        except (MedsegError, OSError) as exc:
+            reason = "research copy: " + (exc.one_line() if isinstance(exc, MedsegError) else str(exc))
+            state = queue.fail(lease, reason, backoff_of(config))
+            rec.set_outcome_detail(state)
+            ended.append(JobResult(job.id, state, reason))
+            raise ProcessingError(f"job {job.id} {state}") from exc
+        queue.record_research(lease, outcome.state, outcome.folder, outcome.files, outcome.quarantined, outcome.reason)
+        if outcome.folder is not None:
+            rec.add_outputs([config.research.folder / outcome.folder / RECORD])
+        note = f"research copy {outcome.state}" + (f": {outcome.reason}" if outcome.reason else "")
+    queue.finish_from_ledger(lease)
+    rec.set_outcome_detail("sent")
+    ended.append(JobResult(job.id, "sent", note))
+
+
 def _attempt(
     config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter, rec: AuditRecorder, ended: list[JobResult]
 ) -> None:
     job, dest = lease.job, config.destination
     if queue.sent_to(job.id, dest.name):
-        queue.finish_from_ledger(lease)
-        ended.append(JobResult(job.id, "sent", "already in the ledger"))
+        _finish(config, queue, lease, segmenter, rec, ended, "already in the ledger")
         return
     try:
         seg = _segmented(config, queue, lease, segmenter)
@@ -154,6 +201,10 @@ def _attempt(
         rec.set_outcome_detail(state)
         ended.append(JobResult(job.id, state, exc.message))
         raise ProcessingError(f"job {job.id} {state}") from exc
-    queue.record_sent(lease, dest.name, fresh.idem_key, fresh.seg_sop_uid)
-    rec.set_outcome_detail("sent")
-    ended.append(JobResult(job.id, "sent"))
+    queue.record_sent(lease, dest.name, fresh.idem_key, fresh.seg_sop_uid, finish=config.research is None)
+    if config.research is None:
+        rec.set_outcome_detail("sent")
+        ended.append(JobResult(job.id, "sent"))
+        return
+    crash_point("before_research")
+    _finish(config, queue, lease, segmenter, rec, ended)
