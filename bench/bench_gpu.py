@@ -12,6 +12,8 @@ config that is the stage-5 recipe with only the manifest and the time budget cha
 The lite kit (`kit --lite`, 6.7 MB: every second CHAOS slice, no training data) fits beside the repository and the
 Python 3.12 wheels the GPU image lacks within the 64 MiB that travel; `bench/gpu_check.sh` runs the whole check with
 it (the wheels and what it measures are listed there). The 300-slice series then repeats 39 slices instead of 78.
+The training kit (`kit --train`, 7.1 MB: the label maps, the two small real CTs, manifest and config, no CHAOS) is
+what `bench/gpu_train_check.sh` needs to time `medseg train`'s loop there (`bench/bench_train.py loop`).
 
 Measured: (a) `medseg infer SERIES --organ liver,spleen --backend torch` on cuda and on cpu (the device's CPU,
 --threads as given), one cold and `repeat` warm runs each, wall time and peak RSS of the process tree; (b) per-organ
@@ -59,9 +61,9 @@ def pack_chaos(kit: Path, shared: Path, step: int = 1) -> int:
     return len(files[::step])
 
 
-def make_kit(kit: Path, lite: bool = False) -> None:
+def make_kit(kit: Path, lite: bool = False, train_only: bool = False) -> None:
     """Copy the compact subset of ../shared/data into `kit` with a manifest (same digests) and a training config;
-    `lite`: only every second slice of the CHAOS series, for the inference check alone."""
+    `lite`: only every second slice of the CHAOS series, for the inference check alone; `train_only`: no CHAOS."""
     import yaml
 
     from medseg.digests import default_data_root
@@ -96,7 +98,8 @@ def make_kit(kit: Path, lite: bool = False) -> None:
     cfg = yaml.safe_load(RECIPE.read_text())
     cfg["data"]["manifest"] = "abdomen_gpu.json"
     (kit / "train_gpu.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    pack_chaos(kit, shared)
+    if not train_only:
+        pack_chaos(kit, shared)
     size = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
     print(f"kit {kit}: {len(keep)} manifest entries, {size / 1e6:.1f} MB")
 
@@ -234,6 +237,7 @@ def main() -> None:
     k = sub.add_parser("kit", help="make the compact kit from ../shared/data")
     k.add_argument("kit", type=Path)
     k.add_argument("--lite", action="store_true", help="every second CHAOS slice, no training data (inference only)")
+    k.add_argument("--train", action="store_true", help="the training data only, no CHAOS (training speed only)")
     r = sub.add_parser("run", help="run the checks (needs a CUDA device)")
     r.add_argument("--kit", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
@@ -245,7 +249,7 @@ def main() -> None:
     r.add_argument("--cpu-train-s", type=float, default=60.0, help="cpu (2 threads) training, for the ratio")
     args = parser.parse_args()
     if args.cmd == "kit":
-        make_kit(args.kit, args.lite)
+        make_kit(args.kit, args.lite, args.train)
         return
     result = run_all(args)
     args.out.write_text(json.dumps(result, indent=1, default=str))
