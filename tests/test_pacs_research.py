@@ -153,7 +153,7 @@ def test_batch_publishes_one_deidentified_copy_of_study_and_seg_and_a_rerun_chan
     assert record["organs"] == ["liver"] and len(record["model"]["weights_sha256"]) == 64
     assert not any((out / "research").glob("job-*")), "staging left in storage"
     copies = status(JobQueue(out / "queue.db"))["research"]
-    assert copies == {"published": 1, "withheld": 0, "withheld_jobs": []}
+    assert copies == {"published": 1, "withheld": 0, "superseded": 0, "withheld_jobs": []}
     before = _files(copy)
     again = _batch(tmp_path / "in", out, research, key)
     assert again.returncode == 0 and again.stdout.startswith("1 sent, 0 quarantined, 0 failed of 1 studies")
@@ -213,3 +213,23 @@ def test_a_copy_with_a_leak_is_withheld_in_storage_and_never_published(shared: P
     withheld = storage / "research" / "withheld" / "job-7"
     assert (withheld / "reason.txt").read_text().strip() == outcome.reason
     assert not (withheld / "input").exists()  # the originals' links are not kept
+
+
+def test_an_older_generation_never_replaces_a_newer_published_copy(shared: Path, tmp_path: Path) -> None:
+    """Two jobs of one study (instances arrived after the first was sent) may finish their copies in either order;
+    the copy of the later generation is the one that stays published."""
+    study_src = tmp_path / "study"
+    _phi_study(shared, study_src, range(30, 34), "research-generations")
+    storage = tmp_path / "storage"
+    research = Research(folder=tmp_path / "research", key_file=_key(tmp_path / "k"), pixels="off")
+    newer = make_copy(research, storage, 2, 1, [study_src], {"generation": 2})
+    assert newer.state == "published" and newer.folder is not None
+    older = make_copy(research, storage, 1, 1, [study_src], {"generation": 1})
+    assert older.state == "superseded" and older.folder is None
+    record = json.loads((research.folder / newer.folder / "research-record.json").read_text())
+    assert record["generation"] == 2 and _published(research.folder) == [research.folder / newer.folder]
+    assert not any((storage / "research").glob("job-*"))
+    again = make_copy(research, storage, 3, 1, [study_src], {"generation": 3})
+    assert again.state == "published" and again.folder == newer.folder
+    assert json.loads((research.folder / newer.folder / "research-record.json").read_text())["generation"] == 3
+    assert sorted(p.name for p in research.folder.iterdir()) == [newer.folder]

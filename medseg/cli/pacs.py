@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
                     console.warn(f"job {j.id} ({j.input}): {j.state}: {j.reason}")
             console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} studies")
             for r in queue.research():
-                if r["state"] != "published":
+                if r["state"] == "withheld":
                     console.warn(f"job {r['job_id']}: research copy {r['state']}: {r['reason']}")
             if counts["sent"] != len(jobs):
                 rec.set_outcome_detail("not_all_sent")

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 CREATE TABLE IF NOT EXISTS research (
     job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
-    state TEXT NOT NULL CHECK (state IN ('published', 'withheld')),
+    state TEXT NOT NULL CHECK (state IN ('published', 'withheld', 'superseded')),
     folder TEXT,
     files INTEGER NOT NULL,
     quarantined INTEGER NOT NULL,

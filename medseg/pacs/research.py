@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -30,13 +31,15 @@ STAGING = "research"
 WITHHELD = "withheld"
 INCOMING = ".incoming-"
 RECORD = "research-record.json"
-RESEARCH_STATES = ("published", "withheld")
+RESEARCH_STATES = ("published", "withheld", "superseded")
+_ONE_AT_A_TIME = threading.Lock()  # worker threads of one process share the OCR engine; a copy is CPU-bound anyway
 
 
 @dataclass(frozen=True)
 class ResearchOutcome:
-    """How one job's research copy ended: published (folder name under RESEARCH) or withheld (reason: tag and file,
-    never a value); files = de-identified instances in the copy, quarantined = those deid withheld."""
+    """How one job's research copy ended: published (folder name under RESEARCH), withheld (reason: tag and file,
+    never a value) or superseded (a later generation's copy of the study was already published and is kept);
+    files = de-identified instances in the copy, quarantined = those deid withheld."""
 
     state: str
     folder: str | None
@@ -89,6 +92,14 @@ def _study_folder(out: Path) -> Path | None:
     return found[0] if found else None
 
 
+def published_generation(target: Path) -> int:
+    """The study generation of the copy published at `target` (0 when there is none)."""
+    try:
+        return int(json.loads((target / RECORD).read_text()).get("generation", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def publish(copy: Path, target: Path) -> None:
     """Move a finished copy to `target`, replacing an earlier copy of the same study (an earlier generation, or
     this job's own copy from an attempt killed before it was recorded). The copy is first made whole under a hidden
@@ -113,8 +124,14 @@ def publish(copy: Path, target: Path) -> None:
 def make_copy(research: Research, storage: Path, job_id: int, fence: int, inputs: list[Path],
               record: dict[str, Any], on_file: Callable[[Any], None] | None = None) -> ResearchOutcome:  # fmt: skip
     """De-identify `inputs` (the study folder and its SEG), prove the copy with the leak check, publish or withhold
-    it; `record` (no identifying value) is written beside the copy as research-record.json; `on_file` is called
-    after each file is de-identified."""
+    it; `record` (no identifying value, with the job's `generation`) is written beside the copy as
+    research-record.json; `on_file` is called after each file is de-identified. One copy at a time per process."""
+    with _ONE_AT_A_TIME:
+        return _make_copy(research, storage, job_id, fence, inputs, record, on_file)
+
+
+def _make_copy(research: Research, storage: Path, job_id: int, fence: int, inputs: list[Path],
+               record: dict[str, Any], on_file: Callable[[Any], None] | None) -> ResearchOutcome:  # fmt: skip
     from medseg.deid.check import check_tree
     from medseg.deid.runner import MANIFEST, DeidSettings, deidentify_tree
     from medseg.keys import read_secret, secret_id
@@ -139,6 +156,10 @@ def make_copy(research: Research, storage: Path, job_id: int, fence: int, inputs
             f" (and {len(check.findings) - 1} more)" if len(check.findings) > 1 else ""
         )
         return _withhold(storage, job_id, work, written, quarantined, reason)
+    target = research.folder / study.name
+    if published_generation(target) > int(record.get("generation", 0)):
+        shutil.rmtree(work, ignore_errors=True)
+        return ResearchOutcome("superseded", None, written, quarantined, "a later generation's copy is published")
     shutil.copy2(out / MANIFEST, study / MANIFEST)
     record = record | {
         "deid": {"profile": "basic", "options": sorted(research.options), "pixels": research.pixels,
@@ -148,7 +169,7 @@ def make_copy(research: Research, storage: Path, job_id: int, fence: int, inputs
         "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     atomic_write_text(study / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n", overwrite=True)
-    publish(study, research.folder / study.name)
+    publish(study, target)
     shutil.rmtree(work, ignore_errors=True)
     return ResearchOutcome("published", study.name, written, quarantined)
 

@@ -32,6 +32,6 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
     ]  # fmt: skip
     research = queue.research()
     copies = {state: sum(r["state"] == state for r in research) for state in RESEARCH_STATES}
-    withheld = [{"job": r["job_id"], "reason": r["reason"]} for r in research if r["state"] != "published"]
+    withheld = [{"job": r["job_id"], "reason": r["reason"]} for r in research if r["state"] == "withheld"]
     return {"counts": counts, "receiving": receiving, "jobs": rows, "sent": len(queue.ledger()),
             "research": copies | {"withheld_jobs": withheld}}  # fmt: skip
