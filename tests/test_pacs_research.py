@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from pacs_helpers import chaos_files, make_study
+from pacs_helpers import Served, chaos_files, make_study, storescu, wait_jobs, write_config
 
 from medseg.deid.check import check_tree
 from medseg.errors import UsageError
@@ -233,3 +233,27 @@ def test_an_older_generation_never_replaces_a_newer_published_copy(shared: Path,
     assert again.state == "published" and again.folder == newer.folder
     assert json.loads((research.folder / newer.folder / "research-record.json").read_text())["generation"] == 3
     assert sorted(p.name for p in research.folder.iterdir()) == [newer.folder]
+
+
+@pytest.mark.slow
+def test_the_service_publishes_the_research_copy_of_a_study_received_over_c_store(shared: Path, tmp_path: Path) -> None:
+    """The whole path as hospital IT runs it: YAML config with `research:` (relative paths), storescu into
+    `medseg pacs serve`, SEG to its destination, the copy published, `medseg pacs status` counting it."""
+    study_src = tmp_path / "study"
+    _phi_study(shared, study_src, range(20, 44), "research-service")
+    _key(tmp_path / "deid.key")
+    config = tmp_path / "pacs.yaml"
+    port = write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")}, quiet=1.0,
+                        research={"folder": "research", "key_file": "deid.key", "pixels": "off"})  # fmt: skip
+    served = Served(config, port, tmp_path / "serve.log").start()
+    try:
+        storescu(port, study_src)
+        wait_jobs(tmp_path / "store" / "queue.db", 1, states=("sent",), settled=True)
+    finally:
+        served.stop()
+    (copy,) = _published(tmp_path / "research")
+    (seg_src,) = (tmp_path / "seg").rglob("*.dcm")
+    _assert_copy_whole(copy, study_src, seg_src)
+    status_cmd = [sys.executable, "-m", "medseg", "pacs", "status", "--config", str(config)]
+    shown = subprocess.run(status_cmd, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "research copies: 1 published, 0 withheld" in shown.stdout, shown.stderr
