@@ -83,6 +83,7 @@ def _assert_copy_whole(copy: Path, study_src: Path, seg_src: Path) -> None:
     assert len(ct) == len(list(study_src.rglob("*.dcm")))
     refs = [r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence]
     assert refs and set(refs) <= set(ct)
+    assert {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence} <= {d.SeriesInstanceUID for d in ct.values()}
     assert seg.StudyInstanceUID == copy.name and {d.StudyInstanceUID for d in ct.values()} == {copy.name}
     assert seg.FrameOfReferenceUID in {d.FrameOfReferenceUID for d in ct.values()}
     assert seg.PatientIdentityRemoved == "YES" and seg.PatientName == next(iter(ct.values())).PatientName
