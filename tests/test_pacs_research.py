@@ -258,3 +258,33 @@ def test_the_service_publishes_the_research_copy_of_a_study_received_over_c_stor
     status_cmd = [sys.executable, "-m", "medseg", "pacs", "status", "--config", str(config)]
     shown = subprocess.run(status_cmd, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "research copies: 1 published, 0 withheld" in shown.stdout, shown.stderr
+
+
+def test_a_research_copy_that_cannot_be_made_leaves_the_job_open_and_the_retry_does_not_resend(
+    shared: Path, tmp_path: Path
+) -> None:
+    """The key file disappears after the start: the SEG is still delivered once, the job waits (pending, then
+    failed) with the reason, and once the key is back a retry makes the copy without sending the SEG again."""
+    from medseg.pacs.batch import batch_config, enqueue, run_batch
+
+    _phi_study(shared, tmp_path / "in" / "a", range(30, 40), "research-no-key")
+    key = _key(tmp_path / "deid.key")
+    secret = key.read_bytes()
+    config = batch_config(tmp_path / "out", "liver", None, "auto", None, tmp_path / "research", key)
+    key.unlink()
+    queue = enqueue(config, tmp_path / "in")
+    events: list[str] = []
+    run_batch(config, queue, events.append)
+    (job,) = queue.jobs()
+    assert job.state == "failed" and job.reason is not None and job.reason.startswith("research copy: ")
+    assert "cannot read the key file" in job.reason and job.attempts == config.retry.max_attempts
+    assert len(queue.ledger()) == 1 and not queue.research()
+    assert not (tmp_path / "research").exists() or not any((tmp_path / "research").iterdir())
+    key.write_bytes(secret)
+    assert queue.retry(job.id) == [job.id]
+    run_batch(config, queue, events.append)
+    (job,) = queue.jobs()
+    assert job.state == "sent" and len(queue.ledger()) == 1
+    assert [r["state"] for r in queue.research()] == ["published"]
+    assert len(list((tmp_path / "out" / "seg").rglob("*.dcm"))) == 1
+    assert any("research copy published" in e for e in events)

@@ -191,4 +191,6 @@ def register(app: typer.Typer) -> None:
                     console.warn(f"job {r['job_id']}: research copy {r['state']}: {r['reason']}")
             if counts["sent"] != len(jobs):
                 rec.set_outcome_detail("not_all_sent")
-                raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not segmented")
+                raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not completed",
+                                      hint="Each one's state and reason are listed above; `medseg batch` again "
+                                      "finishes what is left.")  # fmt: skip
