@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,47 @@ def test_small_study_through_stow_rs_gives_exactly_one_seg(orthanc: Orthanc, sha
         service.stop()
     assert [j.state for j in jobs] == ["sent"], [(j.state, j.reason) for j in jobs]
     _check_seg(orthanc, study_dir, study, series)
+
+
+def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes_twice(
+    orthanc: Orthanc, shared: Path, tmp_path: Path
+) -> None:
+    """The PACS side as a site configures it: the study is in Orthanc, Orthanc sends it to the modality MEDSEG
+    (its own C-STORE SCU, REST `/modalities/.../store`), and the SEG comes back into the same study. Orthanc sends it a
+    second time (a user clicks twice, a routing rule fires again): the instances are duplicates, no second job, no
+    second SEG."""
+    import requests
+
+    orthanc.clear()
+    study_dir = tmp_path / "study"
+    study, series = make_study(chaos_files(shared), study_dir, range(20, 52), "orthanc-push")
+    for f in sorted(study_dir.rglob("*.dcm")):
+        assert requests.post(orthanc.url + "/instances", data=f.read_bytes(), timeout=30).ok
+    (orthanc_study,) = requests.post(orthanc.url + "/tools/find", json={"Level": "Study", "Query": {
+        "StudyInstanceUID": study}}, timeout=10).json()  # fmt: skip
+    dest = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom}
+    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, quiet=1.0)
+    modality = {"AET": "MEDSEG", "Host": "127.0.0.1", "Port": port}
+    assert requests.put(orthanc.url + "/modalities/medseg", json=modality, timeout=10).ok
+    push = {"Resources": [orthanc_study], "Synchronous": True}
+    service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
+    try:
+        first = requests.post(orthanc.url + "/modalities/medseg/store", json=push, timeout=120)
+        assert first.ok, first.text
+        jobs = wait_jobs(tmp_path / "store" / "queue.db", 1, settled=True)
+        assert [j.state for j in jobs] == ["sent"], [(j.state, j.reason) for j in jobs]
+        again = requests.post(orthanc.url + "/modalities/medseg/store", json=push, timeout=120)
+        assert again.ok, again.text
+        time.sleep(3.0)  # longer than the quiet time: a reopened study would have made a job by now
+        jobs = wait_jobs(tmp_path / "store" / "queue.db", 1, settled=True)
+    finally:
+        service.stop()
+    q = JobQueue(tmp_path / "store" / "queue.db")
+    assert len(jobs) == 1 and len(q.ledger()) == 1
+    stored = {i["sop_uid"] for i in q.instances()}
+    assert len(stored) == 33 and jobs[0].seg_sop_uid in stored  # the 32 slices, and our SEG echoed: recorded only
+    assert [s["generation"] for s in q.studies()] == [1]
+    seg = _check_seg(orthanc, study_dir, study, series)
+    assert seg.SOPInstanceUID == jobs[0].seg_sop_uid
+    series_in_study = requests.get(f"{orthanc.url}/studies/{orthanc_study}", timeout=10).json()["Series"]
+    assert len(series_in_study) == 2  # the CT and its SEG, in the one study

@@ -123,3 +123,40 @@ def test_disk_full_refuses_the_store_and_leaves_nothing_half_written(
     assert len(recorded) == statuses.count(0)
     for p in stored:
         assert pydicom.dcmread(p).pixel_array.shape == (512, 512)
+
+
+def _encoded(shared: Path, study: str, sop_class: str, sop: str) -> bytes:
+    """A real CHAOS slice re-labelled into `study` with the given SOP class and instance UID, as a C-STORE delivers
+    it (file meta from the request)."""
+    import io
+
+    ds = pydicom.dcmread(chaos_files(shared)[40])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID = study, study + ".7", sop, sop_class
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, sop
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_results_sent_back_never_start_reopen_or_delay_a_study(shared: Path, tmp_path: Path) -> None:
+    """A PACS rule that sends the whole study again once medseg's SEG arrived in it (Orthanc's "stable study" route,
+    a user's second click) must not make a new generation each time: only CT image instances are study input."""
+    from medseg.pacs.scp import SUCCESS, store_instance
+
+    seg_class, sr_class = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.33"
+    ct_class = "1.2.840.10008.5.1.4.1.1.2"
+    queue = JobQueue(tmp_path / "q.db")
+    study = "1.2.826.0.1.3680043.10.1.1"
+    echo = store_instance(_encoded(shared, study, seg_class, study + ".9"), study + ".9", "PACS", tmp_path, queue, 0.0)
+    assert (echo.status, echo.detail) == (SUCCESS, "not input")
+    assert queue.complete_due() == [] and queue.studies()[0]["state"] == "complete"  # no job for a SEG alone
+    ct = store_instance(_encoded(shared, study, ct_class, study + ".1"), study + ".1", "PACS", tmp_path, queue, 0.0)
+    assert (ct.status, ct.detail) == (SUCCESS, "new")
+    (job,) = queue.complete_due()
+    for n, cls in enumerate((seg_class, sr_class), start=91):
+        out = store_instance(_encoded(shared, study, cls, f"{study}.{n}"), f"{study}.{n}", "PACS", tmp_path, queue, 0.0)
+        assert (out.status, out.detail) == (SUCCESS, "not input")
+    assert queue.complete_due() == [] and [s["generation"] for s in queue.studies()] == [job.generation]
+    assert len(queue.instances(study)) == 4 and queue.studies()[0]["state"] == "complete"
+    late = store_instance(_encoded(shared, study, ct_class, study + ".2"), study + ".2", "PACS", tmp_path, queue, 0.0)
+    assert late.detail == "new" and [j.generation for j in queue.complete_due()] == [job.generation + 1]

@@ -288,3 +288,18 @@ def test_a_research_copy_that_cannot_be_made_leaves_the_job_open_and_the_retry_d
     assert [r["state"] for r in queue.research()] == ["published"]
     assert len(list((tmp_path / "out" / "seg").rglob("*.dcm"))) == 1
     assert any("research copy published" in e for e in events)
+
+
+def test_the_pacs_echo_of_our_own_seg_is_left_out_of_the_copy_inputs(tmp_path: Path) -> None:
+    """A study folder that holds our SEG sent back by the PACS (same SOP Instance UID as the job's SEG) must not put
+    that instance into the copy twice."""
+    from medseg.pacs.research import link_inputs
+
+    study, seg = tmp_path / "study", tmp_path / "results" / "1.2.3.dcm"
+    for f in (study / "s1" / "a.dcm", study / "s1" / "b.dcm", study / "s9" / "1.2.3.dcm", seg):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(f.name.encode())
+    assert link_inputs([study, seg], tmp_path / "in", frozenset({"1.2.3.dcm"})) == 3
+    linked = sorted(p.relative_to(tmp_path / "in").as_posix() for p in (tmp_path / "in").rglob("*.dcm"))
+    assert linked == ["00/s1/a.dcm", "00/s1/b.dcm", "01/1.2.3.dcm"]
+    assert (tmp_path / "in" / "00" / "s1" / "a.dcm").stat().st_ino == (study / "s1" / "a.dcm").stat().st_ino

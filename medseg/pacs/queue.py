@@ -79,9 +79,12 @@ class JobQueue:
     # receiving ----------------------------------------------------------------------------------------------
     def record_instance(
         self, sop_uid: str, study_uid: str, series_uid: str, path: str, sha256: str, size: int,
-        quiet_s: float, calling_ae: str = "", now: float | None = None,
+        quiet_s: float, calling_ae: str = "", now: float | None = None, reopens: bool = True,
     ) -> Received:  # fmt: skip
-        """Record a stored instance and push its study's completion deadline; a study already done is reopened."""
+        """Record a stored instance and push its study's completion deadline; a study already done is reopened.
+
+        `reopens=False` (an instance that is not image input: a SEG, a report, medseg's own SEG sent back by the PACS)
+        is recorded but never reopens, starts or delays a study, so a PACS that echoes results cannot loop."""
         now = time.time() if now is None else now
         with self._write() as db:
             old = db.execute("SELECT sha256, study_uid FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
@@ -89,7 +92,11 @@ class JobQueue:
             if old is not None and old["sha256"] == sha256:
                 gen = study["generation"] if study else 1
                 return Received("duplicate", study_uid, gen)
-            if study is None:
+            if not reopens:
+                if study is None:
+                    db.execute("INSERT INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)", (study_uid, now, now, now))
+                gen = study["generation"] if study else 1
+            elif study is None:
                 db.execute(
                     "INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, ?, 0)", (study_uid, now, now, now + quiet_s)
                 )
@@ -113,7 +120,8 @@ class JobQueue:
                 "UPDATE studies SET instances=(SELECT COUNT(*) FROM instances WHERE study_uid=?) WHERE study_uid=?",
                 (study_uid, study_uid),
             )
-            return Received("replaced" if old is not None else "new", study_uid, gen)
+            outcome = "new" if reopens else "not input"
+            return Received("replaced" if old is not None else outcome, study_uid, gen)
 
     def complete_due(self, input_of: Callable[[str], str] | None = None, now: float | None = None) -> list[Job]:
         """Studies whose quiet time has passed become complete, each with a new job; earlier open jobs are superseded.

@@ -63,14 +63,15 @@ def clear_stale_staging(storage: Path, job_id: int, fence: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def link_inputs(sources: list[Path], dest: Path) -> int:
+def link_inputs(sources: list[Path], dest: Path, skip: frozenset[str] = frozenset()) -> int:
     """Hard-link (copy across file systems) every file of `sources` (folders or files) under `dest`, each source
-    in its own numbered folder so names cannot collide; returns the number of files."""
+    in its own numbered folder so names cannot collide, except files in a source folder named in `skip`; returns the
+    number of files."""
     if dest.exists():
         shutil.rmtree(dest)
     count = 0
     for i, src in enumerate(sources):
-        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() and p.name not in skip)
         for f in files:
             target = dest / f"{i:02d}" / (f.name if src.is_file() else f.relative_to(src))
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,16 +123,19 @@ def publish(copy: Path, target: Path) -> None:
 
 
 def make_copy(research: Research, storage: Path, job_id: int, fence: int, inputs: list[Path],
-              record: dict[str, Any], on_file: Callable[[Any], None] | None = None) -> ResearchOutcome:  # fmt: skip
+              record: dict[str, Any], on_file: Callable[[Any], None] | None = None,
+              skip: frozenset[str] = frozenset()) -> ResearchOutcome:  # fmt: skip
     """De-identify `inputs` (the study folder and its SEG), prove the copy with the leak check, publish or withhold
     it; `record` (no identifying value, with the job's `generation`) is written beside the copy as
-    research-record.json; `on_file` is called after each file is de-identified. One copy at a time per process."""
+    research-record.json; `on_file` is called after each file is de-identified; file names in `skip` are left out
+    of input folders (the PACS's echo of the SEG that `inputs` holds itself). One copy at a time per process."""
     with _ONE_AT_A_TIME:
-        return _make_copy(research, storage, job_id, fence, inputs, record, on_file)
+        return _make_copy(research, storage, job_id, fence, inputs, record, on_file, skip)
 
 
 def _make_copy(research: Research, storage: Path, job_id: int, fence: int, inputs: list[Path],
-               record: dict[str, Any], on_file: Callable[[Any], None] | None) -> ResearchOutcome:  # fmt: skip
+               record: dict[str, Any], on_file: Callable[[Any], None] | None,
+               skip: frozenset[str]) -> ResearchOutcome:  # fmt: skip
     from medseg.deid.check import check_tree
     from medseg.deid.runner import MANIFEST, DeidSettings, deidentify_tree
     from medseg.keys import read_secret, secret_id
@@ -140,7 +144,7 @@ def _make_copy(research: Research, storage: Path, job_id: int, fence: int, input
     clear_stale_staging(storage, job_id, fence)
     work = staging_dir(storage, job_id, fence)
     originals, out = work / "input", work / "deid"
-    link_inputs(inputs, originals)
+    link_inputs(inputs, originals, skip)
     scan = research.pixels == "scan"
     settings = DeidSettings(frozenset(research.options), scan_pixels=scan, workers=research.workers)
     warnings.filterwarnings("ignore", category=UserWarning)  # pydicom's notes on odd inputs; the manifest says enough

@@ -17,7 +17,14 @@ from medseg.pacs.storage import DiskFull, durable_write, instance_path
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+# The image classes the pipeline reads (the models segment CT): only these start or reopen a study. Anything else
+# (a SEG, a structured report, a presentation state, medseg's own SEG echoed back by the PACS) is stored and
+# recorded, but a PACS routing rule that sends a whole study again after medseg's SEG arrived in it cannot make a
+# feedback loop of new generations.
+INPUT_IMAGE_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ def store_instance(
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_TAGS)
         study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        meta = getattr(ds, "file_meta", None)  # from the C-STORE request's Affected SOP Class (pynetdicom)
+        sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
         path = instance_path(root, study, series, sop_uid)
     except (MedsegError, AttributeError, ValueError, pydicom.errors.InvalidDicomError) as exc:
         return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable header: {exc}")
@@ -45,7 +54,8 @@ def store_instance(
     try:
         durable_write(path, data)
         got = queue.record_instance(
-            sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae
+            sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
+            reopens=sop_class in INPUT_IMAGE_CLASSES,
         )
     except DiskFull as exc:
         return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())

@@ -134,8 +134,9 @@ def _research_copy(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter:
     record = {"generation": job.generation, "organs": list(config.organs), "software": software_version(),
               "model": {"name": name, "version": version, "weights_sha256": segmenter.weights_sha256}}  # fmt: skip
     with heartbeat(queue, lease, config.lease_seconds) as lost:
+        echo = frozenset({f"{job.seg_sop_uid}.dcm"} if job.seg_sop_uid else set())  # the PACS sent our SEG back
         outcome = make_copy(config.research, config.storage, job.id, lease.fence, inputs, record,
-                            on_file=lambda _r: crash_point("during_research"))  # fmt: skip
+                            on_file=lambda _r: crash_point("during_research"), skip=echo)  # fmt: skip
         crash_point("after_research")
     if lost.is_set():
         raise LeaseLost(f"job {job.id}: lease lost during the research copy")
