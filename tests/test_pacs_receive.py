@@ -160,3 +160,21 @@ def test_results_sent_back_never_start_reopen_or_delay_a_study(shared: Path, tmp
     assert len(queue.instances(study)) == 4 and queue.studies()[0]["state"] == "complete"
     late = store_instance(_encoded(shared, study, ct_class, study + ".2"), study + ".2", "PACS", tmp_path, queue, 0.0)
     assert late.detail == "new" and [j.generation for j in queue.complete_due()] == [job.generation + 1]
+
+
+def test_study_input_is_every_image_class_and_no_derived_object() -> None:
+    """Pinned against pydicom's UID dictionary: each storage class named "... Image Storage" is input (a wrong
+    modality is still quarantined with its reason), each SEG, SR, presentation state, RT or document class is not."""
+    from pydicom._uid_dict import UID_dictionary
+
+    from medseg.pacs.scp import is_study_input
+
+    storage = {uid: v[0] for uid, v in UID_dictionary.items() if v[1] == "SOP Class" and v[0].endswith("Storage")}
+    images = {uid for uid, name in storage.items() if name.endswith("Image Storage")}
+    assert {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4"} <= images
+    assert all(is_study_input(uid) for uid in images)
+    derived = {uid for uid, name in storage.items()
+               if any(k in name for k in ("Segmentation", " SR ", "Presentation State", "RT Structure", "Encapsulated",
+                                          "Key Object"))}  # fmt: skip
+    assert len(derived) > 20 and not any(is_study_input(uid) for uid in derived)
+    assert not is_study_input("1.3.12.2.1107.5.9.1") and not is_study_input("")  # private or missing: not input

@@ -18,13 +18,17 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 _TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
-# The image classes the pipeline reads (the models segment CT): only these start or reopen a study. Anything else
-# (a SEG, a structured report, a presentation state, medseg's own SEG echoed back by the PACS) is stored and
-# recorded, but a PACS routing rule that sends a whole study again after medseg's SEG arrived in it cannot make a
-# feedback loop of new generations.
-INPUT_IMAGE_CLASSES = frozenset(
-    {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
-)
+
+
+def is_study_input(sop_class: str) -> bool:
+    """Whether an instance of this SOP class can start or reopen a study: images (CT, MR, enhanced, secondary
+    capture: "... Image Storage"), so a study of the wrong modality is still segmented and quarantined with its
+    reason. Derived objects (a SEG, a structured report, a presentation state, an RT structure set, and medseg's own
+    SEG echoed back by the PACS) and unknown classes are stored and recorded only: a PACS routing rule that sends the
+    whole study again once medseg's SEG arrived in it cannot make a feedback loop of new generations."""
+    from pydicom.uid import UID
+
+    return UID(sop_class).name.endswith("Image Storage")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def store_instance(
         durable_write(path, data)
         got = queue.record_instance(
             sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
-            reopens=sop_class in INPUT_IMAGE_CLASSES,
+            reopens=is_study_input(sop_class),
         )
     except DiskFull as exc:
         return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())
