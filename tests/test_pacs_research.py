@@ -292,11 +292,14 @@ def test_a_research_copy_that_cannot_be_made_leaves_the_job_open_and_the_retry_d
 
 def test_the_pacs_echo_of_our_own_seg_is_left_out_of_the_copy_inputs(tmp_path: Path) -> None:
     """A study folder that holds our SEG sent back by the PACS (same SOP Instance UID as the job's SEG) must not put
-    that instance into the copy twice."""
+    that instance into the copy twice; a cut-short write is not input either."""
     from medseg.pacs.research import link_inputs
 
     study, seg = tmp_path / "study", tmp_path / "results" / "1.2.3.dcm"
-    for f in (study / "s1" / "a.dcm", study / "s1" / "b.dcm", study / "s9" / "1.2.3.dcm", seg):
+    from medseg.io.atomic import TEMPORARY_PREFIX
+
+    cut_short = study / "s1" / f"{TEMPORARY_PREFIX}c.dcm-x1.dcm"  # a write a killed receiver never renamed
+    for f in (study / "s1" / "a.dcm", study / "s1" / "b.dcm", study / "s9" / "1.2.3.dcm", seg, cut_short):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(f.name.encode())
     assert link_inputs([study, seg], tmp_path / "in", frozenset({"1.2.3.dcm"})) == 3

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
-from medseg.io.atomic import atomic_write_text, sync_paths
+from medseg.io.atomic import atomic_write_text, is_unfinished_write, sync_paths
 from medseg.pacs.config import Research
 from medseg.pacs.storage import fsync_dir
 
@@ -65,13 +65,15 @@ def clear_stale_staging(storage: Path, job_id: int, fence: int) -> None:
 
 def link_inputs(sources: list[Path], dest: Path, skip: frozenset[str] = frozenset()) -> int:
     """Hard-link (copy across file systems) every file of `sources` (folders or files) under `dest`, each source
-    in its own numbered folder so names cannot collide, except files in a source folder named in `skip`; returns the
-    number of files."""
+    in its own numbered folder so names cannot collide, except files in a source folder named in `skip` and the
+    temporary files of writes a killed receiver cut short; returns the number of files."""
     if dest.exists():
         shutil.rmtree(dest)
     count = 0
     for i, src in enumerate(sources):
-        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() and p.name not in skip)
+        files = [src] if src.is_file() else sorted(
+            p for p in src.rglob("*") if p.is_file() and p.name not in skip and not is_unfinished_write(p.name)
+        )
         for f in files:
             target = dest / f"{i:02d}" / (f.name if src.is_file() else f.relative_to(src))
             target.parent.mkdir(parents=True, exist_ok=True)
