@@ -128,3 +128,54 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
     assert seg.SOPInstanceUID == jobs[0].seg_sop_uid
     series_in_study = requests.get(f"{orthanc.url}/studies/{orthanc_study}", timeout=10).json()["Series"]
     assert len(series_in_study) == 2  # the CT and its SEG, in the one study
+
+
+def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_gets_back(
+    shared: Path, tmp_path: Path
+) -> None:
+    """The common site set-up, in Orthanc's own Lua: every stable study is sent to MEDSEG. medseg's SEG arriving in
+    the study makes it stable again, so the rule sends the study (now with the SEG) once more. That second push
+    must end the exchange: no second generation, no second SEG, nothing sent back that would fire the rule again."""
+    import json
+
+    import requests
+
+    study_dir = tmp_path / "study"
+    study, series = make_study(chaos_files(shared), study_dir, range(24, 52), "orthanc-lua")
+    server = Orthanc(tmp_path / "orthanc", medseg_port=0)
+    dest = {"ae_title": server.aet, "host": "127.0.0.1", "port": server.dicom}
+    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, quiet=1.0)
+    lua = tmp_path / "route.lua"
+    # Orthanc 1.10's Lua SendToModality takes instances only (a study id fails: "Unable to read attachment"); the
+    # REST route is how Orthanc's book sends a whole study from OnStableStudy
+    lua.write_text("function OnStableStudy(studyId, tags, metadata)\n"
+                   "  RestApiPost('/modalities/medseg/store', studyId)\nend\n")
+    cfg = json.loads(server.config.read_text())
+    cfg["DicomModalities"]["medseg"][2] = port
+    server.config.write_text(json.dumps(cfg | {"LuaScripts": [str(lua)], "StableAge": 2}))
+    server.start()
+    service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
+    queue_path = tmp_path / "store" / "queue.db"
+    try:
+        for f in sorted(study_dir.rglob("*.dcm")):
+            assert requests.post(server.url + "/instances", data=f.read_bytes(), timeout=30).ok
+        jobs = wait_jobs(queue_path, 1, settled=True)
+        seg_uid = jobs[0].seg_sop_uid
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the rule's second push carries our SEG back
+            if any(i["sop_uid"] == seg_uid for i in JobQueue(queue_path).instances()):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("Orthanc's rule never sent the study again after the SEG arrived")
+        time.sleep(6.0)  # quiet time + stable age + slack: a loop would have made generation 2 by now
+        jobs = wait_jobs(queue_path, 1, settled=True)
+        service.stop()
+        q = JobQueue(queue_path)
+        assert [(j.generation, j.state) for j in jobs] == [(1, "sent")] and len(q.ledger()) == 1
+        assert [s["generation"] for s in q.studies()] == [1]
+        seg = _check_seg(server, study_dir, study, series)
+        assert seg.SOPInstanceUID == seg_uid
+    finally:
+        service.stop()
+        server.stop()
