@@ -109,6 +109,8 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
     push = {"Resources": [orthanc_study], "Synchronous": True}
     service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
     try:
+        echo = requests.post(orthanc.url + "/modalities/medseg/echo", json={}, timeout=30)
+        assert echo.ok, echo.text  # C-ECHO, what a site's "test the connection" button does
         first = requests.post(orthanc.url + "/modalities/medseg/store", json=push, timeout=120)
         assert first.ok, first.text
         jobs = wait_jobs(tmp_path / "store" / "queue.db", 1, settled=True)
