@@ -178,3 +178,33 @@ def test_study_input_is_every_image_class_and_no_derived_object() -> None:
                                           "Key Object"))}  # fmt: skip
     assert len(derived) > 20 and not any(is_study_input(uid) for uid in derived)
     assert not is_study_input("1.3.12.2.1107.5.9.1") and not is_study_input("")  # private or missing: not input
+
+
+def test_only_the_configured_callers_and_called_ae_title_are_accepted(shared: Path, tmp_path: Path) -> None:
+    """An SCP on a hospital network accepts the PACS it is configured for, not any sender: a wrong calling AE title
+    (when `allowed_callers` is set) or a wrong called AE title is rejected at association, and nothing is stored."""
+    study_src = tmp_path / "study"
+    make_study(chaos_files(shared), study_src, range(30, 33), "callers")
+    listen = {"ae_title": "MEDSEG", "host": "127.0.0.1", "port": free_port(), "allowed_callers": ["PACS1", "ORTHANC"]}
+    config = PacsConfig(listen=listen, storage=tmp_path / "store", destination={"folder": str(tmp_path / "out")})
+    queue = JobQueue(config.queue_path)
+    receiver = Receiver(config, queue)
+    port = receiver.start()
+    try:
+        stranger = storescu(port, study_src, calling="STRANGER", check=False)
+        wrong_called = storescu(port, study_src, aet="OTHERAE", calling="PACS1", check=False)
+        assert stranger.returncode != 0 and wrong_called.returncode != 0
+        assert "rejected" in (stranger.stderr + stranger.stdout).lower()
+        assert queue.instances() == [] and not (config.storage / "studies").exists()
+        assert storescu(port, study_src, calling="PACS1").returncode == 0
+    finally:
+        receiver.stop()
+    assert len(queue.instances()) == 3 and {i["calling_ae"] for i in queue.instances()} == {"PACS1"}
+
+
+def test_an_ae_title_list_with_a_bad_title_is_a_config_error(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    for bad in (["A" * 17], [""], ["PACS\\1"]):
+        with pytest.raises(ValidationError, match="not a valid AE title"):
+            PacsConfig(listen={"allowed_callers": bad}, storage=tmp_path, destination={"folder": str(tmp_path)})

@@ -17,11 +17,23 @@ class _Strict(BaseModel):
 
 
 class Listen(_Strict):
-    """Where the C-STORE SCP listens."""
+    """Where the C-STORE SCP listens, and whom it accepts: associations must call this AE title (unless
+    `check_called_aet` is off) and, when `allowed_callers` is not empty, come from one of those AE titles."""
 
     ae_title: str = Field("MEDSEG", max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
+    check_called_aet: bool = True
+    allowed_callers: list[str] = []
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _callers(cls, callers: list[str]) -> list[str]:
+        """AE titles: 1-16 characters, no backslash or control characters (PS3.5 AE value representation)."""
+        for title in callers:
+            if not 0 < len(title.strip()) <= 16 or "\\" in title or any(ord(c) < 32 for c in title):
+                raise ValueError(f"not a valid AE title: {title!r} (1 to 16 characters)")
+        return [t.strip() for t in callers]
 
 
 class Destination(_Strict):

@@ -98,6 +98,8 @@ class Receiver:
 
         listen = self.config.listen
         ae = AE(ae_title=listen.ae_title)
+        ae.require_called_aet = listen.check_called_aet
+        ae.require_calling_aet = list(listen.allowed_callers)
         ae.maximum_pdu_size = 0
         ae.network_timeout = 60
         for cx in AllStoragePresentationContexts:
