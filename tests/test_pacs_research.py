@@ -17,6 +17,7 @@ import yaml
 from pacs_helpers import Served, chaos_files, make_study, storescu, wait_jobs, write_config
 
 from medseg.deid.check import check_tree
+from medseg.deid.conformance import dciodvfy_errors
 from medseg.errors import UsageError
 from medseg.pacs.config import Research, load_config
 from medseg.pacs.queue import JobQueue
@@ -76,10 +77,13 @@ def _published(research: Path) -> list[Path]:
 
 
 def _assert_copy_whole(copy: Path, study_src: Path, seg_src: Path) -> None:
-    """78 CT slices and the SEG, the SEG referencing the de-identified slices, nothing identifying, check clean."""
-    datasets = [pydicom.dcmread(p) for p in copy.rglob("*.dcm")]
+    """Every CT slice and the SEG, the SEG valid (dciodvfy) and referencing the de-identified slices, nothing
+    identifying, the leak check clean."""
+    paths = sorted(copy.rglob("*.dcm"))
+    datasets = [pydicom.dcmread(p) for p in paths]
     ct = {d.SOPInstanceUID: d for d in datasets if d.Modality == "CT"}
-    (seg,) = [d for d in datasets if d.Modality == "SEG"]
+    ((seg_path, seg),) = [(p, d) for p, d in zip(paths, datasets, strict=True) if d.Modality == "SEG"]
+    assert dciodvfy_errors(seg_path) == set()  # the de-identified SEG is still a valid SEG
     assert len(ct) == len(list(study_src.rglob("*.dcm")))
     refs = [r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence]
     assert refs and set(refs) <= set(ct)
