@@ -128,6 +128,36 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"job {job} is not failed, pending or quarantined", hint="See `medseg pacs status`.")
         console.result(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
 
+    @pacs_app.command("purge", epilog=EXAMPLES)
+    def purge(
+        config: Path = CONFIG,
+        dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted; delete nothing."),
+    ) -> None:
+        """Delete the received studies and results that `retention.keep_days` has expired (the running service does
+        this by itself every `retention.check_interval_s`)."""
+        from medseg.cli.audited import audited
+        from medseg.errors import UsageError
+        from medseg.pacs.config import load_config
+        from medseg.pacs.queue import JobQueue
+        from medseg.pacs.retention import purge_expired
+        from medseg.pacs.service import read_pid
+
+        cfg = load_config(config)
+        if cfg.retention.keep_days is None:
+            raise UsageError("retention.keep_days is not set: nothing expires", path=config,
+                             hint="Set retention.keep_days in the config (see configs/pacs.example.yaml).")  # fmt: skip
+        pid = read_pid(cfg.storage)
+        if pid is not None and not dry_run:
+            raise UsageError(f"the service (pid {pid}) runs on this storage and purges by itself", path=cfg.storage,
+                             hint="Let it, or stop it first (`medseg pacs stop`).")  # fmt: skip
+        with audited("pacs.purge", params={"dry_run": dry_run, "keep_days": cfg.retention.keep_days}) as rec:
+            purged = purge_expired(cfg, JobQueue(cfg.queue_path), dry_run=dry_run)
+            n = sum(p.instances for p in purged)
+            rec.set_outcome_detail(f"{'would_purge' if dry_run else 'purged'}:{len(purged)}:{n}")
+        verb = "would delete" if dry_run else "deleted"
+        console.result(f"{verb} the files of {len(purged)} stud{'y' if len(purged) == 1 else 'ies'} ({n} instances) "
+                       f"settled over {cfg.retention.keep_days} days ago")
+
     @pacs_app.command("stop", epilog=EXAMPLES)
     def stop(
         config: Path = CONFIG,

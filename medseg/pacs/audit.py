@@ -37,3 +37,10 @@ def record_study(study_uid: str, generation: int, instances: int, folder: Path, 
     params = {"study_uid": study_uid, "generation": generation, "instances": instances, "job": job_id}
     with audit_session("pacs.receive", params, software=software()) as rec:
         rec.add_inputs([folder])
+
+
+def record_purge(purged: list, keep_days: float | None) -> None:
+    """Retention deleted the files of settled studies: how many studies and instance records, and the rule."""
+    params = {"studies": len(purged), "instances": sum(p.instances for p in purged), "keep_days": keep_days}
+    with audit_session("pacs.purge", params, software=software()) as rec:
+        rec.set_outcome_detail(f"purged:{len(purged)}")

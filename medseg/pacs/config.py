@@ -78,6 +78,14 @@ class Retry(_Strict):
     max_rounds: int = Field(3, ge=0)
 
 
+class Retention(_Strict):
+    """How long received studies and job results (patient data) stay in storage after their last job ended: `keep_days`
+    (None: for ever). The queue's rows (states, reasons, ledger) stay; checked every `check_interval_s`."""
+
+    keep_days: float | None = Field(None, ge=0)
+    check_interval_s: float = Field(3600.0, gt=0)
+
+
 class Research(_Strict):
     """A de-identified copy of every segmented study and its SEG (`medseg deid`'s engine), published under `folder`
     only after the leak check found nothing (see medseg.pacs.research)."""
@@ -118,6 +126,7 @@ class PacsConfig(_Strict):
     lease_seconds: float = Field(600.0, gt=0)
     min_free_mb: float = Field(0.0, ge=0)
     research: Research | None = None
+    retention: Retention = Retention()
 
     @field_validator("organs")
     @classmethod

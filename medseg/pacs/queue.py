@@ -363,6 +363,58 @@ class JobQueue:
                 )
             return ids
 
+    # retention ----------------------------------------------------------------------------------------------
+    _SETTLED = (
+        "SELECT s.study_uid, s.generation, s.instances FROM studies s WHERE s.state='complete' AND s.last_at<? "
+        "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid=s.study_uid "
+        "AND (j.state IN ('queued', 'running', 'pending', 'failed') OR j.updated_at>=?))"
+    )
+
+    def settled_before(self, cutoff: float) -> list[dict[str, object]]:
+        """Complete studies with no instance since `cutoff` and no job open (queued, running, pending, failed) or
+        ended after it: the ones whose files retention may delete."""
+        return [dict(r) for r in self._conn().execute(self._SETTLED, (cutoff, cutoff))]
+
+    def forget_instances(self, study_uid: str, cutoff: float, now: float | None = None) -> int | None:
+        """In one transaction: if the study is still settled before `cutoff`, drop its instance rows (a re-send is
+        then stored and segmented as new, not taken for a duplicate of a deleted file) and log the purge; the number
+        of rows dropped, or None when the study changed meanwhile."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = db.execute(self._SETTLED + " AND s.study_uid=?", (cutoff, cutoff, study_uid)).fetchone()
+            if row is None:
+                return None
+            received = self._received(db, study_uid)
+            n = db.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,)).rowcount
+            db.execute("UPDATE studies SET instances=0 WHERE study_uid=?", (study_uid,))
+            db.execute("INSERT INTO purges VALUES (?, ?, ?, ?, ?)", (study_uid, row["generation"], n, received, now))
+            return int(n)
+
+    @staticmethod
+    def _received(db: sqlite3.Connection, study_uid: str) -> int:
+        """Instances recorded for the study, not counting the echoes of the SEGs medseg itself made for it."""
+        return int(db.execute(
+            "SELECT COUNT(*) FROM instances WHERE study_uid=? AND sop_uid NOT IN "
+            "(SELECT seg_sop_uid FROM jobs WHERE study_uid=? AND seg_sop_uid IS NOT NULL)", (study_uid, study_uid),
+        ).fetchone()[0])  # fmt: skip
+
+    def short_after_purge(self, study_uid: str, generation: int) -> tuple[int, int] | None:
+        """(instances back, instances before) when retention deleted this study's files before `generation` and
+        fewer instances came back than it held then: a partial re-send, whose SEG would replace the whole study's
+        (same UIDs) in the PACS. None otherwise."""
+        db = self._conn()
+        row = db.execute(
+            "SELECT MAX(received) FROM purges WHERE study_uid=? AND generation<?", (study_uid, generation)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        back = self._received(db, study_uid)
+        return (back, int(row[0])) if back < int(row[0]) else None
+
+    def purges(self) -> list[dict[str, object]]:
+        """Every purge done by retention."""
+        return [dict(r) for r in self._conn().execute("SELECT * FROM purges ORDER BY at")]
+
     # reading ------------------------------------------------------------------------------------------------
     @staticmethod
     def _job(db: sqlite3.Connection, job_id: int) -> Job:

@@ -63,6 +63,13 @@ CREATE TABLE IF NOT EXISTS ledger (
     fence INTEGER NOT NULL,
     PRIMARY KEY (job_id, destination)
 );
+CREATE TABLE IF NOT EXISTS purges (
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    generation INTEGER NOT NULL,
+    instances INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS research (
     job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
     state TEXT NOT NULL CHECK (state IN ('published', 'withheld', 'superseded')),

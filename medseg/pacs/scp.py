@@ -12,7 +12,7 @@ from typing import Any
 from medseg.errors import MedsegError
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue
-from medseg.pacs.storage import DiskFull, durable_write, instance_path
+from medseg.pacs.storage import DiskFull, durable_write, instance_path, study_lock
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -56,11 +56,12 @@ def store_instance(
     if min_free_mb and shutil.disk_usage(root).free < min_free_mb * 1e6 + len(data):
         return StoreOutcome(OUT_OF_RESOURCES, "storage below min_free_mb")
     try:
-        durable_write(path, data)
-        got = queue.record_instance(
-            sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
-            reopens=is_study_input(sop_class),
-        )
+        with study_lock(study):
+            durable_write(path, data)
+            got = queue.record_instance(
+                sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
+                reopens=is_study_input(sop_class),
+            )
     except DiskFull as exc:
         return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())
     except MedsegError as exc:

@@ -99,12 +99,26 @@ class Service:
         return not any(t.is_alive() for t in threads)
 
     def _schedule(self) -> None:
+        next_purge = time.monotonic()
         while not self.stop.wait(self.config.completion.check_interval_s):
             try:
                 for job_id in complete_studies(self.config, self.queue):
                     self.on_event(f"study complete: job {job_id} queued")
+                if self.config.retention.keep_days is not None and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self.config.retention.check_interval_s
+                    self._purge()
             except Exception as exc:  # a busy or full disk: the deadlines are kept, try again next tick
                 self.on_event(f"scheduler: {type(exc).__name__}: {exc}")
+
+    def _purge(self) -> None:
+        """Retention's pass (audited when it deleted anything)."""
+        from medseg.pacs.audit import record_purge
+        from medseg.pacs.retention import purge_expired
+
+        purged = purge_expired(self.config, self.queue)
+        if purged:
+            record_purge(purged, self.config.retention.keep_days)
+            self.on_event(f"retention: deleted the files of {len(purged)} stud(y/ies)")
 
     def _work(self, tag: str, segmenter: Segmenter) -> None:
         owner = owner_name(tag)

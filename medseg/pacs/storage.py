@@ -9,13 +9,26 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from medseg.errors import InvalidInputError, ProcessingError
 from medseg.io.atomic import atomic_path, is_unfinished_write
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_STUDY_LOCKS = tuple(threading.Lock() for _ in range(256))  # striped: bounded memory for a service that runs for years
+
+
+@contextmanager
+def study_lock(study_uid: str) -> Iterator[None]:
+    """Held while an instance of the study is written and recorded, and while retention removes the study's files,
+    so a purge never moves away an instance that was just acknowledged (one lock of 256, chosen by the UID)."""
+    with _STUDY_LOCKS[zlib.crc32(study_uid.encode()) % len(_STUDY_LOCKS)]:
+        yield
 
 
 class DiskFull(ProcessingError):

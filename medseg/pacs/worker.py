@@ -85,6 +85,12 @@ def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Seg
     job = lease.job
     if job.result and job.seg_sop_uid and Path(job.result).is_file():
         return Path(job.result)
+    short = queue.short_after_purge(job.study_uid, job.generation)
+    if short is not None:
+        raise InvalidInputError(
+            f"only {short[0]} of the {short[1]} instances the study had before retention deleted its files came back",
+            hint="Send the whole study again: once all of it is back it is segmented as a new generation.",
+        )
     with heartbeat(queue, lease, config.lease_seconds) as lost:
         outcome = segment_study(segmenter, Path(job.input), results_dir(config.storage, job.id))
         crash_point("after_inference")
