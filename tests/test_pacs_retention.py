@@ -83,6 +83,9 @@ def test_settled_studies_lose_their_files_and_open_ones_keep_them(shared: Path, 
     assert study_dir(config.storage, receiving).exists()
     assert queue.instances(done) == [] and queue.job(done_job).state == "sent" and len(queue.ledger()) == 1
     assert [(p["study_uid"], p["instances"]) for p in queue.purges()] == [(done, 3)]
+    from medseg.pacs.status import status
+
+    assert status(queue)["retention"]["studies_purged"] == 1
     assert purge_expired(config, queue, now=time.time() + 2) == []  # nothing left to do
     again = _receive(shared, config, queue, done, range(30, 33))  # the PACS sends the study again
     assert again == sops and len(queue.instances(done)) == 3  # stored as new, not taken for duplicates

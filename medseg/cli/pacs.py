@@ -105,6 +105,10 @@ def register(app: typer.Typer) -> None:
             console.result(f"research copies: {copies['published']} published, {copies['withheld']} withheld")
         for w in copies["withheld_jobs"]:
             console.result(f"  job {w['job']} research copy withheld: {w['reason']}")
+        kept = report["retention"]
+        if cfg.retention.keep_days is not None or kept["studies_purged"]:
+            console.result(f"retention: keep {cfg.retention.keep_days} days; {kept['studies_purged']} stud(y/ies) "
+                           f"purged, the last {kept['last_purge_age_s']} s ago")
 
     @pacs_app.command("retry", epilog=EXAMPLES)
     def retry(

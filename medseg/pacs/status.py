@@ -13,7 +13,7 @@ SHOWN = ("receiving", "queued", "running", "pending", "failed", "quarantined")
 
 def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
     """Counts of studies receiving and jobs per state, plus the jobs and studies not yet done, with ages in seconds,
-    and the research copies published and withheld (with the reasons of those withheld)."""
+    the research copies published and withheld (with the reasons of those withheld), and what retention deleted."""
     now = time.time() if now is None else now
     studies = queue.studies()
     jobs = queue.jobs()
@@ -33,5 +33,8 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
     research = queue.research()
     copies = {state: sum(r["state"] == state for r in research) for state in RESEARCH_STATES}
     withheld = [{"job": r["job_id"], "reason": r["reason"]} for r in research if r["state"] == "withheld"]
+    purges = queue.purges()
+    last = round(now - max(float(p["at"]) for p in purges), 1) if purges else None  # type: ignore[arg-type]
+    retention = {"studies_purged": len({p["study_uid"] for p in purges}), "last_purge_age_s": last}
     return {"counts": counts, "receiving": receiving, "jobs": rows, "sent": len(queue.ledger()),
-            "research": copies | {"withheld_jobs": withheld}}  # fmt: skip
+            "research": copies | {"withheld_jobs": withheld}, "retention": retention}  # fmt: skip
