@@ -147,6 +147,22 @@ def test_a_purge_waits_for_an_instance_being_written_and_recorded(shared: Path, 
     assert not runner.is_alive() and not study_dir(config.storage, study).exists()
 
 
+def test_the_store_path_holds_the_study_lock_from_write_to_record(shared: Path, tmp_path: Path) -> None:
+    """The other half of the guarantee: while the study's lock is held (a purge moving its folder), an instance of
+    that study is neither written nor recorded; it is stored once the lock is released."""
+    config = _config(tmp_path)
+    queue = JobQueue(config.queue_path)
+    study = "1.2.826.0.1.9.9"
+    with study_lock(study):
+        runner = threading.Thread(target=_receive, args=(shared, config, JobQueue(config.queue_path), study,
+                                                         range(30, 31)))  # fmt: skip
+        runner.start()
+        runner.join(0.5)
+        assert runner.is_alive() and not study_dir(config.storage, study).exists() and queue.instances() == []
+    runner.join(30)
+    assert not runner.is_alive() and len(queue.instances(study)) == 1
+
+
 def test_a_pass_killed_mid_way_is_finished_by_the_next(shared: Path, tmp_path: Path) -> None:
     """Killed after the queue forgot the instances (folder still there) and after the folder was moved aside."""
     config = _config(tmp_path)
