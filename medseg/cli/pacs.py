@@ -21,6 +21,8 @@ Examples:
 
   medseg pacs stop --config pacs.yaml
 
+  medseg pacs purge --config pacs.yaml --dry-run
+
 See configs/pacs.example.yaml for every key and docs/pacs.md for how it behaves when things fail.
 """
 
