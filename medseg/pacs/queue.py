@@ -425,12 +425,11 @@ class JobQueue:
         row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return Job(**dict(row)) if row else None
 
-    def jobs(self, state: str | None = None) -> list[Job]:
-        """Every job (or those in `state`), oldest first."""
-        sql, args = "SELECT * FROM jobs", ()
-        if state is not None:
-            sql, args = sql + " WHERE state=?", (state,)
-        return [Job(**dict(r)) for r in self._conn().execute(sql + " ORDER BY id", args)]
+    def jobs(self, state: str | None = None, study_uid: str | None = None) -> list[Job]:
+        """Every job (or those in `state`, of `study_uid`), oldest first."""
+        where = [(c, v) for c, v in (("state", state), ("study_uid", study_uid)) if v is not None]
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
+        return [Job(**dict(r)) for r in self._conn().execute(sql + " ORDER BY id", tuple(v for _, v in where))]
 
     def ledger(self) -> list[dict[str, object]]:
         """Every recorded send."""

@@ -35,7 +35,7 @@ class Purged:
 
 def study_folders(config: PacsConfig, queue: JobQueue, study_uid: str) -> list[Path]:
     """Everything in storage made from one study: its received instances, its jobs' results and research staging."""
-    jobs = [j.id for j in queue.jobs() if j.study_uid == study_uid]
+    jobs = [j.id for j in queue.jobs(study_uid=study_uid)]
     research = Path(config.storage) / STAGING
     folders = [study_dir(config.storage, study_uid)] + [results_dir(config.storage, j) for j in jobs]
     folders += [research / WITHHELD / f"job-{j}" for j in jobs]
