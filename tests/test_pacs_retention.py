@@ -178,6 +178,8 @@ def test_a_pass_killed_mid_way_is_finished_by_the_next(shared: Path, tmp_path: P
     (purged,) = purge_expired(config, queue, now=now + 1)
     assert purged.study_uid == study and purged.instances == 0
     assert not study_dir(config.storage, study).exists() and not aside.exists()
+    assert [(p["instances"], p["received"], p["done"]) for p in queue.purges()] == [(2, 2, 1)]  # one row, its count
+    assert queue.settled_before(now + 2) == []  # a finished purge is not looked at again
 
 
 def _medseg(*args: str) -> subprocess.CompletedProcess:

@@ -367,12 +367,14 @@ class JobQueue:
     _SETTLED = (
         "SELECT s.study_uid, s.generation, s.instances FROM studies s WHERE s.state='complete' AND s.last_at<? "
         "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid=s.study_uid "
-        "AND (j.state IN ('queued', 'running', 'pending', 'failed') OR j.updated_at>=?))"
+        "AND (j.state IN ('queued', 'running', 'pending', 'failed') OR j.updated_at>=?)) "
+        "AND (s.instances>0 OR EXISTS (SELECT 1 FROM purges p WHERE p.study_uid=s.study_uid AND p.done=0))"
     )
 
     def settled_before(self, cutoff: float) -> list[dict[str, object]]:
         """Complete studies with no instance since `cutoff` and no job open (queued, running, pending, failed) or
-        ended after it: the ones whose files retention may delete."""
+        ended after it, that still have instances or a purge not finished: the ones whose files retention may delete
+        (a study already purged is not looked at again by every later pass)."""
         return [dict(r) for r in self._conn().execute(self._SETTLED, (cutoff, cutoff))]
 
     def forget_instances(self, study_uid: str, cutoff: float, now: float | None = None) -> int | None:
@@ -387,8 +389,18 @@ class JobQueue:
             received = self._received(db, study_uid)
             n = db.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,)).rowcount
             db.execute("UPDATE studies SET instances=0 WHERE study_uid=?", (study_uid,))
-            db.execute("INSERT INTO purges VALUES (?, ?, ?, ?, ?)", (study_uid, row["generation"], n, received, now))
+            unfinished = db.execute("SELECT 1 FROM purges WHERE study_uid=? AND done=0", (study_uid,)).fetchone()
+            if n or unfinished is None:  # a pass that died after forgetting keeps its row (and its count)
+                db.execute(
+                    "INSERT INTO purges (study_uid, generation, instances, received, at) VALUES (?, ?, ?, ?, ?)",
+                    (study_uid, row["generation"], n, received, now),
+                )
             return int(n)
+
+    def finish_purge(self, study_uid: str) -> None:
+        """The study's files are gone: its purge is done and later passes skip the study."""
+        with self._write() as db:
+            db.execute("UPDATE purges SET done=1 WHERE study_uid=? AND done=0", (study_uid,))
 
     @staticmethod
     def _received(db: sqlite3.Connection, study_uid: str) -> int:

@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS purges (
     generation INTEGER NOT NULL,
     instances INTEGER NOT NULL,
     received INTEGER NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS research (
     job_id INTEGER PRIMARY KEY REFERENCES jobs(id),

@@ -4,7 +4,8 @@ settled (complete, no instance and no job open or ended since then).
 The queue forgets the study's instances first (so a later re-send is stored and segmented as new, not taken for a
 duplicate of a deleted file) and logs the purge; the study folder is then moved aside under the study's lock (so an
 instance being written and recorded at that moment is never moved with it) and deleted with the study's job
-results and research staging. A crash in between leaves files that the next pass finds and deletes.
+results and research staging; only then is the purge marked done. A crash in between leaves the purge unfinished,
+and the next pass finds the study again and deletes what is left; a finished study is not looked at again.
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ def purge_expired(config: PacsConfig, queue: JobQueue, now: float | None = None,
     for row in queue.settled_before(cutoff):
         uid = str(row["study_uid"])
         folders = study_folders(config, queue, uid)
-        if not folders and not row["instances"]:
-            continue  # purged before
         if dry_run:
             done.append(Purged(uid, int(row["instances"]), len(folders)))  # type: ignore[call-overload]
             continue
@@ -73,5 +72,6 @@ def purge_expired(config: PacsConfig, queue: JobQueue, now: float | None = None,
                 os.rename(received, trash)
         for folder in [trash, *folders]:
             shutil.rmtree(folder, ignore_errors=True)
+        queue.finish_purge(uid)
         done.append(Purged(uid, forgotten, len(folders)))
     return done
