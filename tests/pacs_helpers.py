@@ -3,6 +3,7 @@ dcmtk storescu, and the service started as a separate process (so it can be SIGK
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 import requests
 import yaml
@@ -117,6 +120,33 @@ class Orthanc:
 
     def instance_file(self, orthanc_id: str) -> bytes:
         return requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30).content
+
+
+def check_seg(orthanc: Orthanc, source_dir: Path, study: str, series: str) -> pydicom.Dataset:
+    """Exactly one SEG; it references the source series and each frame sits exactly on its source slice."""
+    import highdicom as hd
+
+    ids = orthanc.seg_instances()
+    assert len(ids) == 1, ids
+    assert len(orthanc.seg_series()) == 1
+    seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(ids[0])))
+    assert seg.StudyInstanceUID == study
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    assert seg.SeriesInstanceUID.startswith("2.25.") and seg.SOPInstanceUID.startswith("2.25.")
+    sources = {}
+    for f in source_dir.rglob("*.dcm"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        sources[ds.SOPInstanceUID] = np.asarray(ds.ImagePositionPatient, dtype=float)
+    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} <= set(
+        sources
+    )
+    assert seg.number_of_frames > 0
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        pos = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        assert np.abs(pos - sources[ref]).max() < 1e-3
+    assert seg.get_segment_description(1).segment_label == "liver"
+    return seg
 
 
 def write_config(path: Path, storage: Path, destination: dict, quiet: float = 2.0, **extra: object) -> int:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-from pacs_helpers import Orthanc, Served, chaos_files, make_study, storescu, wait_jobs, write_config
+from pacs_helpers import Orthanc, Served, chaos_files, check_seg, make_study, storescu, wait_jobs, write_config
 
 from medseg.pacs.queue import JobQueue
 
@@ -21,33 +19,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc"), medseg_port=11112).start()
     yield server
     server.stop()
-
-
-def _check_seg(orthanc: Orthanc, source_dir: Path, study: str, series: str) -> pydicom.Dataset:
-    """Exactly one SEG; it references the source series and each frame sits exactly on its source slice."""
-    import highdicom as hd
-
-    ids = orthanc.seg_instances()
-    assert len(ids) == 1, ids
-    assert len(orthanc.seg_series()) == 1
-    seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(ids[0])))
-    assert seg.StudyInstanceUID == study
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
-    assert seg.SeriesInstanceUID.startswith("2.25.") and seg.SOPInstanceUID.startswith("2.25.")
-    sources = {}
-    for f in source_dir.rglob("*.dcm"):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        sources[ds.SOPInstanceUID] = np.asarray(ds.ImagePositionPatient, dtype=float)
-    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} <= set(
-        sources
-    )
-    assert seg.number_of_frames > 0
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        pos = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
-        assert np.abs(pos - sources[ref]).max() < 1e-3
-    assert seg.get_segment_description(1).segment_label == "liver"
-    return seg
 
 
 def test_real_ct_through_cstore_gives_exactly_one_seg(orthanc: Orthanc, shared: Path, tmp_path: Path) -> None:
@@ -66,7 +37,7 @@ def test_real_ct_through_cstore_gives_exactly_one_seg(orthanc: Orthanc, shared: 
     assert [j.state for j in jobs] == ["sent"], [(j.state, j.reason) for j in jobs]
     q = JobQueue(tmp_path / "store" / "queue.db")
     assert len(q.instances()) == 78 and len(q.ledger()) == 1
-    seg = _check_seg(orthanc, src, first.StudyInstanceUID, first.SeriesInstanceUID)
+    seg = check_seg(orthanc, src, first.StudyInstanceUID, first.SeriesInstanceUID)
     assert seg.SOPInstanceUID == jobs[0].seg_sop_uid
     assert "stopped" in (tmp_path / "serve.log").read_text()
 
@@ -83,7 +54,7 @@ def test_small_study_through_stow_rs_gives_exactly_one_seg(orthanc: Orthanc, sha
     finally:
         service.stop()
     assert [j.state for j in jobs] == ["sent"], [(j.state, j.reason) for j in jobs]
-    _check_seg(orthanc, study_dir, study, series)
+    check_seg(orthanc, study_dir, study, series)
 
 
 def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes_twice(
@@ -126,7 +97,7 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
     stored = {i["sop_uid"] for i in q.instances()}
     assert len(stored) == 33 and jobs[0].seg_sop_uid in stored  # the 32 slices, and our SEG echoed: recorded only
     assert [s["generation"] for s in q.studies()] == [1]
-    seg = _check_seg(orthanc, study_dir, study, series)
+    seg = check_seg(orthanc, study_dir, study, series)
     assert seg.SOPInstanceUID == jobs[0].seg_sop_uid
     series_in_study = requests.get(f"{orthanc.url}/studies/{orthanc_study}", timeout=10).json()["Series"]
     assert len(series_in_study) == 2  # the CT and its SEG, in the one study
@@ -150,8 +121,9 @@ def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_g
     lua = tmp_path / "route.lua"
     # Orthanc 1.10's Lua SendToModality takes instances only (a study id fails: "Unable to read attachment"); the
     # REST route is how Orthanc's book sends a whole study from OnStableStudy
-    lua.write_text("function OnStableStudy(studyId, tags, metadata)\n"
-                   "  RestApiPost('/modalities/medseg/store', studyId)\nend\n")
+    lua.write_text(
+        "function OnStableStudy(studyId, tags, metadata)\n  RestApiPost('/modalities/medseg/store', studyId)\nend\n"
+    )
     cfg = json.loads(server.config.read_text())
     cfg["DicomModalities"]["medseg"][2] = port
     server.config.write_text(json.dumps(cfg | {"LuaScripts": [str(lua)], "StableAge": 2}))
@@ -176,7 +148,7 @@ def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_g
         q = JobQueue(queue_path)
         assert [(j.generation, j.state) for j in jobs] == [(1, "sent")] and len(q.ledger()) == 1
         assert [s["generation"] for s in q.studies()] == [1]
-        seg = _check_seg(server, study_dir, study, series)
+        seg = check_seg(server, study_dir, study, series)
         assert seg.SOPInstanceUID == seg_uid
     finally:
         service.stop()

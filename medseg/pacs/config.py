@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import UsageError
+from medseg.pacs.tls import TlsFiles
 from medseg.yamltext import load_yaml
 
 
@@ -25,6 +26,7 @@ class Listen(_Strict):
     port: int = Field(11112, ge=0, le=65535)
     check_called_aet: bool = True
     allowed_callers: list[str] = []
+    tls: TlsFiles | None = None
 
     @field_validator("allowed_callers")
     @classmethod
@@ -45,12 +47,17 @@ class Destination(_Strict):
     dicomweb: str | None = None
     folder: Path | None = None
     timeout_s: float = 30.0
+    tls: TlsFiles | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:
         dimse = self.ae_title is not None and self.host is not None and self.port is not None
         if dimse + (self.dicomweb is not None) + (self.folder is not None) != 1:
             raise ValueError("give exactly one of: ae_title, host and port (C-STORE); dicomweb (STOW-RS); folder")
+        if self.tls is not None and self.folder is not None:
+            raise ValueError("tls applies to a C-STORE or DICOMweb destination, not to a folder")
+        if self.tls is not None and self.dicomweb is not None and not self.dicomweb.lower().startswith("https://"):
+            raise ValueError("tls with dicomweb needs an https:// URL")
         return self
 
     @property
@@ -158,8 +165,12 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PacsConf
         data["storage"] = str(here / data["storage"])
     research = data.get("research")
     if isinstance(research, dict):
-        relative = [k for k in ("folder", "key_file") if k in research and not Path(research[k]).is_absolute()]
-        data["research"] = research | {k: str(here / research[k]) for k in relative}
+        data["research"] = _absolute(research, ("folder", "key_file"), here)
+    for part in ("listen", "destination"):
+        section = data.get(part)
+        if isinstance(section, dict) and isinstance(section.get("tls"), dict):
+            files = ("certificate", "private_key", "trusted_certificates")
+            data[part] = section | {"tls": _absolute(section["tls"], files, here)}
     try:
         config = PacsConfig.model_validate(data)
     except ValidationError as exc:
@@ -167,7 +178,25 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PacsConf
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise UsageError(f"{where}: {first['msg']}", path=path, hint="See configs/pacs.example.yaml.") from exc
     check_research(config)
+    check_tls(config)
     return config
+
+
+def _absolute(section: dict[str, Any], keys: tuple[str, ...], here: Path) -> dict[str, Any]:
+    """`section` with its path `keys` taken from the config file's folder when relative."""
+    relative = [k for k in keys if section.get(k) is not None and not Path(section[k]).is_absolute()]
+    return section | {k: str(here / section[k]) for k in relative}
+
+
+def check_tls(config: PacsConfig) -> None:
+    """Build both TLS contexts once at start: a missing file, a key that does not match its certificate or an expired
+    certificate is a configuration error (exit 2), not a failure of every association later."""
+    from medseg.pacs.tls import client_context, server_context
+
+    if config.listen.tls is not None:
+        server_context(config.listen.tls)
+    if config.destination.tls is not None:
+        client_context(config.destination.tls)
 
 
 def check_research(config: PacsConfig) -> None:

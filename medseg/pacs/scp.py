@@ -107,7 +107,12 @@ class Receiver:
             ae.add_supported_context(cx.abstract_syntax, list(AllTransferSyntaxes))
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._on_store)]
-        self.server = ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers)
+        tls = None
+        if listen.tls is not None:
+            from medseg.pacs.tls import server_context
+
+            tls = server_context(listen.tls)
+        self.server = ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers, ssl_context=tls)
         return int(self.server.server_address[1])
 
     def stop(self) -> None:

@@ -47,9 +47,15 @@ def send_cstore(path: Path, dest: Destination, calling_ae: str) -> str:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_s
     ts = str(ds.file_meta.TransferSyntaxUID)
     ae.add_requested_context(ds.SOPClassUID, list(dict.fromkeys([ts, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])))
-    assoc = ae.associate(str(dest.host), int(dest.port or 0), ae_title=str(dest.ae_title))
+    tls = None
+    if dest.tls is not None:
+        from medseg.pacs.tls import client_context
+
+        tls = (client_context(dest.tls), dest.tls.server_name or str(dest.host))
+    assoc = ae.associate(str(dest.host), int(dest.port or 0), ae_title=str(dest.ae_title), tls_args=tls)
     if not assoc.is_established:
-        raise SendError(f"association with {dest.name} not established (down or refused)")
+        how = " over TLS (down, refused, or a certificate not trusted either way)" if tls else " (down or refused)"
+        raise SendError(f"association with {dest.name} not established{how}")
     try:
         status = assoc.send_c_store(ds)
     finally:
@@ -76,8 +82,13 @@ def send_stow(path: Path, dest: Destination) -> str:
         "Accept": "application/dicom+json",
     }
     url = str(dest.dicomweb).rstrip("/") + "/studies"
+    tls: dict[str, object] = {}
+    if dest.tls is not None:
+        tls["verify"] = str(dest.tls.trusted_certificates)
+        if dest.tls.certificate is not None:
+            tls["cert"] = (str(dest.tls.certificate), str(dest.tls.private_key))
     try:
-        r = requests.post(url, data=body, headers=headers, timeout=dest.timeout_s)
+        r = requests.post(url, data=body, headers=headers, timeout=dest.timeout_s, **tls)
     except requests.RequestException as exc:
         raise SendError(f"STOW-RS to {url} failed: {type(exc).__name__}") from exc
     if r.status_code != 200:
