@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io import Volume
+from medseg.io import Geometry, Volume
 
 
 def axis_profiles(mask: np.ndarray) -> list[np.ndarray]:
@@ -36,6 +36,20 @@ def centroid_index(mask: np.ndarray) -> np.ndarray | None:
     return np.array([float((p * np.arange(p.size)).sum()) / total for p in profiles])
 
 
+def world_extent(mask: np.ndarray, start: list[int], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The LPS box (min, max mm) of the voxel centres set in `mask`, a crop of the grid starting at index `start`.
+
+    On an axis-aligned grid two opposite corners of the index box give it exactly; on an oblique grid (a rotated
+    acquisition) they do not, so every voxel is mapped."""
+    d = geometry.direction_matrix
+    if (np.abs(d) > 1e-9).sum(axis=0).max() == 1:
+        last = [a + n - 1 for a, n in zip(start, mask.shape, strict=True)]
+        corners = geometry.index_to_world(np.array([start, last]))
+    else:
+        corners = geometry.index_to_world(np.argwhere(mask) + np.asarray(start))
+    return corners.min(0), corners.max(0)
+
+
 def organ_stats(
     labels: np.ndarray, label: int, volume: Volume, within: tuple[slice, ...] | None = None
 ) -> dict[str, Any]:
@@ -55,7 +69,7 @@ def organ_stats(
         return stats | dict.fromkeys(empty)
     start = [int(s.start + o) for s, o in zip(box, offset, strict=True)]
     stop = [int(s.stop + o) for s, o in zip(box, offset, strict=True)]
-    corners = volume.geometry.index_to_world(np.array([start, [s - 1 for s in stop]]))
+    extent = world_extent(mask[box], start, volume.geometry)
     image = volume.array if within is None else volume.array[within]
     values = image[box][mask[box]].astype(np.float64)
     centroid = volume.geometry.index_to_world(centre + offset)[0]
@@ -63,6 +77,6 @@ def organ_stats(
         "mean_hu": float(values.mean()),
         "std_hu": float(values.std()),
         "bbox_index": {"start": start, "stop": stop},
-        "bbox_lps_mm": {"min": corners.min(0).round(2).tolist(), "max": corners.max(0).round(2).tolist()},
+        "bbox_lps_mm": {"min": extent[0].round(2).tolist(), "max": extent[1].round(2).tolist()},
         "centroid_lps_mm": centroid.round(2).tolist(),
     }
