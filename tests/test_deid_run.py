@@ -231,3 +231,31 @@ def test_cli_runs_checks_and_audits_without_phi(shared: Path, tmp_path: Path, ca
     assert code == 2 and "retain-everything" in err
     audit = b"".join(p.read_bytes() for p in Path(os.environ["MEDSEG_AUDIT_DIR"]).rglob("*") if p.is_file())
     assert b"deid" in audit and b"MILLER" not in audit.upper() and b"9894340694" not in audit
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_the_input_preamble_never_reaches_the_output(shared: Path, tmp_path: Path, big_endian: bool) -> None:
+    """The 128 bytes before "DICM" are free for any use (PS3.10 7.1) and some systems write patient data there; both
+    encoding paths (the raw copy, and the full path a big endian input takes) write zeros instead."""
+    src = tmp_path / "in"
+    src.mkdir()
+    ds = pydicom.dcmread(sorted((shared / "ct" / "chaos_ct_sample" / "dicom").glob("*.dcm"))[10])
+    if big_endian:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+        arr = ds.pixel_array
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    planted = b"PATIENT ZZPREAMBLE^NAME ID 987654321 DOB 19450317".ljust(128, b" ")
+    ds.preamble = planted
+    if big_endian:
+        for _ in ds.iterall():  # every element parsed, so it can be written in the other byte order
+            pass
+        ds.set_original_encoding(False, False, ds.original_character_set)
+        pydicom.dcmwrite(src / "slice.dcm", ds, enforce_file_format=True, implicit_vr=False, little_endian=False)
+    else:
+        ds.save_as(src / "slice.dcm", enforce_file_format=True)
+    assert (src / "slice.dcm").read_bytes()[:128] == planted
+    result = run_deid(src, tmp_path / "out")
+    (record,) = result.records
+    data = (tmp_path / "out" / record.output).read_bytes()
+    assert data[:128] == b"\x00" * 128 and data[128:132] == b"DICM"
+    assert b"ZZPREAMBLE" not in data and b"987654321" not in data

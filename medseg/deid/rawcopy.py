@@ -375,7 +375,7 @@ def encode(out: FileDataset, original: Dataset, raw: RawFile) -> bytes | None:
     out.file_meta = new_file_meta(out, original, ts)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = raw.implicit, True
-    fp.write(out.preamble or b"\x00" * 128)
+    fp.write(b"\x00" * 128)  # never the input's preamble: 128 free bytes that may carry anything (PS3.10 7.1)
     fp.write(b"DICM")
     fp.write(file_meta_bytes(out.file_meta))
     compressed = UID(ts).is_compressed

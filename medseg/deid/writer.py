@@ -62,6 +62,7 @@ def encode_dataset(out: Dataset, original: Dataset, pixels_rewritten: bool) -> b
     """`out` as DICOM file bytes with a fresh file meta group (written and hashed by the runner)."""
     ts = output_transfer_syntax(original, pixels_rewritten)
     out.file_meta = new_file_meta(out, original, ts)
+    out.preamble = b"\x00" * 128  # never the input's: 128 free bytes that may carry anything (PS3.10 7.1)
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
