@@ -125,3 +125,47 @@ def test_recall_on_all_ground_truth_boxes_and_no_false_positive_on_clean_ct(shar
     assert measured.found / measured.boxes >= 0.99, measured.missed
     flagged, seconds = false_positive_slices(clean_ct_slices(shared)[::4])
     assert flagged == 0 and len(seconds) == 25
+
+
+@pytest.mark.parametrize("ink", [2193, 1050])
+def test_one_line_of_text_on_a_ct_blanks_that_line_not_the_image(shared: Path, tmp_path: Path, ink: int) -> None:
+    """A CT slice with one line of text in its corner (white, or grey inside a soft-tissue window). The check after
+    blanking used to re-window the image without its brightest part (the text) and the detector then saw the whole
+    frame as one text box, so the whole slice was blanked and released as 'cleaned'."""
+    src = tmp_path / "in"
+    src.mkdir()
+    ds = pydicom.dcmread(clean_ct_slices(shared)[10])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    before = ds.pixel_array.astype(np.int32)
+    mask = Image.new("L", before.shape[::-1], 0)
+    ImageDraw.Draw(mask).text((10, 10), "DOE JOHN 987654321", fill=255, font=ImageFont.load_default(size=16))
+    burned = before.copy()
+    burned[np.asarray(mask) > 127] = ink
+    ds.PixelData = burned.astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(src / "ct.dcm", enforce_file_format=True)
+    record = run_deid(src, tmp_path / "out", scan_pixels=True).records[0]
+    assert record.status == "written" and record.pixels["status"] == "cleaned", record.pixels
+    after = _output(tmp_path / "out", record).pixel_array.astype(np.int32)
+    changed = after != burned
+    assert changed.mean() < 0.05, f"{changed.mean():.1%} of the slice changed"
+    text = np.asarray(mask) > 127
+    assert not (after[text] == ink).any(), "the text itself is blanked"
+    assert np.array_equal(after[60:, :], before[60:, :]), "the anatomy below the text line is untouched"
+
+
+def test_an_image_that_is_mostly_text_is_quarantined_not_released_blank(tmp_path: Path) -> None:
+    """Blanking more than half of a frame leaves nothing to use: the file goes to quarantine with the reason."""
+    from medseg.deid.pixels import scan_and_clean
+
+    image = Image.fromarray(np.full((256, 320), 20, np.uint8))
+    draw = ImageDraw.Draw(image)
+    for line in range(8):
+        draw.text((4, 2 + 31 * line), "DOE JOHN 1961 MRN 4242", fill=250, font=ImageFont.load_default(size=30))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.7", "OT"
+    ds.set_pixel_data(np.asarray(image), "MONOCHROME2", 8, generate_instance_uid=False)
+    outcome = scan_and_clean(ds, scan=True)
+    assert outcome.status == "quarantine" and "review this image by hand" in str(outcome.reason)
+    assert not outcome.rewritten

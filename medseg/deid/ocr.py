@@ -48,13 +48,22 @@ def _engine() -> Any:
     return RapidOCR(params={"Global.use_cls": False, "Global.log_level": "error"})
 
 
-def to_display(frame: np.ndarray, photometric: str) -> np.ndarray:
-    """An 8-bit RGB rendering of one frame (min-max window; MONOCHROME1 inverted) for the text detector."""
+def display_window(frame: np.ndarray) -> tuple[float, float]:
+    """The min-max window `to_display` uses by default (colour channels beyond RGB ignored)."""
+    arr = np.asarray(frame)
+    arr = arr[..., :3] if arr.ndim == 3 else arr
+    return float(arr.min()), float(arr.max())
+
+
+def to_display(frame: np.ndarray, photometric: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    """An 8-bit RGB rendering of one frame (min-max window unless `window` is given; MONOCHROME1 inverted) for the
+    text detector."""
     arr = np.asarray(frame, dtype=np.float32)
     if arr.ndim == 3:
         arr = arr[..., :3]
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    lo, hi = window if window is not None else display_window(arr)
+    scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else (
+        (np.clip(arr, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)  # fmt: skip
     if photometric == "MONOCHROME1":
         scaled = 255 - scaled
     return scaled if scaled.ndim == 3 else np.repeat(scaled[..., None], 3, axis=2)

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medseg.deid.glyphs import find_text_lines, read_ink, text_blocks
-from medseg.deid.ocr import TextBox, detect_text, detect_text_all, to_display
+from medseg.deid.ocr import TextBox, detect_text, detect_text_all, display_window, to_display
 from medseg.deid.values import value_of
 
 AT_RISK_MODALITIES = frozenset({"US", "SC", "XA", "RF", "CR", "DX", "MG", "OT", "IO", "PX", "XC", "ES", "GM", "DOC"})
@@ -25,6 +25,8 @@ COMPUTED_SOP_CLASSES = frozenset({
 MARGIN_PX = 3
 MARGIN_FRACTION = 0.15
 MAX_ROUNDS = 2
+MAX_BLANKED_FRACTION = 0.5
+MAX_LEFTOVER_FRACTION = 0.25
 
 
 @dataclass
@@ -72,12 +74,24 @@ def _blank(frame: np.ndarray, boxes: list[TextBox], fill: float | int) -> list[T
     return grown
 
 
-def _render(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+def _colours(frame: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, str]:
+    """The frame as the detector's rendering starts from: palette indices through their lookup table."""
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        return to_display(apply_color_lut(frame, ds), "RGB")
-    return to_display(frame, photometric)
+        return apply_color_lut(frame, ds), "RGB"
+    return frame, photometric
+
+
+def _render(frame: np.ndarray, ds: Dataset, photometric: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    return to_display(*_colours(frame, ds, photometric), window)
+
+
+def _blanked_fraction(boxes: list[TextBox], height: int, width: int) -> float:
+    covered = np.zeros((height, width), dtype=bool)
+    for b in boxes:
+        covered[b.y0 : b.y1, b.x0 : b.x1] = True
+    return float(covered.mean())
 
 
 def _decode(ds: Dataset) -> tuple[np.ndarray, str]:
@@ -106,8 +120,12 @@ def _text_boxes(display: np.ndarray, strict: bool) -> list[TextBox]:
 
 
 def _leftover_boxes(display: np.ndarray) -> list[TextBox]:
-    """Anything text-like for the check after blanking: detector boxes (no recognition) and ink lines."""
-    return detect_text(display, filtered=False) + [_as_box(b) for b in find_text_lines(display)]
+    """Anything text-like for the check after blanking: detector boxes (no recognition) and ink lines. A box over a
+    quarter of the image is not a line of text: the detector answers so for some images with a blanked rectangle
+    (a CT with one line of text gave a box over the whole frame, and blanking it released a black image)."""
+    height, width = display.shape[:2]
+    boxes = detect_text(display, filtered=False) + [_as_box(b) for b in find_text_lines(display)]
+    return [b for b in boxes if (b.x1 - b.x0) * (b.y1 - b.y0) <= MAX_LEFTOVER_FRACTION * height * width]
 
 
 def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
@@ -129,7 +147,8 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     regions: list[tuple[int, int, int, int, int]] = []
     for index in range(frames.shape[0]):
         frame = frames[index]
-        boxes = _text_boxes(_render(frame, ds, photometric), strict)
+        window = display_window(_colours(frame, ds, photometric)[0])
+        boxes = _text_boxes(_render(frame, ds, photometric, window), strict)
         rounds, cleaned = 0, []
         fill = frame.max() if photometric == "MONOCHROME1" else frame.min()
         while boxes and rounds < MAX_ROUNDS:
@@ -137,12 +156,19 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
             cleaned.extend(grown)
             regions.extend((index, b.x0, b.y0, b.x1, b.y1) for b in grown)
             rounds += 1
-            # verification: detection only (no recognition), anything text-like left inside a cleaned region
-            boxes = [b for b in _leftover_boxes(_render(frame, ds, photometric)) if any(b.overlaps(c) for c in cleaned)]
+            # verification: detection only (no recognition), anything text-like left inside a cleaned region, seen
+            # in the window of the first look (a min-max window after blanking re-stretches the image: the blanked
+            # text was its brightest part, and the whole body then reads as one text box)
+            display = _render(frame, ds, photometric, window)
+            boxes = [b for b in _leftover_boxes(display) if any(b.overlaps(c) for c in cleaned)]
         if boxes:
             return PixelOutcome(
                 "quarantine", f"text still detected after {MAX_ROUNDS} cleaning rounds", frames.shape[0], regions
             )
+        share = _blanked_fraction(cleaned, *frame.shape[:2])
+        if share > MAX_BLANKED_FRACTION:
+            reason = f"cleaning would blank {share:.0%} of frame {index}: review this image by hand"
+            return PixelOutcome("quarantine", reason, frames.shape[0], regions)
     if not regions:
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
             return PixelOutcome("quarantine", "BurnedInAnnotation is YES but no text was detected", frames.shape[0])
