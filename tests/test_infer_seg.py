@@ -152,3 +152,32 @@ def test_source_without_frame_of_reference_gets_no_seg(shared, tmp_path):
     labels = (volume.array > np.percentile(volume.array, 80)).astype(np.uint8)
     with pytest.raises(SegUnavailable, match="Frame of Reference"):
         write_seg(labels, volume, {1: "liver"}, ALGO, tmp_path / "seg.dcm")
+
+
+@pytest.mark.parametrize("thickness", ["absent", "empty"])
+def test_a_source_without_slice_thickness_still_gets_a_valid_seg(shared, tmp_path, thickness: str) -> None:
+    """SliceThickness is Type 2 in CT (absent or empty is legal) but Type 1C in the SEG's pixel measures: absent,
+    highdicom could not build the SEG (no SEG written); empty, the SEG failed dciodvfy. The slice spacing is given."""
+    import pydicom
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[30:42]:
+        ds = pydicom.dcmread(f)
+        if thickness == "absent":
+            del ds.SliceThickness
+        else:
+            ds.SliceThickness = None
+        ds.save_as(src / f.name)
+    volume = read_image(src)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[200:300, 200:300, 3:9] = 1
+    notes: list[str] = []
+    path = tmp_path / "seg.dcm"
+    seg = build_seg(labels, volume, {1: "liver"}, ALGO, notes=notes)
+    seg.save_as(path)
+    assert dciodvfy_errors(path) == []
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(volume.spacing[2])
+    assert any("SliceThickness is absent or empty" in n for n in notes)
+    assert_seg_matches(path, volume, labels)

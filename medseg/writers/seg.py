@@ -101,6 +101,7 @@ def _source_headers(volume: Volume, notes: list[str]) -> list[Any]:
         datasets = _slim_sources(volume, notes)
     else:
         datasets = [_read_source(f, notes) for f in volume.meta.source_files]
+    _slice_thickness(datasets[0], volume, notes)
     for k, ds in enumerate(datasets):
         where = volume.meta.source_files[k]
         if not str(getattr(ds, "SOPInstanceUID", "")).strip():
@@ -108,6 +109,19 @@ def _source_headers(volume: Volume, notes: list[str]) -> list[Any]:
         pos = np.asarray(ds.ImagePositionPatient, dtype=float)
         _check_plane(volume, k, pos, np.asarray(ds.ImageOrientationPatient, dtype=float), where)
     return datasets
+
+
+def _slice_thickness(first: Any, volume: Volume, notes: list[str]) -> None:
+    """SliceThickness is Type 2 in a CT image (may be absent or empty) but the SEG's pixel measures need it, and
+    highdicom copies it from the first source: absent, highdicom cannot build the SEG; empty, the SEG fails dciodvfy.
+    The series' slice spacing is then given (the SEG's own voxels are that thick), with a note."""
+    value = first.get("SliceThickness", None)
+    if value is not None and str(value).strip():
+        return
+    first.SliceThickness = f"{volume.spacing[2]:.6g}"
+    note = f"source SliceThickness is absent or empty; the SEG gives the slice spacing, {first.SliceThickness} mm"
+    if note not in notes:
+        notes.append(note)
 
 
 def _slim_sources(volume: Volume, notes: list[str]) -> list[Any]:
