@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,17 @@ def _isolated_audit_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setenv("MEDSEG_OPERATOR", "test-operator")
     return folder
 
+
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest):
+    """A small tmpfs, 3 MB unless the test is marked `@pytest.mark.disk_mb(N)` (the tests run as root here and in
+    CI); fails loudly when it cannot be mounted."""
+    marker = request.node.get_closest_marker("disk_mb")
+    size = marker.args[0] if marker else 3
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 from pathlib import Path
 
@@ -89,18 +88,6 @@ def test_unreadable_header_is_refused(tmp_path: Path) -> None:
     out = store_instance(b"\0" * 200, "1.2.3", "X", tmp_path, queue, 1.0)
     assert out.status == CANNOT_UNDERSTAND
     assert queue.instances() == [] and not (tmp_path / "studies").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 3 MB tmpfs (the tests run as root here and in CI); fails loudly when it cannot be mounted."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_disk_full_refuses_the_store_and_leaves_nothing_half_written(

@@ -62,3 +62,29 @@ def test_modality_preference_comes_before_slice_count(shared, tmp_path):
     cases, _ = discover_cases(tmp_path / "study", "CT")
     assert [c.load().shape[2] for c in cases] == [6]
     assert choose_series([s for s in scan.series if not s.is_volume]) is None
+
+
+def test_infer_series_takes_the_series_named_not_the_one_with_most_slices(shared, tmp_path, capsys):
+    """The refusals of a mixed folder advise `--series` (see `medseg series`): `medseg infer` takes it too."""
+    import json
+
+    from cli_run import run_in_process
+    from infer_fixtures import make_model_folder
+
+    files = sorted((shared / "ct/chaos_ct_sample/dicom").iterdir())
+    _write_twin(files[20:40], tmp_path / "study" / "axial", 1, "1.2.3.5")
+    _write_twin(files[10:50], tmp_path / "study" / "longer", 1, "1.2.3.6")
+    model = make_model_folder(tmp_path / "model", seed=1, roi=(64, 64, 64), foreground_bias=1000.0)
+    args = ["infer", str(tmp_path / "study"), "--model", str(model), "--no-preview"]
+    code, _, err = run_in_process([*args, "--out", str(tmp_path / "auto")], capsys)
+    assert code == 0, err
+    (summary,) = (tmp_path / "auto").glob("*/summary.json")
+    chosen = json.loads(summary.read_text())["input"]
+    assert chosen["series_instance_uid"] == "1.2.3.6" and chosen["shape"][2] == 40
+    code, _, err = run_in_process([*args, "--out", str(tmp_path / "named"), "--series", "1.2.3.5"], capsys)
+    assert code == 0, err
+    chosen = json.loads((tmp_path / "named" / "study" / "summary.json").read_text())["input"]
+    assert chosen["series_instance_uid"] == "1.2.3.5" and chosen["shape"][2] == 20
+    nifti = shared / "ct/chaos_ct_sample/image.nii.gz"
+    code, _, err = run_in_process(["infer", str(nifti), "--model", str(model), "--series", "1.2.3.5"], capsys)
+    assert code == 2 and "--series" in err

@@ -31,6 +31,8 @@ Examples:
 
   medseg infer studies/ --out results/ --model path/to/model_folder --overwrite
 
+  medseg infer study/ --series 1.2.840.113619.2.55.3.604688119.971   # a series `medseg series study/` lists
+
   medseg infer mr_study/ --organ liver --force    # segment an input refused as not what the model is for
 
 Outputs per series in OUT/<case>/: liver.nii.gz (one organ; several: labels.nii.gz, values 1..N in --organ
@@ -80,6 +82,10 @@ def register(app: typer.Typer) -> None:
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         preview: bool = typer.Option(True, "--preview/--no-preview", help="Write preview.png."),
+        series: str | None = typer.Option(
+            None, "--series", help="Segment this series of a DICOM study folder (a key from `medseg series`, or its "
+            "SeriesInstanceUID) instead of the one chosen automatically.",
+        ),
     ) -> None:
         """Segment an organ in CT: QC, sliding-window inference, label map, DICOM SEG, summary and preview."""
         from medseg.cli.audited import audited
@@ -88,9 +94,9 @@ def register(app: typer.Typer) -> None:
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}", hint="Use --device cpu or --device cuda.")
         params = {"organ": organ, "device": device, "backend": backend, "precision": precision}
-        params |= {"fast": fast, "strict": strict, "force": force}
+        params |= {"fast": fast, "strict": strict, "force": force, "series": series}
         with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
-            options = InferOptions(fast, strict, overwrite, preview, force, precision)
+            options = InferOptions(fast, strict, overwrite, preview, force, precision, series)
             folders = _run(rec, input, organ, out, model, device, backend, options)
         state.fast_exit.append(state.FastExit(folders))  # success, audit end record written: see cli.main
 
@@ -105,6 +111,7 @@ class InferOptions:
     preview: bool
     force: bool
     precision: str = "f32"
+    series: str | None = None
 
 
 def _lazy_runner(model: InstalledModel, backend: str, device: str, precision: str = "f32") -> LazyRunner:
@@ -156,7 +163,7 @@ def _run(
     rec.add_inputs([input, model.weights_path], background=True)  # read only; hashed beside the work
     rec.set_model(card.name, card.version, card.weights.sha256)
     model.verify()
-    cases, notes = discover_cases(input, card.modality)
+    cases, notes = discover_cases(input, card.modality, options.series)
     for note in notes:
         console.info(note)
     check_precision(model, backend, device, options.precision)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, UsageError
 from medseg.io import SeriesInfo, Volume, read_image
 from medseg.io.dicom_reader import volume_from_headers
 from medseg.io.image import check_damaged_files, check_stray_slices
@@ -97,12 +97,18 @@ def _unique(cases: list[Case]) -> list[Case]:
     return out
 
 
-def discover_cases(path: Path, modality: str = "CT") -> tuple[list[Case], list[str]]:
-    """Cases under `path` (a NIfTI file, a DICOM file or folder, or a folder of studies/NIfTI files) and notes."""
+def discover_cases(path: Path, modality: str = "CT", series_key: str | None = None) -> tuple[list[Case], list[str]]:
+    """Cases under `path` (a NIfTI file, a DICOM file or folder, or a folder of studies/NIfTI files) and notes;
+    with `series_key` (`medseg series`'s key or a SeriesInstanceUID) the one case is that series of the folder."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError("input not found", path=path, hint="Check the path.")
     check_entry(path)
+    if series_key is not None:
+        if not path.is_dir():
+            raise UsageError("--series chooses a series of a DICOM folder", path=path,
+                             hint="Drop --series or pass the study folder.")  # fmt: skip
+        return [Case(safe_name(path.name), path, "dicom", lambda: read_image(path, series_key))], []
     if path.is_file():
         name = _nifti_stem(path) if is_nifti_path(path) else path.stem
         kind = "nifti" if is_nifti_path(path) else "dicom"

@@ -10,7 +10,9 @@ warnings raised while a case runs become notes in its summary.json, never raw co
 
 from __future__ import annotations
 
+import json
 import platform
+import shutil
 import time
 import traceback
 import warnings
@@ -25,14 +27,14 @@ from pydantic import BaseModel
 
 from medseg import __version__
 from medseg.digests import files_sha256
-from medseg.errors import MedsegError, QCRejectedError
+from medseg.errors import MedsegError, QCRejectedError, UsageError
 from medseg.infer.cases import Case
 from medseg.infer.organs import renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
 from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
-from medseg.io.atomic import check_writable
+from medseg.io.atomic import check_writable, commit_folder, staging_folder
 from medseg.io.summary_schema import (
     CaseStatus,
     InputInfo,
@@ -249,14 +251,39 @@ def run_case(
 ) -> CaseResult:
     """Segment one case and write its outputs; raises MedsegError on failure. A refused input (without --force)
     or a flagged one under --strict returns a qc_rejected result (exit code 5) with only summary.json written."""
-    run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case),
-                   settings.out_dir / case.name, output_names(model, case, settings.organs))  # fmt: skip
-    for name in run.names.values():
-        check_writable(run.folder / name, settings.overwrite)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run.caught = caught
-        return _run_checked(run, runner, progress, on_flag)
+    final = settings.out_dir / case.name
+    names = output_names(model, case, settings.organs)
+    if final.exists() and not final.is_dir():
+        raise UsageError("the case's output folder is a file", path=final, hint="Choose another --out.")
+    for name in names.values():
+        check_writable(final / name, settings.overwrite)
+    stage = staging_folder(final)
+    run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case), stage, names)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run.caught = caught
+            result = _run_checked(run, runner, progress, on_flag)
+        commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs}, names["summary"])
+    except BaseException:  # the case folder keeps its earlier outputs, untouched, whatever failed
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    result.outputs = [final / p.name for p in result.outputs]
+    return result
+
+
+def _earlier_outputs(folder: Path, model: InstalledModel) -> set[str]:
+    """Names an earlier run may have written in a case folder: what its summary.json lists, and every name this
+    version writes (one label map per organ of the model, labels.nii.gz, seg.dcm, preview.png, summary.json), so an
+    --overwrite run never leaves an earlier result (another patient's SEG, a label map its summary does not name)."""
+    names = {"labels.nii.gz", "seg.dcm", "preview.png", "summary.json"}
+    names |= {f"{organ}.nii.gz" for organ in model.card.labels.values()}
+    try:
+        listed = json.loads((folder / "summary.json").read_text()).get("outputs") or {}
+        names |= {n for n in listed.values() if isinstance(n, str) and n == Path(n).name and n}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return names
 
 
 def _run_checked(

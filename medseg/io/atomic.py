@@ -28,9 +28,23 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise UsageError("output already exists", path=path, hint="Pass --overwrite to replace it.")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status), else the usual 022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path, overwrite: bool = False, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: Path, overwrite: bool = False, durable: bool = True, private: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it is renamed onto `path`.
+
+    The file gets the mode an ordinary write would (0666 less the umask), so a pickup or forwarding account can read
+    the results as the site's umask allows; `private` keeps mkstemp's 0600 (patient data held by a service).
 
     durable=False skips the fsync before the rename (the caller syncs a whole batch later with `sync_paths`):
     still never a half-written file after a crash of the process, but after a power loss a renamed file may be
@@ -42,9 +56,12 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True) -> It
         path.parent.mkdir(parents=True, exist_ok=True)
         prefix = f"{TEMPORARY_PREFIX}{path.name}-"
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix="".join(path.suffixes), dir=path.parent)
+        if not private:
+            os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
-        raise ProcessingError(f"cannot write output: {exc.strerror}", path=path, hint="Check the folder.") from exc
+        message = f"cannot write output: {exc.strerror or exc}"
+        raise ProcessingError(message, path=path, hint="Check the folder.") from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -55,7 +72,7 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True) -> It
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         raise ProcessingError(
-            f"cannot write output: {exc.strerror}", path=path, hint="Check free disk space and permissions."
+            f"cannot write output: {exc.strerror or exc}", path=path, hint="Check free disk space and permissions."
         ) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -119,3 +136,35 @@ def sync_paths(paths: list[Path]) -> None:
         raise ProcessingError(
             f"cannot sync outputs to disk: {exc.strerror}", path=Path(exc.filename or "."), hint="Check the disk."
         ) from exc
+
+
+def staging_folder(final: Path) -> Path:
+    """A new empty folder beside `final` (same filesystem, hidden `.tmp-` name) where a set of outputs is written
+    before `commit_folder` moves it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-", dir=final.parent))
+    stage.chmod(0o777 & ~_umask())
+    return stage
+
+
+def commit_folder(stage: Path, final: Path, stale: set[str], last: str) -> None:
+    """Move every file of `stage` into `final` and remove `stage`; `last` (the file that says the set is complete)
+    goes in last, and in an existing `final` it is removed first, then the `stale` names (earlier outputs this set
+    does not replace). Files of `final` that are neither are left alone. A new `final` is one rename: all or nothing."""
+    try:
+        if not final.exists():
+            os.rename(stage, final)
+            _fsync(final.parent)
+            return
+        (final / last).unlink(missing_ok=True)
+        for name in stale:
+            (final / name).unlink(missing_ok=True)
+        names = sorted(p.name for p in stage.iterdir())
+        for name in [n for n in names if n != last] + [n for n in names if n == last]:
+            os.replace(stage / name, final / name)
+        stage.rmdir()
+        _fsync(final)
+    except OSError as exc:
+        raise ProcessingError(f"cannot move the outputs into place: {exc.strerror}", path=final,
+                              hint="Check free disk space and permissions.") from exc  # fmt: skip
+

@@ -185,7 +185,7 @@ def _check_duplicates(steps: np.ndarray, along: np.ndarray, labels: list[str], w
             f"{dup.size} duplicate slice position(s), first at {along[k]:.3f} mm along the slice normal "
             f"({labels[k]} and {labels[k + 1]}); several acquisitions or phases may be mixed in one series",
             path=where,
-            hint="Export one acquisition per folder or pick it with --series.",
+            hint="Export one acquisition per folder (`medseg series` lists what the folder holds).",
         )
 
 

@@ -60,7 +60,7 @@ def durable_write(path: Path, data: bytes) -> None:
     """Write `data` to `path`: temp file, fsync, rename, fsync folder; DiskFull when the disk is full."""
     try:
         make_dirs(path.parent)
-        with atomic_path(path, overwrite=True) as tmp:
+        with atomic_path(path, overwrite=True, private=True) as tmp:
             tmp.write_bytes(data)
         fsync_dir(path.parent)
     except (OSError, ProcessingError) as exc:

@@ -1,0 +1,117 @@
+"""`medseg infer --overwrite` replaces a case folder's result as a whole: nothing of an earlier run survives beside
+the new one (not another patient's SEG), and a run that fails leaves the earlier result as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pydicom
+import pytest
+from cli_run import run_in_process
+from infer_fixtures import make_model_folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_folder(tmp_path_factory.mktemp("model"), seed=1, roi=(64, 64, 64), foreground_bias=1000.0)
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "overwrite-cache"))
+
+
+def _series(shared: Path, dst: Path, ks: range, **changes: object) -> Path:
+    """Real CHAOS slices `ks` in a folder named `dicom` (as PACS exports name it), with header `changes`."""
+    folder = dst / "dicom"
+    folder.mkdir(parents=True)
+    for f in sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[ks.start : ks.stop]:
+        ds = pydicom.dcmread(f)
+        for key, value in changes.items():
+            setattr(ds, key, value)
+        ds.save_as(folder / f.name)
+    return folder
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_overwrite_by_a_nifti_leaves_no_seg_of_the_earlier_patient(shared, tmp_path, model, capsys) -> None:
+    first = _series(shared, tmp_path / "a", range(20, 60))
+    out = tmp_path / "out"
+    code, _, err = run_in_process(["infer", str(first), "--model", str(model), "--out", str(out)], capsys)
+    assert code == 0, err
+    case = out / "dicom"
+    (case / "notes.txt").write_text("the reader's own file")  # not medseg's: left alone
+    assert {"seg.dcm", "liver.nii.gz", "preview.png"} <= {p.name for p in case.iterdir()}
+    nifti = tmp_path / "b" / "dicom.nii.gz"
+    nifti.parent.mkdir()
+    nifti.write_bytes((shared / "ct/chaos_ct_sample/image.nii.gz").read_bytes())
+    code, _, err = run_in_process(["infer", str(nifti), "--model", str(model), "--out", str(out), "--overwrite"],
+                                  capsys)  # fmt: skip
+    assert code == 0, err
+    names = {p.name for p in case.iterdir()}
+    assert names == {"liver.nii.gz", "preview.png", "summary.json", "notes.txt"}, names
+    summary = json.loads((case / "summary.json").read_text())
+    assert summary["input"]["format"] == "nifti" and "seg" not in summary["outputs"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_refused_input_with_overwrite_leaves_only_its_summary(shared, tmp_path, model, capsys) -> None:
+    out = tmp_path / "out"
+    ok = _series(shared, tmp_path / "a", range(20, 60))
+    assert run_in_process(["infer", str(ok), "--model", str(model), "--out", str(out)], capsys)[0] == 0
+    head = _series(shared, tmp_path / "b", range(20, 60), BodyPartExamined="HEAD", PatientName="OTHER^PATIENT")
+    code, _, err = run_in_process(["infer", str(head), "--model", str(model), "--out", str(out), "--overwrite"],
+                                  capsys)  # fmt: skip
+    assert code == 5, err
+    assert {p.name for p in (out / "dicom").iterdir()} == {"summary.json"}
+    assert json.loads((out / "dicom" / "summary.json").read_text())["status"] == "qc_rejected"
+
+
+@pytest.mark.disk_mb(4)
+def test_an_overwrite_that_fails_on_a_full_disk_keeps_the_earlier_result(shared, tmp_path, model, capsys,
+                                                                         small_disk) -> None:  # fmt: skip
+    src = _series(shared, tmp_path / "a", range(20, 60))
+    out = small_disk / "out"
+    code, _, err = run_in_process(["infer", str(src), "--model", str(model), "--out", str(out)], capsys)
+    assert code == 0, err
+    before = _digests(out / "dicom")
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * max(free - 200_000, 0))  # room for a label map, not for a SEG
+    other = _series(shared, tmp_path / "b", range(10, 70), PatientName="OTHER^PATIENT")
+    code, _, err = run_in_process(["infer", str(other), "--model", str(model), "--out", str(out), "--overwrite"],
+                                  capsys)  # fmt: skip
+    assert code == 4, err
+    assert "No space left on device" in err and "None" not in err
+    assert _digests(out / "dicom") == before
+    assert [p.name for p in out.iterdir()] == ["dicom"]
+
+
+def test_outputs_get_the_mode_the_umask_gives(shared, tmp_path, model, capsys) -> None:
+    """Not mkstemp's 0600: a pickup or forwarding account reads the results as the site's umask allows."""
+    src = _series(shared, tmp_path / "a", range(30, 50))
+    old = os.umask(0o027)
+    try:
+        code, _, err = run_in_process(["infer", str(src), "--model", str(model), "--out", str(tmp_path / "o")], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    case = tmp_path / "o" / "dicom"
+    assert stat.S_IMODE(case.stat().st_mode) == 0o750
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in case.iterdir()} == dict.fromkeys(
+        ["liver.nii.gz", "preview.png", "seg.dcm", "summary.json"], 0o640)  # fmt: skip
+
+
+def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(shared, tmp_path, model, capsys) -> None:
+    src = _series(shared, tmp_path / "a", range(30, 40))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "dicom").write_text("x")
+    code, _, err = run_in_process(["infer", str(src), "--model", str(model), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "is a file" in err, err
+    assert (tmp_path / "o" / "dicom").read_text() == "x"
