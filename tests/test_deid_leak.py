@@ -143,3 +143,39 @@ def test_word_boundaries_and_normalisation() -> None:
     assert matcher.first(normalise("Dr  SMITH john")) == "person name"
     assert matcher.first(normalise("SMITHJOHN")) is None
     assert "MARY" not in Finding("f.dcm", "(0010,0010)", "person name").line()
+
+
+def test_the_name_in_one_originals_code_meaning_does_not_switch_its_search_off(base: Dataset, tmp_path: Path) -> None:
+    """Values found in descriptive attributes (code meanings, body part...) are not searched, so 'LIVER' in a
+    patient name does not flag every 'LIVER' of a study; the patient's whole name, identifiers and dates are always
+    searched: a referring system that writes the name into a code meaning must not hide it in every file."""
+    planted = copy.deepcopy(base)
+    planted.PatientName, planted.PatientID = "ZZPOISON^PROBE", "987654321"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "987654321", "99LOCAL", "ZZPOISON PROBE CT ABD"
+    planted.ProcedureCodeSequence = Sequence([code])
+    planted.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    matchers = collect([tmp_path / "a.dcm"])
+    assert matchers.strong.first(normalise("ZZPOISON^PROBE")) == "person name"
+    assert matchers.strong.first(normalise("987654321")) == "identifier"
+    leaked = copy.deepcopy(base)
+    leaked.PatientName, leaked.PatientID = "ANONYMOUS", "X"
+    leaked.ProcedureCodeSequence = Sequence([code])
+    (tmp_path / "out").mkdir()
+    leaked.save_as(tmp_path / "out" / "b.dcm", enforce_file_format=True)
+    found = check_tree(tmp_path / "a.dcm", tmp_path / "out", ocr=False, matchers=matchers)
+    assert {f.kind for f in found.findings} >= {"person name", "identifier"}, [f.line() for f in found.findings]
+
+
+@pytest.mark.parametrize("name", ["ИВАНОВЗЗ^ПЕТР", "Γεωργίου^Νίκος", "山田^太郎=やまだ^たろう"])
+def test_names_in_any_script_are_searched(base: Dataset, tmp_path: Path, name: str) -> None:
+    """Names were normalised to A-Z and digits only, so a Cyrillic, Greek or Japanese name left nothing to search;
+    each group of a multi-group name (ideographic, phonetic) is a name of its own."""
+    ds = copy.deepcopy(base)
+    ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", name
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    matchers = collect([tmp_path / "a.dcm"])
+    for group in name.split("="):
+        text = f"note: {group.replace('^', ' ')} seen"
+        assert matchers.strong.first(normalise(text)) == "person name", group
+    assert matchers.strong.first(normalise("CT ABDOMEN")) is None
