@@ -250,7 +250,9 @@ def run_case(
     on_flag: Callable[[QCFlag], None] | None = None,
 ) -> CaseResult:
     """Segment one case and write its outputs; raises MedsegError on failure. A refused input (without --force)
-    or a flagged one under --strict returns a qc_rejected result (exit code 5) with only summary.json written."""
+    or a flagged one under --strict returns a qc_rejected result (exit code 5) with only summary.json written.
+    The outputs are written into a staging folder and moved into the case folder together (`commit_folder`): an
+    --overwrite run leaves none of an earlier run's outputs beside its own, a failed one leaves them untouched."""
     final = settings.out_dir / case.name
     names = output_names(model, case, settings.organs)
     if final.exists() and not final.is_dir():
