@@ -105,6 +105,14 @@ class Orthanc:
             self.proc.wait(30)
             self.proc = None
 
+    def upload(self, folder: Path, study_uid: str) -> str:
+        """Store every file of `folder` through the REST API (as a PACS holds a study); Orthanc's id of the study."""
+        for f in sorted(folder.rglob("*.dcm")):
+            assert requests.post(self.url + "/instances", data=f.read_bytes(), timeout=30).ok
+        query = {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}
+        (found,) = requests.post(self.url + "/tools/find", json=query, timeout=10).json()
+        return str(found)
+
     def clear(self) -> None:
         for pid in requests.get(self.url + "/studies", timeout=10).json():
             requests.delete(f"{self.url}/studies/{pid}", timeout=10)

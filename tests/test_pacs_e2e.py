@@ -69,10 +69,7 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
     orthanc.clear()
     study_dir = tmp_path / "study"
     study, series = make_study(chaos_files(shared), study_dir, range(20, 52), "orthanc-push")
-    for f in sorted(study_dir.rglob("*.dcm")):
-        assert requests.post(orthanc.url + "/instances", data=f.read_bytes(), timeout=30).ok
-    (orthanc_study,) = requests.post(orthanc.url + "/tools/find", json={"Level": "Study", "Query": {
-        "StudyInstanceUID": study}}, timeout=10).json()  # fmt: skip
+    orthanc_study = orthanc.upload(study_dir, study)
     dest = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom}
     port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, quiet=1.0)
     modality = {"AET": "MEDSEG", "Host": "127.0.0.1", "Port": port}
@@ -111,7 +108,6 @@ def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_g
     must end the exchange: no second generation, no second SEG, nothing sent back that would fire the rule again."""
     import json
 
-    import requests
 
     study_dir = tmp_path / "study"
     study, series = make_study(chaos_files(shared), study_dir, range(24, 52), "orthanc-lua")
@@ -131,8 +127,7 @@ def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_g
     service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
     queue_path = tmp_path / "store" / "queue.db"
     try:
-        for f in sorted(study_dir.rglob("*.dcm")):
-            assert requests.post(server.url + "/instances", data=f.read_bytes(), timeout=30).ok
+        server.upload(study_dir, study)
         jobs = wait_jobs(queue_path, 1, settled=True)
         seg_uid = jobs[0].seg_sop_uid
         deadline = time.monotonic() + 60

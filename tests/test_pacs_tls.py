@@ -180,10 +180,7 @@ def test_orthanc_with_dicom_tls_pushes_a_study_and_gets_one_seg_back_over_tls(
     service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
     queue_path = tmp_path / "store" / "queue.db"
     try:
-        for f in sorted(study_dir.rglob("*.dcm")):
-            assert requests.post(server.url + "/instances", data=f.read_bytes(), timeout=30).ok
-        (orthanc_study,) = requests.post(server.url + "/tools/find", json={"Level": "Study", "Query": {
-            "StudyInstanceUID": study}}, timeout=10).json()  # fmt: skip
+        orthanc_study = server.upload(study_dir, study)
         echo = requests.post(server.url + "/modalities/medseg/echo", json={}, timeout=30)
         assert echo.ok, echo.text
         push = requests.post(server.url + "/modalities/medseg/store",
