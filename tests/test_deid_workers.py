@@ -104,3 +104,65 @@ def test_cli_refuses_negative_workers(shared: Path, tmp_path: Path, capsys) -> N
     code, out = run_cli(["deid", str(shared.joinpath(*MR)), str(tmp_path / "o"), "--key-file", str(key),
                          "--pixels", "off", "--workers", "-1"], capsys)  # fmt: skip
     assert code == 2 and "--workers" in out
+
+
+@pytest.mark.parametrize("pixels", [False, True])  # fork for the header path, forkserver with the pixel scan
+def test_workers_do_not_outlive_a_killed_run(shared: Path, tmp_path: Path, pixels: bool) -> None:
+    """SIGKILL of the run alone (not its process group): its workers must exit too, not wait on its pipes for ever."""
+    code = (
+        "import sys, warnings; from pathlib import Path; warnings.simplefilter('ignore');"
+        "from medseg.deid.runner import DeidSettings, deidentify_tree;"
+        f"deidentify_tree(Path(sys.argv[1]), Path(sys.argv[2]), bytes.fromhex('{SECRET.hex()}'),"
+        f" DeidSettings(scan_pixels={pixels}, workers=2))"
+    )
+    src = shared / "ct" / "chaos_ct_sample" / "dicom"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "out")], start_new_session=True)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = _descendants(proc.pid, "python")
+        time.sleep(0.05)
+    assert proc.poll() is None and len(workers) >= 2, "no workers seen running: the test proves nothing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if _alive(pid)]
+    lines = [_cmdline(pid)[:120] for pid in alive]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == [], f"outlived the killed run: {lines}"
+
+
+def _descendants(pid: int, name: str) -> list[int]:
+    """Processes below `pid` (any depth) whose command line mentions `name`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], {pid}
+    while frontier:
+        children = {c for c, p in parents.items() if p in frontier}
+        found += [c for c in children if name in _cmdline(c)]
+        frontier = children
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

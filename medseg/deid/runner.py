@@ -191,7 +191,12 @@ def _results(worker: _Worker, jobs: list[_Job], workers: int) -> Iterator[_Done]
 
     # fork is cheap for the header path; OCR (onnxruntime threads) needs a clean process: forkserver
     method = "forkserver" if worker.settings.scan_pixels else "fork"
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context(method))
+    from medseg.deid.deathsig import die_with_parent
+
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["__main__", "medseg.deid.deathsig"])
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=die_with_parent)
     try:
         yield from pool.map(worker, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
     finally:
