@@ -151,3 +151,17 @@ def test_cli_check_passes_and_names_what_an_option_kept(shared: Path, tmp_path: 
     code, text = run_cli(["deid", "check", str(src), str(out), "--no-ocr"], capsys)
     assert code == 0, text
     assert "kept on purpose by option retain-device-identity" in text and "60064" not in text
+
+
+def test_a_kept_attribute_holding_the_patients_name_is_a_real_leak(shared: Path, tmp_path: Path) -> None:
+    """Retain Device Identity keeps StationName; a station name that is the patient's name is not device identity."""
+    src = _one_ct(shared, tmp_path)
+    ds = pydicom.dcmread(src / "ct.dcm")
+    ds.PatientName, ds.StationName = "ZZSTATION^PROBE", "ZZSTATION^PROBE"
+    ds.save_as(src / "ct.dcm")
+    out = tmp_path / "out"
+    run_deid(src, out, options=frozenset({"retain-device-identity"}))
+    result = _check(src, out)
+    assert any(f.location == "(0008,1010)" for f in result.findings), ([f.line() for f in result.findings],
+                                                                       [f.line() for f in result.kept])  # fmt: skip
+    assert not any(f.location == "(0008,1010)" for f in result.kept)

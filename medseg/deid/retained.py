@@ -91,7 +91,9 @@ def retention(
     one of the element's values that is (a kept station name holding a word also seen in a private tag).
     Cleaned (C): each value found must be (or lie inside) this attribute's own value in an original and,
     wherever else it occurred, be only free or private text: a name, identifier, date or place from another
-    attribute inside a cleaned description is a real leak. `originals` is `own_values(sources)`.
+    attribute inside a cleaned description is a real leak. Either way, a value that was also the patient's name or
+    an ID of 8+ characters (group 0010) in an original is a real leak: a station name that is the patient's name is
+    not device identity. `originals` is `own_values(sources)`.
     """
 
     def inside(hit: str, values: Iterable[str]) -> bool:
@@ -104,6 +106,8 @@ def retention(
         own = [f" {v} " for v in whole if any(t == tag for t, _ in sources.get(v, ()))]
         for hit in hits:
             seen = sources.get(hit, frozenset())
+            if tag >> 16 != 0x0010 and _patients_own(hit, seen):
+                return None  # no option keeps the patient's name or ID, wherever else it was written
             mine = any(t == tag for t, _ in seen) or inside(hit, originals.get(tag, ()))
             if _cleans(tag, option):
                 if not mine or any(t != tag and k not in LOOSE_KINDS for t, k in seen):
@@ -113,6 +117,13 @@ def retention(
         return option
 
     return retained
+
+
+def _patients_own(hit: str, seen: frozenset[tuple[int, str]]) -> bool:
+    """Whether `hit` was a Patient module name, or an ID long enough not to be a placeholder ('123456' is a patient
+    ID and a device serial number in the test corpus alike)."""
+    long_id = len(hit.replace(" ", "")) >= 8
+    return any(t >> 16 == 0x0010 and (k == "person name" or (k == "identifier" and long_id)) for t, k in seen)
 
 
 def _day(value: str) -> int | None:
