@@ -103,8 +103,13 @@ def test_4d_nifti_with_several_volumes_is_refused(tmp_path: Path) -> None:
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), dtype=np.int16), np.eye(4)), str(tmp_path / "4d.nii.gz"))
-    with pytest.raises(InvalidInputError, match="3D volumes only"):
+    with pytest.raises(InvalidInputError, match="3D volumes only") as four:
         read_nifti(tmp_path / "4d.nii.gz")
+    assert "Split the 4D series" in four.value.one_line()
+    nib.save(nib.Nifti1Image(np.zeros((3, 3), dtype=np.int16), np.eye(4)), str(tmp_path / "2d.nii.gz"))
+    with pytest.raises(InvalidInputError, match="3D volumes only") as two:
+        read_nifti(tmp_path / "2d.nii.gz")
+    assert "2D slice" in two.value.one_line() and "4D" not in two.value.one_line()
 
 
 @settings(max_examples=25, deadline=None)

@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
             else:
                 console.result(_row(s, problems.get(s.key)))
         readable = sum(s.is_volume and problems[s.key] is None for s in scan.series)
-        console.info(f"{len(scan.series)} series, {readable} readable volume(s); the first volume is read by default")
+        tail = "the first volume is read by default" if readable else "nothing here can be read as a volume"
+        console.info(f"{len(scan.series)} series, {readable} readable volume(s); {tail}")
 
 
 def _row(s: SeriesInfo, problem: str | None) -> str:

@@ -75,7 +75,8 @@ def _squeeze_to_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
         raise InvalidInputError(
             f"NIfTI image has shape {shape}; medseg reads 3D volumes only",
             path=path,
-            hint="Split the 4D series into 3D volumes first.",
+            hint="Pass a 3D volume (a 2D slice cannot be segmented)." if len(shape) < 3
+            else "Split the 4D series into 3D volumes first.",
         )
     return shape[0], shape[1], shape[2]
 
