@@ -141,9 +141,13 @@ def sync_paths(paths: list[Path]) -> None:
 def staging_folder(final: Path) -> Path:
     """A new empty folder beside `final` (same filesystem, hidden `.tmp-` name) where a set of outputs is written
     before `commit_folder` moves it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-", dir=final.parent))
-    stage.chmod(0o777 & ~_umask())
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-", dir=final.parent))
+        stage.chmod(0o777 & ~_umask())
+    except OSError as exc:
+        raise ProcessingError(f"cannot write output: {exc.strerror or exc}", path=final.parent,
+                              hint="Check the folder and its permissions.") from exc  # fmt: skip
     return stage
 
 
