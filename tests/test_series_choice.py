@@ -88,3 +88,71 @@ def test_infer_series_takes_the_series_named_not_the_one_with_most_slices(shared
     nifti = shared / "ct/chaos_ct_sample/image.nii.gz"
     code, _, err = run_in_process(["infer", str(nifti), "--model", str(model), "--series", "1.2.3.5"], capsys)
     assert code == 2 and "--series" in err
+
+
+AXIAL = np.eye(3)
+CORONAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # rows along x, columns down z, slices along y
+
+
+def _series(folder: Path, direction: np.ndarray, n: int, uid: str, image_type: list[str], study: str) -> None:
+    """A generated CT series of `n` slices in one study; `image_type` rewritten after writing."""
+    import pydicom
+    from dicom_factory import write_series
+
+    stored = np.random.default_rng(n).integers(900, 1200, (24, 24, n), dtype=np.int16)
+    for path in write_series(folder, stored, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), direction, series_uid=uid):
+        ds = pydicom.dcmread(path)
+        ds.ImageType = image_type
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, study + ".1"
+        ds.save_as(path)
+
+
+ORIGINAL = ["ORIGINAL", "PRIMARY", "AXIAL"]
+
+
+@pytest.mark.parametrize(
+    ("other_direction", "other_type", "why"),
+    [
+        (CORONAL, ["DERIVED", "SECONDARY", "REFORMATTED"], "a coronal reformat"),
+        (AXIAL, ["DERIVED", "SECONDARY", "MIP"], "an axial MIP"),
+        (AXIAL, ["ORIGINAL", "SECONDARY", "AXIAL"], "a secondary axial copy"),
+        (CORONAL, ORIGINAL, "an original coronal reconstruction"),
+    ],
+)
+def test_the_scanners_axial_reconstruction_wins_over_a_longer_reformat(tmp_path, other_direction, other_type, why):
+    """A reformat or MIP often holds more slices than the acquired axial series; PACS users expect the SEG on the
+    axial original, so slice count only decides between series of the same kind."""
+    study = "1.2.826.0.1.3680043.10.1"
+    _series(tmp_path / "study" / "axial", AXIAL, 8, "1.2.3.5", ORIGINAL, study)
+    _series(tmp_path / "study" / "other", other_direction, 30, "1.2.3.6", other_type, study)
+    scan = scan_folder(tmp_path / "study")
+    assert choose_series(scan.series).key == "1.2.3.5", why
+    assert read_image(tmp_path / "study").shape == (24, 24, 8)
+    cases, _ = discover_cases(tmp_path / "study", "CT")
+    assert len(cases) == 1 and cases[0].load().shape == (24, 24, 8)
+    assert choose_series([s for s in scan.series if s.key == "1.2.3.6"]).key == "1.2.3.6"  # alone, it is still read
+
+
+def test_without_an_original_series_the_longest_axial_derived_one_is_read(tmp_path):
+    study = "1.2.826.0.1.3680043.10.2"
+    derived = ["DERIVED", "PRIMARY", "AXIAL"]
+    _series(tmp_path / "study" / "short", AXIAL, 8, "1.2.3.5", derived, study)
+    _series(tmp_path / "study" / "long", AXIAL, 12, "1.2.3.7", derived, study)
+    _series(tmp_path / "study" / "coronal", CORONAL, 30, "1.2.3.6", derived, study)
+    assert choose_series(scan_folder(tmp_path / "study").series).key == "1.2.3.7"
+
+
+def test_cli_series_names_the_series_read_by_default_and_its_kind(tmp_path, capsys):
+    import json
+
+    from cli_run import run_in_process
+
+    study = "1.2.826.0.1.3680043.10.3"
+    _series(tmp_path / "study" / "axial", AXIAL, 8, "1.2.3.5", ORIGINAL, study)
+    _series(tmp_path / "study" / "coronal", CORONAL, 30, "1.2.3.6", ["DERIVED", "SECONDARY", "MPR"], study)
+    code, out, err = run_in_process(["series", str(tmp_path / "study"), "--json"], capsys)
+    assert code == 0, err
+    rows = {r["series"]: r for r in map(json.loads, out.splitlines())}
+    assert (rows["1.2.3.5"]["derived"], rows["1.2.3.5"]["axial"]) == (False, True)
+    assert (rows["1.2.3.6"]["derived"], rows["1.2.3.6"]["axial"]) == (True, False)
+    assert "1.2.3.5 is read by default" in err

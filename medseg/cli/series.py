@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from medseg.cli.audited import audited
         from medseg.errors import InvalidInputError
         from medseg.io.dicom_reader import stack_problem
-        from medseg.io.series import scan_folder
+        from medseg.io.series import choose_series, scan_folder
 
         if not folder.is_dir():
             raise InvalidInputError("not a folder", path=folder, hint="Pass the folder that holds the DICOM files.")
@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
             else:
                 console.result(_row(s, problems.get(s.key)))
         readable = sum(s.is_volume and problems[s.key] is None for s in scan.series)
-        tail = "the first volume is read by default" if readable else "nothing here can be read as a volume"
+        chosen = choose_series(scan.series)
+        tail = f"{chosen.key} is read by default" if readable and chosen else "nothing here can be read as a volume"
         console.info(f"{len(scan.series)} series, {readable} readable volume(s); {tail}")
 
 
@@ -73,6 +74,8 @@ def _as_dict(s: SeriesInfo) -> dict[str, object]:
         "n_slices": s.n_slices,
         "n_files": len(s.files),
         "is_volume": s.is_volume,
+        "derived": s.derived,
+        "axial": s.axial,
         "skip_reason": s.skip_reason,
         "notes": list(s.notes),
     }

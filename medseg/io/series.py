@@ -47,6 +47,8 @@ class SeriesInfo:
     split_group: int = -1  # >= 0 when one series was split by geometry; equal values mark the same origin
     matrix: tuple[int, int] = (0, 0)  # rows, columns
     pixel_spacing_mm: tuple[float, float] | None = None
+    derived: bool = False  # ImageType says DERIVED or SECONDARY (a reformat, MIP or other processed copy)
+    axial: bool = True  # slice normal within 45 degrees of the patient's head-foot axis
 
     def grid_fineness(self) -> tuple[int, float]:
         """Pixels per slice, then minus the pixel area: larger is finer (for choosing between twin series)."""
@@ -375,18 +377,36 @@ def _classify(group: _Group) -> SeriesInfo:
         split_group=group.split_group,
         matrix=(h.rows, h.columns),
         pixel_spacing_mm=None if h.pixel_spacing is None else (float(h.pixel_spacing[0]), float(h.pixel_spacing[1])),
+        derived=_is_derived(image_type(h.dataset)),
+        axial=_is_axial(h.orientation),
     )
+
+
+def _is_derived(itype: tuple[str, ...]) -> bool:
+    """ImageType value 1 DERIVED or value 2 SECONDARY (PS3.3 C.7.6.1.1.2): not the scanner's own reconstruction."""
+    return (len(itype) > 0 and itype[0] == "DERIVED") or (len(itype) > 1 and itype[1] == "SECONDARY")
+
+
+def _is_axial(orientation: np.ndarray | None) -> bool:
+    """Slice normal (row x column direction cosines) within 45 degrees of the patient z axis."""
+    if orientation is None:
+        return True
+    normal = np.cross(orientation[:3], orientation[3:])
+    norm = float(np.linalg.norm(normal))
+    return bool(norm > 0 and abs(float(normal[2])) / norm >= 0.5**0.5)
 
 
 def choose_series(series: list[SeriesInfo], prefer_modality: str | None = None) -> SeriesInfo | None:
     """The main image series of a folder or study, one rule for `convert` and `infer`: a volume; of the preferred
-    modality when given; the most slices; on a tie the finer grid (512x512 before its 256x256 twin); then the key,
-    so the choice never depends on file or key order alone. None when there is no volume."""
+    modality when given; the scanner's own reconstruction before a DERIVED/SECONDARY copy (a reformat or MIP may hold
+    more slices); axial before coronal or sagittal; then the most slices; on a tie the finer grid (512x512 before its
+    256x256 twin); then the key, so the choice never depends on file or key order alone. None when there is no
+    volume."""
     volumes = [s for s in series if s.is_volume]
     if not volumes:
         return None
     return min(
         volumes,
-        key=lambda s: (prefer_modality is not None and s.modality != prefer_modality, -s.n_slices,
-                       tuple(-v for v in s.grid_fineness()), s.key),
+        key=lambda s: (prefer_modality is not None and s.modality != prefer_modality, s.derived, not s.axial,
+                       -s.n_slices, tuple(-v for v in s.grid_fineness()), s.key),
     )  # fmt: skip
