@@ -47,7 +47,7 @@ REPEATS = 3
 
 
 def _files(root: Path) -> list[Path]:
-    return [p for p in discover(root) if read_any(p) is not None and p.name.upper() != "DICOMDIR"]
+    return [p for p in discover(root).files if read_any(p) is not None and p.name.upper() != "DICOMDIR"]
 
 
 def _conformance(pairs: list[tuple[Path, Path]], options: frozenset[str] = frozenset()) -> Conformance:
@@ -64,7 +64,7 @@ def _medseg_pairs(root: Path, out: Path, statuses: tuple[str, ...] = ("written",
     manifest = json.loads((out / "deid-manifest.json").read_text())
     by_sha = {f["input_sha256"]: f for f in manifest["files"] if f["status"] in statuses}
     pairs = []
-    for path in discover(root):
+    for path in discover(root).files:
         rec = by_sha.get(hashlib.sha256(path.read_bytes()).hexdigest())
         if rec:
             pairs.append((path, out / rec["output"]))
@@ -190,7 +190,7 @@ def throughput(tmp: Path) -> dict:
     The machine's load changes from second to second, so the tools take turns, REPEATS times each, and each
     tool's best time counts; its first run also gives conformance and leak-check figures.
     """
-    collect(discover(SHARED / "deid"))  # warm the readers' imports before timing
+    collect(discover(SHARED / "deid").files)  # warm the readers' imports before timing
     figures: dict = {"medseg": run_medseg(tmp, scan=False)}
     cpus = usable_cpus()
     if cpus > 1:

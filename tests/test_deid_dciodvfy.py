@@ -52,7 +52,7 @@ def test_no_new_dciodvfy_errors_in_any_output_of_the_corpus(corpus_run) -> None:
     for name in ("deid", "dicom"):
         src, out, result = corpus_run[name]
         by_sha = {r.input_sha256: r for r in result.records if r.status in ("written", "quarantined")}
-        for path in discover(src):
+        for path in discover(src).files:
             rec = by_sha.get(hashlib.sha256(path.read_bytes()).hexdigest())
             if rec is None:
                 continue

@@ -48,7 +48,7 @@ def test_every_corpus_output_is_byte_identical_to_the_full_path(corpus_run, name
     """The acceptance test: for every file of deid/ and dicom/, the raw copier (the default) writes exactly the
     bytes, records exactly the actions and names the full pydicom path does."""
     src, fast_out, fast = corpus_run[name]
-    files = list(discover(src))
+    files = list(discover(src).files)
     assert len(files) >= 40, f"{src} holds {len(files)} files: the shared corpus is incomplete"
     copied = sum(rawcopy.parse(p, p.read_bytes()) is not None for p in files)
     assert copied >= 0.8 * len(files) - 50, f"the raw copier took only {copied} of {len(files)} files"
@@ -93,7 +93,7 @@ def test_sequences_stay_bytes_unless_something_in_them_changes(shared: Path) -> 
     from medseg.deid.engine import FileContext
     from medseg.deid.keyed import KeyedMapper
 
-    files = list(discover(shared / "dicom" / "ct_series_totalsegmentator"))
+    files = list(discover(shared / "dicom" / "ct_series_totalsegmentator").files)
     assert len(files) >= 10
     for path in files:
         raw = rawcopy.parse(path, path.read_bytes())

@@ -33,13 +33,13 @@ def test_leak_check_finds_nothing_after_and_the_values_before(corpus_run, name: 
     src, out, _ = corpus_run[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        matchers = collect(discover(src))
+        matchers = collect(discover(src).files)
         after = check_tree(src, out, ocr=False, matchers=matchers)
         before = check_tree(src, src, ocr=False, matchers=matchers)
     assert after.files_checked >= 30 and after.findings == [], [f.line() for f in after.findings[:5]]
     flagged = {f.file for f in before.findings}
     carrying = []
-    for path in discover(src):
+    for path in discover(src).files:
         ds = read_any(path)
         if ds is not None and (ds.get("PatientName") or ds.get("PatientID")) and str(ds.get("PatientID", "")):
             carrying.append(path.relative_to(src).as_posix())
@@ -54,12 +54,12 @@ def test_output_names_and_manifest_carry_no_phi(corpus_run, name: str) -> None:
     assert names and all(UID_PATH.match(n) for n in names), [n for n in names if not UID_PATH.match(n)][:3]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        matchers = collect(discover(src)) if name == "deid" else None  # deid/ holds the richest identities
+        matchers = collect(discover(src).files) if name == "deid" else None  # deid/ holds the richest identities
     manifest = (out / "deid-manifest.json").read_text()
     assert matchers is None or matchers.strong.first(normalise(manifest)) is None
     assert all(r.status in ("written", "quarantined", "skipped", "dropped") for r in result.records)
     data = json.loads(manifest)
-    assert data["table"].endswith("2024b") and len(data["files"]) == len(list(discover(src)))
+    assert data["table"].endswith("2024b") and len(data["files"]) == len(list(discover(src).files))
     for record in data["files"]:
         assert record["input_ref"].startswith("hmac-sha256:") and len(record["input_sha256"]) == 64
 
@@ -69,7 +69,7 @@ def test_basic_profile_conformance_and_useful_attributes_kept(corpus_run) -> Non
     total = Conformance()
     for name in ("deid", "dicom"):
         src, out, result = corpus_run[name]
-        for path in discover(src):
+        for path in discover(src).files:
             rec = next(r for r in result.records if r.input_sha256 == _sha(path))
             if rec.status != "written":
                 continue
@@ -259,3 +259,49 @@ def test_the_input_preamble_never_reaches_the_output(shared: Path, tmp_path: Pat
     data = (tmp_path / "out" / record.output).read_bytes()
     assert data[:128] == b"\x00" * 128 and data[128:132] == b"DICM"
     assert b"ZZPREAMBLE" not in data and b"987654321" not in data
+
+
+def _special_entries(folder: Path, linked: Path) -> None:
+    """A named pipe (reading it blocks forever) and a symbolic link to a folder of identifiable originals."""
+    os.mkfifo(folder / "pipe")
+    (folder / "linked").symlink_to(linked, target_is_directory=True)
+
+
+@pytest.mark.timeout(120)
+def test_pipes_and_linked_folders_are_recorded_as_skipped_never_opened(shared: Path, tmp_path: Path, capsys) -> None:
+    """A named pipe in the input once blocked `medseg deid` forever; a symlinked folder was skipped without a
+    record. Both are now manifest records with a reason, and --strict refuses them (exit 3)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    originals = sorted((shared / "deid" / "tcia_pseudo_phi_mr" / "original").glob("*.dcm"))
+    for f in originals[:2]:
+        (src / f.name).write_bytes(f.read_bytes())
+    _special_entries(src, originals[0].parent)
+    result = run_deid(src, tmp_path / "out")
+    assert (result.count("written"), result.count("skipped")) == (2, 2)
+    reasons = sorted(r.reason or "" for r in result.records if r.status == "skipped")
+    assert "named pipe" in reasons[0] and "symbolic link to a folder" in reasons[1]
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["counts"] == {"written": 2, "skipped": 2} and len(manifest["files"]) == 4
+    assert all(r["input_ref"].startswith("hmac-sha256:") for r in manifest["files"])
+    key = tmp_path / "deid.key"
+    key.write_bytes(SECRET)
+    code, _, err = _cli(["deid", str(src), str(tmp_path / "strict"), "--key-file", str(key), "--strict"], capsys)
+    assert code == 3 and "not read" in err and "Remove it" in err, err
+
+
+@pytest.mark.timeout(120)
+def test_check_fails_on_entries_of_the_release_it_cannot_read(shared: Path, tmp_path: Path, capsys) -> None:
+    """A link to a folder of originals inside the de-identified folder is copied along by `cp -rL` or an archiver:
+    the check must not pass a release it could not read, and a pipe there must not hang it."""
+    src = shared / "deid" / "tcia_pseudo_phi_mr" / "original"
+    out = tmp_path / "out"
+    run_deid(src, out)
+    code, stdout, err = _cli(["deid", "check", str(src), str(out), "--no-ocr"], capsys)
+    assert code == 0 and "0 leak(s) in 26 file(s)" in stdout, err
+    _special_entries(out, src)
+    code, stdout, err = _cli(["deid", "check", str(src), str(out), "--no-ocr"], capsys)
+    assert code == 1 and "2 entry(ies) that could not be checked" in stdout, err
+    assert "linked: symbolic link to a folder" in err and "pipe: named pipe" in err
+    result = check_tree(src, out, ocr=False)
+    assert result.findings == [] and sorted(name for name, _ in result.unchecked) == ["linked", "pipe"]

@@ -121,17 +121,26 @@ def check(
         result = check_tree(original, deidentified, ocr=ocr)
         for finding in result.findings:
             console.error(finding.line(), exit_code=1)
+        for name, why in result.unchecked:
+            console.error(f"{name}: {why}; it could not be checked, so the check fails (remove it or replace the link "
+                          "by the files)", exit_code=1)  # fmt: skip
+        if result.originals_skipped:
+            console.warn(f"{result.originals_skipped} entry(ies) of {original} not read (links to folders, pipes, "
+                         "unreadable folders): their identifying values are not searched for")  # fmt: skip
         by_option: dict[str, int] = {}
         for finding in result.kept:
             by_option[finding.kept_by or ""] = by_option.get(finding.kept_by or "", 0) + 1
         for name, count in sorted(by_option.items()):
             console.info(f"{count} value(s) kept on purpose by option {name} (each attribute's own value; not a leak)")
         kept = ",".join(f"{k}={v}" for k, v in sorted(by_option.items()))
-        rec.set_outcome_detail(f"leaks={len(result.findings)},files={result.files_checked},kept=[{kept}]")
+        rec.set_outcome_detail(
+            f"leaks={len(result.findings)},unchecked={len(result.unchecked)},files={result.files_checked},kept=[{kept}]"
+        )
         console.result(
             f"{deidentified}: {len(result.findings)} leak(s) in {result.files_checked} file(s) checked against "
             f"{result.identifying_values} identifying values of {result.originals_used} original(s); "
             f"{result.ocr_files} re-OCRed; {result.quarantined} quarantined file(s) not released"
+            + (f"; {len(result.unchecked)} entry(ies) that could not be checked" if result.unchecked else "")
         )
-        if result.findings:
+        if result.findings or result.unchecked:
             raise typer.Exit(1)

@@ -12,6 +12,7 @@ from medseg.deid.leakcheck import Finding, Matchers, collect, read_any, scan_dat
 from medseg.deid.retained import SHIFT_OPTION, options_in, own_values, retention, shifted_dates, with_shifted_dates
 from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
 from medseg.errors import UsageError
+from medseg.io.atomic import is_unfinished_write
 
 
 @dataclass
@@ -25,6 +26,9 @@ class CheckResult:
     identifying_values: int = 0
     quarantined: int = 0
     ocr_files: int = 0
+    unchecked: list[tuple[str, str]] = field(default_factory=list)  # de-identified entries that could not be read
+    # (symlinked folder, pipe, unreadable folder): the check cannot prove them clean, so it fails
+    originals_skipped: int = 0  # entries of ORIGINAL never opened (their values are not searched for)
 
 
 def _manifest(deid: Path) -> dict:
@@ -37,12 +41,10 @@ def _manifest(deid: Path) -> dict:
         raise UsageError("the run manifest is not valid JSON", path=path, hint="Re-run medseg deid.") from exc
 
 
-def _outputs(deid: Path) -> list[Path]:
-    skip = {MANIFEST}
-    return [
-        p for p in discover(deid)
-        if p.name not in skip and STATE_DIR not in p.relative_to(deid).parts and not p.name.startswith(".tmp-")
-    ]  # fmt: skip
+def _released(deid: Path, path: Path) -> bool:
+    """Whether `path` is part of what is released: not the manifest, the run's state or a temporary write."""
+    rel = path.relative_to(deid).parts if deid.is_dir() else (path.name,)
+    return path.name != MANIFEST and STATE_DIR not in rel and not is_unfinished_write(path.name)
 
 
 def check_tree(
@@ -56,13 +58,19 @@ def check_tree(
     manifest = _manifest(deid)
     options = frozenset(manifest.get("options", []))
     allowed = options if "options" in manifest else None
-    matchers = matchers or collect(discover(original), options, with_sources=allowed is None or bool(allowed))
-    result = CheckResult(originals_used=matchers.files)
+    originals = discover(original)
+    matchers = matchers or collect(originals.files, options, with_sources=allowed is None or bool(allowed))
+    outputs = discover(deid)
+    result = CheckResult(originals_used=matchers.files, originals_skipped=len(originals.skipped))
+    result.unchecked = [
+        (path.relative_to(deid).as_posix() if deid.is_dir() else path.name, why)
+        for path, why in outputs.skipped if _released(deid, path)
+    ]  # fmt: skip
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
     sources: dict[str, Path] | None = None
-    originals: dict[int, list[str]] | None = None
-    for path in _outputs(deid):
+    own: dict[int, list[str]] | None = None
+    for path in (p for p in outputs.files if _released(deid, p)):
         rel = path.relative_to(deid).as_posix() if deid.is_dir() else path.name
         if rel.split("/")[0] == QUARANTINE:
             result.quarantined += 1
@@ -78,8 +86,8 @@ def check_tree(
             declared = options_in(ds, allowed)
             retained = None
             if declared:
-                originals = own_values(matchers.sources) if originals is None else originals
-                retained = retention(declared, matchers.sources, originals)
+                own = own_values(matchers.sources) if own is None else own
+                retained = retention(declared, matchers.sources, own)
             if SHIFT_OPTION in declared:
                 sources = _sources_of_outputs(original, manifest) if sources is None else sources
                 source = read_any(sources[rel]) if rel in sources else None
@@ -98,7 +106,7 @@ def check_tree(
 
 def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
     """Output (relative path) -> the original it was made from, matched by the manifest's input SHA-256."""
-    by_digest = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in discover(original)}
+    by_digest = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in discover(original).files}
     return {
         f["output"]: by_digest[f["input_sha256"]]
         for f in manifest.get("files", [])

@@ -26,6 +26,7 @@ from medseg.deid.reading import ReadProblem, corrupt_element, read_input
 from medseg.deid.writer import convert_values, encode_dataset, relative_name, source_transfer_syntax, to_little_endian
 from medseg.errors import InvalidInputError, MedsegError, UsageError
 from medseg.io.atomic import atomic_write_text, sync_paths
+from medseg.io.series import FolderWalk, walk_files
 from medseg.keys import secret_id
 
 STATE_DIR = ".deid-state"
@@ -80,15 +81,11 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def discover(root: Path) -> Iterator[Path]:
-    """Files under `root` (or `root` itself) in sorted order, state and manifest files excluded."""
-    if root.is_file():
-        yield root
-        return
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            yield Path(folder) / name
+def discover(root: Path) -> FolderWalk:
+    """Regular files under `root` (or `root` itself) in sorted order, and the entries never opened: named pipes,
+    sockets and devices (reading one would block the run), broken links, symlinked folders, unreadable folders.
+    The same walk as every other input of medseg (`medseg.io.series.walk_files`)."""
+    return walk_files(root)
 
 
 def _check_paths(src: Path, out: Path, key_id: str) -> None:
@@ -231,12 +228,17 @@ def deidentify_tree(
     mapper = KeyedMapper(secret)
     state = _load_state(out)
     taken = {r.output: r.input_ref for r in state.values() if r.output}
-    jobs = []
-    for path in discover(src):
+    walk = discover(src)
+
+    def ref_of(path: Path) -> str:
         rel = path.relative_to(src).as_posix() if src.is_dir() else path.name
-        ref = "hmac-sha256:" + mapper.digest("input-path", rel).hex()
-        jobs.append(_Job(path, ref, state.get(ref)))
-    records: list[FileRecord] = []
+        return "hmac-sha256:" + mapper.digest("input-path", rel).hex()
+
+    jobs = [_Job(path, ref_of(path), state.get(ref_of(path))) for path in walk.files]
+    records = [FileRecord(ref_of(path), "", "skipped", reason=f"{why}: not read") for path, why in walk.skipped]
+    if settings.strict and records:
+        raise InvalidInputError(f"{records[0].reason} (input {records[0].input_ref[:24]}...)", path=src,
+                                hint="Remove it, or run without --strict.")  # fmt: skip
     unsynced: list[Path] = []
     journal = (out / JOURNAL).open("a", encoding="utf-8")
     try:
