@@ -1,6 +1,6 @@
 """Typed errors raised by library code; the CLI maps each to its documented exit code.
 
-Exit codes (README): 0 success, 2 usage error, 3 invalid input, 4 processing failure,
+Exit codes (README): 0 success, 1 integrity check failed, 2 usage error, 3 invalid input, 4 processing failure,
 5 quality-control rejection.
 """
 
@@ -42,6 +42,12 @@ class ProcessingError(MedsegError):
     """Valid input, but processing failed (model digest mismatch, write failure, internal fault)."""
 
     exit_code = 4
+
+
+class IntegrityError(MedsegError):
+    """A record is not what was written: changed after the fact or never recorded (exit 1, as a failed verify)."""
+
+    exit_code = 1
 
 
 class AuditError(ProcessingError):

@@ -7,7 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from req_plugin import pytest_collection_modifyitems  # noqa: F401  (REQ markers -> JUnit XML properties)
+from req_plugin import (  # noqa: F401  (REQ markers and the source digest -> JUnit XML properties)
+    pytest_collection_modifyitems,
+    pytest_sessionstart,
+)
 
 from medseg.train.manifest import default_data_root
 

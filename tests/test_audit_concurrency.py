@@ -112,3 +112,34 @@ def test_writer_killed_mid_append_leaves_a_verifiable_chain(tmp_path: Path) -> N
     }
     victim_kinds = Counter(r.body["kind"] for r in records if r.body["params"]["worker"] == 0)
     assert victim_kinds["start"] - victim_kinds["end"] in (0, 1) and victim_kinds["end"] > 0
+
+
+
+def test_an_export_taken_while_a_command_appends_verifies(tmp_path: Path, monkeypatch) -> None:
+    """Records, head and verification of an export come from one state. A command that appended right after the
+    records were read once gave a snapshot whose head was not its last record: `verify-export` failed, a false
+    tamper alarm on the auditors' copy. The append is made at that worst moment, by a real second writer."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from medseg.audit.export import build_snapshot, verify_snapshot
+
+    config = load_config(tmp_path / "audit")
+    for i in range(3):
+        with audit_session("batch", {"i": i}, software={"medseg": "test"}, config=config):
+            pass
+    key = Ed25519PrivateKey.generate()
+    with AuditStore.open(config, create=False) as store:
+        read_records = store.records
+        appended = []
+
+        def records_then_a_concurrent_append(after_seq: int = 0):
+            yield from read_records(after_seq)
+            if not appended:
+                with audit_session("batch", {"late": True}, software={"medseg": "test"}, config=config):
+                    appended.append(True)
+
+        monkeypatch.setattr(store, "records", records_then_a_concurrent_append)
+        snapshot = build_snapshot(store, key, {"operator": "test"})
+    check = verify_snapshot(snapshot, key.public_key())
+    assert appended and check.ok, check.problems
+    assert snapshot["head"]["seq"] == snapshot["records"][-1]["seq"] == 8

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cli_run import run_cli
 
 from medseg.cli.main import main
@@ -56,9 +58,16 @@ def keys(tmp_path_factory) -> tuple[Path, Path, Path]:
     return keypair_paths(folder, "qa")[0], keypair_paths(folder, "qa")[1], keypair_paths(folder, "other")[1]
 
 
+def with_trail(validated: Path) -> None:
+    """This test's audit trail starts as a copy of the validation's."""
+    shutil.copytree(validated.parent / "audit", Path(os.environ["MEDSEG_AUDIT_DIR"]), dirs_exist_ok=True)
+
+
 def signed_copy(validated: Path, folder: Path, key: Path, capsys, *extra: str) -> Path:
-    """A copy of the validation folder, signed by "Ada Reviewer" as approved."""
+    """A copy of the validation folder, signed by "Ada Reviewer" as approved (with the validation's audit trail, which
+    `report sign` checks: it signs only a report.json a recorded `medseg validate` wrote)."""
     shutil.copytree(validated, folder)
+    with_trail(validated)
     code, out = run_cli(["report", "sign", str(folder), "--key", str(key), "--signer", "Ada Reviewer",
                          "--meaning", "approved", *extra], capsys)  # fmt: skip
     assert code == 0, out
@@ -270,3 +279,51 @@ def test_the_default_multi_organ_model_is_validated_on_its_own_set_for_its_organ
     card_dice = card.metrics["locked_test_real_ct"]["cases"][0]["dice"]
     assert case["metrics"]["liver"]["dice"] == pytest.approx(card_dice, abs=0.02)
     assert "low_confidence" in case["inference"]["qc_flags"]  # its Dice is under 0.90: the flag must say so
+
+
+@pytest.mark.req("REQ-018")
+def test_a_report_edited_before_signing_is_refused_and_nothing_is_written(validated, keys, tmp_path, capsys) -> None:
+    """report.json's verdicts turned to 'pass' and then signed once verified as intact: sign now checks that
+    report.json is an output recorded for a `medseg validate` run, and that every artifact is as it lists."""
+    folder = tmp_path / "edited"
+    shutil.copytree(validated, folder)
+    with_trail(validated)
+    report = json.loads((folder / "report.json").read_text())
+    report["acceptance"]["verdict"] = "pass"
+    (folder / "report.json").write_text(json.dumps(report, sort_keys=True, indent=1) + "\n")
+    html = (folder / "report.html").read_bytes()
+    args = ["--key", str(keys[0]), "--signer", "Ada Reviewer", "--meaning", "approved"]
+    code, out = run_cli(["report", "sign", str(folder), *args], capsys)
+    assert code == 1 and "not an output of any `medseg validate` run" in out, out
+    assert not (folder / "signature.dsse.json").exists() and (folder / "report.html").read_bytes() == html
+    fresh = tmp_path / "artifact"
+    shutil.copytree(validated, fresh)
+    (fresh / "cases/chaos_ct_set3/preview.png").write_bytes(b"another picture")
+    code, out = run_cli(["report", "sign", str(fresh), *args], capsys)
+    assert code == 1 and "cases/chaos_ct_set3/preview.png" in out and not (fresh / "signature.dsse.json").exists()
+    code, out = run_cli(["report", "sign", str(tmp_path), *args], capsys)
+    assert code == 2 and "no report.json here" in out
+
+
+@pytest.mark.req("REQ-018")
+def test_a_refused_second_signature_leaves_the_signed_record_intact(signed, keys, capsys) -> None:
+    """A second `report sign` was refused ('already signed') after it had rewritten report.html with its own
+    signer's name, which broke the first, valid signature."""
+    html = (signed / "report.html").read_bytes()
+    code, out = run_cli(["report", "sign", str(signed), "--key", str(keys[0]), "--signer", "M. Allory",
+                         "--meaning", "reviewed"], capsys)  # fmt: skip
+    assert code == 2 and "already signed" in out
+    assert (signed / "report.html").read_bytes() == html
+    code, out = run_cli(["report", "verify", str(signed), "--public-key", str(keys[1])], capsys)
+    assert code == 0 and "report intact" in out
+
+
+@pytest.mark.req("REQ-012", "REQ-021")
+def test_the_report_states_why_release_is_not_supported(validated) -> None:
+    """Open hazards (residual risk not acceptable) and failed acceptance criteria are named in the signed record."""
+    release = json.loads((validated / "report.json").read_text())["release"]
+    hazards = yaml.safe_load((Path(__file__).parents[1] / "docs/risk/hazards.yaml").read_text())["hazards"]
+    open_risks = [h["id"] for h in hazards if not h["residual_acceptable"]]
+    assert open_risks and not release["supported"]
+    assert any(all(h in r for h in open_risks) for r in release["reasons"]), release["reasons"]
+    assert "Release NOT supported" in (validated / "report.html").read_text()

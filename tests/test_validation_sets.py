@@ -187,3 +187,60 @@ def test_validation_lock_command_writes_once(shared, tmp_path, capsys) -> None:
     assert lock["set_digest"] == json.loads(set_paths(SHIPPED)[1].read_text())["set_digest"]
     code, out = run_cli(["validation", "lock", str(sets / f"{SHIPPED}.yaml")], capsys)
     assert code == 2 and "already locked" in out
+
+
+@pytest.mark.req("REQ-010")
+@pytest.mark.parametrize("change", ["same scan under another id and patient", "same case id", "a digest missing"])
+def test_a_set_that_lists_a_scan_twice_or_leaves_a_file_undigested_is_refused(shared, tmp_path, change) -> None:
+    """One real CT listed three times once passed validation as three cases (a degenerate CI of n=3)."""
+
+    def edit(doc):
+        if change == "a digest missing":
+            doc["cases"][2]["sha256"].pop("label")
+            return
+        twin = dict(doc["cases"][2]) | {"case_id": "another_id", "patient": "P-B"}
+        if change == "same case id":
+            twin = dict(doc["cases"][1]) | {"case_id": doc["cases"][2]["case_id"]}
+        doc["cases"].append(twin)
+
+    sets = copy_set(tmp_path, edit)
+    with pytest.raises(InvalidInputError, match="invalid test set file"):
+        lock_set(SHIPPED, shared, sets)
+
+
+@pytest.mark.req("REQ-010")
+def test_the_lock_cannot_certify_itself_the_set_files_digests_bind_the_data(shared, tmp_path) -> None:
+    """Changing a label and rewriting its digest in the (unsigned) lock, set digest recomputed, is still refused:
+    the data must also match the SHA-256 written in the set file."""
+    from medseg.validation.sets import digest_path, set_digest
+
+    sets = copy_set(tmp_path)
+    lock_set(SHIPPED, shared, sets)
+    root = tmp_path / "data"
+    for case in ("chaos_ct_sample", "radcttace_1211", "radcttace_0697"):
+        (root / "ct" / case).mkdir(parents=True)
+        for f in (shared / "ct" / case).iterdir():
+            (root / "ct" / case / f.name).symlink_to(f)
+    label = root / "ct/radcttace_0697/liver.nii.gz"
+    label.unlink()
+    data = bytearray((shared / "ct/radcttace_0697/liver.nii.gz").read_bytes())
+    data[-10] ^= 0xFF
+    label.write_bytes(bytes(data))
+    lock_path = set_paths(SHIPPED, sets)[1]
+    lock = json.loads(lock_path.read_text())
+    lock["cases"][2]["sha256"]["label"] = digest_path(label)
+    lock["set_digest"] = set_digest(lock["cases"])
+    lock_path.write_text(json.dumps(lock))
+    with pytest.raises(InvalidInputError, match="radcttace_0697 label differs"):
+        verify_lock(SHIPPED, root, sets)
+
+
+@pytest.mark.req("REQ-010")
+@pytest.mark.parametrize("content", ["[]", '{"cases": {}}', '{"cases": [], "set_digest": "x"}'])
+def test_a_lock_that_is_not_a_lock_is_refused_in_one_line(shared, tmp_path, content) -> None:
+    sets = copy_set(tmp_path)
+    set_paths(SHIPPED, sets)[1].write_text(content)
+    with pytest.raises(InvalidInputError, match="not a lock file"):
+        verify_lock(SHIPPED, shared, sets)
+    with pytest.raises(UsageError, match="no such test set file"):
+        verify_lock(str(tmp_path / "missing.yaml"), shared, sets)

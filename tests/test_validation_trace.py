@@ -193,3 +193,26 @@ def test_cyclonedx_sbom_lists_every_locked_package_with_a_purl() -> None:
         {"type": "issue-tracker", "url": "https://github.com/pytorch/pytorch/issues"}
     ]
     assert sum("licenses" in c for c in bom["components"]) == len(rows)
+
+
+def test_junit_evidence_is_bound_to_the_code_it_tested(junit, tmp_path) -> None:
+    """A hand-written JUnit file, or one from another version of the code, does not complete the matrix."""
+    from medseg.validation.traceability import SOURCE_PROPERTY, source_digest, suite_properties
+
+    assert suite_properties(junit)[SOURCE_PROPERTY] == source_digest()
+    clean = [{"id": "REQ-A", "type": "functional", "title": "A"}]
+    risk = risk_files(tmp_path / "r", clean, [hazard("HAZ-1", ["REQ-A"], ["test_sample.py::test_a"])])
+    m = build_matrix(junit, {}, risk)
+    assert m["junit"]["of_this_code"] and not [g for g in m["gaps"] if "claims" not in g]
+    text = junit.read_text()
+    for name, forged in {"no digest": text.replace(SOURCE_PROPERTY, "other"),
+                         "older code": text.replace(source_digest(), "0" * 64)}.items():  # fmt: skip
+        (tmp_path / f"{name}.xml").write_text(forged)
+        m = build_matrix(tmp_path / f"{name}.xml", {}, risk)
+        assert not m["complete"] and "not from a test run of this code" in m["gaps"][0], name
+    code_copy = tmp_path / "code"
+    (code_copy / "medseg").mkdir(parents=True)
+    (code_copy / "medseg" / "x.py").write_text("A = 1\n")
+    before = source_digest(code_copy)
+    (code_copy / "medseg" / "x.py").write_text("A = 2\n")
+    assert source_digest(code_copy) != before

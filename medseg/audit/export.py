@@ -18,17 +18,30 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from medseg.audit.canonical import GENESIS_HASH, canonical_bytes, chain_hash
 from medseg.audit.store import AuditStore, utc_now
 from medseg.audit.verify import verify_store
-from medseg.errors import InvalidInputError
+from medseg.errors import AuditError, InvalidInputError
 from medseg.keys import key_id, raw_public
 
 FORMAT = "medseg.audit.export/1"
+EXPORT_ATTEMPTS = 20
 
 
 def build_snapshot(store: AuditStore, key: Ed25519PrivateKey, exported_by: dict[str, Any]) -> dict[str, Any]:
-    """Every record with its hash, the head, the local verification result, and the Ed25519 signature."""
-    report = verify_store(store)
-    records = [r.to_json() for r in store.records()]
-    head = store.head()
+    """Every record with its hash, the head, the local verification result, and the Ed25519 signature.
+
+    Records and head are read in one snapshot; the verification must have seen the same head (commands may append
+    meanwhile), else the export is taken again, so a snapshot never disagrees with itself."""
+    for _ in range(EXPORT_ATTEMPTS):
+        with store.snapshot():
+            records = [r.to_json() for r in store.records()]
+            head = store.head()
+        report = verify_store(store)
+        if report.head_seq == head.seq:
+            break
+    else:
+        raise AuditError(
+            f"the audit trail kept growing during {EXPORT_ATTEMPTS} export attempts",
+            hint="Export again when fewer commands are running.",
+        )
     payload: dict[str, Any] = {
         "format": FORMAT,
         "store_id": store.store_id,

@@ -23,10 +23,14 @@ Examples:
 
   medseg report verify val/ --public-key keys/qa-lead.key.pub
 
-validate exits 0 only when every acceptance criterion passes and the traceability matrix of --junit is
-complete; otherwise it exits 1 (the record is still written). It refuses (exit 3) a set whose files differ from its
-lock, or that shares an image digest, DICOM UID or patient with any training manifest of the model.
-report verify exits 1 and names each changed file on any change.
+validate exits 0 only when the record supports release: every criterion of the project's pre-specified
+criteria (validation/acceptance/) passes, the traceability matrix of --junit (a test run of this very code) is
+complete, no test of that run failed, and no hazard's residual risk is marked not acceptable; otherwise it exits 1
+and report.json says why (the record is still written). It refuses (exit 3) a set that lists a scan twice, whose
+files differ from the set file or its lock, or that shares an image digest, DICOM UID or patient with any training
+manifest of the model.
+report sign signs only a report.json that a recorded `medseg validate` run wrote, with its artifacts intact
+(exit 1 otherwise); report verify exits 1 and names each changed file on any change.
 """
 
 validation_app = typer.Typer(name="validation", help="Locked validation test sets.", no_args_is_help=True)
@@ -55,12 +59,16 @@ def validate(
     """Validate a model on a locked, independence-checked test set: metrics, CIs, subgroups, acceptance, report."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
-    from medseg.validation.records import release_supported
     from medseg.validation.run import ValidationRequest, run_validation
     from medseg.validation.tracking import finish_run, start_run
 
-    if out.exists() and any(out.iterdir()):
-        raise UsageError("the output folder is not empty", path=out, hint="A validation writes into a new folder.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is not empty" if out.is_dir() else "is a file"
+        raise UsageError(f"the output folder {what}", path=out, hint="A validation writes into a new folder.")
+    if junit is not None:
+        from medseg.validation.traceability import read_junit
+
+        read_junit(junit)  # a malformed file is refused before the model runs on every case
     params = {"set": set_name, "model": model, "acceptance": acceptance, "backend": backend, "device": device}
     with audited("validate", params=params) as rec:
         out.mkdir(parents=True, exist_ok=True)
@@ -80,9 +88,8 @@ def validate(
     console.result(
         f"{report['set']['name']}: mean Dice {agg['mean']:.3f} ({ci}); verdict {verdict}; {out / 'report.html'}"
     )
-    ok, reasons = release_supported(report)
-    if not ok:
-        for reason in reasons:
+    if not report["release"]["supported"]:
+        for reason in report["release"]["reasons"]:
             console.result(f"  release not supported: {reason}")
         raise typer.Exit(EXIT_NOT_SUPPORTED)
 
@@ -108,10 +115,12 @@ def _case_line(case_id: str, row: dict) -> None:
 
 def _finish(out: Path, report: dict, junit: Path | None) -> dict:
     from medseg.validation.html import write_html
-    from medseg.validation.records import attach_records
+    from medseg.validation.records import attach_records, release_supported
     from medseg.validation.report import write_report
 
-    final = write_report(out, attach_records(report, out, junit))
+    record = attach_records(report, out, junit)
+    supported, reasons = release_supported(record)
+    final = write_report(out, record | {"release": {"supported": supported, "reasons": reasons}})
     write_html(out, final)
     return final
 
@@ -144,14 +153,13 @@ def sign(
     from medseg.cli.audited import audited
     from medseg.keys import load_private_key
     from medseg.validation.html import write_html
-    from medseg.validation.report import read_report
-    from medseg.validation.signing import SIGNATURE, sign_folder, signature_info
+    from medseg.validation.signing import SIGNATURE, check_signable, sign_folder, signature_info
 
     private = load_private_key(key)
     info = signature_info(signer, meaning, private.public_key())
     with audited("report sign", params={"signer": info.signer, "meaning": meaning, "key_id": info.key_id}) as rec:
         rec.add_inputs([folder / "report.json"])
-        write_html(folder, read_report(folder), info)
+        write_html(folder, check_signable(folder), info)
         if pdf:
             from medseg.validation.pdf import write_pdf
 

@@ -37,7 +37,7 @@ class Criterion(BaseModel):
     metric: str
     statistic: Statistic
     op: Literal[">=", ">", "<=", "<"]
-    threshold: float
+    threshold: float = Field(allow_inf_nan=False)
     scope: Literal["overall", "subgroups"] = "overall"
 
 

@@ -11,6 +11,7 @@ from medseg.validation.soup import cyclonedx, soup_diff, soup_list
 from medseg.validation.traceability import RISK_DIR, build_matrix, risk_list
 
 RELEASED_SOUP = RISK_DIR / "soup-released.json"
+RELEASED_CRITERIA = "validation/acceptance/"
 
 
 def attach_records(report: dict[str, Any], out: Path, junit: Path | None, risk_dir: Path = RISK_DIR) -> dict[str, Any]:
@@ -37,14 +38,25 @@ def attach_records(report: dict[str, Any], out: Path, junit: Path | None, risk_d
 
 
 def release_supported(report: dict[str, Any]) -> tuple[bool, list[str]]:
-    """Whether the record supports release: acceptance passed and the traceability matrix is complete."""
+    """Whether the record supports release: criteria of the project's released set (validation/acceptance/) all
+    passed, the traceability matrix of this code's test run is complete, no test of that run failed, and no hazard's
+    residual risk is marked not acceptable."""
     reasons = []
+    criteria_file = str(report["acceptance_file"]["path"])
+    if not criteria_file.startswith(RELEASED_CRITERIA):
+        reasons.append(f"criteria {criteria_file} are not the project's pre-specified criteria ({RELEASED_CRITERIA})")
     if report["acceptance"]["verdict"] != "pass":
         failed = [c["id"] for c in report["acceptance"]["criteria"] if c["verdict"] != "pass"]
         reasons.append(f"acceptance {report['acceptance']['verdict']} ({', '.join(failed)})")
     trace = report.get("traceability")
     if trace is None:
         reasons.append("no traceability matrix (pass --junit with this release's test results)")
-    elif not trace["complete"]:
-        reasons.append(f"traceability incomplete: {len(trace['gaps'])} gap(s), first: {trace['gaps'][0]}")
+    else:
+        if not trace["complete"]:
+            reasons.append(f"traceability incomplete: {len(trace['gaps'])} gap(s), first: {trace['gaps'][0]}")
+        if trace["junit"]["failed"]:
+            reasons.append(f"{trace['junit']['failed']} test(s) of the run failed or raised an error")
+    open_risks = report.get("risk", {}).get("residual_not_acceptable", [])
+    if open_risks:
+        reasons.append(f"residual risk not acceptable for {', '.join(open_risks)} (docs/risk/hazards.yaml)")
     return not reasons, reasons

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medseg.audit.canonical import canonical_bytes
 from medseg.audit.digest import file_sha256
@@ -66,6 +66,13 @@ class SetCase(BaseModel):
         """Role -> relative path of every file of the case."""
         return {r: p for r in ROLES if (p := getattr(self, r))}
 
+    @model_validator(mode="after")
+    def _every_file_has_its_digest(self) -> SetCase:
+        """A file without its SHA-256 in the set file would be bound only by the unsigned lock."""
+        if set(self.sha256) != set(self.paths()):
+            raise ValueError(f"case {self.case_id}: sha256 must list exactly {sorted(self.paths())}")
+        return self
+
 
 class TestSet(BaseModel):
     """A locked test set file."""
@@ -76,6 +83,18 @@ class TestSet(BaseModel):
     description: str
     organ: str
     cases: list[SetCase] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cases_are_distinct(self) -> TestSet:
+        """One scan listed twice (under two ids or two patients) would count as two independent cases."""
+        seen: dict[str, str] = {}
+        for case in self.cases:
+            for key in [f"id {case.case_id}", *(f"{role} SHA-256 {d}" for role, d in case.sha256.items())]:
+                if key in seen:
+                    raise ValueError(f"cases {seen[key]} and {case.case_id} share the {key.split(' ', 1)[0]} "
+                                     f"({key[:40]}...): a test set lists each scan once")  # fmt: skip
+                seen[key] = case.case_id
+        return self
 
 
 def set_paths(name: str, sets_dir: Path = SETS_DIR) -> tuple[Path, Path]:
@@ -141,6 +160,8 @@ def lock_set(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR, ove
 def verify_lock(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR) -> tuple[TestSet, dict]:
     """The set and its lock, after checking the lock's own digest, the set file and every data file against it."""
     yaml_path, lock_path = set_paths(name, sets_dir)
+    if not yaml_path.is_file():
+        raise UsageError("no such test set file", path=yaml_path, hint="List them in validation/sets/.")
     if not lock_path.is_file():
         raise InvalidInputError(
             "the test set is not locked", path=lock_path, hint=f"Run `medseg validation lock {name}`."
@@ -149,18 +170,22 @@ def verify_lock(name: str, root: Path | None = None, sets_dir: Path = SETS_DIR) 
         lock = json.loads(lock_path.read_text())
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"unreadable lock file: {exc}", path=lock_path) from exc
-    if set_digest(lock.get("cases", [])) != lock.get("set_digest"):
+    if not isinstance(lock, dict) or not isinstance(lock.get("cases"), list) or "set_file_sha256" not in lock:
+        raise InvalidInputError("not a lock file of `medseg validation lock`", path=lock_path,
+                                hint=f"Restore it, or run `medseg validation lock {name}` for a new set.")  # fmt: skip
+    if set_digest(lock["cases"]) != lock.get("set_digest"):
         raise InvalidInputError("the lock file was edited: its set digest does not match its cases", path=lock_path)
     if file_sha256(yaml_path) != lock["set_file_sha256"]:
         raise InvalidInputError("the set file changed after it was locked", path=yaml_path,
                                 hint="Restore it, or lock a new set version.")  # fmt: skip
     ts = load_set(yaml_path)
     root = root or default_data_root()
-    locked = {c["case_id"]: c for c in lock["cases"]}
+    locked = {c["case_id"]: c for c in lock["cases"] if isinstance(c, dict) and "case_id" in c}
     for case in ts.cases:
         for role, rel in case.paths().items():
             actual = digest_path(root / rel)
-            if actual != locked.get(case.case_id, {}).get("sha256", {}).get(role):
+            entry = locked.get(case.case_id, {}).get("sha256", {})
+            if actual != case.sha256[role] or actual != (entry.get(role) if isinstance(entry, dict) else None):
                 raise InvalidInputError(
                     f"{case.case_id} {role} differs from the lock (SHA-256 {actual[:12]}...)",
                     path=root / rel,

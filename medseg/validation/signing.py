@@ -18,10 +18,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medseg.audit.canonical import canonical_bytes
-from medseg.errors import InvalidInputError, UsageError
+from medseg.audit.digest import file_sha256
+from medseg.errors import IntegrityError, InvalidInputError, UsageError
 from medseg.io.atomic import atomic_write_text
 from medseg.keys import key_id
-from medseg.validation.report import REPORT, SIGNATURE, files_in, read_report
+from medseg.validation.report import REPORT, SIGNATURE, artifacts, files_in, read_report
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -74,13 +75,49 @@ def statement(folder: Path, info: SignatureInfo) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def sign_folder(folder: Path, key: Ed25519PrivateKey, info: SignatureInfo) -> dict[str, Any]:
-    """Write signature.dsse.json over the folder as it is now; refuses a folder that is already signed."""
+def _require_unsigned_report(folder: Path) -> None:
     if (folder / SIGNATURE).exists():
         raise UsageError("the report is already signed", path=folder / SIGNATURE,
                          hint="A signed report is not re-signed; validate again for a new record.")  # fmt: skip
     if not (folder / REPORT).is_file():
-        raise UsageError("no report.json here", path=folder, hint="Run `medseg validate` first.")
+        raise UsageError(f"no {REPORT} here", path=folder, hint="Pass the output folder of `medseg validate`.")
+
+
+def check_signable(folder: Path) -> dict[str, Any]:
+    """The report of an unsigned validation folder, after checking it is what `medseg validate` wrote: report.json's
+    SHA-256 is recorded as an output of a `validate` run in the audit trail, and every artifact it lists is intact.
+    A report edited between validation and signature (a verdict turned to pass) is refused, not signed."""
+    from medseg.audit.config import load_config
+    from medseg.audit.query import RecordFilter, query_records
+    from medseg.audit.store import AuditStore
+
+    _require_unsigned_report(folder)
+    try:
+        report = read_report(folder)
+    except ValueError as exc:
+        raise IntegrityError(f"{REPORT} is not valid JSON", path=folder / REPORT) from exc
+    digest = file_sha256(folder / REPORT)
+    with AuditStore.open(load_config(), create=False) as store:
+        runs = query_records(store, RecordFilter(command="validate", kind="end", touching=(digest,)))
+    if not runs:
+        raise IntegrityError(
+            f"{REPORT} (SHA-256 {digest[:12]}...) is not an output of any `medseg validate` run in the audit trail",
+            path=folder / REPORT,
+            hint="It was changed after validation, or validated elsewhere: sign where the audit trail recorded it.",
+        )
+    listed = report.get("artifacts") if isinstance(report, dict) else None
+    present = artifacts(folder)
+    if listed != present:
+        listed = listed if isinstance(listed, dict) else {}
+        changed = sorted(k for k in listed.keys() | present.keys() if listed.get(k) != present.get(k))
+        raise IntegrityError(f"{len(changed)} artifact(s) differ from {REPORT}, first {changed[0]}",
+                             path=folder, hint="Restore the folder as validate wrote it.")  # fmt: skip
+    return report
+
+
+def sign_folder(folder: Path, key: Ed25519PrivateKey, info: SignatureInfo) -> dict[str, Any]:
+    """Write signature.dsse.json over the folder as it is now; refuses a folder that is already signed."""
+    _require_unsigned_report(folder)
     payload = canonical_bytes(statement(folder, info))
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
     envelope = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode("ascii"),

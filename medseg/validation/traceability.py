@@ -3,6 +3,7 @@ criteria -> result; hazards' controls -> verified or not. Every gap is listed; t
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,20 @@ from medseg.validation.sets import REPO
 from medseg.yamltext import load_yaml
 
 RISK_DIR = REPO / "docs" / "risk"
+SOURCE_PROPERTY = "medseg_source_sha256"
+SOURCE_GLOBS = ("medseg/**/*.py", "medseg/**/*.yaml", "tests/**/*.py")
+
+
+def source_digest(repo: Path = REPO) -> str:
+    """SHA-256 over the code and the tests (relative path and content of each file): what a test run tested.
+
+    The test run writes it into its JUnit XML (tests/req_plugin.py), so evidence from another version of the code
+    (or hand-written) does not complete this release's traceability matrix."""
+    digest = hashlib.sha256()
+    files = sorted({p for g in SOURCE_GLOBS for p in repo.glob(g) if "__pycache__" not in p.parts and p.is_file()})
+    for path in files:
+        digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + file_sha256(path).encode() + b"\n")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -34,14 +49,26 @@ def node_id(classname: str, name: str) -> str:
     return "::".join(["/".join(parts[:n]) + ".py", *parts[n:], name])
 
 
-def read_junit(path: Path) -> list[TestResult]:
-    """Every <testcase> of a JUnit XML file (pytest --junitxml) with its outcome and `req` properties."""
+def _junit_root(path: Path) -> ET.Element:
     try:
-        root = ET.parse(path).getroot()
+        return ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:
         raise InvalidInputError(
             f"cannot read the JUnit XML: {exc}", path=path, hint="Pass pytest's --junitxml file."
         ) from exc
+
+
+def suite_properties(path: Path) -> dict[str, str]:
+    """The test suites' own <properties> (not the test cases'), e.g. the source digest of the run."""
+    root = _junit_root(path)
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    return {p.get("name", ""): p.get("value", "") for s in suites for ps in s.findall("properties")
+            for p in ps.findall("property")}  # fmt: skip
+
+
+def read_junit(path: Path) -> list[TestResult]:
+    """Every <testcase> of a JUnit XML file (pytest --junitxml) with its outcome and `req` properties."""
+    root = _junit_root(path)
     out = []
     for tc in root.iter("testcase"):
         node = node_id(tc.get("classname", ""), tc.get("name", ""))
@@ -91,7 +118,13 @@ def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DI
     reqs = risk_list(risk_dir / "requirements.yaml", "requirements")
     hazards = risk_list(risk_dir / "hazards.yaml", "hazards")
     known = {r["id"] for r in reqs}
-    gaps = [f"test {t.node} claims unknown requirement {q}" for t in results for q in t.reqs if q not in known]
+    tested = suite_properties(junit).get(SOURCE_PROPERTY)
+    this_code = source_digest()
+    gaps = [] if tested == this_code else [
+        f"the JUnit file is not from a test run of this code (its source SHA-256 {str(tested)[:12]}..., this "
+        f"code's {this_code[:12]}...): run the tests of this release with --junitxml"
+    ]  # fmt: skip
+    gaps += [f"test {t.node} claims unknown requirement {q}" for t in results for q in t.reqs if q not in known]
     rows = []
     for r in reqs:
         named = list(r.get("tests", []))
@@ -123,7 +156,8 @@ def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DI
                f"hazard controls verified, {len(results)} tests in the run, {len(gaps)} gap(s)")  # fmt: skip
     return {
         "junit": {"sha256": file_sha256(junit), "tests": len(results),
-                  "failed": sum(t.outcome == "failed" for t in results)},
+                  "failed": sum(t.outcome == "failed" for t in results),
+                  "source_sha256": tested, "of_this_code": tested == this_code},
         "requirements_sha256": file_sha256(risk_dir / "requirements.yaml"),
         "hazards_sha256": file_sha256(risk_dir / "hazards.yaml"),
         "requirements": rows, "hazards": haz_rows, "gaps": gaps, "complete": not gaps, "summary": summary,
