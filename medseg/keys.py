@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -65,6 +66,10 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         raise UsageError(
             "the signing key is not an Ed25519 key", path=path, hint="Create one with `medseg keys generate`."
         )
+    mode = stat.S_IMODE(Path(path).stat().st_mode)
+    if mode & 0o077:
+        raise UsageError(f"the signing key can be read by other users (mode {mode:04o})", path=path,
+                         hint=f"Restrict it: chmod 600 {path}.")  # fmt: skip
     return key
 
 

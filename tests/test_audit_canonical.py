@@ -61,6 +61,21 @@ def test_uids_and_paths_are_never_stored_raw(text: str) -> None:
     assert stored["series"] == stored["nested"][0] == params_to_json({"x": text}, KEY)["x"]
 
 
+@given(
+    st.from_regex(r"\A[1-9][0-9]{0,5}(\.[0-9]{1,6}){3,8}\Z"),
+    st.sampled_from(["", " ", "series "]),
+    st.sampled_from(["", " ", "#2", "#13", "\n"]),
+)
+def test_a_uid_inside_a_longer_value_is_never_stored_raw(uid: str, before: str, after: str) -> None:
+    """`--series '<uid>#2'`, the key `medseg series` prints for a split series, was stored raw."""
+    stored = canonical_json(params_to_json({"series": before + uid + after}, KEY))
+    assert uid not in stored
+
+
+def test_version_numbers_stay_readable() -> None:
+    assert params_to_json({"model": "abdomen-2.2.0", "v": "2.2"}, KEY) == {"model": "abdomen-2.2.0", "v": "2.2"}
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.lists(params, min_size=1, max_size=4))
 def test_random_params_chain_and_verify(tmp_path_factory, batch: list[dict[str, Any]]) -> None:

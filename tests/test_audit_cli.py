@@ -130,6 +130,24 @@ def test_signed_export_round_trip_and_tamper(history: Path, capsys: pytest.Captu
     assert code == 1 and "signature does not match" in out
 
 
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [("signature", "AAAA"), ("records", {"1": {}}), ("records", ["x", "y"]), ("head", [5]), ("verification", None)],
+)
+def test_a_snapshot_whose_structure_was_changed_fails_in_one_line(
+    history: Path, capsys: pytest.CaptureFixture[str], member: str, value: object
+) -> None:
+    """These once ended as 'internal error: AttributeError' (exit 4) instead of a failed check (exit 1)."""
+    private, public = _keys(history, capsys)
+    snapshot = history / "snapshot.json"
+    assert run(["audit", "export", str(snapshot), "--key", str(private)], capsys)[0] == 0
+    data = json.loads(snapshot.read_text())
+    data[member] = value
+    snapshot.write_text(json.dumps(data))
+    code, out, err = run(["audit", "verify-export", str(snapshot), "--public-key", str(public)], capsys)
+    assert code == 1 and "structure was changed" in out + err and "internal error" not in err
+
+
 def test_export_is_audited_and_does_not_overwrite(history: Path, capsys: pytest.CaptureFixture[str]) -> None:
     private, _ = _keys(history, capsys)
     snapshot = history / "snapshot.json"

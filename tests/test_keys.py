@@ -54,3 +54,17 @@ def test_audit_keygen_still_works_and_makes_the_same_kind_of_pair(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert key_id(load_private_key(private).public_key()) == key_id(load_public_key(public))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_signing_key_other_users_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """Like ssh, a private key readable by others is not used: whoever read it could sign reports and exports."""
+    from medseg.keys import write_keypair
+
+    private, _ = keypair_paths(tmp_path, "qa")
+    write_keypair(*keypair_paths(tmp_path, "qa"))
+    private.chmod(mode)
+    with pytest.raises(UsageError, match=f"can be read by other users \\(mode {mode:04o}\\)"):
+        load_private_key(private)
+    private.chmod(0o600)
+    assert load_private_key(private)

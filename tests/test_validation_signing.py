@@ -63,7 +63,7 @@ def test_sign_then_verify_and_each_tamper_is_named(shared, tmp_path, keys) -> No
     other = load_public_key(keys[1].with_name("other.key.pub"))
     assert "signature does not verify" in verify_folder(folder, other).problems[0]
     (folder / "cases/c1/liver.nii.gz").unlink()
-    assert verify_folder(folder, public).problems == ["cases/c1/liver.nii.gz: signed but missing"]
+    assert verify_folder(folder, public).problems[0] == "cases/c1/liver.nii.gz: signed but missing"
 
 
 def test_an_edited_envelope_fails(shared, tmp_path, keys) -> None:
@@ -110,3 +110,44 @@ def test_meaning_and_name_are_required(keys) -> None:
         signature_info("Ada", "looked at it", public)
     with pytest.raises(UsageError, match="printed name"):
         signature_info("  ", "approved", public)
+
+
+@pytest.mark.parametrize("addition", ["empty folder", "link to a folder", "link to a file"])
+def test_content_added_beside_the_signed_files_fails(shared, tmp_path, keys, addition) -> None:
+    """An empty folder, or a link to a folder holding an 'addendum', once verified as intact: file digests do not
+    see them (rglob does not descend into linked folders)."""
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    sign_folder(folder, private, signature_info("Ada", "approved", private.public_key()))
+    assert verify_folder(folder, private.public_key()).ok
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "ADDENDUM.txt").write_text("the verdict is pass")
+    if addition == "empty folder":
+        (folder / "cases" / "later").mkdir()
+    elif addition == "link to a folder":
+        (folder / "cases" / "later").symlink_to(outside, target_is_directory=True)
+    else:
+        (folder / "ADDENDUM.txt").symlink_to(outside / "ADDENDUM.txt")
+    problems = verify_folder(folder, private.public_key()).problems
+    assert any(p.startswith(("cases/later", "ADDENDUM.txt")) for p in problems), problems
+
+
+@pytest.mark.parametrize("content", ["", "{trunc", "[]", '{"payload": 3, "signatures": "x"}'])
+def test_a_damaged_signature_file_fails_verification(shared, tmp_path, keys, content) -> None:
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    sign_folder(folder, private, signature_info("Ada", "approved", private.public_key()))
+    (folder / SIGNATURE).write_text(content)
+    result = verify_folder(folder, private.public_key())
+    assert not result.ok and "not a readable signature envelope" in result.problems[0]
+
+
+def test_an_artifact_list_that_is_not_a_table_fails(shared, tmp_path, keys) -> None:
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    sign_folder(folder, private, signature_info("Ada", "approved", private.public_key()))
+    report = json.loads((folder / "report.json").read_text())
+    (folder / "report.json").write_text(json.dumps(report | {"artifacts": list(report.get("artifacts", {}))}))
+    problems = verify_folder(folder, private.public_key()).problems
+    assert "report.json: its artifact list is not a table of names and digests" in problems

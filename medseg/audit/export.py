@@ -91,7 +91,12 @@ def read_snapshot(path: Path) -> dict[str, Any]:
 def verify_snapshot(snapshot: dict[str, Any], public_key: Ed25519PublicKey) -> SnapshotCheck:
     """Check the signature against the trusted `public_key`, then every hash and link of the records inside."""
     check = SnapshotCheck()
-    signature = snapshot.get("signature") or {}
+    shapes = {"signature": dict, "records": list, "head": dict, "verification": dict}
+    wrong = [k for k, kind in shapes.items() if not isinstance(snapshot.get(k), kind)]
+    if wrong or not all(isinstance(r, dict) for r in snapshot["records"]):
+        check.problems.append(f"the snapshot's structure was changed ({', '.join(wrong) or 'records'})")
+        return check
+    signature = snapshot["signature"]
     payload = {k: v for k, v in snapshot.items() if k != "signature"}
     try:
         public_key.verify(base64.b64decode(str(signature.get("value", ""))), canonical_bytes(payload))

@@ -30,6 +30,7 @@ from medseg.parallel import in_background
 
 EXIT_INTERRUPTED = 130
 _UID = re.compile(r"^[0-9]+(\.[0-9]+){2,}$")
+_UID_INSIDE = re.compile(r"[0-9]+(?:\.[0-9]+){3,}")  # a UID within a longer value: a series key '<uid>#2', ' <uid>'
 _MAX_DETAIL = 200
 
 
@@ -43,7 +44,10 @@ def os_user() -> str:
 
 def _identifying(text: str) -> bool:
     """DICOM UIDs and path-like strings are kept only as keyed references (they can identify a patient)."""
-    return bool(_UID.match(text)) or "/" in text or "\\" in text or text.startswith("~")
+    return (
+        bool(_UID.match(text.strip()) or _UID_INSIDE.search(text))
+        or "/" in text or "\\" in text or text.strip().startswith("~")
+    )  # fmt: skip
 
 
 def params_to_json(params: Mapping[str, Any] | None, key: bytes) -> dict[str, JsonValue]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,14 +139,30 @@ class Verification:
         return not self.problems
 
 
-def _envelope(folder: Path) -> dict[str, Any]:
+def _envelope(folder: Path) -> dict[str, Any] | None:
+    """The signature envelope; None when the file exists but is not one (a damaged record: verification fails)."""
     path = folder / SIGNATURE
     if not path.is_file():
         raise InvalidInputError("the report is not signed (no signature.dsse.json)", path=folder)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"unreadable signature envelope: {exc}", path=path) from exc
+        env = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return env if isinstance(env, dict) else None
+
+
+def _entries_not_files(folder: Path) -> list[str]:
+    """Links and empty folders inside the signed folder: content the file digests cannot cover (a link to a folder
+    is not descended into)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                found.append(f"{path.relative_to(folder).as_posix()}: a link, not covered by the signature")
+        if not dirs and not files and Path(root) != folder:
+            found.append(f"{Path(root).relative_to(folder).as_posix()}/: an empty folder, not covered by the signature")
+    return found
 
 
 def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
@@ -153,10 +170,11 @@ def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
     result = Verification()
     env = _envelope(folder)
     try:
-        payload = base64.b64decode(env["payload"], validate=True)
-        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInputError(f"malformed signature envelope: {exc}", path=folder / SIGNATURE) from exc
+        payload = base64.b64decode(env["payload"], validate=True)  # type: ignore[index]
+        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        result.problems.append(f"{SIGNATURE}: not a readable signature envelope (damaged or edited)")
+        return result
     message = pae(env.get("payloadType", ""), payload)
     if env.get("payloadType") != PAYLOAD_TYPE or not any(_valid(public, s, message) for s in sigs):
         result.problems.append(f"signature does not verify with key {key_id(public)} (other key, or envelope edited)")
@@ -180,9 +198,13 @@ def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             result.problems.append(f"{REPORT}: no longer readable JSON")
             listed = {}
+        if not isinstance(listed, dict):
+            result.problems.append(f"{REPORT}: its artifact list is not a table of names and digests")
+            listed = {}
         for name, sha in listed.items():
             if present.get(name) != sha:
                 result.problems.append(f"{name}: differs from the digest report.json lists")
+    result.problems.extend(_entries_not_files(folder))
     return result
 
 
