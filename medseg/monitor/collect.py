@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, UsageError
 from medseg.monitor.facts import CaseFacts, facts_from_summary, read_summary
 from medseg.monitor.store import MonitorStore
 
@@ -29,14 +29,25 @@ class Collected:
     problems: list[str] = field(default_factory=list)
 
 
+# What a summary of unexpected shape can still raise past facts.py's checks: refused like a malformed summary.
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError, RecursionError)
+
+
 def find_summaries(folders: list[Path]) -> list[Path]:
-    """Every summary.json under the folders, oldest first; a missing folder raises InvalidInputError."""
+    """Every summary.json under the folders, oldest first; a missing folder raises InvalidInputError, a file that is
+    not a summary.json UsageError (it would silently add nothing)."""
     found: list[Path] = []
     for folder in folders:
         folder = Path(folder)
         if not folder.exists():
             raise InvalidInputError(
                 "output folder not found", path=folder, hint="Pass folders written by medseg infer."
+            )
+        if folder.is_file() and folder.name != SUMMARY_NAME:
+            raise UsageError(
+                f"not an output folder nor a {SUMMARY_NAME}",
+                path=folder,
+                hint=f"Pass the folder `medseg infer --out` wrote (or one of its {SUMMARY_NAME} files).",
             )
         found += [folder] if folder.is_file() and folder.name == SUMMARY_NAME else sorted(folder.rglob(SUMMARY_NAME))
     unique = list(dict.fromkeys(p.resolve() for p in found))
@@ -54,6 +65,8 @@ def collect_folders(store: MonitorStore, folders: list[Path]) -> Collected:
             facts.append(read_summary(path, key))
         except InvalidInputError as exc:
             result.problems.append(exc.one_line())
+        except _SHAPE_ERRORS as exc:
+            result.problems.append(f"{path}: malformed summary ({type(exc).__name__}). Rerun `medseg infer`.")
     result.added = store.add(facts, "summary")
     result.known = len(facts) - result.added
     return result
@@ -84,8 +97,10 @@ def collect_pacs(store: MonitorStore, pacs_db: Path) -> Collected:
         try:
             summary = json.loads(raw)
             facts.append(facts_from_summary(summary, raw, f"pacs-job-{order}", key))
-        except (ValueError, InvalidInputError) as exc:
-            result.problems.append(f"{pacs_db}: job {order}: {getattr(exc, 'message', exc)}")
+        except InvalidInputError as exc:
+            result.problems.append(f"{pacs_db}: job {order}: {exc.message}")
+        except _SHAPE_ERRORS as exc:
+            result.problems.append(f"{pacs_db}: job {order}: malformed summary ({type(exc).__name__}: {exc})")
     result.added = store.add(facts, "pacs")
     result.known = len(facts) - result.added
     return result

@@ -7,6 +7,7 @@ exported. Adding a case whose key is already stored does nothing, so collecting 
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -46,19 +47,32 @@ class MonitorStore:
 
     @classmethod
     @contextmanager
-    def open(cls, path: Path, create: bool = False) -> Iterator[MonitorStore]:
-        """Open (or with `create`, make) the store; a file that is not a monitor store raises InvalidInputError."""
+    def open(cls, path: Path, create: bool = False, readonly: bool = False) -> Iterator[MonitorStore]:
+        """Open (or with `create`, make) the store; `readonly` opens it without writing anything (a read-only mount).
+
+        A file that is not a monitor store raises InvalidInputError; a store or folder that cannot be written when
+        building raises ProcessingError naming it.
+        """
         path = Path(path)
         if not create and not path.is_file():
             raise InvalidInputError("monitor store not found", path=path, hint="Make it with `medseg monitor build`.")
+        if create:
+            _check_writable(path)
+        conn = _connect_readonly(path) if readonly else _connect_writable(path)
         try:
-            conn = sqlite3.connect(path, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
             store = cls(conn, path)
-            store._init(create)
-        except sqlite3.DatabaseError as exc:
+            store._init(create and not readonly)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if create and _is_write_failure(exc):
+                raise _cannot_write(path, exc) from exc
             raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+        except BaseException:
+            conn.close()
+            raise
         try:
             yield store
         finally:
@@ -149,3 +163,74 @@ class MonitorStore:
             )
             for seq, key, digest, ref, model, status in rows
         ]
+
+
+def _cannot_write(path: Path, reason: object) -> ProcessingError:
+    """The error for a store (or its folder) that cannot be written."""
+    return ProcessingError(
+        f"cannot write the monitor store: {reason}",
+        path=path,
+        hint="Pass --out in a folder you can write to (a store on a read-only mount can only be reported on).",
+    )
+
+
+def _is_write_failure(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed because it may not write (read-only file, folder or mount), not because of the data."""
+    text = str(exc).lower()
+    return any(word in text for word in ("readonly", "read-only", "unable to open", "disk i/o"))
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse to build into a folder or file this process cannot write (the store, its journal and WAL files)."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_write(path, exc.strerror or exc) from exc
+    for target in (folder, path) if path.exists() else (folder,):
+        if not os.access(target, os.W_OK):
+            raise _cannot_write(path, "read-only " + ("folder" if target == folder else "file"))
+
+
+def _connect_writable(path: Path) -> sqlite3.Connection:
+    """A read-write connection in WAL mode with full fsync (a crash keeps the store as it was before the build)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.OperationalError as exc:
+        raise _cannot_write(path, exc) from exc
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if _is_write_failure(exc):
+            raise _cannot_write(path, exc) from exc
+        raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+    return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; where SQLite cannot share a WAL store read-only (no -shm file on a read-only mount),
+    the file is opened as immutable, which is safe because nothing can write it there."""
+    uri = path.resolve().as_uri()
+    last: sqlite3.Error | None = None
+    for mode in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, isolation_level=None)
+        except sqlite3.OperationalError as exc:
+            last = exc
+            continue
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            last = exc
+            continue
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+        return conn
+    raise InvalidInputError(f"cannot read the monitor store: {last}", path=path, hint="Check the file's permissions.")
