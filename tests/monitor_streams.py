@@ -204,3 +204,97 @@ def write_stream(summaries: list[dict[str, Any]], folder: Path, preview: Path | 
             shutil.copyfile(preview, path.parent / "preview.png")
         path.write_text(json.dumps(s))
         os.utime(path, ns=(1_700_000_000_000_000_000 + (start + i) * 10**9,) * 2)
+
+
+# The summary `medseg infer` wrote for the real CHAOS CT (abdomen 2.2.0, 2026-11-30), identity replaced: every
+# field as infer writes it, including input.acquisition and organs[].confidence. Fast tests vary it.
+REAL_SUMMARY: dict[str, Any] = {
+    "schema": "medseg.infer.summary/1",
+    "case": "dicom",
+    "organ": "liver",
+    "software": {"medseg": "0.1.0", "python": "3.11.7", "backend": "openvino"},
+    "model": {
+        "name": "abdomen",
+        "version": "2.2.0",
+        "sha256": "5623c1d03bdadc9e778419b44c51dfc8e770e369ed8ab0c51202a281675a3c94",
+        "spacing_mm": [3.0, 3.0, 3.0],
+        "roi_size": [96, 96, 96],
+    },
+    "settings": {"fast": False, "strict": False, "force": False, "overlap": 0.25},
+    "input": {
+        "path": "/data/ct/case/dicom",
+        "format": "dicom",
+        "sha256": "0" * 64,
+        "files": 78,
+        "modality": "CT",
+        "series_instance_uid": "1.2.840.113704.1.1762661655.11024.1129934350.12",
+        "shape": [512, 512, 78],
+        "spacing_mm": [0.7266, 0.7266, 2.0],
+        "origin_lps_mm": [-185.0, -98.0, 1536.5],
+        "direction": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        "acquisition": {
+            "manufacturer": None,
+            "model_name": None,
+            "kernel": "B",
+            "slice_thickness_mm": 3.2,
+            "kvp": 120.0,
+            "body_part": None,
+            "contrast": "CONTRAST",
+        },
+    },
+    "notes": ["SliceThickness 3.2 mm > slice spacing 2 mm (overlapping slices)"],
+    "model_grid": {"shape": [125, 125, 52], "windows": {"planned": 4, "run": 4, "skipped": 0}},
+    "organs": [
+        {
+            "name": "liver",
+            "label": 1,
+            "voxel_count": 1050000,
+            "volume_ml": 1418.79,
+            "mean_hu": 140.57,
+            "std_hu": 22.9,
+            "bbox_index": {"start": [35, 25, 0], "stop": [107, 86, 78]},
+            "bbox_lps_mm": {"min": [-140.0, -266.3, 1380.5], "max": [72.9, -86.3, 1536.5]},
+            "centroid_lps_mm": [-65.4, -185.2, 1450.3],
+            "confidence": {"boundary_entropy": 0.2329, "uncertain_fraction": 0.1985, "neighbour_contact": 0.121},
+        }
+    ],
+    "status": "flagged",
+    "qc": {
+        "passed": False,
+        "strict": False,
+        "refused": [],
+        "forced": [],
+        "flags": [
+            {
+                "code": "organ_truncated",
+                "stage": "result",
+                "reason": "liver touches the inferior edge of the scan: its volume may be underestimated",
+                "refuses": False,
+            }
+        ],
+    },
+    "outputs": {"labels": "liver.nii.gz", "seg": "seg.dcm", "preview": "preview.png"},
+    "timings_s": {"total": 1.734},
+}
+
+
+def summary_case(
+    index: int,
+    rng: np.random.Generator,
+    uncertain: float = 0.2,
+    volume_factor: float = 1.0,
+    truncated_rate: float = 0.15,
+    version: str = "2.2.0",
+) -> dict[str, Any]:
+    """One case of a site from REAL_SUMMARY: its own input digest, patient-to-patient volume, HU and confidence."""
+    s = copy.deepcopy(REAL_SUMMARY)
+    s["case"] = f"case{index:04d}"
+    s["input"]["sha256"] = hashlib.sha256(f"case/{index}".encode()).hexdigest()
+    s["model"]["version"] = version
+    organ = s["organs"][0]
+    organ["volume_ml"] = 1500.0 * float(rng.lognormal(0.0, 0.12)) * volume_factor
+    organ["mean_hu"] = 120.0 + float(rng.normal(0.0, 6.0))
+    organ["confidence"]["uncertain_fraction"] = uncertain + float(rng.normal(0.0, 0.02))
+    organ["confidence"]["boundary_entropy"] = 0.23 + float(rng.normal(0.0, 0.01))
+    _set_flag(s, "organ_truncated", bool(rng.random() < truncated_rate))
+    return s

@@ -162,12 +162,13 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
 
 
 def test_windows_and_too_few_cases() -> None:
-    cases = [_facts(i) for i in range(30)]
+    cases = [_facts(i) for i in range(70)]
     ref, mon, text = split_cases(cases, None)
-    assert len(ref) == 15 and len(mon) == 15 and "earliest half" in text
+    assert ref == cases[:60] and mon == cases[60:] and "first 60 cases" in text
     ref, mon, _ = split_cases(cases, "3-22")
     assert ref[0] is cases[2] and len(ref) == 20 and mon == cases[22:]
-    with pytest.raises(UsageError, match=r"cannot use reference .10-99. with 30"):
+    with pytest.raises(UsageError, match=r"cannot use reference .10-99. with 70"):
         split_cases(cases, "10-99")
     report = analyse(cases[:5], cases[5:], "tiny")
-    assert report.alarms == [] and "too few cases" in report.skipped[0]
+    assert report.alarms == [] and report.status == "insufficient"
+    assert report.insufficient is not None and report.insufficient.startswith("not enough cases to monitor")

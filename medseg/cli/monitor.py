@@ -11,9 +11,11 @@ import typer
 from medseg.cli.state import console
 
 if TYPE_CHECKING:
+    from medseg.models.card import ModelCard
     from medseg.monitor.facts import CaseFacts
 
 EXIT_ALARM = 1
+EXIT_INSUFFICIENT = 6
 EXAMPLES = """
 Examples:
 
@@ -23,7 +25,8 @@ Examples:
 
   medseg monitor report --db monitor.db --reference 1-200 --cases results/ --out monitor-report/
 
-Exit codes: 0 no alarm, 1 at least one alarm (see DIR/monitor.html), 2 usage, 3 invalid input.
+Exit codes (report): 0 no alarm, 1 at least one alarm (see DIR/monitor.html), 2 usage, 3 invalid input,
+4 cannot write, 6 not enough cases to monitor (no drift test could run; the volume range check did).
 """
 
 monitor_app = typer.Typer(
@@ -82,23 +85,41 @@ def _reference(store_cases: list[CaseFacts], reference: str | None) -> tuple[lis
             hint="Run `medseg infer` on the set, `medseg monitor build` its outputs, and pass that monitor.db.",
         )
     if reference and Path(reference).is_file():
-        with MonitorStore.open(Path(reference)) as ref_store:
+        with MonitorStore.open(Path(reference), readonly=True) as ref_store:
             return ref_store.cases(), store_cases, f"store {Path(reference).name}"
     return split_cases(store_cases, reference)
 
 
-def _volume_ranges(cases: list[CaseFacts]) -> dict[str, tuple[float, float]]:
-    """Plausible volume per organ from each model's card (else infer's default), as infer's QC uses it."""
+def _card_for(model: str) -> ModelCard | None:
+    """The installed card of a stored model ("name version"): same name and version, else the name's own card."""
     from medseg.errors import MedsegError
+    from medseg.models.registry import list_models, resolve_model
+
+    name, _, version = model.partition(" ")
+    try:
+        cards = [m.card for m in list_models()]
+    except MedsegError:
+        cards = []
+    exact = [c for c in cards if c.name == name and c.version == version]
+    if exact:
+        return exact[0]
+    try:
+        return resolve_model(name).card
+    except MedsegError:
+        return None
+
+
+def _volume_ranges(cases: list[CaseFacts]) -> dict[str, tuple[float, float]]:
+    """Plausible volume per organ from the card of the model (name and version) that ran the latest cases, as
+    infer's QC uses it; an organ no card gives a range for uses infer's default."""
     from medseg.infer.qc import volume_range
-    from medseg.models.registry import resolve_model
 
     ranges: dict[str, tuple[float, float]] = {}
     organs = {k.split(":", 1)[1] for c in cases for k in c.numbers if k.startswith("volume_ml:")}
-    for name in sorted({c.model.split(" ")[0] for c in cases}):
-        try:
-            card = resolve_model(name).card
-        except MedsegError:
+    latest_first = list(dict.fromkeys(c.model for c in reversed(cases)))
+    for model in latest_first:
+        card = _card_for(model)
+        if card is None:
             continue
         for organ in organs:
             span = volume_range(card, organ)
@@ -128,11 +149,13 @@ def report(
     db: Path = typer.Option(..., "--db", help="Monitor store written by `medseg monitor build`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for monitor.html and monitor.json."),
     reference: str | None = typer.Option(
-        None, "--reference", help="FIRST-LAST case window (1-based) or a reference monitor.db; default earliest half."
+        None,
+        "--reference",
+        help="FIRST-LAST case window (1-based) or a reference monitor.db; default the first 60 cases (fixed).",
     ),
     cases: list[Path] = typer.Option([], "--cases", help="Output folders to link each alarm's cases to previews."),
 ) -> None:
-    """Compare recent cases with the reference; write the dashboard; exit 1 when an alarm fires."""
+    """Compare recent cases with the reference; write the dashboard; exit 1 on an alarm, 6 with too few cases."""
     from medseg.cli.audited import audited
     from medseg.monitor.output import write_report
     from medseg.monitor.store import MonitorStore
@@ -140,18 +163,23 @@ def report(
     params = {"db": db, "out": out, "reference": reference, "cases": [str(c) for c in cases]}
     with audited("monitor report", params=params) as rec:
         rec.add_inputs([db])
-        with MonitorStore.open(db) as store:
+        with MonitorStore.open(db, readonly=True) as store:
             stored, secret = store.cases(), store.secret
         ref, monitored, description = _reference(stored, reference)
         links = _links(cases, secret, monitored, out) if cases else {}
         written = write_report(ref, monitored, description, out, _volume_ranges(stored), links)
         rec.add_outputs([written.json_path, written.html_path])
         alarms = written.report.alarms
-        rec.set_outcome_detail(f"alarms:{len(alarms)}" + (":" + ",".join(a.feature for a in alarms) if alarms else ""))
+        detail = f"alarms:{len(alarms)}" + (":" + ",".join(a.feature for a in alarms) if alarms else "")
+        rec.set_outcome_detail(detail + (":insufficient" if written.report.insufficient else ""))
     for note in written.report.skipped:
         console.info(f"not compared: {note}")
     for alarm in alarms:
         console.warn(f"ALARM {alarm.kind}: {alarm.message}")
+    if written.report.insufficient:
+        console.warn(f"NOT MONITORED: {written.report.insufficient} (only the volume range check ran)")
     console.result(f"{written.html_path}: {len(alarms)} alarm(s) over {len(monitored)} monitored case(s)")
     if alarms:
         raise typer.Exit(EXIT_ALARM)
+    if written.report.insufficient:
+        raise typer.Exit(EXIT_INSUFFICIENT)

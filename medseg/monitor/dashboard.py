@@ -15,10 +15,16 @@ STYLE = """
 body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#1a1a1a;max-width:1200px}
 h1{font-size:24px}h2{font-size:19px;margin-top:28px;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}td,th{border:1px solid #bbb;padding:4px 8px;text-align:left}
-th{background:#eee}.alarm{background:#fde2e1}.ok{background:#e3f4e1}.banner{padding:12px;font-size:18px;font-weight:bold}
+th{background:#eee}.alarm{background:#fde2e1}.ok{background:#e3f4e1}.insufficient{background:#fff1c9}
+.banner{padding:12px;font-size:18px;font-weight:bold;margin:6px 0}
 img{max-width:100%;display:block;margin:6px 0}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.grid img{width:49%}.small{color:#555;font-size:13px}
 """
+
+
+def plot_text(text: object) -> str:
+    """Text as matplotlib shows it literally: a `$` would start mathtext (and an unbalanced one crashes the plot)."""
+    return str(text).replace("$", r"\$")
 
 
 def _png(fig: Any) -> str:
@@ -50,7 +56,7 @@ def flag_figure(code: str, rates: list[float], reference_end: int, cusum: dict[s
     top.axhline(cusum["p1"], color="#d62728", ls=":", label=f"rate to detect {cusum['p1']:.0%}")
     top.set_ylim(-0.02, 1.02)
     top.set_ylabel("share of cases")
-    top.set_title(f"QC flag '{code}'")
+    top.set_title(plot_text(f"QC flag '{code}'"))
     top.legend(loc="upper left", fontsize=8)
     cx = list(range(reference_end + 1, reference_end + 1 + len(cusum["statistic"])))
     bottom.plot(cx, cusum["statistic"], color="#2ca02c", label="CUSUM")
@@ -72,13 +78,14 @@ def volume_figure(organ: str, reference: list[float], recent: list[float], expec
     values = reference + recent
     bins = 20 if values else 1
     span = (min(values), max(values)) if values else (0, 1)
-    ax.hist(reference, bins=bins, range=span, alpha=0.55, density=True, label=f"reference ({len(reference)})")
-    ax.hist(recent, bins=bins, range=span, alpha=0.55, density=True, label=f"recent ({len(recent)})")
+    for name, sample in (("reference", reference), ("recent", recent)):
+        if sample:
+            ax.hist(sample, bins=bins, range=span, alpha=0.55, density=True, label=f"{name} ({len(sample)})")
     if expected:
         ax.axvspan(*expected, color="#2ca02c", alpha=0.08, label=f"expected {expected[0]:g}-{expected[1]:g} ml")
-    ax.set_xlabel(f"{organ} volume (ml)")
+    ax.set_xlabel(plot_text(f"{organ} volume (ml)"))
     ax.set_ylabel("density")
-    ax.set_title(f"{organ} volume: reference vs recent")
+    ax.set_title(plot_text(f"{organ} volume: reference vs recent"))
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -90,13 +97,13 @@ def mix_figure(feature: str, mix: dict[str, Any], reference_end: int) -> str:
     starts, size = mix["block_start"], mix["block_size"]
     bottom = [0.0] * len(starts)
     for value, shares in mix["shares"].items():
-        ax.bar(starts, shares, width=size * 0.9, bottom=bottom, align="edge", label=value)
+        ax.bar(starts, shares, width=size * 0.9, bottom=bottom, align="edge", label=plot_text(value))
         bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
     ax.axvline(reference_end + 0.5, color="black", ls="--", label="end of reference")
     ax.set_ylim(0, 1)
     ax.set_ylabel("share")
     ax.set_xlabel(f"case number (blocks of {size})")
-    ax.set_title(f"acquisition mix: {feature}")
+    ax.set_title(plot_text(f"acquisition mix: {feature}"))
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
 
@@ -115,18 +122,35 @@ def _table(headers: list[str], rows: list[tuple[list[str], bool]]) -> str:
 
 
 def _alarm_section(report: Report, links: dict[str, str]) -> str:
+    """The banners (alarms, not enough cases, or all within limits) and the alarm table."""
+    parts = []
+    if report.insufficient:
+        parts.append(
+            f'<div class="banner insufficient">Not monitored: {escape(report.insufficient)}. Only the volume range '
+            "check ran; drift and QC-rate tests need more cases.</div>"
+        )
     if not report.alarms:
-        return '<div class="banner ok">No alarm: every watched fact is within its preset limits.</div>'
+        if not report.insufficient:
+            parts.append('<div class="banner ok">No alarm: every watched fact is within its preset limits.</div>')
+        return "".join(parts)
     items = "".join(
         f"<tr class='alarm'><td>{escape(a.kind)}</td><td>{escape(a.feature)}</td><td>{escape(a.message)}</td>"
         f"<td>{_case_links(a.cases, links)}</td></tr>"
         for a in report.alarms
     )
-    return (
+    parts.append(
         f'<div class="banner alarm">{len(report.alarms)} alarm(s): act per docs/risk/post-market-monitoring.md'
         f"</div><table><tr><th>kind</th><th>what</th><th>evidence</th><th>cases behind it (preview)</th></tr>"
         f"{items}</table>"
     )
+    return "".join(parts)
+
+
+def _models_table(report: Report) -> str:
+    """Which model (name and version) ran how many reference and monitored cases."""
+    ref, mon = report.models.get("reference", {}), report.models.get("monitored", {})
+    rows = [([m, str(ref.get(m, 0)), str(mon.get(m, 0))], m not in ref) for m in sorted(set(ref) | set(mon))]
+    return _table(["model", "reference cases", "monitored cases"], rows)
 
 
 def render(
@@ -144,6 +168,8 @@ def render(
         f"{report.n_recent}. Case keys are keyed digests; no patient data is shown.</p>",
         "<h2>Alarms</h2>",
         _alarm_section(report, links),
+        "<h2>Models</h2>",
+        _models_table(report),
     ]
     parts.append(
         "<h2>QC flag rates (CUSUM)</h2><p class='small'>Grey: reference cases. The CUSUM adds evidence "

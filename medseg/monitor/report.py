@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medseg.errors import UsageError
@@ -21,6 +23,7 @@ from medseg.monitor.stats import (
 REPORT_SCHEMA = "medseg.monitor.report/1"
 MAX_CASES_PER_ALARM = 20
 NOT_RECORDED = "(not recorded)"
+STATUS_ALARM, STATUS_INSUFFICIENT, STATUS_OK = "alarm", "insufficient", "ok"
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
@@ -78,12 +81,24 @@ class Report:
     volumes: list[VolumeCheck] = field(default_factory=list)
     alarms: list[Alarm] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    insufficient: str | None = None
+    models: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """`alarm` when any alarm fired, else `insufficient` when too few cases to compare, else `ok`."""
+        if self.alarms:
+            return STATUS_ALARM
+        return STATUS_INSUFFICIENT if self.insufficient else STATUS_OK
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": REPORT_SCHEMA,
+            "status": self.status,
+            "insufficient": self.insufficient,
             "reference": self.reference,
             "cases": {"reference": self.n_reference, "monitored": self.n_monitored, "recent": self.n_recent},
+            "models": self.models,
             "thresholds": thresholds(),
             "alarms": [a.to_json() for a in self.alarms],
             "numeric": [d.to_json() for d in self.numeric],
@@ -95,10 +110,16 @@ class Report:
 
 
 def split_cases(cases: list[CaseFacts], reference: str | None) -> tuple[list[CaseFacts], list[CaseFacts], str]:
-    """(reference, monitored, description) for `--reference` None (earliest half) or `A-B` (1-based, inclusive)."""
+    """(reference, monitored, description) for `--reference` None or `A-B` (1-based, inclusive).
+
+    The default reference is fixed: the first `windows.reference_cases` cases of the store. It never grows with the
+    store, so a drift nobody acted on keeps alarming until someone moves the reference on purpose.
+    """
     if reference is None:
-        half = len(cases) // 2
-        return cases[:half], cases[half:], f"earliest half: cases 1-{half}"
+        n = int(thresholds()["windows"]["reference_cases"])
+        if len(cases) <= n:
+            return cases, [], f"first {len(cases)} cases (all there are; the default reference is the first {n})"
+        return cases[:n], cases[n:], f"first {n} cases (the fixed default; move it with --reference)"
     m = _RANGE.match(reference.strip())
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)) <= len(cases):
         raise UsageError(
@@ -107,6 +128,17 @@ def split_cases(cases: list[CaseFacts], reference: str | None) -> tuple[list[Cas
         )
     start, stop = int(m.group(1)) - 1, int(m.group(2))
     return cases[start:stop], cases[stop:], f"cases {start + 1}-{stop}"
+
+
+def finite_cases(cases: list[CaseFacts]) -> tuple[list[CaseFacts], int]:
+    """The cases without any non-finite number (a store written before build refused them), and how many were
+    dropped: one infinite volume must not break every later report."""
+    out, dropped = [], 0
+    for c in cases:
+        kept = {k: v for k, v in c.numbers.items() if isinstance(v, int | float) and math.isfinite(v)}
+        dropped += len(c.numbers) - len(kept)
+        out.append(c if len(kept) == len(c.numbers) else replace(c, numbers=kept))
+    return out, dropped
 
 
 def short_key(facts: CaseFacts) -> str:
@@ -168,7 +200,7 @@ def _volume_checks(
         rec = [c for c in recent if feature in c.numbers]
         if not rec:
             continue
-        ref_out = sum(not lo <= v <= hi for v in ref) / max(len(ref), 1)
+        ref_out = sum(not lo <= v <= hi for v in ref) / len(ref) if ref else 0.0
         outside = [c for c in rec if not lo <= c.numbers[feature] <= hi]
         share = len(outside) / len(rec)
         check = VolumeCheck(organ, (lo, hi), ref_out, share, share > limit and share > ref_out)
@@ -193,22 +225,69 @@ def _values(cases: list[CaseFacts], feature: str) -> list[float]:
     return [c.numbers[feature] for c in cases if feature in c.numbers]
 
 
+def _model_change(reference: list[CaseFacts], monitored: list[CaseFacts]) -> Alarm | None:
+    """An alarm when monitored cases ran a model (name and version) the reference never ran: the comparison then
+    mixes models, and a changed model needs its own reference."""
+    known = {c.model for c in reference}
+    new = [c for c in monitored if c.model not in known]
+    if not reference or not new:
+        return None
+    counts = Counter(c.model for c in new)
+    message = (
+        "model changed: "
+        + ", ".join(f"{m} in {n} monitored case(s)" for m, n in sorted(counts.items()))
+        + f"; the reference ran {', '.join(sorted(known))}. Compare each model with its own reference "
+        "(--reference after the change)"
+    )
+    evidence = {"reference_models": sorted(known), "new_models": dict(counts)}
+    return Alarm("model_change", "model", message, evidence, [short_key(c) for c in new][:MAX_CASES_PER_ALARM])
+
+
+def _insufficient(reference: list[CaseFacts], recent: list[CaseFacts]) -> str | None:
+    """Why the windows are too small to compare, or None."""
+    w = thresholds()["windows"]
+    if len(reference) >= w["min_reference"] and len(recent) >= w["min_recent"]:
+        return None
+    return (
+        f"not enough cases to monitor: {len(reference)} reference (need {w['min_reference']}), "
+        f"{len(recent)} recent (need {w['min_recent']})"
+    )
+
+
 def analyse(
     reference: list[CaseFacts],
     monitored: list[CaseFacts],
     description: str,
     volume_ranges: dict[str, tuple[float, float]] | None = None,
 ) -> Report:
-    """Compare the last cases of `monitored` (at most recent_max) with `reference`; CUSUMs run over all monitored."""
+    """Compare the last cases of `monitored` (at most recent_max) with `reference`; CUSUMs run over all monitored.
+
+    With too few cases the report is `insufficient` (never a quiet `ok`); the volume range check, which needs no
+    statistics, still runs: over the recent cases, or over the last cases of all when none is monitored yet.
+    """
     w = thresholds()["windows"]
+    reference, dropped_ref = finite_cases(reference)
+    monitored, dropped_mon = finite_cases(monitored)
     recent = monitored[-w["recent_max"] :]
     report = Report(description, len(reference), len(monitored), len(recent))
-    if len(reference) < w["min_reference"] or len(recent) < w["min_recent"]:
-        report.skipped.append(
-            f"too few cases: {len(reference)} reference (need {w['min_reference']}), "
-            f"{len(recent)} recent (need {w['min_recent']})"
-        )
+    report.models = {
+        "reference": dict(Counter(c.model for c in reference)),
+        "monitored": dict(Counter(c.model for c in monitored)),
+    }
+    if dropped_ref + dropped_mon:
+        report.skipped.append(f"{dropped_ref + dropped_mon} non-finite value(s) in the cases ignored")
+    model_alarm = _model_change(reference, monitored)
+    if model_alarm is not None:
+        report.alarms.append(model_alarm)
+    report.insufficient = _insufficient(reference, recent)
+    if report.insufficient:
+        ranged_ref, ranged = (reference, recent) if recent else ([], [*reference, *monitored][-w["recent_max"] :])
+        report.volumes, volume_alarms = _volume_checks(ranged_ref, ranged, volume_ranges or {})
+        report.alarms += volume_alarms
         return report
+    for feature in sorted({k for c in recent for k in c.numbers} - {k for c in reference for k in c.numbers}):
+        n = len(_values(recent, feature))
+        report.skipped.append(f"{feature}: only in the recent window ({n} cases), none in the reference")
     for feature in sorted({k for c in reference for k in c.numbers}):
         ref, rec = _values(reference, feature), _values(recent, feature)
         if len(ref) < w["min_reference"] or len(rec) < w["min_recent"]:
