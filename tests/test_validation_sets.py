@@ -244,3 +244,38 @@ def test_a_lock_that_is_not_a_lock_is_refused_in_one_line(shared, tmp_path, cont
         verify_lock(SHIPPED, shared, sets)
     with pytest.raises(UsageError, match="no such test set file"):
         verify_lock(str(tmp_path / "missing.yaml"), shared, sets)
+
+
+@pytest.mark.req("REQ-011")
+def test_a_training_ct_re_saved_in_another_form_is_refused(shared, tmp_path) -> None:
+    """CHAOS set 3 trained the default model; re-saved (uncompressed, float, axes flipped) under a new patient name,
+    or given as its DICOM series, it once passed the independence check, which compared file bytes only."""
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.validation.sets import digest_path
+
+    card = resolve_model(None, "liver").card
+    root = tmp_path / "data"
+    (root / "resaved").mkdir(parents=True)
+    for name, dtype in (("image", np.float32), ("liver", np.uint8)):
+        img = nib.load(shared / f"ct/chaos_ct_sample/{name}.nii.gz")
+        flipped = img.as_reoriented(np.array([[0, -1], [1, 1], [2, 1]]))
+        data = np.asarray(flipped.dataobj).astype(dtype)
+        nib.save(nib.Nifti1Image(data, flipped.affine), root / f"resaved/{name}.nii")
+    (root / "ct").mkdir()
+    (root / "ct" / "chaos_ct_sample").symlink_to(shared / "ct" / "chaos_ct_sample")
+    cases = {
+        "re-saved": {"image": "resaved/image.nii", "label": "resaved/liver.nii"},
+        "its DICOM series": {"image": "ct/chaos_ct_sample/dicom", "label": "resaved/liver.nii"},
+    }
+    for why, paths in cases.items():
+        case = {"case_id": "anon_001", "patient": "Anon-001", "source": "a colleague", "licence": "?",
+                "label_type": "manual", **paths,
+                "sha256": {role: digest_path(root / rel) for role, rel in paths.items()}}  # fmt: skip
+        sets = tmp_path / why
+        sets.mkdir()
+        doc = {"name": "s", "description": why, "organ": "liver", "cases": [case]}
+        (sets / "s.yaml").write_text(yaml.safe_dump(doc))
+        result = check_independence(load_set(sets / "s.yaml"), card, root)
+        assert any("same voxel content as training case chaos" in c for c in result.conflicts), (why, result.conflicts)

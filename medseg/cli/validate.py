@@ -27,8 +27,8 @@ validate exits 0 only when the record supports release: every criterion of the p
 criteria (validation/acceptance/) passes, the traceability matrix of --junit (a test run of this very code) is
 complete, no test of that run failed, and no hazard's residual risk is marked not acceptable; otherwise it exits 1
 and report.json says why (the record is still written). It refuses (exit 3) a set that lists a scan twice, whose
-files differ from the set file or its lock, or that shares an image digest, DICOM UID or patient with any training
-manifest of the model.
+files differ from the set file or its lock, or that shares a file digest, voxel content, DICOM UID or patient with
+any training manifest of the model.
 report sign signs only a report.json that a recorded `medseg validate` run wrote, with its artifacts intact
 (exit 1 otherwise); report verify exits 1 and names each changed file on any change.
 """

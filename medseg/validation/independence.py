@@ -1,11 +1,15 @@
 """Independence of a test set from a model's training data: checked against every training manifest the card names.
 
-A test case conflicts with training when any of its files has the digest of a training file, when its DICOM
-Study/Series Instance UID appears in a training DICOM series, or when its patient pseudonym equals a training case's.
+A test case conflicts with training when any of its files has the digest of a training file, when its voxels equal
+those of a training CT or label (the same scan re-saved in another file, format, data type or axis order), when its
+DICOM Study/Series Instance UID appears in a training DICOM series, or when its patient pseudonym equals a training
+case's. Voxel contents are compared with the training cases that hold a CT (label-map-only entries, rendered as
+synthetic CT, are compared by file digest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -13,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pydicom.errors
 
 from medseg.audit.digest import file_sha256
 from medseg.errors import InvalidInputError
+from medseg.io import read_image
 from medseg.models.card import ModelCard
 from medseg.validation.sets import REPO, TestSet, digest_path
 
@@ -29,6 +35,7 @@ class Identity:
     digests: frozenset[str] = frozenset()
     uids: frozenset[str] = frozenset()
     patients: frozenset[str] = frozenset()
+    contents: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -62,6 +69,22 @@ def dicom_identity(folder: Path) -> tuple[set[str], set[str]]:
         uids |= {str(ds.get(k, "")).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")}
         patients |= {str(ds.get(k, "")).strip() for k in ("PatientID", "PatientName")}
     return uids - {""}, patients - {""}
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of the grid shape and the voxel values (rounded to integers) in RAS axis order: the same for one scan
+    re-saved as .nii or .nii.gz, as int16 or float, flipped or transposed, or read from its DICOM series."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    volume = read_image(path)
+    ornt = ornt_transform(io_orientation(volume.geometry.affine_ras), axcodes2ornt("RAS"))
+    values = np.ascontiguousarray(np.rint(apply_orientation(volume.array, ornt)).astype(np.int32))
+    return hashlib.sha256(repr(values.shape).encode() + values.tobytes()).hexdigest()
+
+
+def _contents(paths: list[Path]) -> frozenset[str]:
+    """Content digests of the files that exist (a missing training file is reported by its file digest only)."""
+    return frozenset(content_digest(p) for p in paths if p.exists())
 
 
 def _manifest_paths(training: Any) -> Iterator[tuple[str, str | None]]:
@@ -98,8 +121,9 @@ def _training_identity(entry: dict[str, Any], root: Path) -> Identity:
     if image and (root / image).is_dir():
         uids, names = dicom_identity(root / image)
         patients |= names
+    contents = _contents([root / p for p in (image, entry.get("label")) if p]) if image else frozenset()
     return Identity(
-        frozenset(digests - {None}), frozenset(uids), frozenset(normalise_patient(p) for p in patients if p)
+        frozenset(digests - {None}), frozenset(uids), frozenset(normalise_patient(p) for p in patients if p), contents
     )
 
 
@@ -108,11 +132,15 @@ def _test_identity(case: Any, root: Path) -> Identity:
     acq = case.acquisition
     uids = {u for u in (acq.study_instance_uid, acq.series_instance_uid) if u}
     patients = {case.patient}
-    if case.dicom:
-        more_uids, names = dicom_identity(root / case.dicom)
-        uids |= more_uids
-        patients |= names
-    return Identity(frozenset(digests), frozenset(uids), frozenset(normalise_patient(p) for p in patients if p))
+    for rel in case.paths().values():
+        if (root / rel).is_dir():
+            more_uids, names = dicom_identity(root / rel)
+            uids |= more_uids
+            patients |= names
+    contents = _contents([root / case.image, root / case.label])
+    return Identity(
+        frozenset(digests), frozenset(uids), frozenset(normalise_patient(p) for p in patients if p), contents
+    )
 
 
 def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = REPO) -> IndependenceResult:
@@ -137,7 +165,8 @@ def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = RE
         mine = _test_identity(case, root)
         for manifest, case_id, theirs in training:
             for what, shared in (("file digest", mine.digests & theirs.digests), ("DICOM UID", mine.uids & theirs.uids),
-                                 ("patient", mine.patients & theirs.patients)):  # fmt: skip
+                                 ("patient", mine.patients & theirs.patients),
+                                 ("voxel content", mine.contents & theirs.contents)):  # fmt: skip
                 if shared:
                     example = sorted(shared)[0][:24]
                     result.conflicts.append(
