@@ -185,6 +185,16 @@ def test_acquisition_facts_infer_writes_are_read() -> None:
     assert facts.categories["scanner_model"] == "(not recorded)"
 
 
+def test_a_multi_valued_dicom_kernel_is_kept_and_a_path_is_not() -> None:
+    values = {"I30f\\3": "I30f|3", "Br40d\\3": "Br40d|3", "C:\\Users\\doe": WITHHELD, "20240105\\3": WITHHELD}
+    summaries = []
+    for kernel in values:
+        s = copy.deepcopy(REAL_SUMMARY)
+        s["input"]["acquisition"]["kernel"] = kernel
+        summaries.append(s)
+    assert [f.categories["kernel"] for f in to_facts(summaries)] == list(values.values())
+
+
 def test_the_default_reference_is_fixed_so_an_unresolved_drift_keeps_alarming() -> None:
     cases = to_facts(_site(600, seed=7, change_at=60, volume_factor=0.6, truncated_rate=0.5))
     for n in (120, 300, 600):

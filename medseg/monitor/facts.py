@@ -28,6 +28,7 @@ WITHHELD = "(withheld)"
 NOT_RECORDED = "(not recorded)"
 _HINT = "Rerun `medseg infer` for this case; the monitor reads summaries as infer writes them."
 _INDEX = re.compile(r"^(\w+)\[(\d+)\]$")
+_MULTI_VALUE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 +._-]{0,63}$")
 _MONTH = (
     r"(jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust)?|sep(t(ember)?)?|oct(ober)?|nov(ember)?"
     r"|dec(ember)?)"
@@ -126,6 +127,15 @@ def category(value: Any, where: str) -> str:
     if isinstance(value, dict | list) or (isinstance(value, float) and not math.isfinite(value)):
         raise _malformed(f"{where} (not a text)", value)
     return _category(value)
+
+
+def dicom_multi_value(text: str) -> str:
+    """A DICOM multi-value as infer writes it (`I30f\\3`) joined by `|`, so its separator is not taken for a Windows
+    path and the value is kept; anything else (`C:\\Users`, `\\\\server`) is returned unchanged."""
+    parts = text.split("\\")
+    if len(parts) > 1 and all(_MULTI_VALUE_PART.match(part) for part in parts):
+        return "|".join(parts)
+    return text
 
 
 def _first(data: Any, paths: list[str]) -> tuple[str, Any]:
@@ -254,6 +264,8 @@ def facts_from_summary(summary: Any, raw: bytes, origin: str, key: bytes) -> Cas
             numbers[name] = value
     for name, paths in feature_paths()["categorical"].items():
         path, value = _first(summary, paths)
+        if isinstance(value, str) and ".acquisition." in f".{path}":
+            value = dicom_multi_value(value)
         categories[name] = category(value, path) if value is not None else NOT_RECORDED
     name = category(lookup(summary, "model.name"), "model.name")
     version = category(lookup(summary, "model.version"), "model.version")
