@@ -4,6 +4,7 @@ its signature and every tamper case: a changed metric, a replaced artifact, anot
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import os
@@ -327,3 +328,34 @@ def test_the_report_states_why_release_is_not_supported(validated) -> None:
     assert open_risks and not release["supported"]
     assert any(all(h in r for h in open_risks) for r in release["reasons"]), release["reasons"]
     assert "Release NOT supported" in (validated / "report.html").read_text()
+
+
+@pytest.mark.req("REQ-006")
+def test_validation_never_runs_a_cached_export(shared, tmp_path) -> None:
+    """An OpenVINO export in the cache altered (weights zeroed) with its record's digests rewritten was run by
+    validate and credited to the card's weights (Dice 0.000): validation now exports and checks parity itself."""
+    from medseg.infer.runtime import accelerated_runner
+
+    cache = tmp_path / "cache"
+    model = resolve_model(None, "liver")
+    warm = accelerated_runner(model, "openvino", 1, cache)
+    folder = Path(warm.info["cache"])
+    weights = folder / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[: len(data) // 2] = bytes(len(data) // 2)
+    weights.write_bytes(bytes(data))
+    record = json.loads((folder / "record.json").read_text())
+    record["files"]["model.bin"] = hashlib.sha256(bytes(data)).hexdigest()
+    (folder / "record.json").write_text(json.dumps(record))
+    junit = tmp_path / "junit.xml"
+    junit.write_text('<testsuite name="t" tests="0"></testsuite>')
+    out = tmp_path / "v2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_CACHE_DIR", str(cache))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        with pytest.raises(SystemExit):
+            main(["validate", "--set", "liver_real_manual_v2", "--out", str(out), "--junit", str(junit)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["runtime"]["exported_now"] == "True"
+    assert not report["model"]["runtime"]["cache"].startswith(str(cache))
+    assert report["cases"][0]["metrics"]["liver"]["dice"] > 0.85

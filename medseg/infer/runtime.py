@@ -281,10 +281,12 @@ def load_runner(
     device: str = "cpu",
     batch_size: int | None = None,
     precision: str = "f32",
+    cache: Path | None = None,
 ) -> Runner:
     """The runtime for `backend`; "auto" = OpenVINO on CPU (falling back to torch if it fails), torch on CUDA.
 
     `precision="int8"` runs the model's shipped, validated INT8 OpenVINO export (CPU only; never a fallback).
+    `cache`: where accelerated exports are kept (default `cache_dir()`).
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
@@ -295,7 +297,7 @@ def load_runner(
     if device != "cpu" or backend == "torch":
         return torch_runner(model, device, batch_size or 4)
     try:
-        return accelerated_runner(model, "openvino" if backend == "auto" else backend, batch_size or 1)
+        return accelerated_runner(model, "openvino" if backend == "auto" else backend, batch_size or 1, cache)
     except Exception as exc:  # eager torch is the reference: an accelerated backend failing must not stop inference
         if backend != "auto":
             if isinstance(exc, ProcessingError):

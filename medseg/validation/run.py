@@ -7,6 +7,7 @@ Outputs in OUT: cases/<case>/ (the pipeline's label map, summary.json, preview.p
 from __future__ import annotations
 
 import platform
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,38 @@ def score_case(case: SetCase, root: Path, prediction: Path | None, organ: str, l
     return {organ: organ_metrics(truth, pred, tuple(float(s) for s in ref.spacing), tolerance).to_json()}
 
 
+def _score_cases(
+    cases: list[SetCase], root: Path, model: InstalledModel, runner: Any, out: Path, tolerance: float,
+    on_case: Callable[[str, dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Segment every case with the infer pipeline and score it against its reference label."""
+    label = 1  # the organ's value in `<organ>.nii.gz` (infer.organs.renumber), whatever its class in the model
+    rows = []
+    for case in cases:
+        pred = _predict(case, root, model, runner, out)
+        row = {
+            "case_id": case.case_id,
+            "patient": case.patient,
+            "source": case.source,
+            "label_type": case.label_type,
+            "notes": case.notes,
+            "acquisition": case.acquisition.model_dump(),
+            "inference": {k: v for k, v in pred.items() if k != "prediction"},
+            "metrics": score_case(case, root, pred["prediction"], model.card.organ, label, tolerance),
+        }
+        rows.append(row)
+        if on_case is not None:
+            on_case(case.case_id, row)
+    return rows
+
+
 def run_validation(
     req: ValidationRequest, on_case: Callable[[str, dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Everything report.json holds except the artifact digests; raises InvalidInputError on lock/independence."""
+    """Everything report.json holds except the artifact digests; raises InvalidInputError on lock/independence.
+
+    The runtime is exported now into a temporary folder and parity-checked against eager torch in this run: release
+    evidence never rests on a cached export, whose record only vouches for itself."""
     from medseg.infer.runtime import load_runner
 
     root = req.data_root or default_data_root()
@@ -100,25 +129,9 @@ def run_validation(
     independence = check_independence(ts, card, root)
     require_independence(independence, ts.name)
     weights_sha = model.verify()
-    runner = load_runner(model, req.backend, req.device)
-    label = 1  # the organ's value in `<organ>.nii.gz` (infer.organs.renumber), whatever its class in the model
-    tolerance = acc.nsd_tolerance_mm[card.organ]
-    cases = []
-    for case in ts.cases:
-        pred = _predict(case, root, model, runner, req.out_dir)
-        row = {
-            "case_id": case.case_id,
-            "patient": case.patient,
-            "source": case.source,
-            "label_type": case.label_type,
-            "notes": case.notes,
-            "acquisition": case.acquisition.model_dump(),
-            "inference": {k: v for k, v in pred.items() if k != "prediction"},
-            "metrics": score_case(case, root, pred["prediction"], card.organ, label, tolerance),
-        }
-        cases.append(row)
-        if on_case is not None:
-            on_case(case.case_id, row)
+    with tempfile.TemporaryDirectory(prefix="medseg-validate-export-") as fresh:
+        runner = load_runner(model, req.backend, req.device, cache=Path(fresh))
+        cases = _score_cases(ts.cases, root, model, runner, req.out_dir, acc.nsd_tolerance_mm[card.organ], on_case)
     boot = acc.bootstrap
     lock_sha = file_sha256(set_paths(req.set_name, req.sets_dir)[1])
     aggs = aggregates(cases, card.organ, boot.seed, boot.resamples)
