@@ -144,3 +144,19 @@ def test_foreign_sqlite_database_is_not_taken_over(shared: Path, tmp_path: Path)
             AuditStore.open(load_config(folder), create=create)
     with sqlite3.connect(folder / "audit.db") as conn:
         assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["patients"]
+
+
+def test_a_deleted_store_is_reported_as_lost_records_not_started_again(shared: Path, tmp_path: Path) -> None:
+    """Deleting audit.db once looked like 'no audit store here. Check MEDSEG_AUDIT_DIR' (a setup problem) and the
+    next command silently began a new chain; the anchor log proves records existed."""
+    folder = _seed_store()
+    for name in ("audit.db", "audit.db-wal", "audit.db-shm"):
+        (folder / name).unlink(missing_ok=True)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _convert(shared, out_dir / "ct.nii.gz", lambda: None)
+    assert result.returncode == 4 and "records were lost" in result.stderr, result.stderr
+    assert not (out_dir / "ct.nii.gz").exists() and not (folder / "audit.db").exists()
+    verify = subprocess.run([sys.executable, "-m", "medseg", "audit", "verify"], env=dict(os.environ),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert verify.returncode == 1 and "records were lost" in verify.stderr, verify.stderr

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medseg.audit.anchor import append_anchor
+from medseg.audit.anchor import append_anchor, read_anchor
 from medseg.audit.canonical import GENESIS_HASH, canonical_json, chain_hash, normalise
 from medseg.audit.config import AuditConfig
 from medseg.audit.record import AuditEvent, ChainedRecord
-from medseg.errors import AuditError
+from medseg.errors import AuditError, IntegrityError
 
 BUSY_TIMEOUT_S = 60.0
 _APPEND_ONLY = "medseg audit: events are append-only"
@@ -96,6 +96,8 @@ class AuditStore:
     def open(cls, config: AuditConfig, *, create: bool = True) -> AuditStore:
         """Open (and with `create`, initialise) the store; any failure is an AuditError naming the folder."""
         db = config.db_path
+        if not db.exists():
+            _refuse_a_lost_store(config, IntegrityError if not create else AuditError)
         if not create and not db.exists():
             raise AuditError("no audit store here", path=config.audit_dir, hint="Check MEDSEG_AUDIT_DIR.")
         try:
@@ -269,6 +271,19 @@ def _load_body(text: str) -> dict:
     except ValueError:
         return {"_unparseable": text}
     return value if isinstance(value, dict) else {"_unparseable": text}
+
+
+def _refuse_a_lost_store(config: AuditConfig, error: type[AuditError | IntegrityError]) -> None:
+    """A missing audit.db whose anchor log names records was deleted: stop, rather than start a new, empty chain
+    that hides the loss (a command cannot be audited, exit 4; verification fails, exit 1)."""
+    entries, _ = read_anchor(config.anchor_path) if config.anchor_path.exists() else ([], [])
+    if entries:
+        raise error(
+            f"the audit store is missing but its anchor log names {max(e.seq for e in entries)} record(s): "
+            "records were lost",
+            path=config.db_path,
+            hint="Restore audit.db from a backup; no command runs unaudited meanwhile.",
+        )
 
 
 def _audit_error(what: str, path: Path, exc: BaseException) -> AuditError:
