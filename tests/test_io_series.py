@@ -125,6 +125,9 @@ def test_cli_convert_writes_nifti_equal_to_the_dicom(shared: Path, tmp_path: Pat
     np.testing.assert_array_equal(nii.array, dcm.array)
     res = run_cli("convert", str(shared / TS_CT), str(out), tmp_path=tmp_path)
     assert res.returncode == 2 and "--overwrite" in res.stderr
+    res = run_cli("convert", str(shared / TS_CT), str(tmp_path / "ct.txt"), tmp_path=tmp_path)
+    assert res.returncode == 2 and "must end in .nii or .nii.gz" in res.stderr  # a usage error, before any read
+    assert "SliceThickness" not in res.stderr and not (tmp_path / "ct.txt").exists()
 
 
 def test_cli_convert_accepts_series_key_from_listing(shared: Path, tmp_path: Path) -> None:

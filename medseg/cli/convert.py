@@ -36,9 +36,9 @@ def register(app: typer.Typer) -> None:
         """Convert a DICOM series (or the main series of a study) to NIfTI with exact geometry."""
         from medseg.cli.audited import audited
         from medseg.io import read_image, write_nifti
-        from medseg.io.atomic import check_writable
+        from medseg.io.nifti import check_nifti_output
 
-        check_writable(output, overwrite)
+        check_nifti_output(output, overwrite)
         with audited("convert", params={"series": series, "overwrite": overwrite}) as rec:
             rec.add_inputs([input])
             volume = read_image(input, series_key=series)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, UsageError
 from medseg.io.atomic import atomic_path, check_writable
 from medseg.io.volume import Geometry, Volume, VolumeMeta
 
@@ -152,14 +152,20 @@ def _form_notes(img: Any, shape: tuple[int, int, int], qcode: int, scode: int) -
     return []
 
 
+def check_nifti_output(path: Path, overwrite: bool = False) -> None:
+    """UsageError (exit 2) for an output that is not .nii/.nii.gz or exists without `overwrite`: checked before any
+    input is read."""
+    if not is_nifti_path(Path(path)):
+        raise UsageError("output must end in .nii or .nii.gz", path=path, hint="Rename the output.")
+    check_writable(Path(path), overwrite)
+
+
 def write_nifti(volume: Volume, path: Path, overwrite: bool = False) -> Path:
     """Write `volume` to `.nii`/`.nii.gz` atomically, keeping its dtype; qform and sform both scanner (code 1)."""
     import nibabel as nib
 
     path = Path(path)
-    if not is_nifti_path(path):
-        raise InvalidInputError("output must end in .nii or .nii.gz", path=path, hint="Rename the output.")
-    check_writable(path, overwrite)
+    check_nifti_output(path, overwrite)
     array = volume.array
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
