@@ -65,3 +65,14 @@ def test_study_with_a_stray_slice_of_another_orientation_is_refused_on_load(shar
     with pytest.raises(InvalidInputError, match="mixed orientations") as err:
         cases[0].load()
     assert stray.name in str(err.value)
+
+
+def test_one_study_with_its_series_in_subfolders_is_named_after_the_folder_given(shared, tmp_path):
+    """`medseg infer study/` once wrote OUT/<series subfolder>/ when the series sat in a subfolder of the study."""
+    study = tmp_path / "abdomen_ct"
+    shutil.copytree(shared / "dicom/ct_series_totalsegmentator", study / "series 3")
+    (study / "report.txt").write_text("not an image")
+    cases, _ = discover_cases(study)
+    assert [c.name for c in cases] == ["abdomen_ct"] and cases[0].load().shape == (512, 512, 20)
+    cases, _ = discover_cases(study / "series 3")
+    assert [c.name for c in cases] == ["series_3"]

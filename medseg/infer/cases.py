@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,4 +133,6 @@ def discover_cases(path: Path, modality: str = "CT", series_key: str | None = No
             path=path,
             hint="Pass a DICOM study folder, a .nii/.nii.gz file, or a folder holding several of them.",
         )
+    if len(cases) == 1 and cases[0].kind == "dicom":  # one study given: named after the folder given, not a subfolder
+        cases = [replace(cases[0], name=safe_name(path.resolve().name))]
     return _unique(cases), notes
