@@ -207,6 +207,22 @@ def test_uncommitted_anchor_line_is_a_note_not_a_failure(chain: AuditConfig) -> 
     assert report.ok and any("never committed" in note for note in report.notes)
 
 
+def test_a_deleted_tail_with_its_commit_lines_removed_is_not_passed_as_a_crash(chain: AuditConfig) -> None:
+    """Records 7-10 deleted, the head moved back and only their 'C' anchor lines removed once verified with notes
+    ('never committed (crash or disk full)'): but a writer prepares record n only after n - 1 was committed, so
+    prepared lines for 7 and 8 prove record 7 existed."""
+
+    def truncate(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM events WHERE seq > 6")
+        conn.execute("UPDATE chain_head SET seq = ?, hash = ?", (6, _row(conn, 6)["hash"]))
+
+    _tamper(chain, truncate)
+    lines = chain.anchor_path.read_text().splitlines()
+    chain.anchor_path.write_text("".join(f"{line}\n" for line in lines if not (line.startswith("C ")
+                                         and int(line.split()[1]) > 6)))  # fmt: skip
+    _assert_first(chain, "truncated", 7)
+
+
 def test_crashed_command_is_a_note(tmp_path: Path) -> None:
     config = load_config(tmp_path / "audit")
     with pytest.raises(SystemExit), audit_session("convert", {}, software={"medseg": "t"}, config=config):

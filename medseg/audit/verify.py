@@ -173,6 +173,10 @@ def _check_anchor(store: AuditStore, rows: list[_Row], report: VerifyReport) -> 
         if stored == entry.hash:
             anchored = max(anchored, entry.seq)
         elif entry.state == "P" and (entry.seq, entry.hash) not in committed:
+            if entry.seq > last_seq + 1 and store.hash_at(entry.seq - 1) is None:
+                problems.append(Problem("truncated", last_seq + 1, f"the anchor's prepared write of record "
+                                        f"{entry.seq} shows record {entry.seq - 1} existed; log ends at {last_seq}"))
+                continue  # a writer prepares record n only after n - 1 is committed: a crash cannot explain this
             report.notes.append(f"anchor: write of record {entry.seq} was never committed (crash or disk full)")
         elif stored is None and entry.seq > last_seq:
             problems.append(
