@@ -29,6 +29,21 @@ from medseg.pacs.records import (
 
 __all__ = ["JOB_STATES", "OPEN_STATES", "Backoff", "Job", "JobQueue", "Lease", "LeaseLost", "Received"]
 
+EXTRA_SQL = """
+CREATE TABLE IF NOT EXISTS seg_models (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    weights_sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_inputs (
+    study_uid TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    PRIMARY KEY (study_uid, digest)
+);
+"""
+
 
 class JobQueue:
     """The queue database; safe to use from several threads and processes (one connection per thread)."""
@@ -39,12 +54,13 @@ class JobQueue:
         self._local = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn().executescript(SCHEMA_SQL)
+            self._conn().executescript(SCHEMA_SQL + EXTRA_SQL)
             with self._write() as db:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.Error as exc:
-            hint = "Check the storage folder."
-            raise ProcessingError(f"cannot open the job queue: {exc}", path=self.path, hint=hint) from exc
+        except (sqlite3.Error, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            hint = "Check that the folder exists and is writable."
+            raise ProcessingError(f"cannot open the job queue: {why}", path=self.path, hint=hint) from exc
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -165,6 +181,53 @@ class JobQueue:
             row = db.execute("SELECT id FROM jobs WHERE study_uid=? AND generation=1", (study_key,)).fetchone()
             return self._job(db, row["id"])
 
+    def add_study(self, study_uid: str, digest: str, input_path: str, now: float | None = None) -> tuple[Job, str]:
+        """`medseg batch`: the job of a study read in place, found by its UID and content digest, and what was done:
+        'new' (a new generation of the study; its open jobs of other content in the same folder are superseded), 'open'
+        (still to run, due now), 'retried' (failed or superseded before: queued again with fresh attempts),
+        'quarantined' (same content as when it was quarantined) or 'done' (sent). The input path is updated on a job
+        not yet done, so a moved input folder is read where it is now."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = db.execute(
+                "SELECT job_id FROM batch_inputs WHERE study_uid=? AND digest=?", (study_uid, digest)
+            ).fetchone()
+            if row is not None:
+                how = self._reopen(db, row["job_id"], input_path, now)
+                return self._job(db, row["job_id"]), how
+            sql = "INSERT OR IGNORE INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)"
+            db.execute(sql, (study_uid, now, now, now))
+            gen = db.execute("SELECT COALESCE(MAX(generation), 0) + 1 FROM jobs WHERE study_uid=?", (study_uid,))
+            cur = db.execute(
+                "INSERT INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                (study_uid, int(gen.fetchone()[0]), input_path, now, now),
+            )
+            job_id = int(cur.lastrowid or 0)
+            db.execute("INSERT INTO batch_inputs VALUES (?, ?, ?)", (study_uid, digest, job_id))
+            db.execute(
+                "UPDATE jobs SET state='superseded', reason=?, updated_at=?, lease_owner=NULL "
+                "WHERE study_uid=? AND input=? AND id<>? AND state IN ('queued', 'pending', 'failed')",
+                (f"superseded by job {job_id}: the study's files changed", now, study_uid, input_path, job_id),
+            )
+            return self._job(db, job_id), "new"
+
+    @staticmethod
+    def _reopen(db: sqlite3.Connection, job_id: int, input_path: str, now: float) -> str:
+        """A batch study seen again: failed or superseded jobs queued with fresh attempts, pending ones due now."""
+        state = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()["state"]
+        if state in ("sent", "quarantined"):
+            return "done" if state == "sent" else "quarantined"
+        if state in ("failed", "superseded"):
+            db.execute(
+                "UPDATE jobs SET state='queued', attempts=0, rounds=0, not_before=0, reason=NULL, input=?, "
+                "updated_at=? WHERE id=?",
+                (input_path, now, job_id),
+            )
+            return "retried"
+        db.execute("UPDATE jobs SET input=?, not_before=0 WHERE id=?", (input_path, job_id))
+        return "open"
+
     def open_jobs(self) -> int:
         """Jobs not yet in a final state (queued, running, pending)."""
         row = self._conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'pending')")
@@ -216,14 +279,24 @@ class JobQueue:
             db.execute("UPDATE jobs SET lease_expires=? WHERE id=?", (now + duration_s, lease.job.id))
         return Lease(lease.job, lease.owner, lease.fence, now + duration_s)
 
-    def set_identity(self, lease: Lease, idem_key: str, series_uid: str, sop_uid: str, result: str) -> None:
-        """Record the job's idempotency key, the SEG's derived UIDs and where the result file is."""
+    def set_identity(self, lease: Lease, idem_key: str, series_uid: str, sop_uid: str, result: str,
+                     model: tuple[str, str, str] | None = None) -> None:  # fmt: skip
+        """Record the job's idempotency key, the SEG's derived UIDs, where the result file is and (name, version,
+        weights digest) of the model that made it."""
         with self._write() as db:
             self._check(db, lease)
             db.execute(
                 "UPDATE jobs SET idem_key=?, seg_series_uid=?, seg_sop_uid=?, result=?, updated_at=? WHERE id=?",
                 (idem_key, series_uid, sop_uid, result, time.time(), lease.job.id),
             )
+            if model is not None:
+                db.execute("INSERT OR REPLACE INTO seg_models VALUES (?, ?, ?, ?)", (lease.job.id, *model))
+
+    def seg_model(self, job_id: int) -> tuple[str, str, str] | None:
+        """(name, version, weights digest) of the model that made the job's SEG, when recorded."""
+        row = self._conn().execute("SELECT name, version, weights_sha256 FROM seg_models WHERE job_id=?", (job_id,))
+        found = row.fetchone()
+        return (str(found[0]), str(found[1]), str(found[2])) if found else None
 
     def sent_to(self, job_id: int, destination: str) -> bool:
         """Whether the ledger already holds a send of this job to this destination."""

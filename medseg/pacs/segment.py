@@ -40,11 +40,13 @@ class Segmenter:
 
 @dataclass(frozen=True)
 class SegOutcome:
-    """What segmenting one study gave: a SEG file, or a quarantine reason."""
+    """What segmenting one study gave: a SEG file, or the reason there is none; `transient` when that reason is a
+    processing failure (an output not writable, an internal error) worth another attempt, not a bad study."""
 
     seg: Path | None
     reason: str | None = None
     outputs: tuple[Path, ...] = ()
+    transient: bool = False
 
 
 def served_model(organs: str | Sequence[str], model: str | None = None) -> tuple[tuple[str, ...], Any]:
@@ -88,12 +90,30 @@ def segment_study(segmenter: Segmenter, folder: Path, out: Path) -> SegOutcome:
         result = run_case_safe(cases[0], segmenter.model, segmenter.runner, settings)
     outputs = tuple(p for p in result.outputs if p.is_file())
     if result.status in ("failed", "qc_rejected"):
-        return SegOutcome(None, f"{result.status}: {result.message or result.status}", outputs)
+        reason = _rejection(result.flags, folder) if result.status == "qc_rejected" else None
+        reason = reason or f"{result.status}: {result.message or result.status}"
+        return SegOutcome(None, reason, outputs, transient=result.status == "failed" and result.exit_code == 4)
     seg = next((p for p in outputs if p.suffix == ".dcm"), None)
     if seg is None:
         why = _summary_field(result.summary, "seg_not_written") or "the pipeline wrote no DICOM SEG"
         return SegOutcome(None, f"no SEG: {why}", outputs)
     return SegOutcome(seg, None, outputs)
+
+
+def _rejection(flags: Sequence[Any], folder: Path) -> str | None:
+    """A refusal or strict rejection worded for the service and `medseg batch`, which have neither --force nor
+    --strict: what to run instead to segment the study anyway."""
+    if not flags:
+        return None
+    refused = [f for f in flags if f.refuses]
+    if refused:
+        what = "input refused, not what the model is for: " + "; ".join(f"{f.code} ({f.reason})" for f in refused)
+        hint = (f"To segment it anyway, run `medseg infer {folder} --force` (recorded in its summary, SEG and "
+                "audit)")  # fmt: skip
+    else:
+        what = "QC rejected under strict: " + "; ".join(f"{f.code} ({f.reason})" for f in flags)
+        hint = "Set strict: false in the service's configuration to segment it anyway"
+    return f"qc_rejected: {folder}: {what}. {hint}"
 
 
 def _summary_field(summary: Any, name: str) -> Any:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from medseg.errors import InvalidInputError, MedsegError, ProcessingError
 from medseg.pacs.config import PacsConfig
-from medseg.pacs.identity import stamp_seg
-from medseg.pacs.queue import Backoff, JobQueue, Lease, LeaseLost
+from medseg.pacs.identity import idempotency_key, stamp_seg
+from medseg.pacs.queue import Backoff, Job, JobQueue, Lease, LeaseLost
 from medseg.pacs.research import RECORD, ResearchOutcome
 from medseg.pacs.segment import Segmenter, segment_study, software_version
 from medseg.pacs.send import SendError, send
@@ -80,11 +80,31 @@ def heartbeat(queue: JobQueue, lease: Lease, duration_s: float) -> Iterator[thre
         t.join()
 
 
+def seg_key(seg: Path, organs: list[str], weights_sha256: str) -> str | None:
+    """The idempotency key a stamped SEG would have if made by this model (weights) and software; None if unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(seg, stop_before_pixels=True)
+        study, source = str(ds.StudyInstanceUID), str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError):
+        return None
+    return idempotency_key(study, source, organs, weights_sha256, software_version())
+
+
+def _reusable(job: Job, organs: list[str], segmenter: Segmenter) -> bool:
+    """Whether an earlier attempt's SEG is there and was made by this model and software (same idempotency key)."""
+    if not (job.result and job.seg_sop_uid and job.idem_key and Path(job.result).is_file()):
+        return False
+    return seg_key(Path(job.result), organs, segmenter.weights_sha256) == job.idem_key
+
+
 def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter) -> Path:
-    """The job's stamped SEG: reused when an earlier attempt made it, else segmented now (quarantine reasons raise)."""
+    """The job's stamped SEG: reused when an earlier attempt of the same model made it, else segmented now
+    (quarantine reasons raise InvalidInputError, processing failures worth another attempt ProcessingError)."""
     job = lease.job
-    if job.result and job.seg_sop_uid and Path(job.result).is_file():
-        return Path(job.result)
+    if _reusable(job, list(config.organs), segmenter):
+        return Path(job.result or "")
     short = queue.short_after_purge(job.study_uid, job.generation)
     if short is not None:
         raise InvalidInputError(
@@ -97,9 +117,10 @@ def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Seg
     if lost.is_set():
         raise LeaseLost(f"job {job.id}: lease lost during inference")
     if outcome.seg is None:
-        raise InvalidInputError(outcome.reason or "not segmented")
+        raise (ProcessingError if outcome.transient else InvalidInputError)(outcome.reason or "not segmented")
     ident = stamp_seg(outcome.seg, list(config.organs), segmenter.weights_sha256, software_version())
-    queue.set_identity(lease, ident.key, ident.series_uid, ident.sop_uid, str(outcome.seg))
+    made_by = (*segmenter.model_name, segmenter.weights_sha256)
+    queue.set_identity(lease, ident.key, ident.series_uid, ident.sop_uid, str(outcome.seg), made_by)
     return outcome.seg
 
 
@@ -136,9 +157,9 @@ def _research_copy(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter:
     job = queue.job(lease.job.id)
     assert job is not None
     inputs = [Path(job.input)] + ([Path(job.result)] if config.research.include_seg and job.result else [])
-    name, version = segmenter.model_name
+    name, version, weights = queue.seg_model(job.id) or (*segmenter.model_name, segmenter.weights_sha256)
     record = {"generation": job.generation, "organs": list(config.organs), "software": software_version(),
-              "model": {"name": name, "version": version, "weights_sha256": segmenter.weights_sha256}}  # fmt: skip
+              "model": {"name": name, "version": version, "weights_sha256": weights}}  # fmt: skip
     with heartbeat(queue, lease, config.lease_seconds) as lost:
         echo = frozenset({f"{job.seg_sop_uid}.dcm"} if job.seg_sop_uid else set())  # the PACS sent our SEG back
         outcome = make_copy(config.research, config.storage, job.id, lease.fence, inputs, record,
@@ -180,11 +201,21 @@ def _attempt(
 ) -> None:
     job, dest = lease.job, config.destination
     if queue.sent_to(job.id, dest.name):
+        made_by = queue.seg_model(job.id)
+        if made_by is not None:  # the SEG sent may be an earlier run's other model: the audit names that one
+            rec.set_model(*made_by)
         _finish(config, queue, lease, segmenter, rec, ended, "already in the ledger")
         return
     try:
         seg = _segmented(config, queue, lease, segmenter)
     except LeaseLost:
+        raise
+    except ProcessingError as exc:  # not the study's fault (an output not writable): retried with backoff
+        if _superseded(queue, lease, rec, ended):
+            return
+        state = queue.fail(lease, exc.one_line(), backoff_of(config))
+        rec.set_outcome_detail(state)
+        ended.append(JobResult(job.id, state, exc.one_line()))
         raise
     except MedsegError as exc:
         if _superseded(queue, lease, rec, ended):  # refused maybe because the study changed under it
@@ -204,9 +235,9 @@ def _attempt(
         send(seg, dest, config.listen.ae_title)
         crash_point("after_send")
     except SendError as exc:
-        state = queue.fail(lease, exc.message, backoff_of(config))
+        state = queue.fail(lease, exc.one_line(), backoff_of(config))
         rec.set_outcome_detail(state)
-        ended.append(JobResult(job.id, state, exc.message))
+        ended.append(JobResult(job.id, state, exc.one_line()))
         raise ProcessingError(f"job {job.id} {state}") from exc
     queue.record_sent(lease, dest.name, fresh.idem_key, fresh.seg_sop_uid, finish=config.research is None)
     if config.research is None:
