@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,7 +36,9 @@ Examples:
 
   medseg batch studies/ --out results/ --research research/ --research-key deid.key
 
-SEGs go to OUT/seg/<StudyInstanceUID>/; the queue (OUT/queue.db) makes a rerun finish only what is left.
+SEGs go to OUT/seg/<StudyInstanceUID>/. The queue (OUT/queue.db) knows each study by its StudyInstanceUID and
+the digest of its files (not its folder name): a rerun finishes what is left, retries failed studies and changed
+quarantined ones, and says which were done before. Ctrl-C hands the running study back; run again to finish.
 With --research, each segmented study and its SEG are also de-identified (Annex E, as `medseg deid`), leak-checked
 and published as RESEARCH/<new study UID>/ (a copy with a finding is withheld in OUT/research/withheld/).
 """
@@ -205,28 +208,76 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment many studies offline through the durable queue (locally or on a Dask cluster)."""
         from medseg.cli.audited import audited
-        from medseg.errors import ProcessingError
-        from medseg.pacs.batch import batch_config, enqueue, run_batch
+        from medseg.pacs.batch import batch_config, check_out, enqueue_studies, run_batch
         from medseg.pacs.segment import served_model
 
         cfg = batch_config(out, organ, model, backend, scheduler, research, research_key, research_option)
         served_model(cfg.organs, cfg.model)  # before any study is read or queued
         params = {"organ": organ, "model": model, "scheduler": scheduler, "research": research is not None}
-        with audited("batch", params=params) as rec:
+        with audited("batch", params=params) as rec, _interrupt_on_sigterm():
+            check_out(cfg.storage)
             rec.add_inputs([input])
-            queue = enqueue(cfg, input)
+            queue, studies = enqueue_studies(cfg, input)
+            _tell_known(studies)
             run_batch(cfg, queue, console.info)
-            jobs = queue.jobs()
-            counts = {s: sum(j.state == s for j in jobs) for s in ("sent", "quarantined", "failed")}
-            for j in jobs:
-                if j.state != "sent":
-                    console.warn(f"job {j.id} ({j.input}): {j.state}: {j.reason}")
-            console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} studies")
-            for r in queue.research():
-                if r["state"] == "withheld":
-                    console.warn(f"job {r['job_id']}: research copy {r['state']}: {r['reason']}")
-            if counts["sent"] != len(jobs):
-                rec.set_outcome_detail("not_all_sent")
-                raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not completed",
-                                      hint="Each one's state and reason are listed above; `medseg batch` again "
-                                      "finishes what is left.")  # fmt: skip
+            _summarize(queue, studies, rec)
+
+
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM raises KeyboardInterrupt('SIGTERM') as Ctrl-C does, so the batch hands its job back; once one came, a
+    second Ctrl-C or SIGTERM is ignored while that happens."""
+    import contextlib
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+    @contextlib.contextmanager
+    def installed() -> Any:
+        before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before[0])
+            signal.signal(signal.SIGINT, before[1])
+
+    return installed()
+
+
+def _tell_known(studies: list[Any]) -> None:
+    """One line for each study of the input the queue already knew: done, quarantined, retried, or a copy."""
+    for s in studies:
+        if s.same_as is not None:
+            console.info(f"study {s.name}: the same files as {s.same_as} (job {s.job_id}), segmented once")
+        elif s.how == "done":
+            console.info(f"study {s.name}: segmented in an earlier run (job {s.job_id}), not run again")
+        elif s.how == "quarantined":
+            console.info(f"study {s.name}: quarantined in an earlier run and its files have not changed "
+                         f"(job {s.job_id}), not run again")  # fmt: skip
+        elif s.how == "retried":
+            console.info(f"study {s.name}: failed in an earlier run (job {s.job_id}), tried again")
+
+
+def _summarize(queue: Any, studies: list[Any], rec: Any) -> None:
+    """The run's closing lines: this input's studies by state, each one not sent with its reason; ProcessingError
+    (exit 4) when any is not sent."""
+    from medseg.errors import ProcessingError
+
+    jobs = [queue.job(i) for i in dict.fromkeys(s.job_id for s in studies)]
+    counts = {k: sum(j.state == k for j in jobs) for k in ("sent", "quarantined", "failed")}
+    for j in jobs:
+        if j.state != "sent":
+            console.warn(f"job {j.id} ({j.input}): {j.state}: {j.reason}")
+    earlier = sum(s.how == "done" and s.same_as is None for s in studies)
+    console.result(", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(jobs)} studies"
+                   + (f" ({earlier} done in an earlier run)" if earlier else ""))  # fmt: skip
+    for r in queue.research():
+        if r["state"] == "withheld" and r["job_id"] in {j.id for j in jobs}:
+            console.warn(f"job {r['job_id']}: research copy {r['state']}: {r['reason']}")
+    if counts["sent"] != len(jobs):
+        rec.set_outcome_detail("not_all_sent")
+        raise ProcessingError(f"{len(jobs) - counts['sent']} of {len(jobs)} studies not completed",
+                              hint="Each one's state and reason are listed above. `medseg batch` again retries the "
+                              "failed ones, and a quarantined study once its files changed.")  # fmt: skip

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from medseg.errors import ProcessingError
 from medseg.pacs.config import Destination, PacsConfig
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.segment import discover_studies, load_segmenter
 from medseg.pacs.worker import JobResult, run_job
+
+
+class BatchInterrupted(ProcessingError):
+    """Ctrl-C or SIGTERM stopped the batch; the job it was running is queued again, the attempt not counted."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class BatchStudy:
+    """One study of this run's input: its name, folder, job, and what the queue knew of it ('new', 'open',
+    'retried', 'quarantined', 'done'); `same_as` names an earlier study of this run with the same content."""
+
+    name: str
+    folder: Path
+    job_id: int
+    how: str
+    same_as: str | None = None
 
 
 def batch_config(out: Path, organ: str, model: str | None, backend: str, scheduler: str | None,
@@ -43,29 +66,118 @@ def batch_config(out: Path, organ: str, model: str | None, backend: str, schedul
     return config
 
 
+def check_out(out: Path) -> Path:
+    """OUT resolved, made if missing, and proven writable (a file created and removed in it), else 'cannot write
+    output' naming the folder."""
+    out = Path(out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".medseg-write-check-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ProcessingError(f"cannot write output: {exc.strerror or exc}", path=out,
+                              hint="Choose a writable --out folder.") from exc  # fmt: skip
+    return out
+
+
+def study_identity(source: Path) -> tuple[str, str]:
+    """(study key, content digest) of a study read in place: the key is its StudyInstanceUID (as the service keys
+    studies; 'sha256:<digest>' for a file without one), the digest the SHA-256 of its files' SHA-256s, sorted, so
+    the same files under another folder name are the same study and a repaired study is a new one."""
+    from medseg.io.series import walk_files
+
+    digests = sorted(_sha256(f) for f in walk_files(source).files)
+    digest = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return _study_uid(source) or f"sha256:{digest}", digest
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _study_uid(source: Path) -> str | None:
+    """The StudyInstanceUID of the first DICOM file under `source` that has one."""
+    import pydicom
+
+    from medseg.io.series import walk_files
+
+    for f in walk_files(source).files:
+        try:
+            uid = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
+        except Exception:  # not DICOM, unreadable, no StudyInstanceUID: the next file may tell
+            continue
+        if uid:
+            return str(uid)
+    return None
+
+
 def enqueue(config: PacsConfig, input_folder: Path) -> JobQueue:
-    """A job per study under the input (jobs already in the queue from an earlier run are kept, not doubled)."""
+    """`enqueue_studies`, for callers that need only the queue."""
+    return enqueue_studies(config, input_folder)[0]
+
+
+def enqueue_studies(config: PacsConfig, input_folder: Path) -> tuple[JobQueue, list[BatchStudy]]:
+    """A job per study under the input (resolved, so a rerun from another folder finds it), keyed by study UID and
+    content: a study already in the queue is found again whatever its folder's name (failed ones queued again), a
+    new or changed one is a new job."""
     queue = JobQueue(config.queue_path)
-    for name, folder in discover_studies(Path(input_folder)):
-        queue.add_job(f"batch:{name}", str(folder))
-    return queue
+    studies: list[BatchStudy] = []
+    seen: dict[int, str] = {}
+    for name, folder in discover_studies(Path(input_folder).resolve()):
+        study_uid, digest = study_identity(folder)
+        job, how = queue.add_study(study_uid, digest, str(folder))
+        studies.append(BatchStudy(name, folder, job.id, how, seen.get(job.id)))
+        seen.setdefault(job.id, name)
+    return queue, studies
 
 
 def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], None]) -> list[JobResult]:
     """Run every open job (locally, or on the Dask cluster named by `config.scheduler`) until none is left; jobs
-    that a killed run of this host still holds are taken back at once, not when their lease expires."""
-    from medseg.pacs.service import owner_name, reclaim_dead_leases
+    that a killed run of this host still holds are taken back at once, not when their lease expires. Interrupted
+    (KeyboardInterrupt: Ctrl-C, or SIGTERM turned into one by the caller), the jobs this process holds are queued
+    again without counting the attempt, and BatchInterrupted says so."""
+    from medseg.pacs.service import reclaim_dead_leases
 
     for job_id in reclaim_dead_leases(queue):
         on_event(f"job {job_id}: its holder on this host is gone; queued again")
     results: list[JobResult] = []
+    try:
+        _run(config, queue, on_event, results)
+    except KeyboardInterrupt as exc:
+        handed = hand_back_own(queue)
+        jobs = ("job " if len(handed) == 1 else "jobs ") + ", ".join(map(str, handed))
+        what = f"{jobs} queued again, the attempt not counted" if handed else "no job was running"
+        raise BatchInterrupted(f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'}): {what}",
+                               hint="Run the same `medseg batch` again to finish what is left.") from exc  # fmt: skip
+    return results
+
+
+def hand_back_own(queue: JobQueue) -> list[int]:
+    """Jobs leased by this process are queued again, the attempt not counted (as `medseg pacs stop` does)."""
+    from medseg.pacs.service import owner_name
+
+    prefix = owner_name("")
+    return [j.id for j in queue.jobs("running")
+            if j.lease_owner and j.lease_owner.startswith(prefix) and queue.release(j.id, j.fence)]  # fmt: skip
+
+
+def _run(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], None], results: list[JobResult]) -> None:
+    """The body of `run_batch`: lease and run jobs until none is open."""
+    from medseg.pacs.service import owner_name
+
     if not queue.open_jobs():
-        return results
+        return
     if config.scheduler:
         from medseg.pacs.dask_workers import dispatch
 
         dispatch(config, queue, threading.Event(), on_event, results, until_empty=True)
-        return results
+        return
     segmenter = load_segmenter(config.organs, config.model, config.backend, config.strict)
     while queue.open_jobs():
         lease = queue.lease(owner_name("batch"), config.lease_seconds)
@@ -75,4 +187,3 @@ def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], Non
         result = run_job(config, queue, lease, segmenter)
         results.append(result)
         on_event(f"job {result.job_id}: {result.state}" + (f" ({result.reason})" if result.reason else ""))
-    return results
