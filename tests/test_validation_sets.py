@@ -279,3 +279,21 @@ def test_a_training_ct_re_saved_in_another_form_is_refused(shared, tmp_path) -> 
         (sets / "s.yaml").write_text(yaml.safe_dump(doc))
         result = check_independence(load_set(sets / "s.yaml"), card, root)
         assert any("same voxel content as training case chaos" in c for c in result.conflicts), (why, result.conflicts)
+
+
+@pytest.mark.req("REQ-012")
+def test_a_ci_criterion_over_fewer_than_three_patients_is_not_evaluable() -> None:
+    """One case gives a zero-width bootstrap 'CI' (0.901-0.901) that passed AC-02 (lower bound >= 0.85)."""
+    from medseg.metrics import aggregate
+    from medseg.validation.acceptance import acceptance_path, evaluate, load_acceptance
+
+    acc, _ = load_acceptance(acceptance_path("liver_v1"))
+    values = {"dice": 0.95, "sensitivity": 0.97, "hd95_mm": 5.0, "abs_volume_diff_pct": 3.0}
+
+    def verdicts(patients: list[str]) -> dict[str, str]:
+        aggs = {m: aggregate([v] * len(patients), patients, 1, 200).to_json() for m, v in values.items()}
+        return {c["id"]: c["verdict"] for c in evaluate(acc, aggs, [])["criteria"]}
+
+    one = verdicts(["p1"])
+    assert one["AC-02"] == "not_evaluable" and one["AC-01"] == "pass"
+    assert verdicts(["p1", "p2", "p3"])["AC-02"] == "pass"

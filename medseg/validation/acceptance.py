@@ -17,6 +17,7 @@ from medseg.yamltext import load_yaml
 ACCEPTANCE_DIR = REPO / "validation" / "acceptance"
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 Statistic = Literal["mean", "median", "minimum", "maximum", "ci_low", "ci_high"]
+CI_STATISTICS = ("ci_low", "ci_high")
 
 
 class Bootstrap(BaseModel):
@@ -84,9 +85,13 @@ def evaluate(acc: Acceptance, aggregates: dict[str, dict[str, Any]], subgroups: 
                 f"criterion {c.id} names unknown metric {c.metric!r}", hint=f"Known: {sorted(aggregates)}"
             )
         if c.scope == "overall":
-            value = aggregates[c.metric][c.statistic]
-            verdict = "pass" if _check(c, value) else "fail"
-            evidence: dict[str, Any] = {"value": value, "n": aggregates[c.metric]["n"]}
+            agg = aggregates[c.metric]
+            value = agg[c.statistic]
+            evidence: dict[str, Any] = {"value": value, "n": agg["n"], "n_patients": agg.get("n_patients")}
+            if c.statistic in CI_STATISTICS and not agg.get("interpretable", True):
+                verdict = "not_evaluable"  # a bootstrap CI over fewer than 3 patients has no coverage to speak of
+            else:
+                verdict = "pass" if _check(c, value) else "fail"
         else:
             groups = [g for g in subgroups if g["metric"] == c.metric]
             judged = [g | {"pass": _check(c, g[c.statistic])} for g in groups if g["interpretable"]]
