@@ -239,6 +239,9 @@ def test_an_interrupted_batch_says_so_and_hands_its_job_back_uncounted(shared, t
     again = _cli(tmp_path / "in", "--out", out, "--model", models[0])
     assert again.returncode == 0 and again.stdout.startswith("2 sent, 0 quarantined, 0 failed of 2 studies")
     assert all(j.attempts == 1 for j in JobQueue(out / "queue.db").jobs())
+    verify = subprocess.run([sys.executable, "-m", "medseg", "audit", "verify"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # the interrupted attempt left the trail whole
 
 
 def test_a_research_copy_finished_by_another_model_names_the_model_that_made_the_seg(shared, tmp_path, models):
@@ -291,3 +294,19 @@ def test_the_queue_finds_a_batch_study_by_uid_and_content_and_reopens_only_what_
     queue.record_sent(lease, "folder", "key", "1.2.3.4")
     assert queue.add_study("1.2.3", "d2", "/elsewhere/b")[1] == "done"
     assert queue.job(changed.id).input == "/moved/a"
+
+
+def test_a_results_folder_that_cannot_be_written_fails_the_job_for_a_retry_not_a_quarantine(
+    shared, tmp_path, models, run, read_only
+):
+    _study(shared, tmp_path / "in" / "a", "ro-results")
+    out = tmp_path / "out"
+    read_only(out / "results")
+    code, stdout, err = run(tmp_path / "in", "--out", out, "--model", models[0])
+    assert code == 4 and stdout.startswith("0 sent, 0 quarantined, 1 failed of 1 studies"), (stdout, err)
+    (job,) = JobQueue(out / "queue.db").jobs()
+    assert job.state == "failed" and "cannot write output" in (job.reason or "")
+    assert str(out / "results") in (job.reason or "")
+    read_only.release(out / "results")
+    code, stdout, err = run(tmp_path / "in", "--out", out, "--model", models[0])
+    assert code == 0 and stdout.startswith("1 sent, 0 quarantined, 0 failed of 1 studies"), (stdout, err)

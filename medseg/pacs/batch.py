@@ -87,9 +87,9 @@ def study_identity(source: Path) -> tuple[str, str]:
     the same files under another folder name are the same study and a repaired study is a new one."""
     from medseg.io.series import walk_files
 
-    digests = sorted(_sha256(f) for f in walk_files(source).files)
-    digest = hashlib.sha256("\n".join(digests).encode()).hexdigest()
-    return _study_uid(source) or f"sha256:{digest}", digest
+    files = walk_files(source).files
+    digest = hashlib.sha256("\n".join(sorted(_sha256(f) for f in files)).encode()).hexdigest()
+    return _study_uid(files) or f"sha256:{digest}", digest
 
 
 def _sha256(path: Path) -> str:
@@ -101,13 +101,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _study_uid(source: Path) -> str | None:
-    """The StudyInstanceUID of the first DICOM file under `source` that has one."""
+def _study_uid(files: list[Path]) -> str | None:
+    """The StudyInstanceUID of the first of `files` that is DICOM and has one."""
     import pydicom
 
-    from medseg.io.series import walk_files
-
-    for f in walk_files(source).files:
+    for f in files:
         try:
             uid = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
         except Exception:  # not DICOM, unreadable, no StudyInstanceUID: the next file may tell
