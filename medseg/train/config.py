@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -15,6 +16,10 @@ from medseg.models.card import IntensitySpec, NetworkSpec
 from medseg.yamltext import load_yaml
 
 M = TypeVar("M", bound=BaseModel)
+Size = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
+# Settings a resumed run may change (how long and how fast it runs); any other change is another training.
+RUN_LENGTH_KEYS = ("max_iterations", "time_budget_min", "checkpoint_every_min", "threads")
 
 
 class Strict(BaseModel):
@@ -25,7 +30,7 @@ class DataSpec(Strict):
     """Where samples come from and how patches are drawn."""
 
     manifest: str
-    patch_size: tuple[int, int, int] = (96, 96, 96)
+    patch_size: tuple[Size, Size, Size] = (96, 96, 96)
     batch_size: int = Field(2, ge=1)
     pos_fraction: float = Field(0.67, ge=0, le=1)
     real_fraction: float = Field(0.15, ge=0, le=1)
@@ -87,12 +92,12 @@ class AugmentSpec(Strict):
 class OptimSpec(Strict):
     """AdamW with linear warm-up then cosine or poly decay over the run's progress (iterations or time budget)."""
 
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    warmup_iterations: int = 100
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_iterations: int = Field(100, ge=0)
     schedule: Literal["cosine", "poly"] = "cosine"
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 12.0
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_clip: float = Field(12.0, gt=0)
 
 
 class LossSpec(Strict):
@@ -115,9 +120,9 @@ class RunSpec(Strict):
 
 
 class ValidationSpec(Strict):
-    roi_size: tuple[int, int, int] = (96, 96, 96)
+    roi_size: tuple[Size, Size, Size] = (96, 96, 96)
     overlap: float = Field(0.25, ge=0, lt=1)
-    sw_batch_size: int = 2
+    sw_batch_size: int = Field(2, ge=1)
     synthetic_cases: int = Field(3, ge=0)
     weight_real: float = Field(0.5, ge=0, le=1)
 
@@ -129,7 +134,7 @@ class TrainConfig(Strict):
     version: str
     organ: str = "liver"
     labels: dict[int, str] = {0: "background", 1: "liver"}
-    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    spacing: tuple[Positive, Positive, Positive] = (3.0, 3.0, 3.0)
     intensity: IntensitySpec = IntensitySpec()
     network: NetworkSpec = NetworkSpec()
     data: DataSpec
@@ -155,7 +160,24 @@ class TrainConfig(Strict):
             raise ValueError("labels must include liver (real CT pairs carry a liver label)")
         if self.intensity.a_max <= self.intensity.a_min:
             raise ValueError("intensity.a_max must exceed a_min")
+        if self.organ not in self.organs:
+            raise ValueError(f"organ {self.organ!r} is not one of the labels {list(self.organs)}")
+        net = self.network
+        if len(net.strides) != len(net.channels) - 1 or min(net.strides, default=1) < 1 or min(net.channels) < 1:
+            raise ValueError("network.strides must have one entry (>= 1) fewer than network.channels (each >= 1)")
+        if not 0 <= net.dropout < 1 or net.num_res_units < 0 or net.in_channels != 1:
+            raise ValueError("network: dropout must be in [0, 1), num_res_units >= 0, in_channels 1")
         return self
+
+    def training_sha256(self) -> str:
+        """Digest of everything that decides what is trained: the run-length settings a resume may extend and the
+        manifest's path (the manifest is compared by its own digest) left out."""
+        d = self.model_dump(mode="json")
+        for key in RUN_LENGTH_KEYS:
+            d["run"].pop(key, None)
+        d["data"].pop("num_workers", None)
+        d["data"].pop("manifest", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def read_validated(path: Path, model: type[M], what: str, parse: Callable[[bytes], Any] = load_yaml,
