@@ -33,20 +33,27 @@ class CaseSets:
     real: list[RealCase]
 
 
-def load_cases(manifest: Manifest, split: str, cfg: TrainConfig, data_root: Path, cache_dir: Path) -> CaseSets:
-    """Prepare (or load from cache) every label map and real pair of `split`."""
+def load_cases(manifest: Manifest, split: str, cfg: TrainConfig, data_root: Path, cache_dir: Path,
+               manifest_path: Path | None = None) -> CaseSets:  # fmt: skip
+    """Prepare (or load from cache) every label map and real pair of `split`; a case refused while preparing is
+    named with its manifest."""
     anatomy, real = [], []
     for e in manifest.split(split):
-        if e.kind == "label_map":
-            if e.labels_json is None:
-                raise InvalidInputError(f"label map {e.case_id} needs labels_json in the manifest")
-            anatomy.append(cached_case(data_root / e.label, data_root / e.labels_json, cfg.spacing,
-                                       e.sha256["label"], cache_dir))  # fmt: skip
-        else:
-            if e.image is None or e.liver_value is None:
-                raise InvalidInputError(f"CT pair {e.case_id} needs image and liver_value in the manifest")
-            real.append(cached_real_case(e.case_id, data_root / e.image, data_root / e.label, e.liver_value,
-                                         cfg.spacing, e.sha256, cache_dir))  # fmt: skip
+        try:
+            if e.kind == "label_map":
+                if e.labels_json is None:
+                    raise InvalidInputError("a label_map needs labels_json")
+                anatomy.append(cached_case(data_root / e.label, data_root / e.labels_json, cfg.spacing,
+                                           e.sha256["label"], cache_dir, e.sha256.get("labels_json", "")))  # fmt: skip
+            else:
+                if e.image is None or e.liver_value is None:
+                    raise InvalidInputError("a ct_pair needs image and liver_value")
+                real.append(cached_real_case(e.case_id, data_root / e.image, data_root / e.label, e.liver_value,
+                                             cfg.spacing, e.sha256, cache_dir))  # fmt: skip
+        except InvalidInputError as exc:
+            where = f" ({exc.path})" if exc.path else ""
+            raise InvalidInputError(f"case {e.case_id}: {exc.message}{where}", path=manifest_path or exc.path,
+                                    hint=exc.hint) from exc  # fmt: skip
     return CaseSets(anatomy, real)
 
 

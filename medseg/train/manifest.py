@@ -51,6 +51,59 @@ class Manifest(BaseModel):
         return [e for e in self.entries if e.split == split and (kind is None or e.kind == kind)]
 
 
+def _roles(e: Entry) -> dict[str, str | None]:
+    """The files an entry names, by role (the keys its sha256 must hold)."""
+    roles: dict[str, str | None] = {"label": e.label, "labels_json": e.labels_json}
+    if e.kind == "ct_pair" or e.image is not None:
+        roles["image"] = e.image
+    return roles
+
+
+def _entry_problem(e: Entry) -> str | None:
+    """What is wrong with one entry on its own (files named without digests, digests of nothing), else None."""
+    roles = _roles(e)
+    if e.kind == "ct_pair" and (e.image is None or e.liver_value is None):
+        return "a ct_pair needs image and liver_value"
+    if e.kind == "label_map" and e.labels_json is None:
+        return "a label_map needs labels_json"
+    unknown = sorted(set(e.sha256) - {r for r, p in roles.items() if p})
+    if unknown:
+        return f"sha256 has {unknown} but the entry names no such file"
+    missing = sorted(r for r, p in roles.items() if p and r not in e.sha256)
+    if missing:
+        return f"sha256 lacks {missing}: every file must have its digest"
+    return None
+
+
+def check_manifest(manifest: Manifest, path: Path) -> None:
+    """Refuse (InvalidInputError naming `path` and the case) entries without every digest, repeated case ids,
+    repeated files (the same CT or label under two entries, in one split or across train and val), and a manifest
+    without training or validation cases."""
+    seen_ids: set[str] = set()
+    seen_files: dict[str, str] = {}
+    for e in manifest.entries:
+        problem = _entry_problem(e)
+        if problem:
+            raise InvalidInputError(f"case {e.case_id}: {problem}", path=path, hint="Rebuild the manifest.")
+        if e.case_id in seen_ids:
+            raise InvalidInputError(f"case {e.case_id} is listed twice", path=path, hint="Keep one entry per case.")
+        seen_ids.add(e.case_id)
+        for role in ("image", "label"):
+            digest = e.sha256.get(role)
+            if digest is None:
+                continue
+            if digest in seen_files:
+                raise InvalidInputError(
+                    f"case {e.case_id} ({e.split}) has the same {role} (SHA-256 {digest[:12]}...) as "
+                    f"{seen_files[digest]}",
+                    path=path, hint="One scan may be one case only; train and validation must not share data.",
+                )  # fmt: skip
+            seen_files[digest] = f"{e.case_id} ({e.split})"
+    for split in ("train", "val"):
+        if not manifest.split(split):
+            name = "training" if split == "train" else "validation"
+            raise InvalidInputError(f"the {name} split of the manifest is empty", path=path,
+                                    hint="A model is trained on 'train' cases and selected on 'val' cases.")
 
 
 def load_manifest(path: Path) -> tuple[Manifest, str]:
@@ -62,7 +115,10 @@ def verify_manifest(manifest: Manifest, data_root: Path, manifest_path: Path | N
     """Check every file's SHA-256; raise InvalidInputError naming the first mismatch or missing file."""
     for e in manifest.entries:
         for role, digest in e.sha256.items():
-            rel = getattr(e, role)
+            rel = _roles(e).get(role)
+            if rel is None:
+                raise InvalidInputError(f"case {e.case_id}: sha256 names an unknown file role {role!r}",
+                                        path=manifest_path)  # fmt: skip
             actual = digest_path(data_root / rel)
             if actual != digest:
                 raise InvalidInputError(

@@ -8,7 +8,6 @@ windowing happens when patches are drawn.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from medseg.errors import InvalidInputError
 from medseg.io import Volume, read_image
 from medseg.preprocess import model_grid, resample_to_grid
+from medseg.train.cachefile import load_npz, save_npz
 
 
 @dataclass
@@ -38,10 +38,24 @@ def to_model_grid(volume: Volume, spacing: tuple[float, float, float], mode: str
     return np.asarray(out, dtype=np.float32), np.asarray(grid.affine_ras, dtype=np.float64)
 
 
+def check_hu(volume: Volume, path: Path) -> None:
+    """Refuse an image that is not a CT in HU (inference's `not_hu` rule): a 0/1 mask or an 8-bit display image
+    (values all in [0, 255]) or windowed data (nothing near air)."""
+    from medseg.infer.qc import rules
+
+    r = rules()
+    a = np.asarray(volume.array)
+    lo, hi = float(a.min()), float(a.max())
+    if (lo >= 0 and hi <= r["max_display_value"]) or lo > r["min_air_hu"]:
+        raise InvalidInputError(f"image values lie in [{lo:g}, {hi:g}]: not a CT in HU (image and label swapped?)",
+                                path=path)  # fmt: skip
+
+
 def prepare_real_case(name: str, image: Path, label: Path, liver_value: int,
                       spacing: tuple[float, float, float]) -> RealCase:  # fmt: skip
     """Read a CT and its label map, check they share a grid, and bring both to the model grid."""
     img = read_image(image)
+    check_hu(img, image)
     lab = read_image(label)
     binary = lab.with_array((np.asarray(lab.array) == liver_value).astype(np.float32))
     hu, affine = to_model_grid(img, spacing, "bilinear")
@@ -59,16 +73,15 @@ def prepare_real_case(name: str, image: Path, label: Path, liver_value: int,
 
 def cached_real_case(name: str, image: Path, label: Path, liver_value: int, spacing: tuple[float, float, float],
                      digests: dict[str, str], cache_dir: Path) -> RealCase:  # fmt: skip
-    """`prepare_real_case` through an on-disk cache keyed by the file digests and spacing."""
+    """`prepare_real_case` through an on-disk cache keyed by the file digests and spacing (each cache file's
+    content digest checked on reading; a mismatch is prepared again)."""
     folder = cache_dir / "real"
     folder.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{sorted(digests.items())}|{liver_value}|{spacing}|2".encode()).hexdigest()[:24]
     target = folder / f"{name}-{key}.npz"
-    if target.is_file():
-        with np.load(target) as z:
-            return RealCase(name, z["image"], z["label"], z["affine"])
+    cached = load_npz(target) if target.is_file() else None
+    if cached is not None and {"image", "label", "affine"} <= cached.keys():
+        return RealCase(name, cached["image"], cached["label"], cached["affine"])
     case = prepare_real_case(name, image, label, liver_value, spacing)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, image=case.image, label=case.label, affine=case.affine)
-    os.replace(tmp, target)
+    save_npz(target, {"image": case.image, "label": case.label, "affine": case.affine})
     return case

@@ -7,7 +7,6 @@ only thresholds and indexes cached fields. Arrays are indexed [i, j, k] = toward
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,17 +34,22 @@ class AnatomyCase:
     spacing: tuple[float, float, float]
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(
-            tmp, classes=self.classes, fov=self.fov, hull_dist=self.hull_dist, spine=self.spine, dome=self.dome,
-            spacing=np.asarray(self.spacing), name=np.asarray(self.name),
-        )  # fmt: skip
-        os.replace(tmp, path)
+        """Write the prepared arrays (with their content digest) to the cache file `path` atomically."""
+        from medseg.train.cachefile import save_npz
+
+        arrays = {"classes": self.classes, "fov": self.fov, "hull_dist": self.hull_dist, "spine": self.spine,
+                  "dome": self.dome, "spacing": np.asarray(self.spacing), "name": np.asarray(self.name)}  # fmt: skip
+        save_npz(path, arrays)
 
     @classmethod
     def load(cls, path: Path) -> AnatomyCase:
-        with np.load(path) as z:
-            return cls(
+        """Read a cache file; ValueError when its content digest does not match (the file is then removed)."""
+        from medseg.train.cachefile import load_npz
+
+        z = load_npz(path)
+        if z is None:
+            raise ValueError(f"{path}: cache file changed or damaged")
+        return cls(
                 str(z["name"]), z["classes"], z["fov"], z["hull_dist"].astype(np.float32), z["spine"], z["dome"],
                 tuple(float(s) for s in z["spacing"]),
             )  # fmt: skip
@@ -187,11 +191,12 @@ def prepare_label_map(path: Path, labels_json: Path, spacing: tuple[float, float
 
 
 def cached_case(path: Path, labels_json: Path, spacing: tuple[float, float, float], sha256: str,
-                cache_dir: Path | None = None) -> AnatomyCase:  # fmt: skip
-    """`prepare_label_map` through the on-disk cache keyed by the file digest, spacing and preparation version."""
+                cache_dir: Path | None = None, labels_json_sha256: str = "") -> AnatomyCase:  # fmt: skip
+    """`prepare_label_map` through the on-disk cache keyed by the label and labels_json digests, spacing and
+    preparation version (a cache file whose content digest does not match is prepared again)."""
     cache_dir = (cache_dir or default_cache_dir()) / "anatomy"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{sha256}|{spacing}|{PREP_VERSION}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{sha256}|{labels_json_sha256}|{spacing}|{PREP_VERSION}".encode()).hexdigest()[:24]
     target = cache_dir / f"{path.name.split('.')[0]}-{key}.npz"
     if target.is_file():
         try:
