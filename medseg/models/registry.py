@@ -57,7 +57,7 @@ class InstalledModel:
         return digest
 
     def load_network(self, device: str = "cpu") -> torch.nn.Module:
-        """Verify the digest, then build the network and load its weights (eval mode)."""
+        """Verify the digest, refuse non-finite weights, then build the network and load them (eval mode)."""
         import torch
 
         from medseg.models.network import build_network
@@ -65,6 +65,10 @@ class InstalledModel:
         self.verify()
         net = build_network(self.card.network)
         state = torch.load(self.weights_path, map_location=device, weights_only=True)
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise ProcessingError(f"model weights are not finite ({bad})", path=self.weights_path,
+                                  hint="The model is unusable (a diverged training); it will not be used.")
         net.load_state_dict(state)
         return net.to(device).eval()
 

@@ -1,7 +1,12 @@
-"""Resumable checkpoints (model, optimiser, progress), written atomically so a kill never leaves a torn file."""
+"""Resumable checkpoints (model, optimiser, progress), written atomically so a kill never leaves a torn file.
+
+Each checkpoint carries the SHA-256 of its own content (`content_sha256`, over every tensor's bytes and every
+value), checked when it is read back; non-finite weights are never written and never read.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -9,7 +14,7 @@ from typing import Any
 
 import torch
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, ProcessingError
 
 
 @dataclass
@@ -23,37 +28,103 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
-                    config_sha256: str, manifest_sha256: str) -> None:  # fmt: skip
-    """Write model + optimiser + progress to `path` via a temporary file and an atomic rename."""
+def _feed(h: Any, value: Any) -> None:
+    """Add `value` (nested dicts/lists of tensors and plain values) to the hash `h` in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(b"D")
+        for k in sorted(value, key=str):
+            h.update(repr(k).encode())
+            _feed(h, value[k])
+    elif isinstance(value, list | tuple):
+        h.update(b"L")
+        for v in value:
+            _feed(h, v)
+    else:
+        h.update(repr(value).encode())
+
+
+def content_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (everything but the digest itself)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "content_sha256"})
+    return h.hexdigest()
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding NaN or infinity, else None."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _save(obj: Any, path: Path, what: str) -> None:
+    """torch.save to a temporary file, fsync, atomic rename; a failed write is one ProcessingError, no temp left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProcessingError(f"cannot write {what} (disk full?): {detail}"[:300], path=path,
+                              hint="Free space there and resume from checkpoints/last.pt.") from exc  # fmt: skip
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
+                    config_sha256: str, manifest_sha256: str, training_sha256: str = "") -> None:  # fmt: skip
+    """Write model + optimiser + progress (+ their digest) to `path` atomically; non-finite weights are refused."""
+    weights = model.state_dict()
+    bad = first_non_finite(weights)
+    if bad:
+        raise ProcessingError(f"weights are not finite ({bad}); checkpoint not written", path=path)
     state = {
-        "model": model.state_dict(),
+        "model": weights,
         "optimizer": optimizer.state_dict(),
         "progress": asdict(progress),
         "config_sha256": config_sha256,
         "manifest_sha256": manifest_sha256,
+        "training_sha256": training_sha256,
     }
-    torch.save(state, tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    state["content_sha256"] = content_digest(state)
+    _save(state, path, "checkpoint")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (weights only, no pickled code)."""
+    """Read a checkpoint written by `save_checkpoint` (weights only, no pickled code); check its digest and that
+    its weights are finite."""
+    if not path.is_file():
+        raise InvalidInputError("checkpoint not found", path=path, hint="Pass checkpoints/last.pt of the run.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise InvalidInputError(f"cannot read checkpoint: {exc}".splitlines()[0], path=path) from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"checkpoint is truncated or corrupt ({detail})"[:300], path=path,
+                                hint="Resume from another checkpoint.") from exc  # fmt: skip
     if not isinstance(state, dict) or not {"model", "optimizer", "progress"} <= state.keys():
         raise InvalidInputError("not a medseg training checkpoint", path=path)
-    return state
+    expected = state.get("content_sha256")
+    if expected is not None and content_digest(state) != expected:
+        raise InvalidInputError("checkpoint content does not match its SHA-256: corrupted", path=path,
+                                hint="Resume from another checkpoint.")  # fmt: skip
+    bad = first_non_finite(state["model"])
+    if bad:
+        raise InvalidInputError(f"checkpoint weights are not finite ({bad})", path=path,
+                                hint="Resume from an earlier checkpoint.")  # fmt: skip
+    return dict(state)
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    """The bare state_dict (the shipped model format), written atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+def save_weights(path: Path, model: torch.nn.Module | dict[str, torch.Tensor]) -> None:
+    """The bare state_dict (the shipped model format), fsynced and renamed atomically; non-finite ones are refused."""
+    weights = model if isinstance(model, dict) else model.state_dict()
+    bad = first_non_finite(weights)
+    if bad:
+        raise ProcessingError(f"weights are not finite ({bad}); not written", path=path)
+    _save(weights, path, "weights")

@@ -7,6 +7,7 @@ records the training config, the manifests' digests, the data sources and licenc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,27 @@ class CardText(BaseModel):
 
 
 def card_text(organ: str, model: str | None = None, version: str | None = None) -> CardText:
-    """The card text for `model version` or else `model` (when written for it) or else for `organ`; a model without
-    one is refused rather than shipped without limitations."""
+    """The card text written for `model version` or else `model` in card_text.yaml; a model without its own text
+    gets `unassessed_text` (never another model's intended use and limitations)."""
     texts = load_yaml(CARD_TEXT.read_text())
-    key = next((k for k in (f"{model} {version}", model) if k in texts), organ)
-    if key not in texts:
-        raise InvalidInputError(f"no model card text for organ '{organ}'", path=CARD_TEXT, hint="Add it first.")
+    key = next((k for k in (f"{model} {version}", model) if k in texts), None)
+    if key is None:
+        return unassessed_text(organ, model or "unnamed", version or "unversioned")
     return CardText.model_validate(texts[key])
+
+
+def unassessed_text(organ: str, model: str, version: str) -> CardText:
+    """Card text for a newly trained model nobody has written text for: it claims nothing that was not assessed."""
+    return CardText(
+        intended_use=f"Research model {model} {version} ({organ} segmentation in CT) produced by `medseg train`. "
+        "Not assessed for any clinical use: no intended use has been written for it.",
+        limitations=[
+            "No limitations have been assessed for this model: its behaviour on scanners, contrast phases, "
+            "pathologies and patient groups is unknown. Write its text in medseg/train/card_text.yaml before use.",
+            "Selected on the validation split of its training manifest only; not evaluated on a locked test set "
+            "unless the card's metrics say so.",
+        ],
+    )
 
 
 def sources_of(manifest: Manifest) -> list[dict[str, Any]]:
@@ -71,16 +86,21 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     from medseg.train.manifest import load_manifest
 
     try:
-        cfg = TrainConfig.model_validate(load_yaml((run_dir / "config.yaml").read_text()))
+        raw = (run_dir / "config.yaml").read_bytes()
+        cfg = TrainConfig.model_validate(load_yaml(raw))
         summary = json.loads((run_dir / "summary.json").read_text())
         run = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"not a finished training run: {exc}".splitlines()[0], path=run_dir) from exc
     manifest, man_sha = load_manifest(run_dir / "manifest.json")
+    if hashlib.sha256(raw).hexdigest() != summary["config_sha256"] or man_sha != summary["manifest_sha256"]:
+        raise InvalidInputError("config.yaml or manifest.json is not the one the run's summary.json records",
+                                path=run_dir, hint="The folder was changed after training; export another run.")
     record = {
         "config": cfg.model_dump(mode="json"),
         "config_sha256": summary["config_sha256"],
-        "manifest": {"name": manifest.name, "file": f"data_manifests/{manifest.name}.json", "sha256": man_sha},
+        "manifest": {"name": manifest.name, "file": summary.get("manifest_file") or summary.get("manifest"),
+                     "sha256": man_sha},
         "data_sources": sources_of(manifest),
         "iterations": summary["iterations"],
         "training_minutes": round(summary["elapsed_s"] / 60, 1),
@@ -88,8 +108,13 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
         "best_iteration": summary["best_iteration"],
         "best_validation_score": round(summary["best_score"], 4),
         "git_commit": summary.get("git_commit"),
+        "git_dirty": summary.get("git_dirty", "not recorded"),
+        "segments": [{k: s.get(k) for k in ("started", "from_iteration", "git_commit", "git_dirty", "hardware")}
+                     for s in summary.get("segments", [])],
+        "packages": {k: v for k, v in (summary.get("packages") or {}).items() if k in ("torch", "monai", "numpy")}
+        or "not recorded",
         "mlflow_run_id": run.get("mlflow_run_id"),
-        "hardware": "2 shared CPU cores (torch CPU)",
+        "hardware": summary.get("hardware", "not recorded"),
     }
     return cfg, record
 
@@ -98,8 +123,15 @@ def save_half_precision(src: Path, dest: Path) -> None:
     """Store the floating-point weights as float16 (half the size; loading casts them back to the float32 network)."""
     import torch
 
+    from medseg.train.checkpoint import first_non_finite
+
     state = torch.load(src, map_location="cpu", weights_only=True)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, dest)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    bad = first_non_finite(state) or first_non_finite(half)
+    if bad:
+        raise InvalidInputError(f"weights are not finite in float16 ({bad}); not exported", path=src,
+                                hint="A diverged training; export the weights of a run that trained correctly.")
+    torch.save(half, dest)
 
 
 def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: bool = False,

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, ProcessingError
 from medseg.preprocess import hu_window
-from medseg.train.checkpoint import Progress, load_checkpoint, save_checkpoint, save_weights
+from medseg.train.checkpoint import Progress, save_checkpoint, save_weights
 from medseg.train.config import TrainConfig
 from medseg.train.data import CaseSets, PatchStream
 from medseg.train.distributed import DistContext
@@ -167,10 +167,20 @@ class _Stop:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def diverged(out: Path, iteration: int, what: str) -> ProcessingError:
+    """The error that stops a run whose loss or gradients stopped being finite (nothing from that step is kept)."""
+    message = f"training diverged: {what} is not finite at iteration {iteration}; no weights from it were saved"
+    return ProcessingError(message, path=out, hint="Lower optim.lr or resume from an earlier checkpoint.")
+
+
 def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: CaseSets, val: ValSet, out: Path,
-          dist: DistContext, tracker: Tracker, resume: Path | None = None,
-          on_event: Event = lambda kind, fields: None) -> TrainResult:  # fmt: skip
-    """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0."""
+          dist: DistContext, tracker: Tracker, resume: dict[str, Any] | None = None,
+          on_event: Event = lambda kind, fields: None, training_sha: str = "",
+          resume_path: Path | None = None) -> TrainResult:  # fmt: skip
+    """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0.
+
+    `resume` is a checkpoint already read and checked (`load_checkpoint`). A non-finite loss or gradient norm stops
+    the run with ProcessingError; SIGTERM saves a checkpoint and then raises KeyboardInterrupt, as Ctrl-C does."""
     from medseg.monai_import import import_monai
 
     import_monai()
@@ -192,11 +202,10 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
     progress = Progress()
     ckpt_dir = out / "checkpoints"
     if resume is not None:
-        state = load_checkpoint(resume)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        progress = Progress(**state["progress"])
-        on_event("resume", {"iteration": progress.iteration, "checkpoint": str(resume)})
+        net.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        progress = Progress(**resume["progress"])
+        on_event("resume", {"iteration": progress.iteration, "checkpoint": str(resume_path)})
     model = dist.wrap(net)
     stream = PatchStream(train_cases, cfg, cfg.run.seed, dist.rank)
     stream.start_index = progress.iteration * cfg.data.batch_size
@@ -211,7 +220,7 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
 
     def checkpoint(reason: str) -> None:
         if dist.is_main:
-            save_checkpoint(last_path, net, opt, progress, config_sha, manifest_sha)
+            save_checkpoint(last_path, net, opt, progress, config_sha, manifest_sha, training_sha)
             save_weights(last_weights, net)
             on_event("checkpoint", {"iteration": progress.iteration, "reason": reason, "path": str(last_path)})
 
@@ -239,8 +248,12 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
                 opt.zero_grad(set_to_none=True)
                 loss = marginal_dice_ce(model(x), y, batch["labelled"].to(device), dice_weight=cfg.loss.dice_weight,
                                         ce_weight=cfg.loss.ce_weight)
+                if not math.isfinite(float(loss.detach())):
+                    raise diverged(out, progress.iteration + 1, "the loss")
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+                if not math.isfinite(float(norm)):
+                    raise diverged(out, progress.iteration + 1, "the gradient norm")
                 opt.step()
                 progress.iteration += 1
                 progress.elapsed_s = time.monotonic() - start
@@ -265,7 +278,7 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
                     improved = sel > progress.best_score
                     if improved:
                         progress.best_score, progress.best_iteration = sel, progress.iteration
-                        save_checkpoint(best_path, net, opt, progress, config_sha, manifest_sha)
+                        save_checkpoint(best_path, net, opt, progress, config_sha, manifest_sha, training_sha)
                         save_weights(best_weights, net)
                     progress.history.append({k: rec[k] for k in ("iteration", "val_score")})
                     log(rec)
@@ -283,6 +296,9 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
             checkpoint("interrupted")
             raise
     checkpoint(stopped_by)
+    if stopped_by == "sigterm":
+        raise KeyboardInterrupt("SIGTERM")
     if dist.is_main and not best_weights.exists():
-        save_weights(best_weights, net)
+        raise ProcessingError("no validated best weights were written", path=best_weights,
+                              hint="Training needs validation cases in the manifest.")  # fmt: skip
     return TrainResult(progress, best_weights, last_weights, stopped_by)

@@ -1,23 +1,37 @@
-"""`run_training`: config + manifest -> verified data -> training loop -> MLflow record and run summary."""
+"""`run_training`: config + manifest -> verified data -> training loop -> MLflow record and run summary.
+
+Everything that can refuse a run (device, config, manifest content and digests, the checkpoint to resume, the run
+folder) is checked before the run folder is written, data is prepared or an MLflow run is opened.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import platform
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medseg.digests import default_data_root
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, UsageError
+from medseg.train.checkpoint import load_checkpoint, save_weights
 from medseg.train.config import TrainConfig, load_config
 from medseg.train.distributed import init_distributed
 from medseg.train.loop import Event, TrainResult, build_valset, train
-from medseg.train.manifest import REPO, load_manifest, verify_manifest
+from medseg.train.manifest import REPO, Manifest, check_manifest, load_manifest, verify_manifest
 from medseg.train.synth.prepare import default_cache_dir
 from medseg.train.tracking import Tracker, git_commit, package_versions
+
+LOCK_NAME = ".train.lock"
 
 
 @dataclass
@@ -43,50 +57,220 @@ def resolve_manifest(cfg: TrainConfig, config_path: Path) -> Path:
     raise InvalidInputError(f"manifest {p} not found", path=config_path, hint="Paths are relative to the repository.")
 
 
+def manifest_reference(path: Path) -> str:
+    """How a manifest is named in records: its path in the repository, else its file name only (no folders)."""
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return path.name
+
+
+def keyed_reference(path: Path, digest: str) -> str:
+    """How a manifest is named in MLflow: its path in the repository, else only its digest (no name that could
+    carry a patient's name, no folders)."""
+    ref = manifest_reference(path)
+    return ref if ref != path.name or path.resolve().parent == REPO else f"sha256:{digest}"
+
+
+def check_device(device: str) -> None:
+    """Refuse a --device other than auto, cpu, cuda or cuda:N (UsageError, before any work)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def checkpoint_run_dir(resume: Path) -> Path:
+    """The run folder a checkpoint belongs to (`RUN/checkpoints/last.pt` -> RUN)."""
+    parent = resume.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def check_resume(state: dict[str, Any], resume: Path, cfg: TrainConfig, cfg_sha: str, man_sha: str) -> None:
+    """Refuse a checkpoint of another training: another manifest, another config (run-length settings aside;
+    exactly the same file for checkpoints without `training_sha256`), or another network."""
+    if state.get("manifest_sha256") != man_sha:
+        raise InvalidInputError("checkpoint was trained on another manifest (SHA-256 differs)", path=resume,
+                                hint="Resume with the run's own manifest, or start a new run.")  # fmt: skip
+    recorded = state.get("training_sha256")
+    same = recorded == cfg.training_sha256() if recorded else state.get("config_sha256") == cfg_sha
+    if not same:
+        raise InvalidInputError("checkpoint was trained with another config (only run.max_iterations, "
+                                "time_budget_min, checkpoint_every_min, threads, data.num_workers and the manifest "
+                                "path may change)",
+                                path=resume, hint="Resume with the run's own config, or start a new run.")  # fmt: skip
+    from medseg.models.network import build_network
+
+    own = build_network(cfg.network).state_dict()
+    saved = state["model"]
+    wrong = next((k for k in own if k not in saved or tuple(saved[k].shape) != tuple(own[k].shape)), None)
+    if wrong is not None or set(saved) - set(own):
+        where = wrong or sorted(set(saved) - set(own))[0]
+        raise InvalidInputError(f"checkpoint does not fit the network of this config (at {where})", path=resume,
+                                hint="Use the config the checkpoint was trained with.")  # fmt: skip
+
+
+def best_of_run(state: dict[str, Any], resume: Path) -> dict[str, Any] | None:
+    """The best checkpoint of the run `resume` belongs to, checked to be the one its progress names; None when no
+    validation has run yet. Refuses a run folder that lacks it (last weights are never labelled best)."""
+    best_it = int(state["progress"].get("best_iteration", -1))
+    if best_it < 0:
+        return None
+    path = checkpoint_run_dir(resume) / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise InvalidInputError(f"the run folder of this checkpoint lacks checkpoints/best.pt (best at it {best_it})",
+                                path=path, hint="Resume from a checkpoint inside its complete run folder.")  # fmt: skip
+    best = load_checkpoint(path)
+    if int(best["progress"].get("best_iteration", -2)) != best_it or best.get("manifest_sha256") != state.get(
+        "manifest_sha256"
+    ):
+        raise InvalidInputError(f"checkpoints/best.pt is not the best (it {best_it}) of this checkpoint's run",
+                                path=path, hint="Resume from a checkpoint inside its complete run folder.")  # fmt: skip
+    return best
+
+
+def check_run_folder(out: Path, resume: Path | None) -> None:
+    """A new run needs a new or empty folder; a resumed one continues in its own folder or a new/empty one."""
+    content = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out is not a folder", path=out)
+    if not content:
+        return
+    if resume is None:
+        raise UsageError("run folder already holds a run", path=out,
+                         hint="Pass --resume RUN/checkpoints/last.pt to continue it or choose a new --out.")
+    if checkpoint_run_dir(resume) != out.resolve():
+        raise UsageError("run folder holds another run than the checkpoint's", path=out,
+                         hint="Resume into the checkpoint's own run folder or a new --out.")  # fmt: skip
+
+
+@contextmanager
+def run_lock(out: Path, enabled: bool) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder for the whole training (a second one is refused, exit 2)."""
+    if not enabled:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise UsageError("another training is running in this run folder", path=out,
+                             hint="Wait for it or choose another --out.") from exc  # fmt: skip
+        yield
+    finally:
+        os.close(fd)
+
+
+def hardware(device: str) -> str:
+    """The device the run actually trained on, in words."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} (torch CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def start_segment(out: Path, previous: dict[str, Any], iteration: int, device: str) -> list[dict[str, Any]]:
+    """run.json's list of training segments (one per start or resume) with this one appended: code and machine."""
+    git = git_commit()
+    segment = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "from_iteration": iteration,
+               "git_commit": git["git_commit"], "git_dirty": git.get("git_dirty", "unknown"),
+               "packages": package_versions(), "hardware": hardware(device)}  # fmt: skip
+    return [*previous.get("segments", []), segment]
+
+
+def restore_best(out: Path, best: dict[str, Any], resume: Path) -> None:
+    """Bring the checkpoint run's best checkpoint, weights and validation log into a new run folder."""
+    src = checkpoint_run_dir(resume)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "checkpoints" / "best.pt", out / "checkpoints" / "best.pt")
+    save_weights(out / "best_weights.pt", best["model"])
+    if (src / "metrics.jsonl").is_file():
+        shutil.copyfile(src / "metrics.jsonl", out / "metrics.jsonl")
+
+
 def run_training(config_path: Path, out: Path, resume: Path | None = None, tracking_uri: str | None = None,
                  data_root: Path | None = None, device: str = "auto",
                  on_event: Event = lambda kind, fields: None) -> RunInfo:  # fmt: skip
     """Train the model described by `config_path` into the run folder `out` (see `medseg train --help`)."""
+    check_device(device)
     cfg, cfg_sha = load_config(config_path)
     manifest_path = resolve_manifest(cfg, config_path)
     manifest, man_sha = load_manifest(manifest_path)
+    check_manifest(manifest, manifest_path)
+    if not manifest.split("val", "ct_pair") and cfg.validation.synthetic_cases == 0:
+        raise InvalidInputError("no validation volumes: the manifest has no val ct_pair and "
+                                "validation.synthetic_cases is 0", path=config_path)  # fmt: skip
+    state = best = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        check_resume(state, resume, cfg, cfg_sha, man_sha)
+        best = best_of_run(state, resume)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        check_run_folder(out, resume)
+    with run_lock(out, is_main):
+        return _run(cfg, cfg_sha, config_path, manifest, man_sha, manifest_path, out, state, best, resume,
+                    tracking_uri, data_root, device, on_event)  # fmt: skip
+
+
+def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, man_sha: str, manifest_path: Path,
+         out: Path, state: dict[str, Any] | None, best: dict[str, Any] | None, resume: Path | None,
+         tracking_uri: str | None, data_root: Path | None, device: str, on_event: Event) -> RunInfo:  # fmt: skip
+    """The run proper, once every check has passed and the run folder is locked."""
     root = data_root or default_data_root()
     on_event("stage", {"message": f"verifying {len(manifest.entries)} manifest entries (SHA-256)"})
     verify_manifest(manifest, root, manifest_path)
     dist = init_distributed(device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    previous = _previous_run(checkpoint_run_dir(resume)) if resume else {}
+    same_folder = resume is not None and checkpoint_run_dir(resume) == out.resolve()
+    segments = start_segment(out, previous, state["progress"]["iteration"] if state else 0, dist.device)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if best is not None and resume is not None and checkpoint_run_dir(resume) != out.resolve():
+            restore_best(out, best, resume)
+        elif best is not None and not (out / "best_weights.pt").is_file():
+            save_weights(out / "best_weights.pt", best["model"])
         shutil.copyfile(config_path, out / "config.yaml")
         shutil.copyfile(manifest_path, out / "manifest.json")
     on_event("stage", {"message": "preparing label maps and real CTs (cached after the first run)"})
     cache = default_cache_dir()
     from medseg.train.data import load_cases
 
-    train_cases = load_cases(manifest, "train", cfg, root, cache)
-    val_cases = load_cases(manifest, "val", cfg, root, cache)
+    train_cases = load_cases(manifest, "train", cfg, root, cache, manifest_path)
+    val_cases = load_cases(manifest, "val", cfg, root, cache, manifest_path)
     val = build_valset(val_cases, cfg) if dist.is_main else build_valset(type(val_cases)([], []), cfg)
+    if dist.is_main and not val.images:
+        raise InvalidInputError("no validation volumes could be built", path=manifest_path)
     on_event("stage", {"message": f"{len(train_cases.anatomy)} label maps + {len(train_cases.real)} real CTs for "
                                   f"training, {len(val.names)} validation volumes"})  # fmt: skip
     tracker = Tracker(out, tracking_uri, experiment=f"medseg-{cfg.organ}", enabled=dist.is_main)
-    previous = _previous_run(out) if resume else {}
-    same_config = previous.get("config_sha256") == cfg_sha and previous.get("tracking_uri") == tracker.uri
+    recorded = (previous.get("config_sha256"), previous.get("tracking_uri"))
+    same_config = same_folder and recorded == (cfg_sha, tracker.uri)
     run_id = tracker.start(f"{cfg.name}-{cfg.version}", previous.get("mlflow_run_id") if same_config else None)
+    man_ref = manifest_reference(manifest_path)
+    mlflow_ref = keyed_reference(manifest_path, man_sha)
     if dist.is_main:
-        _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri, "config_sha256": cfg_sha})
+        _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri, "config_sha256": cfg_sha,
+                                       "segments": segments})  # fmt: skip
         if not same_config:
-            tracker.log_params({"config": cfg.model_dump(mode="json"), "world_size": dist.world, "device": dist.device})
-        tags = {**git_commit(), **{f"pkg.{k}": v for k, v in package_versions().items()},
+            params = cfg.model_dump(mode="json")
+            params["data"]["manifest"] = mlflow_ref
+            tracker.log_params({"config": params, "world_size": dist.world, "device": dist.device})
+        seg = segments[-1]
+        tags = {"git_commit": seg["git_commit"], "git_dirty": seg["git_dirty"], "hardware": seg["hardware"],
+                **{f"pkg.{k}": v for k, v in seg["packages"].items()},
                 "config_sha256": cfg_sha, "manifest_sha256": man_sha}  # fmt: skip
         if previous.get("mlflow_run_id") and not same_config:
             tags["resumed_from_run"] = previous["mlflow_run_id"]
         tracker.set_tags(tags)
-        tracker.log_manifest(manifest_path, man_sha, manifest.name, "training")
-        tracker.log_artifact(config_path, "config")
+        tracker.log_manifest(out / "manifest.json", man_sha, manifest.name, "training", mlflow_ref)
+        tracker.log_artifact(out / "config.yaml", "config")
     status = "FAILED"
     try:
-        result = train(cfg, cfg_sha, man_sha, train_cases, val, out, dist, tracker, resume, on_event)
+        result = train(cfg, cfg_sha, man_sha, train_cases, val, out, dist, tracker, state, on_event,
+                       cfg.training_sha256(), resume)  # fmt: skip
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -100,10 +284,14 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
         if status != "FINISHED":
             dist.close()
     if dist.is_main:
+        first = segments[0]
         summary = {"iterations": result.progress.iteration, "elapsed_s": result.progress.elapsed_s,
                    "best_score": result.progress.best_score, "best_iteration": result.progress.best_iteration,
                    "stopped_by": result.stopped_by, "config_sha256": cfg_sha, "manifest_sha256": man_sha,
-                   "manifest": manifest_path.name, **git_commit()}  # fmt: skip
+                   "manifest": manifest_path.name, "manifest_file": man_ref,
+                   "git_commit": first["git_commit"], "git_dirty": any(s["git_dirty"] != "false" for s in segments),
+                   "packages": segments[-1]["packages"], "hardware": segments[-1]["hardware"],
+                   "segments": segments}  # fmt: skip
         _write_json(out / "summary.json", summary)
         tracker.log_metrics({"best_val_score": result.progress.best_score}, result.progress.iteration)
         tracker.log_artifact(result.best_weights, "model")
@@ -114,7 +302,8 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
 
 
 def _previous_run(out: Path) -> dict[str, Any]:
-    """run.json of the run folder being resumed (its MLflow run continues when the config is unchanged)."""
+    """run.json of the run folder being resumed (its MLflow run continues in that folder when the config is
+    unchanged; its training segments carry over)."""
     try:
         return dict(json.loads((out / "run.json").read_text()))
     except (OSError, ValueError):

@@ -2,7 +2,9 @@
 with their digests, git commit, package versions, and the final model as an artifact.
 
 Tracking URI: explicit argument, else `MLFLOW_TRACKING_URI`, else a sqlite store inside the run folder (never a
-stray `mlflow.db` or `./mlruns` in the working directory). Artifacts go to the run folder for the local store.
+stray `mlflow.db` or `./mlruns` in the working directory). For a sqlite store, an experiment created here keeps
+its artifacts in `mlartifacts/` beside the database (the run folder for the default store), never in the folder
+of whichever run happened to create it.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class Tracker:
                 if mlflow.get_experiment_by_name(self.experiment) is None:
                     location = None
                     if self.uri.startswith("sqlite:///"):
-                        location = (self.run_dir / "mlartifacts").resolve().as_uri()
+                        location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
                     mlflow.create_experiment(self.experiment, artifact_location=location)
                 mlflow.set_experiment(self.experiment)
                 run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name)
@@ -119,16 +121,15 @@ class Tracker:
             with _writing() as mlflow:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
-    def log_manifest(self, path: Path, digest: str, name: str, context: str) -> None:
-        """The manifest as an MLflow dataset whose digest is the manifest file's SHA-256."""
+    def log_manifest(self, path: Path, digest: str, name: str, context: str, reference: str) -> None:
+        """The manifest as an MLflow dataset whose digest is the manifest file's SHA-256; its source is `reference`
+        (a path in the repository or a bare file name, never an absolute path) and `path` is logged as artifact."""
         if not self.enabled:
             return
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            source = resolve_dataset_source(str(path.resolve()))
+        source = CodeDatasetSource({"manifest": reference, "sha256": digest})
         with _writing() as mlflow:
             mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
                              tags={"sha256": digest})  # fmt: skip
