@@ -81,7 +81,8 @@ def calibration_windows(model: InstalledModel, manifest: Manifest, data_root: Pa
     windows, used = [], []
     for e in picked:
         assert e.labels_json is not None
-        case = cached_case(data_root / e.label, data_root / e.labels_json, card.spacing, e.sha256["label"])
+        case = cached_case(data_root / e.label, data_root / e.labels_json, card.spacing, e.sha256["label"],
+                           labels_json_sha256=e.sha256.get("labels_json", ""))
         sample = synth_volume(case, rng, AppearanceParams(p_random_intensity=0.0))
         windows += _case_windows(window(sample.image, lo, hi), roi, per_case, rng)
         used.append(f"synthetic:{e.case_id}")
