@@ -180,6 +180,13 @@ class TrainConfig(Strict):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+def _error_text(error: Any) -> str:
+    """One pydantic error as 'key.path: message' (the message alone for a check across keys)."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in error["loc"])
+    return f"{loc}: {msg}" if loc else msg
+
+
 def read_validated(path: Path, model: type[M], what: str, parse: Callable[[bytes], Any] = load_yaml,
                   hint: str | None = None) -> tuple[M, str]:  # fmt: skip
     """Parse and validate a YAML/JSON file into `model`; returns it and the SHA-256 of the bytes it was read from."""
@@ -188,7 +195,10 @@ def read_validated(path: Path, model: type[M], what: str, parse: Callable[[bytes
         return model.model_validate(parse(raw)), hashlib.sha256(raw).hexdigest()
     except OSError as exc:
         raise InvalidInputError(f"cannot read {what}: {exc.strerror}", path=path) from exc
-    except (ValueError, yaml.YAMLError, ValidationError, TypeError) as exc:
+    except ValidationError as exc:
+        detail = "; ".join(_error_text(e) for e in exc.errors()[:3])
+        raise InvalidInputError(f"invalid {what}: {detail}", path=path, hint=hint) from exc
+    except (ValueError, yaml.YAMLError, TypeError) as exc:
         detail = "; ".join(str(exc).splitlines()[:3])
         raise InvalidInputError(f"invalid {what}: {detail}", path=path, hint=hint) from exc
 
