@@ -428,3 +428,18 @@ def test_sigterm_saves_a_checkpoint_exits_130_and_marks_the_run_killed(env: Any,
     db = sqlite3.connect(tmp_path / "run/mlflow.db")
     assert db.execute("select status from runs").fetchall() == [("KILLED",)]
     assert not (tmp_path / "run/summary.json").exists()
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_a_label_mirrored_onto_air_is_refused(shared: Path, tmp_path: Path, axis: int) -> None:
+    import nibabel as nib
+
+    from medseg.train.realdata import prepare_real_case
+
+    case = shared / "ct/totalseg_example_ct_sm"
+    lab = nib.load(case / "liver.nii.gz")
+    nib.save(nib.Nifti1Image(np.flip(np.asarray(lab.dataobj), axis).copy(), lab.affine, lab.header),
+             tmp_path / "flipped.nii.gz")  # fmt: skip
+    prepare_real_case("ok", case / "image.nii.gz", case / "liver.nii.gz", 1, (3.0, 3.0, 3.0))
+    with pytest.raises(InvalidInputError, match=r"of the label lies on air .*flipped or shifted"):
+        prepare_real_case("flipped", case / "image.nii.gz", tmp_path / "flipped.nii.gz", 1, (3.0, 3.0, 3.0))
