@@ -134,6 +134,17 @@ def test_resume_into_a_new_folder_keeps_the_true_best(base: Path, tmp_path: Path
     assert (tmp_path / "new/checkpoints/best.pt").read_bytes() == (src / "checkpoints/best.pt").read_bytes()
 
 
+def test_resume_after_a_kill_between_best_checkpoint_and_best_weights_rewrites_them(base: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(base / "run", run)
+    stale = {k: v + 1 if v.is_floating_point() else v for k, v in torch.load(run / "best_weights.pt").items()}
+    torch.save(stale, run / "best_weights.pt")
+    run_training(base / "cfg.yaml", run, resume=run / "checkpoints/last.pt")
+    best = torch.load(run / "best_weights.pt", weights_only=True)
+    ref = load_checkpoint(run / "checkpoints/best.pt")["model"]
+    assert all(torch.equal(best[k], ref[k]) for k in best)
+
+
 def test_resume_from_a_checkpoint_without_its_run_folder_is_refused(base: Path, tmp_path: Path) -> None:
     shutil.copyfile(base / "run/checkpoints/last.pt", tmp_path / "last.pt")
     with pytest.raises(InvalidInputError, match=r"lacks checkpoints/best\.pt"):
@@ -276,6 +287,7 @@ def test_swapped_image_and_label_is_refused_as_not_ct(env: Any, shared: Path, tm
     cfg = write_config(tmp_path, manifest=path)
     with pytest.raises(InvalidInputError, match=r"case totalseg_example_ct_sm: image values lie in .*not a CT in HU"):
         run_training(cfg, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".train.lock"], "a refused run leaves no run behind"
 
 
 # 8. run folder

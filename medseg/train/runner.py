@@ -226,14 +226,6 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
     previous = _previous_run(checkpoint_run_dir(resume)) if resume else {}
     same_folder = resume is not None and checkpoint_run_dir(resume) == out.resolve()
     segments = start_segment(out, previous, state["progress"]["iteration"] if state else 0, dist.device)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if best is not None and resume is not None and checkpoint_run_dir(resume) != out.resolve():
-            restore_best(out, best, resume)
-        elif best is not None and not (out / "best_weights.pt").is_file():
-            save_weights(out / "best_weights.pt", best["model"])
-        shutil.copyfile(config_path, out / "config.yaml")
-        shutil.copyfile(manifest_path, out / "manifest.json")
     on_event("stage", {"message": "preparing label maps and real CTs (cached after the first run)"})
     cache = default_cache_dir()
     from medseg.train.data import load_cases
@@ -245,6 +237,14 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
         raise InvalidInputError("no validation volumes could be built", path=manifest_path)
     on_event("stage", {"message": f"{len(train_cases.anatomy)} label maps + {len(train_cases.real)} real CTs for "
                                   f"training, {len(val.names)} validation volumes"})  # fmt: skip
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if best is not None and resume is not None and not same_folder:
+            restore_best(out, best, resume)
+        elif best is not None:
+            save_weights(out / "best_weights.pt", best["model"])
+        shutil.copyfile(config_path, out / "config.yaml")
+        shutil.copyfile(manifest_path, out / "manifest.json")
     tracker = Tracker(out, tracking_uri, experiment=f"medseg-{cfg.organ}", enabled=dist.is_main)
     recorded = (previous.get("config_sha256"), previous.get("tracking_uri"))
     same_config = same_folder and recorded == (cfg_sha, tracker.uri)
