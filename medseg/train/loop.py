@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
     """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0.
 
     `resume` is a checkpoint already read and checked (`load_checkpoint`). A non-finite loss or gradient norm stops
-    the run with ProcessingError; SIGTERM saves a checkpoint and then raises KeyboardInterrupt, as Ctrl-C does."""
+    the run with ProcessingError; SIGTERM saves a checkpoint and then raises KeyboardInterrupt, as Ctrl-C does.
+    Without validation volumes (a speed bench) no best weights are written: last weights are never called best."""
     from medseg.monai_import import import_monai
 
     import_monai()
@@ -298,7 +299,7 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
     checkpoint(stopped_by)
     if stopped_by == "sigterm":
         raise KeyboardInterrupt("SIGTERM")
-    if dist.is_main and not best_weights.exists():
+    if dist.is_main and val.images and not best_weights.exists():
         raise ProcessingError("no validated best weights were written", path=best_weights,
                               hint="Training needs validation cases in the manifest.")  # fmt: skip
     return TrainResult(progress, best_weights, last_weights, stopped_by)
