@@ -209,6 +209,8 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     if is_main:
         check_run_folder(out, resume)
     with run_lock(out, is_main):
+        if is_main:
+            check_run_folder(out, resume)
         return _run(cfg, cfg_sha, config_path, manifest, man_sha, manifest_path, out, state, best, resume,
                     tracking_uri, data_root, device, on_event)  # fmt: skip
 
