@@ -124,7 +124,7 @@ def synthetic_organ_dice(model: Any, runner: Any, root: Path, manifest: str = "a
     for e in loaded.split("val", "label_map"):
         assert e.labels_json is not None
         case = cached_case(root / e.label, root / e.labels_json, (3.0, 3.0, 3.0), e.sha256["label"],
-                           default_cache_dir())  # fmt: skip
+                           default_cache_dir(), e.sha256.get("labels_json", ""))  # fmt: skip
         s = synth_volume(case, np.random.default_rng([4242, 0]), AppearanceParams(p_random_intensity=0.0), organs)
         volume = Volume.from_array(s.image, spacing=(3.0, 3.0, 3.0), direction=np.diag([-1.0, -1.0, 1.0]))
         pred = predict_labels(volume, model.card, runner, runner.batch_size)
@@ -173,7 +173,7 @@ def synthetic_rows(model: Any, runner: Any, root: Path, seeds: int) -> list[dict
     for e in manifest.split("val", "label_map"):
         assert e.labels_json is not None
         case = cached_case(root / e.label, root / e.labels_json, (3.0, 3.0, 3.0), e.sha256["label"],
-                           default_cache_dir())  # fmt: skip
+                           default_cache_dir(), e.sha256.get("labels_json", ""))  # fmt: skip
         for seed in range(seeds):
             s = synth_volume(case, np.random.default_rng([4242, seed]), AppearanceParams(p_random_intensity=0.0))
             volume = Volume.from_array(s.image, spacing=(3.0, 3.0, 3.0), direction=ras_in_lps)

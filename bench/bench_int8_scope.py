@@ -31,7 +31,8 @@ def validation_volumes(model: Any, manifest: Any, root: Path, seed: int = 7) -> 
     out: list[tuple[str, Any]] = []
     for e in manifest.split("val"):
         if e.kind == "label_map":
-            case = cached_case(root / e.label, root / e.labels_json, model.card.spacing, e.sha256["label"])
+            case = cached_case(root / e.label, root / e.labels_json, model.card.spacing, e.sha256["label"],
+                               labels_json_sha256=e.sha256.get("labels_json", ""))
             out.append((e.case_id, synth_volume(case, rng, AppearanceParams(p_random_intensity=0.0)).image))
         else:
             out.append((e.case_id, read_image(root / e.image)))

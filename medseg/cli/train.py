@@ -24,7 +24,8 @@ Examples:
 
   python -m medseg.train.manifest data_manifests/liver_v1.sources.yaml data_manifests/liver_v1.json
 
-Ctrl-C or SIGTERM saves a resumable checkpoint (checkpoints/last.pt) before exiting.
+Ctrl-C or SIGTERM saves a resumable checkpoint (checkpoints/last.pt) before exiting (exit 130).
+--out must be a new or empty folder unless --resume continues the run in it (exit 2 otherwise).
 """
 
 
@@ -65,7 +66,10 @@ def register(app: typer.Typer) -> None:
     @app.command("train", epilog=EXAMPLES)
     def train(
         config: Path = typer.Argument(..., help="Training config (YAML), e.g. configs/liver.yaml."),
-        out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder (checkpoints, MLflow store)."),
+        out: Path = typer.Option(
+            Path("runs/train"), "--out", "-o",
+            help="Run folder: new or empty, unless --resume continues it (checkpoints, MLflow store).",
+        ),
         resume: Path | None = typer.Option(None, "--resume", help="Checkpoint to resume from (checkpoints/last.pt)."),
         tracking_uri: str | None = typer.Option(
             None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in --out)."
