@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -151,3 +152,44 @@ def test_an_artifact_list_that_is_not_a_table_fails(shared, tmp_path, keys) -> N
     (folder / "report.json").write_text(json.dumps(report | {"artifacts": list(report.get("artifacts", {}))}))
     problems = verify_folder(folder, private.public_key()).problems
     assert "report.json: its artifact list is not a table of names and digests" in problems
+
+
+def _recorded(folder: Path, role: str) -> None:
+    """A `validate` command in the audit trail with the folder's report.json as its input or its output."""
+    from medseg.cli.audited import audited
+
+    with audited("validate", {}) as rec:
+        (rec.add_inputs if role == "input" else rec.add_outputs)([folder / "report.json"])
+
+
+def test_sign_needs_report_json_as_an_output_of_a_recorded_validation(shared, tmp_path) -> None:
+    """An edited report.json made the input of some validate run (e.g. as a set's lock file) was then signable:
+    only an OUTPUT of a validate run counts."""
+    from medseg.errors import IntegrityError
+    from medseg.validation.report import artifacts
+    from medseg.validation.signing import check_signable
+
+    folder = folder_with_report(tmp_path / "v", shared)
+    report = json.loads((folder / "report.json").read_text()) | {"artifacts": artifacts(folder)}
+    (folder / "report.json").write_text(dumps(report))
+    _recorded(folder, "input")
+    with pytest.raises(IntegrityError, match="not an output of any `medseg validate` run"):
+        check_signable(folder)
+    _recorded(folder, "output")
+    assert check_signable(folder)["artifacts"] == artifacts(folder)
+    (folder / "cases" / "later").mkdir()
+    with pytest.raises(IntegrityError, match="empty folder"):
+        check_signable(folder)
+    (folder / "cases" / "later").rmdir()
+    os.mkfifo(folder / "cases" / "pipe")
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        check_signable(folder)
+
+
+def test_a_pipe_added_after_signing_fails_verification(shared, tmp_path, keys) -> None:
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    sign_folder(folder, private, signature_info("Ada", "approved", private.public_key()))
+    os.mkfifo(folder / "cases" / "pipe")
+    problems = verify_folder(folder, private.public_key()).problems
+    assert "cases/pipe: not a regular file, not covered by the signature" in problems

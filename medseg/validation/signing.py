@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,12 +101,15 @@ def check_signable(folder: Path) -> dict[str, Any]:
     digest = file_sha256(folder / REPORT)
     with AuditStore.open(load_config(), create=False) as store:
         runs = query_records(store, RecordFilter(command="validate", kind="end", touching=(digest,)))
-    if not runs:
+    if not any(o.get("sha256") == digest for r in runs for o in r.body.get("outputs") or []):
         raise IntegrityError(
             f"{REPORT} (SHA-256 {digest[:12]}...) is not an output of any `medseg validate` run in the audit trail",
             path=folder / REPORT,
             hint="It was changed after validation, or validated elsewhere: sign where the audit trail recorded it.",
         )
+    odd = _entries_not_files(folder)
+    if odd:
+        raise IntegrityError(f"{odd[0]}", path=folder, hint="Restore the folder as validate wrote it.")
     listed = report.get("artifacts") if isinstance(report, dict) else None
     present = artifacts(folder)
     if listed != present:
@@ -152,14 +156,16 @@ def _envelope(folder: Path) -> dict[str, Any] | None:
 
 
 def _entries_not_files(folder: Path) -> list[str]:
-    """Links and empty folders inside the signed folder: content the file digests cannot cover (a link to a folder
-    is not descended into)."""
+    """Links, pipes and other non-files, and empty folders, inside a report folder: content the file digests cannot
+    cover (a link to a folder is not descended into)."""
     found = []
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = Path(root) / name
             if path.is_symlink():
                 found.append(f"{path.relative_to(folder).as_posix()}: a link, not covered by the signature")
+            elif name in files and not stat.S_ISREG(path.lstat().st_mode):
+                found.append(f"{path.relative_to(folder).as_posix()}: not a regular file, not covered by the signature")
         if not dirs and not files and Path(root) != folder:
             found.append(f"{Path(root).relative_to(folder).as_posix()}/: an empty folder, not covered by the signature")
     return found
