@@ -297,3 +297,44 @@ def test_a_ci_criterion_over_fewer_than_three_patients_is_not_evaluable() -> Non
     one = verdicts(["p1"])
     assert one["AC-02"] == "not_evaluable" and one["AC-01"] == "pass"
     assert verdicts(["p1", "p2", "p3"])["AC-02"] == "pass"
+
+
+@pytest.mark.req("REQ-010", "REQ-011")
+def test_one_scan_re_saved_under_other_ids_and_patients_is_refused(shared, tmp_path) -> None:
+    """Byte-identical duplicates were refused, but the same CT re-gzipped or saved as float under other case ids and
+    patients counted as three cases of three patients, making a zero-width CI 'evaluable' (it passed)."""
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.validation.sets import digest_path
+
+    card = resolve_model(None, "liver").card
+    root = tmp_path / "data"
+    (root / "ct").mkdir(parents=True)
+    (root / "ct" / "radcttace_0697").symlink_to(shared / "ct" / "radcttace_0697")
+    (root / "copy").mkdir()
+    img = nib.load(shared / "ct/radcttace_0697/image.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.float32), img.affine), root / "copy/image.nii")
+    nib.save(nib.load(shared / "ct/radcttace_0697/liver.nii.gz"), root / "copy/liver.nii")
+    cases = []
+    for n, folder in enumerate(["ct/radcttace_0697", "copy"]):
+        ext = ".nii.gz" if n == 0 else ".nii"
+        paths = {"image": f"{folder}/image{ext}", "label": f"{folder}/liver{ext}"}
+        cases.append({"case_id": f"c{n}", "patient": f"P-{n}", "source": "s", "licence": "l", "label_type": "manual",
+                      **paths, "sha256": {r: digest_path(root / p) for r, p in paths.items()}})  # fmt: skip
+    doc = {"name": "s", "description": "d", "organ": "liver", "cases": cases}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    result = check_independence(load_set(tmp_path / "s.yaml"), card, root)
+    assert result.duplicates and "c1 is the same scan as c0" in result.duplicates[0]
+    with pytest.raises(InvalidInputError, match="lists one scan twice"):
+        require_independence(result, "s")
+
+
+def test_patient_ids_that_differ_only_in_spelling_are_one_patient() -> None:
+    from medseg.validation.analysis import aggregates
+
+    metrics = {"dice": 0.9, "iou": 0.8, "hd95_mm": 5.0, "assd_mm": 1.0, "nsd": 0.9, "volume_diff_ml": 1.0,
+               "volume_diff_pct": 1.0, "sensitivity": 0.9, "precision": 0.9, "fn_rate": 0.1}  # fmt: skip
+    cases = [{"patient": p, "metrics": {"liver": metrics}} for p in ("P1", "p1", "P-1")]
+    agg = aggregates(cases, "liver", 1, 100)["dice"]
+    assert agg["n_patients"] == 1 and not agg["interpretable"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medseg.metrics import aggregate
+from medseg.validation.independence import normalise_patient
 
 METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "volume_diff_ml", "volume_diff_pct", "abs_volume_diff_pct",
            "sensitivity", "precision", "fn_rate")  # fmt: skip
@@ -36,7 +37,7 @@ def case_values(case: dict[str, Any], organ: str) -> dict[str, float]:
 
 def aggregates(cases: list[dict[str, Any]], organ: str, seed: int, resamples: int) -> dict[str, dict[str, Any]]:
     """Every metric's aggregate over all cases, bootstrapped by patient."""
-    patients = [c["patient"] for c in cases]
+    patients = [normalise_patient(c["patient"]) for c in cases]
     values = [case_values(c, organ) for c in cases]
     return {m: aggregate([v[m] for v in values], patients, seed, resamples).to_json() for m in METRICS}
 
@@ -49,7 +50,7 @@ def subgroups(cases: list[dict[str, Any]], organ: str, names: list[str], seed: i
         for c in cases:
             groups.setdefault(factors(c["acquisition"])[factor], []).append(c)
         for value, members in sorted(groups.items()):
-            patients = [c["patient"] for c in members]
+            patients = [normalise_patient(c["patient"]) for c in members]
             for metric in SUBGROUP_METRICS:
                 agg = aggregate([case_values(c, organ)[metric] for c in members], patients, seed, resamples)
                 rows.append({"factor": factor, "value": value, "metric": metric, **agg.to_json()})

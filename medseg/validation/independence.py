@@ -46,10 +46,11 @@ class IndependenceResult:
     training_cases: int = 0
     test_cases: int = 0
     conflicts: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # test cases that are one scan (re-saved, re-typed...)
 
     def to_json(self) -> dict[str, Any]:
         """As a dict for the report."""
-        return asdict(self) | {"independent": not self.conflicts}
+        return asdict(self) | {"independent": not self.conflicts and not self.duplicates}
 
 
 def normalise_patient(text: str) -> str:
@@ -161,8 +162,12 @@ def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = RE
         result.manifests.append({"file": path.relative_to(repo).as_posix(), "sha256": actual, "entries": len(entries)})
         training += [(path.stem, e["case_id"], _training_identity(e, root)) for e in entries]
     result.training_cases = len(training)
+    seen: dict[str, str] = {}
     for case in ts.cases:
         mine = _test_identity(case, root)
+        for digest in sorted(mine.contents):
+            if seen.setdefault(digest, case.case_id) != case.case_id:
+                result.duplicates.append(f"{case.case_id} is the same scan as {seen[digest]} (voxel content)")
         for manifest, case_id, theirs in training:
             for what, shared in (("file digest", mine.digests & theirs.digests), ("DICOM UID", mine.uids & theirs.uids),
                                  ("patient", mine.patients & theirs.patients),
@@ -176,7 +181,13 @@ def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = RE
 
 
 def require_independence(result: IndependenceResult, set_name: str) -> None:
-    """InvalidInputError (exit 3) naming the first conflict when the set is not independent of training."""
+    """InvalidInputError (exit 3) naming the first conflict when the set is not independent of training, or lists
+    one scan twice (the cases would count as independent evidence)."""
+    if result.duplicates:
+        raise InvalidInputError(
+            f"test set {set_name} lists one scan twice: {result.duplicates[0]}",
+            hint="Keep one of them; a test set lists each scan once.",
+        )
     if result.conflicts:
         raise InvalidInputError(
             f"test set {set_name} is not independent of the model's training data: {result.conflicts[0]}"

@@ -26,7 +26,7 @@ from medseg.metrics import organ_metrics
 from medseg.models.registry import InstalledModel, resolve_model
 from medseg.validation.acceptance import acceptance_path, evaluate, load_acceptance
 from medseg.validation.analysis import aggregates, subgroups
-from medseg.validation.independence import check_independence, require_independence
+from medseg.validation.independence import check_independence, normalise_patient, require_independence
 from medseg.validation.sets import REPO, SETS_DIR, SetCase, set_paths, verify_lock
 
 
@@ -141,7 +141,7 @@ def run_validation(
         "model": _model_record(model, weights_sha, runner),
         "set": {"name": ts.name, "description": ts.description, "set_digest": lock["set_digest"],
                 "set_file_sha256": lock["set_file_sha256"], "lock_file_sha256": lock_sha,
-                "cases": len(ts.cases), "patients": len({c.patient for c in ts.cases})},
+                "cases": len(ts.cases), "patients": len({normalise_patient(c.patient) for c in ts.cases})},
         "independence": independence.to_json(),
         "acceptance_file": {"path": _rel(acc_path), "sha256": acc_sha, "version": acc.version},
         "nsd_tolerance_mm": acc.nsd_tolerance_mm,
