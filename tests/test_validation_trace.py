@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medseg.errors import InvalidInputError
 from medseg.validation.soup import LOCK, read_lock, soup_diff, soup_list
 from medseg.validation.traceability import RISK_DIR, build_matrix, read_junit, risk_list
 
@@ -210,6 +211,17 @@ def test_junit_evidence_is_bound_to_the_code_it_tested(junit, tmp_path) -> None:
         (tmp_path / f"{name}.xml").write_text(forged)
         m = build_matrix(tmp_path / f"{name}.xml", {}, risk)
         assert not m["complete"] and "not from a test run of this code" in m["gaps"][0], name
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(junit)
+    foreign = ET.SubElement(tree.getroot(), "testsuite", name="foreign", tests="1")
+    ET.SubElement(foreign, "testcase", classname="test_sample", name="test_a")
+    tree.write(tmp_path / "merged.xml")
+    m = build_matrix(tmp_path / "merged.xml", {}, risk)
+    assert not m["junit"]["of_this_code"] and "1 of 2 test suite(s)" in m["gaps"][0]
+    (tmp_path / "page.xml").write_text("<html><body>tests passed</body></html>")
+    with pytest.raises(InvalidInputError, match="not a JUnit XML file"):
+        read_junit(tmp_path / "page.xml")
     code_copy = tmp_path / "code"
     (code_copy / "medseg").mkdir(parents=True)
     (code_copy / "medseg" / "x.py").write_text("A = 1\n")
