@@ -146,17 +146,25 @@ def test_foreign_sqlite_database_is_not_taken_over(shared: Path, tmp_path: Path)
         assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["patients"]
 
 
-def test_a_deleted_store_is_reported_as_lost_records_not_started_again(shared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["deleted", "emptied", "replaced"])
+def test_a_deleted_store_is_reported_as_lost_records_not_started_again(shared: Path, tmp_path: Path, how: str) -> None:
     """Deleting audit.db once looked like 'no audit store here. Check MEDSEG_AUDIT_DIR' (a setup problem) and the
-    next command silently began a new chain; the anchor log proves records existed."""
+    next command silently began a new chain; the anchor log proves records existed. An emptied (0 bytes) or
+    replaced database must not start a new chain either."""
     folder = _seed_store()
     for name in ("audit.db", "audit.db-wal", "audit.db-shm"):
         (folder / name).unlink(missing_ok=True)
+    if how == "emptied":
+        (folder / "audit.db").write_bytes(b"")
+    elif how == "replaced":
+        with sqlite3.connect(folder / "audit.db") as conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     result = _convert(shared, out_dir / "ct.nii.gz", lambda: None)
-    assert result.returncode == 4 and "records were lost" in result.stderr, result.stderr
-    assert not (out_dir / "ct.nii.gz").exists() and not (folder / "audit.db").exists()
+    assert result.returncode == 4 and ("records were lost" in result.stderr or how == "replaced"), result.stderr
+    assert not (out_dir / "ct.nii.gz").exists()
+    assert how != "deleted" or not (folder / "audit.db").exists()
     verify = subprocess.run([sys.executable, "-m", "medseg", "audit", "verify"], env=dict(os.environ),
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert verify.returncode == 1 and "records were lost" in verify.stderr, verify.stderr

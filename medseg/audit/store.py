@@ -96,7 +96,7 @@ class AuditStore:
     def open(cls, config: AuditConfig, *, create: bool = True) -> AuditStore:
         """Open (and with `create`, initialise) the store; any failure is an AuditError naming the folder."""
         db = config.db_path
-        if not db.exists():
+        if not db.exists() or db.stat().st_size == 0:
             _refuse_a_lost_store(config, IntegrityError if not create else AuditError)
         if not create and not db.exists():
             raise AuditError("no audit store here", path=config.audit_dir, hint="Check MEDSEG_AUDIT_DIR.")
@@ -118,6 +118,11 @@ class AuditStore:
             if create:
                 store._init_schema()
             elif store._meta("store_id") is None:
+                try:
+                    _refuse_a_lost_store(config, IntegrityError)
+                except IntegrityError:
+                    conn.close()
+                    raise
                 empty = not conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
                 raise sqlite3.DatabaseError("empty, not yet initialised" if empty else "not a medseg audit database")
         except sqlite3.Error as exc:
@@ -274,12 +279,13 @@ def _load_body(text: str) -> dict:
 
 
 def _refuse_a_lost_store(config: AuditConfig, error: type[AuditError | IntegrityError]) -> None:
-    """A missing audit.db whose anchor log names records was deleted: stop, rather than start a new, empty chain
-    that hides the loss (a command cannot be audited, exit 4; verification fails, exit 1)."""
+    """A missing, emptied or replaced audit.db whose anchor log names records: the records were lost. Stop, rather
+    than start a new, empty chain that hides the loss (a command cannot be audited, exit 4; verification, exit 1)."""
     entries, _ = read_anchor(config.anchor_path) if config.anchor_path.exists() else ([], [])
     if entries:
         raise error(
-            f"the audit store is missing but its anchor log names {max(e.seq for e in entries)} record(s): "
+            f"the audit store is missing, empty or not medseg's, but its anchor log names "
+            f"{max(e.seq for e in entries)} record(s): "
             "records were lost",
             path=config.db_path,
             hint="Restore audit.db from a backup; no command runs unaudited meanwhile.",
