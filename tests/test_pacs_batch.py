@@ -310,3 +310,21 @@ def test_a_results_folder_that_cannot_be_written_fails_the_job_for_a_retry_not_a
     read_only.release(out / "results")
     code, stdout, err = run(tmp_path / "in", "--out", out, "--model", models[0])
     assert code == 0 and stdout.startswith("1 sent, 0 quarantined, 0 failed of 1 studies"), (stdout, err)
+
+
+def test_a_study_that_changed_gets_a_seg_of_its_own_uids(shared, tmp_path, models, run):
+    """A study segmented again because its files changed (a slice removed) once got the earlier SEG's derived SOP
+    Instance UID: two different objects under one UID at the PACS. Same files, same UIDs; other files, other UIDs."""
+    _study(shared, tmp_path / "in" / "a", "changed")
+    out = tmp_path / "out"
+    assert run(tmp_path / "in", "--out", out, "--model", models[0])[0] == 0
+    (first,) = _segs(out)
+    before = pydicom.dcmread(first)
+    sorted((tmp_path / "in" / "a").iterdir())[-1].unlink()
+    code, _, err = run(tmp_path / "in", "--out", out, "--model", models[0])
+    assert code == 0, err
+    segs = [pydicom.dcmread(p) for p in _segs(out)]
+    assert len({s.SOPInstanceUID for s in segs}) == len(segs) == 2, [s.SOPInstanceUID for s in segs]
+    again = next(s for s in segs if s.SOPInstanceUID != before.SOPInstanceUID)
+    refs = [len(s.ReferencedSeriesSequence[0].ReferencedInstanceSequence) for s in (before, again)]
+    assert refs[1] == refs[0] - 1

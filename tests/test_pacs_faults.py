@@ -140,7 +140,9 @@ def test_corrupt_study_is_quarantined_and_others_proceed(orthanc: Orthanc, share
     _one_seg(orthanc, good)
 
 
-def test_late_instances_supersede_and_replace_the_seg(orthanc: Orthanc, shared: Path, tmp_path: Path) -> None:
+def test_late_instances_get_a_new_seg_instance_in_the_same_series(
+    orthanc: Orthanc, shared: Path, tmp_path: Path
+) -> None:
     study_src, study, port = _setup(orthanc, shared, tmp_path, "late", ks=range(26, 54))
     files = sorted(study_src.glob("*.dcm"))
     early, late = tmp_path / "early", tmp_path / "late"
@@ -158,8 +160,11 @@ def test_late_instances_supersede_and_replace_the_seg(orthanc: Orthanc, shared: 
     finally:
         service.stop()
     assert [(j.generation, j.state) for j in jobs] == [(1, "sent"), (2, "sent")]
-    assert jobs[0].seg_sop_uid == jobs[1].seg_sop_uid  # same idempotency key: the PACS replaces, not adds
-    _one_seg(orthanc, study)
-    final = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc.seg_instances()[0])))
+    assert jobs[0].seg_series_uid == jobs[1].seg_series_uid  # one SEG series for the study and model
+    assert jobs[0].seg_sop_uid != jobs[1].seg_sop_uid  # other content, another instance: never one UID for two
+    segs = [pydicom.dcmread(io.BytesIO(orthanc.instance_file(i))) for i in orthanc.seg_instances()]
+    final = next(s for s in segs if s.SOPInstanceUID == jobs[1].seg_sop_uid)
     refs = {r.ReferencedSOPInstanceUID for r in final.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert len(refs) == len(files) > len(first.ReferencedSeriesSequence[0].ReferencedInstanceSequence)
+    assert {(s.StudyInstanceUID, s.SeriesInstanceUID) for s in segs} == {(study, jobs[1].seg_series_uid)}
+    assert len(segs) == 2 and len(orthanc.seg_series()) == 1

@@ -1,7 +1,10 @@
 """Idempotent results: the SEG's Series and SOP Instance UIDs derived from the job's idempotency key.
 
-Key = (StudyInstanceUID, source SeriesInstanceUID, organ set, model weights digest, software version). A re-run of
-the same job gives the same UIDs, so a re-send replaces the instance in the PACS instead of adding a series.
+Key = (StudyInstanceUID, source SeriesInstanceUID, organ set, model weights digest, software version, and the source
+instances the SEG references). A re-run of the same job gives the same UIDs, so a re-send is the same instance, never
+a second copy. The SEG series UID leaves the instances out: a SEG of other source instances (late slices, a slice
+removed) is a new instance, with a SOP Instance UID of its own, in the same SEG series; two different objects never
+share one SOP Instance UID (a PACS that does not overwrite would keep the first and drop the second silently).
 """
 
 from __future__ import annotations
@@ -26,10 +29,20 @@ class SegIdentity:
     source_series_uid: str
 
 
-def idempotency_key(study_uid: str, series_uid: str, organs: list[str], weights_sha256: str, software: str) -> str:
-    """SHA-256 of the canonical JSON of the five parts."""
-    parts = [study_uid, series_uid, sorted(organs), weights_sha256, software]
+def idempotency_key(
+    study_uid: str, series_uid: str, organs: list[str], weights_sha256: str, software: str, instances: list[str]
+) -> str:
+    """SHA-256 of the canonical JSON of the parts (the source instances' SOP Instance UIDs sorted)."""
+    parts = [study_uid, series_uid, sorted(organs), weights_sha256, software, sorted(instances)]
     return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+
+def seg_source(ds: object) -> tuple[str, str, list[str]]:
+    """(StudyInstanceUID, source SeriesInstanceUID, referenced SOP Instance UIDs) of a SEG dataset; raises
+    AttributeError/IndexError when the SEG lacks them."""
+    series = ds.ReferencedSeriesSequence[0]  # type: ignore[attr-defined]
+    instances = [str(i.ReferencedSOPInstanceUID) for i in series.ReferencedInstanceSequence]
+    return str(ds.StudyInstanceUID), str(series.SeriesInstanceUID), instances  # type: ignore[attr-defined]
 
 
 def derived_uid(key: str, role: str) -> str:
@@ -46,12 +59,12 @@ def stamp_seg(seg: Path, organs: list[str], weights_sha256: str, software: str) 
 
     try:
         ds = pydicom.dcmread(seg)
-        study = str(ds.StudyInstanceUID)
-        source = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        study, source, instances = seg_source(ds)
     except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError) as exc:
         raise ProcessingError(f"cannot read the SEG to stamp it: {exc}", path=seg) from exc
-    key = idempotency_key(study, source, organs, weights_sha256, software)
-    ident = SegIdentity(key, derived_uid(key, "series"), derived_uid(key, "sop"), study, source)
+    key = idempotency_key(study, source, organs, weights_sha256, software, instances)
+    series_key = idempotency_key(study, source, organs, weights_sha256, software, [])
+    ident = SegIdentity(key, derived_uid(series_key, "series"), derived_uid(key, "sop"), study, source)
     ds.SeriesInstanceUID = ident.series_uid
     ds.SOPInstanceUID = ident.sop_uid
     ds.file_meta.MediaStorageSOPInstanceUID = ident.sop_uid

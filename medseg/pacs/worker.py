@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from medseg.errors import InvalidInputError, MedsegError, ProcessingError
 from medseg.pacs.config import PacsConfig
-from medseg.pacs.identity import idempotency_key, stamp_seg
+from medseg.pacs.identity import idempotency_key, seg_source, stamp_seg
 from medseg.pacs.queue import Backoff, Job, JobQueue, Lease, LeaseLost
 from medseg.pacs.research import RECORD, ResearchOutcome
 from medseg.pacs.segment import Segmenter, segment_study, software_version
@@ -85,11 +85,10 @@ def seg_key(seg: Path, organs: list[str], weights_sha256: str) -> str | None:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(seg, stop_before_pixels=True)
-        study, source = str(ds.StudyInstanceUID), str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        study, source, instances = seg_source(pydicom.dcmread(seg, stop_before_pixels=True))
     except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError):
         return None
-    return idempotency_key(study, source, organs, weights_sha256, software_version())
+    return idempotency_key(study, source, organs, weights_sha256, software_version(), instances)
 
 
 def _reusable(job: Job, organs: list[str], segmenter: Segmenter) -> bool:
