@@ -30,7 +30,7 @@ from medseg.parallel import in_background
 
 EXIT_INTERRUPTED = 130
 _UID = re.compile(r"^[0-9]+(\.[0-9]+){2,}$")
-_UID_INSIDE = re.compile(r"[0-9]+(?:\.[0-9]+){3,}")  # a UID within a longer value: a series key '<uid>#2', ' <uid>'
+_UID_INSIDE = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")  # inside a longer value ('<uid>#2'): 4+ parts or 10+ characters
 _MAX_DETAIL = 200
 
 
@@ -45,7 +45,7 @@ def os_user() -> str:
 def _identifying(text: str) -> bool:
     """DICOM UIDs and path-like strings are kept only as keyed references (they can identify a patient)."""
     return (
-        bool(_UID.match(text.strip()) or _UID_INSIDE.search(text))
+        bool(_UID.match(text.strip()) or any(len(m) >= 10 or m.count(".") >= 3 for m in _UID_INSIDE.findall(text)))
         or "/" in text or "\\" in text or text.strip().startswith("~")
     )  # fmt: skip
 
