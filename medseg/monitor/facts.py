@@ -46,6 +46,11 @@ _IDENTIFYING = re.compile(
             r"\b\d{1,2}:\d{2}\b",  # a time of day
             r"\^",  # a DICOM person name (DOE^JOHN)
             r"\b(mrn|dob|patient|birth|pid|accession)\b",  # labels of identifying values
+            r"\b(mrn|pid|acc|accession|pt|patient|id)[\s#:._-]*\d{3,}",  # a label glued to its number: MRN12345
+            r"[\w.+-]+@[\w-]+\.\w",  # an e-mail address
+            r"\b[a-z]{2,},\s*[a-z]{2,}\b",  # 'Smith, John'
+            rf"\b{_MONTH}\.?\s+\d{{4}}\b",  # Jan 2024
+            r"\b\d{3,}[-/]\d{3,}\b",  # 4711-0815: a number in two parts
         )
     ),
     re.IGNORECASE,
