@@ -104,6 +104,7 @@ def test_validate_exits_3_on_an_unlocked_or_altered_set(shared, tmp_path, capsys
     sets = copy_set(tmp_path)
     code, out = run_cli(["validate", "--set", str(sets / f"{SHIPPED}.yaml"), "--out", str(tmp_path / "o")], capsys)
     assert code == 3 and "not locked" in out and "Traceback" not in out
+    assert not (tmp_path / "o").exists()  # refused before any work: no empty output folder left behind
     lock_set(SHIPPED, shared, sets)
     (sets / f"{SHIPPED}.yaml").write_text((sets / f"{SHIPPED}.yaml").read_text() + "\n# edited\n")
     code, out = run_cli(["validate", "--set", str(sets / f"{SHIPPED}.yaml"), "--out", str(tmp_path / "o2")], capsys)

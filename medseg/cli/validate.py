@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -71,9 +73,9 @@ def validate(
         read_junit(junit)  # a malformed file is refused before the model runs on every case
     params = {"set": set_name, "model": model, "acceptance": acceptance, "backend": backend, "device": device}
     with audited("validate", params=params) as rec:
-        out.mkdir(parents=True, exist_ok=True)
         req = ValidationRequest(model, set_name, out, acceptance, backend, device)
-        report = run_validation(req, on_case=_case_line)
+        with _new_folder(out):
+            report = run_validation(req, on_case=_case_line)
         rec.set_model(report["model"]["name"], report["model"]["version"], report["model"]["weights_sha256"])
         rec.add_inputs(_inputs(set_name, acceptance, model))
         mlflow_run = start_run(report, out, tracking_uri)
@@ -92,6 +94,19 @@ def validate(
         for reason in report["release"]["reasons"]:
             console.result(f"  release not supported: {reason}")
         raise typer.Exit(EXIT_NOT_SUPPORTED)
+
+
+@contextmanager
+def _new_folder(out: Path) -> Iterator[None]:
+    """Make the output folder; a validation refused before it wrote anything leaves no empty folder behind."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _inputs(set_name: str, acceptance: str, model: str | None) -> list[Path]:
