@@ -27,12 +27,12 @@ def _no_duplicates(loader: Any, node: MappingNode) -> dict[Any, Any]:
             continue
         key = loader.construct_object(key_node)
         try:
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            if key in seen:
+                raise ConstructorError(None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                       f"(first at line {seen[key]})", None)  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
         except TypeError:
             continue
-        if first != key_node.start_mark.line + 1:
-            raise ConstructorError(None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                                   f"(first at line {first})", None)  # fmt: skip
     return dict(loader.construct_mapping(node))
 
 

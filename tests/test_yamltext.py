@@ -17,7 +17,12 @@ SHIPPED = sorted(
 
 def test_the_c_loader_is_used_where_pyyaml_has_it() -> None:
     assert len(SHIPPED) >= 20
-    assert SafeLoader is (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+    assert issubclass(SafeLoader, yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+
+
+def test_a_key_repeated_on_one_line_is_refused_too() -> None:
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'a'"):
+        load_yaml("m: {a: 1, a: 2}\n")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
