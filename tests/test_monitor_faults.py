@@ -19,6 +19,7 @@ from cli_run import run_in_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from monitor_streams import REAL_SUMMARY, summary_case, to_facts, write_stream
+from mounts import bind_read_only
 
 from medseg.errors import InvalidInputError
 from medseg.io.summary_schema import CaseSummary
@@ -257,10 +258,7 @@ def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
     mounted: list[Path] = []
 
     def make(folder: Path) -> None:
-        for cmd in (["mount", "--bind", str(folder), str(folder)], ["mount", "-o", "remount,bind,ro", str(folder)]):
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.fail(f"cannot make a read-only mount: {done.stderr.strip()}")
+        bind_read_only(folder, folder)
         mounted.append(folder)
 
     yield make

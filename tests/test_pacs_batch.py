@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from infer_fixtures import make_model_folder
+from mounts import bind_read_only
 from pacs_helpers import chaos_files, make_study
 
 from medseg.cli.main import main
@@ -177,10 +178,7 @@ def read_only(tmp_path: Path):
         src = tmp_path / f"ro-src-{len(mounted)}"
         src.mkdir()
         folder.mkdir(parents=True, exist_ok=True)
-        for cmd in (["mount", "--bind", str(src), str(folder)], ["mount", "-o", "remount,bind,ro", str(folder)]):
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.fail(f"cannot make a read-only mount: {done.stderr.strip()}")
+        bind_read_only(src, folder)
         mounted.append(folder)
         return folder
 

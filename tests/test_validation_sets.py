@@ -58,6 +58,22 @@ def test_the_default_models_set_is_locked_and_independent_and_v1_is_not(shared) 
     assert {c.split(":")[0] for c in old.conflicts} >= {"chaos_ct_set3", "radcttace_1211"}, old.conflicts
 
 
+def data_with_an_edited_label(tmp_path: Path, shared: Path) -> tuple[Path, Path]:
+    """A data root of links to the shipped set's real data, with radcttace_0697's label replaced by an edited copy;
+    returns the root and that label."""
+    root = tmp_path / "data"
+    for case in ("chaos_ct_sample", "radcttace_1211", "radcttace_0697"):
+        (root / "ct" / case).mkdir(parents=True)
+        for f in (shared / "ct" / case).iterdir():
+            (root / "ct" / case / f.name).symlink_to(f)
+    label = root / "ct/radcttace_0697/liver.nii.gz"
+    label.unlink()
+    data = bytearray((shared / "ct/radcttace_0697/liver.nii.gz").read_bytes())
+    data[-10] ^= 0xFF
+    label.write_bytes(bytes(data))
+    return root, label
+
+
 @pytest.mark.req("REQ-010")
 def test_lock_refuses_data_that_differs_from_the_set_file(shared, tmp_path) -> None:
     def edit(doc):
@@ -75,16 +91,7 @@ def test_a_changed_file_set_file_or_lock_is_refused(shared, tmp_path) -> None:
     verify_lock(SHIPPED, shared, sets)
     with pytest.raises(UsageError, match="already locked"):
         lock_set(SHIPPED, shared, sets)
-    root = tmp_path / "data"  # the real data, with one label replaced by an edited copy
-    for case in ("chaos_ct_sample", "radcttace_1211", "radcttace_0697"):
-        (root / "ct" / case).mkdir(parents=True)
-        for f in (shared / "ct" / case).iterdir():
-            (root / "ct" / case / f.name).symlink_to(f)
-    label = root / "ct/radcttace_0697/liver.nii.gz"
-    label.unlink()
-    data = bytearray((shared / "ct/radcttace_0697/liver.nii.gz").read_bytes())
-    data[-10] ^= 0xFF
-    label.write_bytes(bytes(data))
+    root, _ = data_with_an_edited_label(tmp_path, shared)
     with pytest.raises(InvalidInputError, match="radcttace_0697 label differs from the lock"):
         verify_lock(SHIPPED, root, sets)
     yaml_path, lock_path = set_paths(SHIPPED, sets)
@@ -217,16 +224,7 @@ def test_the_lock_cannot_certify_itself_the_set_files_digests_bind_the_data(shar
 
     sets = copy_set(tmp_path)
     lock_set(SHIPPED, shared, sets)
-    root = tmp_path / "data"
-    for case in ("chaos_ct_sample", "radcttace_1211", "radcttace_0697"):
-        (root / "ct" / case).mkdir(parents=True)
-        for f in (shared / "ct" / case).iterdir():
-            (root / "ct" / case / f.name).symlink_to(f)
-    label = root / "ct/radcttace_0697/liver.nii.gz"
-    label.unlink()
-    data = bytearray((shared / "ct/radcttace_0697/liver.nii.gz").read_bytes())
-    data[-10] ^= 0xFF
-    label.write_bytes(bytes(data))
+    root, label = data_with_an_edited_label(tmp_path, shared)
     lock_path = set_paths(SHIPPED, sets)[1]
     lock = json.loads(lock_path.read_text())
     lock["cases"][2]["sha256"]["label"] = digest_path(label)
