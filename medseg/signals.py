@@ -1,4 +1,4 @@
-"""Ctrl-C held back across a store write that must not be cut in half.
+"""Ctrl-C held back across a store write that must not be cut in half; SIGTERM handled as Ctrl-C.
 
 An MLflow write interrupted between its SQLite statements leaves the connection's transaction open and the store
 locked, so the run can no longer be marked KILLED and the interrupt surfaced as "database is locked" (exit 4
@@ -38,3 +38,21 @@ def deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if pending:
             raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does (so the work hands back what it holds);
+    once one came, a second Ctrl-C or SIGTERM is ignored while that happens. Main thread only."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+    before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])

@@ -210,40 +210,18 @@ def register(app: typer.Typer) -> None:
         from medseg.cli.audited import audited
         from medseg.pacs.batch import batch_config, check_out, enqueue_studies, run_batch
         from medseg.pacs.segment import served_model
+        from medseg.signals import interrupt_on_sigterm
 
         cfg = batch_config(out, organ, model, backend, scheduler, research, research_key, research_option)
         served_model(cfg.organs, cfg.model)  # before any study is read or queued
         params = {"organ": organ, "model": model, "scheduler": scheduler, "research": research is not None}
-        with audited("batch", params=params) as rec, _interrupt_on_sigterm():
+        with audited("batch", params=params) as rec, interrupt_on_sigterm():
             check_out(cfg.storage)
             rec.add_inputs([input])
             queue, studies = enqueue_studies(cfg, input)
             _tell_known(studies)
             run_batch(cfg, queue, console.info)
             _summarize(queue, studies, rec)
-
-
-def _interrupt_on_sigterm() -> Any:
-    """SIGTERM raises KeyboardInterrupt('SIGTERM') as Ctrl-C does, so the batch hands its job back; once one came, a
-    second Ctrl-C or SIGTERM is ignored while that happens."""
-    import contextlib
-    import signal
-
-    def stop(signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
-
-    @contextlib.contextmanager
-    def installed() -> Any:
-        before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, before[0])
-            signal.signal(signal.SIGINT, before[1])
-
-    return installed()
 
 
 def _tell_known(studies: list[Any]) -> None:
