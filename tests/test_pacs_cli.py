@@ -14,6 +14,7 @@ import yaml
 from pacs_helpers import Served, chaos_files, make_study, write_config
 
 from medseg.pacs.queue import Backoff, JobQueue
+from medseg.pacs.worker import STALL_ENV
 
 
 def _medseg(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,7 +71,8 @@ def test_serve_then_graceful_stop_hands_back_the_running_job_and_audits(
     q = JobQueue(tmp_path / "store" / "queue.db")
     q.add_job("batch:stop", str(tmp_path / "study"))
     port = int(yaml.safe_load(config.read_text())["listen"]["port"])
-    served = Served(config, port, tmp_path / "serve.log", grace=0.1).start()
+    stall = {STALL_ENV: "after_inference"}  # the job outlives the grace on any host (a fast one once finished it)
+    served = Served(config, port, tmp_path / "serve.log", env=stall, grace=0.1).start()
     deadline = time.monotonic() + 60
     while q.job(1).state != "running" and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -80,7 +82,7 @@ def test_serve_then_graceful_stop_hands_back_the_running_job_and_audits(
     served.proc.wait(30)
     assert served.proc.returncode == 0
     job = q.job(1)
-    assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)  # inference outlived the grace
+    assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)  # the job outlived the grace
     assert not (tmp_path / "store" / "serve.pid").exists()
     db = next(_isolated_audit_dir.glob("*.db"))
     commands = {r[0] for r in sqlite3.connect(db).execute("SELECT command FROM events")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,12 +31,16 @@ if TYPE_CHECKING:
     from medseg.audit.session import AuditRecorder
 
 CRASH_ENV = "MEDSEG_PACS_CRASH_AT"
+STALL_ENV = "MEDSEG_PACS_STALL_AT"
 
 
 def crash_point(name: str) -> None:
-    """Test hook for the fault tests: SIGKILL this process at the named step when MEDSEG_PACS_CRASH_AT names it."""
+    """Test hooks for the fault tests: SIGKILL this process at the named step when MEDSEG_PACS_CRASH_AT names it;
+    stall there for a minute when MEDSEG_PACS_STALL_AT does (a job that outlives any grace time, on any host)."""
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STALL_ENV) == name:
+        time.sleep(60)
 
 
 @dataclass(frozen=True)
