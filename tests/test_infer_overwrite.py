@@ -38,7 +38,7 @@ def _series(shared: Path, dst: Path, ks: range, **changes: object) -> Path:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def test_overwrite_by_a_nifti_leaves_no_seg_of_the_earlier_patient(shared, tmp_path, model, capsys) -> None:
@@ -115,3 +115,66 @@ def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(shared, tmp_path
     code, _, err = run_in_process(["infer", str(src), "--model", str(model), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "is a file" in err, err
     assert (tmp_path / "o" / "dicom").read_text() == "x"
+
+
+def _two_runs(shared: Path, tmp_path: Path, model: Path, capsys, monkeypatch, fault) -> tuple[Path, dict, int, str]:
+    """A complete first run, then an --overwrite run of another patient with `fault` patched in while it commits."""
+    out = tmp_path / "out"
+    code, _, err = run_in_process(["infer", str(_series(shared, tmp_path / "a", range(20, 60))), "--model", str(model),
+                                   "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    (out / "dicom" / "mine").mkdir()
+    (out / "dicom" / "mine" / "a.txt").write_text("the reader's own folder")
+    before = _digests(out / "dicom")
+    fault(monkeypatch)
+    other = _series(shared, tmp_path / "b", range(10, 70), PatientName="OTHER^PATIENT")
+    code, _, err = run_in_process(["infer", str(other), "--model", str(model), "--out", str(out), "--overwrite",
+                                   "--organ", "liver"], capsys)  # fmt: skip
+    return out, before, code, err
+
+
+def _failing_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medseg.io.atomic as atomic
+
+    def exchange(a: Path, b: Path) -> bool:
+        raise OSError(5, "Input/output error", str(b))
+
+    monkeypatch.setattr(atomic, "_exchange", exchange)
+
+
+def _failing_second_rename(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RENAME_EXCHANGE (the two-rename fallback), and the rename of the new set into place fails."""
+    import medseg.io.atomic as atomic
+
+    real = os.rename
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+
+    def rename(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".tmp-dicom-") and Path(dst).name == "dicom":
+            raise OSError(5, "Input/output error", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+
+
+@pytest.mark.parametrize("fault", [_failing_exchange, _failing_second_rename], ids=["exchange", "fallback"])
+def test_an_overwrite_that_fails_while_committing_keeps_the_earlier_result_whole(shared, tmp_path, model, capsys,
+                                                                                 monkeypatch, fault) -> None:  # fmt: skip
+    """The earlier set is swapped out whole or not at all: never the new label map beside the old SEG (a reviewer
+    injected an I/O error between two per-file renames and got exactly that mix)."""
+    out, before, code, err = _two_runs(shared, tmp_path, model, capsys, monkeypatch, fault)
+    assert code == 4 and "Input/output error" in err, err
+    assert _digests(out / "dicom") == before
+    assert (out / "dicom" / "mine" / "a.txt").read_text() == "the reader's own folder"
+    assert [p.name for p in out.iterdir()] == ["dicom"]
+
+
+def test_an_overwrite_swaps_the_whole_set_and_keeps_the_readers_own_files(shared, tmp_path, model, capsys,
+                                                                          monkeypatch) -> None:  # fmt: skip
+    out, before, code, err = _two_runs(shared, tmp_path, model, capsys, monkeypatch, lambda mp: None)
+    assert code == 0, err
+    after = _digests(out / "dicom")
+    assert set(after) == set(before) and all(after[n] != before[n] for n in ("seg.dcm", "liver.nii.gz"))
+    assert pydicom.dcmread(out / "dicom" / "seg.dcm").PatientName == "OTHER^PATIENT"
+    assert (out / "dicom" / "mine" / "a.txt").read_text() == "the reader's own folder"
+    assert [p.name for p in out.iterdir()] == ["dicom"]

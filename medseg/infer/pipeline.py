@@ -266,7 +266,7 @@ def run_case(
             warnings.simplefilter("always")
             run.caught = caught
             result = _run_checked(run, runner, progress, on_flag)
-        commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs}, names["summary"])
+        commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs})
     except BaseException:  # the case folder keeps its earlier outputs, untouched, whatever failed
         shutil.rmtree(stage, ignore_errors=True)
         raise

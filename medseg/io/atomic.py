@@ -6,7 +6,9 @@ A reader never sees a half-written output, and a killed process leaves only a `.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,24 +153,85 @@ def staging_folder(final: Path) -> Path:
     return stage
 
 
-def commit_folder(stage: Path, final: Path, stale: set[str], last: str) -> None:
-    """Move every file of `stage` into `final` and remove `stage`; `last` (the file that says the set is complete)
-    goes in last, and in an existing `final` it is removed first, then the `stale` names (earlier outputs this set
-    does not replace). Files of `final` that are neither are left alone. A new `final` is one rename: all or nothing."""
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the kernel, C library or
+    filesystem cannot, so the caller falls back to two renames."""
+    import ctypes
+    import ctypes.util
+
     try:
-        if not final.exists():
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(stage: Path, final: Path) -> Path:
+    """Put `stage` in the place of the existing folder `final` and return where the old folder now is: one atomic
+    exchange where the system has it; else two renames, the old folder put back if the second fails."""
+    if _exchange(stage, final):
+        return stage
+    old = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-old-", dir=final.parent))
+    os.rename(final, old / final.name)
+    try:
+        os.rename(stage, final)
+    except OSError:
+        os.rename(old / final.name, final)
+        old.rmdir()
+        raise
+    return old
+
+
+def _keep(src: Path, dst: Path) -> None:
+    """Carry a file of the earlier folder into the new one: a hard link, a copy where the filesystem has none."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _move_folders(old: Path, final: Path, names: list[str]) -> None:
+    """After the swap, move the folders of the earlier `final` across (folders cannot be hard-linked) and remove
+    what is left of it. The new set is in place by then, so a failure only keeps the old folder, hidden, with
+    whatever it still holds."""
+    try:
+        for name in names:
+            os.rename(old / name, final / name)
+    except OSError:
+        return
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def commit_folder(stage: Path, final: Path, stale: set[str]) -> None:
+    """Replace the set of outputs in `final` by the files of `stage`, all or nothing.
+
+    A new `final` is one rename. An existing one is swapped whole for `stage` (`_swap_in`) after the files of
+    `final` that this set neither replaces nor makes `stale` (earlier outputs it does not write) are hard-linked
+    into `stage`, so other files in the folder stay; a failure or a kill at any point leaves the earlier set exactly
+    as it was (at worst beside a hidden `.tmp-` folder), never a mix of two runs."""
+    try:
+        if final.exists():
+            ours = {p.name for p in stage.iterdir()}
+            folders = []
+            for entry in final.iterdir():
+                if entry.name in ours or entry.name in stale or is_unfinished_write(entry.name):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    folders.append(entry.name)
+                else:
+                    _keep(entry, stage / entry.name)
+            old = _swap_in(stage, final)
+            _move_folders(old, final, folders)
+        else:
             os.rename(stage, final)
-            _fsync(final.parent)
-            return
-        (final / last).unlink(missing_ok=True)
-        for name in stale:
-            (final / name).unlink(missing_ok=True)
-        names = sorted(p.name for p in stage.iterdir())
-        for name in [n for n in names if n != last] + [n for n in names if n == last]:
-            os.replace(stage / name, final / name)
-        stage.rmdir()
-        _fsync(final)
+        _fsync(final.parent)
     except OSError as exc:
         raise ProcessingError(f"cannot move the outputs into place: {exc.strerror}", path=final,
                               hint="Check free disk space and permissions.") from exc  # fmt: skip
-
