@@ -43,16 +43,20 @@ def deferred_interrupt() -> Iterator[None]:
 @contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does (so the work hands back what it holds);
-    once one came, a second Ctrl-C or SIGTERM is ignored while that happens. Main thread only."""
+    once one came, a second Ctrl-C or SIGTERM is ignored while that happens. Main thread only. A signal the process
+    was started with ignored (a background job's SIGINT, nohup-like launchers) stays ignored."""
 
     def stop(signum: int, _frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
-    before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
+    before = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
+    for signum, handler in before.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before[0])
-        signal.signal(signal.SIGINT, before[1])
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

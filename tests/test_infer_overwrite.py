@@ -158,8 +158,8 @@ def _failing_second_rename(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("fault", [_failing_exchange, _failing_second_rename], ids=["exchange", "fallback"])
-def test_an_overwrite_that_fails_while_committing_keeps_the_earlier_result_whole(shared, tmp_path, model, capsys,
-                                                                                 monkeypatch, fault) -> None:  # fmt: skip
+def test_an_overwrite_failing_while_committing_keeps_the_earlier_result_whole(shared, tmp_path, model, capsys,
+                                                                             monkeypatch, fault) -> None:  # fmt: skip
     """The earlier set is swapped out whole or not at all: never the new label map beside the old SEG (a reviewer
     injected an I/O error between two per-file renames and got exactly that mix)."""
     out, before, code, err = _two_runs(shared, tmp_path, model, capsys, monkeypatch, fault)

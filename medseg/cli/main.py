@@ -31,8 +31,9 @@ from medseg.cli import train as train_cmd
 from medseg.cli import validate as validate_cmd
 from medseg.cli.state import console
 from medseg.errors import MedsegError
+from medseg.signals import interrupt_on_sigterm
 
-EXIT_OK, EXIT_USAGE, EXIT_INVALID_INPUT, EXIT_PROCESSING, EXIT_QC = 0, 2, 3, 4, 5
+EXIT_OK, EXIT_USAGE, EXIT_INVALID_INPUT, EXIT_PROCESSING, EXIT_QC, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 
 app = typer.Typer(
     name="medseg",
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     console.debug = "--debug" in args
     state.fast_exit.clear()
     try:
-        code = app(args=args, prog_name="medseg", standalone_mode=False)
+        with interrupt_on_sigterm():  # systemd, docker stop and schedulers send SIGTERM: the same clean stop as Ctrl-C
+            code = app(args=args, prog_name="medseg", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except NoArgsIsHelpError as exc:
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except typer.Abort:
         console.error("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except MedsegError as exc:
         if console.debug:
             traceback.print_exc()
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.error("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
         if console.debug:
             traceback.print_exc()
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_PROCESSING)
     # with standalone_mode=False, click returns (not raises) the code of a `typer.Exit(n)` raised in a command
     code = code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM, above) into a silent 130
+        console.error("interrupted")
     if code == EXIT_OK and argv is None and state.fast_exit:
         _fast_exit(state.fast_exit[0])
     sys.exit(code)

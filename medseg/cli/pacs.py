@@ -210,12 +210,11 @@ def register(app: typer.Typer) -> None:
         from medseg.cli.audited import audited
         from medseg.pacs.batch import batch_config, check_out, enqueue_studies, run_batch
         from medseg.pacs.segment import served_model
-        from medseg.signals import interrupt_on_sigterm
 
         cfg = batch_config(out, organ, model, backend, scheduler, research, research_key, research_option)
         served_model(cfg.organs, cfg.model)  # before any study is read or queued
         params = {"organ": organ, "model": model, "scheduler": scheduler, "research": research is not None}
-        with audited("batch", params=params) as rec, interrupt_on_sigterm():
+        with audited("batch", params=params) as rec:  # SIGTERM is Ctrl-C for every command (cli.main)
             check_out(cfg.storage)
             rec.add_inputs([input])
             queue, studies = enqueue_studies(cfg, input)
