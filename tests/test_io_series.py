@@ -158,3 +158,32 @@ def test_two_echoes_in_one_series_become_two_volumes(shared: Path, tmp_path: Pat
     first = read_image(tmp_path, series_key=volumes[0].key)
     assert second.geometry == first.geometry
     assert np.all(np.abs(second.array.astype(int) - first.array.astype(int)) == 10)
+
+
+@pytest.mark.parametrize("keyword", ["PatientID", "PatientName"])
+def test_a_series_whose_slices_name_two_patients_is_never_read(shared: Path, tmp_path: Path,
+                                                                          keyword: str) -> None:  # fmt: skip
+    """Two patients behind one SeriesInstanceUID and grid (an anonymiser that fixes UIDs): a reviewer got one volume
+    and one SEG with patient A's identity referencing patient B's slices. Now the series is skipped with the reason,
+    and reading the folder is refused (exit 3)."""
+    import pydicom
+
+    files = sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[20:40]
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        if n >= 10:
+            setattr(ds, keyword, {"PatientID": "OTHER-ID", "PatientName": "OTHER^PATIENT"}[keyword])
+        ds.save_as(tmp_path / f.name)
+    (info,) = find_series(tmp_path)
+    assert not info.is_volume and info.n_slices == 20
+    assert info.skip_reason == f"its slices carry 2 different {keyword} values (two patients in one series)"
+    with pytest.raises(InvalidInputError, match=f"no 3D image series found; .* 2 different {keyword} values"):
+        read_image(tmp_path)
+
+
+def test_one_patients_series_with_a_study_uid_per_file_is_read_with_a_note(shared: Path) -> None:
+    """SimpleITK-written slices, each with its own StudyInstanceUID (real file in the shared data): one patient, so
+    read, and the note says which study the outputs name."""
+    (info,) = find_series(shared / "dicom/rtstruct/rt-utils/oriented_data")
+    assert info.is_volume
+    assert "its slices carry 3 different StudyInstanceUID values; outputs name the first slice's study" in info.notes

@@ -355,7 +355,30 @@ def _skip_reason(members: list[Header], n_slices: int) -> str | None:
         return "no patient geometry (ImageOrientationPatient/PixelSpacing missing)"
     if n_slices < 2:
         return "single slice (a 3D volume needs at least 2 slices)"
+    return _mixed_identity(members)
+
+
+PATIENT_KEYWORDS = ("PatientID", "PatientName")
+
+
+def _distinct(members: list[Header], keyword: str) -> int:
+    return len({raw_text(m.dataset, keyword) or "" for m in members})
+
+
+def _mixed_identity(members: list[Header]) -> str | None:
+    """Why slices that share a series UID and a grid still cannot be one volume: they name different patients (an
+    export tool or anonymiser that reuses UIDs); never merged, and never one of them chosen silently."""
+    for keyword in PATIENT_KEYWORDS:
+        if (n := _distinct(members, keyword)) > 1:
+            return f"its slices carry {n} different {keyword} values (two patients in one series)"
     return None
+
+
+def _identity_notes(members: list[Header]) -> tuple[str, ...]:
+    """One patient, yet several StudyInstanceUIDs (tools that give every file its own): read, and said."""
+    n = _distinct(members, "StudyInstanceUID")
+    return (f"its slices carry {n} different StudyInstanceUID values; outputs name the first slice's study",) if n > 1 \
+        else ()  # fmt: skip
 
 
 def _classify(group: _Group) -> SeriesInfo:
@@ -373,7 +396,7 @@ def _classify(group: _Group) -> SeriesInfo:
         study_uid=h.study_uid,
         frame_of_reference_uid=h.frame_of_reference_uid,
         series_instance_uid=h.series_uid,
-        notes=group.notes,
+        notes=group.notes + _identity_notes(group.members),
         split_group=group.split_group,
         matrix=(h.rows, h.columns),
         pixel_spacing_mm=None if h.pixel_spacing is None else (float(h.pixel_spacing[0]), float(h.pixel_spacing[1])),
