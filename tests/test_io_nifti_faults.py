@@ -162,3 +162,25 @@ def _uncompressed(path: Path) -> bytes:
     import gzip
 
     return gzip.decompress(path.read_bytes())
+
+
+
+def test_a_nifti_without_qform_or_sform_is_refused_not_placed_nominally(shared, tmp_path, capsys) -> None:
+    """Codes 0 leave orientation unknown: a reviewer got the "liver" on the spleen (mirrored left-right, Dice 0.0,
+    exit 0) and an output label map claiming scanner coordinates (code 1)."""
+    import nibabel as nib
+    from cli_run import run_in_process
+
+    img = nib.load(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    bare = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header.copy())
+    bare.set_qform(None, code=0)
+    bare.set_sform(None, code=0)
+    path = tmp_path / "noforms.nii.gz"
+    nib.save(bare, path)
+    with pytest.raises(InvalidInputError, match="neither qform nor sform"):
+        read_nifti(path)
+    code, _, err = run_in_process(["infer", str(path), "--organ", "liver", "--out", str(tmp_path / "o")], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 3 and last.startswith(f"error: {path}: NIfTI has neither") and last.endswith("DICOM series."), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

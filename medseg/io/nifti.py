@@ -3,7 +3,8 @@
 Reading decompresses the whole `.nii.gz` with ISA-L (about 3x faster than zlib here, and faster than SimpleITK),
 which checks the gzip CRC and length: SimpleITK silently returns zero-filled or garbled voxels for truncated or
 corrupt files. nibabel then parses the header; voxels are placed by nibabel's affine, which follows the NIfTI
-standard (sform when sform_code > 0, else qform). A qform that disagrees with the sform is reported in the notes.
+standard (sform when sform_code > 0, else qform). A qform that disagrees with the sform is reported in the notes;
+a file with neither (both codes 0) is refused: its orientation is unknown.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def read_nifti(path: Path) -> Volume:
         ) from exc
     _require_finite(array, path)
     qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
+    if qcode == 0 and scode == 0:
+        raise InvalidInputError(
+            "NIfTI has neither qform nor sform (codes 0): where its voxels lie in the patient, and so left from "
+            "right, is unknown", path=path,
+            hint="Convert the DICOM series again with its orientation (e.g. dcm2niix), or pass the DICOM series.")
     meta = VolumeMeta(
         source_format="nifti",
         source_files=(path,),
@@ -136,8 +142,6 @@ def _require_finite(array: np.ndarray, path: Path, slab_voxels: int = 1 << 22) -
 
 
 def _form_notes(img: Any, shape: tuple[int, int, int], qcode: int, scode: int) -> list[str]:
-    if qcode == 0 and scode == 0:
-        return ["NIfTI has neither qform nor sform (codes 0); voxel positions are only nominal"]
     if qcode > 0 and scode > 0:
         try:
             qgrid = Geometry.from_affine_ras(img.get_qform(), shape)
