@@ -48,6 +48,10 @@ def test_real_abdominal_ct_raises_no_input_flag(chaos):
         (lambda v: with_extra(v, slice_thickness=6.0), "thick_slices"),
         (lambda v: with_extra(v, slice_thickness=1.0), "slice_gaps"),
         (lambda v: with_extra(v, body_part_examined="HEAD"), "body_part"),
+        (lambda v: with_extra(v, body_part_examined="HEADNECK"), "body_part"),  # these four passed a review
+        (lambda v: with_extra(v, body_part_examined="SINUS"), "body_part"),
+        (lambda v: with_extra(v, body_part_examined="ORBIT"), "body_part"),
+        (lambda v: with_extra(v, body_part_examined="TMJ"), "body_part"),
         (lambda v: replace(v, meta=replace(v.meta, modality="MR")), "modality"),
     ],
 )
@@ -113,3 +117,18 @@ def test_a_multi_organ_cards_volume_range_is_its_main_organs_only(chaos) -> None
     tiny = np.zeros(volume.shape, np.uint8)
     tiny[300:305, 300:305, 30:32] = 1
     assert "volume_implausible" in codes(check_result("spleen", organ_stats(tiny, 1, volume), volume.shape, card))
+
+
+@pytest.mark.parametrize("slices_first", [False, True], ids=["slices-last", "slices-first"])
+def test_coarse_slices_are_flagged_whichever_array_axis_holds_them(shared, tmp_path, slices_first) -> None:
+    """The same 6 mm CT stored axial-last and slices-first: a reviewer saw only the first flagged."""
+    import nibabel as nib
+
+    img = nib.load(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    data, affine = np.asanyarray(img.dataobj), img.affine.copy()
+    affine[:3, 2] *= 6.0 / np.linalg.norm(affine[:3, 2])
+    if slices_first:
+        data, affine = np.moveaxis(data, 2, 0), affine[:, [2, 0, 1, 3]]
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "ct.nii.gz")
+    volume = read_nifti(tmp_path / "ct.nii.gz")
+    assert {f.code: f.reason for f in check_input(volume, CARD)}.get("slice_spacing") == "slice spacing 6 mm > 5.0 mm"

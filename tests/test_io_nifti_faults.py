@@ -181,6 +181,7 @@ def test_a_nifti_without_qform_or_sform_is_refused_not_placed_nominally(shared, 
         read_nifti(path)
     code, _, err = run_in_process(["infer", str(path), "--organ", "liver", "--out", str(tmp_path / "o")], capsys)
     last = err.strip().splitlines()[-1]
-    assert code == 3 and last.startswith(f"error: {path}: NIfTI has neither") and last.endswith("pass the DICOM series"), err
+    assert code == 3 and last.startswith(f"error: {path}: NIfTI has neither"), err
+    assert last.endswith("pass the DICOM series"), err
     assert "Traceback" not in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -93,9 +93,11 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
                 f"in-plane field of view {min(inplane):.0f} mm (< {r['min_inplane_extent_mm']} mm)",
             )
         )
-    step = float(volume.spacing[2])
-    if step > r["max_slice_spacing_mm"]:
-        flags.append(QCFlag("slice_spacing", "input", f"slice spacing {step:.2g} mm > {r['max_slice_spacing_mm']} mm"))
+    coarsest = float(max(volume.spacing))  # the slice axis, whichever array axis holds it (NIfTI has no rule)
+    if coarsest > r["max_slice_spacing_mm"]:
+        reason = f"slice spacing {coarsest:.2g} mm > {r['max_slice_spacing_mm']} mm"
+        flags.append(QCFlag("slice_spacing", "input", reason))
+    step = float(volume.spacing[2])  # DICOM: the stacking axis, along which SliceThickness is measured
     thickness = volume.meta.extra.get("slice_thickness")
     if isinstance(thickness, (int, float)) and thickness > r["max_slice_thickness_mm"]:
         flags.append(
