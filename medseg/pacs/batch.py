@@ -17,7 +17,7 @@ from medseg.errors import ProcessingError
 from medseg.pacs.config import Destination, PacsConfig
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.segment import discover_studies, load_segmenter
-from medseg.pacs.worker import JobResult, run_job
+from medseg.pacs.worker import JobResult, backoff_of, run_job
 
 
 class BatchInterrupted(ProcessingError):
@@ -178,7 +178,7 @@ def _run(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], None], r
         return
     segmenter = load_segmenter(config.organs, config.model, config.backend, config.strict)
     while queue.open_jobs():
-        lease = queue.lease(owner_name("batch"), config.lease_seconds)
+        lease = queue.lease(owner_name("batch"), config.lease_seconds, backoff=backoff_of(config))
         if lease is None:
             time.sleep(0.5)
             continue

@@ -17,6 +17,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_ae_title(title: str) -> str:
+    """An AE title as PS3.5 (AE value representation) allows it: 1-16 characters, not only spaces, no backslash or
+    control character; surrounding spaces removed. pynetdicom refuses the others only when it uses them (a ValueError
+    at send time, which left the job running for ever: review 18), so they are refused when the config is read."""
+    if not 0 < len(title.strip()) <= 16 or "\\" in title or any(ord(c) < 32 or ord(c) == 127 for c in title):
+        raise ValueError(f"not a valid AE title: {title!r} (1 to 16 characters, not only spaces, no backslash or "
+                         "control character)")  # fmt: skip
+    return title.strip()
+
+
 class Listen(_Strict):
     """Where the C-STORE SCP listens, and whom it accepts: associations must call this AE title (unless
     `check_called_aet` is off) and, when `allowed_callers` is not empty, come from one of those AE titles."""
@@ -32,10 +42,7 @@ class Listen(_Strict):
     @classmethod
     def _callers(cls, callers: list[str]) -> list[str]:
         """AE titles: 1-16 characters, no backslash or control characters (PS3.5 AE value representation)."""
-        for title in callers:
-            if not 0 < len(title.strip()) <= 16 or "\\" in title or any(ord(c) < 32 for c in title):
-                raise ValueError(f"not a valid AE title: {title!r} (1 to 16 characters)")
-        return [t.strip() for t in callers]
+        return [check_ae_title(t) for t in callers]
 
 
 class Destination(_Strict):
@@ -48,6 +55,12 @@ class Destination(_Strict):
     folder: Path | None = None
     timeout_s: float = 30.0
     tls: TlsFiles | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, title: str | None) -> str | None:
+        """The peer's AE title, checked as PS3.5 allows it (`check_ae_title`)."""
+        return None if title is None else check_ae_title(title)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:

@@ -15,7 +15,7 @@ from typing import Any
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue, Lease
 from medseg.pacs.segment import Segmenter, load_segmenter
-from medseg.pacs.worker import JobResult, run_job
+from medseg.pacs.worker import JobResult, backoff_of, run_job
 
 _SEGMENTERS: dict[tuple[Any, ...], Segmenter] = {}
 _LOCK = threading.Lock()
@@ -66,7 +66,7 @@ def dispatch(
         while not stop.is_set():
             capacity = max(1, sum(client.nthreads().values()))
             while len(inflight) < capacity:
-                lease = queue.lease(owner_name("dask"), config.lease_seconds)
+                lease = queue.lease(owner_name("dask"), config.lease_seconds, backoff=backoff_of(config))
                 if lease is None:
                     break
                 future = client.submit(

@@ -239,10 +239,16 @@ class JobQueue:
         return row[0]
 
     # leasing ------------------------------------------------------------------------------------------------
-    def lease(self, owner: str, duration_s: float, now: float | None = None, job_id: int | None = None) -> Lease | None:
-        """Claim the oldest runnable job (queued, pending past its backoff, or running with an expired lease)."""
+    def lease(self, owner: str, duration_s: float, now: float | None = None, job_id: int | None = None,
+              backoff: Backoff | None = None) -> Lease | None:  # fmt: skip
+        """Claim the oldest runnable job (queued, pending past its backoff, or running with an expired lease).
+
+        With `backoff`, a running job whose lease expired after its last allowed attempt (its holder died or hung
+        every time) is made 'failed' with the reason instead of being leased again: never an endless loop."""
         now = time.time() if now is None else now
         with self._write() as db:
+            if backoff is not None:
+                self._fail_expired(db, backoff, now)
             sql = (
                 "SELECT id FROM jobs WHERE ((state IN ('queued', 'pending') AND not_before<=?) "
                 "OR (state='running' AND lease_expires<?))"
@@ -262,6 +268,16 @@ class JobQueue:
             )
             job = self._job(db, row["id"])
             return Lease(job, owner, job.fence, expires)
+
+    @staticmethod
+    def _fail_expired(db: sqlite3.Connection, backoff: Backoff, now: float) -> None:
+        """Running jobs whose lease expired with `max_attempts` used up end 'failed' (cool-down as `fail` sets)."""
+        db.execute(
+            "UPDATE jobs SET state='failed', reason=?, lease_owner=NULL, lease_expires=NULL, not_before=?, "
+            "updated_at=? WHERE state='running' AND lease_expires<? AND attempts>=?",
+            (f"the last of {backoff.max_attempts} attempt(s) never finished: its lease expired (the worker died or "
+             "hung; see the service log)", now + backoff.failed_retry_after_s, now, now, backoff.max_attempts),
+        )  # fmt: skip
 
     def _check(self, db: sqlite3.Connection, lease: Lease) -> None:
         row = db.execute("SELECT state, fence FROM jobs WHERE id=?", (lease.job.id,)).fetchone()

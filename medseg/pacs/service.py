@@ -20,7 +20,7 @@ from medseg.pacs.queue import JobQueue
 from medseg.pacs.scp import Receiver
 from medseg.pacs.segment import Segmenter, load_segmenter, served_model
 from medseg.pacs.storage import study_dir, sweep_unfinished_writes
-from medseg.pacs.worker import JobResult, backoff_of, run_job
+from medseg.pacs.worker import JobResult, backoff_of, fail_unexpected, run_job
 
 PID_FILE = "serve.pid"
 
@@ -124,7 +124,7 @@ class Service:
         owner = owner_name(tag)
         while not self.stop.is_set():
             try:
-                lease = self.queue.lease(owner, self.config.lease_seconds)
+                lease = self.queue.lease(owner, self.config.lease_seconds, backoff=backoff_of(self.config))
             except Exception as exc:
                 self.on_event(f"{tag}: cannot lease: {type(exc).__name__}: {exc}")
                 lease = None
@@ -134,8 +134,11 @@ class Service:
             self.on_event(f"job {lease.job.id}: running (attempt {lease.job.attempts})")
             try:
                 result = run_job(self.config, self.queue, lease, segmenter)
-            except Exception as exc:  # an unexpected fault: the lease expires and the job is taken over later
-                result = JobResult(lease.job.id, "error", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # an unexpected fault outside the job's own handling: a failed attempt too
+                try:
+                    result = fail_unexpected(self.config, self.queue, lease, exc)
+                except Exception as again:  # the queue itself failing: the lease expires, lease() bounds the attempts
+                    result = JobResult(lease.job.id, "error", f"{type(exc).__name__}: {exc}; then {again}")
             self.results.append(result)
             self.on_event(f"job {result.job_id}: {result.state}" + (f" ({result.reason})" if result.reason else ""))
 

@@ -140,7 +140,20 @@ def run_job(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmen
     except MedsegError as exc:  # quarantine, send failure, lost lease: on the audit trail and in the queue
         if not ended:
             ended.append(JobResult(lease.job.id, "lost", exc.one_line()))
+    except Exception as exc:  # a fault nobody foresaw (a library's ValueError): an attempt that failed, not a loop
+        ended.append(fail_unexpected(config, queue, lease, exc))
     return ended[-1]
+
+
+def fail_unexpected(config: PacsConfig, queue: JobQueue, lease: Lease, exc: BaseException) -> JobResult:
+    """End an attempt that raised an unexpected exception as a failed attempt: 'pending' with backoff, 'failed' once
+    `max_attempts` are used up (docs/pacs.md: never a loop). Left to expire instead, the lease was taken back again and
+    again without any limit (review 18). 'lost' when the lease is no longer this worker's."""
+    reason = f"internal error: {type(exc).__name__}: {exc}"
+    try:
+        return JobResult(lease.job.id, queue.fail(lease, reason, backoff_of(config)), reason)
+    except LeaseLost as lost:
+        return JobResult(lease.job.id, "lost", lost.one_line())
 
 
 def _superseded(queue: JobQueue, lease: Lease, rec: AuditRecorder, ended: list[JobResult]) -> bool:

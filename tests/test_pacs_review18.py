@@ -1,0 +1,58 @@
+"""Review 18 of the PACS service: each test reproduces one defect the integration review proved, against the real
+components (pynetdicom associations, the SQLite queue, `medseg pacs` processes, the real CHAOS CT slices)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pacs_helpers import chaos_files, free_port, make_study
+
+from medseg.pacs.config import Destination, PacsConfig
+from medseg.pacs.queue import Backoff, JobQueue
+from medseg.pacs.segment import load_segmenter
+from medseg.pacs.worker import run_job
+
+
+@pytest.fixture(scope="module")
+def small_study(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """16 real CT slices as one study (about 1 s of inference here): (folder, study UID, series UID)."""
+    folder = tmp_path_factory.mktemp("review18") / "study"
+    study, series = make_study(chaos_files(shared), folder, range(30, 46), "review18")
+    return folder, study, series
+
+
+# 1. an unexpected error is a failed attempt, never an endless loop ---------------------------------------------------
+def test_unexpected_error_at_send_ends_failed_after_max_attempts(small_study: tuple[Path, str, str],
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """A destination AE title pynetdicom refuses only when it sends ("DE\\ST", now refused when the config is read,
+    built here past the check) raised ValueError out of run_job: the job stayed running, leased again for ever."""
+    folder, study, _series = small_study
+    with pytest.raises(ValueError, match="AE title"):
+        Destination(ae_title="DE\\ST", host="127.0.0.1", port=104)
+    dest = Destination.model_construct(ae_title="DE\\ST", host="127.0.0.1", port=free_port(), dicomweb=None,
+                                       folder=None, timeout_s=5.0, tls=None)  # fmt: skip
+    config = PacsConfig(storage=tmp_path / "store", destination=dest, retry={"base_s": 1, "max_attempts": 2})
+    q = JobQueue(config.queue_path)
+    q.add_job(study, str(folder))
+    segmenter = load_segmenter(["liver"])
+    first = run_job(config, q, q.lease("w", 60), segmenter)
+    assert first.state == "pending" and "internal error: ValueError" in (first.reason or "")
+    second = run_job(config, q, q.lease("w", 60, now=q.job(1).not_before + 1), segmenter)
+    job = q.job(1)
+    assert (second.state, job.state, job.attempts, job.lease_owner) == ("failed", "failed", 2, None)
+    assert "ValueError" in (job.reason or "")
+
+
+def test_a_lease_that_keeps_expiring_ends_failed(tmp_path: Path) -> None:
+    """A holder that dies or hangs on every attempt: the expired lease was taken back without looking at attempts."""
+    q = JobQueue(tmp_path / "q.db")
+    q.add_job("1.2.3", "/nowhere", now=0.0)
+    backoff = Backoff(max_attempts=2, failed_retry_after_s=100.0)
+    assert q.lease("a", 10, now=1.0, backoff=backoff).job.attempts == 1
+    assert q.lease("b", 10, now=20.0, backoff=backoff).job.attempts == 2  # a's lease expired: attempt 2
+    assert q.lease("c", 10, now=40.0, backoff=backoff) is None  # b's expired too, the last attempt
+    job = q.job(1)
+    assert (job.state, job.attempts, job.lease_owner, job.not_before) == ("failed", 2, None, 140.0)
+    assert "lease expired" in (job.reason or "")
+    assert q.requeue_failed(backoff, now=141.0) == 1  # a new round after the cool-down, as for any failed job
