@@ -178,3 +178,17 @@ def test_an_overwrite_swaps_the_whole_set_and_keeps_the_readers_own_files(shared
     assert pydicom.dcmread(out / "dicom" / "seg.dcm").PatientName == "OTHER^PATIENT"
     assert (out / "dicom" / "mine" / "a.txt").read_text() == "the reader's own folder"
     assert [p.name for p in out.iterdir()] == ["dicom"]
+
+
+@pytest.mark.disk_mb(1)
+def test_a_full_disk_while_the_seg_is_written_is_one_line_without_pydicoms_traceback(shared, tmp_path, model, capsys,
+                                                                                     small_disk) -> None:  # fmt: skip
+    """pydicom re-raises ENOSPC as a new OSError whose message is a traceback: a reviewer got it on stderr."""
+    src = _series(shared, tmp_path / "a", range(20, 60))
+    code, _, err = run_in_process(["infer", str(src), "--model", str(model), "--out", str(small_disk / "o")], capsys)
+    assert code == 4, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last.endswith(
+        "cannot write output: No space left on device. Check free disk space and permissions"), err  # fmt: skip
+    assert "Traceback" not in err and "With tag" not in err and "File " not in err
+    assert [p.name for p in (small_disk / "o").iterdir()] == []

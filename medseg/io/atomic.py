@@ -24,6 +24,18 @@ def is_unfinished_write(name: str) -> bool:
     return name.startswith(TEMPORARY_PREFIX)
 
 
+def os_reason(exc: BaseException) -> str:
+    """The one-line reason of a failed write: the first OSError in the exception's chain that names one (pydicom
+    re-raises a disk-full error as a new OSError whose message is its whole traceback), else its first line."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless `overwrite` (UsageError, exit code 2)."""
     if path.exists() and not overwrite:
@@ -62,7 +74,7 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True, priva
             os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
-        message = f"cannot write output: {exc.strerror or exc}"
+        message = f"cannot write output: {os_reason(exc)}"
         raise ProcessingError(message, path=path, hint="Check the folder.") from exc
     tmp_path = Path(tmp)
     try:
@@ -74,7 +86,7 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True, priva
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         raise ProcessingError(
-            f"cannot write output: {exc.strerror or exc}", path=path, hint="Check free disk space and permissions."
+            f"cannot write output: {os_reason(exc)}", path=path, hint="Check free disk space and permissions."
         ) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -148,7 +160,7 @@ def staging_folder(final: Path) -> Path:
         stage = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-", dir=final.parent))
         stage.chmod(0o777 & ~_umask())
     except OSError as exc:
-        raise ProcessingError(f"cannot write output: {exc.strerror or exc}", path=final.parent,
+        raise ProcessingError(f"cannot write output: {os_reason(exc)}", path=final.parent,
                               hint="Check the folder and its permissions.") from exc  # fmt: skip
     return stage
 
@@ -233,5 +245,5 @@ def commit_folder(stage: Path, final: Path, stale: set[str]) -> None:
             os.rename(stage, final)
         _fsync(final.parent)
     except OSError as exc:
-        raise ProcessingError(f"cannot move the outputs into place: {exc.strerror}", path=final,
+        raise ProcessingError(f"cannot move the outputs into place: {os_reason(exc)}", path=final,
                               hint="Check free disk space and permissions.") from exc  # fmt: skip
