@@ -65,12 +65,13 @@ def with_trail(validated: Path) -> None:
 
 
 def signed_copy(validated: Path, folder: Path, key: Path, capsys, *extra: str) -> Path:
-    """A copy of the validation folder, signed by "Ada Reviewer" as approved (with the validation's audit trail, which
-    `report sign` checks: it signs only a report.json a recorded `medseg validate` wrote)."""
+    """A copy of the validation folder, signed by "Ada Reviewer" as reviewed (with the validation's audit trail, which
+    `report sign` checks: it signs only a report.json a recorded `medseg validate` wrote; this record does not
+    support release, so it cannot be signed as approved)."""
     shutil.copytree(validated, folder)
     with_trail(validated)
     code, out = run_cli(["report", "sign", str(folder), "--key", str(key), "--signer", "Ada Reviewer",
-                         "--meaning", "approved", *extra], capsys)  # fmt: skip
+                         "--meaning", "reviewed", *extra], capsys)  # fmt: skip
     assert code == 0, out
     return folder
 
@@ -160,9 +161,9 @@ def test_artifacts_and_html(validated) -> None:
 def test_signed_report_verifies_and_shows_the_signature(validated, keys, tmp_path, capsys) -> None:
     signed = signed_copy(validated, tmp_path / "signed", keys[0], capsys, "--pdf")
     code, out = run_cli(["report", "verify", str(signed), "--public-key", str(keys[1])], capsys)
-    assert code == 0 and "report intact: approved by Ada Reviewer" in out
+    assert code == 0 and "report intact: reviewed by Ada Reviewer" in out
     html = (signed / "report.html").read_text()
-    assert "Ada Reviewer" in html and "approved" in html and "NOT SIGNED" not in html
+    assert "Ada Reviewer" in html and "reviewed" in html and "NOT SIGNED" not in html
     assert (signed / "report.pdf").read_bytes()[:5] == b"%PDF-"  # printed by Chromium from the signed HTML
     statement = json.loads(base64.b64decode(json.loads((signed / "signature.dsse.json").read_text())["payload"]))
     assert "report.pdf" in {s["name"] for s in statement["subject"]}
@@ -217,7 +218,7 @@ def test_the_audit_trail_records_the_validation_and_the_signature(signed, valida
     )
     code, out = run_cli(["audit", "show", "--json"], capsys)
     signs = [r for r in json.loads(out) if r["command"] == "report sign"]
-    assert len(signs) == 1 and "approved" in json.dumps(signs[0]) and signs[0]["outcome"] == "success"
+    assert len(signs) == 1 and "reviewed" in json.dumps(signs[0]) and signs[0]["outcome"] == "success"
 
 
 @pytest.mark.req("REQ-021")
@@ -317,6 +318,23 @@ def test_a_refused_second_signature_leaves_the_signed_record_intact(signed, keys
     assert (signed / "report.html").read_bytes() == html
     code, out = run_cli(["report", "verify", str(signed), "--public-key", str(keys[1])], capsys)
     assert code == 0 and "report intact" in out
+
+
+@pytest.mark.req("REQ-018")
+def test_a_real_record_that_does_not_support_release_is_not_signed_as_approved(
+    validated, keys, tmp_path, capsys
+) -> None:
+    """`report sign --meaning approved` signed this record (validate exit 1, release not supported) and verify then
+    said 'report intact: approved ...'. Now exit 1 naming the first reason, and nothing is written."""
+    folder = tmp_path / "failed"
+    shutil.copytree(validated, folder)
+    with_trail(validated)
+    reasons = json.loads((folder / "report.json").read_text())["release"]["reasons"]
+    html = (folder / "report.html").read_bytes()
+    code, out = run_cli(["report", "sign", str(folder), "--key", str(keys[0]), "--signer", "Ada Reviewer",
+                         "--meaning", "approved"], capsys)  # fmt: skip
+    assert code == 1 and "does not support release" in out and reasons[0] in out, out
+    assert not (folder / "signature.dsse.json").exists() and (folder / "report.html").read_bytes() == html
 
 
 @pytest.mark.req("REQ-012", "REQ-021")

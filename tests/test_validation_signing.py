@@ -174,16 +174,16 @@ def test_sign_needs_report_json_as_an_output_of_a_recorded_validation(shared, tm
     (folder / "report.json").write_text(dumps(report))
     _recorded(folder, "input")
     with pytest.raises(IntegrityError, match="not an output of any `medseg validate` run"):
-        check_signable(folder)
+        check_signable(folder, "reviewed")
     _recorded(folder, "output")
-    assert check_signable(folder)["artifacts"] == artifacts(folder)
+    assert check_signable(folder, "reviewed")["artifacts"] == artifacts(folder)
     (folder / "cases" / "later").mkdir()
     with pytest.raises(IntegrityError, match="empty folder"):
-        check_signable(folder)
+        check_signable(folder, "reviewed")
     (folder / "cases" / "later").rmdir()
     os.mkfifo(folder / "cases" / "pipe")
     with pytest.raises(IntegrityError, match="not a regular file"):
-        check_signable(folder)
+        check_signable(folder, "reviewed")
 
 
 def test_a_pipe_added_after_signing_fails_verification(shared, tmp_path, keys) -> None:
@@ -193,3 +193,61 @@ def test_a_pipe_added_after_signing_fails_verification(shared, tmp_path, keys) -
     os.mkfifo(folder / "cases" / "pipe")
     problems = verify_folder(folder, private.public_key()).problems
     assert "cases/pipe: not a regular file, not covered by the signature" in problems
+
+
+def _recorded_report(path: Path, shared: Path, release: dict | None) -> Path:
+    """A folder as `medseg validate` leaves it (artifacts listed, report.json recorded as a validate output), with
+    the given release decision (None: a record without one)."""
+    from medseg.validation.report import artifacts
+
+    folder = folder_with_report(path, shared)
+    report = json.loads((folder / "report.json").read_text()) | {"artifacts": artifacts(folder)}
+    if release is not None:
+        report["release"] = release
+    (folder / "report.json").write_text(dumps(report))
+    _recorded(folder, "output")
+    return folder
+
+
+NOT_SUPPORTED = {"supported": False, "reasons": ["acceptance fail (AC-01)", "no traceability matrix"]}
+
+
+@pytest.mark.parametrize("release", [NOT_SUPPORTED, None], ids=["release-not-supported", "no-release-decision"])
+def test_approval_of_a_record_that_does_not_support_release_is_refused(shared, tmp_path, release) -> None:
+    """`report sign --meaning approved` signed a record whose own verdict was FAIL (validate exit 1), and verify
+    then said 'report intact: approved ...; verdict fail'. 'reviewed' is still allowed on such a record."""
+    from medseg.errors import IntegrityError
+    from medseg.validation.signing import check_signable
+
+    folder = _recorded_report(tmp_path / "v", shared, release)
+    with pytest.raises(IntegrityError, match=r"does not support release.*cannot be signed as approved") as exc:
+        check_signable(folder, "approved")
+    assert exc.value.exit_code == 1 and exc.value.path == folder / "report.json"
+    if release is not None:
+        assert "acceptance fail (AC-01)" in exc.value.one_line()
+    assert check_signable(folder, "reviewed")["acceptance"]["verdict"] == "fail"
+
+
+def test_approval_of_a_record_that_supports_release_is_signed(shared, tmp_path) -> None:
+    from medseg.validation.signing import check_signable
+
+    folder = _recorded_report(tmp_path / "v", shared, {"supported": True, "reasons": []})
+    assert check_signable(folder, "approved")["release"]["supported"] is True
+
+
+def test_report_sign_approved_of_a_failed_validation_exits_1_and_writes_nothing(shared, tmp_path, keys, capsys) -> None:
+    """The CLI: exit 1, one line naming report.json and what to do; nothing written (no signature, no report.html).
+    Signing the real validation record as reviewed is in test_validation_report.py."""
+    from cli_run import run_in_process
+
+    folder = _recorded_report(tmp_path / "v", shared, NOT_SUPPORTED)
+    before = sorted(p.name for p in folder.iterdir())
+    args = ["--key", str(keys[0]), "--signer", "A. Reviewer"]
+    code, _, err = run_in_process(["report", "sign", str(folder), *args, "--meaning", "approved"], capsys)
+    assert code == 1, err
+    assert err.strip().splitlines() == [
+        f"error: {folder / 'report.json'}: the record does not support release: acceptance fail (AC-01); it cannot be"
+        " signed as approved. Sign it --meaning reviewed, or fix what report.json's release reasons name and validate"
+        " again"
+    ], err
+    assert sorted(p.name for p in folder.iterdir()) == before and "Traceback" not in err

@@ -31,8 +31,9 @@ complete, no test of that run failed, and no hazard's residual risk is marked no
 and report.json says why (the record is still written). It refuses (exit 3) a set that lists a scan twice, whose
 files differ from the set file or its lock, or that shares a file digest, voxel content, DICOM UID or patient with
 any training manifest of the model.
-report sign signs only a report.json that a recorded `medseg validate` run wrote, with its artifacts intact
-(exit 1 otherwise); report verify exits 1 and names each changed file on any change.
+report sign signs only a report.json that a recorded `medseg validate` run wrote, with its artifacts intact,
+and signs it --meaning approved only when that record supports release (exit 1 otherwise); report verify exits 1
+and names each changed file on any change.
 """
 
 validation_app = typer.Typer(name="validation", help="Locked validation test sets.", no_args_is_help=True)
@@ -161,7 +162,9 @@ def sign(
     folder: Path = typer.Argument(..., help="Validation output folder (holds report.json)."),
     key: Path = typer.Option(..., "--key", help="Ed25519 private key (from `medseg keys generate`)."),
     signer: str = typer.Option(..., "--signer", help="Printed name of the person signing."),
-    meaning: str = typer.Option(..., "--meaning", help="reviewed or approved."),
+    meaning: str = typer.Option(
+        ..., "--meaning", help="reviewed, or approved (only a record that supports release: validate exited 0)."
+    ),
     pdf: bool = typer.Option(False, "--pdf", help="Also print report.pdf from the signed HTML (needs Chromium)."),
 ) -> None:
     """Sign a validation report: name, meaning and UTC time, bound to the SHA-256 of every file in the folder."""
@@ -174,7 +177,7 @@ def sign(
     info = signature_info(signer, meaning, private.public_key())
     with audited("report sign", params={"signer": info.signer, "meaning": meaning, "key_id": info.key_id}) as rec:
         rec.add_inputs([folder / "report.json"])
-        write_html(folder, check_signable(folder), info)
+        write_html(folder, check_signable(folder, info.meaning), info)
         if pdf:
             from medseg.validation.pdf import write_pdf
 

@@ -30,6 +30,7 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://medseg.invalid/validation-signature/v1"
 MEANINGS = ("reviewed", "approved")
+APPROVAL = "approved"  # the one meaning that claims the record supports release
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -85,10 +86,28 @@ def _require_unsigned_report(folder: Path) -> None:
         raise UsageError(f"no {REPORT} here", path=folder, hint="Pass the output folder of `medseg validate`.")
 
 
-def check_signable(folder: Path) -> dict[str, Any]:
+def require_release_for_approval(report: dict[str, Any], meaning: str, path: Path) -> None:
+    """Refuse an 'approved' signature on a record whose own release decision (report.json `release`, written by
+    `medseg validate`) is not 'supported': an approval would state what the record itself denies (validate exited
+    1 for it). 'reviewed' is allowed on any record: it states only that a person read it."""
+    if meaning != APPROVAL:
+        return
+    release = report.get("release") if isinstance(report, dict) else None
+    if isinstance(release, dict) and release.get("supported") is True:
+        return
+    reasons = release.get("reasons") if isinstance(release, dict) else None
+    why = f": {reasons[0]}" if isinstance(reasons, list) and reasons else " (no release decision in it)"
+    raise IntegrityError(
+        f"the record does not support release{why}; it cannot be signed as approved", path=path,
+        hint="Sign it --meaning reviewed, or fix what report.json's release reasons name and validate again",
+    )  # fmt: skip
+
+
+def check_signable(folder: Path, meaning: str) -> dict[str, Any]:
     """The report of an unsigned validation folder, after checking it is what `medseg validate` wrote: report.json's
     SHA-256 is recorded as an output of a `validate` run in the audit trail, and every artifact it lists is intact.
-    A report edited between validation and signature (a verdict turned to pass) is refused, not signed."""
+    A report edited between validation and signature (a verdict turned to pass) is refused, not signed; so is an
+    'approved' signature on a record whose release is not supported (`require_release_for_approval`)."""
     from medseg.audit.config import load_config
     from medseg.audit.query import RecordFilter, query_records
     from medseg.audit.store import AuditStore
@@ -117,6 +136,7 @@ def check_signable(folder: Path) -> dict[str, Any]:
         changed = sorted(k for k in listed.keys() | present.keys() if listed.get(k) != present.get(k))
         raise IntegrityError(f"{len(changed)} artifact(s) differ from {REPORT}, first {changed[0]}",
                              path=folder, hint="Restore the folder as validate wrote it.")  # fmt: skip
+    require_release_for_approval(report, meaning, folder / REPORT)
     return report
 
 
