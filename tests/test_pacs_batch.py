@@ -159,7 +159,7 @@ def test_a_job_resumed_with_another_model_is_segmented_again_by_it_and_audited_a
     card = resolve_model(str(models[1]), "liver").card
     assert pydicom.dcmread(seg).SeriesDescription.startswith(f"{card.name} {card.version}")
     (job,) = JobQueue(out / "queue.db").jobs()
-    assert job.idem_key == seg_key(seg, ["liver"], str(card.weights.sha256))
+    assert job.idem_key == seg_key(seg, ["liver"], str(card.weights.sha256), job.generation)
     shown = subprocess.run([sys.executable, "-m", "medseg", "audit", "show", "--json"], capture_output=True,
                            text=True, timeout=120)  # fmt: skip
     digest = hashlib.sha256(seg.read_bytes()).hexdigest()

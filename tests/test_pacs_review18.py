@@ -56,3 +56,83 @@ def test_a_lease_that_keeps_expiring_ends_failed(tmp_path: Path) -> None:
     assert (job.state, job.attempts, job.lease_owner, job.not_before) == ("failed", 2, None, 140.0)
     assert "lease expired" in (job.reason or "")
     assert q.requeue_failed(backoff, now=141.0) == 1  # a new round after the cool-down, as for any failed job
+
+
+# 2. the same instances in other bytes are duplicates; other content under the same UIDs gets a SEG UID of its own ---
+def _receiver(storage: Path, quiet: float = 0.2):
+    from medseg.pacs.scp import Receiver
+
+    config = PacsConfig(listen={"ae_title": "MEDSEG", "host": "127.0.0.1", "port": free_port()}, storage=storage,
+                        destination={"folder": str(storage.parent / "sent")},
+                        completion={"quiet_seconds": quiet})  # fmt: skip
+    queue = JobQueue(config.queue_path)
+    receiver = Receiver(config, queue)
+    return receiver, queue, receiver.start()
+
+
+def _store(port: int, folder: Path, syntax: str, **changes: str) -> set[int]:
+    """C-STORE every file of `folder` in one pynetdicom association offering only `syntax`; the statuses answered."""
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEG")
+    assert assoc.is_established
+    statuses = set()
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        statuses.add(int(assoc.send_c_store(ds).Status))
+    assoc.release()
+    return statuses
+
+
+def _complete(queue: JobQueue, storage: Path) -> list:
+    from medseg.pacs.storage import study_dir
+
+    return queue.complete_due(lambda uid: str(study_dir(storage, uid)), now=9e12)
+
+
+def test_same_instances_in_another_transfer_syntax_are_duplicates(small_study: tuple[Path, str, str],
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """The PACS forwarding the study again as explicit VR: the bytes differ, the content not; it reopened the study
+    and made a second SEG under the first one's SOP Instance UID."""
+    folder, study, _ = small_study
+    receiver, queue, port = _receiver(tmp_path / "store")
+    try:
+        assert _store(port, folder, "1.2.840.10008.1.2") == {0}
+        assert len(_complete(queue, tmp_path / "store")) == 1
+        first = {r["sop_uid"]: r["sha256"] for r in queue.instances(study)}
+        assert _store(port, folder, "1.2.840.10008.1.2.1") == {0}
+    finally:
+        receiver.stop()
+    rows = queue.instances(study)
+    assert len(rows) == 16 and all(first[r["sop_uid"]] != r["sha256"] for r in rows)  # other bytes, rows follow them
+    assert [(s["state"], s["generation"]) for s in queue.studies()] == [("complete", 1)]
+    assert _complete(queue, tmp_path / "store") == [] and len(queue.jobs()) == 1
+
+
+def test_corrected_study_gets_a_seg_sop_uid_of_its_own(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    """The study sent again with the patient's name corrected (same SOP Instance UIDs): generation 2, whose SEG had
+    the first SEG's SOP Instance UID (the key held only UIDs): two different objects under one UID at the PACS."""
+    folder, study, _ = small_study
+    storage = tmp_path / "store"
+    receiver, queue, port = _receiver(storage)
+    segmenter = load_segmenter(["liver"])
+    config = receiver.config
+    try:
+        assert _store(port, folder, "1.2.840.10008.1.2", PatientName="WRONG^PATIENT") == {0}
+        (job1,) = _complete(queue, storage)
+        assert run_job(config, queue, queue.lease("w", 60, job_id=job1.id), segmenter).state == "sent"
+        assert _store(port, folder, "1.2.840.10008.1.2", PatientName="RIGHT^PATIENT") == {0}
+    finally:
+        receiver.stop()
+    (job2,) = _complete(queue, storage)
+    assert job2.generation == 2
+    assert run_job(config, queue, queue.lease("w", 60, job_id=job2.id), segmenter).state == "sent"
+    one, two = queue.job(job1.id), queue.job(job2.id)
+    assert one.seg_series_uid == two.seg_series_uid and one.seg_sop_uid != two.seg_sop_uid
+    assert len(list((tmp_path / "sent" / study).glob("*.dcm"))) == 2

@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS seg_models (
     version TEXT NOT NULL,
     weights_sha256 TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS instance_content (
+    sop_uid TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batch_inputs (
     study_uid TEXT NOT NULL,
     digest TEXT NOT NULL,
@@ -96,18 +100,26 @@ class JobQueue:
     def record_instance(
         self, sop_uid: str, study_uid: str, series_uid: str, path: str, sha256: str, size: int,
         quiet_s: float, calling_ae: str = "", now: float | None = None, reopens: bool = True,
+        content: str | None = None,
     ) -> Received:  # fmt: skip
         """Record a stored instance and push its study's completion deadline; a study already done is reopened.
 
         `reopens=False` (an instance that is not image input: a SEG, a report, medseg's own SEG sent back by the PACS)
-        is recorded but never reopens, starts or delays a study, so a PACS that echoes results cannot loop."""
+        is recorded but never reopens, starts or delays a study, so a PACS that echoes results cannot loop.
+        `content` (the SCP's `content_digest`, independent of the transfer syntax): the same SOP Instance UID with
+        the same content in other bytes is a duplicate too (its row takes the new file's digest and size)."""
         now = time.time() if now is None else now
         with self._write() as db:
             old = db.execute("SELECT sha256, study_uid FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
             study = db.execute("SELECT state, generation FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
-            if old is not None and old["sha256"] == sha256:
+            if old is not None and (old["sha256"] == sha256 or self._same_content(db, sop_uid, content)):
+                if old["sha256"] != sha256:
+                    db.execute("UPDATE instances SET path=?, sha256=?, size=? WHERE sop_uid=?",
+                               (path, sha256, size, sop_uid))  # fmt: skip
                 gen = study["generation"] if study else 1
                 return Received("duplicate", study_uid, gen)
+            if content is not None:
+                db.execute("INSERT OR REPLACE INTO instance_content VALUES (?, ?)", (sop_uid, content))
             if not reopens:
                 if study is None:
                     db.execute("INSERT INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)", (study_uid, now, now, now))
@@ -138,6 +150,14 @@ class JobQueue:
             )
             outcome = "new" if reopens else "not input"
             return Received("replaced" if old is not None else outcome, study_uid, gen)
+
+    @staticmethod
+    def _same_content(db: sqlite3.Connection, sop_uid: str, content: str | None) -> bool:
+        """Whether the instance recorded under `sop_uid` has this content digest."""
+        if content is None:
+            return False
+        row = db.execute("SELECT digest FROM instance_content WHERE sop_uid=?", (sop_uid,)).fetchone()
+        return row is not None and row["digest"] == content
 
     def complete_due(self, input_of: Callable[[str], str] | None = None, now: float | None = None) -> list[Job]:
         """Studies whose quiet time has passed become complete, each with a new job; earlier open jobs are superseded.
@@ -476,6 +496,10 @@ class JobQueue:
             if row is None:
                 return None
             received = self._received(db, study_uid)
+            db.execute(
+                "DELETE FROM instance_content WHERE sop_uid IN (SELECT sop_uid FROM instances WHERE study_uid=?)",
+                (study_uid,),
+            )
             n = db.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,)).rowcount
             db.execute("UPDATE studies SET instances=0 WHERE study_uid=?", (study_uid,))
             unfinished = db.execute("SELECT 1 FROM purges WHERE study_uid=? AND done=0", (study_uid,)).fetchone()

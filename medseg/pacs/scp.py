@@ -31,6 +31,51 @@ def is_study_input(sop_class: str) -> bool:
     return UID(sop_class).name.endswith("Image Storage")
 
 
+def content_digest(data: bytes) -> str:
+    """SHA-256 of an encoded instance's content, the same whatever little-endian transfer syntax carried it.
+
+    Each element (file meta left out) counts as its tag and its value's bytes as encoded (identical in implicit and
+    explicit VR little endian); sequences are walked item by item, so defined or undefined lengths and the nested VR
+    encoding do not count. The same instances forwarded by a PACS as explicit instead of implicit VR are then
+    duplicates, not a changed study segmented again under the same SEG UIDs (review 18). Not the same: big endian,
+    another compression of the pixel data, a private sequence in implicit VR (read as bytes): counted as changed."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    digest = hashlib.sha256()
+    _feed(digest, ds)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, ds: Any) -> None:
+    """Add each element of `ds` (tag, then value bytes or its items) to `digest`, in tag order."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+
+    for tag in sorted(ds.keys()):
+        elem = ds.get_item(tag)
+        digest.update(int(tag).to_bytes(4, "little"))
+        raw = isinstance(elem, RawDataElement)
+        vr = elem.VR or (dictionary_VR(tag) if _known(tag) else "")  # implicit VR: the dictionary's
+        if vr == "SQ":
+            items = ds[tag].value
+            digest.update(b"SQ" + len(items).to_bytes(4, "little"))
+            for item in items:
+                digest.update(b"IT")
+                _feed(digest, item)
+            continue
+        value = elem.value if raw else str(elem.value).encode()
+        value = b"" if value is None else bytes(value)
+        digest.update(len(value).to_bytes(8, "little") + value)
+
+
+def _known(tag: Any) -> bool:
+    """Whether pydicom's dictionary knows the (public) tag."""
+    from pydicom.datadict import dictionary_has_tag
+
+    return bool(dictionary_has_tag(tag))
+
+
 @dataclass(frozen=True)
 class StoreOutcome:
     """The status answered for one C-STORE and why (for the log and the tests)."""
@@ -53,6 +98,10 @@ def store_instance(
         path = instance_path(root, study, series, sop_uid)
     except (MedsegError, AttributeError, ValueError, pydicom.errors.InvalidDicomError) as exc:
         return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable header: {exc}")
+    try:
+        content = content_digest(data)
+    except Exception as exc:  # pydicom's readers raise many types on a damaged body: the header was readable
+        return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable dataset: {type(exc).__name__}: {exc}")
     if min_free_mb and shutil.disk_usage(root).free < min_free_mb * 1e6 + len(data):
         return StoreOutcome(OUT_OF_RESOURCES, "storage below min_free_mb")
     try:
@@ -60,7 +109,7 @@ def store_instance(
             durable_write(path, data)
             got = queue.record_instance(
                 sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
-                reopens=is_study_input(sop_class),
+                reopens=is_study_input(sop_class), content=content,
             )
     except DiskFull as exc:
         return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())

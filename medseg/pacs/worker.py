@@ -85,22 +85,23 @@ def heartbeat(queue: JobQueue, lease: Lease, duration_s: float) -> Iterator[thre
         t.join()
 
 
-def seg_key(seg: Path, organs: list[str], weights_sha256: str) -> str | None:
-    """The idempotency key a stamped SEG would have if made by this model (weights) and software; None if unreadable."""
+def seg_key(seg: Path, organs: list[str], weights_sha256: str, generation: int) -> str | None:
+    """The idempotency key a stamped SEG of the study's `generation` would have if made by this model (weights) and
+    software; None if unreadable."""
     import pydicom
 
     try:
         study, source, instances = seg_source(pydicom.dcmread(seg, stop_before_pixels=True))
     except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError):
         return None
-    return idempotency_key(study, source, organs, weights_sha256, software_version(), instances)
+    return idempotency_key(study, source, organs, weights_sha256, software_version(), instances, generation)
 
 
 def _reusable(job: Job, organs: list[str], segmenter: Segmenter) -> bool:
     """Whether an earlier attempt's SEG is there and was made by this model and software (same idempotency key)."""
     if not (job.result and job.seg_sop_uid and job.idem_key and Path(job.result).is_file()):
         return False
-    return seg_key(Path(job.result), organs, segmenter.weights_sha256) == job.idem_key
+    return seg_key(Path(job.result), organs, segmenter.weights_sha256, job.generation) == job.idem_key
 
 
 def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmenter) -> Path:
@@ -122,7 +123,7 @@ def _segmented(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Seg
         raise LeaseLost(f"job {job.id}: lease lost during inference")
     if outcome.seg is None:
         raise (ProcessingError if outcome.transient else InvalidInputError)(outcome.reason or "not segmented")
-    ident = stamp_seg(outcome.seg, list(config.organs), segmenter.weights_sha256, software_version())
+    ident = stamp_seg(outcome.seg, list(config.organs), segmenter.weights_sha256, software_version(), job.generation)
     made_by = (*segmenter.model_name, segmenter.weights_sha256)
     queue.set_identity(lease, ident.key, ident.series_uid, ident.sop_uid, str(outcome.seg), made_by)
     return outcome.seg
