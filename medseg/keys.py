@@ -38,6 +38,33 @@ def generate_keypair() -> tuple[bytes, bytes]:
     return private, public
 
 
+def make_key_folder(out_dir: Path) -> None:
+    """Create the folder a key pair goes into (with its parents). A path that exists as a file, or that runs through
+    a file, is the caller's mistake (UsageError, exit 2) rather than an internal error: --out names a folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("exists and is not a folder", path=out_dir,
+                         hint="--out takes a folder for NAME.key and NAME.key.pub: pass another path")  # fmt: skip
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UsageError("cannot be made a folder: a part of the path is a file", path=out_dir,
+                         hint="Pass another path for --out") from exc  # fmt: skip
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder: {exc.strerror}", path=out_dir,
+                         hint="Pass a folder you can write") from exc  # fmt: skip
+
+
+def _require_no_file_on_the_way(path: Path) -> None:
+    """The folders above a secret are made when missing; one that exists as a file is a usage error (exit 2), not a
+    write failure (exit 4): the path was mistyped."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{parent} is a file, not a folder", path=path, hint="Pass another path")
+            return
+
+
 def write_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
     """Write a new key pair: the private file with mode 0600, the public one 0644; both atomically."""
     check_writable(private_path, overwrite)
@@ -99,6 +126,7 @@ def key_id(key: Ed25519PublicKey) -> str:
 def write_secret(path: Path, overwrite: bool = False) -> None:
     """Write a new random secret (32 bytes as 64 hex digits and a newline) with mode 0600, atomically."""
     check_writable(path, overwrite)
+    _require_no_file_on_the_way(path)
     atomic_write_bytes(path, (secrets.token_hex(MIN_SECRET_BYTES) + "\n").encode("ascii"), overwrite)
     os.chmod(path, 0o600)
 

@@ -68,3 +68,22 @@ def test_a_signing_key_other_users_can_read_is_refused(tmp_path: Path, mode: int
         load_private_key(private)
     private.chmod(0o600)
     assert load_private_key(private)
+
+
+@pytest.mark.parametrize("out", ["existing.file", "existing.file/sub"])
+def test_keys_generate_into_a_file_is_a_usage_error_not_an_internal_error(tmp_path: Path, out: str) -> None:
+    """`keys generate --out <existing file>` said 'internal error: FileExistsError' (exit 4)."""
+    (tmp_path / "existing.file").write_text("x\n")
+    done = _run("keys", "generate", "--out", str(tmp_path / out), "--name", "qa")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / out}: ") and "another path" in lines[0].lower()
+    assert "internal error" not in done.stderr and (tmp_path / "existing.file").read_text() == "x\n"
+
+
+def test_keys_secret_under_a_file_is_a_usage_error_and_missing_folders_are_made(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x\n")
+    done = _run("keys", "secret", str(tmp_path / "f" / "s.key"))
+    assert done.returncode == 2 and f"{tmp_path / 'f'} is a file, not a folder" in done.stderr, done.stderr
+    assert _run("keys", "secret", str(tmp_path / "new" / "s.key")).returncode == 0
+    assert len(read_secret(tmp_path / "new" / "s.key")) == 64

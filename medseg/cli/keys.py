@@ -39,9 +39,9 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing key pair."),
 ) -> None:
     """Create an Ed25519 signing key pair (encrypted when MEDSEG_AUDIT_KEY_PASSPHRASE is set)."""
-    from medseg.keys import keypair_paths, write_keypair
+    from medseg.keys import keypair_paths, make_key_folder, write_keypair
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_key_folder(out)
     private, public = keypair_paths(out, name)
     write_keypair(private, public, overwrite)
     console.result(f"{private}: private key (keep offline, never commit); {public}: public key")
