@@ -249,3 +249,41 @@ def test_disk_full_leaves_no_partial_result_set(shared, tmp_path, model_cache, e
     assert "cannot write output" in proc.stderr
     left = sorted(p.name for p in (tmp_path / "o").rglob("*") if p.is_file())
     assert left == [], left
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda_available(), reason="this machine has a CUDA GPU: the refusal cannot happen")
+def test_device_cuda_without_a_gpu_is_refused_before_the_input_is_read(shared, tmp_path, run):
+    """A reviewer saw the input read and QC warnings printed before the exit-4 refusal."""
+    code, _, err = run("infer", shared / "ct/chaos_ct_sample/dicom", "--device", "cuda", "--out", tmp_path / "o")
+    assert code == 4, err
+    assert err.strip().splitlines() == ["error: --device cuda requested but no CUDA device is available. Use --device "
+                                        "cpu."], err  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("option", "hint"), [(("--backend", "torch"), "Use --backend openvino or auto"),
+                                              (("--device", "cuda"), "Use --device cpu")])  # fmt: skip
+def test_int8_on_another_runtime_names_the_option_to_change(shared, tmp_path, run, option, hint):
+    code, _, err = run("infer", shared / "ct/chaos_ct_sample/dicom", "--precision", "int8", *option,
+                       "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2, err
+    assert err.strip().splitlines() == [f"error: --precision int8 runs on OpenVINO on the CPU only. {hint}."]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--organ", "kidney"), "no default model for organ 'kidney': no installed model validates it. Organs served by "
+                            "default: liver, spleen"),
+    (("--model", "abdomen-9.9"), "model 'abdomen-9.9' not found. --model takes abdomen, abdomen-2.1, abdomen-2.2, "
+                                 "liver, or a model folder"),
+])  # fmt: skip
+def test_an_option_naming_no_model_is_a_usage_error_listing_what_it_takes(shared, tmp_path, run, args, message):
+    """README: exit 2 for an unvalidated organ or a bad option; a reviewer got 3, and card names --model refuses."""
+    code, _, err = run("infer", shared / "ct/totalseg_example_ct_sm/image.nii.gz", *args, "--out", tmp_path / "o")
+    assert code == 2 and err.strip().splitlines() == [f"error: {message}."], err

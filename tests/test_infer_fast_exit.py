@@ -47,7 +47,9 @@ def test_fast_exit_leaves_complete_outputs_and_audit_record(shared, tmp_path, mo
 
 def test_failure_exits_with_its_code(shared, tmp_path, model):
     proc = _infer(shared / "ct/chaos_ct_sample/liver.nii.gz", tmp_path / "o", tmp_path / "nomodel", tmp_path / "c")
-    assert proc.returncode in (2, 3) and proc.stderr.strip()
+    assert proc.returncode == 2, proc.stderr  # --model names no model: a usage error
+    last = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert last["level"] == "error" and last["exit_code"] == 2 and "not found. --model takes" in last["message"], last
 
 
 def test_in_process_call_does_not_exit(shared, tmp_path, model, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import pytest
 from pacs_helpers import chaos_files, make_study
 from pydantic import ValidationError
 
-from medseg.errors import InvalidInputError, UsageError
+from medseg.errors import UsageError
 from medseg.pacs.config import Destination, PacsConfig
 from medseg.pacs.segment import load_segmenter
 
@@ -36,7 +36,7 @@ def test_segmenter_serves_the_validated_organs_and_names_the_others() -> None:
         load_segmenter(["liver", "kidney"])
     with pytest.raises(UsageError, match="has no brain output"):
         load_segmenter(["liver", "brain"])
-    with pytest.raises(InvalidInputError, match="no default model for organ 'brain'"):
+    with pytest.raises(UsageError, match="no default model for organ 'brain': no installed model validates it"):
         load_segmenter("brain")
 
 

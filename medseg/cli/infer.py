@@ -126,7 +126,7 @@ def _lazy_runner(model: InstalledModel, backend: str, device: str, precision: st
         for line in dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught):
             console.warn(f"while loading the model: {line}")
         if runner.info.get("exported_now"):
-            console.info(f"exported the model to OpenVINO once (cached in {runner.info['cache']})")
+            console.info(f"exported the model to {runner.backend} once (cached in {runner.info['cache']})")
         if "fallback" in runner.info:
             console.warn(runner.info["fallback"])
         return runner
@@ -149,7 +149,7 @@ def _run(
     from medseg.infer.cases import discover_cases
     from medseg.infer.organs import parse_organs, select_organs
     from medseg.infer.pipeline import InferSettings, exit_code, run_case_safe
-    from medseg.infer.runtime import BACKENDS, check_precision
+    from medseg.infer.runtime import BACKENDS, check_device, check_precision
     from medseg.models.registry import resolve_model
 
     organs = parse_organs(organ)
@@ -160,13 +160,14 @@ def _run(
         from medseg.errors import UsageError
 
         raise UsageError(f"unknown backend {backend!r}", hint=f"Choose one of {', '.join(BACKENDS)}.")
+    check_precision(model, backend, device, options.precision)
+    check_device(device)
     rec.add_inputs([input, model.weights_path], background=True)  # read only; hashed beside the work
     rec.set_model(card.name, card.version, card.weights.sha256)
     model.verify()
     cases, notes = discover_cases(input, card.modality, options.series)
     for note in notes:
         console.info(note)
-    check_precision(model, backend, device, options.precision)
     runner = _lazy_runner(model, backend, device, options.precision)
     settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
                              preview=options.preview, force=options.force, organs=organs)  # fmt: skip

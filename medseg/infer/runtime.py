@@ -45,13 +45,19 @@ class Runner:
         return self.forward(batch)
 
 
-def torch_runner(model: InstalledModel, device: str = "cpu", batch_size: int = 4) -> Runner:
-    """Eager torch: the reference implementation; `device` may be "cuda" where a GPU exists."""
-    import torch
-
+def check_device(device: str) -> None:
+    """Refuse `--device cuda` on a machine without a usable GPU before any input is read (exit 4, as at load)."""
     if device.startswith("cuda"):
+        import torch
+
         if not torch.cuda.is_available():
             raise ProcessingError("--device cuda requested but no CUDA device is available", hint="Use --device cpu.")
+
+
+def torch_runner(model: InstalledModel, device: str = "cpu", batch_size: int = 4) -> Runner:
+    """Eager torch: the reference implementation; `device` may be "cuda" where a GPU exists."""
+    if device.startswith("cuda"):
+        check_device(device)
         exact_float32_on_cuda()
     return module_runner(model.load_network(device), device, batch_size)
 
@@ -267,7 +273,8 @@ def check_precision(model: InstalledModel, backend: str, device: str, precision:
         raise UsageError(f"unknown precision {precision!r}", hint=f"Choose one of {', '.join(PRECISIONS)}.")
     if precision == "int8":
         if device != "cpu" or backend not in ("auto", "openvino"):
-            raise UsageError("--precision int8 runs on OpenVINO on the CPU only", hint="Use --device cpu.")
+            hint = "Use --device cpu." if device != "cpu" else "Use --backend openvino or auto."
+            raise UsageError("--precision int8 runs on OpenVINO on the CPU only", hint=hint)
         if model.card.int8 is None:
             raise UsageError(
                 f"model {model.card.name!r} {model.card.version} has no validated INT8 export",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg.digests import file_sha256
-from medseg.errors import InvalidInputError, ProcessingError
+from medseg.errors import ProcessingError, UsageError
 from medseg.models.card import ModelCard
 
 if TYPE_CHECKING:
@@ -82,12 +82,14 @@ def list_models() -> list[InstalledModel]:
 
 
 def resolve_model(name_or_path: str | Path | None, organ: str | None = None) -> InstalledModel:
-    """A model by built-in name, by folder/card path, or the default for `organ`."""
+    """A model by built-in name, by folder/card path, or the default for `organ`; UsageError (exit 2) for an option
+    that names no model."""
     if name_or_path is None:
         if organ is None or organ not in DEFAULT_MODELS:
-            raise InvalidInputError(
-                f"no default model for organ {organ!r}", hint=f"Choose one of {sorted(DEFAULT_MODELS)} or pass --model."
-            )
+            serving = sorted(m.folder.name for m in list_models() if organ in m.card.validated_organs)
+            where = f"--model {', '.join(serving)} validates it" if serving else "no installed model validates it"
+            raise UsageError(f"no default model for organ {organ!r}: {where}",
+                             hint=f"Organs served by default: {', '.join(sorted(DEFAULT_MODELS))}.")  # fmt: skip
         name_or_path = DEFAULT_MODELS[organ]
     p = Path(name_or_path)
     if p.is_file() and p.name.endswith((".yaml", ".yml")):
@@ -97,7 +99,8 @@ def resolve_model(name_or_path: str | Path | None, organ: str | None = None) -> 
     builtin = ZOO / str(name_or_path) / CARD_NAME
     if builtin.is_file():
         return InstalledModel(ModelCard.load(builtin), builtin.parent)
-    names = [m.card.name for m in list_models()]
-    raise InvalidInputError(
-        f"model {name_or_path!r} not found", hint=f"Installed models: {names or 'none'}; or pass a model folder."
+    names = [m.folder.name for m in list_models()]
+    raise UsageError(
+        f"model {str(name_or_path)!r} not found",
+        hint=f"--model takes {', '.join(names) or 'no installed model'}, or a model folder.",
     )
