@@ -20,6 +20,7 @@ from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import Backoff, JobQueue
 from medseg.pacs.retention import PURGING, purge_expired
 from medseg.pacs.scp import SUCCESS, store_instance
+from medseg.pacs.service import service_lock
 from medseg.pacs.storage import results_dir, study_dir, study_lock
 
 
@@ -198,12 +199,12 @@ def test_purge_command_refuses_without_retention_or_beside_a_running_service(sha
     assert unset.returncode == 2 and "retention.keep_days is not set" in unset.stderr
     assert len(unset.stderr.strip().splitlines()) == 1
     path.write_text(yaml.safe_dump(base | {"retention": {"keep_days": 0}}))
-    (config.storage / "serve.pid").write_text(str(os.getpid()))  # a live process holds the storage
-    busy = _medseg("pacs", "purge", "--config", str(path))
-    assert busy.returncode == 2 and "purges by itself" in busy.stderr
-    listed = _medseg("pacs", "purge", "--config", str(path), "--dry-run")
-    assert listed.returncode == 0 and "would delete the files of 1 study (2 instances)" in listed.stdout
-    (config.storage / "serve.pid").unlink()
+    with service_lock(config.storage):  # this process holds the storage as a running service does
+        busy = _medseg("pacs", "purge", "--config", str(path))
+        assert busy.returncode == 2 and "purges by itself" in busy.stderr
+        listed = _medseg("pacs", "purge", "--config", str(path), "--dry-run")
+        assert listed.returncode == 0 and "would delete the files of 1 study (2 instances)" in listed.stdout
+    (config.storage / "serve.pid").write_text(str(os.getpid()))  # a pid file nobody holds is stale (review 18)
     done = _medseg("pacs", "purge", "--config", str(path))
     assert done.returncode == 0 and "deleted the files of 1 study (2 instances)" in done.stdout, done.stderr
     assert not study_dir(config.storage, "1.2.826.0.1.9.7").exists()

@@ -3,10 +3,14 @@ components (pynetdicom associations, the SQLite queue, `medseg pacs` processes, 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from pacs_helpers import chaos_files, free_port, make_study
+import yaml
+from pacs_helpers import Served, chaos_files, free_port, make_study, write_config
 
 from medseg.pacs.config import Destination, PacsConfig
 from medseg.pacs.queue import Backoff, JobQueue
@@ -136,3 +140,60 @@ def test_corrected_study_gets_a_seg_sop_uid_of_its_own(small_study: tuple[Path, 
     one, two = queue.job(job1.id), queue.job(job2.id)
     assert one.seg_series_uid == two.seg_series_uid and one.seg_sop_uid != two.seg_sop_uid
     assert len(list((tmp_path / "sent" / study).glob("*.dcm"))) == 2
+
+
+# 3, 5. the storage's service lock: a second serve refused, a stale pid file never signals a stranger ---------------
+def _medseg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _status(config: Path) -> dict:
+    done = _medseg("pacs", "status", "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_second_serve_on_the_same_storage_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    """The second start overwrote serve.pid, failed to bind ('internal error ... report it', exit 4), and status, stop
+    and purge then lost the service that still ran."""
+    config = tmp_path / "pacs.yaml"
+    port = write_config(config, tmp_path / "store", {"folder": str(tmp_path / "segs")})
+    served = Served(config, port, tmp_path / "serve.log").start()
+    try:
+        pid = served.proc.pid
+        second = _medseg("pacs", "serve", "--config", str(config))
+        assert second.returncode == 2, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and f"(pid {pid}) runs on this storage" in second.stderr
+        assert (tmp_path / "store" / "serve.pid").read_text() == str(pid)
+        assert _status(config)["service_pid"] == pid
+        other = tmp_path / "other.yaml"  # another storage, the same port: the port in use is a config error
+        write_config(other, tmp_path / "store2", {"folder": str(tmp_path / "segs")})
+        other.write_text(other.read_text().replace(f"port: {yaml.safe_load(other.read_text())['listen']['port']}",
+                                                   f"port: {port}"))  # fmt: skip
+        busy = _medseg("pacs", "serve", "--config", str(other))
+        assert busy.returncode == 2 and "listen.port" in busy.stderr and "in use" in busy.stderr, busy.stderr
+        assert len(busy.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "store2" / "serve.pid").exists()
+        stopped = _medseg("pacs", "stop", "--config", str(config))
+        assert stopped.returncode == 0 and f"stopped (pid {pid})" in stopped.stdout, stopped.stderr
+        assert served.proc.wait(30) == 0
+    finally:
+        served.stop()
+    assert not (tmp_path / "store" / "serve.pid").exists()
+
+
+def test_a_stale_pid_file_never_signals_another_process(tmp_path: Path) -> None:
+    """A service killed with -9 leaves serve.pid; its pid given to another program was SIGTERMed by `pacs stop`."""
+    config = tmp_path / "pacs.yaml"
+    write_config(config, tmp_path / "store", {"folder": str(tmp_path / "segs")})
+    JobQueue(tmp_path / "store" / "queue.db").close()
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / "store" / "serve.pid").write_text(str(stranger.pid))
+        assert _status(config)["service_pid"] is None
+        stop = _medseg("pacs", "stop", "--config", str(config), "--wait", "2")
+        assert stop.returncode == 2 and "no service is running" in stop.stderr
+        assert stranger.poll() is None  # not signalled
+    finally:
+        stranger.kill()
+        stranger.wait(30)

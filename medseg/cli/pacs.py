@@ -185,7 +185,11 @@ def register(app: typer.Typer) -> None:
         pid = read_pid(cfg.storage)
         if pid is None:
             raise UsageError("no service is running on this storage", path=cfg.storage)
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            console.result(f"stopped (pid {pid} had already exited)")
+            return
         deadline = time.monotonic() + wait
         while read_pid(cfg.storage) == pid and time.monotonic() < deadline:
             time.sleep(0.2)

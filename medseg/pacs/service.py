@@ -7,14 +7,18 @@ leases of the rest so another start picks them up at once.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.errors import UsageError
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.scp import Receiver
@@ -61,8 +65,11 @@ class Service:
         Returns True when every thread ended within the grace time; False when a job was handed back while its
         thread was still inside inference (the caller should then end the process without waiting for it).
         """
-        pid_file = self.config.storage / PID_FILE
-        pid_file.write_text(str(os.getpid()))
+        with service_lock(self.config.storage):
+            return self._run(grace_s)
+
+    def _run(self, grace_s: float) -> bool:
+        """`run` with the storage's service lock held."""
         for job_id in reclaim_dead_leases(self.queue):
             self.on_event(f"job {job_id}: its holder on this host is gone; queued again")
         swept = sweep_unfinished_writes(self.config.storage)
@@ -74,7 +81,7 @@ class Service:
             served_model(self.config.organs, self.config.model)  # the workers load the model: refuse bad organs here
         else:
             segmenter = load_segmenter(self.config.organs, self.config.model, self.config.backend, self.config.strict)
-        self.port = receiver.start()
+        self.port = _listen(receiver, self.config)
         self.on_event(f"listening as {self.config.listen.ae_title} on {self.config.listen.host}:{self.port}")
         threads = [threading.Thread(target=self._schedule, name="scheduler", daemon=True)]
         if segmenter is not None:
@@ -94,7 +101,6 @@ class Service:
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             self._hand_back_own()
-            pid_file.unlink(missing_ok=True)
             self.on_event("stopped")
         return not any(t.is_alive() for t in threads)
 
@@ -187,14 +193,74 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _listen(receiver: Receiver, config: PacsConfig) -> int:
+    """Start the receiver; a port another program holds (or one this user may not bind) is a config error (exit 2)
+    naming the key, not an internal error: a second service on the same port used to end 'report it' (review 18)."""
+    listen = config.listen
+    try:
+        return receiver.start()
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UsageError(f"listen.port: cannot listen on {listen.host}:{listen.port}: {exc.strerror}",
+                         hint="Another program (or service) holds the port: stop it or choose another listen.port "
+                         "(listen.host must be an address of this host).") from exc  # fmt: skip
+
+
+@contextlib.contextmanager
+def service_lock(storage: Path) -> Iterator[int]:
+    """Hold STORAGE/serve.pid locked (flock, exclusive) with this process's pid in it, for the service's lifetime.
+
+    The lock, not the pid written, says a service runs: a second `pacs serve` on the same storage is refused before
+    it touches anything (UsageError, exit 2), and a pid file left by a killed service (whose pid the system may have
+    given to another program) is seen as stale, so `pacs stop` never signals a stranger (review 18). The kernel
+    drops the lock when the process dies, however it dies. The file is removed on the way out, lock still held."""
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / PID_FILE
+    fd = _locked(path)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.fsync(fd)
+        yield fd
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _locked(path: Path) -> int:
+    """A descriptor of `path` holding its exclusive flock; UsageError when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = read_pid(path.parent)
+            raise UsageError(f"another `medseg pacs serve` (pid {pid or 'unknown'}) runs on this storage",
+                             path=path.parent, hint="Stop it first (`medseg pacs stop`), or give this service a "
+                             "storage folder of its own.") from None  # fmt: skip
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        os.close(fd)  # the service that held it removed the file meanwhile: lock the one there now
+
+
 def read_pid(storage: Path) -> int | None:
-    """The pid of the service running on this storage, or None."""
+    """The pid of the service running on this storage, or None: only while a process holds the lock of
+    STORAGE/serve.pid (`service_lock`) and that pid is alive; a pid file nobody holds is stale."""
     try:
-        pid = int((storage / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
+        fd = os.open(storage / PID_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    return pid
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        else:
+            return None  # nobody holds it
+    finally:
+        os.close(fd)
+    pid = int(text) if text.isdigit() else None
+    return pid if pid is not None and _alive(pid) else None
