@@ -26,7 +26,9 @@ EXAMPLES = """Examples:
 Output: OUTPUT/<study UID>/<series UID>/<instance UID>.dcm (new keyed UIDs), OUTPUT/quarantine/ for files whose
 pixels could not be cleaned with confidence, OUTPUT/deid-manifest.json (digests and actions, no values).
 Re-running with the same key gives identical outputs and completes an interrupted run.
-Exit codes: 0 ok, 1 leak found (check), 2 usage, 3 invalid input (--strict), 4 processing failure.
+Exit codes: 0 ok, 1 leak found (check), 2 usage, 3 invalid input (--strict), 4 processing failure,
+6 (check) no leak found but the pixels of some released images were NOT checked (--no-ocr, OCR unavailable,
+undecodable): the release is not certified.
 """
 
 
@@ -109,7 +111,11 @@ def run(
 def check(
     original: Path = typer.Argument(..., help="The original file or folder."),
     deidentified: Path = typer.Argument(..., help="The de-identified output folder (with deid-manifest.json)."),
-    ocr: bool = typer.Option(True, "--ocr/--no-ocr", help="OCR the cleaned pixel regions again."),
+    ocr: bool = typer.Option(
+        True,
+        "--ocr/--no-ocr",
+        help="OCR every released image (--no-ocr: pixels NOT checked, exit 6).",
+    ),
 ) -> None:
     """Prove no identifying value of ORIGINAL remains in DEIDENTIFIED (exit 1 naming tag and file, never the value)."""
     from medseg.cli.audited import audited
@@ -134,13 +140,30 @@ def check(
             console.info(f"{count} value(s) kept on purpose by option {name} (each attribute's own value; not a leak)")
         kept = ",".join(f"{k}={v}" for k, v in sorted(by_option.items()))
         rec.set_outcome_detail(
-            f"leaks={len(result.findings)},unchecked={len(result.unchecked)},files={result.files_checked},kept=[{kept}]"
+            f"leaks={len(result.findings)},unchecked={len(result.unchecked)},files={result.files_checked},"
+            f"pixels_unchecked={len(result.pixels_unchecked)},kept=[{kept}]"
         )
         console.result(
             f"{deidentified}: {len(result.findings)} leak(s) in {result.files_checked} file(s) checked against "
             f"{result.identifying_values} identifying values of {result.originals_used} original(s); "
             f"{result.ocr_files} re-OCRed; {result.quarantined} quarantined file(s) not released"
             + (f"; {len(result.unchecked)} entry(ies) that could not be checked" if result.unchecked else "")
+            + (f"; pixels NOT checked in {len(result.pixels_unchecked)} image(s)" if result.pixels_unchecked else "")
         )
+        _pixels_unchecked(result.pixels_unchecked)
         if result.findings or result.unchecked:
             raise typer.Exit(1)
+        if result.pixels_unchecked:
+            raise typer.Exit(6)
+
+
+def _pixels_unchecked(unchecked: list[tuple[str, str]]) -> None:
+    """One warning per reason: how many released images had their pixels NOT checked, and why."""
+    reasons: dict[str, list[str]] = {}
+    for name, why in unchecked:
+        reasons.setdefault(why, []).append(name)
+    for why, names in sorted(reasons.items()):
+        console.warn(
+            f"pixels NOT checked in {len(names)} released image(s) ({why}; first: {names[0]}): burned-in "
+            "text there is not ruled out, so the check does not pass them (exit 6); run it with OCR"
+        )

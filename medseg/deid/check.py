@@ -1,4 +1,10 @@
-"""`medseg deid check ORIGINAL DEIDENTIFIED`: the leak check over whole trees, plus OCR of the cleaned regions."""
+"""`medseg deid check ORIGINAL DEIDENTIFIED`: the leak check over whole trees, file and folder names and the OCR of
+every released image.
+
+The release is everything under DEIDENTIFIED except the run's own top-level records: `deid-manifest.json`,
+`.deid-state/` (resume journal) and `quarantine/` (files withheld, counted). Anything else is searched, hidden
+files and temporary names included, and every component of every path is searched for the originals' values.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.deid.leakcheck import Finding, Matchers, collect, read_any, scan_dataset, scan_raw
+from medseg.deid.leakcheck import (
+    Finding,
+    Matcher,
+    Matchers,
+    collect,
+    normalise,
+    pixel_span,
+    read_any,
+    scan_dataset,
+    scan_raw,
+)
 from medseg.deid.retained import SHIFT_OPTION, options_in, own_values, retention, shifted_dates, with_shifted_dates
 from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
 from medseg.errors import UsageError
@@ -29,6 +45,9 @@ class CheckResult:
     unchecked: list[tuple[str, str]] = field(default_factory=list)  # de-identified entries that could not be read
     # (symlinked folder, pipe, unreadable folder): the check cannot prove them clean, so it fails
     originals_skipped: int = 0  # entries of ORIGINAL never opened (their values are not searched for)
+    # released images whose pixels were not OCRed (--no-ocr, OCR unavailable, undecodable): (file, why); the check
+    # cannot certify them, so it does not pass (exit 6 when nothing else failed)
+    pixels_unchecked: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _manifest(deid: Path) -> dict:
@@ -41,17 +60,70 @@ def _manifest(deid: Path) -> dict:
         raise UsageError("the run manifest is not valid JSON", path=path, hint="Re-run medseg deid.") from exc
 
 
+def _rel(deid: Path, path: Path) -> str:
+    """The path of an output relative to the de-identified folder (its name when the check is given one file)."""
+    return path.relative_to(deid).as_posix() if deid.is_dir() else path.name
+
+
+def _place(deid: Path, path: Path) -> str:
+    """'released', 'quarantine' or 'run records': only the run's own top-level manifest, state folder and quarantine
+    folder are not part of the release (a manifest, state folder or quarantine folder deeper down is released)."""
+    if not deid.is_dir():
+        return "released"
+    parts = path.relative_to(deid).parts
+    if parts == (MANIFEST,) or (len(parts) > 1 and parts[0] == STATE_DIR):
+        return "run records"
+    return "quarantine" if len(parts) > 1 and parts[0] == QUARANTINE else "released"
+
+
 def _released(deid: Path, path: Path) -> bool:
-    """Whether `path` is part of what is released: not the manifest, the run's state or a temporary write."""
-    rel = path.relative_to(deid).parts if deid.is_dir() else (path.name,)
-    return path.name != MANIFEST and STATE_DIR not in rel and not is_unfinished_write(path.name)
+    """Whether `path` is part of what is released (quarantined files and the run's records are not)."""
+    return _place(deid, path) == "released"
+
+
+def text_hits(text: str, matchers: Matchers, uids: bool = True) -> list[str]:
+    """Identifying values found in a piece of text (a name, recognised OCR text): whole values and name parts."""
+    norm = normalise(text)
+    hits = [*matchers.strong.found(norm), *matchers.parts.found(norm)]
+    return hits + list(matchers.uids.found(text)) if uids else hits
+
+
+# Letters OCR reads for digits and back ('ZQ7766554433' read as 'ZO7766554433'): both sides folded for the search
+_OCR_FOLD = str.maketrans("OQDILZSBG", "000112586")
+MIN_FOLDED = 6
+
+
+def ocr_matcher(matchers: Matchers) -> Matcher:
+    """Identifying values (whole ones, name parts, free text) of 6+ letters or digits with OCR's usual confusions
+    folded (`_OCR_FOLD`), for recognised text."""
+    values = {**matchers.parts.kinds, **matchers.strong.kinds}
+    folded = {v.translate(_OCR_FOLD): k for v, k in values.items() if len(v.replace(" ", "")) >= MIN_FOLDED}
+    return Matcher(folded)
+
+
+def ocr_hits(text: str, matchers: Matchers, folded: Matcher) -> list[str]:
+    """Identifying values (or their folded forms) in text recognised by OCR."""
+    return text_hits(text, matchers, uids=False) + list(folded.found(normalise(text).translate(_OCR_FOLD)))
+
+
+def name_findings(rel: str, matchers: Matchers, seen: dict[str, str | None]) -> list[Finding]:
+    """Findings in the components of a released path (folder and file names, with and without the extension);
+    `seen` caches each component's kind across files."""
+    for component in rel.split("/"):
+        if component not in seen:
+            hits = [h for text in {component, Path(component).stem} for h in text_hits(text, matchers)]
+            seen[component] = matchers.kind(hits[0]) if hits else None
+        if seen[component] is not None:
+            return [Finding(rel, "its file or folder name", str(seen[component]))]
+    return []
 
 
 def check_tree(
     original: Path, deid: Path, ocr: bool = True, on_file: Callable[[Path], None] | None = None,
     matchers: Matchers | None = None,
 ) -> CheckResult:  # fmt: skip
-    """Search every de-identified file for every identifying value of the originals; re-OCR cleaned regions."""
+    """Search every released file (and its path) for every identifying value of the originals; OCR every released
+    image for them (and for any text left in the regions the run blanked)."""
     if not original.exists() or not deid.exists():
         missing = original if not original.exists() else deid
         raise UsageError("not found", path=missing, hint="Pass the original and the de-identified folder.")
@@ -60,21 +132,24 @@ def check_tree(
     allowed = options if "options" in manifest else None
     originals = discover(original)
     matchers = matchers or collect(originals.files, options, with_sources=allowed is None or bool(allowed))
-    outputs = discover(deid)
+    files, skipped = _entries(deid)
     result = CheckResult(originals_used=matchers.files, originals_skipped=len(originals.skipped))
-    result.unchecked = [
-        (path.relative_to(deid).as_posix() if deid.is_dir() else path.name, why)
-        for path, why in outputs.skipped if _released(deid, path)
-    ]  # fmt: skip
+    result.unchecked = [(_rel(deid, path), why) for path, why in skipped if _released(deid, path)]
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
     sources: dict[str, Path] | None = None
     own: dict[int, list[str]] | None = None
-    for path in (p for p in outputs.files if _released(deid, p)):
-        rel = path.relative_to(deid).as_posix() if deid.is_dir() else path.name
-        if rel.split("/")[0] == QUARANTINE:
-            result.quarantined += 1
+    names: dict[str, str | None] = {}
+    folded = ocr_matcher(matchers)
+    ocr_off = None if ocr else "--no-ocr"
+    ocr_off = ocr_off or _ocr_unavailable()
+    for path in files:
+        place = _place(deid, path)
+        result.quarantined += place == "quarantine"
+        if place != "released":
             continue
+        rel = _rel(deid, path)
+        result.findings.extend(name_findings(rel, matchers, names))
         if on_file is not None:
             on_file(path)
         data = path.read_bytes()
@@ -93,15 +168,58 @@ def check_tree(
                 source = read_any(sources[rel]) if rel in sources else None
                 retained = with_shifted_dates(retained, shifted_dates(source, ds) if source is not None else {})
             found += scan_dataset(ds, matchers, rel, retained, kept)
-        found += scan_raw(data, matchers, rel, kept)
+        found += scan_raw(data, matchers, rel, kept, pixel_span(ds, data))
         result.findings.extend(f for f in found if f.kept_by is None)
         result.kept.extend(f for f in found if f.kept_by is not None)
-        if ds is None:
+        if ds is None or not _has_image(ds):
             continue
-        if ocr and regions.get(rel):
-            result.ocr_files += 1
-            result.findings.extend(_ocr_regions(ds, regions[rel], rel))
+        if _unused_bits_set(ds):
+            result.findings.append(Finding(rel, "(7FE0,0010) bits outside BitsStored", "non-zero unused pixel bits"))
+        if ocr_off:
+            result.pixels_unchecked.append((rel, ocr_off))
+            continue
+        try:
+            result.findings.extend(_ocr_image(ds, regions.get(rel) or [], rel, matchers, folded))
+        except Exception as exc:  # a decoder failure: these pixels cannot be proven clean
+            result.pixels_unchecked.append((rel, f"pixel data cannot be decoded ({type(exc).__name__})"))
+            continue
+        result.ocr_files += 1
     return result
+
+
+def _entries(deid: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files of the de-identified tree to search, and entries that cannot be read. Unlike an input walk, files named
+    like an unfinished write ('.tmp-...') are searched: in a release they are files like any other."""
+    walk = discover(deid)
+    temporary = [p for p, _ in walk.skipped if is_unfinished_write(p.name) and p.is_file() and not p.is_symlink()]
+    skipped = [(p, why) for p, why in walk.skipped if p not in temporary]
+    return sorted(walk.files + temporary), skipped
+
+
+def _ocr_unavailable() -> str | None:
+    """Why OCR cannot run here, or None."""
+    from medseg.deid.ocr import available
+
+    return available()
+
+
+def _unused_bits_set(ds: object) -> bool:
+    """Native pixel data with bits set outside BitsStored/HighBit (not sign copies): room for an embedded overlay
+    that no rendering shows; `medseg deid` clears them, so in a release they are a finding."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from medseg.deid.pixels import with_unused_bits_cleared
+
+    meta = getattr(ds, "file_meta", None)
+    big = meta is not None and meta.get("TransferSyntaxUID") == ExplicitVRBigEndian
+    return with_unused_bits_cleared(ds, big) is not None  # type: ignore[arg-type]
+
+
+def _has_image(ds: object) -> bool:
+    """A released object with pixels meant to be looked at (not a SEG or RT Dose, whose pixels are computed)."""
+    from medseg.deid.pixels import COMPUTED_SOP_CLASSES
+
+    return "PixelData" in ds and str(getattr(ds, "SOPClassUID", "")) not in COMPUTED_SOP_CLASSES  # type: ignore[operator]
 
 
 def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
@@ -114,19 +232,28 @@ def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
     }
 
 
-def _ocr_regions(ds: object, regions: list[list[int]], name: str) -> list[Finding]:
-    """Text boxes (recognised by OCR, or ink lines of the detector-free pass) found again inside the blanked regions."""
+def _ocr_image(ds: object, regions: list[list[int]], name: str, matchers: Matchers, folded: Matcher) -> list[Finding]:
+    """OCR of every frame of a released image: recognised text holding an identifying value of the originals is a
+    finding anywhere; in the regions the run blanked, any text box (or ink line of the detector-free pass) is."""
     from medseg.deid.glyphs import find_text_lines
-    from medseg.deid.ocr import TextBox, detect_text
+    from medseg.deid.ocr import MIN_ALNUM, MIN_SCORE, TextBox, read_text
     from medseg.deid.pixels import frames_for_check
 
     findings = []
-    for index, display in frames_for_check(ds, sorted({r[0] for r in regions})):
+    for index, display in frames_for_check(ds):
+        recognised = read_text(display)
+        for box, text in recognised:
+            hits = ocr_hits(text, matchers, folded)
+            if hits:
+                where = f"pixels, frame {index}, box {box.x0},{box.y0}-{box.x1},{box.y1}"
+                kind = folded.kinds.get(hits[0]) or matchers.kind(hits[0])
+                findings.append(Finding(name, where, f"burned-in {kind}"))
         cleaned = [TextBox(r[1], r[2], r[3], r[4], 1.0, 0) for r in regions if r[0] == index]
-        ink_lines = [TextBox(*line, 1.0, 0) for line in find_text_lines(display)]
-        for box in detect_text(display) + ink_lines:
+        if not cleaned:
+            continue
+        boxes = [b for b, _ in recognised if b.alnum >= MIN_ALNUM and b.score >= MIN_SCORE]
+        for box in boxes + [TextBox(*line, 1.0, 0) for line in find_text_lines(display)]:
             if any(box.overlaps(c) for c in cleaned):
-                findings.append(
-                    Finding(name, f"pixels, frame {index}, box {box.x0},{box.y0}-{box.x1},{box.y1}", "burned-in text")
-                )
+                where = f"pixels, frame {index}, box {box.x0},{box.y0}-{box.x1},{box.y1}"
+                findings.append(Finding(name, where, "burned-in text"))
     return findings

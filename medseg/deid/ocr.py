@@ -111,3 +111,30 @@ def detect_text_all(
             continue
         kept.append(box)
     return kept, detected
+
+
+def available() -> str | None:
+    """None when the OCR engine can be loaded, else why not (the leak check then says pixels were not checked)."""
+    try:
+        _engine()
+    except Exception as exc:  # a missing wheel or a broken model: anything that stops OCR
+        return f"OCR unavailable ({type(exc).__name__})"
+    return None
+
+
+def read_text(image: np.ndarray) -> list[tuple[TextBox, str]]:
+    """Every box the detector finds in an 8-bit RGB image with the text recognised in it (score in the box), for
+    the leak check: it searches that text for the originals' identifying values, whatever the score."""
+    image, factor = _upscale(image)
+    result = _engine()(image, use_det=True, use_cls=False, use_rec=True)
+    if result.boxes is None or len(result.boxes) == 0:
+        return []
+    texts = getattr(result, "txts", None) or ("",) * len(result.boxes)
+    scores = getattr(result, "scores", None) or (1.0,) * len(result.boxes)
+    found = []
+    for poly, text, score in zip(result.boxes, texts, scores, strict=False):
+        xs, ys = np.asarray(poly)[:, 0] / factor, np.asarray(poly)[:, 1] / factor
+        box = TextBox(int(np.floor(xs.min())), int(np.floor(ys.min())), int(np.ceil(xs.max())) + 1,
+                      int(np.ceil(ys.max())) + 1, float(score), sum(ch.isalnum() for ch in str(text)))  # fmt: skip
+        found.append((box, str(text)))
+    return found

@@ -195,8 +195,60 @@ def _write_back(ds: Dataset, frames: np.ndarray, photometric: str) -> str | None
     return None
 
 
-def frames_for_check(ds: Dataset, indices: list[int]) -> list[tuple[int, np.ndarray]]:
-    """8-bit renderings of the given frames of a written file, for the leak check's second OCR pass."""
+def frames_for_check(ds: Dataset, indices: list[int] | None = None) -> list[tuple[int, np.ndarray]]:
+    """8-bit renderings of the given frames (all when None) of a written file, for the leak check's OCR pass."""
     arr, photometric = _decode(ds)
     frames = _frames(arr, ds)
-    return [(i, _render(frames[i], ds, photometric)) for i in indices if i < frames.shape[0]]
+    chosen = range(frames.shape[0]) if indices is None else [i for i in indices if i < frames.shape[0]]
+    return [(i, _render(frames[i], ds, photometric)) for i in chosen]
+
+
+def _bit_layout(ds: Dataset) -> tuple[int, int, int, bool] | None:
+    """(bits allocated, lowest stored bit, high bit, signed) of native pixel data with bits outside the stored ones,
+    or None when every bit is stored, the layout is not one this clears (1-bit, odd sizes) or is inconsistent."""
+    try:
+        allocated = int(value_of(ds, "BitsAllocated", 0) or 0)  # type: ignore[arg-type]
+        stored = int(value_of(ds, "BitsStored", allocated) or allocated)  # type: ignore[arg-type]
+        high = int(value_of(ds, "HighBit", stored - 1) or stored - 1)  # type: ignore[arg-type]
+        signed = int(value_of(ds, "PixelRepresentation", 0) or 0) == 1  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    low = high - stored + 1
+    if allocated not in (8, 16, 32) or low < 0 or high >= allocated or (stored == allocated and low == 0):
+        return None
+    return allocated, low, high, signed
+
+
+def clear_unused_bits(ds: Dataset, big_endian: bool) -> bool:
+    """Clear the bits of native pixel data outside BitsStored/HighBit (above HighBit: copies of the sign bit for
+    PixelRepresentation 1, as two's complement needs). Unused bits can hold a retired embedded overlay (a name
+    drawn into bit 15 of a 12-bit MR) that no rendering, OCR or header rule sees; pixel values are unchanged.
+    True when bytes changed (encapsulated pixel data is left to the decoder: see docs/deid.md)."""
+    cleared = with_unused_bits_cleared(ds, big_endian)
+    if cleared is None:
+        return False
+    ds.PixelData = cleared
+    return True
+
+
+def with_unused_bits_cleared(ds: Dataset, big_endian: bool) -> bytes | None:
+    """The native pixel data bytes with the bits outside BitsStored/HighBit cleared (see `clear_unused_bits`), or
+    None when none is set or the pixel data is not native; the leak check asks it too."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    elem = ds.get_item(0x7FE00010) if "PixelData" in ds else None
+    layout = _bit_layout(ds)
+    if elem is None or layout is None or (ts is not None and ts.is_compressed) or not isinstance(elem.value, bytes):
+        return None
+    allocated, low, high, signed = layout
+    raw = elem.value
+    dtype = np.dtype(f"{'>' if big_endian else '<'}u{allocated // 8}")
+    count = len(raw) // dtype.itemsize
+    arr = np.frombuffer(raw, dtype, count).astype(np.uint64)
+    new = arr & np.uint64(((1 << (high - low + 1)) - 1) << low)
+    if signed:
+        above = ((1 << allocated) - 1) & ~((1 << (high + 1)) - 1)
+        new |= ((arr >> np.uint64(high)) & np.uint64(1)) * np.uint64(above)
+    if np.array_equal(new, arr):
+        return None
+    return new.astype(dtype).tobytes() + raw[count * dtype.itemsize :]

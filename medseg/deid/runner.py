@@ -21,7 +21,7 @@ from medseg.deid import engine, rawcopy
 from medseg.deid.identity import set_identity
 from medseg.deid.keyed import KeyedMapper
 from medseg.deid.overlays import clean_overlays
-from medseg.deid.pixels import PixelOutcome, scan_and_clean
+from medseg.deid.pixels import PixelOutcome, clear_unused_bits, scan_and_clean
 from medseg.deid.reading import ReadProblem, corrupt_element, read_input
 from medseg.deid.writer import convert_values, encode_dataset, relative_name, source_transfer_syntax, to_little_endian
 from medseg.errors import InvalidInputError, MedsegError, UsageError
@@ -324,6 +324,8 @@ def _one_file(
     pixels: PixelOutcome = scan_and_clean(result, settings.scan_pixels)
     overlays = clean_overlays(result, settings.scan_pixels) if "clean-graphics" in settings.options else None
     big_endian = source_transfer_syntax(original) == ExplicitVRBigEndian
+    if clear_unused_bits(result, big_endian and not pixels.rewritten):
+        ctx.actions["pixel bits outside BitsStored cleared"] += 1
     if big_endian:
         convert_values(result)
     if big_endian and not pixels.rewritten:
