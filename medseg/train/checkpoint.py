@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,19 +99,41 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     _save(state, path, "checkpoint")
 
 
+# What torch.load(weights_only=True) raises for a file that is not a torch file: its unpickler trips over text as a
+# KeyError (an unknown opcode), over other bytes as UnpicklingError, over a foreign zip as RuntimeError.
+NOT_A_TORCH_FILE = (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                    UnicodeDecodeError, pickle.UnpicklingError)  # fmt: skip
+
+
+def read_torch_file(path: Path, what: str, hint: str) -> Any:
+    """torch.load(weights_only=True) of a file the user named; a file that is not a torch file (text, a truncated or
+    foreign file) is one InvalidInputError naming it (exit 3), never an internal error. torch's warnings about such
+    a file (an unexpected pickle protocol) are dropped when it is refused and re-issued when it loads."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except NOT_A_TORCH_FILE as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, KeyError | IndexError | pickle.UnpicklingError):
+                detail = f"unpickling failed: {type(exc).__name__}"
+            raise InvalidInputError(f"{what} is truncated or corrupt, or not a torch file at all ({detail})"[:300],
+                                    path=path, hint=hint) from exc  # fmt: skip
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return state
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` (weights only, no pickled code); check its digest and that
     its weights are finite."""
     if not path.is_file():
         raise InvalidInputError("checkpoint not found", path=path, hint="Pass checkpoints/last.pt of the run.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidInputError(f"checkpoint is truncated or corrupt ({detail})"[:300], path=path,
-                                hint="Resume from another checkpoint.") from exc  # fmt: skip
-    if not isinstance(state, dict) or not {"model", "optimizer", "progress"} <= state.keys():
-        raise InvalidInputError("not a medseg training checkpoint", path=path)
+    state = read_torch_file(path, "checkpoint", "Resume from a checkpoint of the run (checkpoints/last.pt).")
+    parts = ("model", "optimizer", "progress")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in parts):
+        raise InvalidInputError("not a medseg training checkpoint", path=path,
+                                hint="Resume from a checkpoint of the run (checkpoints/last.pt).")  # fmt: skip
     expected = state.get("content_sha256")
     if expected is not None and content_digest(state) != expected:
         raise InvalidInputError("checkpoint content does not match its SHA-256: corrupted", path=path,

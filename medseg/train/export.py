@@ -123,9 +123,12 @@ def save_half_precision(src: Path, dest: Path) -> None:
     """Store the floating-point weights as float16 (half the size; loading casts them back to the float32 network)."""
     import torch
 
-    from medseg.train.checkpoint import first_non_finite
+    from medseg.train.checkpoint import first_non_finite, read_torch_file
 
-    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = read_torch_file(src, "weights", "Export the best_weights.pt a training run wrote.")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidInputError("not a weights file (a state_dict of names and tensors)", path=src,
+                                hint="Export the best_weights.pt a training run wrote.")  # fmt: skip
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     bad = first_non_finite(state) or first_non_finite(half)
     if bad:

@@ -21,7 +21,7 @@ import torch
 
 from medseg.errors import InvalidInputError, ProcessingError
 from medseg.preprocess import hu_window
-from medseg.train.checkpoint import Progress, save_checkpoint, save_weights
+from medseg.train.checkpoint import Progress, read_torch_file, save_checkpoint, save_weights
 from medseg.train.config import TrainConfig
 from medseg.train.data import CaseSets, PatchStream
 from medseg.train.distributed import DistContext
@@ -127,10 +127,10 @@ def init_from(net: torch.nn.Module, weights: Path) -> None:
     from medseg.train.manifest import REPO
 
     path = weights if weights.is_absolute() else REPO / weights
-    try:
-        src = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise InvalidInputError(f"cannot read init_weights: {exc}".splitlines()[0], path=path) from exc
+    src = read_torch_file(path, "init_weights", "Name a model's weights file (a state_dict) in init_weights.")
+    if not isinstance(src, dict) or not all(isinstance(v, torch.Tensor) for v in src.values()):
+        raise InvalidInputError("init_weights is not a state_dict (names and tensors)", path=path,
+                                hint="Name a model's weights file, not a training checkpoint.")  # fmt: skip
     own = net.state_dict()
     with torch.no_grad():
         for k, v in own.items():
