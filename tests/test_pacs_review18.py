@@ -4,8 +4,10 @@ components (pynetdicom associations, the SQLite queue, `medseg pacs` processes, 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,84 @@ def test_a_stale_pid_file_never_signals_another_process(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait(30)
+
+
+# 4. idle connections cannot lock the senders out ----------------------------------------------------------------------
+def _echo(port: int, tls: tuple | None = None) -> bool:
+    """A real association (C-ECHO) from a pynetdicom SCU; whether it was accepted and answered success."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 20
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEG", tls_args=tls)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and int(status.Status) == 0
+
+
+def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    """Whether the service closes this idle connection within `within_s` seconds."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("with_tls", [False, True])
+def test_idle_connections_do_not_lock_senders_out(tmp_path: Path, with_tls: bool,
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
+    """10 sockets that never send took pynetdicom's 10 association slots for its 30 s ACSE timeout: every real
+    sender was rejected, on the TLS port too."""
+    from tls_pki import make_pki
+
+    from medseg.pacs.scp import Receiver
+    from medseg.pacs.tls import client_context
+
+    listen: dict = {"port": free_port()}
+    tls = None
+    if with_tls:
+        pki = make_pki(tmp_path_factory.mktemp("pki"))
+        listen["tls"] = {"certificate": str(pki.service.cert), "private_key": str(pki.service.key),
+                         "trusted_certificates": str(pki.ca)}  # fmt: skip
+        client = {"certificate": pki.client.cert, "private_key": pki.client.key, "trusted_certificates": pki.ca,
+                  "server_name": "localhost"}  # fmt: skip
+        tls = (client_context(Destination(ae_title="X", host="localhost", port=1, tls=client).tls), "localhost")
+    assert (PacsConfig(storage=tmp_path, destination={"folder": "x"}).listen.max_associations) == 64
+    listen["association_timeout_s"] = 4.0  # the default is 10 s; shorter here to keep the test quick
+    config = PacsConfig(listen=listen, storage=tmp_path / "store", destination={"folder": str(tmp_path / "out")})
+    receiver = Receiver(config, JobQueue(config.queue_path))
+    port = receiver.start()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
+    try:
+        deadline = time.monotonic() + 30
+        while len(receiver.server.active_associations) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)  # each idle socket accepted and holding a slot before the real sender comes
+        assert len(receiver.server.active_associations) >= 12
+        assert _echo(port, tls)
+        assert all(_closed_by_peer(s, 30) for s in idle)  # dropped after association_timeout_s, not held for ever
+    finally:
+        for s in idle:
+            s.close()
+        receiver.stop()
+
+
+# 9. a listen AE title PS3.5 does not allow is a config error ----------------------------------------------------------
+@pytest.mark.parametrize("title", ["", "   ", "MED\\SEG", "MED\tSEG"])
+def test_an_invalid_listen_ae_title_is_refused_naming_the_key(tmp_path: Path, title: str) -> None:
+    """pynetdicom refused it at start: 'internal error ... report it' (exit 4), and a pid file was left behind."""
+    config = tmp_path / "pacs.yaml"
+    write_config(config, tmp_path / "store", {"folder": str(tmp_path / "segs")})
+    data = yaml.safe_load(config.read_text())
+    data["listen"]["ae_title"] = title
+    config.write_text(yaml.safe_dump(data))
+    done = _medseg("pacs", "serve", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "listen.ae_title" in done.stderr
+    assert not (tmp_path / "store" / "serve.pid").exists()

@@ -29,7 +29,10 @@ def check_ae_title(title: str) -> str:
 
 class Listen(_Strict):
     """Where the C-STORE SCP listens, and whom it accepts: associations must call this AE title (unless
-    `check_called_aet` is off) and, when `allowed_callers` is not empty, come from one of those AE titles."""
+    `check_called_aet` is off) and, when `allowed_callers` is not empty, come from one of those AE titles.
+    `max_associations` connections at once (an idle one counts too); a connection that has not sent its association
+    request (and finished its TLS handshake) within `association_timeout_s` is closed, so idle sockets cannot hold
+    every slot for long (pynetdicom's defaults, 10 and 30 s, let 10 idle sockets lock every sender out: review 18)."""
 
     ae_title: str = Field("MEDSEG", max_length=16)
     host: str = "127.0.0.1"
@@ -37,6 +40,14 @@ class Listen(_Strict):
     check_called_aet: bool = True
     allowed_callers: list[str] = []
     tls: TlsFiles | None = None
+    max_associations: int = Field(64, ge=1, le=1000)
+    association_timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, title: str) -> str:
+        """The service's own AE title, checked as PS3.5 allows it (`check_ae_title`)."""
+        return check_ae_title(title)
 
     @field_validator("allowed_callers")
     @classmethod

@@ -152,6 +152,8 @@ class Receiver:
         ae.require_calling_aet = list(listen.allowed_callers)
         ae.maximum_pdu_size = 0
         ae.network_timeout = 60
+        ae.maximum_associations = listen.max_associations
+        ae.acse_timeout = listen.association_timeout_s  # also the ARTIM timer: a connection that never sends a request
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, list(AllTransferSyntaxes))
         ae.add_supported_context(Verification)
@@ -161,6 +163,7 @@ class Receiver:
             from medseg.pacs.tls import server_context
 
             tls = server_context(listen.tls)
+            tls.handshake_timeout_s = listen.association_timeout_s  # type: ignore[attr-defined]
         self.server = ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers, ssl_context=tls)
         return int(self.server.server_address[1])
 
