@@ -280,3 +280,90 @@ def test_an_invalid_listen_ae_title_is_refused_naming_the_key(tmp_path: Path, ti
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "listen.ae_title" in done.stderr
     assert not (tmp_path / "store" / "serve.pid").exists()
+
+
+# 6. stored with a warning is stored --------------------------------------------------------------------------------
+def _warning_scp(status: int) -> tuple[object, int, list]:
+    """A real pynetdicom storage SCP answering every C-STORE with `status`; (server, port, SOP UIDs received)."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    received: list = []
+
+    def on_store(event: object) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))  # type: ignore[attr-defined]
+        return status
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return server, int(server.server_address[1]), received
+
+
+def test_c_store_warning_0107_is_stored_once(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    """0107 (attribute list error, stored) was not in a list of four codes: the SEG was sent twice, the job failed."""
+    folder, study, _ = small_study
+    server, port, received = _warning_scp(0x0107)
+    try:
+        dest = Destination(ae_title="PACS", host="127.0.0.1", port=port, timeout_s=20)
+        config = PacsConfig(storage=tmp_path / "store", destination=dest, retry={"base_s": 1, "max_attempts": 2})
+        q = JobQueue(config.queue_path)
+        q.add_job(study, str(folder))
+        result = run_job(config, q, q.lease("w", 60), load_segmenter(["liver"]))
+    finally:
+        server.shutdown()
+    job = q.job(1)
+    assert (result.state, job.state, len(received), len(q.ledger())) == ("sent", "sent", 1, 1)
+    assert job.reason == "stored with a warning: C-STORE status 0x0107"
+
+
+class _Stow:
+    """A real HTTP server answering every STOW-RS POST with (code, JSON body); counts the POSTs."""
+
+    def __init__(self, code: int, reply: dict) -> None:
+        import http.server
+        import threading
+
+        self.posts = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts += 1
+                body = json.dumps(reply).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_stow_202_with_warning_is_stored_and_with_failures_is_not(shared: Path) -> None:
+    """STOW-RS 202 with a WarningReason and no FailedSOPSequence was taken for a failure: 2 POSTs, then failed."""
+    from medseg.pacs.send import SendError, send
+
+    instance = chaos_files(shared)[40]
+    warned = {"00081199": {"vr": "SQ", "Value": [{"00081196": {"vr": "US", "Value": [45056]}}]}}
+    stow = _Stow(202, warned)
+    try:
+        how = send(instance, Destination(dicomweb=stow.url), "MEDSEG")
+    finally:
+        stow.close()
+    assert how == "stored with a warning: STOW-RS HTTP 202 (WarningReason 0xB000)" and stow.posts == 1
+    failed = _Stow(202, warned | {"00081198": {"vr": "SQ", "Value": [{"00081197": {"vr": "US", "Value": [272]}}]}})
+    try:
+        with pytest.raises(SendError, match="FailedSOPSequence"):
+            send(instance, Destination(dicomweb=failed.url), "MEDSEG")
+    finally:
+        failed.close()

@@ -341,9 +341,11 @@ class JobQueue:
         ).fetchone()
         return row is not None
 
-    def record_sent(self, lease: Lease, destination: str, idem_key: str, sop_uid: str, finish: bool = True) -> None:
+    def record_sent(self, lease: Lease, destination: str, idem_key: str, sop_uid: str, finish: bool = True,
+                    note: str | None = None) -> None:  # fmt: skip
         """Ledger row and (with `finish`) state 'sent' in one transaction, fenced; without `finish` the job keeps
-        running for what follows the send (the research copy) and ends with `finish_from_ledger`."""
+        running for what follows the send (the research copy) and ends with `finish_from_ledger`. `note` (a warning
+        the destination gave with its success) is kept as the sent job's reason."""
         now = time.time()
         with self._write() as db:
             self._check(db, lease)
@@ -352,7 +354,7 @@ class JobQueue:
                 (lease.job.id, destination, idem_key, sop_uid, now, lease.fence),
             )
             if finish:
-                self._end(db, lease, "sent", None, now)
+                self._end(db, lease, "sent", note, now)
 
     def record_research(self, lease: Lease, state: str, folder: str | None, files: int, quarantined: int,
                         reason: str | None) -> None:  # fmt: skip

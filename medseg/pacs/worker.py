@@ -250,17 +250,19 @@ def _attempt(
     assert fresh is not None and fresh.idem_key and fresh.seg_sop_uid
     try:
         crash_point("before_send")
-        send(seg, dest, config.listen.ae_title)
+        how = send(seg, dest, config.listen.ae_title)
         crash_point("after_send")
     except SendError as exc:
         state = queue.fail(lease, exc.one_line(), backoff_of(config))
         rec.set_outcome_detail(state)
         ended.append(JobResult(job.id, state, exc.one_line()))
         raise ProcessingError(f"job {job.id} {state}") from exc
-    queue.record_sent(lease, dest.name, fresh.idem_key, fresh.seg_sop_uid, finish=config.research is None)
+    warning = how if how.startswith("stored with a warning") else None  # kept as the sent job's reason
+    queue.record_sent(lease, dest.name, fresh.idem_key, fresh.seg_sop_uid, finish=config.research is None,
+                      note=warning)  # fmt: skip
     if config.research is None:
         rec.set_outcome_detail("sent")
-        ended.append(JobResult(job.id, "sent"))
+        ended.append(JobResult(job.id, "sent", warning))
         return
     crash_point("before_research")
     _finish(config, queue, lease, segmenter, rec, ended)
