@@ -17,7 +17,7 @@ from medseg.audit.config import load_config
 from medseg.audit.store import AuditStore
 from medseg.audit.verify import verify_store
 from medseg.cli.audited import audited
-from medseg.errors import AuditError
+from medseg.errors import AuditError, IntegrityError
 
 PHANTOM = "dicom/mr_series_penn_prisma_phantom"
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 24, 1, 2, 3
@@ -168,3 +168,77 @@ def test_a_deleted_store_is_reported_as_lost_records_not_started_again(shared: P
     verify = subprocess.run([sys.executable, "-m", "medseg", "audit", "verify"], env=dict(os.environ),
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert verify.returncode == 1 and "records were lost" in verify.stderr, verify.stderr
+
+
+def _damage(db: Path, how: str) -> None:
+    """Overwrite audit.db with bytes that are not a (sound) SQLite database."""
+    for name in ("audit.db-wal", "audit.db-shm"):
+        (db.parent / name).unlink(missing_ok=True)
+    if how == "junk":
+        db.write_bytes(b"not a database\n")
+    elif how == "truncated":
+        db.write_bytes(db.read_bytes()[:4096])
+    else:  # every page after the first overwritten: the header reads, the tables do not
+        data = db.read_bytes()
+        db.write_bytes(data[:4096] + b"\xa5" * (len(data) - 4096))
+
+
+def _seed_checkpointed_store(records: int) -> Path:
+    """A store with `records` audited commands, its WAL folded into audit.db (all content in the one file)."""
+    for _ in range(records):
+        with audited("convert", {}):
+            pass
+    folder = load_config().audit_dir
+    with sqlite3.connect(folder / "audit.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["junk", "truncated", "pages overwritten"])
+def test_a_damaged_store_is_lost_records_exit_1_for_verify_and_exit_4_for_commands(
+    shared: Path, tmp_path: Path, how: str
+) -> None:
+    """audit.db overwritten with junk was exit 4 'cannot initialise the audit store ... free disk space or fix the
+    permissions' (verify even tried to initialise it): it is damage, like a deleted store whose anchor names records."""
+    folder = _seed_checkpointed_store(3)
+    db = folder / "audit.db"
+    _damage(db, how)
+    damaged = db.read_bytes()
+    verify = subprocess.run([sys.executable, "-m", "medseg", "audit", "verify"], env=dict(os.environ),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = verify.stderr.strip().splitlines()
+    assert verify.returncode == 1, verify.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {db}: the audit store is damaged or not medseg's ("), lines
+    assert "records were lost" in lines[0] and "Restore audit.db from a backup" in lines[0]
+    assert "disk space" not in verify.stderr and "initialise" not in verify.stderr
+    assert db.read_bytes() == damaged, "verify opens the store read-only: it never writes to it"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _convert(shared, out_dir / "ct.nii.gz", lambda: None)
+    _assert_stopped_unaudited(result, out_dir / "ct.nii.gz")
+    assert "records were lost" in result.stderr and "disk space" not in result.stderr, result.stderr
+    assert db.read_bytes() == damaged
+
+
+def test_a_damaged_store_without_an_anchor_is_still_an_integrity_failure(tmp_path: Path) -> None:
+    folder = _seed_checkpointed_store(1)
+    _damage(folder / "audit.db", "junk")
+    (folder / "chain-anchor.log").unlink()
+    with pytest.raises(IntegrityError, match=r"damaged or not medseg's \(file is not a database\)$") as exc:
+        AuditStore.open(load_config(), create=False)
+    assert exc.value.exit_code == 1 and "Restore audit.db from a backup" in exc.value.one_line()
+    with pytest.raises(AuditError, match="damaged or not medseg's") as exc4:
+        AuditStore.open(load_config())
+    assert exc4.value.exit_code == 4 and "disk space" not in exc4.value.one_line()
+
+
+def test_verify_opens_the_store_read_only(tmp_path: Path) -> None:
+    """A reader never writes: the intact store's files are byte-for-byte the same after verify, and a write through
+    a reader's connection is refused by SQLite."""
+    folder = _seed_checkpointed_store(2)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "audit.db-shm"}
+    with AuditStore.open(load_config(), create=False) as store:
+        assert verify_store(store).ok
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store._conn.execute("CREATE TABLE x (y TEXT)")
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "audit.db-shm"} == before

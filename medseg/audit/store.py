@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from medseg.audit.anchor import append_anchor, read_anchor
 from medseg.audit.canonical import GENESIS_HASH, canonical_json, chain_hash, normalise
@@ -26,6 +27,9 @@ from medseg.audit.record import AuditEvent, ChainedRecord
 from medseg.errors import AuditError, IntegrityError
 
 BUSY_TIMEOUT_S = 60.0
+# SQLite's primary result codes for a file whose content is not a (sound) database: damage or tampering, which no
+# free disk space or permission change repairs (SQLITE_CORRUPT, SQLITE_NOTADB).
+DAMAGED_CODES = (11, 26)
 _APPEND_ONLY = "medseg audit: events are append-only"
 DDL = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -94,10 +98,16 @@ class AuditStore:
 
     @classmethod
     def open(cls, config: AuditConfig, *, create: bool = True) -> AuditStore:
-        """Open (and with `create`, initialise) the store; any failure is an AuditError naming the folder."""
+        """Open (and with `create`, initialise) the store; any failure is an AuditError naming the folder.
+
+        Without `create` (verify, show, export, signing checks) the database is opened read-only: a reader never
+        initialises, converts or repairs it. A file that is not a sound SQLite database (overwritten, truncated) is
+        damage, not a full disk: IntegrityError for a reader (exit 1), AuditError for a command (exit 4), both
+        saying that records were lost when the anchor log names any."""
         db = config.db_path
+        failure = IntegrityError if not create else AuditError
         if not db.exists() or db.stat().st_size == 0:
-            _refuse_a_lost_store(config, IntegrityError if not create else AuditError)
+            _refuse_a_lost_store(config, failure)
         if not create and not db.exists():
             raise AuditError("no audit store here", path=config.audit_dir, hint="Check MEDSEG_AUDIT_DIR.")
         try:
@@ -106,16 +116,20 @@ class AuditStore:
                 config.anchor_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 if not db.exists():  # owner-only: the store holds the path key; SQLite gives -wal/-shm the same mode
                     os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+                target, uri = str(db), False
+            else:
+                target, uri = f"file:{quote(str(db.resolve()))}?mode=ro", True
+            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
+                                   uri=uri)  # fmt: skip
         except (OSError, sqlite3.Error) as exc:
             raise _audit_error("cannot open the audit store", config.audit_dir, exc) from exc
         store = cls(config, conn)
         try:
-            mode = _enable_wal(conn)
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"journal mode is {mode}, WAL needed")
-            conn.execute("PRAGMA synchronous=FULL")
             if create:
+                mode = _enable_wal(conn)
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"journal mode is {mode}, WAL needed")
+                conn.execute("PRAGMA synchronous=FULL")
                 store._init_schema()
             elif store._meta("store_id") is None:
                 try:
@@ -127,6 +141,8 @@ class AuditStore:
                 raise sqlite3.DatabaseError("empty, not yet initialised" if empty else "not a medseg audit database")
         except sqlite3.Error as exc:
             conn.close()
+            if is_damage(exc):
+                raise damaged_store_error(config, exc, failure) from exc
             raise _audit_error("cannot initialise the audit store", db, exc) from exc
         return store
 
@@ -292,11 +308,32 @@ def _refuse_a_lost_store(config: AuditConfig, error: type[AuditError | Integrity
         )
 
 
+def is_damage(exc: BaseException) -> bool:
+    """Whether an SQLite error says the file is not a sound database (corrupt, or not a database at all)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and isinstance(code, int) and code & 0xFF in DAMAGED_CODES
+
+
+def damaged_store_error(
+    config: AuditConfig, exc: BaseException, error: type[AuditError | IntegrityError]
+) -> AuditError | IntegrityError:
+    """The error for an audit.db that is not a sound SQLite database (overwritten, truncated, damaged): as for a
+    deleted store, the anchor log tells how many records were lost; the remedy is a backup, not disk space."""
+    reason = str(exc) or type(exc).__name__
+    entries, _ = read_anchor(config.anchor_path) if config.anchor_path.exists() else ([], [])
+    lost = (f", but its anchor log names {max(e.seq for e in entries)} record(s): records were lost"
+            if entries else "")  # fmt: skip
+    return error(
+        f"the audit store is damaged or not medseg's ({reason}){lost}",
+        path=config.db_path,
+        hint="Restore audit.db from a backup; no command runs unaudited meanwhile.",
+    )
+
+
 def _audit_error(what: str, path: Path, exc: BaseException) -> AuditError:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return AuditError(
-        f"{what}: {reason}",
-        path=path,
-        hint="The command was stopped so that nothing runs unaudited; free disk space or fix the permissions of "
-        "MEDSEG_AUDIT_DIR, then rerun",
-    )
+    hint = ("The command was stopped so that nothing runs unaudited; free disk space or fix the permissions of "
+            "MEDSEG_AUDIT_DIR, then rerun")  # fmt: skip
+    if is_damage(exc):
+        hint = "The command was stopped so that nothing runs unaudited; restore audit.db from a backup"
+    return AuditError(f"{what}: {reason}", path=path, hint=hint)

@@ -7,12 +7,14 @@ same transaction) and the anchor log (outside the database). A problem names the
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from medseg.audit.anchor import read_anchor
 from medseg.audit.canonical import GENESIS_HASH, chain_hash
-from medseg.audit.store import AuditStore, Head
+from medseg.audit.store import AuditStore, Head, damaged_store_error, is_damage
+from medseg.errors import IntegrityError
 
 COLUMNS = ("ts", "kind", "invocation", "command", "os_user", "operator", "outcome", "prev_hash")
 KINDS = ("edited", "deleted", "reordered", "inserted", "truncated", "anchor")  # Problem.kind values
@@ -199,10 +201,15 @@ def verify_store(store: AuditStore) -> VerifyReport:
 
     Records and head are read in one snapshot and the anchor afterwards, so concurrent writers cause no false alarm.
     """
-    with store.snapshot():
-        rows = _rows(store)
-        head = store.head()
-        head_problem = _check_head(head, rows)
+    try:
+        with store.snapshot():
+            rows = _rows(store)
+            head = store.head()
+            head_problem = _check_head(head, rows)
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):  # a page damaged inside an otherwise readable file: no record of it can be trusted
+            raise damaged_store_error(store.config, exc, IntegrityError) from exc
+        raise
     report = VerifyReport(records=len(rows), head_seq=head.seq, head_hash=head.hash)
     for problem in (verify_chain(rows), head_problem):
         if problem is not None:

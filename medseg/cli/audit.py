@@ -31,8 +31,8 @@ Examples:
 
   medseg audit verify-export snapshot.json --public-key auditor.pub.pem
 
-Exit codes: 0 intact/ok, 1 integrity check failed (tampering or a broken chain), 2 usage error,
-4 the store could not be read.
+Exit codes: 0 intact/ok, 1 integrity check failed (tampering, a broken chain, or audit.db lost, emptied or not
+a sound SQLite database: restore it from a backup), 2 usage error, 4 the store could not be opened (I/O, locks).
 """
 
 audit_app = typer.Typer(
