@@ -132,6 +132,10 @@ def test_batch_of_studies_matches_single_runs_and_goes_on_after_a_failure(shared
     assert {c: e["status"] for c, e in events.items()} == {"s1": "flagged", "s2": "failed", "s3": "flagged",
                                                            "s4": "flagged"}  # fmt: skip
     assert "missing slice" in events["s2"]["error"] and "1 failed of 4" in out
+    failed = json.loads((tmp_path / "o" / "s2" / "summary.json").read_text())  # counted by post-market monitoring
+    assert failed["status"] == "failed" and failed["exit_code"] == 3 and failed["qc"]["passed"] is False
+    assert failed["failure"] == events["s2"]["error"] and failed["outputs"] == {}
+    assert sorted(p.name for p in (tmp_path / "o" / "s2").iterdir()) == ["summary.json"]
     for study in ("s1", "s3", "s4"):
         code, _, err = run("infer", batch / study, "--model", model, "--out", tmp_path / "single", "--no-preview")
         assert code == 0, err

@@ -233,7 +233,8 @@ def test_subprocess_wall_time_and_peak_rss(shared, tmp_path, model_cache, everyt
 
 
 def test_disk_full_leaves_no_partial_result_set(shared, tmp_path, model_cache, everything_model):
-    """A write failing mid-case (file-size limit, like a full disk) exits 4 and leaves no outputs or temp files."""
+    """A write failing mid-case (file-size limit, like a full disk) exits 4 and leaves no outputs or temp files, only
+    the small summary.json that records the failure for monitoring."""
     import signal
 
     def limit() -> None:
@@ -247,8 +248,9 @@ def test_disk_full_leaves_no_partial_result_set(shared, tmp_path, model_cache, e
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert proc.returncode == 4, proc.stderr
     assert "cannot write output" in proc.stderr
-    left = sorted(p.name for p in (tmp_path / "o").rglob("*") if p.is_file())
-    assert left == [], left
+    left = sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*") if p.is_file())
+    assert left == ["dicom/summary.json"], left  # only the record that the case failed, no partial result set
+    assert json.loads((tmp_path / "o/dicom/summary.json").read_text())["status"] == "failed"
 
 
 def _cuda_available() -> bool:

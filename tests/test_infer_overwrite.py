@@ -191,4 +191,7 @@ def test_a_full_disk_while_the_seg_is_written_is_one_line_without_pydicoms_trace
     assert last.startswith("error: ") and last.endswith(
         "cannot write output: No space left on device. Check free disk space and permissions"), err  # fmt: skip
     assert "Traceback" not in err and "With tag" not in err and "File " not in err
-    assert [p.name for p in (small_disk / "o").iterdir()] == []
+    assert [p.name for p in (small_disk / "o").iterdir()] == ["dicom"]  # no staging folder left
+    summary = json.loads((small_disk / "o" / "dicom" / "summary.json").read_text())  # the record that it failed
+    assert summary["status"] == "failed" and summary["exit_code"] == 4 and "No space left" in summary["failure"]
+    assert [p.name for p in (small_disk / "o" / "dicom").iterdir()] == ["summary.json"]

@@ -226,7 +226,8 @@ class _CaseRun:
             with self.timed("input_digest"):  # the wait for the helper thread, usually done long before
                 self.summary["input"] = _describe_input(self.volume, self.case, self.digest.result())
         outputs = {k: self.outputs[k] for k in OUTPUT_ORDER if k in self.outputs} | self.outputs
-        self.summary |= {"status": status, "qc": _qc(flags, self.settings), "outputs": outputs}
+        qc = _qc(flags, self.settings) | ({"passed": False} if status == CaseStatus.FAILED else {})
+        self.summary |= {"status": status, "qc": qc, "outputs": outputs}
         notes = [*self.summary.get("notes", []), *_warning_notes(self.caught)]
         self.summary["notes"] = list(dict.fromkeys(notes))
         total = round(time.perf_counter() - self.start, 3)
@@ -265,13 +266,34 @@ def run_case(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run.caught = caught
-            result = _run_checked(run, runner, progress, on_flag)
+            try:
+                result = _run_checked(run, runner, progress, on_flag)
+            except MedsegError as exc:
+                _record_failure(run, final, exc)
+                raise
         commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs})
     except BaseException:  # the case folder keeps its earlier outputs, untouched, whatever failed
         shutil.rmtree(stage, ignore_errors=True)
         raise
     result.outputs = [final / p.name for p in result.outputs]
     return result
+
+
+def _record_failure(run: _CaseRun, final: Path, exc: MedsegError) -> None:
+    """A failed case gets a summary.json with status "failed" and the error, so post-market monitoring counts it;
+    only where no earlier result exists (an --overwrite run that fails leaves the earlier one as it was). Best
+    effort: the case's own error is what the caller reports."""
+    if final.exists():
+        return
+    try:
+        for leftover in run.folder.iterdir():
+            leftover.unlink()
+        run.outputs.clear()
+        run.summary |= {"failure": exc.one_line(), "exit_code": exc.exit_code}
+        run.write_summary(CaseStatus.FAILED, [])
+        commit_folder(run.folder, final, set())
+    except (OSError, MedsegError):
+        return
 
 
 def _earlier_outputs(folder: Path, model: InstalledModel) -> set[str]:

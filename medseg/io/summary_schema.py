@@ -175,6 +175,8 @@ class CaseSummary(_Open):
     outputs: dict[str, str | None]
     timings_s: dict[str, float]
     seg_not_written: str | None = None
+    failure: str | None = None  # status "failed": the one-line error (what the console said)
+    exit_code: int | None = None  # status "failed": the case's exit code
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
