@@ -289,3 +289,21 @@ def test_an_option_naming_no_model_is_a_usage_error_listing_what_it_takes(shared
     """README: exit 2 for an unvalidated organ or a bad option; a reviewer got 3, and card names --model refuses."""
     code, _, err = run("infer", shared / "ct/totalseg_example_ct_sm/image.nii.gz", *args, "--out", tmp_path / "o")
     assert code == 2 and err.strip().splitlines() == [f"error: {message}."], err
+
+
+def test_the_readers_notes_are_printed_as_warnings_not_only_written(shared, tmp_path, run, everything_model):
+    """README: non-fatal findings are printed as warnings; a reviewer found them only in summary.json."""
+    import nibabel as nib
+
+    img = nib.load(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    shifted = img.affine.copy()
+    shifted[:3, 3] += 5.0
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
+    out.set_qform(shifted, code=1)
+    out.set_sform(img.affine, code=1)
+    nib.save(out, tmp_path / "ct.nii.gz")
+    code, _, err = run("infer", tmp_path / "ct.nii.gz", "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 0, err
+    notes = json.loads((tmp_path / "o/ct/summary.json").read_text())["notes"]
+    assert any("qform and sform disagree" in n for n in notes), notes
+    assert all(f"warning: ct: {n}" in err.splitlines() for n in notes), err

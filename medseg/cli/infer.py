@@ -234,6 +234,8 @@ def _report(r: CaseResult, single: bool) -> None:
     if r.forced:
         console.warn(f"{r.case}: --force: segmented although refused ({', '.join(r.forced)}); recorded in summary")
     s = r.summary or {}
+    for note in s.get("notes", []):  # the reader's and libraries' findings: on the console too, not only in the file
+        console.warn(f"{r.case}: {note}")
     organs = ", ".join(f"{o['name']} {o['volume_ml']:.0f} ml" for o in s.get("organs", []))
     where = r.outputs[-1].parent if r.outputs else "-"
     seconds = s.get("timings_s", {}).get("total", 0.0)
