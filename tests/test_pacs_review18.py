@@ -367,3 +367,46 @@ def test_stow_202_with_warning_is_stored_and_with_failures_is_not(shared: Path) 
             send(instance, Destination(dicomweb=failed.url), "MEDSEG")
     finally:
         failed.close()
+
+
+# 7. a study of non-image objects only is audited, shown and purged ---------------------------------------------------
+def test_a_study_of_non_image_objects_is_audited_shown_and_purged(shared: Path, tmp_path: Path,
+                                                                  _isolated_audit_dir: Path) -> None:  # fmt: skip
+    """An RT structure set alone was stored with its patient data, but never audited and never shown in status."""
+    import sqlite3
+
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import RTStructureSetStorage  # type: ignore[attr-defined]
+
+    from medseg.pacs.retention import purge_expired
+    from medseg.pacs.service import complete_studies
+    from medseg.pacs.status import status
+    from medseg.pacs.storage import study_dir
+
+    rt = pydicom.dcmread(shared / "dicom/rtstruct/rt-utils/mock_data/rt.dcm")
+    receiver, queue, port = _receiver(tmp_path / "store", quiet=0.2)
+    try:
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(RTStructureSetStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEG")
+        assert int(assoc.send_c_store(rt).Status) == 0
+        assoc.release()
+    finally:
+        receiver.stop()
+    config = PacsConfig.model_validate(receiver.config.model_dump() | {"retention": {"keep_days": 0}})
+    deadline = time.monotonic() + 30
+    while not queue.unaudited_not_input(0.2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert complete_studies(config, queue) == [] and complete_studies(config, queue) == []  # audited once, no job
+    db = next(_isolated_audit_dir.glob("*.db"))
+    bodies = [json.loads(b) for (b,) in sqlite3.connect(db).execute(
+        "SELECT body FROM events WHERE command='pacs.receive' AND kind='end'")]  # fmt: skip
+    assert len(bodies) == 1 and "not input" in json.dumps(bodies[0])
+    assert str(rt.PatientName) not in json.dumps(bodies)
+    report = status(queue)
+    assert report["counts"]["not_input"] == 1
+    assert [(s["study"], s["instances"]) for s in report["not_input"]] == [(str(rt.StudyInstanceUID), 1)]
+    assert len(purge_expired(config, queue, now=time.time() + 1)) == 1
+    assert not study_dir(config.storage, str(rt.StudyInstanceUID)).exists()
+    assert status(queue)["counts"]["not_input"] == 0

@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
         for s in report["receiving"]:
             left = s['completes_in_s']
             console.result(f"  receiving {s['study']}: {s['instances']} instance(s), completes in {left} s")
+        for s in report["not_input"]:
+            console.result(f"  stored {s['study']}: {s['instances']} instance(s), no image input (no job)")
         for j in report["jobs"]:
             why = f": {j['reason']}" if j["reason"] else ""
             console.result(f"  job {j['job']} {j['state']} (attempts {j['attempts']}, age {j['age_s']} s){why}")

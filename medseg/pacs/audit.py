@@ -44,3 +44,12 @@ def record_purge(purged: list, keep_days: float | None) -> None:
     params = {"studies": len(purged), "instances": sum(p.instances for p in purged), "keep_days": keep_days}
     with audit_session("pacs.purge", params, software=software()) as rec:
         rec.set_outcome_detail(f"purged:{len(purged)}")
+
+
+def record_not_input(study_uid: str, generation: int, instances: int, folder: Path) -> None:
+    """A study stored that holds no image input (no job is made): its files' digests, outcome 'not input'. Such
+    studies carry patient data too; before review 18 they were stored without any audit record."""
+    params = {"study_uid": study_uid, "generation": generation, "instances": instances, "job": None}
+    with audit_session("pacs.receive", params, software=software()) as rec:
+        rec.add_inputs([folder])
+        rec.set_outcome_detail("not input")

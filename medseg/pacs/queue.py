@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS instance_content (
     sop_uid TEXT PRIMARY KEY,
     digest TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stored_audits (
+    study_uid TEXT PRIMARY KEY,
+    instances INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batch_inputs (
     study_uid TEXT NOT NULL,
     digest TEXT NOT NULL,
@@ -186,6 +191,30 @@ class JobQueue:
                 if cur.rowcount:
                     made.append(self._job(db, int(cur.lastrowid or 0)))
             return made
+
+    _NOT_INPUT = (
+        "SELECT s.study_uid, s.generation, s.instances, s.first_at FROM studies s WHERE s.state='complete' "
+        "AND s.instances>0 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid=s.study_uid)"
+    )
+
+    def not_input_studies(self) -> list[dict[str, object]]:
+        """Studies stored that hold no image input (only an RT structure set, a report, another system's SEG): no job
+        is made for them, but their files are patient data, shown by `pacs status` and deleted by retention."""
+        return [dict(r) for r in self._conn().execute(self._NOT_INPUT + " ORDER BY s.first_at")]
+
+    def unaudited_not_input(self, quiet_s: float, now: float | None = None) -> list[tuple[str, int, int]]:
+        """(study UID, generation, instances) of the not-input studies quiet for `quiet_s` whose instance count has
+        not been audited yet (once per count: more objects arriving later are audited again)."""
+        now = time.time() if now is None else now
+        sql = (self._NOT_INPUT + " AND s.last_at<=? AND NOT EXISTS (SELECT 1 FROM stored_audits a "
+               "WHERE a.study_uid=s.study_uid AND a.instances=s.instances) ORDER BY s.first_at")  # fmt: skip
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in self._conn().execute(sql, (now - quiet_s,))]
+
+    def mark_audited(self, study_uid: str, instances: int, now: float | None = None) -> None:
+        """The not-input study's `pacs.receive` audit record (with this instance count) is written."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO stored_audits VALUES (?, ?, ?)", (study_uid, instances, now))
 
     def add_job(self, study_key: str, input_path: str, now: float | None = None) -> Job:
         """A job for an already complete study read in place (`medseg batch`); the existing one when added before."""

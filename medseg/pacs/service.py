@@ -35,13 +35,17 @@ def owner_name(tag: str) -> str:
 
 
 def complete_studies(config: PacsConfig, queue: JobQueue) -> list[int]:
-    """Turn studies past their quiet time into jobs (audited), and give failed jobs past their cool-down a new round."""
-    from medseg.pacs.audit import record_study
+    """Turn studies past their quiet time into jobs (audited), audit studies stored that hold no image input (no job;
+    once per instance count), and give failed jobs past their cool-down a new round."""
+    from medseg.pacs.audit import record_not_input, record_study
 
     jobs = queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
     for job in jobs:
         n = len(queue.instances(job.study_uid))
         record_study(job.study_uid, job.generation, n, Path(job.input), job.id)
+    for uid, generation, n in queue.unaudited_not_input(config.completion.quiet_seconds):
+        record_not_input(uid, generation, n, study_dir(config.storage, uid))
+        queue.mark_audited(uid, n)
     queue.requeue_failed(backoff_of(config))
     return [j.id for j in jobs]
 

@@ -19,6 +19,8 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
     jobs = queue.jobs()
     counts = {"receiving": sum(s["state"] == "receiving" for s in studies)}
     counts |= {state: sum(j.state == state for j in jobs) for state in JOB_STATES}
+    stored = queue.not_input_studies()
+    counts["not_input"] = len(stored)
     receiving = [
         {"study": s["study_uid"], "instances": s["instances"], "age_s": round(now - float(s["first_at"]), 1),
          "completes_in_s": round(max(0.0, float(s["deadline"]) - now), 1)}
@@ -36,5 +38,7 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
     purges = queue.purges()
     last = round(now - max(float(p["at"]) for p in purges), 1) if purges else None  # type: ignore[arg-type]
     retention = {"studies_purged": len({p["study_uid"] for p in purges}), "last_purge_age_s": last}
-    return {"counts": counts, "receiving": receiving, "jobs": rows, "sent": len(queue.ledger()),
+    not_input = [{"study": s["study_uid"], "instances": s["instances"], "age_s": round(now - float(s["first_at"]), 1)}
+                 for s in stored]  # fmt: skip
+    return {"counts": counts, "receiving": receiving, "jobs": rows, "not_input": not_input, "sent": len(queue.ledger()),
             "research": copies | {"withheld_jobs": withheld}, "retention": retention}  # fmt: skip
