@@ -76,3 +76,24 @@ def test_one_study_with_its_series_in_subfolders_is_named_after_the_folder_given
     assert [c.name for c in cases] == ["abdomen_ct"] and cases[0].load().shape == (512, 512, 20)
     cases, _ = discover_cases(study / "series 3")
     assert [c.name for c in cases] == ["series_3"]
+
+
+def test_outputs_inside_the_input_are_never_read_back_as_cases(shared, tmp_path):
+    """`medseg infer in/ --out in/results`, run again: a reviewer saw its own label maps refused (exit 5), and with
+    --force segmented as CT."""
+    from medseg.errors import UsageError
+
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "good.nii.gz").symlink_to(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    results = root / "results" / "good"
+    results.mkdir(parents=True)
+    shutil.copy(shared / "ct/totalseg_example_ct_sm/liver.nii.gz", results / "liver.nii.gz")
+    (results / "elsewhere.nii.gz").symlink_to(shared / "ct/chaos_ct_sample/image.nii.gz")  # a link lies where it is
+    cases, notes = discover_cases(root, out=root / "results")
+    assert [c.name for c in cases] == ["good"]
+    assert notes == [f"2 file(s) inside the output folder {(root / 'results').resolve()} not read as input"]
+    assert [c.name for c in discover_cases(root)[0]] == ["good", "results_good_elsewhere", "results_good_liver"]
+    with pytest.raises(UsageError, match="--out is the input folder"):
+        discover_cases(root, out=root)
+    assert [c.name for c in discover_cases(root / "good.nii.gz", out=root)[0]] == ["good"]  # a file: no overlap

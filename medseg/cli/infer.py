@@ -165,7 +165,7 @@ def _run(
     rec.add_inputs([input, model.weights_path], background=True)  # read only; hashed beside the work
     rec.set_model(card.name, card.version, card.weights.sha256)
     model.verify()
-    cases, notes = discover_cases(input, card.modality, options.series)
+    cases, notes = discover_cases(input, card.modality, options.series, out=out)
     for note in notes:
         console.info(note)
     runner = _lazy_runner(model, backend, device, options.precision)

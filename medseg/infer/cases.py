@@ -97,13 +97,33 @@ def _unique(cases: list[Case]) -> list[Case]:
     return out
 
 
-def discover_cases(path: Path, modality: str = "CT", series_key: str | None = None) -> tuple[list[Case], list[str]]:
+def _outside(files: list[Path], out: Path | None, root: Path) -> tuple[list[Path], list[str]]:
+    """`files` less those inside the output folder when it lies inside the input: a rerun never reads medseg's own
+    label maps and SEGs as new cases. An output folder that is the input folder itself is refused."""
+    if out is None:
+        return files, []
+    out, root = Path(out).resolve(), root.resolve()
+    if out == root:
+        raise UsageError("--out is the input folder: outputs would be read as input by the next run", path=out,
+                         hint="Choose an --out outside the input, or a subfolder of it.")  # fmt: skip
+    if not out.is_relative_to(root):
+        return files, []
+    kept = [f for f in files if not (f.parent.resolve() / f.name).is_relative_to(out)]  # a link is where it lies
+    skipped = len(files) - len(kept)
+    return kept, [f"{skipped} file(s) inside the output folder {out} not read as input"] if skipped else []
+
+
+def discover_cases(path: Path, modality: str = "CT", series_key: str | None = None,
+                   out: Path | None = None) -> tuple[list[Case], list[str]]:  # fmt: skip
     """Cases under `path` (a NIfTI file, a DICOM file or folder, or a folder of studies/NIfTI files) and notes;
-    with `series_key` (`medseg series`'s key or a SeriesInstanceUID) the one case is that series of the folder."""
+    with `series_key` (`medseg series`'s key or a SeriesInstanceUID) the one case is that series of the folder.
+    Files inside `out` (the output folder, when it lies inside `path`) are never cases."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError("input not found", path=path, hint="Check the path.")
     check_entry(path)
+    if path.is_dir():
+        _outside([], out, path)  # refuses --out == the input folder, whatever is inside
     if series_key is not None:
         if not path.is_dir():
             raise UsageError("--series chooses a series of a DICOM folder", path=path,
@@ -116,14 +136,14 @@ def discover_cases(path: Path, modality: str = "CT", series_key: str | None = No
     from medseg.io.series import walk_files
 
     walk = walk_files(path)
-    files = walk.files
+    files, out_notes = _outside(walk.files, out, path)
     niftis = [f for f in files if is_nifti_path(f)]
     others = [f for f in files if not is_nifti_path(f)]
     cases = [
         Case(safe_name(str(f.relative_to(path).parent / _nifti_stem(f))), f, "nifti", lambda f=f: read_image(f))
         for f in niftis
     ]
-    notes: list[str] = []
+    notes: list[str] = list(out_notes)
     if others or walk.skipped:
         dicom, notes = _dicom_cases(path, others, modality, walk.skipped)
         cases += dicom
