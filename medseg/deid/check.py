@@ -129,7 +129,7 @@ def check_tree(
         raise UsageError("not found", path=missing, hint="Pass the original and the de-identified folder.")
     manifest = _manifest(deid)
     options = frozenset(manifest.get("options", []))
-    allowed = options if "options" in manifest else None
+    allowed = options  # without a manifest no option is granted: a file's own claims are not evidence
     originals = discover(original)
     matchers = matchers or collect(originals.files, options, with_sources=allowed is None or bool(allowed))
     files, skipped = _entries(deid)

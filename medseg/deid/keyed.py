@@ -13,6 +13,15 @@ import hmac
 from dataclasses import dataclass
 
 STANDARD_UID_ROOT = "1.2.840.10008."
+
+
+def registered_uid(uid: str) -> bool:
+    """A UID the standard registers (PS3.6 Annex A: classes, transfer syntaxes, well-known instances, as pydicom's
+    UID dictionary lists them). Anything else under 1.2.840.10008, such as an instance UID a site made up there, is
+    not the standard's and identifies like any other UID."""
+    from pydicom._uid_dict import UID_dictionary
+
+    return uid in UID_dictionary
 MAX_SHIFT_DAYS = 3650
 PSEUDONYM_PREFIX = "ANON"
 
@@ -41,9 +50,9 @@ class KeyedMapper:
         return hmac.new(self._secret, f"{domain}\0{value}".encode(), hashlib.sha256).digest()
 
     def uid(self, original: str) -> str:
-        """A '2.25.' UID (PS3.5 B.2) from the first 128 bits of the keyed hash; standard UIDs are kept."""
+        """A '2.25.' UID (PS3.5 B.2) from the first 128 bits of the keyed hash; registered standard UIDs are kept."""
         original = original.strip("\0 ")
-        if original.startswith(STANDARD_UID_ROOT):
+        if registered_uid(original):
             return original
         return "2.25." + str(int.from_bytes(self.digest("uid", original)[:16], "big"))
 

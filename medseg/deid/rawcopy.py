@@ -35,7 +35,14 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from medseg.deid.engine import FileContext, clean_level, dictionary_vr, element_decision, raw_changed
+from medseg.deid.engine import (
+    FileContext,
+    clean_level,
+    dictionary_vr,
+    element_decision,
+    raw_changed,
+    valid_kept_value,
+)
 from medseg.deid.identity import new_file_meta
 from medseg.deid.rawencode import encoded_element, file_meta_bytes
 from medseg.deid.reading import DICOMDIR_CLASS
@@ -325,7 +332,7 @@ def _direct(
         ctx.actions["private X"] += 1  # no Retain Safe Private here (LEVEL_OPTIONS): every private element goes
         return b""
     kind, action, label = element_decision(tag, vr, ctx.options)
-    if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN":
+    if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN" and valid_kept_value(vr or "", value):
         return _KEPT
     if kind == "drop":
         return b""

@@ -106,8 +106,8 @@ def retention(
         own = [f" {v} " for v in whole if any(t == tag for t, _ in sources.get(v, ()))]
         for hit in hits:
             seen = sources.get(hit, frozenset())
-            if tag >> 16 != 0x0010 and _patients_own(hit, seen):
-                return None  # no option keeps the patient's name or ID, wherever else it was written
+            if (tag >> 16 != 0x0010 and _patients_own(hit, seen)) or _patients_name_or_date(seen):
+                return None  # no option keeps the patient's name, ID or dates, wherever else it was written
             mine = any(t == tag for t, _ in seen) or inside(hit, originals.get(tag, ()))
             if _cleans(tag, option):
                 if not mine or any(t != tag and k not in LOOSE_KINDS for t, k in seen):
@@ -117,6 +117,12 @@ def retention(
         return option
 
     return retained
+
+
+def _patients_name_or_date(seen: frozenset[tuple[int, str]]) -> bool:
+    """Whether a value was a date or (a part of) a name in the Patient group of an original: never excused by an
+    option, wherever it is found (a private block declared safe holding the birth date and 'Mr <surname>')."""
+    return any(t >> 16 == 0x0010 and k in ("date", "person name", "person name part") for t, k in seen)
 
 
 def _patients_own(hit: str, seen: frozenset[tuple[int, str]]) -> bool:
