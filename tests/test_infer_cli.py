@@ -307,3 +307,16 @@ def test_the_readers_notes_are_printed_as_warnings_not_only_written(shared, tmp_
     notes = json.loads((tmp_path / "o/ct/summary.json").read_text())["notes"]
     assert any("qform and sform disagree" in n for n in notes), notes
     assert all(f"warning: ct: {n}" in err.splitlines() for n in notes), err
+
+
+def test_an_existing_output_of_any_case_stops_a_folder_run_before_any_work(shared, tmp_path, run, everything_model):
+    """README: exit 2 before any work; a reviewer saw case aa segmented and written before case zz's clash."""
+    (tmp_path / "in").mkdir()
+    for name in ("aa", "zz"):
+        (tmp_path / "in" / f"{name}.nii.gz").symlink_to(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    (tmp_path / "out" / "zz").mkdir(parents=True)
+    (tmp_path / "out" / "zz" / "summary.json").write_text("{}")
+    code, _, err = run("infer", tmp_path / "in", "--model", everything_model, "--out", tmp_path / "out")
+    assert code == 2 and "output already exists" in err.strip().splitlines()[-1], err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["zz"]
+    assert "segmenting" not in err

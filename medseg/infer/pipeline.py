@@ -242,6 +242,18 @@ class _CaseRun:
             self.outputs["preview"] = self.names["preview"]
 
 
+def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) -> tuple[Path, dict[str, str]]:
+    """The case's output folder and file names; UsageError (exit 2) when one exists without --overwrite or the
+    folder is a file. Called for every case before any is run, and again by `run_case`."""
+    final = settings.out_dir / case.name
+    names = output_names(model, case, settings.organs)
+    if final.exists() and not final.is_dir():
+        raise UsageError("the case's output folder is a file", path=final, hint="Choose another --out.")
+    for name in names.values():
+        check_writable(final / name, settings.overwrite)
+    return final, names
+
+
 def run_case(
     case: Case,
     model: InstalledModel,
@@ -254,12 +266,7 @@ def run_case(
     or a flagged one under --strict returns a qc_rejected result (exit code 5) with only summary.json written.
     The outputs are written into a staging folder and moved into the case folder together (`commit_folder`): an
     --overwrite run leaves none of an earlier run's outputs beside its own, a failed one leaves them untouched."""
-    final = settings.out_dir / case.name
-    names = output_names(model, case, settings.organs)
-    if final.exists() and not final.is_dir():
-        raise UsageError("the case's output folder is a file", path=final, hint="Choose another --out.")
-    for name in names.values():
-        check_writable(final / name, settings.overwrite)
+    final, names = check_outputs(case, model, settings)
     stage = staging_folder(final)
     run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case), stage, names)
     try:
