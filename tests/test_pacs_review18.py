@@ -410,3 +410,31 @@ def test_a_study_of_non_image_objects_is_audited_shown_and_purged(shared: Path, 
     assert len(purge_expired(config, queue, now=time.time() + 1)) == 1
     assert not study_dir(config.storage, str(rt.StudyInstanceUID)).exists()
     assert status(queue)["counts"]["not_input"] == 0
+
+
+# 10. a job whose holder was killed is shown orphaned and can be retried ----------------------------------------------
+def test_a_job_whose_holder_was_killed_is_orphaned_and_retried(tmp_path: Path) -> None:
+    """After kill -9 during a job, status showed it 'running' with nobody holding it and `pacs retry` refused it."""
+    config = tmp_path / "pacs.yaml"
+    write_config(config, tmp_path / "store", {"folder": str(tmp_path / "segs")})
+    queue_path = tmp_path / "store" / "queue.db"
+    JobQueue(queue_path).add_job("1.2.826.0.1.10", "/nowhere")
+    holder = (  # a real process leases the job as a worker does, then dies by SIGKILL
+        "import os, signal, sys\nfrom pathlib import Path\nfrom medseg.pacs.queue import JobQueue\n"
+        "from medseg.pacs.service import owner_name\n"
+        "assert JobQueue(Path(sys.argv[1])).lease(owner_name('w0'), 600) is not None\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    dead = subprocess.run([sys.executable, "-c", holder, str(queue_path)], capture_output=True, text=True, timeout=60)
+    assert dead.returncode == -9, dead.stderr
+    report = _status(config)
+    (row,) = report["jobs"]
+    assert (row["state"], row["orphaned"], report["counts"]["orphaned"]) == ("running", True, 1)
+    assert "orphaned: its holder (pid" in row["reason"] and "pacs retry" in row["reason"]
+    text = _medseg("pacs", "status", "--config", str(config))
+    assert "job 1 running, orphaned" in text.stdout
+    retried = _medseg("pacs", "retry", "1", "--config", str(config))
+    assert retried.returncode == 0 and "queued again: 1" in retried.stdout, retried.stderr
+    job = JobQueue(queue_path).job(1)
+    assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)
+    assert _medseg("pacs", "retry", "1", "--config", str(config)).returncode == 2  # queued now: nothing to retry

@@ -106,7 +106,8 @@ def register(app: typer.Typer) -> None:
             console.result(f"  stored {s['study']}: {s['instances']} instance(s), no image input (no job)")
         for j in report["jobs"]:
             why = f": {j['reason']}" if j["reason"] else ""
-            console.result(f"  job {j['job']} {j['state']} (attempts {j['attempts']}, age {j['age_s']} s){why}")
+            state = f"{j['state']}, orphaned" if j["orphaned"] else j["state"]
+            console.result(f"  job {j['job']} {state} (attempts {j['attempts']}, age {j['age_s']} s){why}")
         copies = report["research"]
         if cfg.research is not None or copies["published"] or copies["withheld"]:
             console.result(f"research copies: {copies['published']} published, {copies['withheld']} withheld")
@@ -123,20 +124,23 @@ def register(app: typer.Typer) -> None:
         failed: bool = typer.Option(False, "--failed", help="Retry every failed job."),
         config: Path = CONFIG,
     ) -> None:
-        """Queue a failed, pending or quarantined job again now (or every failed job)."""
+        """Queue a failed, pending, quarantined or orphaned job again now (or every failed job)."""
         from medseg.cli.audited import audited
         from medseg.errors import UsageError
         from medseg.pacs.config import load_config
         from medseg.pacs.queue import JobQueue
+        from medseg.pacs.status import orphans
 
         if (job is None) == (not failed):
             raise UsageError("name one JOB or pass --failed", hint="See `medseg pacs retry --help`.")
         cfg = load_config(config)
         with audited("pacs.retry", params={"job": job, "failed": failed}) as rec:
-            ids = JobQueue(cfg.queue_path).retry(job, failed)
+            queue = JobQueue(cfg.queue_path)
+            ids = queue.retry(job, failed, orphans(queue))
             rec.set_outcome_detail(f"requeued:{len(ids)}")
         if job is not None and not ids:
-            raise UsageError(f"job {job} is not failed, pending or quarantined", hint="See `medseg pacs status`.")
+            raise UsageError(f"job {job} is not failed, pending, quarantined or orphaned",
+                             hint="See `medseg pacs status`.")  # fmt: skip
         console.result(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
 
     @pacs_app.command("purge", epilog=EXAMPLES)

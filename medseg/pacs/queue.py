@@ -483,22 +483,28 @@ class JobQueue:
             )
             return cur.rowcount
 
-    def retry(self, job_id: int | None = None, failed: bool = False) -> list[int]:
-        """Operator retry: the job (failed, quarantined or pending) or every failed job, queued now."""
+    def retry(
+        self, job_id: int | None = None, failed: bool = False, orphans: dict[int, int] | None = None
+    ) -> list[int]:
+        """Operator retry: the job (failed, quarantined, pending, or running but orphaned: in `orphans`, {job id:
+        fence} of running jobs whose holder is known dead, still at that fence) or every failed job, queued now."""
         if job_id is None and not failed:
             raise ProcessingError("nothing to retry", hint="Name a job id or pass --failed.")
         now = time.time()
         with self._write() as db:
             if job_id is not None:
+                fence = (orphans or {}).get(job_id, -1)
                 rows = db.execute(
-                    "SELECT id FROM jobs WHERE id=? AND state IN ('failed', 'quarantined', 'pending')", (job_id,)
-                ).fetchall()
+                    "SELECT id FROM jobs WHERE id=? AND (state IN ('failed', 'quarantined', 'pending') "
+                    "OR (state='running' AND fence=?))", (job_id, fence),
+                ).fetchall()  # fmt: skip
             else:
                 rows = db.execute("SELECT id FROM jobs WHERE state='failed'").fetchall()
             ids = [r["id"] for r in rows]
             for i in ids:
                 db.execute(
-                    "UPDATE jobs SET state='queued', attempts=0, rounds=0, not_before=0, updated_at=? WHERE id=?",
+                    "UPDATE jobs SET state='queued', attempts=0, rounds=0, not_before=0, lease_owner=NULL, "
+                    "lease_expires=NULL, updated_at=? WHERE id=?",
                     (now, i),
                 )
             return ids

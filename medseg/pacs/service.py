@@ -177,14 +177,9 @@ def wait_in_main_thread(event: threading.Event, poll_s: float = 0.25) -> None:
 
 def reclaim_dead_leases(queue: JobQueue) -> list[int]:
     """Running jobs leased by a process of this host that no longer exists are queued again now, not at expiry."""
-    host = socket.gethostname()
-    freed = []
-    for job in queue.jobs("running"):
-        owner_host, _, rest = (job.lease_owner or "").partition(":")
-        pid = rest.partition(":")[0]
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)) and queue.release(job.id, job.fence, True):
-            freed.append(job.id)
-    return freed
+    from medseg.pacs.status import orphans
+
+    return [job_id for job_id, fence in orphans(queue).items() if queue.release(job_id, fence, True)]
 
 
 def _alive(pid: int) -> bool:

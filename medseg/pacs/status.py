@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
@@ -9,6 +11,28 @@ from medseg.pacs.queue import JOB_STATES, JobQueue
 from medseg.pacs.research import RESEARCH_STATES
 
 SHOWN = ("receiving", "queued", "running", "pending", "failed", "quarantined")
+
+
+def holder_gone(owner: str | None) -> int | None:
+    """The pid of a lease owner ('host:pid:tag') that ran on this host and no longer exists; None otherwise (another
+    host's owner cannot be checked from here)."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return int(pid)
+    except PermissionError:
+        return None
+    return None
+
+
+def orphans(queue: JobQueue) -> dict[int, int]:
+    """{job id: fence} of the running jobs whose holder on this host is gone (killed): nobody will finish them before
+    their lease expires; `pacs retry` may queue them again."""
+    return {j.id: j.fence for j in queue.jobs("running") if holder_gone(j.lease_owner) is not None}
 
 
 def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
@@ -26,8 +50,11 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
          "completes_in_s": round(max(0.0, float(s["deadline"]) - now), 1)}
         for s in studies if s["state"] == "receiving"
     ]  # fmt: skip
+    orphaned = orphans(queue)
+    counts["orphaned"] = len(orphaned)
     rows = [
-        {"job": j.id, "study": j.study_uid, "state": j.state, "attempts": j.attempts, "reason": j.reason,
+        {"job": j.id, "study": j.study_uid, "state": j.state, "attempts": j.attempts, "orphaned": j.id in orphaned,
+         "reason": _orphan_reason(j.lease_owner) if j.id in orphaned else j.reason,
          "age_s": round(now - j.created_at, 1), "since_change_s": round(now - j.updated_at, 1),
          "retry_in_s": round(max(0.0, j.not_before - now), 1) if j.state in ("pending", "failed") else None}
         for j in jobs if j.state in SHOWN
@@ -42,3 +69,9 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
                  for s in stored]  # fmt: skip
     return {"counts": counts, "receiving": receiving, "jobs": rows, "not_input": not_input, "sent": len(queue.ledger()),
             "research": copies | {"withheld_jobs": withheld}, "retention": retention}  # fmt: skip
+
+
+def _orphan_reason(owner: str | None) -> str:
+    """Why a running job is shown as orphaned, and what to do."""
+    return (f"orphaned: its holder (pid {holder_gone(owner)} on this host) is gone; `medseg pacs retry` queues it "
+            "again now, a service start does too, otherwise its lease expires")  # fmt: skip
