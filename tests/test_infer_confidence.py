@@ -122,3 +122,26 @@ def test_a_real_ct_stored_clipped_at_1024_gives_the_same_mask(shared: Path) -> N
     clipped = predict_labels(volume.with_array(np.clip(volume.array, -1024, 1024)), model.card, runner, 2).labels == 1
     assert stored.sum() > 10_000
     assert _dice(stored, clipped) >= 0.98
+
+
+def test_an_organ_not_found_has_no_confidence_and_no_low_confidence_flag(shared, tmp_path, capsys):
+    """CHAOS cut to the patient's right half (no spleen): a reviewer saw organ_not_found beside low_confidence
+    "uncertain volume is 513.0% of the organ's volume"."""
+    import pydicom
+    from cli_run import run_in_process
+
+    (tmp_path / "dicom").mkdir()
+    for f in sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, :240]).tobytes()
+        ds.Columns = 240
+        ds.save_as(tmp_path / "dicom" / f.name)
+    code, _, err = run_in_process(["infer", str(tmp_path / "dicom"), "--organ", "liver,spleen", "--out",
+                                   str(tmp_path / "o"), "--no-preview"], capsys)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o/dicom/summary.json").read_text())
+    organs = {o["name"]: o for o in summary["organs"]}
+    assert organs["spleen"]["voxel_count"] == 0 and organs["spleen"].get("confidence") is None
+    assert organs["liver"]["voxel_count"] > 0 and organs["liver"]["confidence"]["uncertain_fraction"] >= 0
+    spleen_flags = [f for f in summary["qc"]["flags"] if "spleen" in f["reason"]]
+    assert [f["code"] for f in spleen_flags] == ["organ_not_found"], spleen_flags

@@ -367,9 +367,13 @@ def _run_checked(
 
 
 def _organ_record(name: str, label: int, pred: Prediction, volume: Volume) -> dict[str, Any]:
-    """One organ's summary record, validated as `OrganStats` when it is made (not only when summary.json is written)."""
-    extra = {"confidence": pred.confidence[name].to_json()} if name in pred.confidence else {}
-    record = OrganStats(name=name, **organ_stats(pred.labels, label, volume, pred.box), **extra)
+    """One organ's summary record, validated as `OrganStats` when it is made (not only when summary.json is written).
+    An organ not found has no confidence: a fraction of no volume means nothing (it read 513 % beside
+    organ_not_found)."""
+    stats = organ_stats(pred.labels, label, volume, pred.box)
+    found = stats["voxel_count"] > 0 and name in pred.confidence
+    extra = {"confidence": pred.confidence[name].to_json()} if found else {}
+    record = OrganStats(name=name, **stats, **extra)
     return record.model_dump(mode="json", exclude_unset=True)
 
 
