@@ -438,3 +438,17 @@ def test_a_job_whose_holder_was_killed_is_orphaned_and_retried(tmp_path: Path) -
     job = JobQueue(queue_path).job(1)
     assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)
     assert _medseg("pacs", "retry", "1", "--config", str(config)).returncode == 2  # queued now: nothing to retry
+
+
+# 11. a storage folder without a queue is refused, never created -------------------------------------------------------
+@pytest.mark.parametrize("command", [["status"], ["retry", "1"], ["stop"], ["purge"]])
+def test_commands_on_a_storage_without_queue_refuse_and_create_nothing(tmp_path: Path, command: list[str]) -> None:
+    """`pacs status` on a storage path that did not exist created it and reported a healthy empty service."""
+    config = tmp_path / "pacs.yaml"
+    write_config(config, tmp_path / "not-mounted" / "store", {"folder": str(tmp_path / "segs")},
+                 retention={"keep_days": 30})  # fmt: skip
+    done = _medseg("pacs", *command, "--config", str(config))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "no job queue (queue.db) in the storage folder" in done.stderr and "not-mounted" in done.stderr
+    assert not (tmp_path / "not-mounted").exists()

@@ -88,12 +88,11 @@ def register(app: typer.Typer) -> None:
         import json
 
         from medseg.pacs.config import load_config
-        from medseg.pacs.queue import JobQueue
         from medseg.pacs.service import read_pid
         from medseg.pacs.status import status
 
         cfg = load_config(config)
-        report = status(JobQueue(cfg.queue_path)) | {"service_pid": read_pid(cfg.storage)}
+        report = status(_existing_queue(cfg)) | {"service_pid": read_pid(cfg.storage)}
         if as_json:
             console.result(json.dumps(report, indent=2))
             return
@@ -128,14 +127,13 @@ def register(app: typer.Typer) -> None:
         from medseg.cli.audited import audited
         from medseg.errors import UsageError
         from medseg.pacs.config import load_config
-        from medseg.pacs.queue import JobQueue
         from medseg.pacs.status import orphans
 
         if (job is None) == (not failed):
             raise UsageError("name one JOB or pass --failed", hint="See `medseg pacs retry --help`.")
         cfg = load_config(config)
+        queue = _existing_queue(cfg)
         with audited("pacs.retry", params={"job": job, "failed": failed}) as rec:
-            queue = JobQueue(cfg.queue_path)
             ids = queue.retry(job, failed, orphans(queue))
             rec.set_outcome_detail(f"requeued:{len(ids)}")
         if job is not None and not ids:
@@ -153,7 +151,6 @@ def register(app: typer.Typer) -> None:
         from medseg.cli.audited import audited
         from medseg.errors import UsageError
         from medseg.pacs.config import load_config
-        from medseg.pacs.queue import JobQueue
         from medseg.pacs.retention import purge_expired
         from medseg.pacs.service import read_pid
 
@@ -161,12 +158,13 @@ def register(app: typer.Typer) -> None:
         if cfg.retention.keep_days is None:
             raise UsageError("retention.keep_days is not set: nothing expires", path=config,
                              hint="Set retention.keep_days in the config (see configs/pacs.example.yaml).")  # fmt: skip
+        queue = _existing_queue(cfg)
         pid = read_pid(cfg.storage)
         if pid is not None and not dry_run:
             raise UsageError(f"the service (pid {pid}) runs on this storage and purges by itself", path=cfg.storage,
                              hint="Let it, or stop it first (`medseg pacs stop`).")  # fmt: skip
         with audited("pacs.purge", params={"dry_run": dry_run, "keep_days": cfg.retention.keep_days}) as rec:
-            purged = purge_expired(cfg, JobQueue(cfg.queue_path), dry_run=dry_run)
+            purged = purge_expired(cfg, queue, dry_run=dry_run)
             n = sum(p.instances for p in purged)
             rec.set_outcome_detail(f"{'would_purge' if dry_run else 'purged'}:{len(purged)}:{n}")
         verb = "would delete" if dry_run else "deleted"
@@ -188,6 +186,7 @@ def register(app: typer.Typer) -> None:
         from medseg.pacs.service import read_pid
 
         cfg = load_config(config)
+        _existing_queue(cfg).close()
         pid = read_pid(cfg.storage)
         if pid is None:
             raise UsageError("no service is running on this storage", path=cfg.storage)
@@ -231,6 +230,20 @@ def register(app: typer.Typer) -> None:
             _tell_known(studies)
             run_batch(cfg, queue, console.info)
             _summarize(queue, studies, rec)
+
+
+def _existing_queue(cfg: Any) -> Any:
+    """The service's job queue, opened only when STORAGE/queue.db exists: status, retry, stop and purge on a storage
+    path that is wrong (a typo, a folder not mounted) must say so, not create an empty queue there and report a
+    healthy idle service (review 18). UsageError (exit 2) naming the folder otherwise."""
+    from medseg.errors import UsageError
+    from medseg.pacs.queue import JobQueue
+
+    if not cfg.queue_path.is_file():
+        raise UsageError(f"no job queue (queue.db) in the storage folder {cfg.storage}", path=cfg.storage,
+                         hint="Check `storage` in the config (is the disk mounted?); `medseg pacs serve` creates the "
+                         "queue when it first starts.")  # fmt: skip
+    return JobQueue(cfg.queue_path)
 
 
 def _tell_known(studies: list[Any]) -> None:
