@@ -208,11 +208,14 @@ def test_the_default_reference_is_fixed_so_an_unresolved_drift_keeps_alarming() 
 
 
 def _report(tmp_path: Path, capsys: pytest.CaptureFixture[str], summaries: list[dict], *extra: str) -> tuple:
-    write_stream(summaries, tmp_path / "out")
-    (tmp_path / "out").mkdir(exist_ok=True)
     db, out = tmp_path / "m.db", tmp_path / "r"
-    code, _, err = run_in_process(["monitor", "build", "--from", str(tmp_path / "out"), "--out", str(db)], capsys)
-    assert code == 0, err
+    if summaries:
+        write_stream(summaries, tmp_path / "out")
+        code, _, err = run_in_process(["monitor", "build", "--from", str(tmp_path / "out"), "--out", str(db)], capsys)
+        assert code == 0, err
+    else:  # a store with no case yet (`build --from` a folder without summaries is refused)
+        with MonitorStore.open(db, create=True):
+            pass
     code, _, err = run_in_process(["monitor", "report", "--db", str(db), "--out", str(out), *extra], capsys)
     return code, err, _strict_json(out / "monitor.json"), (out / "monitor.html").read_text()
 
@@ -300,6 +303,41 @@ def test_a_file_that_is_not_a_summary_is_a_usage_error(tmp_path: Path, capsys: p
     nifti.write_bytes(b"\x1f\x8b not really")
     code, _, err = run_in_process(["monitor", "build", "--from", str(nifti), "--out", str(tmp_path / "m.db")], capsys)
     assert code == 2 and "not an output folder nor a summary.json" in err and str(nifti) in err, err
+    assert not (tmp_path / "m.db").exists(), "refused before the store is created"
+
+
+@pytest.mark.parametrize("where", ["input scans", "empty folder", "one of two"])
+def test_a_folder_without_any_summary_is_a_usage_error_not_0_found(
+    shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """`monitor build --from <the CT input folder>` said '0 new case(s) of 0 found' with exit 0; docs/monitor.md
+    promises never a silent '0 found'. The store is not created either."""
+    good = tmp_path / "out"
+    write_stream(_site(3), good)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    folder = {"input scans": shared / "ct/chaos_ct_sample", "empty folder": empty, "one of two": empty}[where]
+    sources = ["--from", str(good)] if where == "one of two" else []
+    db = tmp_path / "m.db"
+    code, out, err = run_in_process(["monitor", "build", *sources, "--from", str(folder), "--out", str(db)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {folder}: no summary.json in this folder or below it"), err
+    assert "0 found" not in out and not db.exists()
+
+
+def test_report_cases_from_a_folder_without_any_summary_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--cases` of a folder with no summary.json linked nothing, silently; now exit 2 before any report is written."""
+    write_stream(_site(3), tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    db, report = tmp_path / "m.db", tmp_path / "r"
+    code, _, err = run_in_process(["monitor", "build", "--from", str(tmp_path / "out"), "--out", str(db)], capsys)
+    assert code == 0, err
+    code, _, err = run_in_process(["monitor", "report", "--db", str(db), "--cases", str(tmp_path / "empty"),
+                                   "--out", str(report)], capsys)  # fmt: skip
+    assert code == 2 and f"error: {tmp_path / 'empty'}: no summary.json" in err and not report.exists(), err
 
 
 def test_a_fact_only_in_the_recent_window_is_listed_and_failed_cases_count_as_flags() -> None:

@@ -50,7 +50,7 @@ def build(
     """Collect every summary.json (and PACS results) into the store; cases already stored are not added again."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
-    from medseg.monitor.collect import collect_folders, collect_pacs
+    from medseg.monitor.collect import collect_pacs, collect_summaries, find_summaries
     from medseg.monitor.store import MonitorStore
 
     if not sources and pacs is None:
@@ -59,8 +59,9 @@ def build(
     with audited("monitor build", params=params) as rec:
         if pacs is not None:
             rec.add_inputs([pacs])
+        summaries = find_summaries(sources)  # every --from checked before the store is created
         with MonitorStore.open(out, create=True) as store:
-            results = [collect_folders(store, sources)] if sources else []
+            results = [collect_summaries(store, summaries)] if sources else []
             if pacs is not None:
                 results.append(collect_pacs(store, pacs))
             total = len(store.cases())

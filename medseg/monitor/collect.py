@@ -35,7 +35,8 @@ _SHAPE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, Ov
 
 def find_summaries(folders: list[Path]) -> list[Path]:
     """Every summary.json under the folders, oldest first; a missing folder raises InvalidInputError, a file that is
-    not a summary.json UsageError (it would silently add nothing)."""
+    not a summary.json, or a folder with none anywhere below it (the input scans instead of the output folder),
+    UsageError: either would silently add nothing ("0 found")."""
     found: list[Path] = []
     for folder in folders:
         folder = Path(folder)
@@ -49,17 +50,30 @@ def find_summaries(folders: list[Path]) -> list[Path]:
                 path=folder,
                 hint=f"Pass the folder `medseg infer --out` wrote (or one of its {SUMMARY_NAME} files).",
             )
-        found += [folder] if folder.is_file() and folder.name == SUMMARY_NAME else sorted(folder.rglob(SUMMARY_NAME))
+        here = [folder] if folder.is_file() else sorted(p for p in folder.rglob(SUMMARY_NAME) if p.is_file())
+        if not here:
+            raise UsageError(
+                f"no {SUMMARY_NAME} in this folder or below it: not an output folder of `medseg infer`",
+                path=folder,
+                hint=f"Pass the folder `medseg infer --out` wrote (or one of its {SUMMARY_NAME} files), not its input",
+            )
+        found += here
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return sorted(unique, key=lambda p: (p.stat().st_mtime_ns, str(p)))
 
 
 def collect_folders(store: MonitorStore, folders: list[Path]) -> Collected:
-    """Add every new summary under `folders`; an unreadable summary is reported and skipped, not fatal."""
+    """Add every new summary under `folders` (`find_summaries`, then `collect_summaries`)."""
+    return collect_summaries(store, find_summaries(folders))
+
+
+def collect_summaries(store: MonitorStore, summaries: list[Path]) -> Collected:
+    """Add every new summary of the list (from `find_summaries`, so that a caller can check the folders before it
+    creates a store); an unreadable summary is reported and skipped, not fatal."""
     result = Collected()
     key = store.secret
     facts: list[CaseFacts] = []
-    for path in find_summaries(folders):
+    for path in summaries:
         result.found += 1
         try:
             facts.append(read_summary(path, key))
