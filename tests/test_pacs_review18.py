@@ -452,3 +452,18 @@ def test_commands_on_a_storage_without_queue_refuse_and_create_nothing(tmp_path:
     assert len(done.stderr.strip().splitlines()) == 1
     assert "no job queue (queue.db) in the storage folder" in done.stderr and "not-mounted" in done.stderr
     assert not (tmp_path / "not-mounted").exists()
+
+
+# 8. `pixels: off` unquoted, as the example writes it ---------------------------------------------------------------
+@pytest.mark.parametrize(("written", "read"), [("off", "off"), ('"off"', "off"), ("on", "scan"), ("scan", "scan")])
+def test_research_pixels_off_unquoted_is_accepted(tmp_path: Path, written: str, read: str) -> None:
+    """YAML reads a bare off as false: `pixels: off`, as configs/pacs.example.yaml shows it, was refused."""
+    from medseg.pacs.config import load_config
+
+    (tmp_path / "deid.key").write_bytes(b"k" * 40)
+    config = tmp_path / "pacs.yaml"
+    config.write_text(f"storage: store\ndestination: {{folder: segs}}\nresearch:\n  folder: research\n"
+                      f"  key_file: deid.key\n  pixels: {written}\n")  # fmt: skip
+    assert load_config(config).research.pixels == read
+    status = _medseg("pacs", "status", "--config", str(config))  # the CLI reads it the same way (no queue: exit 2)
+    assert "research.pixels" not in status.stderr and "no job queue" in status.stderr

@@ -128,6 +128,15 @@ class Research(_Strict):
     include_seg: bool = True
     workers: int = Field(1, ge=1, le=64)
 
+    @field_validator("pixels", mode="before")
+    @classmethod
+    def _pixels(cls, pixels: object) -> object:
+        """YAML 1.1 reads a bare `off` (as the example config writes it) as false and `on` as true: false is 'off'
+        and true 'scan', so `pixels: off` unquoted is not refused (review 18)."""
+        if isinstance(pixels, bool):
+            return "scan" if pixels else "off"
+        return pixels
+
     @field_validator("options")
     @classmethod
     def _options(cls, options: list[str]) -> list[str]:
