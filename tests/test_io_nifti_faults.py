@@ -185,3 +185,28 @@ def test_a_nifti_without_qform_or_sform_is_refused_not_placed_nominally(shared, 
     assert last.endswith("pass the DICOM series"), err
     assert "Traceback" not in err
     assert [p.name for p in (tmp_path / "o" / "noforms").iterdir()] == ["summary.json"]  # the failure, recorded
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", r"empty file \(0 bytes\)"),
+                                                  (b"a text file\n", "not a gzip file, although its name ends in .gz")])
+def test_a_nifti_gz_that_is_not_gzip_says_so(tmp_path: Path, content: bytes, message: str) -> None:
+    """Not "truncated or corrupt": the file was never a .nii.gz (a reviewer's text file named one)."""
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match=message):
+        read_nifti(path)
+
+
+def test_an_affine_with_a_zero_axis_is_named_without_a_raw_numpy_warning(tmp_path: Path) -> None:
+    """An all-zero sform was called "shear", after numpy's RuntimeWarning (divide by zero) reached the console."""
+    import warnings
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4))
+    img.set_sform(np.zeros((4, 4)), code=1)
+    nib.save(img, tmp_path / "z.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InvalidInputError, match="zero-length or non-finite axis"):
+            read_nifti(tmp_path / "z.nii.gz")

@@ -44,6 +44,11 @@ def _load_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     if not path.name.lower().endswith(".gz"):
         return raw
+    if not raw:
+        raise InvalidInputError("empty file (0 bytes)", path=path, hint="Copy or export the file again.")
+    if not raw.startswith(b"\x1f\x8b"):
+        raise InvalidInputError("not a gzip file, although its name ends in .gz", path=path,
+                                hint="Pass the NIfTI file itself (.nii.gz as written, or .nii).")  # fmt: skip
     try:
         return _gunzip(raw)
     except (OSError, EOFError, ValueError, zlib.error) as exc:

@@ -69,6 +69,8 @@ class Geometry:
         lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
         m = lps[:3, :3]
         spacing = np.linalg.norm(m, axis=0)
+        if not np.all(np.isfinite(lps[:3, :])) or np.any(spacing <= 0):
+            raise ValueError("affine has a zero-length or non-finite axis (voxel size 0 or undefined)")
         direction = m / spacing[None, :]
         if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
             raise ValueError("affine has shear; medseg needs an orthogonal voxel grid")
