@@ -380,6 +380,7 @@ def test_a_study_of_non_image_objects_is_audited_shown_and_purged(shared: Path, 
     from pynetdicom.sop_class import RTStructureSetStorage  # type: ignore[attr-defined]
 
     from medseg.pacs.retention import purge_expired
+    from medseg.pacs.scp import store_instance
     from medseg.pacs.service import complete_studies
     from medseg.pacs.status import status
     from medseg.pacs.storage import study_dir
@@ -410,6 +411,14 @@ def test_a_study_of_non_image_objects_is_audited_shown_and_purged(shared: Path, 
     assert len(purge_expired(config, queue, now=time.time() + 1)) == 1
     assert not study_dir(config.storage, str(rt.StudyInstanceUID)).exists()
     assert status(queue)["counts"]["not_input"] == 0
+    data = (shared / "dicom/rtstruct/rt-utils/mock_data/rt.dcm").read_bytes()  # sent again after the purge
+    assert store_instance(data, str(rt.SOPInstanceUID), "PACS", config.storage, queue, 0.0).status == 0
+    deadline = time.monotonic() + 30
+    while not queue.unaudited_not_input(0.2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    complete_studies(config, queue)
+    assert len(list(sqlite3.connect(db).execute(
+        "SELECT 1 FROM events WHERE command='pacs.receive' AND kind='end'"))) == 2  # fmt: skip
 
 
 # 10. a job whose holder was killed is shown orphaned and can be retried ----------------------------------------------

@@ -128,6 +128,8 @@ class JobQueue:
             if not reopens:
                 if study is None:
                     db.execute("INSERT INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)", (study_uid, now, now, now))
+                else:  # no deadline moved; the time of the last file stored, which retention counts from
+                    db.execute("UPDATE studies SET last_at=MAX(last_at, ?) WHERE study_uid=?", (now, study_uid))
                 gen = study["generation"] if study else 1
             elif study is None:
                 db.execute(
@@ -537,6 +539,7 @@ class JobQueue:
                 "DELETE FROM instance_content WHERE sop_uid IN (SELECT sop_uid FROM instances WHERE study_uid=?)",
                 (study_uid,),
             )
+            db.execute("DELETE FROM stored_audits WHERE study_uid=?", (study_uid,))  # a re-send is audited anew
             n = db.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,)).rowcount
             db.execute("UPDATE studies SET instances=0 WHERE study_uid=?", (study_uid,))
             unfinished = db.execute("SELECT 1 FROM purges WHERE study_uid=? AND done=0", (study_uid,)).fetchone()

@@ -99,9 +99,9 @@ def store_instance(
     except (MedsegError, AttributeError, ValueError, pydicom.errors.InvalidDicomError) as exc:
         return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable header: {exc}")
     try:
-        content = content_digest(data)
-    except Exception as exc:  # pydicom's readers raise many types on a damaged body: the header was readable
-        return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable dataset: {type(exc).__name__}: {exc}")
+        content: str | None = content_digest(data)
+    except Exception:  # a damaged body (truncated pixel data): stored as before, quarantined by its job with the
+        content = None  # pipeline's reason; compared by its bytes only
     if min_free_mb and shutil.disk_usage(root).free < min_free_mb * 1e6 + len(data):
         return StoreOutcome(OUT_OF_RESOURCES, "storage below min_free_mb")
     try:
