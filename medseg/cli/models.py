@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -11,6 +13,8 @@ from medseg.cli.state import console
 
 if TYPE_CHECKING:
     from medseg.models.registry import InstalledModel
+
+T = TypeVar("T")
 
 EXAMPLES = """
 Examples:
@@ -88,6 +92,18 @@ def _print(found: list[InstalledModel], verify: bool, problems: dict[str, str]) 
         console.result("\n".join(lines))
 
 
+def with_warnings_as_lines(what: str, work: Callable[[], T]) -> T:
+    """Run `work`, turning the library warnings it raises (torch's ONNX exporter, OpenVINO) into one `warning:`
+    line each, as `medseg infer` does when it loads a model: the README promises never a raw Python warning (a
+    file path and a source line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = work()
+    for line in dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught):
+        console.warn(f"{what}: {line}")
+    return result
+
+
 PREPARE_EXAMPLES = """
 Examples:
 
@@ -117,7 +133,9 @@ def register_prepare(models_app: typer.Typer) -> None:
         with audited("models-prepare", params={"backend": backend}) as rec:
             for m in models:
                 rec.add_inputs([m.weights_path])
-                runner = accelerated_runner(m, backend)
+                runner = with_warnings_as_lines(
+                    f"while exporting {m.card.name} {m.card.version}", lambda m=m: accelerated_runner(m, backend)
+                )
                 p = runner.info["parity"]
                 state = "exported" if runner.info["exported_now"] else "already cached"
                 console.result(
