@@ -10,8 +10,9 @@ import pytest
 
 from medseg.deid.conformance import dciodvfy_baseline as baseline_errors
 from medseg.deid.conformance import dciodvfy_errors as errors
-from medseg.deid.runner import discover
-from tests.deid_fixtures import corpus_runs, run_deid
+from medseg.deid.keyed import KeyedMapper
+from medseg.deid.runner import discover, input_digest
+from tests.deid_fixtures import SECRET, corpus_runs, run_deid
 
 FILES = (
     "dicom/pydicom/CT_small.dcm",
@@ -51,9 +52,9 @@ def test_no_new_dciodvfy_errors_in_any_output_of_the_corpus(corpus_run) -> None:
     compared, worse = 0, {}
     for name in ("deid", "dicom"):
         src, out, result = corpus_run[name]
-        by_sha = {r.input_sha256: r for r in result.records if r.status in ("written", "quarantined")}
+        by_sha = {r.input_digest: r for r in result.records if r.status in ("written", "quarantined")}
         for path in discover(src).files:
-            rec = by_sha.get(hashlib.sha256(path.read_bytes()).hexdigest())
+            rec = by_sha.get(input_digest(KeyedMapper(SECRET), hashlib.sha256(path.read_bytes()).hexdigest()))
             if rec is None:
                 continue
             compared += 1
@@ -71,8 +72,11 @@ def test_file_cut_inside_a_sequence_is_skipped_not_written(shared: Path, tmp_pat
     (src / "whole.dcm").write_bytes(data)
     (src / "cut.dcm").write_bytes((shared / "dicom" / "pydicom" / "rtplan_truncated.dcm").read_bytes())
     (src / "cut-here.dcm").write_bytes(data[: len(data) * 3 // 4])
-    records = {r.input_sha256: r for r in run_deid(src, tmp_path / "out").records}
-    outcome = {p.name: records[hashlib.sha256(p.read_bytes()).hexdigest()] for p in src.iterdir()}
+    records = {r.input_digest: r for r in run_deid(src, tmp_path / "out").records}
+    outcome = {
+        p.name: records[input_digest(KeyedMapper(SECRET), hashlib.sha256(p.read_bytes()).hexdigest())]
+        for p in src.iterdir()
+    }
     assert outcome["whole.dcm"].status == "written"
     for name in ("cut.dcm", "cut-here.dcm"):
         assert outcome[name].status == "skipped" and "truncated" in outcome[name].reason, outcome[name]

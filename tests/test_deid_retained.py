@@ -14,7 +14,7 @@ from cli_run import run_cli
 from medseg.deid.check import check_tree
 from medseg.deid.retained import option_keeping, options_in
 from medseg.deid.table import OPTIONS
-from tests.deid_fixtures import run_deid
+from tests.deid_fixtures import SECRET, run_deid
 
 RETAINING = ("retain-dates-shifted", "retain-device-identity", "retain-patient-characteristics",
              "retain-institution-identity", "retain-safe-private", "clean-descriptors", "clean-structured-content",
@@ -24,7 +24,7 @@ RETAINING = ("retain-dates-shifted", "retain-device-identity", "retain-patient-c
 def _check(src: Path, out: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return check_tree(src, out, ocr=False)
+        return check_tree(src, out, ocr=False, secret=SECRET)  # outputs paired with originals by keyed digests
 
 
 def _one_ct(shared: Path, tmp_path: Path) -> Path:

@@ -14,8 +14,9 @@ from cli_run import run_in_process as _cli
 
 from medseg.deid.check import check_tree
 from medseg.deid.conformance import Conformance, measure
+from medseg.deid.keyed import KeyedMapper
 from medseg.deid.leakcheck import collect, normalise, read_any
-from medseg.deid.runner import DeidSettings, deidentify_tree, discover
+from medseg.deid.runner import DeidSettings, deidentify_tree, discover, input_digest
 from tests.deid_fixtures import SECRET, corpus_runs, run_deid, tree_digest
 
 
@@ -61,7 +62,8 @@ def test_output_names_and_manifest_carry_no_phi(corpus_run, name: str) -> None:
     data = json.loads(manifest)
     assert data["table"].endswith("2024b") and len(data["files"]) == len(list(discover(src).files))
     for record in data["files"]:
-        assert record["input_ref"].startswith("hmac-sha256:") and len(record["input_sha256"]) == 64
+        assert record["input_ref"].startswith("hmac-sha256:") and "input_sha256" not in record
+        assert record["input_digest"].startswith("hmac-sha256:") and len(record["input_digest"]) == 12 + 64
 
 
 @pytest.mark.slow
@@ -70,7 +72,7 @@ def test_basic_profile_conformance_and_useful_attributes_kept(corpus_run) -> Non
     for name in ("deid", "dicom"):
         src, out, result = corpus_run[name]
         for path in discover(src).files:
-            rec = next(r for r in result.records if r.input_sha256 == _sha(path))
+            rec = next(r for r in result.records if r.input_digest == input_digest(KeyedMapper(SECRET), _sha(path)))
             if rec.status != "written":
                 continue
             original, output = read_any(path), pydicom.dcmread(out / rec.output)
@@ -200,8 +202,6 @@ def test_rtstruct_with_its_ct_still_points_at_the_right_images(shared: Path, tmp
     assert images and images <= set(cts)
     for roi in rt.StructureSetROISequence:
         assert roi.ReferencedFrameOfReferenceUID == frame.FrameOfReferenceUID
-
-
 
 
 def test_cli_runs_checks_and_audits_without_phi(shared: Path, tmp_path: Path, capsys) -> None:

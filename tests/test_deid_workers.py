@@ -15,7 +15,8 @@ import pydicom
 import pytest
 from cli_run import run_cli
 
-from medseg.deid.runner import PENDING, DeidSettings, deidentify_tree, discover
+from medseg.deid.keyed import KeyedMapper
+from medseg.deid.runner import PENDING, DeidSettings, deidentify_tree, discover, input_digest
 from medseg.deid.writer import source_transfer_syntax
 from tests.deid_fixtures import SECRET, corpus_runs, run_deid, tree_digest
 
@@ -42,10 +43,10 @@ def test_pixel_data_and_untouched_values_are_copied_exactly(corpus_run) -> None:
     compared = 0
     for name in ("deid", "dicom"):
         src, out, result = corpus_run[name]
-        by_sha = {r.input_sha256: r for r in result.records if r.status == "written"}
+        by_sha = {r.input_digest: r for r in result.records if r.status == "written"}
         for path in discover(src).files:
             data = path.read_bytes()
-            rec = by_sha.get(hashlib.sha256(data).hexdigest())
+            rec = by_sha.get(input_digest(KeyedMapper(SECRET), hashlib.sha256(data).hexdigest()))
             if rec is None:
                 continue
             original = pydicom.dcmread(path, force=True)

@@ -21,10 +21,11 @@ EXAMPLES = """Examples:
 
   medseg deid run study/ deid-out/ --key-file deid.key --strict   (the same as without `run`)
 
-  medseg deid check study/ deid-out/
+  medseg deid check study/ deid-out/ --key-file deid.key
 
 Output: OUTPUT/<study UID>/<series UID>/<instance UID>.dcm (new keyed UIDs), OUTPUT/quarantine/ for files whose
-pixels could not be cleaned with confidence, OUTPUT/deid-manifest.json (digests and actions, no values).
+pixels could not be cleaned with confidence, OUTPUT/deid-manifest.json (keyed digests and actions, no
+values). The release is OUTPUT without its top-level deid-manifest.json, .deid-state/ and quarantine/.
 Re-running with the same key gives identical outputs and completes an interrupted run.
 Exit codes: 0 ok, 1 leak found (check), 2 usage, 3 invalid input (--strict), 4 processing failure,
 6 (check) no leak found but the pixels of some released images were NOT checked (--no-ocr, OCR unavailable,
@@ -116,15 +117,23 @@ def check(
         "--ocr/--no-ocr",
         help="OCR every released image (--no-ocr: pixels NOT checked, exit 6).",
     ),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="The run's key: checks each output's original is in ORIGINAL (keyed digests)."
+    ),
 ) -> None:
     """Prove no identifying value of ORIGINAL remains in DEIDENTIFIED (exit 1 naming tag and file, never the value)."""
     from medseg.cli.audited import audited
     from medseg.deid.check import check_tree
 
     warnings.filterwarnings("ignore", category=UserWarning)
-    with audited("deid check", params={"ocr": ocr}) as rec:
+    with audited("deid check", params={"ocr": ocr, "keyed": key_file is not None}) as rec:
         rec.add_inputs([original, deidentified])
-        result = check_tree(original, deidentified, ocr=ocr)
+        secret = None
+        if key_file is not None:
+            from medseg.keys import read_secret
+
+            secret = read_secret(key_file)
+        result = check_tree(original, deidentified, ocr=ocr, secret=secret)
         for finding in result.findings:
             console.error(finding.line(), exit_code=1)
         for name, why in result.unchecked:

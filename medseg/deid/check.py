@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.deid.keyed import KeyedMapper
 from medseg.deid.leakcheck import (
     Finding,
     Matcher,
@@ -26,9 +27,10 @@ from medseg.deid.leakcheck import (
     scan_raw,
 )
 from medseg.deid.retained import SHIFT_OPTION, options_in, own_values, retention, shifted_dates, with_shifted_dates
-from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover
+from medseg.deid.runner import MANIFEST, QUARANTINE, STATE_DIR, discover, input_digest
 from medseg.errors import UsageError
 from medseg.io.atomic import is_unfinished_write
+from medseg.keys import secret_id
 
 
 @dataclass
@@ -120,10 +122,11 @@ def name_findings(rel: str, matchers: Matchers, seen: dict[str, str | None]) -> 
 
 def check_tree(
     original: Path, deid: Path, ocr: bool = True, on_file: Callable[[Path], None] | None = None,
-    matchers: Matchers | None = None,
+    matchers: Matchers | None = None, secret: bytes | None = None,
 ) -> CheckResult:  # fmt: skip
     """Search every released file (and its path) for every identifying value of the originals; OCR every released
-    image for them (and for any text left in the regions the run blanked)."""
+    image for them (and for any text left in the regions the run blanked). UsageError when no original is read,
+    and, given the run's `secret`, when an output's original (by the manifest's keyed digest) is not in ORIGINAL."""
     if not original.exists() or not deid.exists():
         missing = original if not original.exists() else deid
         raise UsageError("not found", path=missing, hint="Pass the original and the de-identified folder.")
@@ -132,14 +135,16 @@ def check_tree(
     allowed = options  # without a manifest no option is granted: a file's own claims are not evidence
     originals = discover(original)
     matchers = matchers or collect(originals.files, options, with_sources=allowed is None or bool(allowed))
+    sources = _sources_of_outputs(originals.files, manifest, secret)
+    _require_originals(original, matchers, manifest, sources, secret)
     files, skipped = _entries(deid)
     result = CheckResult(originals_used=matchers.files, originals_skipped=len(originals.skipped))
     result.unchecked = [(_rel(deid, path), why) for path, why in skipped if _released(deid, path)]
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
-    sources: dict[str, Path] | None = None
     own: dict[int, list[str]] | None = None
     names: dict[str, str | None] = {}
+    by_pixels: dict[str, Path] | None = None
     folded = ocr_matcher(matchers)
     ocr_off = None if ocr else "--no-ocr"
     ocr_off = ocr_off or _ocr_unavailable()
@@ -164,7 +169,10 @@ def check_tree(
                 own = own_values(matchers.sources) if own is None else own
                 retained = retention(declared, matchers.sources, own)
             if SHIFT_OPTION in declared:
-                sources = _sources_of_outputs(original, manifest) if sources is None else sources
+                if rel not in sources and secret is None:
+                    by_pixels = _originals_by_pixels(originals.files) if by_pixels is None else by_pixels
+                    match = by_pixels.get(_pixel_digest(ds, data))
+                    sources.update({rel: match} if match is not None else {})
                 source = read_any(sources[rel]) if rel in sources else None
                 retained = with_shifted_dates(retained, shifted_dates(source, ds) if source is not None else {})
             found += scan_dataset(ds, matchers, rel, retained, kept)
@@ -222,14 +230,58 @@ def _has_image(ds: object) -> bool:
     return "PixelData" in ds and str(getattr(ds, "SOPClassUID", "")) not in COMPUTED_SOP_CLASSES  # type: ignore[operator]
 
 
-def _sources_of_outputs(original: Path, manifest: dict) -> dict[str, Path]:
-    """Output (relative path) -> the original it was made from, matched by the manifest's input SHA-256."""
-    by_digest = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in discover(original).files}
+def _sources_of_outputs(originals: list[Path], manifest: dict, secret: bytes | None) -> dict[str, Path]:
+    """Output (relative path) -> the original it was made from, matched by the manifest's keyed input digest (so
+    only with the run's secret; empty without it)."""
+    if secret is None or not manifest.get("files"):
+        return {}
+    mapper = KeyedMapper(secret)
+    by_digest = {input_digest(mapper, hashlib.sha256(p.read_bytes()).hexdigest()): p for p in originals}
     return {
-        f["output"]: by_digest[f["input_sha256"]]
+        f["output"]: by_digest[f["input_digest"]]
         for f in manifest.get("files", [])
-        if f.get("output") and f.get("input_sha256") in by_digest
+        if f.get("output") and f.get("input_digest") in by_digest
     }
+
+
+def _pixel_digest(ds: object, data: bytes) -> str:
+    """SHA-256 of a file's Pixel Data value bytes ('' when none or unknown)."""
+    span = pixel_span(ds, data)  # type: ignore[arg-type]
+    return "" if span is None else hashlib.sha256(data[span[0] : span[1]]).hexdigest()
+
+
+def _originals_by_pixels(originals: list[Path]) -> dict[str, Path]:
+    """Pixel Data digest -> the one original holding those exact pixel bytes (digests shared by several dropped):
+    without the run's secret the check pairs an output with its original this way (pixels are copied unchanged
+    unless cleaned), to tell a shifted date from a copied one under Retain Modified Dates."""
+    found: dict[str, Path | None] = {}
+    for path in originals:
+        data = path.read_bytes()
+        digest = _pixel_digest(read_any(path, data), data)
+        if digest:
+            found[digest] = path if digest not in found else None
+    return {d: p for d, p in found.items() if p is not None}
+
+
+def _require_originals(
+    original: Path, matchers: Matchers, manifest: dict, sources: dict[str, Path], secret: bytes | None
+) -> None:
+    """Refuse a check that cannot mean anything: no readable original (every value search then passes), or, with
+    the run's secret, a manifest output whose original is not in ORIGINAL (the wrong folder was given)."""
+    if matchers.files == 0:
+        raise UsageError("no readable DICOM original: nothing to search for", path=original,
+                         hint="Pass as ORIGINAL the file or folder that was de-identified.")  # fmt: skip
+    if secret is None or not manifest:
+        return
+    if manifest.get("key_id") != secret_id(secret):
+        raise UsageError("the key is not the one the run used (key_id differs from the manifest's)", path=original,
+                         hint="Pass the run's --key-file, or leave it out.")  # fmt: skip
+    outputs = [f["output"] for f in manifest.get("files", []) if f.get("output") and f.get("status") == "written"]
+    missing = [o for o in outputs if o not in sources]
+    if missing:
+        raise UsageError(f"{len(missing)} of {len(outputs)} released file(s) of the run have no original in ORIGINAL "
+                         "(by the manifest's keyed digests)", path=original,
+                         hint="Pass as ORIGINAL the file or folder that was de-identified.")  # fmt: skip
 
 
 def _ocr_image(ds: object, regions: list[list[int]], name: str, matchers: Matchers, folded: Matcher) -> list[Finding]:

@@ -106,7 +106,7 @@ def retention(
         own = [f" {v} " for v in whole if any(t == tag for t, _ in sources.get(v, ()))]
         for hit in hits:
             seen = sources.get(hit, frozenset())
-            if (tag >> 16 != 0x0010 and _patients_own(hit, seen)) or _patients_name_or_date(seen):
+            if tag >> 16 != 0x0010 and (_patients_own(hit, seen) or _patients_name_or_date(seen)):
                 return None  # no option keeps the patient's name, ID or dates, wherever else it was written
             mine = any(t == tag for t, _ in seen) or inside(hit, originals.get(tag, ()))
             if _cleans(tag, option):

@@ -54,7 +54,7 @@ class FileRecord:
     """One input file's line in the manifest: digests, where it went and why; never a value or a name."""
 
     input_ref: str
-    input_sha256: str
+    input_digest: str  # `input_digest`: the input's SHA-256 keyed with the run's secret (no re-link without it)
     status: str  # written | quarantined | skipped | dropped
     output: str | None = None
     output_sha256: str | None = None
@@ -127,6 +127,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def input_digest(mapper: KeyedMapper, sha256_hex: str) -> str:
+    """What the manifest and journal record of an input's content: HMAC-SHA256 of its SHA-256 under the run's
+    secret. Equal inputs give equal digests in one run (resume works), but whoever holds an original cannot find
+    its pseudonymised output in the records without the secret (a plain SHA-256 re-linked them)."""
+    return "hmac-sha256:" + mapper.digest("input-sha256", sha256_hex).hex()
+
+
 def _unique(rel: Path, ref: str, taken: dict[str, str]) -> Path:
     """`rel`, or rel with -2, -3... when another input already owns that name (inputs sharing a SOP UID)."""
     candidate, n = rel, 1
@@ -162,15 +169,17 @@ class _Worker:
     out: Path
     secret: bytes
     settings: DeidSettings
+    issuers: engine.Issuers = field(default_factory=dict)
 
     def __call__(self, job: _Job) -> _Done:
         data = job.path.read_bytes()
-        digest = _sha256(data)
+        digest = input_digest(KeyedMapper(self.secret), _sha256(data))
         old = job.old
-        if old is not None and old.input_sha256 == digest and _output_intact(self.out, old):
+        if old is not None and old.input_digest == digest and _output_intact(self.out, old):
             old.resumed = True
             return _Done(old)
-        rec, encoded, name = _one_file_safe(job.path, data, job.ref, digest, KeyedMapper(self.secret), self.settings)
+        mapper = KeyedMapper(self.secret)
+        rec, encoded, name = _one_file_safe(job.path, data, job.ref, digest, mapper, self.settings, self.issuers)
         if encoded is None:
             return _Done(rec)
         pending = self.out / PENDING / f".tmp-{job.ref[12:44]}.dcm"
@@ -242,7 +251,8 @@ def deidentify_tree(
     unsynced: list[Path] = []
     journal = (out / JOURNAL).open("a", encoding="utf-8")
     try:
-        for done in _results(_Worker(out, secret, settings), jobs, settings.workers):
+        worker = _Worker(out, secret, settings, _issuers(walk.files))
+        for done in _results(worker, jobs, settings.workers):
             rec = done.record
             if done.pending is not None and done.name is not None:
                 rel = _unique(done.name, rec.input_ref, taken)
@@ -268,6 +278,25 @@ def deidentify_tree(
     return RunResult(records, manifest)
 
 
+def _issuers(files: list[Path]) -> engine.Issuers:
+    """`engine.study_issuers` over every input's header (study, patient ID and issuer only; unreadable files
+    contribute nothing): read once before the run so every worker keys a study's patient the same way."""
+    import pydicom
+
+    headers = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                 specific_tags=["StudyInstanceUID", "PatientID", "IssuerOfPatientID"])  # fmt: skip
+            headers.append(tuple(str(ds.get(k, "") or "").strip("\0 ") for k in _ISSUER_KEYS))
+        except Exception:  # not DICOM, truncated: the run itself reports it
+            continue
+    return engine.study_issuers(headers)  # type: ignore[arg-type]
+
+
+_ISSUER_KEYS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
+
+
 def _output_intact(out: Path, rec: FileRecord) -> bool:
     if rec.output is None:
         return True
@@ -279,20 +308,21 @@ Encoded = tuple[FileRecord, bytes | None, Path | None]
 
 
 def _one_file_safe(
-    path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings
-) -> Encoded:
+    path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings,
+    issuers: engine.Issuers | None = None,
+) -> Encoded:  # fmt: skip
     """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost; a
     fault on the raw copier's path is retried on the full path first."""
     try:
         with rawcopy.unchecked_reads() if settings.copy_raw else nullcontext():
-            return _one_file(path, data, ref, digest, mapper, settings)
+            return _one_file(path, data, ref, digest, mapper, settings, issuers)
     except (OSError, MedsegError):
         raise
     except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
         fault = exc
     if settings.copy_raw:
         try:
-            return _one_file(path, data, ref, digest, mapper, replace(settings, copy_raw=False))
+            return _one_file(path, data, ref, digest, mapper, replace(settings, copy_raw=False), issuers)
         except (OSError, MedsegError):
             raise
         except Exception as exc:
@@ -303,8 +333,9 @@ def _one_file_safe(
 
 
 def _one_file(
-    path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings
-) -> Encoded:
+    path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings,
+    issuers: engine.Issuers | None = None,
+) -> Encoded:  # fmt: skip
     """Read, de-identify, scan pixels and encode one file; problems become the record's status and reason."""
     raw = rawcopy.parse(path, data) if settings.copy_raw else None
     try:
@@ -314,8 +345,9 @@ def _one_file(
     cleans_text = bool(settings.options & {"clean-descriptors", "clean-structured-content", "clean-graphics"})
     words = engine.identifying_words(ds, all_names=cleans_text)
     sequences = rawcopy.sequence if raw is not None else None
+    key = engine.patient_key(ds, issuers)
     ctx = engine.FileContext(
-        mapper, settings.options, engine.patient_key(ds), words, raw_sequence=sequences, raw_values=raw is not None
+        mapper, settings.options, key, words, raw_sequence=sequences, raw_values=raw is not None
     )
     original = engine.snapshot(ds)
     result = engine.deidentify(ds, ctx, in_place=True)
