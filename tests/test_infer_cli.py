@@ -320,3 +320,21 @@ def test_an_existing_output_of_any_case_stops_a_folder_run_before_any_work(share
     assert code == 2 and "output already exists" in err.strip().splitlines()[-1], err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["zz"]
     assert "segmenting" not in err
+
+
+def test_a_failed_cases_record_is_replaced_by_the_rerun_without_overwrite(shared, tmp_path, run, everything_model):
+    """The failure's summary.json (kept for monitoring) is no result: fixing the input and running the same command
+    again must not demand --overwrite."""
+    src = tmp_path / "ct.nii.gz"
+    good = (shared / "ct/totalseg_example_ct_sm/image.nii.gz").read_bytes()
+    src.write_bytes(good[: len(good) // 2])
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 3, err
+    assert json.loads((tmp_path / "o/ct/summary.json").read_text())["status"] == "failed"
+    src.write_bytes(good)
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 0, err
+    assert json.loads((tmp_path / "o/ct/summary.json").read_text())["status"] in ("ok", "flagged")
+    assert (tmp_path / "o/ct/liver.nii.gz").is_file()
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 2 and "output already exists" in err  # a result is never replaced without --overwrite

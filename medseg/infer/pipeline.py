@@ -249,9 +249,22 @@ def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) ->
     names = output_names(model, case, settings.organs)
     if final.exists() and not final.is_dir():
         raise UsageError("the case's output folder is a file", path=final, hint="Choose another --out.")
+    replaceable = _only_a_failure(final)  # the record of a failed run is no result: a rerun replaces it
     for name in names.values():
-        check_writable(final / name, settings.overwrite)
+        check_writable(final / name, settings.overwrite or replaceable)
     return final, names
+
+
+def _only_a_failure(final: Path) -> bool:
+    """Whether the case folder holds nothing of medseg's but the summary.json of a failed run."""
+    try:
+        status = json.loads((final / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    ours = {"labels.nii.gz", "seg.dcm", "preview.png"}
+    return status == CaseStatus.FAILED and not any(
+        p.name in ours or p.name.endswith(".nii.gz") for p in final.iterdir() if p.name != "summary.json"
+    )
 
 
 def run_case(
