@@ -336,3 +336,20 @@ def test_help_still_fast_and_light() -> None:
     assert out.stdout.strip() == ""
     res = medseg("monitor", "--help")
     assert res.returncode == 0 and "build" in res.stdout and "report" in res.stdout
+
+
+def test_a_real_failed_cases_summary_is_counted_as_status_failed(shared: Path, tmp_path: Path) -> None:
+    """`medseg infer` writes a summary.json for a failed case (a truncated NIfTI here); `monitor build` reads it and
+    counts status_failed (before, failed cases wrote nothing and monitoring could not see them)."""
+    good = (shared / "ct/totalseg_example_ct_sm/image.nii.gz").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.nii.gz").write_bytes(good[: len(good) // 2])
+    done = medseg("infer", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 3, done.stderr
+    raw = (tmp_path / "out/cut/summary.json").read_bytes()
+    facts = facts_from_summary(json.loads(raw), raw, "cut", b"k" * 32)
+    assert "status_failed" in facts.flags
+    built = medseg("monitor", "build", "--from", str(tmp_path / "out"), "--out", str(tmp_path / "m.db"))
+    assert built.returncode == 0, built.stderr
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("SELECT count(*) FROM flags WHERE code = 'status_failed'").fetchone() == (1,)
