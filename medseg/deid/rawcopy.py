@@ -45,7 +45,7 @@ from medseg.deid.engine import (
 )
 from medseg.deid.identity import new_file_meta
 from medseg.deid.rawencode import encoded_element, file_meta_bytes
-from medseg.deid.reading import DICOMDIR_CLASS
+from medseg.deid.reading import DICOMDIR_CLASS, native_size
 from medseg.deid.values import value_of
 from medseg.deid.writer import output_transfer_syntax, source_transfer_syntax
 
@@ -198,7 +198,9 @@ def _readable(ds: FileDataset, spans: dict, meta: Dataset) -> bool:
     try:
         rows, columns, bits = (_us(ds, spans, k) for k in ("Rows", "Columns", "BitsAllocated"))
         frames = int(value_of(ds, "NumberOfFrames", 1) or 1)  # type: ignore[arg-type]
-        expected = rows * columns * int(_us(ds, spans, "SamplesPerPixel", 1)) * frames * bits // 8  # type: ignore[operator]
+        samples = int(_us(ds, spans, "SamplesPerPixel", 1))  # type: ignore[arg-type]
+        photometric = value_of(ds, "PhotometricInterpretation", "")
+        expected = native_size(rows, columns, samples, frames, bits, photometric)  # type: ignore[arg-type]
     except (AttributeError, TypeError, ValueError):
         return True
     return len(pixels[0].value) >= expected

@@ -30,10 +30,20 @@ def _pixel_bytes_short(ds: Dataset) -> bool:
         return False
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * frames * ds.BitsAllocated // 8
+        samples = int(ds.get("SamplesPerPixel", 1))
+        expected = native_size(
+            ds.Rows, ds.Columns, samples, frames, ds.BitsAllocated, ds.get("PhotometricInterpretation")
+        )
     except (AttributeError, TypeError, ValueError):
         return False
     return len(ds.PixelData) < expected
+
+
+def native_size(rows: int, columns: int, samples: int, frames: int, bits: int, photometric: object) -> int:
+    """Bytes of native pixel data: rows x columns x samples x bits x frames / 8, two thirds of that for
+    YBR_FULL_422 (its chroma is subsampled 2:1 horizontally: 2 samples' worth per pixel instead of 3)."""
+    size = rows * columns * samples * frames * bits // 8
+    return size * 2 // 3 if str(photometric or "").strip() == "YBR_FULL_422" and samples == 3 else size
 
 
 def _element_cut_short(ds: Dataset) -> bool:
