@@ -459,7 +459,7 @@ def test_commands_on_a_storage_without_queue_refuse_and_create_nothing(tmp_path:
     done = _medseg("pacs", *command, "--config", str(config))
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert len(done.stderr.strip().splitlines()) == 1
-    assert "no job queue (queue.db) in the storage folder" in done.stderr and "not-mounted" in done.stderr
+    assert "no job queue (queue.db) in this storage folder" in done.stderr and "not-mounted" in done.stderr
     assert not (tmp_path / "not-mounted").exists()
 
 

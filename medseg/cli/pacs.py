@@ -240,7 +240,7 @@ def _existing_queue(cfg: Any) -> Any:
     from medseg.pacs.queue import JobQueue
 
     if not cfg.queue_path.is_file():
-        raise UsageError(f"no job queue (queue.db) in the storage folder {cfg.storage}", path=cfg.storage,
+        raise UsageError("no job queue (queue.db) in this storage folder", path=cfg.storage,
                          hint="Check `storage` in the config (is the disk mounted?); `medseg pacs serve` creates the "
                          "queue when it first starts.")  # fmt: skip
     return JobQueue(cfg.queue_path)
