@@ -133,7 +133,17 @@ def check(
             from medseg.keys import read_secret
 
             secret = read_secret(key_file)
+        if not deidentified.is_dir():
+            from medseg.errors import UsageError
+
+            raise UsageError("not a folder: DEIDENTIFIED is the output folder of `medseg deid`", path=deidentified,
+                             hint="Pass the folder the run wrote (it holds deid-manifest.json).")  # fmt: skip
         result = check_tree(original, deidentified, ocr=ocr, secret=secret)
+        if result.files_checked == 0 and result.quarantined == 0 and not result.unchecked:
+            from medseg.errors import UsageError
+
+            raise UsageError("nothing released here to check (no file, none quarantined): a check of nothing proves "
+                             "nothing", path=deidentified, hint="Pass the folder `medseg deid` wrote.")  # fmt: skip
         for finding in result.findings:
             console.error(finding.line(), exit_code=1)
         for name, why in result.unchecked:
