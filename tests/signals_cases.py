@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from medseg.signals import deferred_interrupt
+from medseg.signals import deferred_interrupt, interrupt_on_sigterm
 from medseg.train.tracking import Tracker
 
 
@@ -38,6 +38,19 @@ def test_interrupt_waits_for_the_block_then_is_raised() -> None:
     with deferred_interrupt():
         done.append("no signal, no interrupt")
     assert len(done) == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_the_write_is_also_held_together_under_the_clis_sigterm_handler(signum: int) -> None:
+    """`medseg` runs every command under `interrupt_on_sigterm`; its handler once made the deferral a no-op (a
+    reviewer saw KeyboardInterrupt before the commit), and SIGTERM was never deferred."""
+    done = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"):
+        with interrupt_on_sigterm(), deferred_interrupt():
+            signal.raise_signal(signum)
+            done.append("commit")
+    assert done == ["commit"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_handler_someone_installed_is_left_alone() -> None:

@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     console.debug = "--debug" in args
     state.fast_exit.clear()
     try:
-        with interrupt_on_sigterm():  # systemd, docker stop and schedulers send SIGTERM: the same clean stop as Ctrl-C
+        # systemd, docker stop and schedulers send SIGTERM: the same clean stop as Ctrl-C; a process (not an in-process
+        # call) then ignores both while it reports and exits, its outcome already on record
+        with interrupt_on_sigterm(ignore_after=argv is None):
             code = app(args=args, prog_name="medseg", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
