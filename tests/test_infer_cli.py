@@ -338,3 +338,33 @@ def test_a_failed_cases_record_is_replaced_by_the_rerun_without_overwrite(shared
     assert (tmp_path / "o/ct/liver.nii.gz").is_file()
     code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
     assert code == 2 and "output already exists" in err  # a result is never replaced without --overwrite
+
+
+def _copy_study(shared, dst, ks=range(30, 50)):
+    dst.mkdir(parents=True)
+    for f in sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[ks.start : ks.stop]:
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_an_out_whose_case_folder_is_the_input_folder_is_refused(shared, tmp_path, run, everything_model):
+    """`medseg infer data/study --out data`: the case folder is the study itself; a reviewer saw the outputs written
+    among the slices and, with --overwrite, a manual liver.nii.gz there replaced by the model's."""
+    study = _copy_study(shared, tmp_path / "data" / "study")
+    (study / "liver.nii.gz").write_bytes((shared / "ct/chaos_ct_sample/liver.nii.gz").read_bytes())
+    before = sorted((p.name, p.stat().st_size) for p in study.iterdir())
+    for extra in ((), ("--overwrite",)):
+        code, _, err = run("infer", study, "--model", everything_model, "--out", tmp_path / "data", *extra)
+        assert code == 2 and "would be its input folder" in err, err
+    assert sorted((p.name, p.stat().st_size) for p in study.iterdir()) == before
+
+
+def test_a_symlinked_case_folder_is_refused_not_swapped(shared, tmp_path, run, everything_model):
+    study = _copy_study(shared, tmp_path / "in" / "dicom")
+    elsewhere = tmp_path / "viewer"
+    (elsewhere / "state").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dicom").symlink_to(elsewhere)
+    code, _, err = run("infer", study, "--model", everything_model, "--out", tmp_path / "out")
+    assert code == 2 and "symbolic link" in err, err
+    assert (tmp_path / "out" / "dicom").is_symlink() and (elsewhere / "state").is_dir()

@@ -247,8 +247,16 @@ def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) ->
     folder is a file. Called for every case before any is run, and again by `run_case`."""
     final = settings.out_dir / case.name
     names = output_names(model, case, settings.organs)
+    if final.is_symlink():
+        raise UsageError("the case's output folder is a symbolic link: medseg replaces its folder whole, not what a "
+                         "link points to", path=final, hint="Choose another --out.")  # fmt: skip
     if final.exists() and not final.is_dir():
         raise UsageError("the case's output folder is a file", path=final, hint="Choose another --out.")
+    source = Path(case.source).resolve()
+    if final.resolve() == source or final.resolve() in source.parents:
+        raise UsageError("the case's output folder would be its input folder (or hold it): outputs would be mixed "
+                         "with the input and replace its files", path=final,
+                         hint="Choose an --out that is not the input's folder or one above it.")  # fmt: skip
     replaceable = _only_a_failure(final)  # the record of a failed run is no result: a rerun replaces it
     for name in names.values():
         check_writable(final / name, settings.overwrite or replaceable)
