@@ -368,3 +368,19 @@ def test_a_symlinked_case_folder_is_refused_not_swapped(shared, tmp_path, run, e
     code, _, err = run("infer", study, "--model", everything_model, "--out", tmp_path / "out")
     assert code == 2 and "symbolic link" in err, err
     assert (tmp_path / "out" / "dicom").is_symlink() and (elsewhere / "state").is_dir()
+
+
+def test_each_failure_replaces_the_record_of_the_last_and_an_empty_case_folder_gets_one(shared, tmp_path, run,
+                                                                                      everything_model):  # fmt: skip
+    """A re-probe saw the first failure's record kept through later, different failures, and none written into a
+    case folder a pickup script had made empty."""
+    src = tmp_path / "ct.nii.gz"
+    good = (shared / "ct/totalseg_example_ct_sm/image.nii.gz").read_bytes()
+    src.write_bytes(good[: len(good) // 2])
+    (tmp_path / "o" / "ct").mkdir(parents=True)
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 3 and "truncated" in json.loads((tmp_path / "o/ct/summary.json").read_text())["failure"], err
+    src.write_text("not gzip")
+    code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
+    record = json.loads((tmp_path / "o/ct/summary.json").read_text())
+    assert code == 3 and record["status"] == "failed" and "not a gzip file" in record["failure"], err

@@ -309,9 +309,10 @@ def run_case(
 
 def _record_failure(run: _CaseRun, final: Path, exc: MedsegError) -> None:
     """A failed case gets a summary.json with status "failed" and the error, so post-market monitoring counts it;
-    only where no earlier result exists (an --overwrite run that fails leaves the earlier one as it was). Best
+    only where no earlier result exists (an --overwrite run that fails leaves the earlier one as it was): a new or
+    empty case folder, or one holding only an earlier failure's record (replaced: the latest failure counts). Best
     effort: the case's own error is what the caller reports."""
-    if final.exists():
+    if final.exists() and not (_only_a_failure(final) or not any(final.iterdir())):
         return
     try:
         for leftover in run.folder.iterdir():
