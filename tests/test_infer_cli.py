@@ -384,3 +384,20 @@ def test_each_failure_replaces_the_record_of_the_last_and_an_empty_case_folder_g
     code, _, err = run("infer", src, "--model", everything_model, "--out", tmp_path / "o")
     record = json.loads((tmp_path / "o/ct/summary.json").read_text())
     assert code == 3 and record["status"] == "failed" and "not a gzip file" in record["failure"], err
+
+
+def test_a_series_not_read_is_a_warning_shown_under_quiet(shared, tmp_path, run, everything_model):
+    """A two-patient series beside a good study was an info line, gone under --quiet (exit 0, nothing said)."""
+    import pydicom
+
+    _copy_study(shared, tmp_path / "in" / "good")
+    (tmp_path / "in" / "mixed").mkdir()
+    for n, f in enumerate(sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[30:50]):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.3.4.5.6.7"
+        ds.PatientID = "A" if n < 10 else "B"
+        ds.save_as(tmp_path / "in" / "mixed" / f.name)
+    code, _, err = run("--quiet", "infer", tmp_path / "in", "--model", everything_model, "--out", tmp_path / "o")
+    assert code == 0, err
+    assert any(line.startswith("warning: not segmented: 1.2.3.4.5.6.7") and "2 different PatientID" in line
+               for line in err.splitlines()), err  # fmt: skip

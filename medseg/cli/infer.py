@@ -167,7 +167,7 @@ def _run(
     model.verify()
     cases, notes = discover_cases(input, card.modality, options.series, out=out)
     for note in notes:
-        console.info(note)
+        console.warn(note)  # what was not read (skipped series, files): a warning, shown under --quiet too
     runner = _lazy_runner(model, backend, device, options.precision)
     settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
                              preview=options.preview, force=options.force, organs=organs)  # fmt: skip
