@@ -210,3 +210,20 @@ def test_an_affine_with_a_zero_axis_is_named_without_a_raw_numpy_warning(tmp_pat
         warnings.simplefilter("error")
         with pytest.raises(InvalidInputError, match="zero-length or non-finite axis"):
             read_nifti(tmp_path / "z.nii.gz")
+
+
+def test_gzip_data_named_nii_or_gzipped_twice_is_named_and_nibabel_stays_quiet(shared, tmp_path, capfd) -> None:
+    """A re-probe saw nibabel's raw log lines ("sizeof_hdr should be 348") on stderr, then a misleading cause."""
+    import gzip
+
+    data = (shared / "ct/totalseg_example_ct_sm/image.nii.gz").read_bytes()
+    (tmp_path / "renamed.nii").write_bytes(data)
+    (tmp_path / "double.nii.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "junk.nii").write_bytes(bytes(range(256)) * 2)
+    for name in ("renamed.nii", "double.nii.gz"):
+        with pytest.raises(InvalidInputError, match="gzip-compressed data inside, not a NIfTI header"):
+            read_nifti(tmp_path / name)
+    with pytest.raises(InvalidInputError, match="not a readable NIfTI file"):
+        read_nifti(tmp_path / "junk.nii")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", err

@@ -62,13 +62,18 @@ def _load_bytes(path: Path) -> bytes:
 def _parse(data: bytes, path: Path) -> tuple[Any, int]:
     """A nibabel NIfTI-1 or NIfTI-2 image over the decompressed bytes, and the file's voxel data offset."""
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
 
+    if data.startswith(b"\x1f\x8b"):
+        raise InvalidInputError("gzip-compressed data inside, not a NIfTI header (a .nii.gz named .nii, or gzipped "
+                                "twice)", path=path, hint="Name it .nii.gz, or decompress it once.")  # fmt: skip
     size = int.from_bytes(data[:4], "little") if len(data) >= 4 else 0
     size_be = int.from_bytes(data[:4], "big") if len(data) >= 4 else 0
     kind = nib.Nifti2Image if 540 in (size, size_be) else nib.Nifti1Image
     try:
-        offset = int(kind.header_class.from_fileobj(io.BytesIO(data)).get_data_offset())
-        return kind.from_bytes(data), offset
+        with LoggingOutputSuppressor():  # nibabel logs header repairs to stderr: the error below says it once
+            offset = int(kind.header_class.from_fileobj(io.BytesIO(data)).get_data_offset())
+            return kind.from_bytes(data), offset
     except Exception as exc:
         raise InvalidInputError(
             f"not a readable NIfTI file ({type(exc).__name__}: {exc})", path=path, hint="Check the file is complete."
