@@ -117,6 +117,13 @@ def test_build_skips_malformed_summaries_and_adds_the_others(
         assert f"{s['case']}/summary.json: malformed summary" in err, s["case"]
     assert "raw-1e400/summary.json: malformed summary: organs[0].volume_ml (not finite)" in err
     assert "Traceback" not in err
+    staged = tmp_path / "out" / ".tmp-case-x1y2" / "summary.json"  # a killed run's staging folder: never delivered
+    staged.parent.mkdir()
+    staged.write_text(json.dumps(summary_case(300, np.random.default_rng(1))))
+    code, out, err = run_in_process(
+        ["monitor", "build", "--from", str(tmp_path / "out"), "--out", str(tmp_path / "m2.db")], capsys
+    )
+    assert code == 0 and f"20 new case(s) of {20 + n_bad} found" in out, out + err
 
     pacs = tmp_path / "pacs.db"
     conn = sqlite3.connect(pacs)

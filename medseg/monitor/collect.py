@@ -12,10 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import InvalidInputError, UsageError
+from medseg.io.atomic import is_unfinished_write
 from medseg.monitor.facts import CaseFacts, facts_from_summary, read_summary
 from medseg.monitor.store import MonitorStore
 
 SUMMARY_NAME = "summary.json"
+
+
+def _delivered(path: Path, root: Path) -> bool:
+    """A summary.json that a run delivered: a file, not inside a hidden `.tmp-` staging folder of a run that was
+    killed before moving its outputs into place (never a result anyone received)."""
+    return path.is_file() and not any(is_unfinished_write(part) for part in path.relative_to(root).parts)
 PACS_TABLE = "monitor_results"
 
 
@@ -50,7 +57,7 @@ def find_summaries(folders: list[Path]) -> list[Path]:
                 path=folder,
                 hint=f"Pass the folder `medseg infer --out` wrote (or one of its {SUMMARY_NAME} files).",
             )
-        here = [folder] if folder.is_file() else sorted(p for p in folder.rglob(SUMMARY_NAME) if p.is_file())
+        here = [folder] if folder.is_file() else sorted(p for p in folder.rglob(SUMMARY_NAME) if _delivered(p, folder))
         if not here:
             raise UsageError(
                 f"no {SUMMARY_NAME} in this folder or below it: not an output folder of `medseg infer`",
