@@ -476,3 +476,19 @@ def test_research_pixels_off_unquoted_is_accepted(tmp_path: Path, written: str, 
     assert load_config(config).research.pixels == read
     status = _medseg("pacs", "status", "--config", str(config))  # the CLI reads it the same way (no queue: exit 2)
     assert "research.pixels" not in status.stderr and "no job queue" in status.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("hello\n", "the config is a YAML single value, not a mapping of settings"),
+    ("- 1\n", "the config is a YAML list, not a mapping of settings"),
+    ("a: [1\n", "not valid YAML (line 2, column 1): did not find expected ',' or ']'"),
+])  # fmt: skip
+@pytest.mark.parametrize("command", ["serve", "status"])
+def test_a_config_that_is_no_mapping_is_one_line_exit_2(tmp_path: Path, text: str, message: str, command: str) -> None:
+    """A documentation review got "internal error: TypeError" (exit 4), or a three-line YAML message."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "medseg", "pacs", command, "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: {config}: {message}. Start from configs/pacs.example.yaml."]

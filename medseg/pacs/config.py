@@ -187,11 +187,19 @@ class PacsConfig(_Strict):
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PacsConfig:
     """Read and validate a YAML config; relative storage paths are taken from the config file's folder."""
+    hint = "Start from configs/pacs.example.yaml."
     try:
         data = load_yaml(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        hint = "Start from configs/pacs.example.yaml."
-        raise UsageError(f"cannot read the config: {exc}", path=path, hint=hint) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read the config: {exc.strerror or exc}", path=path, hint=hint) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"not valid YAML{where}: {what}", path=path, hint=hint) from exc
+    if not isinstance(data, dict):
+        kind = "list" if isinstance(data, list) else "single value"
+        raise UsageError(f"the config is a YAML {kind}, not a mapping of settings", path=path, hint=hint)
     data |= overrides or {}
     here = Path(path).resolve().parent
     if "storage" in data and not Path(data["storage"]).is_absolute():
