@@ -326,3 +326,21 @@ def test_a_study_that_changed_gets_a_seg_of_its_own_uids(shared, tmp_path, model
     again = next(s for s in segs if s.SOPInstanceUID != before.SOPInstanceUID)
     refs = [len(s.ReferencedSeriesSequence[0].ReferencedInstanceSequence) for s in (before, again)]
     assert refs[1] == refs[0] - 1
+
+
+def test_a_series_the_batch_will_not_read_is_a_warning(shared, tmp_path, models):
+    """A two-patient series beside a good study: a re-probe saw exit 0 and the skip said nowhere."""
+    import pydicom
+
+    _study(shared, tmp_path / "in" / "good", "skip-good")
+    mixed = tmp_path / "in" / "mixed"
+    make_study(chaos_files(shared), mixed, SLICES, "skip-mixed")
+    for n, f in enumerate(sorted(mixed.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "A" if n < 10 else "B"
+        ds.save_as(f)
+    done = _cli(tmp_path / "in", "--out", tmp_path / "out", "--model", models[0])
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("warning: not segmented: ") and "2 different PatientID" in line
+               for line in done.stderr.splitlines()), done.stderr  # fmt: skip
+    assert len(_segs(tmp_path / "out")) == 1

@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         with audited("batch", params=params) as rec:  # SIGTERM is Ctrl-C for every command (cli.main)
             check_out(cfg.storage)
             rec.add_inputs([input])
-            queue, studies = enqueue_studies(cfg, input)
+            queue, studies = enqueue_studies(cfg, input, console.warn)
             _tell_known(studies)
             run_batch(cfg, queue, console.info)
             _summarize(queue, studies, rec)

@@ -120,14 +120,19 @@ def enqueue(config: PacsConfig, input_folder: Path) -> JobQueue:
     return enqueue_studies(config, input_folder)[0]
 
 
-def enqueue_studies(config: PacsConfig, input_folder: Path) -> tuple[JobQueue, list[BatchStudy]]:
+def enqueue_studies(
+    config: PacsConfig, input_folder: Path, on_note: Callable[[str], None] = lambda note: None
+) -> tuple[JobQueue, list[BatchStudy]]:
     """A job per study under the input (resolved, so a rerun from another folder finds it), keyed by study UID and
     content: a study already in the queue is found again whatever its folder's name (failed ones queued again), a
-    new or changed one is a new job."""
+    new or changed one is a new job. What is not read (a series skipped, files) goes to `on_note`."""
     queue = JobQueue(config.queue_path)
     studies: list[BatchStudy] = []
     seen: dict[int, str] = {}
-    for name, folder in discover_studies(Path(input_folder).resolve()):
+    found, notes = discover_studies(Path(input_folder).resolve())
+    for note in notes:
+        on_note(note)
+    for name, folder in found:
         study_uid, digest = study_identity(folder)
         job, how = queue.add_study(study_uid, digest, str(folder))
         studies.append(BatchStudy(name, folder, job.id, how, seen.get(job.id)))

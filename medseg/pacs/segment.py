@@ -123,9 +123,10 @@ def _summary_field(summary: Any, name: str) -> Any:
     return summary.get(name) if isinstance(summary, dict) else getattr(summary, name, None)
 
 
-def discover_studies(folder: Path, modality: str = "CT") -> list[tuple[str, Path]]:
-    """(name, folder) of every study or NIfTI file the pipeline would segment under `folder` (for `medseg batch`)."""
+def discover_studies(folder: Path, modality: str = "CT") -> tuple[list[tuple[str, Path]], list[str]]:
+    """(name, folder) of every study or NIfTI file the pipeline would segment under `folder` (for `medseg batch`),
+    and the notes on what it will not read (a skipped series, files), for the operator."""
     from medseg.infer.cases import discover_cases
 
-    cases, _notes = discover_cases(folder, modality)
-    return [(case.name, case.source) for case in cases]
+    cases, notes = discover_cases(folder, modality)
+    return [(case.name, case.source) for case in cases], notes
