@@ -310,3 +310,17 @@ def test_the_pacs_echo_of_our_own_seg_is_left_out_of_the_copy_inputs(tmp_path: P
     linked = sorted(p.relative_to(tmp_path / "in").as_posix() for p in (tmp_path / "in").rglob("*.dcm"))
     assert linked == ["00/s1/a.dcm", "00/s1/b.dcm", "01/1.2.3.dcm"]
     assert (tmp_path / "in" / "00" / "s1" / "a.dcm").stat().st_ino == (study / "s1" / "a.dcm").stat().st_ino
+
+
+def test_a_copy_the_leak_check_cannot_prove_is_withheld() -> None:
+    """The deid check now reports what it could not check; the research copy once ignored that (a deid review)."""
+    from medseg.deid.check import CheckResult
+    from medseg.pacs.research import _not_proved
+
+    assert _not_proved(CheckResult(files_checked=3), scan=True) is None
+    assert _not_proved(CheckResult(unchecked=[("a/b", "a link to a folder")]), scan=True) == (
+        "leak check could not check a/b: a link to a folder")  # fmt: skip
+    undecodable = CheckResult(pixels_unchecked=[("s/1.dcm", "pixel data cannot be decoded (ValueError)")])
+    assert _not_proved(undecodable, scan=True) == (
+        "leak check could not check the pixels of s/1.dcm: pixel data cannot be decoded (ValueError)")  # fmt: skip
+    assert _not_proved(undecodable, scan=False) is None  # pixels: off, the operator's documented choice

@@ -156,11 +156,9 @@ def _make_copy(research: Research, storage: Path, job_id: int, fence: int, input
     study = _study_folder(out)
     if study is None:
         return _withhold(storage, job_id, work, 0, quarantined, "no instance could be de-identified")
-    check = check_tree(originals, out, ocr=scan)
-    if check.findings:
-        reason = f"leak check: {check.findings[0].line()}" + (
-            f" (and {len(check.findings) - 1} more)" if len(check.findings) > 1 else ""
-        )
+    check = check_tree(originals, out, ocr=scan, secret=secret)
+    reason = _not_proved(check, scan)
+    if reason is not None:
         return _withhold(storage, job_id, work, written, quarantined, reason)
     target = research.folder / study.name
     if published_generation(target) > int(record.get("generation", 0)):
@@ -171,13 +169,30 @@ def _make_copy(research: Research, storage: Path, job_id: int, fence: int, input
         "deid": {"profile": "basic", "options": sorted(research.options), "pixels": research.pixels,
                  "key_id": secret_id(secret), "files_written": written, "files_quarantined": quarantined},
         "leak_check": {"files_checked": check.files_checked, "identifying_values_searched": check.identifying_values,
-                       "findings": 0, "ocr_files": check.ocr_files},
+                       "findings": 0, "ocr_files": check.ocr_files,
+                       "pixels_unchecked": len(check.pixels_unchecked)},
         "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     atomic_write_text(study / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n", overwrite=True)
     publish(study, target)
     shutil.rmtree(work, ignore_errors=True)
     return ResearchOutcome("published", study.name, written, quarantined)
+
+
+def _not_proved(check: Any, scan: bool) -> str | None:
+    """Why the leak check does not prove the copy clean (withheld), or None: a leak, an entry it could not check, or
+    (with `pixels: scan`) an image whose pixels it could not OCR. With `pixels: off` the operator chose to release
+    unscanned pixels; the record says how many."""
+    if check.findings:
+        more = f" (and {len(check.findings) - 1} more)" if len(check.findings) > 1 else ""
+        return f"leak check: {check.findings[0].line()}{more}"
+    if check.unchecked:
+        name, why = check.unchecked[0]
+        return f"leak check could not check {name}: {why}"
+    if scan and check.pixels_unchecked:
+        name, why = check.pixels_unchecked[0]
+        return f"leak check could not check the pixels of {name}: {why}"
+    return None
 
 
 def _withhold(storage: Path, job_id: int, work: Path, files: int, quarantined: int, reason: str) -> ResearchOutcome:
