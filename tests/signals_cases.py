@@ -45,10 +45,10 @@ def test_the_write_is_also_held_together_under_the_clis_sigterm_handler(signum: 
     """`medseg` runs every command under `interrupt_on_sigterm`; its handler once made the deferral a no-op (a
     reviewer saw KeyboardInterrupt before the commit), and SIGTERM was never deferred."""
     done = []
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"):
-        with interrupt_on_sigterm(), deferred_interrupt():
-            signal.raise_signal(signum)
-            done.append("commit")
+    expected = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt, match=expected), interrupt_on_sigterm(), deferred_interrupt():
+        signal.raise_signal(signum)
+        done.append("commit")
     assert done == ["commit"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
