@@ -179,9 +179,15 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     return PixelOutcome("cleaned", None, frames.shape[0], regions)
 
 
+def little_endian(arr: np.ndarray) -> np.ndarray:
+    """`arr` with little endian items: set_pixel_data writes the array's bytes as they are, and a big endian input
+    decodes to a big endian array (written as is, every 16-bit value came out byte-swapped: 905 became -30461)."""
+    return arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.byteorder == ">" else arr
+
+
 def _write_back(ds: Dataset, frames: np.ndarray, photometric: str) -> str | None:
     """Store the cleaned frames as native pixel data; a reason string when that is not possible."""
-    data = frames[0] if frames.shape[0] == 1 else frames
+    data = little_endian(frames[0] if frames.shape[0] == 1 else frames)
     if data.dtype not in (np.uint8, np.uint16, np.int8, np.int16):
         return f"cleaned pixels of type {data.dtype} cannot be stored"
     bits = int(ds.get("BitsStored", data.dtype.itemsize * 8))

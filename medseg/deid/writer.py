@@ -14,6 +14,7 @@ from pydicom.uid import (
 )
 
 from medseg.deid.identity import new_file_meta
+from medseg.deid.pixels import little_endian
 from medseg.deid.values import value_of
 
 
@@ -44,7 +45,7 @@ def convert_values(ds: Dataset) -> None:
 def to_little_endian(out: Dataset) -> None:
     """Rewrite big endian native pixel data as little endian (pydicom does not swap bytes on save)."""
     if "PixelData" in out:
-        arr = out.pixel_array
+        arr = little_endian(out.pixel_array)
         out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         out.set_pixel_data(arr, str(out.PhotometricInterpretation), int(out.BitsStored), generate_instance_uid=False)
     out.set_original_encoding(False, True, out.original_character_set)
