@@ -108,10 +108,24 @@ def ocr_hits(text: str, matchers: Matchers, folded: Matcher) -> list[str]:
     return text_hits(text, matchers, uids=False) + list(folded.found(normalise(text).translate(_OCR_FOLD)))
 
 
-def name_findings(rel: str, matchers: Matchers, seen: dict[str, str | None]) -> list[Finding]:
+def _retained_uids(ds: object, declared: frozenset[str]) -> frozenset[str]:
+    """The output's own study, series and instance UIDs when it declares Retain UIDs: the path is built from them, and
+    a path component that is one of them is kept by the option like the header value (whose own check stays)."""
+    if ds is None or "retain-uids" not in declared:
+        return frozenset()
+    keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    return frozenset(str(getattr(ds, k, "") or "") for k in keys) - {""}
+
+
+def name_findings(
+    rel: str, matchers: Matchers, seen: dict[str, str | None], retained: frozenset[str] = frozenset()
+) -> list[Finding]:
     """Findings in the components of a released path (folder and file names, with and without the extension);
-    `seen` caches each component's kind across files."""
+    `seen` caches each component's kind across files; components that are `retained` UIDs (with or without '.dcm')
+    are kept by Retain UIDs (a device serial inside a retained UID is no leak of the path: review 18b #5)."""
     for component in rel.split("/"):
+        if component in retained or (Path(component).stem in retained and component.endswith(".dcm")):
+            continue
         if component not in seen:
             hits = [h for text in {component, Path(component).stem} for h in text_hits(text, matchers)]
             seen[component] = matchers.kind(hits[0]) if hits else None
@@ -154,25 +168,26 @@ def check_tree(
         if place != "released":
             continue
         rel = _rel(deid, path)
-        result.findings.extend(name_findings(rel, matchers, names))
         if on_file is not None:
             on_file(path)
         data = path.read_bytes()
         ds = read_any(path, data)
+        declared = options_in(ds, allowed) if ds is not None else frozenset()
+        result.findings.extend(name_findings(rel, matchers, names, _retained_uids(ds, declared)))
         result.files_checked += 1
         kept: dict[str, str] = {}
         found = []
         if ds is not None:
-            declared = options_in(ds, allowed)
             retained = None
+            if declared and rel not in sources and secret is None:
+                by_pixels = _originals_by_pixels(originals.files) if by_pixels is None else by_pixels
+                match = by_pixels.get(_pixel_digest(ds, data))
+                sources.update({rel: match} if match is not None else {})
             if declared:
                 own = own_values(matchers.sources) if own is None else own
-                retained = retention(declared, matchers.sources, own)
+                patient = collect([sources[rel]], options).sources if rel in sources else None
+                retained = retention(declared, matchers.sources, own, patient)
             if SHIFT_OPTION in declared:
-                if rel not in sources and secret is None:
-                    by_pixels = _originals_by_pixels(originals.files) if by_pixels is None else by_pixels
-                    match = by_pixels.get(_pixel_digest(ds, data))
-                    sources.update({rel: match} if match is not None else {})
                 source = read_any(sources[rel]) if rel in sources else None
                 retained = with_shifted_dates(retained, shifted_dates(source, ds) if source is not None else {})
             found += scan_dataset(ds, matchers, rel, retained, kept)
@@ -182,7 +197,8 @@ def check_tree(
         if ds is None or not _has_image(ds):
             continue
         if _unused_bits_set(ds):
-            result.findings.append(Finding(rel, "(7FE0,0010) bits outside BitsStored", "non-zero unused pixel bits"))
+            where = "(7FE0,0010) bits outside BitsStored"
+            result.findings.append(Finding(rel, where, "unused pixel bits holding data"))
         if ocr_off:
             result.pixels_unchecked.append((rel, ocr_off))
             continue
@@ -212,15 +228,15 @@ def _ocr_unavailable() -> str | None:
 
 
 def _unused_bits_set(ds: object) -> bool:
-    """Native pixel data with bits set outside BitsStored/HighBit (not sign copies): room for an embedded overlay
-    that no rendering shows; `medseg deid` clears them, so in a release they are a finding."""
+    """Native or RLE pixel data with bits set outside BitsStored/HighBit that are neither zero nor sign copies: room
+    for an embedded overlay that no rendering shows; `medseg deid` clears them, so in a release they are a finding."""
     from pydicom.uid import ExplicitVRBigEndian
 
-    from medseg.deid.pixels import with_unused_bits_cleared
+    from medseg.deid.pixels import unused_bits_hold_data
 
     meta = getattr(ds, "file_meta", None)
     big = meta is not None and meta.get("TransferSyntaxUID") == ExplicitVRBigEndian
-    return with_unused_bits_cleared(ds, big) is not None  # type: ignore[arg-type]
+    return unused_bits_hold_data(ds, big)  # type: ignore[arg-type]
 
 
 def _has_image(ds: object) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless
 
 from medseg.deid.glyphs import find_text_lines, read_ink, text_blocks
 from medseg.deid.ocr import TextBox, detect_text, detect_text_all, display_window, to_display
@@ -229,32 +229,93 @@ def clear_unused_bits(ds: Dataset, big_endian: bool) -> bool:
     """Clear the bits of native pixel data outside BitsStored/HighBit (above HighBit: copies of the sign bit for
     PixelRepresentation 1, as two's complement needs). Unused bits can hold a retired embedded overlay (a name
     drawn into bit 15 of a 12-bit MR) that no rendering, OCR or header rule sees; pixel values are unchanged.
-    True when bytes changed (encapsulated pixel data is left to the decoder: see docs/deid.md)."""
+    RLE Lossless keeps every byte plane of BitsAllocated (pydicom's decoder masks them away, so nothing shows them):
+    RLE pixel data with such bits set is written native little endian, cleared (review 18b #1). True when bytes
+    changed; the caller writes a changed RLE dataset as rewritten pixels (its transfer syntax is then native)."""
     cleared = with_unused_bits_cleared(ds, big_endian)
     if cleared is None:
         return False
+    if ds.file_meta.get("TransferSyntaxUID") == RLELossless:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        if int(value_of(ds, "SamplesPerPixel", 1) or 1) > 1:  # type: ignore[arg-type]
+            ds.PlanarConfiguration = 1  # the RLE decoder's byte order: one colour plane after the other
+        ds["PixelData"].VR = "OW" if int(value_of(ds, "BitsAllocated", 8) or 8) > 8 else "OB"  # type: ignore[arg-type]
+        ds["PixelData"].is_undefined_length = False
     ds.PixelData = cleared
     return True
 
 
-def with_unused_bits_cleared(ds: Dataset, big_endian: bool) -> bytes | None:
-    """The native pixel data bytes with the bits outside BitsStored/HighBit cleared (see `clear_unused_bits`), or
-    None when none is set or the pixel data is not native; the leak check asks it too."""
+def rle_native(ds: Dataset) -> bytes | None:
+    """RLE Lossless pixel data decoded to native little endian bytes with every bit of BitsAllocated (pydicom's
+    pixel_array masks to BitsStored), or None when not RLE or not decodable (the pixel scan quarantines those)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or meta.get("TransferSyntaxUID") != RLELossless or not isinstance(ds.get("PixelData"), bytes):
+        return None
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels.decoders.rle import _rle_decode_frame
+
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(value_of(ds, "SamplesPerPixel", 1) or 1)  # type: ignore[arg-type]
+        bits, count = int(ds.BitsAllocated), int(value_of(ds, "NumberOfFrames", 1) or 1)  # type: ignore[arg-type]
+        frames = generate_frames(ds.PixelData, number_of_frames=count)
+        return b"".join(bytes(_rle_decode_frame(f, rows, cols, samples, bits)) for f in frames)
+    except Exception:  # a broken stream: the decoder of the pixel scan and of the check fails on it as well
+        return None
+
+
+def _raw_pixels(ds: Dataset) -> tuple[bytes, bool] | None:
+    """(native bytes, big endian) of the pixel data to look at for unused bits: native data as stored, RLE decoded
+    with all its byte planes; None for other encapsulated data (those codecs hold at most BitsStored bits)."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     elem = ds.get_item(0x7FE00010) if "PixelData" in ds else None
-    layout = _bit_layout(ds)
-    if elem is None or layout is None or (ts is not None and ts.is_compressed) or not isinstance(elem.value, bytes):
+    if elem is None or not isinstance(elem.value, bytes):
         return None
+    if ts == RLELossless:
+        decoded = rle_native(ds)
+        return None if decoded is None else (decoded, False)
+    if ts is not None and ts.is_compressed:
+        return None
+    return elem.value, ts == ExplicitVRBigEndian
+
+
+def with_unused_bits_cleared(ds: Dataset, big_endian: bool) -> bytes | None:
+    """The native pixel data bytes with the bits outside BitsStored/HighBit cleared (see `clear_unused_bits`), or
+    None when none is set or the pixel data is neither native nor RLE; the leak check asks it too."""
+    layout = _bit_layout(ds)
+    found = _raw_pixels(ds) if layout is not None else None
+    if found is None or layout is None:
+        return None
+    raw, big = found[0], big_endian and found[1]
+    new, arr, dtype, count = _cleared(raw, layout, big)
+    if np.array_equal(new, arr):
+        return None
+    return new.astype(dtype).tobytes() + raw[count * dtype.itemsize :]
+
+
+def _cleared(raw: bytes, layout: tuple[int, int, int, bool], big: bool) -> tuple[np.ndarray, np.ndarray, np.dtype, int]:
+    """(cleared values, stored values, item dtype, item count) of native pixel bytes (`clear_unused_bits`)."""
     allocated, low, high, signed = layout
-    raw = elem.value
-    dtype = np.dtype(f"{'>' if big_endian else '<'}u{allocated // 8}")
+    dtype = np.dtype(f"{'>' if big else '<'}u{allocated // 8}")
     count = len(raw) // dtype.itemsize
     arr = np.frombuffer(raw, dtype, count).astype(np.uint64)
     new = arr & np.uint64(((1 << (high - low + 1)) - 1) << low)
     if signed:
         above = ((1 << allocated) - 1) & ~((1 << (high + 1)) - 1)
         new |= ((arr >> np.uint64(high)) & np.uint64(1)) * np.uint64(above)
-    if np.array_equal(new, arr):
-        return None
-    return new.astype(dtype).tobytes() + raw[count * dtype.itemsize :]
+    return new, arr, dtype, count
+
+
+def unused_bits_hold_data(ds: Dataset, big_endian: bool) -> bool:
+    """Whether native or RLE pixel data has bits outside BitsStored/HighBit that are neither zero nor (signed data,
+    above HighBit) copies of the sign bit: room for an embedded overlay. Zeros above the sign bit of a signed image
+    carry nothing and read as the same values (review 18b #9); the leak check asks this."""
+    layout = _bit_layout(ds)
+    found = _raw_pixels(ds) if layout is not None else None
+    if found is None or layout is None:
+        return False
+    new, arr, _, _ = _cleared(found[0], layout, big_endian and found[1])
+    _, low, high, _ = layout
+    plain = arr & np.uint64(((1 << (high - low + 1)) - 1) << low)
+    return bool(np.any((arr != new) & (arr != plain)))

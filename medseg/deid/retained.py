@@ -83,7 +83,10 @@ def own_values(sources: dict[str, frozenset[tuple[int, str]]]) -> dict[int, list
 
 
 def retention(
-    options: frozenset[str], sources: dict[str, frozenset[tuple[int, str]]], originals: dict[int, list[str]]
+    options: frozenset[str],
+    sources: dict[str, frozenset[tuple[int, str]]],
+    originals: dict[int, list[str]],
+    patient: dict[str, frozenset[tuple[int, str]]] | None = None,
 ) -> Retention:
     """(tag, values found, the element's values) -> the option keeping them there, or None for a real leak.
 
@@ -93,7 +96,10 @@ def retention(
     wherever else it occurred, be only free or private text: a name, identifier, date or place from another
     attribute inside a cleaned description is a real leak. Either way, a value that was also the patient's name or
     an ID of 8+ characters (group 0010) in an original is a real leak: a station name that is the patient's name is
-    not device identity. `originals` is `own_values(sources)`.
+    not device identity. `originals` is `own_values(sources)`. `patient`: the sources of the output's own original
+    when the check knows it (by the run's keyed digests or its pixels): the patient rule then looks at that patient
+    only ('Scott Community Hospital' kept for Davidson is no leak because another patient is KAUFMAN^SCOTT: review
+    18b #5); without it, at every patient of the originals.
     """
 
     def inside(hit: str, values: Iterable[str]) -> bool:
@@ -106,7 +112,8 @@ def retention(
         own = [f" {v} " for v in whole if any(t == tag for t, _ in sources.get(v, ()))]
         for hit in hits:
             seen = sources.get(hit, frozenset())
-            if tag >> 16 != 0x0010 and (_patients_own(hit, seen) or _patients_name_or_date(seen)):
+            theirs = seen if patient is None else patient.get(hit, frozenset())
+            if tag >> 16 != 0x0010 and (_patients_own(hit, theirs) or _patients_name_or_date(theirs)):
                 return None  # no option keeps the patient's name, ID or dates, wherever else it was written
             mine = any(t == tag for t, _ in seen) or inside(hit, originals.get(tag, ()))
             if _cleans(tag, option):

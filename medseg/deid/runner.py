@@ -358,6 +358,7 @@ def _one_file(
     big_endian = source_transfer_syntax(original) == ExplicitVRBigEndian
     if clear_unused_bits(result, big_endian and not pixels.rewritten):
         ctx.actions["pixel bits outside BitsStored cleared"] += 1
+    rewritten = pixels.rewritten or str(result.file_meta.TransferSyntaxUID) != source_transfer_syntax(original)
     if big_endian:
         convert_values(result)
     if big_endian and not pixels.rewritten:
@@ -369,8 +370,8 @@ def _one_file(
     status = "written"
     if pixels.status == "quarantine":
         rel, status = Path(QUARANTINE) / rel.name, "quarantined"
-    copied = rawcopy.encode(result, original, raw) if raw is not None and not pixels.rewritten else None
-    encoded = copied if copied is not None else encode_dataset(result, original, pixels.rewritten or big_endian)
+    copied = rawcopy.encode(result, original, raw) if raw is not None and not rewritten else None
+    encoded = copied if copied is not None else encode_dataset(result, original, rewritten or big_endian)
     record = FileRecord(
         ref, digest, status, None, _sha256(encoded), pixels.reason, dict(sorted(ctx.actions.items())),
         {"status": pixels.status, "frames": pixels.frames, "regions": [list(r) for r in pixels.regions],
