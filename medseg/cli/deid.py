@@ -160,7 +160,8 @@ def check(
         kept = ",".join(f"{k}={v}" for k, v in sorted(by_option.items()))
         rec.set_outcome_detail(
             f"leaks={len(result.findings)},unchecked={len(result.unchecked)},files={result.files_checked},"
-            f"pixels_unchecked={len(result.pixels_unchecked)},kept=[{kept}]"
+            f"pixels_unchecked={len(result.pixels_unchecked)},files_unchecked={len(result.files_unchecked)},"
+            f"kept=[{kept}]"
         )
         console.result(
             f"{deidentified}: {len(result.findings)} leak(s) in {result.files_checked} file(s) checked against "
@@ -168,11 +169,15 @@ def check(
             f"{result.ocr_files} re-OCRed; {result.quarantined} quarantined file(s) not released"
             + (f"; {len(result.unchecked)} entry(ies) that could not be checked" if result.unchecked else "")
             + (f"; pixels NOT checked in {len(result.pixels_unchecked)} image(s)" if result.pixels_unchecked else "")
+            + (f"; {len(result.files_unchecked)} file(s) NOT checked" if result.files_unchecked else "")
         )
         _pixels_unchecked(result.pixels_unchecked)
+        for name, why in result.files_unchecked:
+            console.warn(f"{name}: NOT checked ({why}); identity inside it is not ruled out, so the check does not "
+                         "pass (exit 6): remove it from the release or release it as DICOM or text")  # fmt: skip
         if result.findings or result.unchecked:
             raise typer.Exit(1)
-        if result.pixels_unchecked:
+        if result.pixels_unchecked or result.files_unchecked:
             raise typer.Exit(6)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
+
 from medseg.deid.keyed import KeyedMapper
 from medseg.deid.leakcheck import (
     Finding,
@@ -50,6 +52,9 @@ class CheckResult:
     # released images whose pixels were not OCRed (--no-ocr, OCR unavailable, undecodable): (file, why); the check
     # cannot certify them, so it does not pass (exit 6 when nothing else failed)
     pixels_unchecked: list[tuple[str, str]] = field(default_factory=list)
+    # released files that are neither readable DICOM, nor text, nor an image OCR could read (an archive, a DICOM
+    # file the reader refuses): (file, why); only their raw bytes were searched, so they are not proved clean (exit 6)
+    files_unchecked: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _manifest(deid: Path) -> dict:
@@ -162,6 +167,9 @@ def check_tree(
     folded = ocr_matcher(matchers)
     ocr_off = None if ocr else "--no-ocr"
     ocr_off = ocr_off or _ocr_unavailable()
+    if secret is not None and not manifest.get("files"):
+        released = {_rel(deid, p): p for p in files if _released(deid, p)}
+        _require_keyed_uids(original, originals.files, _instance_uids(released), KeyedMapper(secret))
     for path in files:
         place = _place(deid, path)
         result.quarantined += place == "quarantine"
@@ -194,7 +202,10 @@ def check_tree(
         found += scan_raw(data, matchers, rel, kept, pixel_span(ds, data))
         result.findings.extend(f for f in found if f.kept_by is None)
         result.kept.extend(f for f in found if f.kept_by is not None)
-        if ds is None or not _has_image(ds):
+        if ds is None:
+            _check_other_file(rel, data, result, ocr_off, (matchers, folded))
+            continue
+        if not _has_image(ds):
             continue
         if _unused_bits_set(ds):
             where = "(7FE0,0010) bits outside BitsStored"
@@ -209,6 +220,120 @@ def check_tree(
             continue
         result.ocr_files += 1
     return result
+
+
+def _head(path: Path) -> pydicom.Dataset | None:
+    """The SOP Instance UID and de-identification method of a DICOM file (None when pydicom cannot read it)."""
+    tags = ["SOPInstanceUID", "DeidentificationMethodCodeSequence"]
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags, force=True)
+    except Exception:  # not DICOM: left to the search of its bytes
+        return None
+
+
+def _instance_uids(released: dict[str, Path]) -> dict[str, tuple[str, bool]]:
+    """Released DICOM file -> (its SOP Instance UID, whether it claims Retain UIDs)."""
+    found = {}
+    for rel, path in released.items():
+        ds = _head(path)
+        if ds is not None and len(ds):
+            found[rel] = (str(ds.get("SOPInstanceUID", "") or ""), "retain-uids" in options_in(ds))
+    return found
+
+
+def _require_keyed_uids(
+    original: Path, originals: list[Path], released: dict[str, tuple[str, bool]], mapper: KeyedMapper
+) -> None:
+    """With the run's key but no manifest (the release as docs/deid.md defines it: study folders only), pair each
+    released DICOM file with an original by its SOP Instance UID: the original's UID mapped with the key (its own
+    UID when the file claims Retain UIDs). A released file with no such original means ORIGINAL or the key is not
+    the run's, or a file that was never de-identified by this run: refused, exit 2 (review 18b #4: it passed)."""
+    own: set[str] = set()
+    unknown = 0  # originals without a SOP Instance UID get one derived from other attributes: not recomputed here
+    for path in originals:
+        ds = _head(path)
+        if ds is None:
+            continue
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        own.add(uid) if uid else None
+        unknown += not uid
+    mapped = {mapper.uid(u) for u in own}
+    missing = [rel for rel, (uid, kept) in released.items() if uid not in mapped and not (kept and uid in own)]
+    if len(missing) > unknown:
+        raise UsageError(f"{len(missing)} of {len(released)} released DICOM file(s) have no original in ORIGINAL under "
+                         f"this key (first: {missing[0]}): the wrong folder or key, or a file this run did not "
+                         "write", path=original, hint="Pass the run's ORIGINAL and --key-file; remove files the run "
+                         "did not write from the release.")  # fmt: skip
+
+
+_ARCHIVES = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf", b"\x28\xb5\x2f\xfd")
+_PICTURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*", b"BM")
+
+
+def _is_text(data: bytes) -> bool:
+    """Whether a file is plain text (UTF-8 without NUL, or UTF-16 with its BOM): its raw-byte search covers it."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in data
+
+
+def other_file_kind(data: bytes) -> str:
+    """What a released file that is not readable DICOM is: 'text' (searched as bytes), 'picture' (OCRed), else
+    why its content is not proved clean by a search of its bytes (review 18b #3: an archive of the originals, a
+    released DICOM with its SOP UIDs removed passed as '0 leaks')."""
+    if _is_text(data):
+        return "text"
+    if data.startswith(_PICTURES):
+        return "picture"
+    if data.startswith(_ARCHIVES) or data[257:262] == b"ustar":
+        return "an archive or compressed file: its content is not searched"
+    return "neither readable DICOM nor text: only its raw bytes were searched"
+
+
+def _check_other_file(
+    rel: str, data: bytes, result: CheckResult, ocr_off: str | None, search: tuple[Matchers, Matcher]
+) -> None:
+    """A released file that is not readable DICOM: text is done (its bytes were searched); a picture is OCRed like
+    a released image; anything else is not checked (exit 6 when nothing else failed)."""
+    kind = other_file_kind(data)
+    if kind == "text":
+        return
+    if kind != "picture":
+        result.files_unchecked.append((rel, kind))
+        return
+    if ocr_off:
+        result.pixels_unchecked.append((rel, ocr_off))
+        return
+    try:
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            picture = np.asarray(image.convert("RGB"))
+        result.findings.extend(_ocr_picture(picture, rel, *search))
+    except Exception as exc:  # an image PIL cannot decode: not proved clean
+        result.files_unchecked.append((rel, f"an image that cannot be decoded ({type(exc).__name__})"))
+        return
+    result.ocr_files += 1
+
+
+def _ocr_picture(picture: object, name: str, matchers: Matchers, folded: Matcher) -> list[Finding]:
+    """OCR of a released picture (PNG, JPEG...): recognised text holding an identifying value is a finding."""
+    from medseg.deid.ocr import read_text
+
+    findings = []
+    for box, text in read_text(picture):  # type: ignore[arg-type]
+        hits = ocr_hits(text, matchers, folded)
+        if hits:
+            where = f"pixels, box {box.x0},{box.y0}-{box.x1},{box.y1}"
+            findings.append(Finding(name, where, f"burned-in {folded.kinds.get(hits[0]) or matchers.kind(hits[0])}"))
+    return findings
 
 
 def _entries(deid: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
