@@ -334,7 +334,8 @@ def _direct(
         ctx.actions["private X"] += 1  # no Retain Safe Private here (LEVEL_OPTIONS): every private element goes
         return b""
     kind, action, label = element_decision(tag, vr, ctx.options)
-    if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN" and valid_kept_value(vr or "", value):
+    valid = valid_kept_value(vr or "", value, ctx.patient_words)
+    if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN" and valid:
         return _KEPT
     if kind == "drop":
         return b""
