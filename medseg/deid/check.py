@@ -62,9 +62,35 @@ def _manifest(deid: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError as exc:
         raise UsageError("the run manifest is not valid JSON", path=path, hint="Re-run medseg deid.") from exc
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UsageError(f"the run manifest is not one `medseg deid` writes ({problem})", path=path,
+                         hint="Re-run medseg deid, or remove the file to check the release without it.")  # fmt: skip
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    """What makes a parsed manifest unusable by the check (a JSON list, wrong types: 'internal error', exit 4,
+    before; review 18b #10), or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    options, files = manifest.get("options", []), manifest.get("files", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        return "'options' is not a list of names"
+    if not isinstance(manifest.get("key_id", ""), str | None):
+        return "'key_id' is not text"
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        return "'files' is not a list of records"
+    for record in files:
+        if not all(isinstance(record.get(k, ""), str | None) for k in ("output", "input_digest", "status")):
+            return "a file record's output, input_digest or status is not text"
+        pixels = record.get("pixels", {})
+        if not isinstance(pixels, dict) or not isinstance(pixels.get("regions", []), list):
+            return "a file record's pixels are not a record with a list of regions"
+    return None
 
 
 def _rel(deid: Path, path: Path) -> str:
@@ -160,7 +186,8 @@ def check_tree(
     result = CheckResult(originals_used=matchers.files, originals_skipped=len(originals.skipped))
     result.unchecked = [(_rel(deid, path), why) for path, why in skipped if _released(deid, path)]
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
-    regions = {f["output"]: f["pixels"]["regions"] for f in manifest.get("files", []) if f.get("output")}
+    records = [f for f in manifest.get("files", []) if f.get("output")]
+    regions = {f["output"]: (f.get("pixels") or {}).get("regions") or [] for f in records}
     own: dict[int, list[str]] | None = None
     names: dict[str, str | None] = {}
     by_pixels: dict[str, Path] | None = None
