@@ -347,7 +347,12 @@ def _one_file(
     sequences = rawcopy.sequence if raw is not None else None
     key = engine.patient_key(ds, issuers)
     ctx = engine.FileContext(
-        mapper, settings.options, key, words, raw_sequence=sequences, raw_values=raw is not None,
+        mapper,
+        settings.options,
+        key,
+        words,
+        raw_sequence=sequences,
+        raw_values=raw is not None,
         patient_words=engine.patient_words(ds),
     )
     original = engine.snapshot(ds)
