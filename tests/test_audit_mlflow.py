@@ -14,12 +14,15 @@ from medseg.cli.audited import audited
 from medseg.errors import AuditError
 
 
-def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch) -> None:
+def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch, request) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()  # an in-process training test in this worker may have set another one
+    mlflow.set_tracking_uri(uri)
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(previous))
     with audited("convert", {}):
         pass  # an unrelated command: must not be attached
     with mlflow.start_run() as run, audited("train", {"epochs": 1}) as rec:
