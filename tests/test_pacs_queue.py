@@ -245,6 +245,29 @@ def test_leases_of_dead_local_processes_are_reclaimed_at_start(tmp_path: Path) -
     host = socket.gethostname()
     gone = q.lease(f"{host}:{int(dead.stdout)}:w0", 600)
     alive = q.lease(f"{host}:{os.getpid()}:w0", 600)
-    assert reclaim_dead_leases(q) == [gone.job.id]
+    assert reclaim_dead_leases(q) == {gone.job.id: "queued"}
     assert (q.job(gone.job.id).state, q.job(gone.job.id).attempts) == ("queued", 1)  # the crashed attempt counts
     assert q.job(alive.job.id).state == "running"
+
+
+def test_a_job_whose_holder_dies_on_its_last_attempt_ends_failed_not_queued_again(tmp_path: Path) -> None:
+    """A study that kills every worker (OOM, segfault) under a service restarted at once: a re-probe saw attempt 4 of
+    max_attempts 2, 'running, orphaned', for ever."""
+    import socket
+
+    from medseg.pacs.service import reclaim_dead_leases
+
+    q = JobQueue(tmp_path / "q.db")
+    _receive(q, "9", 1, now=0.0)
+    q.complete_due(None, now=11.0)
+    backoff = Backoff(1.0, 2.0, max_attempts=2)
+    host = socket.gethostname()
+    for attempt in (1, 2):
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        lease = q.lease(f"{host}:{int(dead.stdout)}:w0", 600, backoff=backoff)
+        assert lease is not None and q.job(lease.job.id).attempts == attempt
+        expected = "queued" if attempt < 2 else "failed"
+        assert reclaim_dead_leases(q, backoff) == {lease.job.id: expected}
+    job = q.job(lease.job.id)
+    assert job.state == "failed" and "last of 2 attempt(s) never finished: its holder on this host died" in job.reason
+    assert q.lease(f"{host}:{os.getpid()}:w0", 600, backoff=backoff) is None

@@ -267,6 +267,21 @@ def test_idle_connections_do_not_lock_senders_out(tmp_path: Path, with_tls: bool
         receiver.stop()
 
 
+@pytest.mark.parametrize(("key", "title"), [("listen.ae_title", "MÉDSEG"), ("listen.allowed_callers", "MÖDALITY"),
+                                            ("destination.ae_title", "DÉST")])  # fmt: skip
+def test_a_non_ascii_ae_title_is_refused_when_the_config_is_read(tmp_path: Path, key: str, title: str) -> None:
+    """A re-probe got 'internal error: ValueError ... ASCII' (exit 4) at start, or a config that fails at send."""
+    config = tmp_path / "pacs.yaml"
+    write_config(config, tmp_path / "store", {"folder": str(tmp_path / "segs")})
+    data = yaml.safe_load(config.read_text())
+    section, field = key.split(".")
+    data.setdefault(section, {})[field] = [title] if field == "allowed_callers" else title
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    done = _medseg("pacs", "status", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and key in done.stderr and "ASCII" in done.stderr, done.stderr
+
+
 # 9. a listen AE title PS3.5 does not allow is a config error ----------------------------------------------------------
 @pytest.mark.parametrize("title", ["", "   ", "MED\\SEG", "MED\tSEG"])
 def test_an_invalid_listen_ae_title_is_refused_naming_the_key(tmp_path: Path, title: str) -> None:

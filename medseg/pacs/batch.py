@@ -145,10 +145,10 @@ def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], Non
     that a killed run of this host still holds are taken back at once, not when their lease expires. Interrupted
     (KeyboardInterrupt: Ctrl-C, or SIGTERM turned into one by the caller), the jobs this process holds are queued
     again without counting the attempt, and BatchInterrupted says so."""
-    from medseg.pacs.service import reclaim_dead_leases
+    from medseg.pacs.service import reclaim_dead_leases, reclaimed_event
 
-    for job_id in reclaim_dead_leases(queue):
-        on_event(f"job {job_id}: its holder on this host is gone; queued again")
+    for job_id, state in reclaim_dead_leases(queue, backoff_of(config)).items():
+        on_event(reclaimed_event(job_id, state))
     results: list[JobResult] = []
     try:
         _run(config, queue, on_event, results)

@@ -18,12 +18,14 @@ class _Strict(BaseModel):
 
 
 def check_ae_title(title: str) -> str:
-    """An AE title as PS3.5 (AE value representation) allows it: 1-16 characters, not only spaces, no backslash or
-    control character; surrounding spaces removed. pynetdicom refuses the others only when it uses them (a ValueError
-    at send time, which left the job running for ever: review 18), so they are refused when the config is read."""
-    if not 0 < len(title.strip()) <= 16 or "\\" in title or any(ord(c) < 32 or ord(c) == 127 for c in title):
-        raise ValueError(f"not a valid AE title: {title!r} (1 to 16 characters, not only spaces, no backslash or "
-                         "control character)")  # fmt: skip
+    """An AE title as PS3.5 (AE value representation) allows it: 1-16 characters of the default repertoire (ASCII),
+    not only spaces, no backslash or control character; surrounding spaces removed. pynetdicom refuses the others
+    only when it uses them (a ValueError at send time, which left the job running for ever: review 18), so they are
+    refused when the config is read."""
+    if (not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isascii()
+            or any(ord(c) < 32 or ord(c) == 127 for c in title)):
+        raise ValueError(f"not a valid AE title: {title!r} (1 to 16 ASCII characters, not only spaces, no backslash "
+                         "or control character)")  # fmt: skip
     return title.strip()
 
 

@@ -453,16 +453,29 @@ class JobQueue:
                 (time.time(), lease.job.id),
             )
 
-    def release(self, job_id: int, fence: int, count_attempt: bool = False) -> bool:
-        """Give back a lease by job and fence: a graceful stop (attempt not counted) or a holder known dead."""
+    def release(self, job_id: int, fence: int, count_attempt: bool = False, backoff: Backoff | None = None) -> str:
+        """Give back a lease by job and fence: a graceful stop (attempt not counted) or a holder known dead. With
+        `backoff`, a dead holder's job that used its last allowed attempt ends 'failed' instead (a study that kills
+        every worker that takes it must not loop through restarts). The job's state after, '' if nothing changed."""
         attempts = "attempts" if count_attempt else "MAX(0, attempts-1)"
+        now = time.time()
         with self._write() as db:
+            if count_attempt and backoff is not None:
+                cur = db.execute(
+                    "UPDATE jobs SET state='failed', reason=?, lease_owner=NULL, lease_expires=NULL, not_before=?, "
+                    "updated_at=? WHERE id=? AND fence=? AND state='running' AND attempts>=?",
+                    (f"the last of {backoff.max_attempts} attempt(s) never finished: its holder on this host died "
+                     "(killed or crashed; see the service log)", now + backoff.failed_retry_after_s, now, job_id, fence,
+                     backoff.max_attempts),
+                )  # fmt: skip
+                if cur.rowcount == 1:
+                    return "failed"
             cur = db.execute(
                 f"UPDATE jobs SET state='queued', attempts={attempts}, lease_owner=NULL, lease_expires=NULL, "
                 "updated_at=? WHERE id=? AND fence=? AND state='running'",
-                (time.time(), job_id, fence),
+                (now, job_id, fence),
             )
-            return cur.rowcount == 1
+            return "queued" if cur.rowcount == 1 else ""
 
     @staticmethod
     def _end(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medseg.errors import UsageError
 from medseg.pacs.config import PacsConfig
-from medseg.pacs.queue import JobQueue
+from medseg.pacs.queue import Backoff, JobQueue
 from medseg.pacs.scp import Receiver
 from medseg.pacs.segment import Segmenter, load_segmenter, served_model
 from medseg.pacs.storage import study_dir, sweep_unfinished_writes
@@ -74,8 +74,8 @@ class Service:
 
     def _run(self, grace_s: float) -> bool:
         """`run` with the storage's service lock held."""
-        for job_id in reclaim_dead_leases(self.queue):
-            self.on_event(f"job {job_id}: its holder on this host is gone; queued again")
+        for job_id, state in reclaim_dead_leases(self.queue, backoff_of(self.config)).items():
+            self.on_event(reclaimed_event(job_id, state))
         swept = sweep_unfinished_writes(self.config.storage)
         if swept:
             self.on_event(f"removed {len(swept)} temporary file(s) of instance writes cut short")
@@ -175,11 +175,20 @@ def wait_in_main_thread(event: threading.Event, poll_s: float = 0.25) -> None:
         pass
 
 
-def reclaim_dead_leases(queue: JobQueue) -> list[int]:
-    """Running jobs leased by a process of this host that no longer exists are queued again now, not at expiry."""
+def reclaim_dead_leases(queue: JobQueue, backoff: Backoff | None = None) -> dict[int, str]:
+    """Running jobs leased by a process of this host that no longer exists are taken back now, not at expiry:
+    queued again, or 'failed' when that was their last allowed attempt (with `backoff`). {job id: new state}."""
     from medseg.pacs.status import orphans
 
-    return [job_id for job_id, fence in orphans(queue).items() if queue.release(job_id, fence, True)]
+    states = {job_id: queue.release(job_id, fence, True, backoff) for job_id, fence in orphans(queue).items()}
+    return {job_id: state for job_id, state in states.items() if state}
+
+
+def reclaimed_event(job_id: int, state: str) -> str:
+    """The service log line for a job taken back from a dead holder."""
+    if state == "failed":
+        return f"job {job_id}: its holder on this host is gone after its last allowed attempt; failed"
+    return f"job {job_id}: its holder on this host is gone; queued again"
 
 
 def _alive(pid: int) -> bool:
