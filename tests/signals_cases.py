@@ -121,7 +121,6 @@ def _store_engine() -> Any:
 
 
 def test_ctrl_c_at_any_statement_of_a_metric_write_leaves_the_store_usable(tmp_path: Path, monkeypatch) -> None:
-    import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient, fluent
     from mlflow.tracking._tracking_service import utils
@@ -158,7 +157,7 @@ def test_ctrl_c_at_any_statement_of_a_metric_write_leaves_the_store_usable(tmp_p
         assert _interrupted(_store_engine(), at, lambda: tracker.log_metrics({"loss": 1.0}, 1))  # noqa: B023
         assert not _locked(run_dir / "mlflow.db"), f"store locked after Ctrl-C at statement {at} of {n}"
         tracker.end("KILLED")
-        run = mlflow.get_run(tracker.run_id)
+        run = MlflowClient(tracker.uri).get_run(tracker.run_id)
         assert run.info.status == "KILLED"
         assert run.data.metrics == {"loss": 1.0}, "the interrupted write did not commit"
     assert locked_without >= 1, "the control never locked the store: the test no longer reaches the failure"

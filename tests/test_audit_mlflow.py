@@ -23,11 +23,13 @@ def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch, request) -> Non
     previous = mlflow.get_tracking_uri()  # an in-process training test in this worker may have set another one
     mlflow.set_tracking_uri(uri)
     request.addfinalizer(lambda: mlflow.set_tracking_uri(previous))
+    # an earlier in-process test in this worker may have left its experiment active: name this store's own one
+    experiment = MlflowClient(uri).create_experiment("audit-link")
     with audited("convert", {}):
         pass  # an unrelated command: must not be attached
-    with mlflow.start_run() as run, audited("train", {"epochs": 1}) as rec:
+    with mlflow.start_run(experiment_id=experiment) as run, audited("train", {"epochs": 1}) as rec:
         rec.link_mlflow_run(run.info.run_id, tracking_uri=uri)
-    path = MlflowClient().download_artifacts(run.info.run_id, ARTIFACT, str(tmp_path))
+    path = MlflowClient(uri).download_artifacts(run.info.run_id, ARTIFACT, str(tmp_path))
     document = json.loads(Path(path).read_text())
     records = document["records"]
     assert document["mlflow_run_id"] == run.info.run_id

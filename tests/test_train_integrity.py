@@ -410,6 +410,8 @@ def test_shared_store_keeps_artifacts_out_of_other_runs_and_no_absolute_paths(en
                  tracking_uri=uri)  # fmt: skip
     cfg2 = write_config(secret, manifest=secret / "manifest Doe_John.json", run={"max_iterations": 2})
     run_training(cfg2, tmp_path / "r2", tracking_uri=uri)
+    # the in-process runs leave no experiment or store behind for the caller's next MLflow run
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
     assert not (tmp_path / "r1/mlartifacts").exists()
     db = sqlite3.connect(tmp_path / "store/mlflow.db")
     uris = [u for (u,) in db.execute("select artifact_uri from runs")]

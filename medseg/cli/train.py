@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
             info = run_training(config, out, resume, tracking_uri, data_root, device, _Reporter(advance))
             rec.add_inputs([info.manifest_path])
             if info.mlflow_run_id:
-                rec.link_mlflow_run(info.mlflow_run_id)
+                rec.link_mlflow_run(info.mlflow_run_id, info.tracking_uri)
             assert info.result is not None
             rec.add_outputs([info.result.best_weights, out / "summary.json"])
         p = info.result.progress

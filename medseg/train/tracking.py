@@ -74,7 +74,9 @@ def _writing() -> Iterator[Any]:
 
 
 class Tracker:
-    """One MLflow run. Methods are no-ops on non-zero DDP ranks (`enabled=False`)."""
+    """One MLflow run. Methods are no-ops on non-zero DDP ranks (`enabled=False`). The run names its experiment
+    explicitly and `end` puts back the caller's tracking URI, so a run in a notebook or test leaves no
+    MLFLOW_EXPERIMENT_ID / MLFLOW_TRACKING_URI behind to send the caller's next run into this store."""
 
     def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -82,12 +84,14 @@ class Tracker:
         self.uri = resolve_tracking_uri(tracking_uri, run_dir)
         self.run_dir = run_dir
         self.experiment = experiment
+        self._previous_uri: str | None = None
 
     def start(self, run_name: str, resume_run_id: str | None = None) -> str | None:
         if not self.enabled:
             return None
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", module="mlflow")
+        self._previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
         try:
             with _writing() as mlflow:
                 mlflow.set_tracking_uri(self.uri)
@@ -96,8 +100,9 @@ class Tracker:
                     if self.uri.startswith("sqlite:///"):
                         location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
                     mlflow.create_experiment(self.experiment, artifact_location=location)
-                mlflow.set_experiment(self.experiment)
-                run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name)
+                experiment_id = None if resume_run_id else mlflow.get_experiment_by_name(self.experiment).experiment_id
+                run = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,
+                                       run_name=None if resume_run_id else run_name)  # fmt: skip
         except Exception as exc:
             raise ProcessingError(f"cannot start MLflow run at {self.uri}: {exc}".splitlines()[0],
                                   hint="Check --tracking-uri / MLFLOW_TRACKING_URI.") from exc  # fmt: skip
@@ -147,3 +152,4 @@ class Tracker:
         if self.enabled and self.run_id:
             with _writing() as mlflow:
                 mlflow.end_run(status=status)
+                mlflow.set_tracking_uri(self._previous_uri)
