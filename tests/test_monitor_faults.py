@@ -356,7 +356,8 @@ def test_a_fact_only_in_the_recent_window_is_listed_and_failed_cases_count_as_fl
     facts = to_facts(summaries)
     assert "status_failed" in facts[110].flags and "status_failed" not in facts[0].flags
     report = analyse(facts[:60], facts[60:], "test", RANGES)
-    assert any(n.startswith("volume_ml:spleen: only in the recent window (50 cases)") for n in report.skipped)
+    # of the 50 recent, the 20 failed read no input: left out of the drift tests, counted by the status_failed CUSUM
+    assert any(n.startswith("volume_ml:spleen: only in the recent window (30 cases)") for n in report.skipped)
     assert "status_failed" in {a.feature for a in report.alarms}
 
 

@@ -223,6 +223,9 @@ def test_the_store_holds_no_identity(alarm_run: dict, real: dict[str, dict]) -> 
     texts = []
     for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'"):
         for row in conn.execute(f"SELECT * FROM {table}"):
+            if table == "meta" and row[0] == "newest_summary_ns":  # the store's one time: no case is linked to it
+                assert row[1].isdigit()
+                continue
             texts += [v for v in row if isinstance(v, str)]
     conn.close()
     assert texts

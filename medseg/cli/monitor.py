@@ -50,23 +50,30 @@ def build(
     """Collect every summary.json (and PACS results) into the store; cases already stored are not added again."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
-    from medseg.monitor.collect import collect_pacs, collect_summaries, find_summaries
+    from medseg.monitor.collect import collect_pacs, collect_summaries, find_summaries, read_pacs
     from medseg.monitor.store import MonitorStore
 
     if not sources and pacs is None:
         raise UsageError("nothing to collect", hint="Pass --from OUT_DIR (repeatable) and/or --from-pacs pacs.db.")
-    params = {"from": [str(s) for s in sources], "from_pacs": pacs, "out": out}
+    params = {"from": list(sources), "from_pacs": pacs, "out": out}
     with audited("monitor build", params=params) as rec:
         if pacs is not None:
             rec.add_inputs([pacs])
-        summaries = find_summaries(sources)  # every --from checked before the store is created
+        summaries = find_summaries(sources)  # every --from and --from-pacs checked before the store is created
+        rows = read_pacs(pacs) if pacs is not None else []
+        rec.add_inputs(summaries)
         with MonitorStore.open(out, create=True) as store:
             results = [collect_summaries(store, summaries)] if sources else []
             if pacs is not None:
-                results.append(collect_pacs(store, pacs))
+                results.append(collect_pacs(store, pacs, rows))
             total = len(store.cases())
         for problem in (p for r in results for p in r.problems):
             console.warn(f"skipped: {problem}")
+        late = sum(r.late for r in results)
+        if late:
+            console.warn(f"{late} new case(s) were written before cases an earlier build stored: they are added "
+                         "after them, so reports count them as recent; to order a store by writing time, build it "
+                         "again from all folders in one build")  # fmt: skip
         found, added = sum(r.found for r in results), sum(r.added for r in results)
         rec.set_outcome_detail(f"added:{added},known:{found - added},total:{total}")
         rec.add_outputs([out])
@@ -161,7 +168,8 @@ def report(
     from medseg.monitor.output import write_report
     from medseg.monitor.store import MonitorStore
 
-    params = {"db": db, "out": out, "reference": reference, "cases": [str(c) for c in cases]}
+    shown_reference = Path(reference) if reference and Path(reference).is_file() else reference
+    params = {"db": db, "out": out, "reference": shown_reference, "cases": list(cases)}
     with audited("monitor report", params=params) as rec:
         rec.add_inputs([db])
         with MonitorStore.open(db, readonly=True) as store:
@@ -173,14 +181,14 @@ def report(
         alarms = written.report.alarms
         detail = f"alarms:{len(alarms)}" + (":" + ",".join(a.feature for a in alarms) if alarms else "")
         rec.set_outcome_detail(detail + (":insufficient" if written.report.insufficient else ""))
-    for note in written.report.skipped:
-        console.info(f"not compared: {note}")
-    for alarm in alarms:
-        console.warn(f"ALARM {alarm.kind}: {alarm.message}")
-    if written.report.insufficient:
-        console.warn(f"NOT MONITORED: {written.report.insufficient} (only the volume range check ran)")
-    console.result(f"{written.html_path}: {len(alarms)} alarm(s) over {len(monitored)} monitored case(s)")
-    if alarms:
-        raise typer.Exit(EXIT_ALARM)
-    if written.report.insufficient:
-        raise typer.Exit(EXIT_INSUFFICIENT)
+        for note in written.report.skipped:
+            console.info(f"not compared: {note}")
+        for alarm in alarms:
+            console.warn(f"ALARM {alarm.kind}: {alarm.message}")
+        if written.report.insufficient:
+            console.warn(f"NOT MONITORED: {written.report.insufficient} (only the volume range check ran)")
+        console.result(f"{written.html_path}: {len(alarms)} alarm(s) over {len(monitored)} monitored case(s)")
+        if alarms:  # inside the audited block: the end record carries the exit code the scheduler sees
+            raise typer.Exit(EXIT_ALARM)
+        if written.report.insufficient:
+            raise typer.Exit(EXIT_INSUFFICIENT)

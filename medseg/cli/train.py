@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         is_main = int(os.environ.get("RANK", "0")) == 0
         if not is_main:
             console.quiet = True
-        params = {"config": str(config), "out": str(out), "resume": str(resume) if resume else None, "device": device,
+        params = {"config": config, "out": out, "resume": resume, "device": device,  # paths: keyed in the record
                   "world_size": int(os.environ.get("WORLD_SIZE", "1"))}  # fmt: skip
         if not is_main:
             run_training(config, out, resume, tracking_uri, data_root, device)

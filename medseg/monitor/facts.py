@@ -247,6 +247,16 @@ def _structure(summary: dict[str, Any]) -> None:
             raise _malformed(f"{section} (not an object)", value)
 
 
+VOLATILE = ("timings_s",)
+
+
+def _stable_digest(summary: dict[str, Any]) -> str:
+    """What names a case whose summary has no input digest (a failed run read no input): the summary without its
+    timings, so retrying the same failing input is one case, not one more failure per retry."""
+    stable = {k: v for k, v in summary.items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
 def facts_from_summary(summary: Any, raw: bytes, origin: str, key: bytes) -> CaseFacts:
     """The monitored facts of one summary (`raw` is its file content, digested; `origin` kept only as a keyed ref)."""
     if not isinstance(summary, dict):
@@ -257,7 +267,7 @@ def facts_from_summary(summary: Any, raw: bytes, origin: str, key: bytes) -> Cas
             f"not a medseg infer summary (schema {schema!r})", hint="Pass folders written by `medseg infer`."
         )
     _structure(summary)
-    input_digest = lookup(summary, "input.sha256") or hashlib.sha256(raw).hexdigest()
+    input_digest = lookup(summary, "input.sha256") or _stable_digest(summary)
     model_digest = lookup(summary, "model.sha256") or ""
     organ = str(summary.get("organ", ""))
     numbers = geometry_numbers(summary) | organ_numbers(summary)

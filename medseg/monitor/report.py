@@ -24,6 +24,7 @@ REPORT_SCHEMA = "medseg.monitor.report/1"
 MAX_CASES_PER_ALARM = 20
 NOT_RECORDED = "(not recorded)"
 STATUS_ALARM, STATUS_INSUFFICIENT, STATUS_OK = "alarm", "insufficient", "ok"
+FAILED = "failed"
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
@@ -285,33 +286,40 @@ def analyse(
         report.volumes, volume_alarms = _volume_checks(ranged_ref, ranged, volume_ranges or {})
         report.alarms += volume_alarms
         return report
-    for feature in sorted({k for c in recent for k in c.numbers} - {k for c in reference for k in c.numbers}):
-        n = len(_values(recent, feature))
+    ref_read, rec_read = _read_input(reference), _read_input(recent)  # failures: counted by their CUSUM only
+    for feature in sorted({k for c in rec_read for k in c.numbers} - {k for c in ref_read for k in c.numbers}):
+        n = len(_values(rec_read, feature))
         report.skipped.append(f"{feature}: only in the recent window ({n} cases), none in the reference")
-    for feature in sorted({k for c in reference for k in c.numbers}):
-        ref, rec = _values(reference, feature), _values(recent, feature)
+    for feature in sorted({k for c in ref_read for k in c.numbers}):
+        ref, rec = _values(ref_read, feature), _values(rec_read, feature)
         if len(ref) < w["min_reference"] or len(rec) < w["min_recent"]:
             report.skipped.append(f"{feature}: {len(ref)} reference and {len(rec)} recent values")
             continue
         d = numeric_drift(feature, ref, rec)
         report.numeric.append(d)
         if d.alarm:
-            report.alarms.append(_numeric_alarm(d, recent))
-    for feature in sorted({k for c in [*reference, *recent] for k in c.categories}):
-        ref_c = [c.categories.get(feature, NOT_RECORDED) for c in reference]
-        rec_c = [c.categories.get(feature, NOT_RECORDED) for c in recent]
+            report.alarms.append(_numeric_alarm(d, rec_read))
+    for feature in sorted({k for c in [*ref_read, *rec_read] for k in c.categories}):
+        ref_c = [c.categories.get(feature, NOT_RECORDED) for c in ref_read]
+        rec_c = [c.categories.get(feature, NOT_RECORDED) for c in rec_read]
         if set(ref_c) | set(rec_c) == {NOT_RECORDED}:
             report.skipped.append(f"{feature}: not recorded in any summary")
             continue
         d = categorical_drift(feature, ref_c, rec_c)
         report.categorical.append(d)
         if d.alarm:
-            report.alarms.append(_categorical_alarm(d, recent))
+            report.alarms.append(_categorical_alarm(d, rec_read))
     for code in sorted({f for c in [*reference, *monitored] for f in c.flags}):
         c = bernoulli_cusum(code, [code in f.flags for f in reference], [code in f.flags for f in monitored])
         report.cusums.append(c)
         if c.alarm:
             report.alarms.append(_cusum_alarm(c, monitored))
-    report.volumes, volume_alarms = _volume_checks(reference, recent, volume_ranges or {})
+    report.volumes, volume_alarms = _volume_checks(ref_read, rec_read, volume_ranges or {})
     report.alarms += volume_alarms
     return report
+
+
+def _read_input(cases: list[CaseFacts]) -> list[CaseFacts]:
+    """The cases whose run read its input: a failed run records no acquisition, grid or volume, and the backend it
+    was asked for, so its facts would show as drift in every category (its rate has its own CUSUM)."""
+    return [c for c in cases if c.status != FAILED]

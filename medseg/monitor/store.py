@@ -58,6 +58,7 @@ class MonitorStore:
             raise InvalidInputError("monitor store not found", path=path, hint="Make it with `medseg monitor build`.")
         if create:
             _check_writable(path)
+            _refuse_foreign(path)
         conn = _connect_readonly(path) if readonly else _connect_writable(path)
         try:
             store = cls(conn, path)
@@ -106,15 +107,28 @@ class MonitorStore:
         """The key of this store's keyed digests (never exported)."""
         return bytes.fromhex(self.conn.execute("SELECT value FROM meta WHERE name='case_key_secret'").fetchone()[0])
 
+    @property
+    def newest_written_ns(self) -> int | None:
+        """Modification time of the newest summary collected so far (one value for the store, no per-case time)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE name='newest_summary_ns'").fetchone()
+        return int(row[0]) if row else None
+
     def known(self, case_key: str) -> bool:
         """Whether a case with this key is already stored."""
         return self.conn.execute("SELECT 1 FROM cases WHERE case_key=?", (case_key,)).fetchone() is not None
 
-    def add(self, facts: Iterable[CaseFacts], source: str = "summary") -> int:
-        """Append new cases in the given order in one transaction; returns how many were new."""
+    def add(self, facts: Iterable[CaseFacts], source: str = "summary", newest_ns: int | None = None) -> int:
+        """Append new cases in the given order in one transaction (with `newest_ns`, the newest summary's time, kept
+        if newer than the stored one); returns how many were new."""
         added = 0
         try:
             with self.transaction():
+                if newest_ns is not None:
+                    self.conn.execute(
+                        "INSERT INTO meta VALUES ('newest_summary_ns', ?) ON CONFLICT(name) DO UPDATE SET "
+                        "value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
+                        (str(newest_ns),),
+                    )
                 for f in facts:
                     cur = self.conn.execute(
                         "INSERT OR IGNORE INTO cases (case_key, summary_sha256, folder_ref, source, model, status) "
@@ -163,6 +177,28 @@ class MonitorStore:
             )
             for seq, key, digest, ref, model, status in rows
         ]
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse, before anything is written, an existing SQLite file that is not a monitor store (a pacs.db, mlflow.db
+    or the audit trail passed as --out by mistake): building into it would add tables and a key to someone else's
+    database. An empty file or a database without tables may become a store."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    conn = _connect_readonly(path)
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone() if "meta" in tables else None
+    except sqlite3.DatabaseError as exc:
+        raise InvalidInputError(f"not a monitor store: {exc}", path=path, hint="Pass a monitor.db.") from exc
+    finally:
+        conn.close()
+    if tables and (row is None or row[0] != SCHEMA_VERSION):
+        raise InvalidInputError(
+            f"not a monitor store (tables: {', '.join(sorted(tables)[:4])}): nothing written to it",
+            path=path,
+            hint="Pass --out a new file or a monitor.db made by `medseg monitor build`.",
+        )
 
 
 def _cannot_write(path: Path, reason: object) -> ProcessingError:
