@@ -25,8 +25,8 @@ Examples:
 
   medseg report verify val/ --public-key keys/qa-lead.key.pub
 
-validate exits 0 only when the record supports release: every criterion of the project's pre-specified
-criteria (validation/acceptance/) passes, the traceability matrix of --junit (a test run of this very code) is
+validate exits 0 only when the record supports release: the set is one of the project's locked sets
+(validation/sets/), every criterion of the project's pre-specified criteria (validation/acceptance/) passes, the traceability matrix of --junit (a test run of this very code) is
 complete, no test of that run failed, and no hazard's residual risk is marked not acceptable; otherwise it exits 1
 and report.json says why (the record is still written). It refuses (exit 3) a set that lists a scan twice, whose
 files differ from the set file or its lock, or that shares a file digest, voxel content, DICOM UID or patient with

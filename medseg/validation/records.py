@@ -12,6 +12,7 @@ from medseg.validation.traceability import RISK_DIR, build_matrix, risk_list
 
 RELEASED_SOUP = RISK_DIR / "soup-released.json"
 RELEASED_CRITERIA = "validation/acceptance/"
+RELEASED_SETS = "validation/sets/"
 
 
 def attach_records(report: dict[str, Any], out: Path, junit: Path | None, risk_dir: Path = RISK_DIR) -> dict[str, Any]:
@@ -38,13 +39,20 @@ def attach_records(report: dict[str, Any], out: Path, junit: Path | None, risk_d
 
 
 def release_supported(report: dict[str, Any]) -> tuple[bool, list[str]]:
-    """Whether the record supports release: criteria of the project's released set (validation/acceptance/) all
-    passed, the traceability matrix of this code's test run is complete, no test of that run failed, and no hazard's
-    residual risk is marked not acceptable."""
+    """Whether the record supports release: the set is one of the project's locked sets (validation/sets/), the
+    criteria of the project's released set (validation/acceptance/) all passed, the traceability matrix of this
+    code's test run is complete, no test of that run failed, and no hazard's residual risk is marked not
+    acceptable. A criteria or set file counts as the project's only by where it resolved to (`file_origin`)."""
     reasons = []
-    criteria_file = str(report["acceptance_file"]["path"])
-    if not criteria_file.startswith(RELEASED_CRITERIA):
-        reasons.append(f"criteria {criteria_file} are not the project's pre-specified criteria ({RELEASED_CRITERIA})")
+    criteria = report["acceptance_file"]
+    if criteria.get("in_project") is not True or not str(criteria["path"]).startswith(RELEASED_CRITERIA):
+        reasons.append(
+            f"criteria {criteria['path']} are not the project's pre-specified criteria ({RELEASED_CRITERIA})"
+        )
+    set_file = report["set"].get("file") or {}
+    if set_file.get("in_project") is not True or not str(set_file.get("path")).startswith(RELEASED_SETS):
+        reasons.append(f"test set {report['set']['name']} was read from {set_file.get('path', 'an unrecorded file')}, "
+                       f"not from the project's locked sets ({RELEASED_SETS})")
     if report["acceptance"]["verdict"] != "pass":
         failed = [c["id"] for c in report["acceptance"]["criteria"] if c["verdict"] != "pass"]
         reasons.append(f"acceptance {report['acceptance']['verdict']} ({', '.join(failed)})")

@@ -24,10 +24,10 @@ from medseg.infer.pipeline import InferSettings, run_case_safe
 from medseg.io import read_image, read_nifti
 from medseg.metrics import organ_metrics
 from medseg.models.registry import InstalledModel, resolve_model
-from medseg.validation.acceptance import acceptance_path, evaluate, load_acceptance
+from medseg.validation.acceptance import ACCEPTANCE_DIR, acceptance_path, evaluate, load_acceptance
 from medseg.validation.analysis import aggregates, subgroups
 from medseg.validation.independence import check_independence, normalise_patient, require_independence
-from medseg.validation.sets import REPO, SETS_DIR, SetCase, set_paths, verify_lock
+from medseg.validation.sets import SETS_DIR, SetCase, file_origin, set_paths, verify_lock
 
 
 @dataclass(frozen=True)
@@ -133,17 +133,19 @@ def run_validation(
         runner = load_runner(model, req.backend, req.device, cache=Path(fresh))
         cases = _score_cases(ts.cases, root, model, runner, req.out_dir, acc.nsd_tolerance_mm[card.organ], on_case)
     boot = acc.bootstrap
-    lock_sha = file_sha256(set_paths(req.set_name, req.sets_dir)[1])
+    set_file, lock_file = set_paths(req.set_name, req.sets_dir)
+    lock_sha = file_sha256(lock_file)
     aggs = aggregates(cases, card.organ, boot.seed, boot.resamples)
     groups = subgroups(cases, card.organ, acc.subgroups, boot.seed, boot.resamples)
     return {
         "schema": "medseg-validation-report/1",
         "model": _model_record(model, weights_sha, runner),
-        "set": {"name": ts.name, "description": ts.description, "set_digest": lock["set_digest"],
+        "set": {"name": ts.name, "description": ts.description, "file": file_origin(set_file, SETS_DIR),
+                "set_digest": lock["set_digest"],
                 "set_file_sha256": lock["set_file_sha256"], "lock_file_sha256": lock_sha,
                 "cases": len(ts.cases), "patients": len({normalise_patient(c.patient) for c in ts.cases})},
         "independence": independence.to_json(),
-        "acceptance_file": {"path": _rel(acc_path), "sha256": acc_sha, "version": acc.version},
+        "acceptance_file": file_origin(acc_path, ACCEPTANCE_DIR) | {"sha256": acc_sha, "version": acc.version},
         "nsd_tolerance_mm": acc.nsd_tolerance_mm,
         "bootstrap": boot.model_dump() | {"resampling_unit": "patient"},
         "cases": cases,
@@ -159,10 +161,6 @@ def _model_record(model: InstalledModel, weights_sha: str, runner: Any) -> dict[
     runtime = {str(k): str(v) for k, v in runner.info.items()} | {"backend": str(runner.backend)}
     return {"name": card.name, "version": card.version, "organ": card.organ, "weights_sha256": weights_sha,
             "card_sha256": file_sha256(model.folder / "model_card.yaml"), "runtime": runtime}  # fmt: skip
-
-
-def _rel(path: Path) -> str:
-    return path.resolve().relative_to(REPO).as_posix() if path.resolve().is_relative_to(REPO) else str(path)
 
 
 def environment() -> dict[str, Any]:

@@ -26,6 +26,15 @@ SETS_DIR = REPO / "validation" / "sets"
 ROLES = ("image", "label", "dicom")
 
 
+def file_origin(path: Path, folder: Path) -> dict[str, str | bool]:
+    """Where a set or criteria file came from: `in_project` True only when the file, with links and '..'
+    resolved, lies in the project's `folder` (validation/sets/, validation/acceptance/); `path` is then its
+    repo-relative path, else its absolute one. A file that only looks like the project's (a relative path typed
+    in another folder, a set carrying a shipped set's name) is recorded as what it is."""
+    resolved = Path(path).resolve()
+    inside = resolved.is_relative_to(folder.resolve())
+    shown = resolved.relative_to(REPO).as_posix() if resolved.is_relative_to(REPO) else str(resolved)
+    return {"path": shown, "in_project": inside}
 
 
 class Acquisition(BaseModel):
