@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from medseg.validation.acceptance import ACCEPTANCE_DIR
 from medseg.validation.records import release_supported
 from medseg.validation.sets import SETS_DIR, file_origin
@@ -58,3 +60,53 @@ def test_a_set_file_outside_validation_sets_with_a_shipped_sets_name_does_not_su
     old_record = _record(criteria, origin)
     del old_record["set"]["file"]
     assert not release_supported(old_record)[0]
+
+
+def _test_data_only(tmp_path: Path, shared: Path) -> Path:
+    """A data root holding the shipped v2 set's case (RadCTTACEomics 0697) and none of the training data."""
+    root = tmp_path / "root"
+    (root / "ct").mkdir(parents=True)
+    (root / "ct" / "radcttace_0697").symlink_to(shared / "ct" / "radcttace_0697")
+    return root
+
+
+def test_training_cts_missing_from_the_data_root_leave_independence_unproven(shared, tmp_path) -> None:
+    """With only the test data present the voxel comparison skipped every training CT and said independent: true."""
+    from medseg.errors import InvalidInputError
+    from medseg.models.registry import resolve_model
+    from medseg.validation.independence import check_independence, require_independence
+    from medseg.validation.sets import load_set
+
+    root = _test_data_only(tmp_path, shared)
+    ts = load_set(SETS_DIR / "liver_real_manual_v2.yaml")
+    result = check_independence(ts, resolve_model(None, "liver").card, root)
+    assert result.conflicts == [] and len(result.uncompared_training) == 4
+    record = result.to_json()
+    assert record["independent"] is False and record["uncompared_training_cts"] == 4
+    with pytest.raises(InvalidInputError) as exc:
+        require_independence(result, ts.name)
+    assert exc.value.exit_code == 3
+    assert "4 training CT(s)" in str(exc.value) and str(root) in str(exc.value)
+    assert "MEDSEG_DATA_ROOT" in str(exc.value.hint) and "--allow-unverified-independence" in str(exc.value.hint)
+    require_independence(result, ts.name, allow_unverified=True)
+    criteria = file_origin(ACCEPTANCE_DIR / "liver_v1.yaml", ACCEPTANCE_DIR)
+    report = _record(criteria, file_origin(SETS_DIR / "liver_real_manual_v2.yaml", SETS_DIR))
+    report["independence"] = record
+    supported, reasons = release_supported(report)
+    assert not supported and reasons[0].startswith("independence unproven: 4 training CT(s)")
+    full = check_independence(ts, resolve_model(None, "liver").card, shared).to_json()
+    assert full["independent"] is True and full["uncompared_training_cts"] == 0
+
+
+def test_validate_refuses_in_one_line_when_training_data_is_not_under_the_data_root(
+    shared, tmp_path, monkeypatch, capsys
+) -> None:
+    from cli_run import run_cli
+
+    root = _test_data_only(tmp_path, shared)
+    monkeypatch.setenv("MEDSEG_DATA_ROOT", str(root))
+    out = tmp_path / "val"
+    code, text = run_cli(["validate", "--set", "liver_real_manual_v2", "--out", str(out)], capsys)
+    assert code == 3, text
+    assert "independence of test set liver_real_manual_v2 is unproven: 4 training CT(s)" in text
+    assert "Traceback" not in text and not out.exists()

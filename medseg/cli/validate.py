@@ -26,11 +26,13 @@ Examples:
   medseg report verify val/ --public-key keys/qa-lead.key.pub
 
 validate exits 0 only when the record supports release: the set is one of the project's locked sets
-(validation/sets/), every criterion of the project's pre-specified criteria (validation/acceptance/) passes, the traceability matrix of --junit (a test run of this very code) is
-complete, no test of that run failed, and no hazard's residual risk is marked not acceptable; otherwise it exits 1
-and report.json says why (the record is still written). It refuses (exit 3) a set that lists a scan twice, whose
-files differ from the set file or its lock, or that shares a file digest, voxel content, DICOM UID or patient with
-any training manifest of the model.
+(validation/sets/), every criterion of the project's pre-specified criteria (validation/acceptance/) passes, the
+traceability matrix of --junit (a test run of this very code) is complete, no test of that run failed, and no
+hazard's residual risk is marked not acceptable; otherwise it exits 1 and report.json says why (the record is
+still written). It refuses (exit 3) a set that lists a scan twice, whose files differ from the set file or its
+lock, or that shares a file digest, voxel content, DICOM UID or patient with any training manifest of the model,
+or when a training CT of the model is missing from the data root (MEDSEG_DATA_ROOT) so its voxels cannot be
+compared (--allow-unverified-independence runs it anyway; the record then does not support release).
 report sign signs only a report.json that a recorded `medseg validate` run wrote, with its artifacts intact,
 and signs it --meaning approved only when that record supports release (exit 1 otherwise); report verify exits 1
 and names each changed file on any change.
@@ -58,6 +60,12 @@ def validate(
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite next to --out)."
     ),
+    allow_unverified_independence: bool = typer.Option(
+        False,
+        "--allow-unverified-independence",
+        help="Run although training CTs are missing from the data root (their voxels are not compared); the "
+        "record then does not support release.",
+    ),
 ) -> None:
     """Validate a model on a locked, independence-checked test set: metrics, CIs, subgroups, acceptance, report."""
     from medseg.cli.audited import audited
@@ -72,9 +80,17 @@ def validate(
         from medseg.validation.traceability import read_junit
 
         read_junit(junit)  # a malformed file is refused before the model runs on every case
-    params = {"set": set_name, "model": model, "acceptance": acceptance, "backend": backend, "device": device}
+    params = {
+        "set": set_name,
+        "model": model,
+        "acceptance": acceptance,
+        "backend": backend,
+        "device": device,
+        "allow_unverified_independence": allow_unverified_independence,
+    }
     with audited("validate", params=params) as rec:
-        req = ValidationRequest(model, set_name, out, acceptance, backend, device)
+        req = ValidationRequest(model, set_name, out, acceptance, backend, device,
+                                allow_unverified_independence=allow_unverified_independence)  # fmt: skip
         with _new_folder(out):
             report = run_validation(req, on_case=_case_line)
         rec.set_model(report["model"]["name"], report["model"]["version"], report["model"]["weights_sha256"])

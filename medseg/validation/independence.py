@@ -47,10 +47,14 @@ class IndependenceResult:
     test_cases: int = 0
     conflicts: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # test cases that are one scan (re-saved, re-typed...)
+    data_root: str = ""
+    uncompared_training: list[str] = field(default_factory=list)  # training CTs not under the data root
 
     def to_json(self) -> dict[str, Any]:
-        """As a dict for the report."""
-        return asdict(self) | {"independent": not self.conflicts and not self.duplicates}
+        """As a dict for the report: `independent` only when nothing conflicts and every training CT was compared
+        (a training CT absent from the data root could be a test scan re-saved: unproven, not independent)."""
+        proven = not self.conflicts and not self.duplicates and not self.uncompared_training
+        return asdict(self) | {"independent": proven, "uncompared_training_cts": len(self.uncompared_training)}
 
 
 def normalise_patient(text: str) -> str:
@@ -84,8 +88,14 @@ def content_digest(path: Path) -> str:
 
 
 def _contents(paths: list[Path]) -> frozenset[str]:
-    """Content digests of the files that exist (a missing training file is reported by its file digest only)."""
+    """Content digests of the files that exist; a missing training file is counted by `_uncompared`."""
     return frozenset(content_digest(p) for p in paths if p.exists())
+
+
+def _uncompared(entry: dict[str, Any], root: Path) -> bool:
+    """Whether a training case holding a CT has a file (image or label) absent from the data root, so its voxel
+    content could not be compared: the test scan may be it, re-saved in another file."""
+    return bool(entry.get("image")) and any(not (root / p).exists() for p in (entry["image"], entry.get("label")) if p)
 
 
 def _manifest_paths(training: Any) -> Iterator[tuple[str, str | None]]:
@@ -146,7 +156,7 @@ def _test_identity(case: Any, root: Path) -> Identity:
 
 def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = REPO) -> IndependenceResult:
     """Compare every test case with every case of every training manifest of the model; conflicts listed, not raised."""
-    result = IndependenceResult(test_cases=len(ts.cases))
+    result = IndependenceResult(test_cases=len(ts.cases), data_root=str(root))
     training: list[tuple[str, str, Identity]] = []
     for path, recorded in training_manifests(card, repo):
         if not path.is_file():
@@ -161,6 +171,7 @@ def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = RE
         entries = json.loads(path.read_text())["entries"]
         result.manifests.append({"file": path.relative_to(repo).as_posix(), "sha256": actual, "entries": len(entries)})
         training += [(path.stem, e["case_id"], _training_identity(e, root)) for e in entries]
+        result.uncompared_training += [f"{path.stem}:{e['case_id']}" for e in entries if _uncompared(e, root)]
     result.training_cases = len(training)
     seen: dict[str, str] = {}
     for case in ts.cases:
@@ -180,9 +191,11 @@ def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = RE
     return result
 
 
-def require_independence(result: IndependenceResult, set_name: str) -> None:
+def require_independence(result: IndependenceResult, set_name: str, allow_unverified: bool = False) -> None:
     """InvalidInputError (exit 3) naming the first conflict when the set is not independent of training, or lists
-    one scan twice (the cases would count as independent evidence)."""
+    one scan twice (the cases would count as independent evidence), or when training CTs were missing from the data
+    root so their voxel contents were not compared, unless `allow_unverified` (the record then says so and does not
+    support release)."""
     if result.duplicates:
         raise InvalidInputError(
             f"test set {set_name} lists one scan twice: {result.duplicates[0]}",
@@ -193,4 +206,13 @@ def require_independence(result: IndependenceResult, set_name: str) -> None:
             f"test set {set_name} is not independent of the model's training data: {result.conflicts[0]}"
             + (f" (and {len(result.conflicts) - 1} more)" if len(result.conflicts) > 1 else ""),
             hint="Remove the case from the test set; a test case seen in training proves nothing.",
+        )
+    if result.uncompared_training and not allow_unverified:
+        n = len(result.uncompared_training)
+        raise InvalidInputError(
+            f"independence of test set {set_name} is unproven: {n} training CT(s) of the model "
+            f"(first {result.uncompared_training[0]}) are not under the data root {result.data_root}, so their voxel "
+            "contents were not compared with the test scans",
+            hint="Point MEDSEG_DATA_ROOT at a root holding the training data too, or pass "
+            "--allow-unverified-independence (the record then does not support release).",
         )

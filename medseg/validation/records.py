@@ -51,8 +51,14 @@ def release_supported(report: dict[str, Any]) -> tuple[bool, list[str]]:
         )
     set_file = report["set"].get("file") or {}
     if set_file.get("in_project") is not True or not str(set_file.get("path")).startswith(RELEASED_SETS):
-        reasons.append(f"test set {report['set']['name']} was read from {set_file.get('path', 'an unrecorded file')}, "
-                       f"not from the project's locked sets ({RELEASED_SETS})")
+        reasons.append(
+            f"test set {report['set']['name']} was read from {set_file.get('path', 'an unrecorded file')}, "
+            f"not from the project's locked sets ({RELEASED_SETS})"
+        )
+    uncompared = report.get("independence", {}).get("uncompared_training_cts", 0)
+    if uncompared:
+        reasons.append(f"independence unproven: {uncompared} training CT(s) were not under the data root and were "
+                       "not compared (--allow-unverified-independence)")  # fmt: skip
     if report["acceptance"]["verdict"] != "pass":
         failed = [c["id"] for c in report["acceptance"]["criteria"] if c["verdict"] != "pass"]
         reasons.append(f"acceptance {report['acceptance']['verdict']} ({', '.join(failed)})")

@@ -42,6 +42,7 @@ class ValidationRequest:
     device: str = "cpu"
     sets_dir: Path = SETS_DIR
     data_root: Path | None = None
+    allow_unverified_independence: bool = False
 
 
 def _predict(case: SetCase, root: Path, model: InstalledModel, runner: Any, out: Path) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def run_validation(
         raise UsageError(f"model {card.name} ({card.organ}), set {ts.name} ({ts.organ}) and criteria "
                          f"{acc.name} ({acc.organ}) are not for one organ")  # fmt: skip
     independence = check_independence(ts, card, root)
-    require_independence(independence, ts.name)
+    require_independence(independence, ts.name, req.allow_unverified_independence)
     weights_sha = model.verify()
     with tempfile.TemporaryDirectory(prefix="medseg-validate-export-") as fresh:
         runner = load_runner(model, req.backend, req.device, cache=Path(fresh))
