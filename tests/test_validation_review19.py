@@ -110,3 +110,47 @@ def test_validate_refuses_in_one_line_when_training_data_is_not_under_the_data_r
     assert code == 3, text
     assert "independence of test set liver_real_manual_v2 is unproven: 4 training CT(s)" in text
     assert "Traceback" not in text and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def relabelled(shared, tmp_path_factory) -> Path:
+    """The real manual label of RadCTTACEomics 0697 stored three ways: as it is, with its first axis flipped (the
+    affine updated: the same anatomy) and with its origin moved 50 mm (the same voxels 5 cm off the image)."""
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("labels")
+    src = nib.load(shared / "ct/radcttace_0697/liver.nii.gz")
+    data, aff = np.asarray(src.dataobj), src.affine
+    nib.save(src, root / "as_is.nii.gz")
+    nib.save(src.as_reoriented(np.array([[0, -1], [1, 1], [2, 1]])), root / "flipped.nii.gz")
+    shifted = aff.copy()
+    shifted[:3, 3] += [50, 0, 0]
+    nib.save(nib.Nifti1Image(data, shifted, src.header), root / "shifted.nii.gz")
+    return root
+
+
+def _label_case(label: str):
+    from medseg.validation.sets import SetCase
+
+    return SetCase(case_id="c697", patient="p", image="x", label=label, sha256={"image": "0", "label": "0"},
+                   source="s", licence="l", label_type="manual")  # fmt: skip
+
+
+def test_a_label_stored_flipped_is_scored_in_its_physical_place(relabelled) -> None:
+    """A flipped label with the matching affine (the same anatomy) scored Dice 0.014: arrays were compared raw."""
+    from medseg.validation.run import score_case
+
+    as_is = score_case(_label_case("flipped.nii.gz"), relabelled, relabelled / "as_is.nii.gz", "liver", 1, 3.0)
+    assert as_is["liver"]["dice"] == pytest.approx(1.0)
+
+
+def test_a_label_off_the_images_grid_is_refused_naming_the_file(relabelled) -> None:
+    """A label whose origin is 50 mm off was scored as if aligned."""
+    from medseg.errors import InvalidInputError
+    from medseg.validation.run import score_case
+
+    with pytest.raises(InvalidInputError) as exc:
+        score_case(_label_case("shifted.nii.gz"), relabelled, relabelled / "as_is.nii.gz", "liver", 1, 3.0)
+    assert exc.value.exit_code == 3 and exc.value.path == relabelled / "shifted.nii.gz"
+    assert "not on the image's grid" in str(exc.value) and "50.00 mm apart" in str(exc.value)

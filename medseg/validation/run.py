@@ -21,13 +21,15 @@ from medseg.digests import default_data_root
 from medseg.errors import InvalidInputError, ProcessingError, UsageError
 from medseg.infer.cases import Case, safe_name
 from medseg.infer.pipeline import InferSettings, run_case_safe
-from medseg.io import read_image, read_nifti
+from medseg.io import Geometry, Volume, read_image, read_nifti
 from medseg.metrics import organ_metrics
 from medseg.models.registry import InstalledModel, resolve_model
 from medseg.validation.acceptance import ACCEPTANCE_DIR, acceptance_path, evaluate, load_acceptance
 from medseg.validation.analysis import aggregates, subgroups
 from medseg.validation.independence import check_independence, normalise_patient, require_independence
 from medseg.validation.sets import SETS_DIR, SetCase, file_origin, set_paths, verify_lock
+
+GRID_TOLERANCE_VOXELS = 0.1  # label and prediction corners may differ by a tenth of the smallest voxel (rounding)
 
 
 @dataclass(frozen=True)
@@ -66,22 +68,46 @@ def _predict(case: SetCase, root: Path, model: InstalledModel, runner: Any, out:
     }
 
 
+def label_on_grid(ref: Volume, grid: Geometry, case_id: str, path: Path) -> np.ndarray:
+    """The reference label's voxels on `grid` (the prediction's, which is the image's): a label stored with other
+    axis order or flips is reoriented (nibabel's orientation transform, no resampling); any other difference in the
+    physical frame (origin, direction, spacing, extent beyond a tenth of the smallest voxel) is refused, since
+    comparing voxel by voxel would score anatomy against other anatomy."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    ornt = ornt_transform(io_orientation(ref.geometry.affine_ras), io_orientation(grid.affine_ras))
+    array = np.ascontiguousarray(apply_orientation(ref.array, ornt))
+    moved_affine = ref.geometry.affine_ras @ inv_ornt_aff(ornt, ref.shape)
+    shape = tuple(int(n) for n in array.shape)
+    deviation = Geometry.from_affine_ras(moved_affine, shape).max_deviation_mm(grid)  # type: ignore[arg-type]
+    if deviation > GRID_TOLERANCE_VOXELS * min(grid.spacing):
+        where = "differ in shape" if shape != grid.shape else f"lie up to {deviation:.2f} mm apart"
+        raise InvalidInputError(
+            f"{case_id}: the reference label is not on the image's grid (label {ref.shape} spacing "
+            f"{_mm(ref.spacing)}, image {grid.shape} spacing {_mm(grid.spacing)}; the grids {where})",
+            path=path,
+            hint="Store the label on the image's voxel grid (axis order and flips may differ); it is not resampled.",
+        )
+    return array
+
+
+def _mm(spacing: tuple[float, ...]) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing)
+
+
 def score_case(case: SetCase, root: Path, prediction: Path | None, organ: str, label: int, tolerance: float) -> dict:
-    """Metrics of one case on the reference label's grid; a missing prediction scores as an empty mask (a miss)."""
+    """Metrics of one case on the prediction's grid (the image's), the reference label brought onto it by
+    `label_on_grid`; a missing prediction scores as an empty mask (a miss) on the label's own grid."""
     ref = read_nifti(root / case.label)
     truth = ref.array == case.label_value
     pred = np.zeros_like(truth)
+    spacing = ref.spacing
     if prediction is not None:
         vol = read_nifti(prediction)
-        if vol.shape != ref.shape or not np.allclose(vol.spacing, ref.spacing, atol=1e-4):
-            raise InvalidInputError(
-                f"{case.case_id}: prediction grid {vol.shape} {vol.spacing} differs from the reference label's "
-                f"{ref.shape} {ref.spacing}",
-                path=root / case.label,
-                hint="Image and label of a test case must share one grid.",
-            )
+        truth = label_on_grid(ref, vol.geometry, case.case_id, root / case.label) == case.label_value
         pred = vol.array == label
-    return {organ: organ_metrics(truth, pred, tuple(float(s) for s in ref.spacing), tolerance).to_json()}
+        spacing = vol.spacing
+    return {organ: organ_metrics(truth, pred, tuple(float(s) for s in spacing), tolerance).to_json()}
 
 
 def _score_cases(
