@@ -154,3 +154,113 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_file(relabelled) -> N
         score_case(_label_case("shifted.nii.gz"), relabelled, relabelled / "as_is.nii.gz", "liver", 1, 3.0)
     assert exc.value.exit_code == 3 and exc.value.path == relabelled / "shifted.nii.gz"
     assert "not on the image's grid" in str(exc.value) and "50.00 mm apart" in str(exc.value)
+
+
+def small_record(folder: Path, shared: Path, audited_as_validate: bool = True) -> dict[str, Any]:
+    """A complete validation folder without running the model: the shipped v2 set's one case, scored with its own
+    manual label as the prediction through the real scorer, analysis, acceptance, records, report and HTML; its
+    report.json recorded as a `validate` output in the audit trail (so `report sign` accepts it)."""
+    import shutil
+
+    from medseg.validation.acceptance import acceptance_path, evaluate, load_acceptance
+    from medseg.validation.analysis import aggregates, subgroups
+    from medseg.validation.html import write_html
+    from medseg.validation.records import attach_records
+    from medseg.validation.report import write_report
+    from medseg.validation.run import environment, score_case
+    from medseg.validation.sets import load_set
+
+    case = load_set(SETS_DIR / "liver_real_manual_v2.yaml").cases[0]
+    (folder / "cases" / case.case_id).mkdir(parents=True)
+    prediction = folder / "cases" / case.case_id / "liver.nii.gz"
+    shutil.copyfile(shared / case.label, prediction)
+    row = {"case_id": case.case_id, "patient": case.patient, "source": case.source, "label_type": case.label_type,
+           "notes": case.notes, "acquisition": case.acquisition.model_dump(),
+           "inference": {"status": "ok", "message": "", "qc_flags": []},
+           "metrics": score_case(case, shared, prediction, "liver", 1, 3.0)}  # fmt: skip
+    acc_path = acceptance_path("liver_v1")
+    acc, acc_sha = load_acceptance(acc_path)
+    boot = acc.bootstrap
+    aggs = aggregates([row], "liver", boot.seed, boot.resamples)
+    groups = subgroups([row], "liver", acc.subgroups, boot.seed, boot.resamples)
+    report = {
+        "schema": "medseg-validation-report/1",
+        "model": {"name": "liver", "version": "1.0.0", "organ": "liver", "weights_sha256": "ab" * 32,
+                  "card_sha256": "cd" * 32, "runtime": {"backend": "none (label as prediction)"}},
+        "set": {"name": "liver_real_manual_v2", "description": "v2", "set_digest": "ef" * 32, "cases": 1,
+                "patients": 1, "file": file_origin(SETS_DIR / "liver_real_manual_v2.yaml", SETS_DIR)},
+        "independence": {"independent": True, "manifests": [], "training_cases": 0, "test_cases": 1,
+                         "uncompared_training_cts": 0},
+        "acceptance_file": file_origin(acc_path, ACCEPTANCE_DIR) | {"sha256": acc_sha, "version": acc.version},
+        "nsd_tolerance_mm": acc.nsd_tolerance_mm,
+        "bootstrap": boot.model_dump() | {"resampling_unit": "patient"},
+        "cases": [row], "aggregates": aggs, "subgroups": groups, "acceptance": evaluate(acc, aggs, groups),
+        "environment": environment(),
+    }  # fmt: skip
+    record = attach_records(report, folder, None)
+    supported, reasons = release_supported(record)
+    final = write_report(folder, record | {"release": {"supported": supported, "reasons": reasons}})
+    write_html(folder, final)
+    if audited_as_validate:
+        from medseg.cli.audited import audited
+
+        with audited("validate", {}) as rec:
+            rec.add_outputs([folder / "report.json"])
+    return final
+
+
+@pytest.fixture
+def sign_keys(tmp_path) -> tuple[Path, Path]:
+    from medseg.keys import keypair_paths, write_keypair
+
+    write_keypair(*keypair_paths(tmp_path / "k", "qa"))
+    write_keypair(*keypair_paths(tmp_path / "k", "other"))
+    return keypair_paths(tmp_path / "k", "qa")[0], keypair_paths(tmp_path / "k", "other")[0]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_pdf_leaves_the_record_exactly_as_it_was(shared, tmp_path, sign_keys, monkeypatch, capsys) -> None:
+    """`report sign --pdf` without Chromium exited 2 but had already rewritten report.html with a signature block
+    for a signature that was never written."""
+    from cli_run import run_cli
+
+    folder = tmp_path / "rec"
+    small_record(folder, shared)
+    before = _snapshot(folder)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-browser-here"))
+    args = ["report", "sign", str(folder), "--key", str(sign_keys[0]), "--signer", "A. Reviewer"]
+    code, out = run_cli([*args, "--meaning", "reviewed", "--pdf"], capsys)
+    assert code == 2 and "no Chromium found" in out, out
+    assert _snapshot(folder) == before
+
+
+def test_ctrl_c_while_the_pdf_prints_leaves_the_record_as_it_was_and_it_can_be_signed_after(
+    shared, tmp_path, sign_keys, monkeypatch, capsys
+) -> None:
+    """A Ctrl-C during printing left report.html naming a signer, with no signature. The 'browser' here is a
+    program on PATH that sends Ctrl-C (SIGINT) to the signing process while it waits for the print."""
+    import os
+    import signal
+
+    from cli_run import run_cli
+
+    folder = tmp_path / "rec"
+    small_record(folder, shared)
+    before = _snapshot(folder)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chromium").write_text(f"#!/bin/sh\nkill -{signal.SIGINT.value} {os.getpid()}\nsleep 5\n")
+    (bin_dir / "chromium").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    args = ["report", "sign", str(folder), "--key", str(sign_keys[0]), "--signer", "A. Reviewer"]
+    code, out = run_cli([*args, "--meaning", "reviewed", "--pdf"], capsys)
+    assert code == 130, out
+    assert _snapshot(folder) == before
+    (folder / ".tmp-report.html-left-by-kill-9.html").write_text("<p>Signed by A. Reviewer</p>")
+    code, out = run_cli([*args, "--meaning", "reviewed"], capsys)
+    assert code == 0, out
+    assert "A. Reviewer" in (folder / "report.html").read_text()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []

@@ -186,19 +186,36 @@ def sign(
     """Sign a validation report: name, meaning and UTC time, bound to the SHA-256 of every file in the folder."""
     from medseg.cli.audited import audited
     from medseg.keys import load_private_key
-    from medseg.validation.html import write_html
-    from medseg.validation.signing import SIGNATURE, check_signable, sign_folder, signature_info
+    from medseg.validation.html import render
+    from medseg.validation.report import HTML, PDF
+    from medseg.validation.signing import (
+        SIGNATURE,
+        check_signable,
+        clear_unfinished,
+        discard,
+        sign_folder,
+        signature_info,
+        staged_file,
+    )
 
     private = load_private_key(key)
     info = signature_info(signer, meaning, private.public_key())
     with audited("report sign", params={"signer": info.signer, "meaning": meaning, "key_id": info.key_id}) as rec:
         rec.add_inputs([folder / "report.json"])
-        write_html(folder, check_signable(folder, info.meaning), info)
-        if pdf:
-            from medseg.validation.pdf import write_pdf
+        if folder.is_dir() and not (folder / SIGNATURE).exists():
+            clear_unfinished(folder)
+        report = check_signable(folder, info.meaning)
+        staged = {HTML: staged_file(folder, HTML)}
+        try:  # the signed page and PDF are written beside the originals and replace them only with the signature
+            staged[HTML].write_text(render(report, info), encoding="utf-8")
+            if pdf:
+                from medseg.validation.pdf import write_pdf
 
-            write_pdf(folder)
-        sign_folder(folder, private, info)
+                staged[PDF] = staged_file(folder, PDF)
+                write_pdf(folder, html=staged[HTML], out=staged[PDF])
+            sign_folder(folder, private, info, staged)
+        finally:
+            discard(list(staged.values()))
         rec.add_outputs([folder / SIGNATURE, folder / "report.html"] + ([folder / "report.pdf"] if pdf else []))
     console.result(f"signed {folder}: {info.meaning} by {info.signer} at {info.signed_at_utc} (key {info.key_id})")
 

@@ -21,13 +21,15 @@ def find_browser() -> str:
     raise UsageError("no Chromium found for the PDF", hint="Install chromium (apt-get install chromium) or omit --pdf.")
 
 
-def write_pdf(folder: Path, timeout_s: float = 120.0) -> Path:
-    """Print FOLDER/report.html to FOLDER/report.pdf (previews load from the folder, no network)."""
+def write_pdf(folder: Path, timeout_s: float = 120.0, html: Path | None = None, out: Path | None = None) -> Path:
+    """Print FOLDER/report.html (or `html`, a file in FOLDER) to FOLDER/report.pdf (or `out`); previews load from
+    the folder, no network."""
     browser = find_browser()
-    out = folder / PDF
+    out = out or folder / PDF
+    page = (html or folder / HTML).resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-               f"--user-data-dir={profile}", f"--print-to-pdf={out}", (folder / HTML).resolve().as_uri()]  # fmt: skip
+               f"--user-data-dir={profile}", f"--print-to-pdf={out}", page]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except (OSError, subprocess.TimeoutExpired) as exc:

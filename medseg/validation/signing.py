@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from medseg.audit.canonical import canonical_bytes
 from medseg.audit.digest import file_sha256
-from medseg.errors import IntegrityError, InvalidInputError, UsageError
-from medseg.io.atomic import atomic_write_text
+from medseg.errors import IntegrityError, InvalidInputError, ProcessingError, UsageError
+from medseg.io.atomic import TEMPORARY_PREFIX, atomic_write_text, is_unfinished_write
 from medseg.keys import key_id
+from medseg.signals import deferred_interrupt
 from medseg.validation.report import REPORT, SIGNATURE, artifacts, files_in, read_report
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -59,12 +61,16 @@ def signature_info(signer: str, meaning: str, public: Ed25519PublicKey, now: dat
     return SignatureInfo(signer.strip(), meaning, when, key_id(public))
 
 
-def statement(folder: Path, info: SignatureInfo) -> dict[str, Any]:
-    """The in-toto Statement over every file in the folder (except the envelope)."""
+def statement(folder: Path, info: SignatureInfo, staged: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The in-toto Statement over every file in the folder (except the envelope), as it will be once each `staged`
+    temporary file (final name -> path in the folder) has replaced its file."""
     report = read_report(folder)
-    subjects = [
-        {"name": name, "digest": {"sha256": sha}} for name, sha in files_in(folder).items() if name != SIGNATURE
-    ]
+    staged = staged or {}
+    temporary = {p.relative_to(folder).as_posix() for p in staged.values()}
+    digests = {k: v for k, v in files_in(folder).items() if k not in temporary} | {
+        name: file_sha256(path) for name, path in staged.items()
+    }
+    subjects = [{"name": name, "digest": {"sha256": sha}} for name, sha in sorted(digests.items()) if name != SIGNATURE]
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -140,15 +146,82 @@ def check_signable(folder: Path, meaning: str) -> dict[str, Any]:
     return report
 
 
-def sign_folder(folder: Path, key: Ed25519PrivateKey, info: SignatureInfo) -> dict[str, Any]:
-    """Write signature.dsse.json over the folder as it is now; refuses a folder that is already signed."""
+def envelope_text(envelope: dict[str, Any]) -> str:
+    """The one text form of a signature envelope, as `sign_folder` writes it and `verify_folder` requires it."""
+    return json.dumps(envelope, indent=1) + "\n"
+
+
+def sign_folder(
+    folder: Path, key: Ed25519PrivateKey, info: SignatureInfo, staged: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """Write signature.dsse.json over the folder; refuses a folder that is already signed. With `staged` (final
+    name -> a temporary file in the folder, from `staged_file`), the signature covers the folder as it will be with
+    them in place, and they are moved into place just before the envelope (`_commit`): a failure or Ctrl-C before
+    that leaves the folder as it was."""
     _require_unsigned_report(folder)
-    payload = canonical_bytes(statement(folder, info))
+    staged = staged or {}
+    payload = canonical_bytes(statement(folder, info, staged))
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
     envelope = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode("ascii"),
                 "signatures": [{"keyid": info.key_id, "sig": base64.b64encode(sig).decode("ascii")}]}  # fmt: skip
-    atomic_write_text(folder / SIGNATURE, json.dumps(envelope, indent=1) + "\n")
+    if not staged:
+        atomic_write_text(folder / SIGNATURE, envelope_text(envelope))
+        return envelope
+    pending = staged_file(folder, SIGNATURE)
+    try:
+        pending.write_text(envelope_text(envelope))
+        _commit(folder, staged | {SIGNATURE: pending})
+    finally:
+        discard([*staged.values(), pending])
     return envelope
+
+
+def staged_file(folder: Path, name: str) -> Path:
+    """A new hidden temporary file in the folder (medseg.io.atomic's `.tmp-` prefix) for the next version of
+    `name`: it lies beside the previews a rendering links to, and renames onto `name` on the same filesystem."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{name}-", suffix=Path(name).suffix, dir=folder)
+    os.close(fd)
+    return Path(tmp)
+
+
+def discard(paths: list[Path]) -> None:
+    """Remove temporary files that were not moved into place."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def clear_unfinished(folder: Path) -> None:
+    """Remove the temporary files a killed `report sign` left in the folder (top level, `.tmp-` names): an unsigned
+    record's report.json lists no such file, and they would block its signature as changed artifacts."""
+    for entry in folder.iterdir():
+        if is_unfinished_write(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+
+
+def _commit(folder: Path, staged: dict[str, Path]) -> None:
+    """Rename the staged files onto their names, the envelope last, with Ctrl-C/SIGTERM held back; on an error the
+    files already replaced are put back from hard links to the originals, so the folder is signed or as it was."""
+    backups: dict[Path, Path] = {}
+    with deferred_interrupt():
+        try:
+            for name, path in staged.items():
+                with path.open("rb+") as f:
+                    os.fsync(f.fileno())
+                if (folder / name).is_file():
+                    backups[folder / name] = folder / f"{TEMPORARY_PREFIX}{name}.orig-{os.getpid()}"
+                    os.link(folder / name, backups[folder / name])
+            for name, path in staged.items():
+                os.replace(path, folder / name)
+        except OSError as exc:
+            for target, backup in backups.items():
+                os.replace(backup, target)
+            raise ProcessingError(
+                f"cannot write the signed files: {exc.strerror or exc}",
+                path=folder,
+                hint="Check free disk space and permissions; the folder is as it was.",
+            ) from exc
+        finally:
+            discard([b for b in backups.values() if b.exists()])
 
 
 @dataclass
