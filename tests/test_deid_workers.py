@@ -174,3 +174,21 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("pixels", ["off", "scan"])
+def test_a_run_whose_parent_is_pid_1_de_identifies(shared: Path, tmp_path: Path, pixels: str) -> None:
+    """A container's entrypoint shell, tini or a systemd unit is PID 1 and the parent of `medseg deid`: the run must
+    not take its parent for dead (it quit silently with exit 1, nothing written, when the death signal was armed
+    on import)."""
+    key = tmp_path / "k"
+    key.write_text(SECRET.hex())
+    src = shared / "ct" / "chaos_ct_sample" / "dicom"
+    deid = [sys.executable, "-m", "medseg", "deid", str(src), str(tmp_path / "out"), "--key-file", str(key),
+            "--pixels", pixels, "--workers", "2"]  # fmt: skip
+    done = subprocess.run(["unshare", "--pid", "--fork", "sh", "-c", '"$@"; echo "exit $? under PID $$"', "sh",
+                           *deid], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "under PID 1" in done.stdout, f"the shell is not PID 1: the test proves nothing ({done.stderr[-300:]})"
+    assert "exit 0 under PID 1" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert (tmp_path / "out" / "deid-manifest.json").is_file()
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == len(list(src.rglob("*.dcm")))

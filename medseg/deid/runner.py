@@ -197,16 +197,24 @@ def _results(worker: _Worker, jobs: list[_Job], workers: int) -> Iterator[_Done]
 
     # fork is cheap for the header path; OCR (onnxruntime threads) needs a clean process: forkserver
     method = "forkserver" if worker.settings.scan_pixels else "fork"
-    from medseg.deid.deathsig import die_with_parent
+    from medseg.deid.deathsig import PARENT_ENV, die_with_parent
 
     context = multiprocessing.get_context(method)
+    initargs: tuple[int, ...] = (os.getpid(),) if method == "fork" else ()
+    previous = os.environ.get(PARENT_ENV)
     if method == "forkserver":
-        context.set_forkserver_preload(["__main__", "medseg.deid.deathsig"])
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=die_with_parent)
+        context.set_forkserver_preload(["__main__", "medseg.deid.deathsig_preload"])
+        os.environ[PARENT_ENV] = str(os.getpid())  # read by the fork server as it starts; put back after the run
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=die_with_parent,
+                               initargs=initargs)  # fmt: skip
     try:
         yield from pool.map(worker, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
 
 
 def _clear_pending(out: Path) -> None:
