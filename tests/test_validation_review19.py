@@ -264,3 +264,107 @@ def test_ctrl_c_while_the_pdf_prints_leaves_the_record_as_it_was_and_it_can_be_s
     assert code == 0, out
     assert "A. Reviewer" in (folder / "report.html").read_text()
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def _validate_cmd(out: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "medseg", "validate", "--set", "liver_real_manual_v2", "--out", str(out)]
+
+
+def _cli_env(tmp_path: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return env | {"MEDSEG_AUDIT_DIR": str(tmp_path / "audit"), "MEDSEG_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def _stop_during_inference(tmp_path: Path, out: Path, sig: int) -> int:
+    """Start `medseg validate`, send `sig` once the first case's outputs are written, return its exit code."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(_validate_cmd(out), env=_cli_env(tmp_path), cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(out.parent.glob(f".tmp-{out.name}-*/cases/*/summary.json")) or (out / "cases").exists():
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    return proc.wait(timeout=120)
+
+
+@pytest.mark.slow
+def test_an_interrupted_or_killed_validation_leaves_no_output_folder_and_the_rerun_succeeds(shared, tmp_path) -> None:
+    """Ctrl-C, SIGTERM or kill -9 during inference left a half-written --out that refused the rerun ('not empty')."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "val"
+    assert _stop_during_inference(tmp_path, out, signal.SIGINT) == 130
+    assert not out.exists() and list(tmp_path.glob(".tmp-val-*")) == []
+    assert _stop_during_inference(tmp_path, out, signal.SIGKILL) == -signal.SIGKILL
+    assert not out.exists()
+    done = subprocess.run(_validate_cmd(out), env=_cli_env(tmp_path), cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1, done.stderr  # the record does not support release (no --junit), and is written
+    assert (out / "report.json").is_file() and (out / "report.html").is_file()
+
+
+def test_an_unwritable_or_unreachable_tracking_store_fails_before_inference(shared, tmp_path, capsys) -> None:
+    """A store that cannot be created, or a server that is down, failed only after every case was segmented (an
+    http server after minutes of retries), leaving a half-written --out."""
+    import time
+
+    from cli_run import run_cli
+
+    (tmp_path / "afile").write_text("x")
+    for uri in (f"sqlite:///{tmp_path}/afile/sub/mlflow.db", "http://127.0.0.1:9"):
+        out = tmp_path / "val"
+        start = time.monotonic()
+        code, text = run_cli(["validate", "--set", "liver_real_manual_v2", "--out", str(out), "--tracking-uri", uri],
+                             capsys)  # fmt: skip
+        assert code == 4 and f"cannot open the MLflow store at {uri}" in text, text
+        assert "radcttace_0697:" not in text and "Traceback" not in text  # no case was segmented
+        assert time.monotonic() - start < 30
+        assert not out.exists() and list(tmp_path.glob(".tmp-val-*")) == []
+
+
+def test_a_store_whose_creation_failed_is_removed_and_the_next_one_opens(tmp_path) -> None:
+    """A file-size limit (disk full) while MLflow created its sqlite store left a broken mlflow.db that failed every
+    later validation beside it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys; from pathlib import Path; resource.setrlimit(resource.RLIMIT_FSIZE, (40000, 40000))\n"
+        "from medseg.validation.tracking import open_store\n"
+        "try: open_store(None, Path(sys.argv[1]))\n"
+        "except Exception as exc: print(type(exc).__name__, exc); sys.exit(4)\n"
+    )  # fmt: skip
+    out = tmp_path / "val"
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4 and "cannot open the MLflow store" in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    from medseg.validation.tracking import open_store
+
+    assert open_store(None, out) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_a_run_whose_files_cannot_be_logged_is_marked_failed(shared, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from medseg.errors import ProcessingError
+    from medseg.validation.tracking import finish_run, open_store, start_run
+
+    out = tmp_path / "val"
+    report = small_record(out, shared, audited_as_validate=False)
+    uri = open_store(None, out)
+    info = start_run(report, out, uri)
+    artifacts = Path(MlflowClient(uri).get_run(info["run_id"]).info.artifact_uri.removeprefix("file://"))
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text("a file where the run's artifact folder goes")
+    with pytest.raises(ProcessingError, match="cannot log the validation files"):
+        finish_run(info, out, "inconclusive")
+    assert MlflowClient(uri).get_run(info["run_id"]).info.status == "FAILED"

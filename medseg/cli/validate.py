@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import shutil
 from pathlib import Path
 
 import typer
@@ -70,8 +69,10 @@ def validate(
     """Validate a model on a locked, independence-checked test set: metrics, CIs, subgroups, acceptance, report."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
+    from medseg.io.atomic import commit_folder, staging_folder
+    from medseg.signals import deferred_interrupt
     from medseg.validation.run import ValidationRequest, run_validation
-    from medseg.validation.tracking import finish_run, start_run
+    from medseg.validation.tracking import fail_run, finish_run, open_store, start_run
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is not empty" if out.is_dir() else "is a file"
@@ -89,16 +90,26 @@ def validate(
         "allow_unverified_independence": allow_unverified_independence,
     }
     with audited("validate", params=params) as rec:
-        req = ValidationRequest(model, set_name, out, acceptance, backend, device,
-                                allow_unverified_independence=allow_unverified_independence)  # fmt: skip
-        with _new_folder(out):
-            report = run_validation(req, on_case=_case_line)
-        rec.set_model(report["model"]["name"], report["model"]["version"], report["model"]["weights_sha256"])
-        rec.add_inputs(_inputs(set_name, acceptance, model))
-        mlflow_run = start_run(report, out, tracking_uri)
-        rec.link_mlflow_run(mlflow_run["run_id"], mlflow_run["tracking_uri"])
-        report = _finish(out, report | {"mlflow": mlflow_run}, junit)
-        finish_run(mlflow_run, out, report["acceptance"]["verdict"])
+        stage = staging_folder(out)  # hidden sibling; renamed onto --out only when the record is complete
+        try:
+            store: list[str] = []
+            req = ValidationRequest(model, set_name, stage, acceptance, backend, device,
+                                    allow_unverified_independence=allow_unverified_independence)  # fmt: skip
+            report = run_validation(req, _case_line, lambda: store.append(open_store(tracking_uri, out)))
+            rec.set_model(report["model"]["name"], report["model"]["version"], report["model"]["weights_sha256"])
+            rec.add_inputs(_inputs(set_name, acceptance, model))
+            mlflow_run = start_run(report, out, store[0])
+            rec.link_mlflow_run(mlflow_run["run_id"], mlflow_run["tracking_uri"])
+            try:
+                report = _finish(stage, report | {"mlflow": mlflow_run}, junit)
+                finish_run(mlflow_run, out, report["acceptance"]["verdict"], files=stage)
+            except BaseException:
+                fail_run(mlflow_run, out)
+                raise
+            with deferred_interrupt():
+                commit_folder(stage, out, stale=set())
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         rec.add_outputs([out / "report.json", out / "report.html"])
         rec.set_outcome_detail(f"verdict:{report['acceptance']['verdict']}")
         agg = report["aggregates"]["dice"]
@@ -111,19 +122,6 @@ def validate(
             for reason in report["release"]["reasons"]:
                 console.result(f"  release not supported: {reason}")
             raise typer.Exit(EXIT_NOT_SUPPORTED)
-
-
-@contextmanager
-def _new_folder(out: Path) -> Iterator[None]:
-    """Make the output folder; a validation refused before it wrote anything leaves no empty folder behind."""
-    made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise
 
 
 def _inputs(set_name: str, acceptance: str, model: str | None) -> list[Path]:

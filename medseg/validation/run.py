@@ -136,9 +136,13 @@ def _score_cases(
 
 
 def run_validation(
-    req: ValidationRequest, on_case: Callable[[str, dict[str, Any]], None] | None = None
+    req: ValidationRequest,
+    on_case: Callable[[str, dict[str, Any]], None] | None = None,
+    before_inference: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Everything report.json holds except the artifact digests; raises InvalidInputError on lock/independence.
+    `before_inference` runs after every check on the inputs and before the first case is segmented (the caller
+    opens its tracking store there, so a broken store fails in seconds, and a refused set creates none).
 
     The runtime is exported now into a temporary folder and parity-checked against eager torch in this run: release
     evidence never rests on a cached export, whose record only vouches for itself."""
@@ -156,6 +160,8 @@ def run_validation(
     independence = check_independence(ts, card, root)
     require_independence(independence, ts.name, req.allow_unverified_independence)
     weights_sha = model.verify()
+    if before_inference is not None:
+        before_inference()
     with tempfile.TemporaryDirectory(prefix="medseg-validate-export-") as fresh:
         runner = load_runner(model, req.backend, req.device, cache=Path(fresh))
         cases = _score_cases(ts.cases, root, model, runner, req.out_dir, acc.nsd_tolerance_mm[card.organ], on_case)

@@ -8,16 +8,25 @@ folder, so validations written side by side share one searchable store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from medseg.errors import ProcessingError
 from medseg.signals import deferred_interrupt
 
 EXPERIMENT = "medseg-validation"
+FAST_FAIL = {  # while the store is checked: an unreachable server fails in seconds, not after minutes of retries
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
 
 
 def resolve_tracking_uri(explicit: str | None, out: Path) -> str:
@@ -40,9 +49,66 @@ def _client(uri: str, out: Path) -> tuple[Any, str]:
     return client, client.create_experiment(EXPERIMENT, artifact_location=location)
 
 
-def start_run(report: dict[str, Any], out: Path, tracking_uri: str | None) -> dict[str, str]:
-    """Create the run with its tags, params and dataset input; returns {run_id, tracking_uri, experiment}."""
+@contextlib.contextmanager
+def fast_fail() -> Iterator[None]:
+    """MLflow's HTTP retries and timeout set low (FAST_FAIL) within the block, the caller's values put back after."""
+    saved = {k: os.environ.get(k) for k in FAST_FAIL}
+    os.environ.update(FAST_FAIL)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI (None for any other store)."""
+    return Path("/" + unquote(urlparse(uri).path).lstrip("/")) if uri.startswith("sqlite:///") else None
+
+
+def _check_artifact_root(client: Any, exp_id: str) -> None:
+    """A local artifact folder of the experiment must be a folder this process can write (it is written last)."""
+    location = client.get_experiment(exp_id).artifact_location or ""
+    if not location.startswith("file:"):
+        return
+    folder = Path(unquote(urlparse(location).path))
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"artifact folder {folder} is not writable")
+
+
+def open_store(tracking_uri: str | None, out: Path) -> str:
+    """Open the tracking store before any case is segmented, and return its URI: the validation experiment is read
+    or created, a tag written (a read-only store fails here) and a local artifact folder checked, with MLflow's
+    HTTP retries off (`fast_fail`), so an unwritable store or a server that is down fails in seconds, not after the
+    whole validation. A sqlite store this call created is removed again when it fails (a half-created database
+    would break the next run)."""
     uri = resolve_tracking_uri(tracking_uri, out)
+    db = _sqlite_file(uri)
+    created = db is not None and not db.exists()
+    try:
+        with fast_fail(), deferred_interrupt():
+            client, exp_id = _client(uri, out)
+            client.set_experiment_tag(exp_id, "medseg.store_checked_at", str(int(time.time())))
+            _check_artifact_root(client, exp_id)
+    except Exception as exc:
+        if created and db is not None:
+            for leftover in (db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        raise ProcessingError(f"cannot open the MLflow store at {uri}: {exc}".splitlines()[0][:300], path=out,
+                              hint="Check --tracking-uri / MLFLOW_TRACKING_URI; no case was run.") from exc  # fmt: skip
+    return uri
+
+
+def start_run(report: dict[str, Any], out: Path, tracking_uri: str | None) -> dict[str, str]:
+    """Create the run with its tags, params and dataset input; returns {run_id, tracking_uri, experiment}. A run
+    created but not filled is marked FAILED."""
+    uri = resolve_tracking_uri(tracking_uri, out)
+    run_id = None
     try:
         from mlflow.entities import Param
 
@@ -54,12 +120,22 @@ def start_run(report: dict[str, Any], out: Path, tracking_uri: str | None) -> di
             _log_dataset(client, run_id, ts)
             params = [Param(k, str(v)[:500]) for k, v in _params(report).items()]
             client.log_batch(run_id, metrics=_metrics(report), params=params)
-    except ProcessingError:
-        raise
     except Exception as exc:
+        if run_id is not None:
+            fail_run({"run_id": run_id, "tracking_uri": uri}, out)
         raise ProcessingError(f"cannot log the validation to MLflow at {uri}: {exc}".splitlines()[0],
                               hint="Check --tracking-uri / MLFLOW_TRACKING_URI.") from exc  # fmt: skip
     return {"run_id": run_id, "tracking_uri": uri, "experiment": EXPERIMENT}
+
+
+def fail_run(info: dict[str, str], out: Path) -> None:
+    """Mark the run FAILED (best effort, retries off): a validation that did not finish leaves no RUNNING run."""
+    try:
+        with fast_fail(), deferred_interrupt():
+            client, _ = _client(info["tracking_uri"], out)
+            client.set_terminated(info["run_id"], "FAILED")
+    except Exception:  # the store is what failed; the validation's own error is the one to report
+        logging.getLogger(__name__).warning("could not mark MLflow run %s FAILED", info["run_id"])
 
 
 def _tags(report: dict[str, Any]) -> dict[str, str]:
@@ -118,13 +194,15 @@ def _log_dataset(client: Any, run_id: str, ts: dict[str, Any]) -> None:
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
 
-def finish_run(info: dict[str, str], out: Path, verdict: str) -> None:
-    """Log every file of the validation folder as an artifact and end the run."""
+def finish_run(info: dict[str, str], out: Path, verdict: str, files: Path | None = None) -> None:
+    """Log every file of the validation folder (`files`, default `out`) as an artifact and end the run; on an error
+    the run is marked FAILED."""
     try:
         with deferred_interrupt():
             client, _ = _client(info["tracking_uri"], out)
-            client.log_artifacts(info["run_id"], str(out), artifact_path="validation")
+            client.log_artifacts(info["run_id"], str(files or out), artifact_path="validation")
             client.set_tag(info["run_id"], "verdict", verdict)
             client.set_terminated(info["run_id"], "FINISHED")
     except Exception as exc:
+        fail_run(info, out)
         raise ProcessingError(f"cannot log the validation files to MLflow: {exc}".splitlines()[0]) from exc
