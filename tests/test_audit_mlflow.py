@@ -14,15 +14,15 @@ from medseg.cli.audited import audited
 from medseg.errors import AuditError
 
 
-def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch, request) -> None:
+def test_linked_run_gets_its_events(tmp_path: Path, monkeypatch) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # MLflow's process-wide URI: put back as it was after the test
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous = mlflow.get_tracking_uri()  # an in-process training test in this worker may have set another one
     mlflow.set_tracking_uri(uri)
-    request.addfinalizer(lambda: mlflow.set_tracking_uri(previous))
     # an earlier in-process test in this worker may have left its experiment active: name this store's own one
     experiment = MlflowClient(uri).create_experiment("audit-link")
     with audited("convert", {}):

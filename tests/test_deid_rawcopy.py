@@ -174,3 +174,37 @@ def test_generated_data_sets_give_the_same_bytes_on_both_paths(generated: tuple[
         fast = _run(src, Path(tmp) / "fast", copy_raw=True, options=options)
         full = _run(src, Path(tmp) / "full", copy_raw=False, options=options)
         assert _assert_same(fast, Path(tmp) / "fast", full, Path(tmp) / "full") == 1
+
+
+def test_overlapping_unchecked_blocks_leave_pydicom_checking_values() -> None:
+    """Two de-identifying threads (the PACS service's workers) whose blocks overlap, the first ending first: pydicom's
+    process-wide mode is the caller's again after both, not left at IGNORE by the second block's stale save."""
+    import threading
+
+    from pydicom import config
+
+    from medseg.deid.rawcopy import unchecked_reads
+
+    before = config.settings.reading_validation_mode
+    assert before != config.IGNORE
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with unchecked_reads():
+            a_in.set()
+            assert b_in.wait(10)
+        a_out.set()
+
+    def second() -> None:
+        assert a_in.wait(10)
+        with unchecked_reads():
+            b_in.set()
+            assert a_out.wait(10)
+            assert config.settings.reading_validation_mode == config.IGNORE  # still inside a block
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert config.settings.reading_validation_mode == before

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pydicom
 import pytest
@@ -42,7 +43,9 @@ def test_dask_worker_killed_mid_job_still_one_completion(shared: Path, tmp_path:
     src = chaos_files(shared)
     uids = {make_study(src, tmp_path / "in" / name, ks, name)[0] for name, ks in (("a", range(28, 52)),
                                                                                    ("b", range(30, 50)))}  # fmt: skip
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # distributed's nannies set OMP/MKL threads and PYTHONHASHSEED in this process's environment: put it back after
+    with mock.patch.dict(os.environ), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None) as cluster:  # fmt: skip
         client = Client(cluster)
         config = batch_config(tmp_path / "out", "liver", None, "auto", cluster.scheduler_address)
         queue = enqueue(config, tmp_path / "in")

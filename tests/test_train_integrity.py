@@ -399,6 +399,14 @@ def test_cache_key_holds_labels_json_and_a_changed_cache_file_is_prepared_again(
 # 12-13. MLflow
 
 
+def _process_state() -> tuple[Any, ...]:
+    """What a run could change for the whole process: torch threads and deterministic mode, the three generators."""
+    import random
+
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.get_rng_state().numpy().tobytes(), repr(np.random.get_state()), random.getstate())  # fmt: skip
+
+
 def test_shared_store_keeps_artifacts_out_of_other_runs_and_no_absolute_paths(env: Any, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'store/mlflow.db'}"
     (tmp_path / "store").mkdir()
@@ -406,12 +414,16 @@ def test_shared_store_keeps_artifacts_out_of_other_runs_and_no_absolute_paths(en
     shutil.copyfile(MANIFEST, tmp_path / "m.json")
     secret.mkdir()
     shutil.copyfile(MANIFEST, secret / "manifest Doe_John.json")
+    before = _process_state()
     run_training(write_config(tmp_path, manifest=tmp_path / "m.json", run={"max_iterations": 2}), tmp_path / "r1",
                  tracking_uri=uri)  # fmt: skip
     cfg2 = write_config(secret, manifest=secret / "manifest Doe_John.json", run={"max_iterations": 2})
     run_training(cfg2, tmp_path / "r2", tracking_uri=uri)
-    # the in-process runs leave no experiment or store behind for the caller's next MLflow run
+    # the in-process runs leave no experiment or store behind for the caller's next MLflow run, and the process's
+    # torch threads, deterministic mode and random generators as they were
     assert "MLFLOW_EXPERIMENT_ID" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
+    assert _process_state() == before
+    assert not torch.isnan(torch.empty(1024)).all()
     assert not (tmp_path / "r1/mlartifacts").exists()
     db = sqlite3.connect(tmp_path / "store/mlflow.db")
     uris = [u for (u,) in db.execute("select artifact_uri from runs")]

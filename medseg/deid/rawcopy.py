@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,17 +218,30 @@ def _us(ds: FileDataset, spans: dict, keyword: str, default: int | None = None) 
     return int(value_of(ds, keyword))  # type: ignore[arg-type]
 
 
+_UNCHECKED = threading.Lock()
+_unchecked_depth = 0
+_unchecked_saved: int | None = None
+
+
 @contextmanager
 def unchecked_reads() -> Iterator[None]:
     """pydicom's checks of the values it converts, off for the raw copier (in this mode they only warn, so the
-    values and the outputs are the same; the engine's rules judge the values)."""
-    settings = config.settings
-    mode = settings.reading_validation_mode
-    settings.reading_validation_mode = config.IGNORE
+    values and the outputs are the same; the engine's rules judge the values). pydicom's setting is process-wide:
+    overlapping blocks (two de-identifying threads of the PACS service) count, the first saves the caller's mode
+    and the last puts it back, so no interleaving leaves the checks off."""
+    global _unchecked_depth, _unchecked_saved
+    with _UNCHECKED:
+        if _unchecked_depth == 0:
+            _unchecked_saved = config.settings.reading_validation_mode
+            config.settings.reading_validation_mode = config.IGNORE
+        _unchecked_depth += 1
     try:
         yield
     finally:
-        settings.reading_validation_mode = mode
+        with _UNCHECKED:
+            _unchecked_depth -= 1
+            if _unchecked_depth == 0 and _unchecked_saved is not None:
+                config.settings.reading_validation_mode = _unchecked_saved
 
 
 def sequence(raw: object, charset: object, ctx: FileContext) -> RawDataElement | None:

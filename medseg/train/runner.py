@@ -208,11 +208,36 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         check_run_folder(out, resume)
-    with run_lock(out, is_main):
+    with run_lock(out, is_main), process_settings_kept():
         if is_main:
             check_run_folder(out, resume)
         return _run(cfg, cfg_sha, config_path, manifest, man_sha, manifest_path, out, state, best, resume,
                     tracking_uri, data_root, device, on_event)  # fmt: skip
+
+
+@contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Put back what a run sets for the whole process (torch threads, deterministic algorithms, cuDNN flags, the
+    torch, numpy and `random` generators), so a run called from a notebook, a test or a service leaves its caller's
+    process as it found it (deterministic mode, for one, fills every new torch tensor with NaN)."""
+    import random
+
+    import numpy as np
+
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
 
 
 def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, man_sha: str, manifest_path: Path,
