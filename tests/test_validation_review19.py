@@ -368,3 +368,46 @@ def test_a_run_whose_files_cannot_be_logged_is_marked_failed(shared, tmp_path) -
     with pytest.raises(ProcessingError, match="cannot log the validation files"):
         finish_run(info, out, "inconclusive")
     assert MlflowClient(uri).get_run(info["run_id"]).info.status == "FAILED"
+
+
+SKIPPING_SAMPLE = """
+import pytest
+
+def test_ok():
+    pass
+
+def test_other_ok():
+    pass
+
+@pytest.mark.skip(reason="needs dciodvfy")
+def test_skipped():
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfailed():
+    assert False
+"""
+
+
+def test_a_requirement_whose_named_test_was_skipped_or_xfailed_is_not_verified(tmp_path) -> None:
+    """REQ-001 passed with one of its three named tests skipped, REQ-003 with one xfailed, because another passed."""
+    import subprocess
+    import sys
+
+    from medseg.validation.traceability import _status, read_junit
+
+    (tmp_path / "test_sample.py").write_text(SKIPPING_SAMPLE)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                    f"--junitxml={tmp_path / 'junit.xml'}", "test_sample.py"],
+                   cwd=tmp_path, capture_output=True, timeout=120, check=True)  # fmt: skip
+    results = read_junit(tmp_path / "junit.xml")
+    assert {t.node.split("::")[-1]: t.outcome for t in results} == {
+        "test_ok": "passed", "test_other_ok": "passed", "test_skipped": "skipped", "test_xfailed": "xfailed"
+    }  # fmt: skip
+    for bad in ("test_skipped", "test_xfailed"):
+        named = ["test_sample.py::test_ok", f"test_sample.py::{bad}"]
+        tests = [t for t in results if t.node in named]
+        status, problems = _status(tests, named, [], {})
+        assert status == "fail" and problems == [f"named test test_sample.py::{bad} was {bad.removeprefix('test_')}"]
+    named = ["test_sample.py::test_ok", "test_sample.py::test_other_ok"]
+    assert _status([t for t in results if t.node in named], named, [], {}) == ("pass", [])

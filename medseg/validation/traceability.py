@@ -36,7 +36,8 @@ def source_digest(repo: Path = REPO) -> str:
 
 @dataclass(frozen=True)
 class TestResult:
-    """One test case of the run: pytest node id, outcome (passed/failed/skipped) and the requirements it claims."""
+    """One test case of the run: pytest node id, outcome (passed/failed/skipped/xfailed) and the requirements it
+    claims."""
 
     node: str
     outcome: str
@@ -92,8 +93,8 @@ def read_junit(path: Path) -> list[TestResult]:
         node = node_id(tc.get("classname", ""), tc.get("name", ""))
         if tc.find("failure") is not None or tc.find("error") is not None:
             outcome = "failed"
-        elif tc.find("skipped") is not None:
-            outcome = "skipped"
+        elif (skipped := tc.find("skipped")) is not None:
+            outcome = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
         else:
             outcome = "passed"
         reqs = tuple(p.get("value", "") for p in tc.iter("property") if p.get("name") == "req")
@@ -117,8 +118,16 @@ def _matches(pattern: str, node: str) -> bool:
 def _status(
     tests: list[TestResult], named: list[str], criteria: list[str], verdicts: dict[str, str]
 ) -> tuple[str, list[str]]:
-    """(status, problems) of one requirement from its tests and criteria."""
-    problems = [f"named test {n} did not run" for n in named if not any(_matches(n, t.node) for t in tests)]
+    """(status, problems) of one requirement from its tests and criteria: a named test verifies it only when every
+    result of it passed (a skipped, xfailed or failed one is a gap, named)."""
+    problems = []
+    for name in named:
+        ran = [t for t in tests if _matches(name, t.node)]
+        if not ran:
+            problems.append(f"named test {name} did not run")
+        not_passed = sorted({t.outcome for t in ran if t.outcome != "passed"})
+        if not_passed:
+            problems.append(f"named test {name} was {'/'.join(not_passed)}")
     problems += [f"test {t.node} failed" for t in tests if t.outcome == "failed"]
     for c in criteria:
         if verdicts.get(c) != "pass":
