@@ -411,3 +411,55 @@ def test_a_requirement_whose_named_test_was_skipped_or_xfailed_is_not_verified(t
         assert status == "fail" and problems == [f"named test test_sample.py::{bad} was {bad.removeprefix('test_')}"]
     named = ["test_sample.py::test_ok", "test_sample.py::test_other_ok"]
     assert _status([t for t in results if t.node in named], named, [], {}) == ("pass", [])
+
+
+def _mini_repo(root: Path) -> Path:
+    files = {
+        "medseg/validation/run.py": "x = 1\n",
+        "medseg/validation/templates/report.html.j2": "<p>{{ r }}</p>\n",
+        "medseg/infer/organs.json": "{}\n",
+        "medseg/models/zoo/liver/model_card.yaml": "weights: {sha256: ab}\n",
+        "medseg/models/zoo/liver/weights.pt": "weights",
+        "medseg/models/zoo/liver/int8/model.bin": "int8",
+        "medseg/validation/__pycache__/run.cpython-312.pyc": "compiled",
+        "tests/test_x.py": "def test_x(): pass\n",
+        "tests/data/fixture.csv": "a,b\n",
+        "requirements.lock": "numpy==2.0\n",
+        "pyproject.toml": "[project]\n",
+        "docs/notes.md": "not code\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_the_source_digest_covers_templates_data_tests_and_the_lock_and_only_content(tmp_path) -> None:
+    """Only *.py and *.yaml counted: a JUnit file of an older commit still matched after a template, a JSON table or
+    requirements.lock changed."""
+    import os
+    import shutil
+
+    from medseg.validation.traceability import source_digest, source_files
+
+    repo = _mini_repo(tmp_path / "a")
+    assert [p.relative_to(repo).as_posix() for p in source_files(repo)] == [
+        "medseg/infer/organs.json", "medseg/models/zoo/liver/model_card.yaml", "medseg/validation/run.py",
+        "medseg/validation/templates/report.html.j2", "pyproject.toml", "requirements.lock", "tests/data/fixture.csv",
+        "tests/test_x.py",
+    ]  # fmt: skip
+    clone = tmp_path / "b"
+    shutil.copytree(repo, clone)
+    for path in clone.rglob("*"):
+        os.utime(path, (1, 1))
+    base = source_digest(repo)
+    assert source_digest(clone) == base  # content and paths only: a fresh clone, other times, same digest
+    for rel in ("medseg/models/zoo/liver/weights.pt", "medseg/validation/__pycache__/run.cpython-312.pyc",
+                "docs/notes.md"):  # fmt: skip
+        (clone / rel).write_text("changed")
+    assert source_digest(clone) == base
+    for rel in ("medseg/validation/templates/report.html.j2", "medseg/infer/organs.json", "requirements.lock",
+                "pyproject.toml", "tests/data/fixture.csv"):  # fmt: skip
+        before = source_digest(clone)
+        (clone / rel).write_text((clone / rel).read_text() + " ")
+        assert source_digest(clone) != before, rel

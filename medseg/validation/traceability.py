@@ -3,6 +3,7 @@ criteria -> result; hazards' controls -> verified or not. Every gap is listed; t
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -18,18 +19,37 @@ from medseg.yamltext import load_yaml
 
 RISK_DIR = REPO / "docs" / "risk"
 SOURCE_PROPERTY = "medseg_source_sha256"
-SOURCE_GLOBS = ("medseg/**/*.py", "medseg/**/*.yaml", "tests/**/*.py")
+SOURCE_TREES = ("medseg", "tests")
+SOURCE_FILES = ("requirements.lock", "pyproject.toml")
+NOT_SOURCE_DIRS = frozenset({"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache"})
+NOT_SOURCE_SUFFIXES = (".pyc", ".pyo")
+BOUND_BY_CARD = ("medseg/models/zoo/*/weights.pt", "medseg/models/zoo/*/int8/*")  # each card records their SHA-256
+
+
+def source_files(repo: Path = REPO) -> list[Path]:
+    """What a test run tests, sorted by path: every file under medseg/ and tests/ (code, templates, YAML and JSON
+    data, fixtures) and the dependency lock and project file; not caches, compiled Python, nor the model weights
+    and int8 files, whose digests the model cards (in the digest) record."""
+    found = [repo / name for name in SOURCE_FILES if (repo / name).is_file()]
+    for tree in SOURCE_TREES:
+        for path in (repo / tree).rglob("*"):
+            rel = path.relative_to(repo)
+            if (not path.is_file() or NOT_SOURCE_DIRS & set(rel.parts) or path.suffix in NOT_SOURCE_SUFFIXES
+                    or any(fnmatch.fnmatch(rel.as_posix(), p) for p in BOUND_BY_CARD)):  # fmt: skip
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(repo).as_posix())
 
 
 def source_digest(repo: Path = REPO) -> str:
-    """SHA-256 over the code and the tests (relative path and content of each file): what a test run tested.
+    """SHA-256 over `source_files` (relative path and content SHA-256 of each, in path order; no times or modes,
+    so a fresh clone gives the same digest): what a test run tested.
 
     The test run writes it into its JUnit XML (tests/req_plugin.py), so a run of another version of the code does
     not complete this release's traceability matrix. The digest is not a secret: a hand-written file can carry it
     (signing the test runner's results would close that; docs/risk/validation.md)."""
     digest = hashlib.sha256()
-    files = sorted({p for g in SOURCE_GLOBS for p in repo.glob(g) if "__pycache__" not in p.parts and p.is_file()})
-    for path in files:
+    for path in source_files(repo):
         digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + file_sha256(path).encode() + b"\n")
     return digest.hexdigest()
 
