@@ -463,3 +463,79 @@ def test_the_source_digest_covers_templates_data_tests_and_the_lock_and_only_con
         before = source_digest(clone)
         (clone / rel).write_text((clone / rel).read_text() + " ")
         assert source_digest(clone) != before, rel
+
+
+def _edit_envelope(path: Path, change: str) -> None:
+    import json
+
+    env = json.loads(path.read_text())
+    if change == "keyid edited":
+        env["signatures"][0]["keyid"] = "deadbeefdeadbeef"
+    elif change == "keyid removed":
+        del env["signatures"][0]["keyid"]
+    elif change == "second signature entry":
+        env["signatures"].append({"keyid": "x", "sig": "AAAA"})
+    elif change == "extra field":
+        env["comment"] = "approved by the board"
+    if change == "whitespace added":
+        path.write_text(path.read_text().replace("{", "{ ", 1))
+    elif change == "re-serialised":
+        path.write_text(json.dumps(env))
+    else:
+        path.write_text(json.dumps(env, indent=1) + "\n")
+
+
+ENVELOPE_EDITS = ["keyid edited", "keyid removed", "second signature entry", "extra field", "whitespace added",
+                  "re-serialised"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def signed_small(shared, tmp_path_factory) -> tuple[Path, Path]:
+    """A small real record signed by `sign_folder`, and the signer's public key."""
+    from medseg.keys import keypair_paths, load_private_key, write_keypair
+    from medseg.validation.signing import sign_folder, signature_info
+
+    base = tmp_path_factory.mktemp("signed19")
+    write_keypair(*keypair_paths(base / "k", "qa"))
+    private = load_private_key(keypair_paths(base / "k", "qa")[0])
+    small_record(base / "rec", shared, audited_as_validate=False)
+    sign_folder(base / "rec", private, signature_info("A. Reviewer", "reviewed", private.public_key()))
+    return base / "rec", keypair_paths(base / "k", "qa")[1]
+
+
+@pytest.mark.parametrize("change", ENVELOPE_EDITS)
+def test_an_envelope_not_exactly_as_signed_fails_verification(signed_small, tmp_path, change) -> None:
+    """An edited or removed keyid, a garbage second signature entry and added whitespace all verified as intact."""
+    import shutil
+
+    from medseg.keys import load_public_key
+    from medseg.validation.report import SIGNATURE
+    from medseg.validation.signing import verify_folder
+
+    folder = tmp_path / "rec"
+    shutil.copytree(signed_small[0], folder)
+    public = load_public_key(signed_small[1])
+    assert verify_folder(folder, public).ok
+    _edit_envelope(folder / SIGNATURE, change)
+    result = verify_folder(folder, public)
+    assert not result.ok and len(result.problems) == 1, result.problems
+    assert SIGNATURE in result.problems[0] or "signature does not verify" in result.problems[0]
+
+
+def test_verify_of_a_deleted_signature_exits_1_and_of_a_missing_folder_exits_3(signed_small, tmp_path, capsys) -> None:
+    """A deleted signature exited 3 (a user's mistake) instead of 1 (tampering); a folder that does not exist said
+    'not signed'."""
+    import shutil
+
+    from cli_run import run_cli
+
+    from medseg.validation.report import SIGNATURE
+
+    folder = tmp_path / "rec"
+    shutil.copytree(signed_small[0], folder)
+    (folder / SIGNATURE).unlink()
+    code, out = run_cli(["report", "verify", str(folder), "--public-key", str(signed_small[1])], capsys)
+    assert code == 1 and f"{SIGNATURE}: missing" in out, out
+    code, out = run_cli(["report", "verify", str(tmp_path / "nope"), "--public-key", str(signed_small[1])], capsys)
+    assert code == 3 and "no such report folder" in out and "Traceback" not in out, out
+    assert len(out.strip().splitlines()) == 1

@@ -237,15 +237,20 @@ class Verification:
 
 
 def _envelope(folder: Path) -> dict[str, Any] | None:
-    """The signature envelope; None when the file exists but is not one (a damaged record: verification fails)."""
-    path = folder / SIGNATURE
-    if not path.is_file():
-        raise InvalidInputError("the report is not signed (no signature.dsse.json)", path=folder)
+    """The signature envelope, only when the file holds exactly what `sign_folder` writes: its three fields and one
+    signature entry (keyid, sig), in that order and text form. None for anything else (a damaged or edited
+    envelope: verification fails). InvalidInputError (exit 3) when the folder does not exist."""
+    if not folder.is_dir():
+        raise InvalidInputError("no such report folder", path=folder, hint="Pass a signed validation folder.")
     try:
-        env = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        text = (folder / SIGNATURE).read_text(encoding="utf-8")
+        env = json.loads(text)
+        entry = env["signatures"][0]
+        canonical = {"payloadType": env["payloadType"], "payload": env["payload"],
+                     "signatures": [{"keyid": entry["keyid"], "sig": entry["sig"]}]}  # fmt: skip
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
         return None
-    return env if isinstance(env, dict) else None
+    return env if envelope_text(canonical) == text else None
 
 
 def _entries_not_files(folder: Path) -> list[str]:
@@ -265,17 +270,28 @@ def _entries_not_files(folder: Path) -> list[str]:
 
 
 def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
-    """Check the signature, then every file against the signed digests and report.json's artifact list."""
+    """Check the signature (the envelope byte for byte as `sign_folder` writes it, one signature, by this key),
+    then every file against the signed digests and report.json's artifact list. A missing signature is a problem
+    (exit 1), a missing folder InvalidInputError."""
     result = Verification()
     env = _envelope(folder)
+    if not (folder / SIGNATURE).exists():
+        result.problems.append(f"{SIGNATURE}: missing (the report was never signed, or its signature was removed)")
+        return result
     try:
         payload = base64.b64decode(env["payload"], validate=True)  # type: ignore[index]
-        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]  # type: ignore[index]
+        sig = base64.b64decode(env["signatures"][0]["sig"], validate=True)  # type: ignore[index]
     except (KeyError, TypeError, ValueError):
-        result.problems.append(f"{SIGNATURE}: not a readable signature envelope (damaged or edited)")
+        result.problems.append(
+            f"{SIGNATURE}: not a readable signature envelope as `report sign` writes it (damaged or edited)"
+        )
         return result
-    message = pae(env.get("payloadType", ""), payload)
-    if env.get("payloadType") != PAYLOAD_TYPE or not any(_valid(public, s, message) for s in sigs):
+    signer_key = env["signatures"][0]["keyid"]  # type: ignore[index]
+    if signer_key != key_id(public):
+        result.problems.append(f"signature does not verify with key {key_id(public)}: the envelope names key "
+                               f"{str(signer_key)[:32]} (another key, or the envelope edited)")  # fmt: skip
+        return result
+    if env["payloadType"] != PAYLOAD_TYPE or not _valid(public, sig, pae(env["payloadType"], payload)):  # type: ignore[index]
         result.problems.append(f"signature does not verify with key {key_id(public)} (other key, or envelope edited)")
         return result
     stmt = json.loads(payload)
