@@ -539,3 +539,24 @@ def test_verify_of_a_deleted_signature_exits_1_and_of_a_missing_folder_exits_3(s
     code, out = run_cli(["report", "verify", str(tmp_path / "nope"), "--public-key", str(signed_small[1])], capsys)
     assert code == 3 and "no such report folder" in out and "Traceback" not in out, out
     assert len(out.strip().splitlines()) == 1
+
+
+def test_the_bootstrap_level_of_the_criteria_file_sets_every_interval_and_its_label(shared, tmp_path) -> None:
+    """bootstrap.level was recorded but ignored: a file pre-specifying a 50 % interval got 95 % bounds, and the
+    report said '95% CI' whatever the level."""
+    from medseg.validation.analysis import METRICS, aggregates, subgroups
+    from medseg.validation.html import render
+
+    rows = [{"patient": f"p{i}", "acquisition": {"manufacturer": "GE"},
+             "metrics": {"liver": {m: 0.80 + 0.03 * i for m in METRICS} | {"volume_diff_pct": 1.0 + i}}}
+            for i in range(5)]  # fmt: skip
+    wide = aggregates(rows, "liver", 7, 2000, 0.95)["dice"]
+    narrow = aggregates(rows, "liver", 7, 2000, 0.50)["dice"]
+    assert narrow["ci_level"] == 0.5 and wide["ci_level"] == 0.95
+    assert wide["ci_low"] < narrow["ci_low"] <= narrow["mean"] <= narrow["ci_high"] < wide["ci_high"]
+    group = subgroups(rows, "liver", ["manufacturer"], 7, 2000, 0.50)[0]
+    assert (group["ci_low"], group["ci_high"], group["ci_level"]) == (narrow["ci_low"], narrow["ci_high"], 0.5)
+    report = small_record(tmp_path / "rec", shared, audited_as_validate=False)
+    report["bootstrap"]["level"] = 0.5
+    page = render(report)
+    assert "50% CI" in page and "95% CI" not in page

@@ -71,6 +71,7 @@ def validate(
     from medseg.errors import UsageError
     from medseg.io.atomic import commit_folder, staging_folder
     from medseg.signals import deferred_interrupt
+    from medseg.validation.html import ci_label
     from medseg.validation.run import ValidationRequest, run_validation
     from medseg.validation.tracking import fail_run, finish_run, open_store, start_run
 
@@ -113,7 +114,7 @@ def validate(
         rec.add_outputs([out / "report.json", out / "report.html"])
         rec.set_outcome_detail(f"verdict:{report['acceptance']['verdict']}")
         agg = report["aggregates"]["dice"]
-        ci = f"95% CI {agg['ci_low']:.3f}-{agg['ci_high']:.3f}, n={agg['n']}"
+        ci = f"{ci_label(report['bootstrap']['level'])} {agg['ci_low']:.3f}-{agg['ci_high']:.3f}, n={agg['n']}"
         verdict = report["acceptance"]["verdict"].upper()
         console.result(
             f"{report['set']['name']}: mean Dice {agg['mean']:.3f} ({ci}); verdict {verdict}; {out / 'report.html'}"

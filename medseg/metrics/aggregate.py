@@ -57,12 +57,14 @@ def bootstrap_mean_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
-def aggregate(values: Sequence[float], patients: Sequence[str], seed: int, resamples: int = RESAMPLES) -> Aggregate:
-    """Summary and patient-level bootstrap CI of one metric; refuses None/NaN."""
+def aggregate(
+    values: Sequence[float], patients: Sequence[str], seed: int, resamples: int = RESAMPLES, level: float = 0.95
+) -> Aggregate:
+    """Summary and patient-level bootstrap CI (central `level` interval) of one metric; refuses None/NaN."""
     if len(values) != len(patients) or not values:
         raise ProcessingError(f"aggregate needs one patient id per value and at least one value, got {len(values)}")
     x = check_finite(values, "aggregate")
-    low, high = bootstrap_mean_ci(x, patients, seed, resamples)
+    low, high = bootstrap_mean_ci(x, patients, seed, resamples, level)
     n_pat = len(set(patients))
     return Aggregate(
         n=len(x), n_patients=n_pat, mean=float(x.mean()), median=float(np.median(x)), minimum=float(x.min()),

@@ -24,8 +24,8 @@ class Bootstrap(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int
-    resamples: int = 2000
-    level: float = 0.95
+    resamples: int = Field(2000, ge=1)
+    level: float = Field(0.95, gt=0.0, lt=1.0)  # the central interval every CI of the record is computed at
 
 
 class Criterion(BaseModel):

@@ -35,15 +35,23 @@ def case_values(case: dict[str, Any], organ: str) -> dict[str, float]:
     return {k: m[k] for k in METRICS if k in m} | {"abs_volume_diff_pct": abs(m["volume_diff_pct"])}
 
 
-def aggregates(cases: list[dict[str, Any]], organ: str, seed: int, resamples: int) -> dict[str, dict[str, Any]]:
-    """Every metric's aggregate over all cases, bootstrapped by patient."""
+def aggregates(
+    cases: list[dict[str, Any]], organ: str, seed: int, resamples: int, level: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """Every metric's aggregate over all cases, bootstrapped by patient, its CI the criteria file's `level`."""
     patients = [normalise_patient(c["patient"]) for c in cases]
     values = [case_values(c, organ) for c in cases]
-    return {m: aggregate([v[m] for v in values], patients, seed, resamples).to_json() for m in METRICS}
+    return {
+        m: aggregate([v[m] for v in values], patients, seed, resamples, level).to_json() | {"ci_level": level}
+        for m in METRICS
+    }
 
 
-def subgroups(cases: list[dict[str, Any]], organ: str, names: list[str], seed: int, resamples: int) -> list[dict]:
-    """For each factor and value: n, mean and CI of Dice and HD95; `interpretable` False under 3 patients."""
+def subgroups(
+    cases: list[dict[str, Any]], organ: str, names: list[str], seed: int, resamples: int, level: float = 0.95
+) -> list[dict]:
+    """For each factor and value: n, mean and CI (at `level`) of Dice and HD95; `interpretable` False under 3
+    patients."""
     rows = []
     for factor in names:
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -52,6 +60,6 @@ def subgroups(cases: list[dict[str, Any]], organ: str, names: list[str], seed: i
         for value, members in sorted(groups.items()):
             patients = [normalise_patient(c["patient"]) for c in members]
             for metric in SUBGROUP_METRICS:
-                agg = aggregate([case_values(c, organ)[metric] for c in members], patients, seed, resamples)
-                rows.append({"factor": factor, "value": value, "metric": metric, **agg.to_json()})
+                agg = aggregate([case_values(c, organ)[metric] for c in members], patients, seed, resamples, level)
+                rows.append({"factor": factor, "value": value, "metric": metric, **agg.to_json(), "ci_level": level})
     return rows

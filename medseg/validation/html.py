@@ -18,8 +18,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def bar_chart(title: str, cases: list[tuple[str, float]], agg: dict[str, Any], limit: float, unit: str = "") -> str:
-    """Horizontal bars per case with the mean (line) and its 95 % CI (band), as an SVG string."""
+def ci_label(level: float) -> str:
+    """'95% CI' for level 0.95, '97.5% CI' for 0.975: the interval the criteria file pre-specified."""
+    return f"{level * 100:.4g}% CI"
+
+
+def bar_chart(
+    title: str, cases: list[tuple[str, float]], agg: dict[str, Any], limit: float, unit: str = "", level: float = 0.95
+) -> str:
+    """Horizontal bars per case with the mean (line) and its CI at `level` (band), as an SVG string."""
     from markupsafe import escape
 
     span = max(limit, agg["maximum"], 1e-9)
@@ -33,7 +40,7 @@ def bar_chart(title: str, cases: list[tuple[str, float]], agg: dict[str, Any], l
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{bottom + 26}" role="img">',
         f'<text x="4" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
         f'<rect x="{lo:.1f}" y="{top}" width="{max(hi - lo, 1):.1f}" height="{bottom - top}" fill="#9cc3e6" '
-        'opacity="0.45"><title>95% CI</title></rect>',
+        f'opacity="0.45"><title>{ci_label(level)}</title></rect>',
     ]
     for i, (name, value) in enumerate(cases):
         y = 30 + i * BAR_H
@@ -44,7 +51,7 @@ def bar_chart(title: str, cases: list[tuple[str, float]], agg: dict[str, Any], l
         ]
     parts += [
         f'<line x1="{mean:.1f}" x2="{mean:.1f}" y1="{top}" y2="{bottom}" stroke="#c0392b" stroke-width="2"/>',
-        f'<text x="{PAD}" y="{bottom + 16}" font-size="11">mean {agg["mean"]:.3f}{unit} (red line), 95% CI '
+        f'<text x="{PAD}" y="{bottom + 16}" font-size="11">mean {agg["mean"]:.3f}{unit} (red line), {ci_label(level)} '
         f"{agg['ci_low']:.3f}-{agg['ci_high']:.3f}{unit} (band), bootstrap by patient</text></svg>",
     ]
     return "".join(parts)
@@ -60,10 +67,12 @@ def render(report: dict[str, Any], signature: SignatureInfo | None = None) -> st
     hd = [(c["case_id"], c["metrics"][organ]["hd95_mm"]) for c in report["cases"]]
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     env.filters["f"] = _fmt
+    level = float(report.get("bootstrap", {}).get("level", 0.95))
     return env.get_template("report.html.j2").render(
         r=report, organ=organ, worst_first=cases, signature=signature,
-        dice_svg=bar_chart(f"{organ} Dice per case", dice, report["aggregates"]["dice"], 1.0),
-        hd_svg=bar_chart(f"{organ} HD95 per case (mm)", hd, report["aggregates"]["hd95_mm"], 10.0, " mm"),
+        ci=ci_label(level),
+        dice_svg=bar_chart(f"{organ} Dice per case", dice, report["aggregates"]["dice"], 1.0, level=level),
+        hd_svg=bar_chart(f"{organ} HD95 per case (mm)", hd, report["aggregates"]["hd95_mm"], 10.0, " mm", level),
     )  # fmt: skip
 
 

@@ -168,8 +168,8 @@ def run_validation(
     boot = acc.bootstrap
     set_file, lock_file = set_paths(req.set_name, req.sets_dir)
     lock_sha = file_sha256(lock_file)
-    aggs = aggregates(cases, card.organ, boot.seed, boot.resamples)
-    groups = subgroups(cases, card.organ, acc.subgroups, boot.seed, boot.resamples)
+    aggs = aggregates(cases, card.organ, boot.seed, boot.resamples, boot.level)
+    groups = subgroups(cases, card.organ, acc.subgroups, boot.seed, boot.resamples, boot.level)
     return {
         "schema": "medseg-validation-report/1",
         "model": _model_record(model, weights_sha, runner),
