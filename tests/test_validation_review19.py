@@ -560,3 +560,52 @@ def test_the_bootstrap_level_of_the_criteria_file_sets_every_interval_and_its_la
     report["bootstrap"]["level"] = 0.5
     page = render(report)
     assert "50% CI" in page and "95% CI" not in page
+
+
+def _with_ac06(report: dict[str, Any], verdict: str) -> dict[str, Any]:
+    criteria = [c | {"verdict": verdict} if c["id"] == "AC-06" else c for c in report["acceptance"]["criteria"]]
+    return report | {"acceptance": report["acceptance"] | {"criteria": criteria}}
+
+
+def test_risk_json_carries_this_runs_results_and_marks_a_narrative_the_run_contradicts(shared, tmp_path) -> None:
+    """risk.json was hazards.yaml copied: byte-identical for a failed and a passed validation, and its HAZ-003 text
+    said 'AC-06 fails' in a record whose AC-06 passed."""
+    import json
+
+    from medseg.validation.records import attach_records
+
+    report = small_record(tmp_path / "rec", shared, audited_as_validate=False)
+    risks = {}
+    for verdict in ("fail", "pass"):
+        out = tmp_path / verdict
+        out.mkdir()
+        record = attach_records(_with_ac06(report, verdict), out, None)
+        risks[verdict] = {h["id"]: h for h in json.loads((out / "risk.json").read_text())}
+        assert record["risk"]["narrative_contradicted_by_run"] == ([] if verdict == "fail" else ["HAZ-003"])
+    failed, passed = risks["fail"]["HAZ-003"]["run"], risks["pass"]["HAZ-003"]["run"]
+    assert failed["criteria"]["AC-06"] == "fail" and passed["criteria"]["AC-06"] == "pass"
+    assert failed["narrative_states"] == {"AC-06": "fail"} and failed["narrative_matches_run"] is True
+    assert passed["narrative_matches_run"] is False and passed["narrative_contradicted"] == ["AC-06"]
+    assert failed["verified"] is None  # no --junit: no verification result in this record
+    assert risks["fail"]["HAZ-003"]["benefit_risk"] == risks["pass"]["HAZ-003"]["benefit_risk"]  # the text is kept
+
+
+def test_risk_json_states_each_hazards_verification_in_this_test_run(shared, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from medseg.validation.records import attach_records
+
+    junit = tmp_path / "junit.xml"
+    node = "tests/test_validation_trace.py::test_the_project_risk_records_are_consistent"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                    f"--junitxml={junit}", node],
+                   cwd=Path(__file__).parents[1], capture_output=True, timeout=300, check=True)  # fmt: skip
+    report = small_record(tmp_path / "rec", shared, audited_as_validate=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    attach_records(report, out, junit)
+    risk = json.loads((out / "risk.json").read_text())
+    assert all(h["run"]["verified"] is False and h["run"]["verification_problems"] for h in risk)
+    assert any("did not pass in this run" in p for p in risk[0]["run"]["verification_problems"])
