@@ -93,8 +93,12 @@ def _nan_state(path: Path) -> dict[str, torch.Tensor]:
 
 def test_non_finite_weights_are_refused_at_export_and_when_loading(base: Path, tmp_path: Path) -> None:
     torch.save(_nan_state(base / "run/best_weights.pt"), tmp_path / "nan.pt")
-    with pytest.raises(InvalidInputError, match="not finite"):
+    with pytest.raises(InvalidInputError, match="not the run's best weights"):
         export_model(base / "run", tmp_path / "refused", {}, weights=tmp_path / "nan.pt")
+    from medseg.train.export import save_half_precision
+
+    with pytest.raises(InvalidInputError, match="not finite"):
+        save_half_precision(tmp_path / "nan.pt", tmp_path / "nan16.pt")
     assert not (tmp_path / "refused/weights.pt").exists()
     card = export_model(base / "run", tmp_path / "model", {})
     torch.save(_nan_state(tmp_path / "model/weights.pt"), tmp_path / "model/weights.pt")

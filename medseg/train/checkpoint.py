@@ -7,6 +7,7 @@ value), checked when it is read back; non-finite weights are never written and n
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import warnings
@@ -105,14 +106,16 @@ NOT_A_TORCH_FILE = (OSError, RuntimeError, EOFError, ValueError, KeyError, Index
                     UnicodeDecodeError, pickle.UnpicklingError)  # fmt: skip
 
 
-def read_torch_file(path: Path, what: str, hint: str) -> Any:
-    """torch.load(weights_only=True) of a file the user named; a file that is not a torch file (text, a truncated or
+def read_torch_file(path: Path, what: str, hint: str, data: bytes | None = None) -> Any:
+    """torch.load(weights_only=True) of a file the user named (or of `data`, that file's bytes already read and
+    digested, so what is parsed is what was digested); a file that is not a torch file (text, a truncated or
     foreign file) is one InvalidInputError naming it (exit 3), never an internal error. torch's warnings about such
     a file (an unexpected pickle protocol) are dropped when it is refused and re-issued when it loads."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            source = io.BytesIO(data) if data is not None else path
+            state = torch.load(source, map_location="cpu", weights_only=True)
         except NOT_A_TORCH_FILE as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if isinstance(exc, KeyError | IndexError | pickle.UnpicklingError):

@@ -115,17 +115,37 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
         or "not recorded",
         "mlflow_run_id": run.get("mlflow_run_id"),
         "hardware": summary.get("hardware", "not recorded"),
+        "best_weights_sha256": summary.get("best_weights_sha256"),
     }
     return cfg, record
 
 
-def save_half_precision(src: Path, dest: Path) -> None:
-    """Store the floating-point weights as float16 (half the size; loading casts them back to the float32 network)."""
+def run_weights_bytes(src: Path, recorded: str | None) -> bytes:
+    """The bytes of `src`, read once, when their SHA-256 is the best-weights digest the run's summary.json records:
+    only the weights the run selected may be shipped under its training record (a swapped best_weights.pt or any
+    other --weights file is refused, exit 3)."""
+    if not src.is_file():
+        raise InvalidInputError("best weights missing", path=src)
+    data = src.read_bytes()
+    if recorded is None:
+        raise InvalidInputError("the run's summary.json records no best_weights_sha256 (a run from before weights "
+                                "digests were recorded): its weights cannot be tied to the run", path=src,
+                                hint="Export a run trained with this version of medseg train.")  # fmt: skip
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise InvalidInputError("weights are not the run's best weights (SHA-256 differs from best_weights_sha256 "
+                                "in its summary.json); not exported", path=src,
+                                hint="Export the run's own best_weights.pt, unchanged.")  # fmt: skip
+    return data
+
+
+def save_half_precision(src: Path, dest: Path, data: bytes | None = None) -> None:
+    """Store the floating-point weights as float16 (half the size; loading casts them back to the float32 network);
+    `data`: the bytes of `src` already read and checked."""
     import torch
 
     from medseg.train.checkpoint import first_non_finite, read_torch_file
 
-    state = read_torch_file(src, "weights", "Export the best_weights.pt a training run wrote.")
+    state = read_torch_file(src, "weights", "Export the best_weights.pt a training run wrote.", data)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InvalidInputError("not a weights file (a state_dict of names and tensors)", path=src,
                                 hint="Export the best_weights.pt a training run wrote.")  # fmt: skip
@@ -145,14 +165,13 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
 
     cfg, record = training_record(run_dir)
     src = weights or run_dir / "best_weights.pt"
-    if not src.is_file():
-        raise InvalidInputError("best weights missing", path=src)
+    data = run_weights_bytes(src, record.get("best_weights_sha256"))
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "weights.pt"
     if target.exists() and not overwrite:
         raise InvalidInputError("model folder already has weights", path=target, hint="Pass --overwrite.")
     tmp = dest / ".weights.pt.tmp"
-    save_half_precision(src, tmp)
+    save_half_precision(src, tmp, data)
     tmp.replace(target)
     card = build_card(cfg, sha256_file(target), record, metrics, confidence=confidence)
     atomic_write_text(dest / CARD_NAME, card.dump(), overwrite=True)

@@ -318,7 +318,7 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
                    "manifest": manifest_path.name, "manifest_file": man_ref,
                    "git_commit": first["git_commit"], "git_dirty": any(s["git_dirty"] != "false" for s in segments),
                    "packages": segments[-1]["packages"], "hardware": segments[-1]["hardware"],
-                   "segments": segments}  # fmt: skip
+                   "segments": segments, **weights_digests(out, result)}  # fmt: skip
         _write_json(out / "summary.json", summary)
         tracker.log_metrics({"best_val_score": result.progress.best_score}, result.progress.iteration)
         tracker.log_artifact(result.best_weights, "model")
@@ -326,6 +326,16 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
         tracker.end("FINISHED")
     dist.close()
     return RunInfo(out, cfg_sha, manifest_path, man_sha, run_id, tracker.uri, result, dist.is_main)
+
+
+def weights_digests(out: Path, result: TrainResult) -> dict[str, str | None]:
+    """SHA-256 of the files a finished run produced (best and last weights, last checkpoint), for summary.json: export
+    ships only the weights whose digest the run recorded."""
+    from medseg.digests import file_sha256
+
+    files = {"best_weights_sha256": result.best_weights, "last_weights_sha256": result.last_weights,
+             "last_checkpoint_sha256": out / "checkpoints" / "last.pt"}  # fmt: skip
+    return {k: file_sha256(p) if p.is_file() else None for k, p in files.items()}
 
 
 def _previous_run(out: Path) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""Defects of the nineteenth ML-engineer review of `medseg train` and export, each checked on a real tiny run
+(the 4-iteration CI config of test_train_integrity)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from medseg.errors import InvalidInputError
+from medseg.train.export import export_model
+from medseg.train.runner import run_training
+from tests.test_train_integrity import env, write_config  # noqa: F401  (env: module fixture used by `run19`)
+
+
+@pytest.fixture(scope="module")
+def run19(env: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """A finished 4-iteration run in `run19/run` (config `run19/cfg.yaml`)."""
+    tmp = tmp_path_factory.mktemp("run19")
+    run_training(write_config(tmp), tmp / "run")
+    return tmp
+
+
+# 1. export ships only the run's own best weights
+
+
+def test_summary_records_weights_digests_and_export_refuses_other_weights(run19: Path, tmp_path: Path) -> None:
+    from medseg.digests import file_sha256
+
+    summary = json.loads((run19 / "run/summary.json").read_text())
+    assert summary["best_weights_sha256"] == file_sha256(run19 / "run/best_weights.pt")
+    assert summary["last_checkpoint_sha256"] == file_sha256(run19 / "run/checkpoints/last.pt")
+    card = export_model(run19 / "run", tmp_path / "ok", {})
+    assert card.training["best_weights_sha256"] == summary["best_weights_sha256"]
+    zero = {k: v * 0 if v.is_floating_point() else v for k, v in torch.load(run19 / "run/best_weights.pt").items()}
+    torch.save(zero, tmp_path / "other.pt")
+    with pytest.raises(InvalidInputError, match="not the run's best weights"):
+        export_model(run19 / "run", tmp_path / "m2", {}, weights=tmp_path / "other.pt")
+    copy = tmp_path / "copy"
+    shutil.copytree(run19 / "run", copy)
+    shutil.copyfile(tmp_path / "other.pt", copy / "best_weights.pt")
+    with pytest.raises(InvalidInputError, match="not the run's best weights"):
+        export_model(copy, tmp_path / "m1", {})
+    assert not (tmp_path / "m1/weights.pt").exists() and not (tmp_path / "m2/weights.pt").exists()
