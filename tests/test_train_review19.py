@@ -46,3 +46,26 @@ def test_summary_records_weights_digests_and_export_refuses_other_weights(run19:
     with pytest.raises(InvalidInputError, match="not the run's best weights"):
         export_model(copy, tmp_path / "m1", {})
     assert not (tmp_path / "m1/weights.pt").exists() and not (tmp_path / "m2/weights.pt").exists()
+
+
+# 2. a kill after an improving validation (best.pt written, last.pt not yet) still resumes
+
+
+def test_best_checkpoint_also_writes_last_and_a_newer_best_is_resumed_from(env: Any, tmp_path: Path) -> None:  # noqa: F811
+    cfg = write_config(tmp_path, run={"checkpoint_every_min": 1e-6})
+    early = tmp_path / "last_at_1.pt"
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        events.append((kind, fields))
+        if kind == "checkpoint" and fields["iteration"] == 1:
+            shutil.copyfile(fields["path"], early)
+
+    run_training(cfg, tmp_path / "run", on_event=on_event)
+    assert any(k == "checkpoint" and f["reason"] == "best" and f["iteration"] == 2 for k, f in events)
+    shutil.copyfile(early, tmp_path / "run/checkpoints/last.pt")  # as after kill -9 between best.pt and last.pt
+    (tmp_path / "run/summary.json").unlink()
+    cfg6 = write_config(tmp_path, "cfg6.yaml", run={"checkpoint_every_min": 1e-6, "max_iterations": 6})
+    info = run_training(cfg6, tmp_path / "run", resume=tmp_path / "run/checkpoints/last.pt")
+    assert info.result is not None and info.result.progress.iteration == 6
+    assert json.loads((tmp_path / "run/summary.json").read_text())["segments"][-1]["from_iteration"] >= 2

@@ -283,6 +283,9 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
                         save_weights(best_weights, net)
                     progress.history.append({k: rec[k] for k in ("iteration", "val_score")})
                     log(rec)
+                    if improved:
+                        checkpoint("best")
+                        last_ckpt = time.monotonic()
                     tracker.log_metrics({"val_score": sel, **{f"val_dice_{s.case}": s.dice for s in scores}},
                                         progress.iteration)  # fmt: skip
                     on_event("val", {**rec, "improved": improved, "best_score": progress.best_score})

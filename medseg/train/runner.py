@@ -127,6 +127,23 @@ def best_of_run(state: dict[str, Any], resume: Path) -> dict[str, Any] | None:
     return best
 
 
+def newer_best(state: dict[str, Any], resume: Path) -> dict[str, Any] | None:
+    """The run's `checkpoints/best.pt` when it is a later state of the same training than the checkpoint `resume`
+    (a kill after an improving validation wrote best.pt and before last.pt followed): same manifest and training
+    config, a later iteration that is its own best, and a validation history that continues the checkpoint's. Resuming
+    from it loses nothing; None otherwise."""
+    path = checkpoint_run_dir(resume) / "checkpoints" / "best.pt"
+    if not path.is_file() or path.resolve() == resume.resolve():
+        return None
+    best = load_checkpoint(path)
+    key = "training_sha256" if state.get("training_sha256") else "config_sha256"
+    same = all(best.get(k) == state.get(k) for k in ("manifest_sha256", key))
+    bp, sp = best["progress"], state["progress"]
+    later = int(bp["iteration"]) > int(sp["iteration"]) and bp.get("best_iteration") == bp["iteration"]
+    continues = list(bp.get("history", []))[: len(sp.get("history", []))] == list(sp.get("history", []))
+    return best if same and later and continues else None
+
+
 def check_run_folder(out: Path, resume: Path | None) -> None:
     """A new run needs a new or empty folder; a resumed one continues in its own folder or a new/empty one."""
     content = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
@@ -203,6 +220,11 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     state = best = None
     if resume is not None:
         state = load_checkpoint(resume)
+        later = newer_best(state, resume)
+        if later is not None:
+            on_event("stage", {"message": f"checkpoints/best.pt (it {later['progress']['iteration']}) is newer than "
+                                          f"{resume.name} (it {state['progress']['iteration']}): resuming from it"})
+            state = later
         check_resume(state, resume, cfg, cfg_sha, man_sha)
         best = best_of_run(state, resume)
     is_main = int(os.environ.get("RANK", "0")) == 0
