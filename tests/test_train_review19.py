@@ -13,8 +13,9 @@ import torch
 
 from medseg.errors import InvalidInputError
 from medseg.train.export import export_model
+from medseg.train.manifest import check_manifest, load_manifest, verify_manifest
 from medseg.train.runner import run_training
-from tests.test_train_integrity import env, write_config  # noqa: F401  (env: module fixture used by `run19`)
+from tests.test_train_integrity import MANIFEST, env, write_config  # noqa: F401  (env: module fixture used by `run19`)
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,39 @@ def test_best_checkpoint_also_writes_last_and_a_newer_best_is_resumed_from(env: 
     info = run_training(cfg6, tmp_path / "run", resume=tmp_path / "run/checkpoints/last.pt")
     assert info.result is not None and info.result.progress.iteration == 6
     assert json.loads((tmp_path / "run/summary.json").read_text())["segments"][-1]["from_iteration"] >= 2
+
+
+# 3. manifest files outside the data root
+
+
+def _edited_manifest(tmp_path: Path, change: Any) -> Path:
+    m = json.loads(MANIFEST.read_text())
+    change(m["entries"][0])
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(m))
+    return path
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute"])
+def test_manifest_paths_leaving_the_data_root_are_refused(shared: Path, tmp_path: Path, where: str) -> None:
+    def change(e: dict[str, Any]) -> None:
+        e["label"] = f"../data/{e['label']}" if where == "dotdot" else str(shared / e["label"])
+
+    path = _edited_manifest(tmp_path, change)
+    manifest, _ = load_manifest(path)
+    with pytest.raises(InvalidInputError, match=r"case \S+: label path .*(absolute|'\.\.' part)") as exc:
+        check_manifest(manifest, path)
+    assert exc.value.exit_code == 3 and exc.value.path == path
+    with pytest.raises(InvalidInputError, match=r"absolute|'\.\.' part"):
+        verify_manifest(manifest, shared, path)
+
+
+def test_manifest_file_linked_from_outside_the_data_root_is_refused(shared: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for top in {Path(e.label).parts[0] for e in load_manifest(MANIFEST)[0].entries}:
+        (root / top).symlink_to(shared / top)
+    manifest, _ = load_manifest(MANIFEST)
+    with pytest.raises(InvalidInputError, match="resolves outside the data root") as exc:
+        verify_manifest(manifest, root, MANIFEST)
+    assert exc.value.exit_code == 3

@@ -59,9 +59,25 @@ def _roles(e: Entry) -> dict[str, str | None]:
     return roles
 
 
+def _path_problem(role: str, rel: str) -> str | None:
+    """Why a file path of an entry could name a file outside the data root (absolute, or with a `..` part), else
+    None: every file of a manifest lies under its data root."""
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith(("/", "\\")) or Path(rel).is_absolute() or (parts and parts[0].endswith(":")):
+        return f"{role} path {rel!r} is absolute: paths are relative to the data root"
+    if ".." in parts:
+        return f"{role} path {rel!r} has a '..' part: every file must lie under the data root"
+    return None
+
+
 def _entry_problem(e: Entry) -> str | None:
-    """What is wrong with one entry on its own (files named without digests, digests of nothing), else None."""
+    """What is wrong with one entry on its own (files named without digests, digests of nothing, paths leaving the
+    data root), else None."""
     roles = _roles(e)
+    for role, rel in roles.items():
+        problem = _path_problem(role, rel) if rel else None
+        if problem:
+            return problem
     if e.kind == "ct_pair" and (e.image is None or e.liver_value is None):
         return "a ct_pair needs image and liver_value"
     if e.kind == "label_map" and e.labels_json is None:
@@ -111,9 +127,25 @@ def load_manifest(path: Path) -> tuple[Manifest, str]:
     return read_validated(path, Manifest, "manifest", parse=json.loads)
 
 
+def under_root(data_root: Path, rel: str, case_id: str, manifest_path: Path | None) -> Path:
+    """`data_root / rel`, refused (InvalidInputError naming the manifest and case) when the path is absolute, has a
+    `..` part or resolves (through a link) outside the data root."""
+    problem = _path_problem("file", rel)
+    path = data_root / rel
+    if problem is None and not path.resolve().is_relative_to(data_root.resolve()):
+        problem = f"file {rel!r} resolves outside the data root"
+    if problem:
+        raise InvalidInputError(f"case {case_id}: {problem}", path=manifest_path,
+                                hint="Every manifest file must lie under the data root; rebuild the manifest.")
+    return path
+
+
 def verify_manifest(manifest: Manifest, data_root: Path, manifest_path: Path | None = None) -> None:
-    """Check every file's SHA-256; raise InvalidInputError naming the first mismatch or missing file."""
+    """Check every file lies under the data root and matches its SHA-256; raise InvalidInputError naming the first
+    file outside the root, mismatch or missing file."""
     for e in manifest.entries:
+        for rel in (p for p in _roles(e).values() if p):
+            under_root(data_root, rel, e.case_id, manifest_path)
         for role, digest in e.sha256.items():
             rel = _roles(e).get(role)
             if rel is None:
