@@ -106,3 +106,15 @@ def test_manifest_file_linked_from_outside_the_data_root_is_refused(shared: Path
     with pytest.raises(InvalidInputError, match="resolves outside the data root") as exc:
         verify_manifest(manifest, root, MANIFEST)
     assert exc.value.exit_code == 3
+
+
+# 8. case ids name cache files and MLflow metrics
+
+
+@pytest.mark.parametrize("case_id", ["../../escaped", "Doe, John (MRN 4711)", "a..b", "x/y", ""])
+def test_case_ids_outside_the_safe_alphabet_are_refused_up_front(tmp_path: Path, case_id: str) -> None:
+    path = _edited_manifest(tmp_path, lambda e: e.update(case_id=case_id))
+    manifest, _ = load_manifest(path)
+    with pytest.raises(InvalidInputError, match=r"case_id may hold only letters") as exc:
+        check_manifest(manifest, path)
+    assert exc.value.exit_code == 3 and "\n" not in exc.value.one_line()

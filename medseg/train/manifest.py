@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from medseg.train.config import read_validated
 from medseg.yamltext import load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
+CASE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class Entry(BaseModel):
@@ -74,6 +76,8 @@ def _entry_problem(e: Entry) -> str | None:
     """What is wrong with one entry on its own (files named without digests, digests of nothing, paths leaving the
     data root), else None."""
     roles = _roles(e)
+    if not CASE_ID.fullmatch(e.case_id) or ".." in e.case_id:
+        return "case_id may hold only letters, digits, '_', '.' and '-' (no '..'): it names cache files and metrics"
     for role, rel in roles.items():
         problem = _path_problem(role, rel) if rel else None
         if problem:
@@ -100,7 +104,8 @@ def check_manifest(manifest: Manifest, path: Path) -> None:
     for e in manifest.entries:
         problem = _entry_problem(e)
         if problem:
-            raise InvalidInputError(f"case {e.case_id}: {problem}", path=path, hint="Rebuild the manifest.")
+            name = e.case_id if CASE_ID.fullmatch(e.case_id) else ascii(e.case_id)
+            raise InvalidInputError(f"case {name}: {problem}", path=path, hint="Rebuild the manifest.")
         if e.case_id in seen_ids:
             raise InvalidInputError(f"case {e.case_id} is listed twice", path=path, hint="Keep one entry per case.")
         seen_ids.add(e.case_id)
