@@ -118,3 +118,37 @@ def test_case_ids_outside_the_safe_alphabet_are_refused_up_front(tmp_path: Path,
     with pytest.raises(InvalidInputError, match=r"case_id may hold only letters") as exc:
         check_manifest(manifest, path)
     assert exc.value.exit_code == 3 and "\n" not in exc.value.one_line()
+
+
+# 4 (and 7). no local path or patient-like name reaches MLflow, summary.json or the card; init_weights digested
+
+
+def test_records_hold_references_not_local_paths_and_the_init_weights_digest(run19: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from medseg.digests import file_sha256
+
+    secret = tmp_path / "Smith_Jane"
+    secret.mkdir()
+    shutil.copyfile(MANIFEST, secret / "Smith_Jane_MRN4711.json")
+    shutil.copyfile(run19 / "run/best_weights.pt", secret / "Doe_John_start.pt")
+    start = str(secret / "Doe_John_start.pt")
+    cfg = write_config(secret, manifest=secret / "Smith_Jane_MRN4711.json", init_weights=start,
+                       run={"max_iterations": 2})  # fmt: skip
+    run_training(cfg, tmp_path / "run", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    card = export_model(tmp_path / "run", tmp_path / "card", {})
+    init_sha = file_sha256(secret / "Doe_John_start.pt")
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["init_weights_sha256"] == init_sha and summary["init_weights"] == f"sha256:{init_sha}"
+    assert summary["manifest_file"].startswith("sha256:") and summary["manifest"] == summary["manifest_file"]
+    assert card.training["init_weights_sha256"] == init_sha
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    params = dict(db.execute("select key, value from params"))
+    assert params["config.init_weights"] == f"sha256:{init_sha}"
+    texts = [" ".join(str(v) for v in params.values()), (tmp_path / "run/summary.json").read_text(),
+             (tmp_path / "card/model_card.yaml").read_text()]  # fmt: skip
+    texts += [p.read_text(errors="replace") for p in (tmp_path / "mlartifacts").rglob("*") if p.suffix != ".pt"
+              and p.is_file()]  # fmt: skip
+    assert len(texts) > 5
+    for text in texts:
+        assert "Smith" not in text and "Doe_John" not in text and str(tmp_path) not in text

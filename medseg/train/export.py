@@ -81,6 +81,18 @@ def build_card(cfg: TrainConfig, weights_sha256: str, training: dict[str, Any], 
     )  # fmt: skip
 
 
+def card_config(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """The config as the card shows it: `data.manifest` and `init_weights` as the references summary.json records
+    (repository path, else `sha256:<digest>`), never a local path; an older run's path outside the repository is
+    named not recorded."""
+    config = cfg.model_dump(mode="json")
+    config["data"]["manifest"] = summary.get("manifest_file") or summary.get("manifest")
+    if cfg.init_weights:
+        local = Path(cfg.init_weights).is_absolute() or ".." in Path(cfg.init_weights).parts
+        config["init_weights"] = summary.get("init_weights") or ("not recorded" if local else cfg.init_weights)
+    return config
+
+
 def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """Config and the training section of the card, read back from a finished run folder."""
     from medseg.train.manifest import load_manifest
@@ -97,7 +109,7 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
         raise InvalidInputError("config.yaml or manifest.json is not the one the run's summary.json records",
                                 path=run_dir, hint="The folder was changed after training; export another run.")
     record = {
-        "config": cfg.model_dump(mode="json"),
+        "config": card_config(cfg, summary),
         "config_sha256": summary["config_sha256"],
         "manifest": {"name": manifest.name, "file": summary.get("manifest_file") or summary.get("manifest"),
                      "sha256": man_sha},
@@ -116,6 +128,7 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
         "mlflow_run_id": run.get("mlflow_run_id"),
         "hardware": summary.get("hardware", "not recorded"),
         "best_weights_sha256": summary.get("best_weights_sha256"),
+        **{k: summary[k] for k in ("init_weights", "init_weights_sha256") if k in summary},
     }
     return cfg, record
 

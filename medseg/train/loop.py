@@ -120,14 +120,15 @@ def lr_factor(cfg: TrainConfig, iteration: int, elapsed_s: float) -> float:
     return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * decay)
 
 
-def init_from(net: torch.nn.Module, weights: Path) -> None:
+def init_from(net: torch.nn.Module, weights: Path, data: bytes | None = None) -> None:
     """Warm start from another model's state_dict: equal tensors are copied, a tensor whose class dimension grew
     (the output layers) gets the old classes copied into its leading block and keeps random init elsewhere, except
-    that new input channels feeding old outputs start at zero: the old classes' logits are exactly the old model's."""
+    that new input channels feeding old outputs start at zero: the old classes' logits are exactly the old model's.
+    `data`: the file's bytes as read and digested for the run's record (parsed from memory, not read again)."""
     from medseg.train.manifest import REPO
 
     path = weights if weights.is_absolute() else REPO / weights
-    src = read_torch_file(path, "init_weights", "Name a model's weights file (a state_dict) in init_weights.")
+    src = read_torch_file(path, "init_weights", "Name a model's weights file (a state_dict) in init_weights.", data)
     if not isinstance(src, dict) or not all(isinstance(v, torch.Tensor) for v in src.values()):
         raise InvalidInputError("init_weights is not a state_dict (names and tensors)", path=path,
                                 hint="Name a model's weights file, not a training checkpoint.")  # fmt: skip
@@ -176,7 +177,7 @@ def diverged(out: Path, iteration: int, what: str) -> ProcessingError:
 def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: CaseSets, val: ValSet, out: Path,
           dist: DistContext, tracker: Tracker, resume: dict[str, Any] | None = None,
           on_event: Event = lambda kind, fields: None, training_sha: str = "",
-          resume_path: Path | None = None) -> TrainResult:  # fmt: skip
+          resume_path: Path | None = None, init_data: bytes | None = None) -> TrainResult:  # fmt: skip
     """Run the optimisation until max_iterations, the time budget, SIGTERM or Ctrl-C; save checkpoints on rank 0.
 
     `resume` is a checkpoint already read and checked (`load_checkpoint`). A non-finite loss or gradient norm stops
@@ -196,7 +197,7 @@ def train(cfg: TrainConfig, config_sha: str, manifest_sha: str, train_cases: Cas
     device = dist.device
     net = build_network(cfg.network)
     if cfg.init_weights and resume is None:
-        init_from(net, Path(cfg.init_weights))
+        init_from(net, Path(cfg.init_weights), init_data)
         on_event("stage", {"message": f"initialised from {cfg.init_weights}"})
     net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)

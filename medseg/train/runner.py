@@ -66,10 +66,48 @@ def manifest_reference(path: Path) -> str:
 
 
 def keyed_reference(path: Path, digest: str) -> str:
-    """How a manifest is named in MLflow: its path in the repository, else only its digest (no name that could
-    carry a patient's name, no folders)."""
+    """How a manifest (or init_weights file) is named in records: its path in the repository, else only its digest
+    (no name that could carry a patient's name, no folders)."""
     ref = manifest_reference(path)
     return ref if ref != path.name or path.resolve().parent == REPO else f"sha256:{digest}"
+
+
+@dataclass(frozen=True)
+class InitWeights:
+    """The config's `init_weights` file, read once: its bytes (what the network starts from), their SHA-256 and the
+    reference recorded for it (its path in the repository, else `sha256:<digest>`: no folder or file name that
+    could carry a patient's name reaches a record)."""
+
+    path: Path
+    data: bytes
+    sha256: str
+    reference: str
+
+
+def read_init_weights(cfg: TrainConfig) -> InitWeights | None:
+    """The config's `init_weights` (relative to the repository), read and digested once; None without one."""
+    import hashlib
+
+    if not cfg.init_weights:
+        return None
+    path = Path(cfg.init_weights) if Path(cfg.init_weights).is_absolute() else REPO / cfg.init_weights
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"init_weights cannot be read: {exc.strerror or exc}", path=path,
+                                hint="Name a model's weights file in init_weights.") from exc  # fmt: skip
+    digest = hashlib.sha256(data).hexdigest()
+    return InitWeights(path, data, digest, keyed_reference(path, digest))
+
+
+def recorded_config(cfg: TrainConfig, manifest_ref: str, init: InitWeights | None) -> dict[str, Any]:
+    """The config as records show it (MLflow params and config artifact, the model card): `data.manifest` and
+    `init_weights` replaced by their references (repository path, else `sha256:<digest>`), never a local path."""
+    params = cfg.model_dump(mode="json")
+    params["data"]["manifest"] = manifest_ref
+    if init is not None:
+        params["init_weights"] = init.reference
+    return params
 
 
 def check_device(device: str) -> None:
@@ -217,6 +255,7 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     if not manifest.split("val", "ct_pair") and cfg.validation.synthetic_cases == 0:
         raise InvalidInputError("no validation volumes: the manifest has no val ct_pair and "
                                 "validation.synthetic_cases is 0", path=config_path)  # fmt: skip
+    init = read_init_weights(cfg)
     state = best = None
     if resume is not None:
         state = load_checkpoint(resume)
@@ -234,7 +273,7 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
         if is_main:
             check_run_folder(out, resume)
         return _run(cfg, cfg_sha, config_path, manifest, man_sha, manifest_path, out, state, best, resume,
-                    tracking_uri, data_root, device, on_event)  # fmt: skip
+                    tracking_uri, data_root, device, on_event, init)  # fmt: skip
 
 
 @contextmanager
@@ -264,7 +303,8 @@ def process_settings_kept() -> Iterator[None]:
 
 def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, man_sha: str, manifest_path: Path,
          out: Path, state: dict[str, Any] | None, best: dict[str, Any] | None, resume: Path | None,
-         tracking_uri: str | None, data_root: Path | None, device: str, on_event: Event) -> RunInfo:  # fmt: skip
+         tracking_uri: str | None, data_root: Path | None, device: str, on_event: Event,
+         init: InitWeights | None = None) -> RunInfo:  # fmt: skip
     """The run proper, once every check has passed and the run folder is locked."""
     root = data_root or default_data_root()
     on_event("stage", {"message": f"verifying {len(manifest.entries)} manifest entries (SHA-256)"})
@@ -298,15 +338,14 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
     recorded = (previous.get("config_sha256"), previous.get("tracking_uri"))
     same_config = same_folder and recorded == (cfg_sha, tracker.uri)
     run_id = tracker.start(f"{cfg.name}-{cfg.version}", previous.get("mlflow_run_id") if same_config else None)
-    man_ref = manifest_reference(manifest_path)
     mlflow_ref = keyed_reference(manifest_path, man_sha)
+    init_record = {"init_weights": init.reference, "init_weights_sha256": init.sha256} if init else {}
     if dist.is_main:
         _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri, "config_sha256": cfg_sha,
-                                       "segments": segments})  # fmt: skip
+                                       "segments": segments, **init_record})  # fmt: skip
+        shown = recorded_config(cfg, mlflow_ref, init)
         if not same_config:
-            params = cfg.model_dump(mode="json")
-            params["data"]["manifest"] = mlflow_ref
-            tracker.log_params({"config": params, "world_size": dist.world, "device": dist.device})
+            tracker.log_params({"config": shown, "world_size": dist.world, "device": dist.device})
         seg = segments[-1]
         tags = {"git_commit": seg["git_commit"], "git_dirty": seg["git_dirty"], "hardware": seg["hardware"],
                 **{f"pkg.{k}": v for k, v in seg["packages"].items()},
@@ -315,11 +354,11 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
             tags["resumed_from_run"] = previous["mlflow_run_id"]
         tracker.set_tags(tags)
         tracker.log_manifest(out / "manifest.json", man_sha, manifest.name, "training", mlflow_ref)
-        tracker.log_artifact(out / "config.yaml", "config")
+        tracker.log_text(yaml_text(shown), "config/config.yaml")
     status = "FAILED"
     try:
         result = train(cfg, cfg_sha, man_sha, train_cases, val, out, dist, tracker, state, on_event,
-                       cfg.training_sha256(), resume)  # fmt: skip
+                       cfg.training_sha256(), resume, init.data if init else None)  # fmt: skip
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -337,7 +376,7 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
         summary = {"iterations": result.progress.iteration, "elapsed_s": result.progress.elapsed_s,
                    "best_score": result.progress.best_score, "best_iteration": result.progress.best_iteration,
                    "stopped_by": result.stopped_by, "config_sha256": cfg_sha, "manifest_sha256": man_sha,
-                   "manifest": manifest_path.name, "manifest_file": man_ref,
+                   "manifest": mlflow_ref, "manifest_file": mlflow_ref, **init_record,
                    "git_commit": first["git_commit"], "git_dirty": any(s["git_dirty"] != "false" for s in segments),
                    "packages": segments[-1]["packages"], "hardware": segments[-1]["hardware"],
                    "segments": segments, **weights_digests(out, result)}  # fmt: skip
@@ -358,6 +397,14 @@ def weights_digests(out: Path, result: TrainResult) -> dict[str, str | None]:
     files = {"best_weights_sha256": result.best_weights, "last_weights_sha256": result.last_weights,
              "last_checkpoint_sha256": out / "checkpoints" / "last.pt"}  # fmt: skip
     return {k: file_sha256(p) if p.is_file() else None for k, p in files.items()}
+
+
+def yaml_text(config: dict[str, Any]) -> str:
+    """The YAML of a recorded config, saying it is the run's config with its local paths replaced by references."""
+    import yaml
+
+    head = "# the run's config.yaml with data.manifest and init_weights as references (repository path or sha256)\n"
+    return head + yaml.safe_dump(config, sort_keys=False)
 
 
 def _previous_run(out: Path) -> dict[str, Any]:

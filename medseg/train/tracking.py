@@ -148,6 +148,12 @@ class Tracker:
                 else:
                     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """`text` as the artifact `artifact_file` (a record made for MLflow, not a file of the run folder)."""
+        if self.enabled:
+            with _writing() as mlflow:
+                mlflow.log_text(text, artifact_file)
+
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             with _writing() as mlflow:
