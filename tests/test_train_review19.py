@@ -152,3 +152,32 @@ def test_records_hold_references_not_local_paths_and_the_init_weights_digest(run
     assert len(texts) > 5
     for text in texts:
         assert "Smith" not in text and "Doe_John" not in text and str(tmp_path) not in text
+
+
+# 9. a run killed before its first checkpoint can be run again in its folder
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_restartable(env: Any, tmp_path: Path) -> None:  # noqa: F811
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    cfg = write_config(tmp_path, run={"max_iterations": 100000, "val_every": 100000})
+    cmd = [str(Path(sys.executable).parent / "medseg"), "train", str(cfg), "--out", str(tmp_path / "run")]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run/run.json").is_file() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (tmp_path / "run/run.json").is_file() and not (tmp_path / "run/checkpoints").exists()
+    short = write_config(tmp_path, "short.yaml", run={"max_iterations": 2})
+    shutil.copyfile(short, cfg)
+    info = run_training(cfg, tmp_path / "run")
+    assert info.result is not None and info.result.progress.iteration == 2
+    statuses = sorted(s for (s,) in sqlite3.connect(tmp_path / "run/mlflow.db").execute("select status from runs"))
+    assert statuses == ["FAILED", "FINISHED"]

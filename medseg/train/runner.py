@@ -182,12 +182,39 @@ def newer_best(state: dict[str, Any], resume: Path) -> dict[str, Any] | None:
     return best if same and later and continues else None
 
 
+# What a run writes before its first checkpoint; MLflow's default store (mlflow.db, mlartifacts) is never removed.
+EARLY_RUN_FILES = frozenset({"run.json", "config.yaml", "manifest.json", "metrics.jsonl", "mlflow.db", "mlartifacts"})
+STORE_FILES = frozenset({"mlflow.db", "mlartifacts"})
+
+
+def killed_before_checkpoint(out: Path) -> bool:
+    """Whether `out` holds only what a run killed before its first checkpoint left (no checkpoints/, no
+    summary.json, nothing but the files a run writes first): nothing there can be resumed, so a new run may start."""
+    content = {p.name for p in out.iterdir() if p.name != LOCK_NAME} if out.is_dir() else set()
+    return bool(content) and content <= EARLY_RUN_FILES and bool(content - STORE_FILES)
+
+
+def clear_killed_run(out: Path, on_event: Event) -> None:
+    """Remove what a run killed before its first checkpoint left (called with the run lock held, so that run is not
+    alive), marking its MLflow run FAILED when run.json names it; MLflow's default store in the folder is kept."""
+    from medseg.train.tracking import mark_failed
+
+    previous = _previous_run(out)
+    if previous.get("mlflow_run_id") and previous.get("tracking_uri"):
+        note = mark_failed(str(previous["tracking_uri"]), str(previous["mlflow_run_id"]))
+        on_event("stage", {"message": note})
+    for name in EARLY_RUN_FILES - STORE_FILES:
+        (out / name).unlink(missing_ok=True)
+    on_event("stage", {"message": "the run folder held a run killed before its first checkpoint: starting anew"})
+
+
 def check_run_folder(out: Path, resume: Path | None) -> None:
-    """A new run needs a new or empty folder; a resumed one continues in its own folder or a new/empty one."""
+    """A new run needs a new or empty folder (or one a run killed before its first checkpoint left); a resumed one
+    continues in its own folder or a new/empty one."""
     content = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
     if out.exists() and not out.is_dir():
         raise UsageError("--out is not a folder", path=out)
-    if not content:
+    if not content or (resume is None and killed_before_checkpoint(out)):
         return
     if resume is None:
         raise UsageError("run folder already holds a run", path=out,
@@ -272,6 +299,8 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     with run_lock(out, is_main), process_settings_kept():
         if is_main:
             check_run_folder(out, resume)
+            if resume is None and killed_before_checkpoint(out):
+                clear_killed_run(out, on_event)
         return _run(cfg, cfg_sha, config_path, manifest, man_sha, manifest_path, out, state, best, resume,
                     tracking_uri, data_root, device, on_event, init)  # fmt: skip
 

@@ -42,6 +42,22 @@ def git_commit() -> dict[str, str]:
     return {"git_commit": head.stdout.strip() or "unknown", "git_dirty": str(bool(dirty.stdout.strip())).lower()}
 
 
+def mark_failed(uri: str, run_id: str) -> str:
+    """Mark a run that was killed (still RUNNING in its store) FAILED; returns one line saying what happened (a
+    store that cannot be reached is a note, not an error: the new run does not depend on it)."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        with deferred_interrupt():
+            client = MlflowClient(uri)
+            if client.get_run(run_id).info.status != "RUNNING":
+                return f"MLflow run {run_id} of the killed run was already ended"
+            client.set_terminated(run_id, "FAILED")
+    except Exception as exc:  # the store of a dead run; its failure must not block the new one
+        return f"MLflow run {run_id} of the killed run not marked FAILED: {exc}".splitlines()[0]
+    return f"MLflow run {run_id} of the killed run marked FAILED"
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
