@@ -251,3 +251,23 @@ def test_report_sign_approved_of_a_failed_validation_exits_1_and_writes_nothing(
         " again"
     ], err
     assert sorted(p.name for p in folder.iterdir()) == before and "Traceback" not in err
+
+
+def test_a_failed_report_verify_is_on_record_with_its_exit_code(shared, tmp_path, keys, capsys) -> None:
+    """The audit record of `report verify` carries the exit the process gave (1 for a changed report), not 0."""
+    from cli_run import run_in_process
+
+    from medseg.audit.config import load_config
+    from medseg.audit.store import AuditStore
+
+    folder = folder_with_report(tmp_path / "v", shared)
+    private = load_private_key(keys[0])
+    sign_folder(folder, private, signature_info("Ada", "reviewed", private.public_key()))
+    public = str(keys[0].with_name("qa.key.pub"))
+    assert run_in_process(["report", "verify", str(folder), "--public-key", public], capsys)[0] == 0
+    (folder / "report.json").write_text((folder / "report.json").read_text().replace("0.8", "0.9"))
+    code, out, _ = run_in_process(["report", "verify", str(folder), "--public-key", public], capsys)
+    assert code == 1 and "NOT intact" in out
+    with AuditStore.open(load_config(), create=False) as store:
+        ends = [r.body for r in store.records() if r.body["kind"] == "end" and r.body["command"] == "report verify"]
+    assert [(e["exit_code"], e["outcome"]) for e in ends] == [(0, "success"), (1, "failure")]

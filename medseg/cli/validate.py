@@ -234,12 +234,12 @@ def verify(
         rec.add_inputs([folder])
         result = verify_folder(folder, public)
         rec.set_outcome_detail("intact" if result.ok else "tampered")
-    if result.ok:
-        p = result.predicate
-        console.result(f"report intact: {p['meaning']} by {p['signer']} at {p['signed_at_utc']} (key {p['key_id']}); "
-                       f"{p['model']}, verdict {p['verdict']}")  # fmt: skip
-        return
-    console.result(f"report NOT intact: {len(result.problems)} problem(s)")
-    for problem in result.problems:
-        console.result(f"  {problem}")
-    raise typer.Exit(EXIT_TAMPERED)
+        if result.ok:
+            p = result.predicate
+            console.result(f"report intact: {p['meaning']} by {p['signer']} at {p['signed_at_utc']} "
+                           f"(key {p['key_id']}); {p['model']}, verdict {p['verdict']}")  # fmt: skip
+            return
+        console.result(f"report NOT intact: {len(result.problems)} problem(s)")
+        for problem in result.problems:
+            console.result(f"  {problem}")
+        raise typer.Exit(EXIT_TAMPERED)  # inside the audited block: the record carries exit 1
