@@ -70,8 +70,15 @@ def purge_expired(config: PacsConfig, queue: JobQueue, now: float | None = None,
             if received.exists():
                 trash.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(received, trash)
-        for folder in [trash, *folders]:
-            shutil.rmtree(folder, ignore_errors=True)
+        _delete(trash, folders, study_dir(config.storage, uid))
         queue.finish_purge(uid)
         done.append(Purged(uid, forgotten, len(folders)))
     return done
+
+
+def _delete(trash: Path, folders: list[Path], received: Path) -> None:
+    """Delete a purged study's files outside its lock: the study folder only as the `trash` it was renamed to under
+    the lock, never at its live path, where an instance of the same study re-sent meanwhile is stored (and
+    acknowledged) in a new folder (review 19: the second rmtree wiped it); then its jobs' results and staging."""
+    for folder in [trash, *(f for f in folders if f != received)]:
+        shutil.rmtree(folder, ignore_errors=True)
