@@ -181,3 +181,31 @@ def test_a_run_killed_before_its_first_checkpoint_is_restartable(env: Any, tmp_p
     assert info.result is not None and info.result.progress.iteration == 2
     statuses = sorted(s for (s,) in sqlite3.connect(tmp_path / "run/mlflow.db").execute("select status from runs"))
     assert statuses == ["FAILED", "FINISHED"]
+
+
+# 5. label values labels.json does not name are refused, not made background
+
+
+@pytest.mark.parametrize("gap", ["labels_json lacks a value", "one voxel of 99"])
+def test_label_values_not_named_in_labels_json_are_refused(shared: Path, tmp_path: Path, gap: str) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.train.synth.prepare import prepare_label_map
+
+    src = shared / "labels/btcv_8organ"
+    names = json.loads((src / "labels.json").read_text())
+    label = tmp_path / "label0001.nii.gz"
+    if gap == "labels_json lacks a value":
+        del names["3"]
+        shutil.copyfile(src / "label0001.nii.gz", label)
+    else:
+        img = nib.load(src / "label0001.nii.gz")
+        a = np.asarray(img.dataobj).copy()
+        where = np.argwhere(a == 5)
+        a[tuple(where[len(where) // 2])] = 99
+        nib.save(nib.Nifti1Image(a, img.affine, img.header), label)
+    (tmp_path / "labels.json").write_text(json.dumps(names))
+    with pytest.raises(InvalidInputError, match=r"label values (3|99) are not named in labels.json") as exc:
+        prepare_label_map(label, tmp_path / "labels.json", (3.0, 3.0, 3.0))
+    assert exc.value.path == label and exc.value.exit_code == 3

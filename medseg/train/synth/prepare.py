@@ -15,9 +15,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, Delaunay, QhullError
 
 from medseg.errors import InvalidInputError
-from medseg.train.synth.tissues import source_lut, tissue_table
+from medseg.train.synth.tissues import label_names, source_lut, tissue_table
 
-PREP_VERSION = "3"
+PREP_VERSION = "4"
 MARGIN_MM = (75.0, 75.0, 45.0)
 
 
@@ -62,8 +62,23 @@ def default_cache_dir() -> Path:
     return cache_dir()
 
 
-def resample_labels_ras(path: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Label map and field-of-view mask, reoriented to RAS and resampled (nearest) to `spacing`."""
+def check_named(data: np.ndarray, named: set[int], path: Path, labels_json: Path) -> None:
+    """Refuse a label map holding a value its labels.json does not name (before resampling, which could drop a small
+    island, and before the lookup table, which would make it background silently)."""
+    if data.size and data.min() < 0:
+        raise InvalidInputError(f"label map holds negative values ({int(data.min())})", path=path)
+    values = set(np.flatnonzero(np.bincount(data.ravel())).tolist()) if data.size else set()
+    unnamed = sorted(values - named - {0})
+    if unnamed:
+        shown = ", ".join(str(v) for v in unnamed[:10]) + (" ..." if len(unnamed) > 10 else "")
+        raise InvalidInputError(f"label values {shown} are not named in {labels_json.name} ({labels_json})", path=path,
+                                hint="Name every value of the map in its labels.json, or fix the map.")  # fmt: skip
+
+
+def resample_labels_ras(path: Path, spacing: tuple[float, float, float],
+                        labels_json: Path | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Label map and field-of-view mask, reoriented to RAS and resampled (nearest) to `spacing`; with `labels_json`,
+    every value of the map as stored must be one it names."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
@@ -72,6 +87,8 @@ def resample_labels_ras(path: Path, spacing: tuple[float, float, float]) -> tupl
         data = np.asarray(img.dataobj).astype(np.int32)
     except Exception as exc:
         raise InvalidInputError(f"cannot read label map: {exc}", path=path) from exc
+    if labels_json is not None:
+        check_named(data, set(label_names(labels_json)), path, labels_json)
     corners = np.array([[i, j, k, 1] for i in (0, data.shape[0] - 1) for j in (0, data.shape[1] - 1)
                         for k in (0, data.shape[2] - 1)], float)  # fmt: skip
     world = (img.affine @ corners.T).T[:, :3]
@@ -165,7 +182,7 @@ def _anterior_posterior_flipped(classes: np.ndarray) -> bool:
 def prepare_label_map(path: Path, labels_json: Path, spacing: tuple[float, float, float]) -> AnatomyCase:
     """Read, unify, resample and crop one label map, and derive the anatomy guides."""
     lut = source_lut(labels_json)
-    raw, fov = resample_labels_ras(path, spacing)
+    raw, fov = resample_labels_ras(path, spacing, labels_json)
     if raw.max() >= len(lut) or raw.min() < 0:
         raise InvalidInputError(f"label value {raw.max()} not in labels.json", path=path)
     classes = lut[raw]

@@ -65,14 +65,19 @@ def tissue_table() -> TissueTable:
     return TissueTable(ids, hu, sd, frozenset(oral), tuple(raw["phases"]), tuple(raw["phase_probabilities"]), raw)
 
 
+def label_names(labels_json: Path) -> dict[int, str]:
+    """A label source's voxel values and their names, as its labels.json gives them."""
+    try:
+        return {int(k): str(v) for k, v in json.loads(labels_json.read_text()).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InvalidInputError(f"cannot read label names: {exc}", path=labels_json) from exc
+
+
 def source_lut(labels_json: Path) -> np.ndarray:
     """A lookup table from a label source's voxel values to generator class ids (via its labels.json names)."""
     table = tissue_table()
     aliases = table.raw["sources"]["aliases"]
-    try:
-        names = {int(k): str(v) for k, v in json.loads(labels_json.read_text()).items()}
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read label names: {exc}", path=labels_json) from exc
+    names = label_names(labels_json)
     lut = np.zeros(max(names) + 1, dtype=np.uint8)
     for value, name in names.items():
         if value == 0:
