@@ -385,8 +385,13 @@ def test_cache_key_holds_labels_json_and_a_changed_cache_file_is_prepared_again(
 
     m, _ = load_manifest(MANIFEST)
     lm = next(e for e in m.entries if e.kind == "label_map")
-    cached_case(shared / lm.label, shared / lm.labels_json, (3.0,) * 3, lm.sha256["label"], tmp_path, "a")
-    cached_case(shared / lm.label, shared / lm.labels_json, (3.0,) * 3, lm.sha256["label"], tmp_path, "b")
+    import hashlib
+
+    names = (shared / lm.labels_json).read_text()
+    for name, text in (("a.json", names), ("b.json", names + " \n")):
+        (tmp_path / name).write_text(text)
+        digest = hashlib.sha256(text.encode()).hexdigest()  # the same names, another file: another cache key
+        cached_case(shared / lm.label, tmp_path / name, (3.0,) * 3, lm.sha256["label"], tmp_path, digest)
     assert len(list((tmp_path / "anatomy").glob("*.npz"))) == 2
     e = next(e for e in m.entries if e.kind == "ct_pair" and e.split == "val")
     args = (e.case_id, shared / e.image, shared / e.label, e.liver_value, (3.0,) * 3, e.sha256, tmp_path)

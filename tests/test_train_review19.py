@@ -209,3 +209,29 @@ def test_label_values_not_named_in_labels_json_are_refused(shared: Path, tmp_pat
     with pytest.raises(InvalidInputError, match=r"label values (3|99) are not named in labels.json") as exc:
         prepare_label_map(label, tmp_path / "labels.json", (3.0, 3.0, 3.0))
     assert exc.value.path == label and exc.value.exit_code == 3
+
+
+# 6. data changed after verification is neither trained on nor cached
+
+
+def test_a_source_changed_after_verification_is_refused_and_not_cached(shared: Path, tmp_path: Path) -> None:
+    from medseg.train.realdata import cached_real_case
+    from medseg.train.synth.prepare import cached_case
+
+    m, _ = load_manifest(MANIFEST)
+    lm = next(e for e in m.entries if e.kind == "label_map")
+    other = next(e for e in m.entries if e.kind == "label_map" and e.labels_json == lm.labels_json and e is not lm)
+    swapped = tmp_path / Path(lm.label).name
+    shutil.copyfile(shared / other.label, swapped)  # read instead of the verified file
+    with pytest.raises(InvalidInputError, match="changed while it was read") as exc:
+        cached_case(swapped, shared / lm.labels_json, (3.0,) * 3, lm.sha256["label"], tmp_path / "cache",
+                    lm.sha256["labels_json"])  # fmt: skip
+    assert exc.value.exit_code == 3 and not list((tmp_path / "cache/anatomy").glob("*.npz"))
+    e = next(e for e in m.entries if e.kind == "ct_pair" and e.split == "val")
+    label = tmp_path / "liver.nii.gz"
+    shutil.copyfile(shared / e.label, label)
+    label.write_bytes(label.read_bytes() + b"\0")  # gzip ignores trailing zeros: same content read, other file
+    with pytest.raises(InvalidInputError, match="changed while it was read"):
+        cached_real_case(e.case_id, shared / str(e.image), label, int(e.liver_value or 1), (3.0,) * 3, e.sha256,
+                         tmp_path / "cache")  # fmt: skip
+    assert not list((tmp_path / "cache/real").glob("*.npz"))

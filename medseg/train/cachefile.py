@@ -23,6 +23,21 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def check_sources_unchanged(files: dict[str, Path], digests: dict[str, str]) -> None:
+    """Refuse (InvalidInputError, exit 3) prepared data whose source files no longer have the SHA-256 the manifest
+    gives and training verified: a file changed after verification was read, so what was prepared is unverified and
+    is neither trained on nor cached under the manifest's digests."""
+    from medseg.digests import digest_path
+    from medseg.errors import InvalidInputError
+
+    for role, path in files.items():
+        expected = digests.get(role)
+        if expected and digest_path(path) != expected:
+            raise InvalidInputError(f"{role} changed while it was read (its SHA-256 no longer matches the manifest's); "
+                                    "not trained on, not cached", path=path,
+                                    hint="Restore the file the manifest names and run again.")  # fmt: skip
+
+
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write `arrays` and their digest to `path` atomically."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")

@@ -16,7 +16,7 @@ import numpy as np
 from medseg.errors import InvalidInputError
 from medseg.io import Volume, read_image
 from medseg.preprocess import model_grid, resample_to_grid
-from medseg.train.cachefile import load_npz, save_npz
+from medseg.train.cachefile import check_sources_unchanged, load_npz, save_npz
 
 # An organ label never covers air: real liver labels hold 0.00% voxels under -500 HU at the model grid, labels
 # mirrored along any axis of the TotalSegmentator example 4.4-5.1%.
@@ -92,5 +92,6 @@ def cached_real_case(name: str, image: Path, label: Path, liver_value: int, spac
     if cached is not None and {"image", "label", "affine"} <= cached.keys():
         return RealCase(name, cached["image"], cached["label"], cached["affine"])
     case = prepare_real_case(name, image, label, liver_value, spacing)
+    check_sources_unchanged({"image": image, "label": label}, digests)
     save_npz(target, {"image": case.image, "label": case.label, "affine": case.affine})
     return case

@@ -221,5 +221,9 @@ def cached_case(path: Path, labels_json: Path, spacing: tuple[float, float, floa
         except (OSError, ValueError, KeyError):
             target.unlink(missing_ok=True)
     case = prepare_label_map(path, labels_json, spacing)
+    from medseg.train.cachefile import check_sources_unchanged
+
+    check_sources_unchanged({"label": path, "labels_json": labels_json},
+                            {"label": sha256, "labels_json": labels_json_sha256})  # fmt: skip
     case.save(target)
     return case
