@@ -5,13 +5,19 @@ slices)."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pydicom
 import pytest
-from pacs_helpers import chaos_files
+import yaml
+from pacs_helpers import chaos_files, free_port, make_study
 
 import medseg.pacs.retention as retention
 from medseg.pacs.config import PacsConfig
@@ -68,3 +74,72 @@ def test_a_purge_keeps_an_instance_stored_while_its_trash_is_deleted(
     assert purged.instances == 2 and acked and acked[0].status == SUCCESS
     (row,) = queue.instances(study)
     assert Path(str(row["path"])).is_file()
+
+
+# 2. `pacs serve` with a Dask scheduler: refused at start when unreachable, and survives losing it later ---------------
+def _medseg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_serve_refuses_a_malformed_or_unreachable_scheduler(tmp_path: Path) -> None:
+    """A typo or a cluster not up: the service started, acknowledged studies and never segmented them."""
+    path = tmp_path / "pacs.yaml"
+    base = {"listen": {"port": free_port(), "host": "127.0.0.1"}, "storage": str(tmp_path / "store"),
+            "destination": {"folder": str(tmp_path / "seg")}}  # fmt: skip
+    for address in ("not-an-address", f"tcp://127.0.0.1:{free_port()}"):
+        path.write_text(yaml.safe_dump(base | {"scheduler": address}))
+        done = _medseg("pacs", "serve", "--config", str(path))
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "scheduler" in line and "internal error" not in line
+
+
+def test_dispatch_hands_back_and_reconnects_when_the_scheduler_is_lost(shared: Path, tmp_path: Path) -> None:
+    """The scheduler killed while a job runs on it: the dispatch thread died (nothing segmented again, nothing said).
+    Now the lease goes back to the queue, `pacs status` sees dispatch down, and the job runs once it is back."""
+    from distributed import LocalCluster
+
+    from medseg.pacs.batch import batch_config, enqueue
+    from medseg.pacs.dask_workers import dispatch, dispatch_down
+
+    make_study(chaos_files(shared), tmp_path / "in" / "a", range(30, 46), "review19-dask")
+    port = free_port()
+    events: list[str] = []
+    submitted = threading.Event()
+
+    def on_event(message: str) -> None:
+        events.append(message)
+        if "submitted" in message:
+            submitted.set()
+
+    def cluster() -> LocalCluster:
+        return LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                            scheduler_port=port)  # fmt: skip
+
+    stop = threading.Event()
+    with mock.patch.dict(os.environ):  # distributed's nannies change this process's environment
+        first = cluster()
+        config = batch_config(tmp_path / "out", "liver", None, "auto", first.scheduler_address)
+        queue = enqueue(config, tmp_path / "in")
+        runner = threading.Thread(target=dispatch, args=(config, queue, stop, on_event, []),
+                                  kwargs={"reconnect": True})  # fmt: skip
+        runner.start()
+        try:
+            assert submitted.wait(60)
+            first.close()
+            deadline = time.monotonic() + 45
+            while dispatch_down(config.storage) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert dispatch_down(config.storage) is not None, events
+            assert runner.is_alive() and queue.jobs()[0].state == "queued"
+            assert any(m.startswith("dispatch: lost the Dask scheduler") and "job 1 handed back" in m for m in events)
+            with cluster():
+                deadline = time.monotonic() + 90
+                while queue.jobs()[0].state != "sent" and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert queue.jobs()[0].state == "sent", events
+                assert dispatch_down(config.storage) is None
+        finally:
+            stop.set()
+            runner.join(60)
+    assert not runner.is_alive()

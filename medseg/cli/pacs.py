@@ -93,10 +93,13 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(config)
         report = status(_existing_queue(cfg)) | {"service_pid": read_pid(cfg.storage)}
+        report["dispatch"] = _dispatch_state(cfg, report["service_pid"])
         if as_json:
             console.result(json.dumps(report, indent=2))
             return
         running = f"running (pid {report['service_pid']})" if report["service_pid"] else "not running"
+        if report["dispatch"]["state"] == "down":
+            running += f", dispatch: down since {report['dispatch']['down_since']} ({report['dispatch']['reason']})"
         console.result(f"service {running}; " + ", ".join(f"{n} {k}" for k, n in report["counts"].items()))
         for s in report["receiving"]:
             left = s['completes_in_s']
@@ -244,6 +247,25 @@ def _existing_queue(cfg: Any) -> Any:
                          hint="Check `storage` in the config (is the disk mounted?); `medseg pacs serve` creates the "
                          "queue when it first starts.")  # fmt: skip
     return JobQueue(cfg.queue_path)
+
+
+def _dispatch_state(cfg: Any, pid: int | None) -> dict[str, Any]:
+    """How the running service hands jobs out: {'state': 'threads'|'up'|'down'|'stopped', ...}; 'down' (with since
+    when, UTC, and why) while its Dask scheduler is lost, so status never shows a healthy service that cannot
+    segment what it acknowledges (review 19)."""
+    from datetime import UTC, datetime
+
+    from medseg.pacs.dask_workers import dispatch_down
+
+    if pid is None:
+        return {"state": "stopped"}
+    if not cfg.scheduler:
+        return {"state": "threads"}
+    down = dispatch_down(cfg.storage)
+    if down is None:
+        return {"state": "up", "scheduler": cfg.scheduler}
+    since = datetime.fromtimestamp(float(down.get("down_since", 0)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"state": "down", "scheduler": cfg.scheduler, "down_since": since, "reason": str(down.get("reason", ""))}
 
 
 def _tell_known(studies: list[Any]) -> None:

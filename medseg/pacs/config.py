@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,6 +152,18 @@ class Research(_Strict):
             raise ValueError(exc.message) from exc
 
 
+_SCHEDULER = re.compile(r"(?:(tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})")
+
+
+def check_scheduler_address(address: str) -> str:
+    """`address` when it is a Dask scheduler address (tcp://HOST:PORT, tls://HOST:PORT, or HOST:PORT); ValueError
+    otherwise, so a typo is a usage error at start, not a connection attempt that times out (review 19)."""
+    match = _SCHEDULER.fullmatch(address.strip())
+    if match is None or not 0 < int(match.group(3)) < 65536:
+        raise ValueError(f"{address!r} is not a Dask scheduler address: expected tcp://HOST:PORT")
+    return address.strip()
+
+
 class PacsConfig(_Strict):
     """Everything `medseg pacs serve` needs; see configs/pacs.example.yaml for each key."""
 
@@ -169,6 +182,12 @@ class PacsConfig(_Strict):
     min_free_mb: float = Field(0.0, ge=0)
     research: Research | None = None
     retention: Retention = Retention()
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, address: str | None) -> str | None:
+        """A Dask scheduler address, checked before anything connects (`check_scheduler_address`)."""
+        return None if address is None else check_scheduler_address(address)
 
     @field_validator("organs")
     @classmethod

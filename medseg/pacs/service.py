@@ -80,9 +80,10 @@ class Service:
         if swept:
             self.on_event(f"removed {len(swept)} temporary file(s) of instance writes cut short")
         receiver = Receiver(self.config, self.queue)
-        segmenter = None
+        segmenter = client = None
         if self.config.scheduler:
             served_model(self.config.organs, self.config.model)  # the workers load the model: refuse bad organs here
+            client = _connect_scheduler(self.config.scheduler)
         else:
             segmenter = load_segmenter(self.config.organs, self.config.model, self.config.backend, self.config.strict)
         self.port = _listen(receiver, self.config)
@@ -94,7 +95,7 @@ class Service:
                 for n in range(self.config.workers)
             ]
         else:
-            threads.append(threading.Thread(target=self._dispatch, name="dask", daemon=True))
+            threads.append(threading.Thread(target=self._dispatch, args=(client,), name="dask", daemon=True))
         for t in threads:
             t.start()
         try:
@@ -105,6 +106,10 @@ class Service:
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             self._hand_back_own()
+            if self.config.scheduler:
+                from medseg.pacs.dask_workers import mark_up
+
+                mark_up(self.config.storage)
             self.on_event("stopped")
         return not any(t.is_alive() for t in threads)
 
@@ -152,10 +157,26 @@ class Service:
             self.results.append(result)
             self.on_event(f"job {result.job_id}: {result.state}" + (f" ({result.reason})" if result.reason else ""))
 
-    def _dispatch(self) -> None:
-        from medseg.pacs.dask_workers import dispatch
+    def _dispatch(self, client: object) -> None:
+        """Run jobs on the Dask cluster until stopped. A lost scheduler is handled inside `dispatch` (leases handed
+        back, reconnect); anything else that ends it (the queue failing, a scheduler that refuses us) is logged in
+        one line, shown by `pacs status`, and dispatch starts again after a growing pause: the thread never dies
+        while the listener keeps acknowledging studies (review 19)."""
+        from medseg.pacs.dask_workers import RECONNECT_CAP_S, dispatch, mark_down
 
-        dispatch(self.config, self.queue, self.stop, self.on_event, self.results)
+        pause = 1.0
+        while not self.stop.is_set():
+            try:
+                dispatch(self.config, self.queue, self.stop, self.on_event, self.results, client=client,
+                         reconnect=True)  # fmt: skip
+                return
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self.on_event(f"dispatch: {reason}; trying again in {pause:.0f} s (jobs wait in the queue)")
+                mark_down(self.config.storage, time.time(), reason)
+                client = None
+                self.stop.wait(pause)
+                pause = min(RECONNECT_CAP_S, pause * 2)
 
     def _hand_back_own(self) -> None:
         """Leases of this process still held after the grace time go back to the queue."""
@@ -199,6 +220,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _connect_scheduler(address: str) -> object:
+    """A Client of the configured Dask scheduler, connected before the listener starts: a scheduler that is not
+    running (a typo, a cluster not up) is a config error naming `scheduler` (exit 2), not a service that
+    acknowledges studies and never segments them (review 19)."""
+    from medseg.pacs.dask_workers import SchedulerLost, connect
+
+    try:
+        return connect(address)
+    except SchedulerLost as exc:
+        raise UsageError(f"scheduler: {exc}", hint="Start the Dask scheduler first, or correct `scheduler` in the "
+                         "config (tcp://HOST:PORT).") from exc  # fmt: skip
 
 
 def _listen(receiver: Receiver, config: PacsConfig) -> int:
