@@ -17,7 +17,7 @@ from unittest import mock
 import pydicom
 import pytest
 import yaml
-from pacs_helpers import chaos_files, free_port, make_study
+from pacs_helpers import Served, chaos_files, free_port, make_study, write_config
 
 import medseg.pacs.retention as retention
 from medseg.pacs.config import PacsConfig
@@ -143,3 +143,94 @@ def test_dispatch_hands_back_and_reconnects_when_the_scheduler_is_lost(shared: P
             stop.set()
             runner.join(60)
     assert not runner.is_alive()
+
+
+# 3. queue.db deleted under a running service -------------------------------------------------------------------------
+def _pynetdicom_store(port: int, datasets: list[bytes]) -> list[int]:
+    """C-STORE each encoded instance over one real pynetdicom association; the statuses answered."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEG")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status) for data in datasets]
+    assoc.release()
+    return statuses
+
+
+def _receiving(tmp_path: Path) -> tuple[object, JobQueue, int, PacsConfig]:
+    from medseg.pacs.scp import Receiver
+
+    config = PacsConfig(listen={"ae_title": "MEDSEG", "host": "127.0.0.1", "port": free_port()},
+                        storage=tmp_path / "store", destination={"folder": str(tmp_path / "seg")})  # fmt: skip
+    queue = JobQueue(config.queue_path)
+    receiver = Receiver(config, queue)
+    return receiver, queue, receiver.start(), config
+
+
+def test_a_deleted_queue_is_never_recreated_and_stores_are_refused_leaving_no_file(shared: Path,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    """sqlite created a fresh empty queue.db on the next connection: C-STOREs were acknowledged into it (lost on the
+    next restart, their files never purged). Now a new connection to a missing queue fails: A700, no file kept."""
+    from medseg.pacs.queue import QueueGone
+
+    receiver, queue, port, config = _receiving(tmp_path)
+    study = "1.2.826.0.1.19.3"
+    try:
+        assert _pynetdicom_store(port, [_instance(shared, study, 30)[0]]) == [SUCCESS]
+        for f in config.storage.glob("queue.db*"):
+            f.unlink()
+        with pytest.raises(QueueGone, match="deleted"):
+            queue.check_file()
+        assert _pynetdicom_store(port, [_instance(shared, study, 31)[0]]) == [0xA700]
+    finally:
+        receiver.stop()  # type: ignore[attr-defined]
+    assert not config.queue_path.exists()
+    assert [p.name for p in study_dir(config.storage, study).rglob("*.dcm")] == [f"{study}.1.30.dcm"]
+
+
+def test_the_service_stops_with_exit_4_when_its_queue_file_is_deleted(tmp_path: Path) -> None:
+    """The scheduler's tick compares queue.db's inode with the one opened: gone, the service logs one line and ends
+    with exit 4 instead of serving on."""
+    log = tmp_path / "serve.log"
+    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", {"folder": str(tmp_path / "seg")})
+    served = Served(tmp_path / "pacs.yaml", port, log).start()
+    try:
+        for f in (tmp_path / "store").glob("queue.db*"):
+            f.unlink()
+        assert served.proc is not None
+        assert served.proc.wait(60) == 4
+    finally:
+        served.kill()
+    assert not (tmp_path / "store" / "queue.db").exists()
+    lines = [line for line in log.read_text().splitlines() if "queue file was deleted" in line]
+    assert lines and lines[0].startswith("stopping:") and "internal error" not in log.read_text()
+
+
+# 4. a C-STORE refused because the queue could not record it leaves no file ------------------------------------------
+def test_a_store_the_queue_cannot_record_leaves_no_file_and_keeps_the_earlier_one(shared: Path,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """The queue locked (a backup tool holding it): A700 answered, but the new file stayed in the study folder and
+    became the job's input; a re-send that replaced an earlier file left the refused bytes in its place."""
+    import sqlite3
+
+    config = _config(tmp_path)
+    queue = JobQueue(config.queue_path, busy_timeout_s=0.5)
+    study = "1.2.826.0.1.19.4"
+    first, sop = _instance(shared, study, 30)
+    assert store_instance(first, sop, "PACS", config.storage, queue, 0.0).status == SUCCESS
+    path = Path(str(queue.instances(study)[0]["path"]))
+    other = sqlite3.connect(config.queue_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        new, new_sop = _instance(shared, study, 31)
+        assert store_instance(new, new_sop, "PACS", config.storage, queue, 0.0).status == 0xA700
+        changed = _instance(shared, study, 32)[0]  # other bytes under the first SOP Instance UID
+        assert store_instance(changed, sop, "PACS", config.storage, queue, 0.0).status == 0xA700
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert sorted(p.name for p in study_dir(config.storage, study).rglob("*")  if p.is_file()) == [path.name]
+    assert path.read_bytes() == first

@@ -8,9 +8,11 @@ names that fence, so a worker whose lease expired and was taken over can no long
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,6 +56,21 @@ CREATE TABLE IF NOT EXISTS batch_inputs (
 """
 
 
+QUEUE_GONE_HINT = ("Restore queue.db from a backup (or move the storage aside to start empty), then start the "
+                   "service again; never delete it while the service runs.")
+
+
+class QueueGone(ProcessingError):
+    """queue.db deleted or replaced while the queue was open (exit 4): the service stops rather than acknowledge
+    studies into a database nobody will read again."""
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of a file: which file a path names now."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class JobQueue:
     """The queue database; safe to use from several threads and processes (one connection per thread)."""
 
@@ -61,26 +78,56 @@ class JobQueue:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        self._file: tuple[int, int] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._local.conn = self._open(create=True)
             self._conn().executescript(SCHEMA_SQL + EXTRA_SQL)
             with self._write() as db:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._file = _identity(self.path)
         except (sqlite3.Error, OSError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             hint = "Check that the folder exists and is writable."
             raise ProcessingError(f"cannot open the job queue: {why}", path=self.path, hint=hint) from exc
 
+    def _open(self, create: bool = False) -> sqlite3.Connection:
+        """A connection to the queue file; only the first open (in __init__) may create it. Later ones use
+        `mode=rw`, so a queue.db deleted under a running service is an error, not a fresh empty queue silently
+        created beside the old one (review 19)."""
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode={'rwc' if create else 'rw'}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.OperationalError as exc:
+            if create or self.path.exists():
+                raise
+            raise QueueGone(f"the job queue file is gone: {exc}", path=self.path, hint=QUEUE_GONE_HINT) from exc
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            self.check_file()
+            conn = self._open()
             self._local.conn = conn
         return conn
+
+    def check_file(self) -> None:
+        """QueueGone when queue.db is no longer the file this queue opened (deleted, or replaced by another file):
+        what is recorded from then on would be lost or mixed with another queue's."""
+        if self._file is None:
+            return
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            now = None
+        if now != self._file:
+            what = "was deleted" if now is None else "was replaced by another file"
+            raise QueueGone(f"the job queue file {what} while in use", path=self.path, hint=QUEUE_GONE_HINT)
 
     def close(self) -> None:
         """Close this thread's connection."""

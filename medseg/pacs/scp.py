@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
+from medseg.io.atomic import TEMPORARY_PREFIX
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue
-from medseg.pacs.storage import DiskFull, durable_write, instance_path, study_lock
+from medseg.pacs.storage import DiskFull, durable_write, fsync_dir, instance_path, study_lock
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -105,7 +109,7 @@ def store_instance(
     if min_free_mb and shutil.disk_usage(root).free < min_free_mb * 1e6 + len(data):
         return StoreOutcome(OUT_OF_RESOURCES, "storage below min_free_mb")
     try:
-        with study_lock(study):
+        with study_lock(study), _undone_unless_recorded(path):
             durable_write(path, data)
             got = queue.record_instance(
                 sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
@@ -118,6 +122,34 @@ def store_instance(
     except Exception as exc:  # sqlite3 errors (disk full on the queue) and the like: refuse, never pretend
         return StoreOutcome(OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}")
     return StoreOutcome(SUCCESS, got.outcome)
+
+
+@contextlib.contextmanager
+def _undone_unless_recorded(path: Path) -> Iterator[None]:
+    """Around writing and recording one instance: when the block fails (the queue could not record it, the sender is
+    answered A700), the file it wrote is removed, or the earlier file it replaced put back, so nothing the sender was
+    told failed becomes a job's input (review 19). The earlier file is kept aside as a hard link under a temporary
+    name (`sweep_unfinished_writes` removes one a kill left)."""
+    aside = path.with_name(f"{TEMPORARY_PREFIX}{path.name}-previous")
+    kept = False
+    with contextlib.suppress(FileNotFoundError):
+        aside.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        os.link(path, aside)
+        kept = True
+    try:
+        yield
+    except BaseException:
+        if kept:
+            os.replace(aside, path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            fsync_dir(path.parent)
+        raise
+    if kept:
+        aside.unlink()
 
 
 class Receiver:

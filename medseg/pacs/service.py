@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import UsageError
+from medseg.errors import MedsegError, UsageError
 from medseg.pacs.config import PacsConfig
-from medseg.pacs.queue import Backoff, JobQueue
+from medseg.pacs.queue import Backoff, JobQueue, QueueGone
 from medseg.pacs.scp import Receiver
 from medseg.pacs.segment import Segmenter, load_segmenter, served_model
 from medseg.pacs.storage import study_dir, sweep_unfinished_writes
@@ -59,6 +59,7 @@ class Service:
     stop: threading.Event = field(default_factory=threading.Event)
     results: list[JobResult] = field(default_factory=list)
     port: int | None = None
+    failure: MedsegError | None = None
 
     def __post_init__(self) -> None:
         self.queue = JobQueue(self.config.queue_path)
@@ -70,7 +71,10 @@ class Service:
         thread was still inside inference (the caller should then end the process without waiting for it).
         """
         with service_lock(self.config.storage):
-            return self._run(grace_s)
+            finished = self._run(grace_s)
+        if self.failure is not None:
+            raise self.failure
+        return finished
 
     def _run(self, grace_s: float) -> bool:
         """`run` with the storage's service lock held."""
@@ -105,7 +109,8 @@ class Service:
             deadline = time.monotonic() + grace_s
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
-            self._hand_back_own()
+            if self.failure is None:
+                self._hand_back_own()
             if self.config.scheduler:
                 from medseg.pacs.dask_workers import mark_up
 
@@ -116,6 +121,8 @@ class Service:
     def _schedule(self) -> None:
         next_purge = time.monotonic()
         while not self.stop.wait(self.config.completion.check_interval_s):
+            if not self._queue_file_intact():
+                return
             try:
                 for job_id in complete_studies(self.config, self.queue):
                     self.on_event(f"study complete: job {job_id} queued")
@@ -124,6 +131,19 @@ class Service:
                     self._purge()
             except Exception as exc:  # a busy or full disk: the deadlines are kept, try again next tick
                 self.on_event(f"scheduler: {type(exc).__name__}: {exc}")
+
+    def _queue_file_intact(self) -> bool:
+        """Whether queue.db is still the file the service opened; if not (deleted or replaced under it), log one
+        line and stop the service with that error (exit 4): acknowledging studies into a database nobody reads
+        again would lose them silently (review 19)."""
+        try:
+            self.queue.check_file()
+        except QueueGone as exc:
+            self.on_event(f"stopping: {exc.one_line()}")
+            self.failure = exc
+            self.stop.set()
+            return False
+        return True
 
     def _purge(self) -> None:
         """Retention's pass (audited when it deleted anything)."""
