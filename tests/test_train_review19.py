@@ -235,3 +235,16 @@ def test_a_source_changed_after_verification_is_refused_and_not_cached(shared: P
         cached_real_case(e.case_id, shared / str(e.image), label, int(e.liver_value or 1), (3.0,) * 3, e.sha256,
                          tmp_path / "cache")  # fmt: skip
     assert not list((tmp_path / "cache/real").glob("*.npz"))
+
+
+# 10. an unusable MLflow store is found before anything is written into --out
+
+
+def test_an_unusable_tracking_store_leaves_out_empty(env: Any, tmp_path: Path) -> None:  # noqa: F811
+    from medseg.errors import ProcessingError
+
+    cfg = write_config(tmp_path, run={"max_iterations": 2})
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ProcessingError, match="cannot start MLflow run"):
+        run_training(cfg, tmp_path / "run", tracking_uri=f"sqlite:///{tmp_path / 'afile/mlflow.db'}")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".train.lock"]

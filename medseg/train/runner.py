@@ -355,37 +355,37 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
         raise InvalidInputError("no validation volumes could be built", path=manifest_path)
     on_event("stage", {"message": f"{len(train_cases.anatomy)} label maps + {len(train_cases.real)} real CTs for "
                                   f"training, {len(val.names)} validation volumes"})  # fmt: skip
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if best is not None and resume is not None and not same_folder:
-            restore_best(out, best, resume)
-        elif best is not None:
-            save_weights(out / "best_weights.pt", best["model"])
-        shutil.copyfile(config_path, out / "config.yaml")
-        shutil.copyfile(manifest_path, out / "manifest.json")
     tracker = Tracker(out, tracking_uri, experiment=f"medseg-{cfg.organ}", enabled=dist.is_main)
     recorded = (previous.get("config_sha256"), previous.get("tracking_uri"))
     same_config = same_folder and recorded == (cfg_sha, tracker.uri)
     run_id = tracker.start(f"{cfg.name}-{cfg.version}", previous.get("mlflow_run_id") if same_config else None)
-    mlflow_ref = keyed_reference(manifest_path, man_sha)
-    init_record = {"init_weights": init.reference, "init_weights_sha256": init.sha256} if init else {}
-    if dist.is_main:
-        _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri, "config_sha256": cfg_sha,
-                                       "segments": segments, **init_record})  # fmt: skip
-        shown = recorded_config(cfg, mlflow_ref, init)
-        if not same_config:
-            tracker.log_params({"config": shown, "world_size": dist.world, "device": dist.device})
-        seg = segments[-1]
-        tags = {"git_commit": seg["git_commit"], "git_dirty": seg["git_dirty"], "hardware": seg["hardware"],
-                **{f"pkg.{k}": v for k, v in seg["packages"].items()},
-                "config_sha256": cfg_sha, "manifest_sha256": man_sha}  # fmt: skip
-        if previous.get("mlflow_run_id") and not same_config:
-            tags["resumed_from_run"] = previous["mlflow_run_id"]
-        tracker.set_tags(tags)
-        tracker.log_manifest(out / "manifest.json", man_sha, manifest.name, "training", mlflow_ref)
-        tracker.log_text(yaml_text(shown), "config/config.yaml")
     status = "FAILED"
     try:
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if best is not None and resume is not None and not same_folder:
+                restore_best(out, best, resume)
+            elif best is not None:
+                save_weights(out / "best_weights.pt", best["model"])
+            shutil.copyfile(config_path, out / "config.yaml")
+            shutil.copyfile(manifest_path, out / "manifest.json")
+        mlflow_ref = keyed_reference(manifest_path, man_sha)
+        init_record = {"init_weights": init.reference, "init_weights_sha256": init.sha256} if init else {}
+        if dist.is_main:
+            _write_json(out / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracker.uri,
+                                           "config_sha256": cfg_sha, "segments": segments, **init_record})  # fmt: skip
+            shown = recorded_config(cfg, mlflow_ref, init)
+            if not same_config:
+                tracker.log_params({"config": shown, "world_size": dist.world, "device": dist.device})
+            seg = segments[-1]
+            tags = {"git_commit": seg["git_commit"], "git_dirty": seg["git_dirty"], "hardware": seg["hardware"],
+                    **{f"pkg.{k}": v for k, v in seg["packages"].items()},
+                    "config_sha256": cfg_sha, "manifest_sha256": man_sha}  # fmt: skip
+            if previous.get("mlflow_run_id") and not same_config:
+                tags["resumed_from_run"] = previous["mlflow_run_id"]
+            tracker.set_tags(tags)
+            tracker.log_manifest(out / "manifest.json", man_sha, manifest.name, "training", mlflow_ref)
+            tracker.log_text(yaml_text(shown), "config/config.yaml")
         result = train(cfg, cfg_sha, man_sha, train_cases, val, out, dist, tracker, state, on_event,
                        cfg.training_sha256(), resume, init.data if init else None)  # fmt: skip
         status = "FINISHED"
