@@ -234,3 +234,45 @@ def test_a_store_the_queue_cannot_record_leaves_no_file_and_keeps_the_earlier_on
         other.close()
     assert sorted(p.name for p in study_dir(config.storage, study).rglob("*")  if p.is_file()) == [path.name]
     assert path.read_bytes() == first
+
+
+# 6. `medseg batch --scheduler`: a bad or unreachable scheduler is one line, never "internal error ... report it" ------
+def test_batch_refuses_a_malformed_scheduler_before_queueing_and_an_unreachable_one_in_one_line(
+    shared: Path, tmp_path: Path
+) -> None:
+    make_study(chaos_files(shared), tmp_path / "in" / "a", range(30, 34), "review19-batch")
+    bad = _medseg("batch", str(tmp_path / "in"), "--out", str(tmp_path / "out1"), "--scheduler", "not-an-address")
+    (line,) = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and "--scheduler" in line and not (tmp_path / "out1" / "queue.db").exists()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    down = _medseg("batch", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--scheduler", address)
+    (line,) = down.stderr.strip().splitlines()
+    assert down.returncode == 4 and "cannot reach the Dask scheduler" in line and "run the same" in line
+    assert "internal error" not in line
+    assert [(j.state, j.attempts) for j in JobQueue(tmp_path / "out2" / "queue.db").jobs()] == [("queued", 0)]
+
+
+def test_batch_hands_back_its_jobs_and_exits_4_when_the_scheduler_is_lost(shared: Path, tmp_path: Path) -> None:
+    """The scheduler killed mid-batch ended in 'internal error ... report it' with the job left running (leased)."""
+    from distributed import LocalCluster
+
+    from medseg.errors import ProcessingError
+    from medseg.pacs.batch import batch_config, enqueue, run_batch
+
+    make_study(chaos_files(shared), tmp_path / "in" / "a", range(30, 46), "review19-lost")
+    with mock.patch.dict(os.environ):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+        try:
+            config = batch_config(tmp_path / "out", "liver", None, "auto", cluster.scheduler_address)
+            queue = enqueue(config, tmp_path / "in")
+
+            def on_event(message: str) -> None:
+                if "submitted" in message:
+                    cluster.close()
+
+            with pytest.raises(ProcessingError, match="lost the Dask scheduler") as raised:
+                run_batch(config, queue, on_event)
+        finally:
+            cluster.close()
+    assert raised.value.exit_code == 4 and "run the same `medseg batch` again" in raised.value.one_line()
+    assert [(j.state, j.attempts, j.lease_owner) for j in queue.jobs()] == [("queued", 0, None)]

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from medseg.errors import ProcessingError
 from medseg.pacs.config import Destination, PacsConfig
+from medseg.pacs.dask_workers import SchedulerLost
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.segment import discover_studies, load_segmenter
 from medseg.pacs.worker import JobResult, backoff_of, run_job
@@ -46,10 +47,16 @@ def batch_config(out: Path, organ: str, model: str | None, backend: str, schedul
     copy of each segmented study is published there."""
     from medseg.errors import UsageError
     from medseg.infer.organs import parse_organs
-    from medseg.pacs.config import Research, check_research
+    from medseg.pacs.config import Research, check_research, check_scheduler_address
 
     if (research is None) != (research_key is None):
         raise UsageError("--research and --research-key go together", hint="Give both, or neither.")
+    if scheduler is not None:
+        try:
+            scheduler = check_scheduler_address(scheduler)
+        except ValueError as exc:
+            raise UsageError(f"--scheduler: {exc}", hint="Give the address the Dask scheduler prints at start, "
+                             "e.g. tcp://10.0.0.5:8786.") from exc  # fmt: skip
     out = Path(out).resolve()
     copy = None
     if research is not None and research_key is not None:
@@ -152,6 +159,11 @@ def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], Non
     results: list[JobResult] = []
     try:
         _run(config, queue, on_event, results)
+    except SchedulerLost as exc:
+        handed = hand_back_own(queue)
+        what = f"; {_jobs(handed)} queued again, the attempt not counted" if handed else ""
+        raise ProcessingError(f"{exc}{what}", hint="Check that the Dask scheduler runs and this host reaches it, "
+                              "then run the same `medseg batch` again to finish what is left.") from exc  # fmt: skip
     except KeyboardInterrupt as exc:
         handed = hand_back_own(queue)
         jobs = ("job " if len(handed) == 1 else "jobs ") + ", ".join(map(str, handed))
@@ -159,6 +171,11 @@ def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], Non
         raise BatchInterrupted(f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'}): {what}",
                                hint="Run the same `medseg batch` again to finish what is left.") from exc  # fmt: skip
     return results
+
+
+def _jobs(ids: list[int]) -> str:
+    """'job 3' or 'jobs 3, 4'."""
+    return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
 
 
 def hand_back_own(queue: JobQueue) -> list[int]:

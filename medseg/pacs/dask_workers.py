@@ -206,7 +206,7 @@ def _dispatch_until_lost(
         handed = _hand_back(queue, inflight)
         raise SchedulerLost(f"{exc}; {_jobs(handed)} handed back") from exc
     except Exception as exc:
-        if _is_sqlite(exc):
+        if _is_queue_error(exc):
             raise
         handed = _hand_back(queue, inflight)
         raise SchedulerLost(f"lost the Dask scheduler at {config.scheduler} ({_one_line(exc)}); "
@@ -226,8 +226,10 @@ def _jobs(ids: list[int]) -> str:
     return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
 
 
-def _is_sqlite(exc: BaseException) -> bool:
-    """Whether `exc` is the queue's own failure (not the cluster's): it propagates as before."""
+def _is_queue_error(exc: BaseException) -> bool:
+    """Whether `exc` is the queue's own failure or a medseg error (not the cluster's): it propagates as before."""
     import sqlite3
 
-    return isinstance(exc, sqlite3.Error)
+    from medseg.errors import MedsegError
+
+    return isinstance(exc, (sqlite3.Error, MedsegError))
