@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -64,6 +65,7 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
     """A distributed Client of the scheduler at `address`; SchedulerLost (one line) when it cannot be reached."""
     from distributed import Client
 
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # its tracebacks: we log one line
     try:
         return Client(address, timeout=timeout_s)
     except Exception as exc:  # OSError, TimeoutError, a refused handshake: all mean "not reachable now"
