@@ -276,3 +276,32 @@ def test_batch_hands_back_its_jobs_and_exits_4_when_the_scheduler_is_lost(shared
             cluster.close()
     assert raised.value.exit_code == 4 and "run the same `medseg batch` again" in raised.value.one_line()
     assert [(j.state, j.attempts, j.lease_owner) for j in queue.jobs()] == [("queued", 0, None)]
+
+
+# 5. refused C-STOREs leave a trace: one log line each and a persisted count in `pacs status` -------------------------
+def test_refused_stores_are_logged_and_counted_in_status(shared: Path, tmp_path: Path) -> None:
+    """Below min_free_mb every C-STORE was answered A700 and nothing on medseg's side said so."""
+    import json
+
+    from medseg.pacs.scp import Receiver
+
+    storage = tmp_path / "store"
+    raw = {"listen": {"ae_title": "MEDSEG", "host": "127.0.0.1", "port": free_port()}, "storage": str(storage),
+           "destination": {"folder": str(tmp_path / "seg")}, "min_free_mb": 10**9}  # fmt: skip
+    (tmp_path / "pacs.yaml").write_text(yaml.safe_dump(raw))
+    config = PacsConfig.model_validate(raw)
+    events: list[str] = []
+    receiver = Receiver(config, JobQueue(config.queue_path), events.append)
+    port = receiver.start()
+    study = "1.2.826.0.1.19.5"
+    try:
+        assert _pynetdicom_store(port, [_instance(shared, study, k)[0] for k in (30, 31)]) == [0xA700, 0xA700]
+    finally:
+        receiver.stop()
+    assert events == ["C-STORE from PACS refused: A700 (storage below min_free_mb)"] * 2
+    shown = _medseg("pacs", "status", "--config", str(tmp_path / "pacs.yaml"), "--json")
+    report = json.loads(shown.stdout)
+    assert report["counts"]["refused"] == 2
+    assert (report["refused"]["last_status"], report["refused"]["last_reason"]) == ("A700", "storage below min_free_mb")
+    text = _medseg("pacs", "status", "--config", str(tmp_path / "pacs.yaml")).stdout
+    assert "2 refused" in text and "C-STOREs refused: 2" in text and study not in text

@@ -101,6 +101,10 @@ def register(app: typer.Typer) -> None:
         if report["dispatch"]["state"] == "down":
             running += f", dispatch: down since {report['dispatch']['down_since']} ({report['dispatch']['reason']})"
         console.result(f"service {running}; " + ", ".join(f"{n} {k}" for k, n in report["counts"].items()))
+        refused = report["refused"]
+        if report["counts"]["refused"]:
+            console.result(f"  C-STOREs refused: {report['counts']['refused']}, the last {refused['last_age_s']} s "
+                           f"ago: {refused['last_status']} ({refused['last_reason']})")  # fmt: skip
         for s in report["receiving"]:
             left = s['completes_in_s']
             console.result(f"  receiving {s['study']}: {s['instances']} instance(s), completes in {left} s")

@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS stored_audits (
     instances INTEGER NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    refused INTEGER NOT NULL,
+    last_at REAL NOT NULL,
+    last_status INTEGER NOT NULL,
+    last_reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batch_inputs (
     study_uid TEXT NOT NULL,
     digest TEXT NOT NULL,
@@ -663,6 +670,23 @@ class JobQueue:
     def studies(self) -> list[dict[str, object]]:
         """Every study with its state, generation, instance count and deadline."""
         return [dict(r) for r in self._conn().execute("SELECT * FROM studies ORDER BY first_at")]
+
+    def count_refusal(self, status: int, reason: str, now: float | None = None) -> None:
+        """Count one refused C-STORE (kept with the last one's status, time and short reason) for `pacs status`."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO refusals VALUES (1, 1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET refused=refused+1, "
+                "last_at=excluded.last_at, last_status=excluded.last_status, last_reason=excluded.last_reason",
+                (now, status, reason),
+            )
+
+    def refusals(self) -> dict[str, object]:
+        """{'refused': count, 'last_at', 'last_status', 'last_reason'} of the C-STOREs refused so far."""
+        row = self._conn().execute("SELECT * FROM refusals WHERE id=1").fetchone()
+        if row is None:
+            return {"refused": 0, "last_at": None, "last_status": None, "last_reason": None}
+        return {k: row[k] for k in ("refused", "last_at", "last_status", "last_reason")}
 
     def instances(self, study_uid: str | None = None) -> list[dict[str, object]]:
         """Recorded instances (of one study)."""

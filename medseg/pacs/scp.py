@@ -7,7 +7,7 @@ import hashlib
 import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from medseg.errors import MedsegError
 from medseg.io.atomic import TEMPORARY_PREFIX
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import JobQueue
-from medseg.pacs.storage import DiskFull, durable_write, fsync_dir, instance_path, study_lock
+from medseg.pacs.storage import durable_write, fsync_dir, instance_path, study_lock
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -101,7 +101,7 @@ def store_instance(
         sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
         path = instance_path(root, study, series, sop_uid)
     except (MedsegError, AttributeError, ValueError, pydicom.errors.InvalidDicomError) as exc:
-        return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable header: {exc}")
+        return StoreOutcome(CANNOT_UNDERSTAND, f"unreadable header ({type(exc).__name__})")
     try:
         content: str | None = content_digest(data)
     except Exception:  # a damaged body (truncated pixel data): stored as before, quarantined by its job with the
@@ -115,12 +115,10 @@ def store_instance(
                 sop_uid, study, series, str(path), hashlib.sha256(data).hexdigest(), len(data), quiet_s, calling_ae,
                 reopens=is_study_input(sop_class), content=content,
             )
-    except DiskFull as exc:
-        return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())
-    except MedsegError as exc:
-        return StoreOutcome(OUT_OF_RESOURCES, exc.one_line())
-    except Exception as exc:  # sqlite3 errors (disk full on the queue) and the like: refuse, never pretend
-        return StoreOutcome(OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}")
+    except MedsegError as exc:  # DiskFull, QueueGone, a write error: the message names no file (no UID)
+        return StoreOutcome(OUT_OF_RESOURCES, exc.message)
+    except Exception as exc:  # sqlite3 errors (disk full on the queue, locked) and the like: refuse, never pretend
+        return StoreOutcome(OUT_OF_RESOURCES, f"the queue cannot record it: {type(exc).__name__}: {exc}")
     return StoreOutcome(SUCCESS, got.outcome)
 
 
@@ -155,9 +153,10 @@ def _undone_unless_recorded(path: Path) -> Iterator[None]:
 class Receiver:
     """A pynetdicom storage SCP (plus C-ECHO) bound to the configured AE title, host and port."""
 
-    def __init__(self, config: PacsConfig, queue: JobQueue) -> None:
+    def __init__(self, config: PacsConfig, queue: JobQueue, on_event: Callable[[str], None] = lambda _m: None) -> None:
         self.config = config
         self.queue = queue
+        self.on_event = on_event
         self.server: Any = None
         self.outcomes: dict[str, int] = {}
 
@@ -170,7 +169,18 @@ class Receiver:
         )  # fmt: skip
         key = "stored" if out.status == SUCCESS else "refused"
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if out.status != SUCCESS:
+            self._refused(calling, out)
         return out.status
+
+    def _refused(self, calling: str, out: StoreOutcome) -> None:
+        """One log line per refused C-STORE (status, calling AE title, short reason: no UID, no patient data) and
+        the persisted count `pacs status` shows; a refusal used to leave no trace on medseg's side (review 19)."""
+        self.on_event(f"C-STORE from {calling} refused: {out.status:04X} ({out.detail})")
+        try:
+            self.queue.count_refusal(out.status, out.detail)
+        except Exception as exc:  # the queue itself is what failed: the log line above is the trace
+            self.on_event(f"C-STORE refusal not counted: {type(exc).__name__}")
 
     def start(self) -> int:
         """Start listening (in background threads); returns the bound port."""

@@ -83,7 +83,7 @@ class Service:
         swept = sweep_unfinished_writes(self.config.storage)
         if swept:
             self.on_event(f"removed {len(swept)} temporary file(s) of instance writes cut short")
-        receiver = Receiver(self.config, self.queue)
+        receiver = Receiver(self.config, self.queue, self.on_event)
         segmenter = client = None
         if self.config.scheduler:
             served_model(self.config.organs, self.config.model)  # the workers load the model: refuse bad organs here

@@ -67,11 +67,24 @@ def status(queue: JobQueue, now: float | None = None) -> dict[str, Any]:
     retention = {"studies_purged": len({p["study_uid"] for p in purges}), "last_purge_age_s": last}
     not_input = [{"study": s["study_uid"], "instances": s["instances"], "age_s": round(now - float(s["first_at"]), 1)}
                  for s in stored]  # fmt: skip
-    return {"counts": counts, "receiving": receiving, "jobs": rows, "not_input": not_input, "sent": len(queue.ledger()),
-            "research": copies | {"withheld_jobs": withheld}, "retention": retention}  # fmt: skip
+    counts["refused"], refused = _refused(queue, now)
+    return {"counts": counts, "refused": refused, "receiving": receiving, "jobs": rows, "not_input": not_input,
+            "sent": len(queue.ledger()), "research": copies | {"withheld_jobs": withheld},
+            "retention": retention}  # fmt: skip
 
 
 def _orphan_reason(owner: str | None) -> str:
     """Why a running job is shown as orphaned, and what to do."""
     return (f"orphaned: its holder (pid {holder_gone(owner)} on this host) is gone; `medseg pacs retry` queues it "
             "again now, a service start does too, otherwise its lease expires")  # fmt: skip
+
+
+def _refused(queue: JobQueue, now: float) -> tuple[int, dict[str, Any]]:
+    """The count of refused C-STOREs, and the last one's age, status (hex) and short reason."""
+    row = queue.refusals()
+    at = row["last_at"]
+    if at is None:
+        return 0, {"last_age_s": None, "last_status": None, "last_reason": None}
+    last = {"last_age_s": round(now - float(at), 1), "last_status": f"{row['last_status']:04X}",  # type: ignore[arg-type]
+            "last_reason": row["last_reason"]}  # fmt: skip
+    return int(row["refused"]), last  # type: ignore[call-overload]
