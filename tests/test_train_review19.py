@@ -248,3 +248,27 @@ def test_an_unusable_tracking_store_leaves_out_empty(env: Any, tmp_path: Path) -
     with pytest.raises(ProcessingError, match="cannot start MLflow run"):
         run_training(cfg, tmp_path / "run", tracking_uri=f"sqlite:///{tmp_path / 'afile/mlflow.db'}")
     assert [p.name for p in (tmp_path / "run").iterdir()] == [".train.lock"]
+
+
+# 7. init_weights: digest recorded (see the test of #4) and checked on resume
+
+
+def test_resume_with_other_init_weights_is_refused(run19: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    start = tmp_path / "start.pt"
+    shutil.copyfile(run19 / "run/best_weights.pt", start)
+    cfg = write_config(tmp_path, init_weights=str(start), run={"max_iterations": 2})
+    run_training(cfg, tmp_path / "run")
+    params = dict(sqlite3.connect(tmp_path / "run/mlflow.db").execute("select key, value from params"))
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert params["init_weights_sha256"] == summary["init_weights_sha256"]
+    other = torch.load(start)
+    key = next(k for k, v in other.items() if v.is_floating_point())
+    other[key] = other[key] + 1
+    torch.save(other, start)
+    cfg4 = write_config(tmp_path, "cfg4.yaml", init_weights=str(start), run={"max_iterations": 4})
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(InvalidInputError, match="init_weights is not the file the run started from") as exc:
+        run_training(cfg4, tmp_path / "run", resume=tmp_path / "run/checkpoints/last.pt")
+    assert exc.value.exit_code == 3 and sorted(p.name for p in (tmp_path / "run").iterdir()) == before

@@ -100,6 +100,17 @@ def read_init_weights(cfg: TrainConfig) -> InitWeights | None:
     return InitWeights(path, data, digest, keyed_reference(path, digest))
 
 
+def check_init_unchanged(previous: dict[str, Any], init: InitWeights | None, config_path: Path) -> None:
+    """Refuse to resume a run whose init_weights file is not the one it started from (another SHA-256, or none now
+    where it had one): the resumed run's record would name start weights it never had."""
+    recorded = previous.get("init_weights_sha256")
+    if recorded and (init is None or init.sha256 != recorded):
+        where = init.path if init else config_path
+        raise InvalidInputError(f"init_weights is not the file the run started from (SHA-256 {recorded[:12]}... "
+                                "recorded in its run.json)", path=where,
+                                hint="Restore the run's start weights, or start a new run.")  # fmt: skip
+
+
 def recorded_config(cfg: TrainConfig, manifest_ref: str, init: InitWeights | None) -> dict[str, Any]:
     """The config as records show it (MLflow params and config artifact, the model card): `data.manifest` and
     `init_weights` replaced by their references (repository path, else `sha256:<digest>`), never a local path."""
@@ -292,6 +303,7 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
                                           f"{resume.name} (it {state['progress']['iteration']}): resuming from it"})
             state = later
         check_resume(state, resume, cfg, cfg_sha, man_sha)
+        check_init_unchanged(_previous_run(checkpoint_run_dir(resume)), init, config_path)
         best = best_of_run(state, resume)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
@@ -376,7 +388,8 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
                                            "config_sha256": cfg_sha, "segments": segments, **init_record})  # fmt: skip
             shown = recorded_config(cfg, mlflow_ref, init)
             if not same_config:
-                tracker.log_params({"config": shown, "world_size": dist.world, "device": dist.device})
+                tracker.log_params({"config": shown, "world_size": dist.world, "device": dist.device,
+                                    **({"init_weights_sha256": init.sha256} if init else {})})  # fmt: skip
             seg = segments[-1]
             tags = {"git_commit": seg["git_commit"], "git_dirty": seg["git_dirty"], "hardware": seg["hardware"],
                     **{f"pkg.{k}": v for k, v in seg["packages"].items()},
