@@ -305,3 +305,21 @@ def test_refused_stores_are_logged_and_counted_in_status(shared: Path, tmp_path:
     assert (report["refused"]["last_status"], report["refused"]["last_reason"]) == ("A700", "storage below min_free_mb")
     text = _medseg("pacs", "status", "--config", str(tmp_path / "pacs.yaml")).stdout
     assert "2 refused" in text and "C-STOREs refused: 2" in text and study not in text
+
+
+# 8. `pacs retry` refused is audited as failed; an unknown job id says "no such job" -----------------------------------
+def test_a_refused_retry_is_audited_as_failed_and_an_unknown_job_is_named(tmp_path: Path) -> None:
+    import json
+
+    storage = tmp_path / "store"
+    queue = JobQueue(storage / "queue.db")
+    job = queue.add_job("1.2.826.0.1.19.8", str(tmp_path / "nowhere"))
+    (tmp_path / "pacs.yaml").write_text(yaml.safe_dump({"storage": str(storage),
+                                                       "destination": {"folder": str(tmp_path / "seg")}}))  # fmt: skip
+    unknown = _medseg("pacs", "retry", "999", "--config", str(tmp_path / "pacs.yaml"))
+    assert unknown.returncode == 2 and "no such job: 999" in unknown.stderr
+    queued = _medseg("pacs", "retry", str(job.id), "--config", str(tmp_path / "pacs.yaml"))
+    assert queued.returncode == 2 and f"job {job.id} is queued" in queued.stderr
+    events = json.loads(_medseg("audit", "show", "--json").stdout)
+    retries = [e for e in events if e["command"] == "pacs.retry"]
+    assert len(retries) == 2 and all(e["outcome"] != "success" for e in retries), retries

@@ -142,10 +142,9 @@ def register(app: typer.Typer) -> None:
         queue = _existing_queue(cfg)
         with audited("pacs.retry", params={"job": job, "failed": failed}) as rec:
             ids = queue.retry(job, failed, orphans(queue))
+            if job is not None and not ids:  # inside the audited block: the record says the command failed
+                _not_retried(queue, job)
             rec.set_outcome_detail(f"requeued:{len(ids)}")
-        if job is not None and not ids:
-            raise UsageError(f"job {job} is not failed, pending, quarantined or orphaned",
-                             hint="See `medseg pacs status`.")  # fmt: skip
         console.result(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
 
     @pacs_app.command("purge", epilog=EXAMPLES)
@@ -251,6 +250,17 @@ def _existing_queue(cfg: Any) -> Any:
                          hint="Check `storage` in the config (is the disk mounted?); `medseg pacs serve` creates the "
                          "queue when it first starts.")  # fmt: skip
     return JobQueue(cfg.queue_path)
+
+
+def _not_retried(queue: Any, job: int) -> None:
+    """UsageError (exit 2) for a job `pacs retry` cannot queue again: 'no such job', or the state it is in."""
+    from medseg.errors import UsageError
+
+    found = queue.job(job)
+    if found is None:
+        raise UsageError(f"no such job: {job}", hint="See `medseg pacs status` for the job ids.")
+    raise UsageError(f"job {job} is {found.state}: only a failed, pending, quarantined or orphaned job is queued again",
+                     hint="See `medseg pacs status`.")  # fmt: skip
 
 
 def _dispatch_state(cfg: Any, pid: int | None) -> dict[str, Any]:
