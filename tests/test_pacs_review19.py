@@ -323,3 +323,51 @@ def test_a_refused_retry_is_audited_as_failed_and_an_unknown_job_is_named(tmp_pa
     events = json.loads(_medseg("audit", "show", "--json").stdout)
     retries = [e for e in events if e["command"] == "pacs.retry"]
     assert len(retries) == 2 and all(e["outcome"] != "success" for e in retries), retries
+
+
+# 9. an expired CA among the trusted certificates stops the service at start -------------------------------------------
+def _expired_ca(folder: Path) -> Path:
+    """A self-signed CA certificate whose validity ended yesterday, PEM."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Expired CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path = folder / "expired-ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_an_expired_trusted_ca_stops_the_service_at_start_with_exit_2(tmp_path: Path) -> None:
+    """Only the service's own certificate was date-checked: with an expired CA as trusted_certificates it started
+    and refused every sender, even one with a valid certificate."""
+    from tls_pki import make_pki
+
+    from medseg.errors import UsageError
+    from medseg.pacs.config import load_config
+
+    pki = make_pki(tmp_path / "pki")
+    bundle = tmp_path / "trusted.pem"
+    bundle.write_bytes(pki.ca.read_bytes() + _expired_ca(tmp_path).read_bytes())
+    for where in ("listen", "destination"):
+        tls = {"certificate": str(pki.service.cert), "private_key": str(pki.service.key),
+               "trusted_certificates": str(bundle)}  # fmt: skip
+        sections = {"listen": {"port": free_port()}, "destination": {"ae_title": "PACS", "host": "127.0.0.1",
+                                                                      "port": free_port()}}  # fmt: skip
+        sections[where] = sections[where] | {"tls": tls}
+        (tmp_path / "pacs.yaml").write_text(yaml.safe_dump(sections | {"storage": str(tmp_path / "s")}))
+        with pytest.raises(UsageError, match=f"{where}.tls.trusted_certificates: trusted certificate CN=Expired CA "
+                                             "expired on") as err:  # fmt: skip
+            load_config(tmp_path / "pacs.yaml")
+        assert err.value.exit_code == 2

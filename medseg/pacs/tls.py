@@ -72,6 +72,7 @@ def _context(protocol: int, files: TlsFiles, where: str) -> ssl.SSLContext:
         hint = "Give the peers' CA or self-signed certificates, PEM, concatenated."
         message = f"{where}.trusted_certificates: not PEM certificates ({exc})"
         raise UsageError(message, path=files.trusted_certificates, hint=hint) from exc
+    _check_trusted_dates(files.trusted_certificates, f"{where}.trusted_certificates")
     if files.certificate is not None:
         _check_dates(files.certificate, f"{where}.certificate")
         try:
@@ -92,13 +93,32 @@ def _check_dates(path: Path, where: str) -> None:
         cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
     except ValueError as exc:
         raise UsageError(f"{where}: not a PEM certificate ({exc})", path=path) from exc
+    _check_validity(cert, path, where, "the certificate")
+
+
+def _check_trusted_dates(path: Path, where: str) -> None:
+    """Refuse trusted certificates of which one is outside its validity period: a peer chained to an expired CA is
+    refused at every handshake, so the service would start and take nothing (review 19)."""
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except ValueError as exc:
+        raise UsageError(f"{where}: not PEM certificates ({exc})", path=path) from exc
+    for n, cert in enumerate(certs, start=1):
+        subject = cert.subject.rfc4514_string() or f"number {n}"
+        _check_validity(cert, path, where, f"trusted certificate {subject}")
+
+
+def _check_validity(cert: object, path: Path, where: str, what: str) -> None:
+    """UsageError naming `where` and `what` when `cert` (an x509.Certificate) is expired or not yet valid."""
     now = dt.datetime.now(dt.UTC)
-    if now > cert.not_valid_after_utc:
-        raise UsageError(f"{where}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}", path=path,
-                         hint="Renew it.")  # fmt: skip
-    if now < cert.not_valid_before_utc:
-        raise UsageError(f"{where}: the certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
-                         path=path, hint="Check the clock or the certificate.")  # fmt: skip
+    after, before = cert.not_valid_after_utc, cert.not_valid_before_utc  # type: ignore[attr-defined]
+    if now > after:
+        raise UsageError(f"{where}: {what} expired on {after:%Y-%m-%d}", path=path, hint="Renew it.")
+    if now < before:
+        raise UsageError(f"{where}: {what} is valid only from {before:%Y-%m-%d %H:%M} UTC", path=path,
+                         hint="Check the clock or the certificate.")  # fmt: skip
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
