@@ -272,3 +272,28 @@ def test_resume_with_other_init_weights_is_refused(run19: Path, tmp_path: Path) 
     with pytest.raises(InvalidInputError, match="init_weights is not the file the run started from") as exc:
         run_training(cfg4, tmp_path / "run", resume=tmp_path / "run/checkpoints/last.pt")
     assert exc.value.exit_code == 3 and sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+# 11. python -m medseg.train.export / medseg.train.manifest: one line and the README's exit code, no traceback
+
+
+def test_module_tools_refuse_in_one_line_with_the_exit_code(run19: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def tool(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+
+    export_model(run19 / "run", tmp_path / "dest", {})
+    (tmp_path / "spec.yaml").write_text("name: x\ngroups:\n  - glob: labels/nothere/*.nii.gz\n    kind: label_map\n"
+                                        "    labels_json: labels/nothere/labels.json\n    source: s\n    licence: l\n")
+    cases = {
+        2: tool("medseg.train.export", str(run19 / "run"), str(tmp_path / "dest")),
+        3: tool("medseg.train.export", str(tmp_path), str(tmp_path / "dest2")),
+        -3: tool("medseg.train.manifest", str(tmp_path / "spec.yaml"), str(tmp_path / "x.json")),
+    }
+    for code, r in cases.items():
+        assert r.returncode == abs(code), r.stderr
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert not (tmp_path / "x.json").exists()

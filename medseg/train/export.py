@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from medseg.errors import InvalidInputError
+from medseg.errors import InvalidInputError, UsageError
 from medseg.models.card import ConfidenceCalibration, ModelCard, WeightsSpec
 from medseg.models.registry import CARD_NAME, sha256_file
 from medseg.train.config import TrainConfig
@@ -182,7 +182,7 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "weights.pt"
     if target.exists() and not overwrite:
-        raise InvalidInputError("model folder already has weights", path=target, hint="Pass --overwrite.")
+        raise UsageError("model folder already has weights", path=target, hint="Pass --overwrite.")
     tmp = dest / ".weights.pt.tmp"
     save_half_precision(src, tmp, data)
     tmp.replace(target)
@@ -261,15 +261,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
+    metrics = read_json_option(a.metrics, "--metrics") if a.metrics else {}
     if a.accuracy:
-        metrics = card_metrics(a.run_dir, json.loads(a.accuracy.read_text()))
+        metrics = card_metrics(a.run_dir, read_json_option(a.accuracy, "--accuracy"))
     if a.organs:
         cfg, _ = training_record(a.run_dir)
-        metrics["organs"] = organ_metrics(json.loads(a.organs.read_text()), cfg.organ)
-    limit = confidence_limit(json.loads(a.confidence.read_text())) if a.confidence else None
+        metrics["organs"] = organ_metrics(read_json_option(a.organs, "--organs"), cfg.organ)
+    limit = confidence_limit(read_json_option(a.confidence, "--confidence")) if a.confidence else None
     export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights, limit)
 
 
+def read_json_option(path: Path, option: str) -> Any:
+    """The JSON file given to `option`; unreadable or not JSON is one InvalidInputError naming it (exit 3)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{option}: cannot read a JSON file: {exc}".splitlines()[0], path=path) from exc
+
+
 if __name__ == "__main__":
-    main()
+    from medseg.train.entry import run_entry
+
+    raise SystemExit(run_entry(main))

@@ -209,6 +209,9 @@ def build_manifest(spec: ManifestSpec, data_root: Path) -> Manifest:
                 liver_value=g.liver_value, sha256=sha, split=split, source=g.source, licence=g.licence,
                 label_type=g.label_type,
             ))  # fmt: skip
+    if not entries:
+        raise InvalidInputError("the sources spec matches no files under the data root", path=data_root,
+                                hint="Check the spec's globs and pairs and --data-root.")  # fmt: skip
     return Manifest(name=spec.name, description=spec.description, entries=entries)
 
 
@@ -222,10 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    spec = ManifestSpec.model_validate(load_yaml(a.spec.read_text()))
+    spec = read_validated(a.spec, ManifestSpec, "manifest sources spec", parse=load_yaml)[0]
     manifest = build_manifest(spec, a.data_root or default_data_root())
     atomic_write_text(a.out, manifest.model_dump_json(indent=1, exclude_none=True) + "\n", overwrite=a.overwrite)
 
 
 if __name__ == "__main__":
-    main()
+    from medseg.train.entry import run_entry
+
+    raise SystemExit(run_entry(main))
