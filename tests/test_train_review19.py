@@ -297,3 +297,28 @@ def test_module_tools_refuse_in_one_line_with_the_exit_code(run19: Path, tmp_pat
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+# 12. git_dirty covers data manifests and the pinned environment
+
+
+@pytest.mark.parametrize("changed", ["data_manifests/m.json", "requirements.lock", "pyproject.toml", "medseg/a.py"])
+def test_git_dirty_covers_manifests_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   changed: str) -> None:  # fmt: skip
+    import subprocess
+
+    from medseg.train import tracking
+    from medseg.train.tracking import git_commit
+
+    monkeypatch.setattr(tracking, "REPO", tmp_path)
+    for name in ("data_manifests/m.json", "requirements.lock", "pyproject.toml", "medseg/a.py", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    (tmp_path / "notes.txt").write_text("y\n")
+    assert git_commit()["git_dirty"] == "false"
+    (tmp_path / changed).write_text("y\n")
+    assert git_commit()["git_dirty"] == "true"

@@ -31,11 +31,17 @@ def resolve_tracking_uri(explicit: str | None, run_dir: Path) -> str:
     return uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
 
-def git_commit() -> dict[str, str]:
-    """Commit of the code that trains (and whether the tree had uncommitted changes)."""
+# What makes a training run: its code, configs, data manifests and the pinned environment.
+DIRTY_PATHS = ("medseg", "configs", "data_manifests", "requirements.lock", "pyproject.toml")
+
+
+def git_commit(repo: Path | None = None) -> dict[str, str]:
+    """Commit of the code that trains (and whether the tree had uncommitted changes in DIRTY_PATHS) in `repo`, by
+    default this repository."""
+    repo = repo or REPO
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "medseg", "configs"],
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", *DIRTY_PATHS],
                                capture_output=True, text=True, timeout=10)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown"}
