@@ -93,7 +93,8 @@ def test_a_rerun_of_a_committed_job_reports_its_outcome_and_runs_nothing(tmp_pat
     assert lease is not None
     queue.record_sent(lease, "folder", "key", "1.2.3")
     payload = config.model_dump(mode="json")
-    assert dask_job(payload, job.id, lease.fence, "w2") == (job.id, "sent", "committed before its worker was lost; "
-                                                                           "not run again")  # fmt: skip
-    assert dask_job(payload, job.id, lease.fence + 1, "w2")[1] == "lost"
+    rerun = dask_job(payload, job.id, lease.fence, "w2")
+    assert (rerun["job"], rerun["state"], rerun["reason"], rerun["outputs"]) == (
+        job.id, "sent", "committed before its worker was lost; not run again", [])  # fmt: skip
+    assert dask_job(payload, job.id, lease.fence + 1, "w2")["state"] == "lost"
     assert len(queue.ledger()) == 1 and queue.job(job.id).state == "sent"

@@ -371,3 +371,31 @@ def test_an_expired_trusted_ca_stops_the_service_at_start_with_exit_2(tmp_path: 
                                              "expired on") as err:  # fmt: skip
             load_config(tmp_path / "pacs.yaml")
         assert err.value.exit_code == 2
+
+
+# 7. on Dask, each job's audit facts reach the batch's own trail ------------------------------------------------------
+def test_a_dask_batch_records_each_job_and_its_seg_in_the_batch_hosts_audit_trail(shared: Path, tmp_path: Path) -> None:
+    """Workers started with their own MEDSEG_AUDIT_DIR (another host, a systemd unit): the job records and the SEGs
+    landed only in the workers' trail; the batch's record named no output."""
+    import hashlib
+    import json
+
+    from distributed import LocalCluster
+
+    make_study(chaos_files(shared), tmp_path / "in" / "a", range(30, 46), "review19-audit")
+    worker_trail = tmp_path / "worker-audit"
+    with mock.patch.dict(os.environ), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None,
+                                                   env={"MEDSEG_AUDIT_DIR": str(worker_trail)}) as cluster:  # fmt: skip
+        done = _medseg("batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--scheduler",
+                       cluster.scheduler_address, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (seg,) = (tmp_path / "out" / "seg").rglob("*.dcm")
+    digest = hashlib.sha256(seg.read_bytes()).hexdigest()
+    assert worker_trail.is_dir()  # the worker wrote its own record elsewhere
+    events = json.loads(_medseg("audit", "show", "--json").stdout)
+    (job,) = [e for e in events if e["command"] == "pacs.job.dask"]
+    assert job["outcome_detail"] == "sent" and digest in [o["sha256"] for o in job["outputs"]]
+    assert job["model"] is not None and job["params"]["worker"]
+    (batch,) = [e for e in events if e["command"] == "batch"]
+    assert digest in [o["sha256"] for o in batch["outputs"]]

@@ -234,7 +234,8 @@ def register(app: typer.Typer) -> None:
             rec.add_inputs([input])
             queue, studies = enqueue_studies(cfg, input, console.warn)
             _tell_known(studies)
-            run_batch(cfg, queue, console.info)
+            results = run_batch(cfg, queue, console.info)
+            rec.add_outputs([p for r in results for p in r.outputs])  # the SEGs, wherever the jobs ran (Dask too)
             _summarize(queue, studies, rec)
 
 

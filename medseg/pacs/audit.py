@@ -6,6 +6,7 @@ import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from medseg import __version__
 from medseg.audit.session import AuditRecorder, audit_session
@@ -53,3 +54,17 @@ def record_not_input(study_uid: str, generation: int, instances: int, folder: Pa
     with audit_session("pacs.receive", params, software=software()) as rec:
         rec.add_inputs([folder])
         rec.set_outcome_detail("not input")
+
+
+def record_dask_job(job: Job, destination: str, result: Any, worker: str, model: list[str] | None) -> None:
+    """A job run by a Dask worker, recorded in this (the dispatching) host's trail: the worker records its attempt
+    in its own trail (MEDSEG_AUDIT_DIR of the worker's environment, maybe another host's), which the batch's or the
+    service's trail never saw (review 19). Outputs (the SEG, the research record) are digested here, from the
+    storage the workers share; the outcome detail is the job's state after the attempt."""
+    params = {"job": job.id, "study_uid": job.study_uid, "generation": job.generation, "attempt": job.attempts,
+              "fence": job.fence, "destination": destination, "worker": worker}  # fmt: skip
+    with audit_session("pacs.job.dask", params, software=software()) as rec:
+        if model is not None:
+            rec.set_model(*model)
+        rec.add_outputs(result.outputs)
+        rec.set_outcome_detail(result.state)

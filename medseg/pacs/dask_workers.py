@@ -35,21 +35,34 @@ def _segmenter(config: PacsConfig) -> Segmenter:
         return _SEGMENTERS[key]
 
 
-def dask_job(config_json: dict[str, Any], job_id: int, fence: int, owner: str) -> tuple[int, str, str | None]:
+def dask_job(config_json: dict[str, Any], job_id: int, fence: int, owner: str) -> dict[str, Any]:
     """The task: run one leased job on this worker (skipped when the lease was taken over meanwhile). Dask runs a
     task again when its worker dies before the result reached the scheduler, even after the job was committed: that
-    re-run reports the committed outcome instead of running the job twice."""
+    re-run reports the committed outcome instead of running the job twice.
+
+    Returns the job's audit facts for the dispatcher's trail: {'job', 'state', 'reason', 'outputs' (paths written),
+    'model' ([name, version, weights digest] or None), 'worker' (host:pid)}."""
     config = PacsConfig.model_validate(config_json)
     queue = JobQueue(config.queue_path)
     job = queue.job(job_id)
     if job is not None and job.fence == fence and job.state in ("sent", "quarantined"):
-        return job_id, job.state, "committed before its worker was lost; not run again"
+        return _facts(JobResult(job_id, job.state, "committed before its worker was lost; not run again"), None)
     if job is None or job.fence != fence or job.state != "running":
-        return job_id, "lost", "lease no longer held when the task started"
+        return _facts(JobResult(job_id, "lost", "lease no longer held when the task started"), None)
     lease = Lease(job, owner, fence, job.lease_expires or 0.0)
-    result = run_job(config, queue, lease, _segmenter(config))
+    segmenter = _segmenter(config)
+    result = run_job(config, queue, lease, segmenter)
+    made_by = queue.seg_model(job_id)
     queue.close()
-    return result.job_id, result.state, result.reason
+    return _facts(result, list(made_by) if made_by else [*segmenter.model_name, segmenter.weights_sha256])
+
+
+def _facts(result: JobResult, model: list[str] | None) -> dict[str, Any]:
+    """What `dask_job` returns (plain data, pickled back to the dispatcher)."""
+    import socket
+
+    return {"job": result.job_id, "state": result.state, "reason": result.reason, "outputs": list(result.outputs),
+            "model": model, "worker": f"{socket.gethostname()}:{os.getpid()}"}  # fmt: skip
 
 
 class SchedulerLost(Exception):
@@ -196,11 +209,13 @@ def _dispatch_until_lost(
                     _check_connected(client, str(config.scheduler), force=True)
                 lease = inflight.pop(future)
                 try:
-                    job_id, state, reason = future.result()
+                    facts = future.result()
                 except Exception as exc:  # the task failed on every worker it was tried on: the lease expires
-                    job_id, state, reason = lease.job.id, "error", f"{type(exc).__name__}: {exc}"
-                results.append(JobResult(job_id, state, reason))
-                on_event(f"job {job_id}: {state}" + (f" ({reason})" if reason else ""))
+                    facts = {"job": lease.job.id, "state": "error", "reason": f"{type(exc).__name__}: {exc}"}
+                result = JobResult(facts["job"], facts["state"], facts["reason"], tuple(facts.get("outputs", ())))
+                _audit(config, lease, result, facts)
+                results.append(result)
+                on_event(f"job {result.job_id}: {result.state}" + (f" ({result.reason})" if result.reason else ""))
             if until_empty and not inflight and queue.open_jobs() == 0:
                 return
             time.sleep(0.2)
@@ -213,6 +228,14 @@ def _dispatch_until_lost(
         handed = _hand_back(queue, inflight)
         raise SchedulerLost(f"lost the Dask scheduler at {config.scheduler} ({_one_line(exc)}); "
                             f"{_jobs(handed)} handed back") from exc  # fmt: skip
+
+
+def _audit(config: PacsConfig, lease: Lease, result: JobResult, facts: dict[str, Any]) -> None:
+    """Record a job the cluster ran in this host's audit trail (the worker's own record is in its trail)."""
+    from medseg.pacs.audit import record_dask_job
+
+    worker = str(facts.get("worker") or "unknown (the task failed on every worker)")
+    record_dask_job(lease.job, config.destination.name, result, worker, facts.get("model"))
 
 
 def _check_connected(client: Any, address: str, force: bool = False) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,7 @@ class JobResult:
     job_id: int
     state: str
     reason: str | None = None
+    outputs: tuple[str, ...] = ()
 
 
 def backoff_of(config: PacsConfig) -> Backoff:
@@ -134,8 +135,10 @@ def run_job(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmen
     from medseg.pacs.audit import audited_job
 
     ended: list[JobResult] = []
+    written: list[Path] = []
     try:
         with audited_job(lease.job, config.destination.name) as rec:
+            written = rec.output_paths
             rec.set_model(*segmenter.model_name, segmenter.weights_sha256)
             _attempt(config, queue, lease, segmenter, rec, ended)
     except MedsegError as exc:  # quarantine, send failure, lost lease: on the audit trail and in the queue
@@ -143,7 +146,7 @@ def run_job(config: PacsConfig, queue: JobQueue, lease: Lease, segmenter: Segmen
             ended.append(JobResult(lease.job.id, "lost", exc.one_line()))
     except Exception as exc:  # a fault nobody foresaw (a library's ValueError): an attempt that failed, not a loop
         ended.append(fail_unexpected(config, queue, lease, exc))
-    return ended[-1]
+    return replace(ended[-1], outputs=tuple(str(p) for p in written))
 
 
 def fail_unexpected(config: PacsConfig, queue: JobQueue, lease: Lease, exc: BaseException) -> JobResult:
