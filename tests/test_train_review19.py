@@ -322,3 +322,24 @@ def test_git_dirty_covers_manifests_and_environment(tmp_path: Path, monkeypatch:
     assert git_commit()["git_dirty"] == "false"
     (tmp_path / changed).write_text("y\n")
     assert git_commit()["git_dirty"] == "true"
+
+
+# 14. a resume into a folder where a training runs is refused as such (exit 2) before its checkpoints are read
+
+
+def test_resume_into_a_folder_in_use_is_a_usage_error(run19: Path, tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from medseg.errors import UsageError
+
+    run = tmp_path / "run"
+    shutil.copytree(run19 / "run", run)
+    (run / "checkpoints/last.pt").write_bytes((run / "checkpoints/last.pt").read_bytes()[:100])  # mid-write
+    fd = os.open(run / ".train.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(UsageError, match="another training is running"):
+            run_training(run19 / "cfg.yaml", run, resume=run / "checkpoints/last.pt")
+    finally:
+        os.close(fd)

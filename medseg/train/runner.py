@@ -219,6 +219,22 @@ def clear_killed_run(out: Path, on_event: Event) -> None:
     on_event("stage", {"message": "the run folder held a run killed before its first checkpoint: starting anew"})
 
 
+def checked_resume(resume: Path, cfg: TrainConfig, cfg_sha: str, man_sha: str, init: InitWeights | None,
+                   config_path: Path, on_event: Event) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The checkpoint to resume from (the run's newer best.pt when a kill left last.pt behind it) and the run's
+    best checkpoint, every check passed; called with the run lock held when resuming into the checkpoint's own
+    folder, so a training still running there is refused (exit 2) before its checkpoints are read."""
+    state = load_checkpoint(resume)
+    later = newer_best(state, resume)
+    if later is not None:
+        on_event("stage", {"message": f"checkpoints/best.pt (it {later['progress']['iteration']}) is newer than "
+                                      f"{resume.name} (it {state['progress']['iteration']}): resuming from it"})
+        state = later
+    check_resume(state, resume, cfg, cfg_sha, man_sha)
+    check_init_unchanged(_previous_run(checkpoint_run_dir(resume)), init, config_path)
+    return state, best_of_run(state, resume)
+
+
 def check_run_folder(out: Path, resume: Path | None) -> None:
     """A new run needs a new or empty folder (or one a run killed before its first checkpoint left); a resumed one
     continues in its own folder or a new/empty one."""
@@ -294,21 +310,16 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
         raise InvalidInputError("no validation volumes: the manifest has no val ct_pair and "
                                 "validation.synthetic_cases is 0", path=config_path)  # fmt: skip
     init = read_init_weights(cfg)
-    state = best = None
-    if resume is not None:
-        state = load_checkpoint(resume)
-        later = newer_best(state, resume)
-        if later is not None:
-            on_event("stage", {"message": f"checkpoints/best.pt (it {later['progress']['iteration']}) is newer than "
-                                          f"{resume.name} (it {state['progress']['iteration']}): resuming from it"})
-            state = later
-        check_resume(state, resume, cfg, cfg_sha, man_sha)
-        check_init_unchanged(_previous_run(checkpoint_run_dir(resume)), init, config_path)
-        best = best_of_run(state, resume)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
+    lock_first = is_main and resume is not None and checkpoint_run_dir(resume) == out.resolve()
+    state = best = None
+    if resume is not None and not lock_first:
+        state, best = checked_resume(resume, cfg, cfg_sha, man_sha, init, config_path, on_event)
+    if is_main and not lock_first:
         check_run_folder(out, resume)
     with run_lock(out, is_main), process_settings_kept():
+        if resume is not None and lock_first:
+            state, best = checked_resume(resume, cfg, cfg_sha, man_sha, init, config_path, on_event)
         if is_main:
             check_run_folder(out, resume)
             if resume is None and killed_before_checkpoint(out):
