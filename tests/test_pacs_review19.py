@@ -399,3 +399,28 @@ def test_a_dask_batch_records_each_job_and_its_seg_in_the_batch_hosts_audit_trai
     assert job["model"] is not None and job["params"]["worker"]
     (batch,) = [e for e in events if e["command"] == "batch"]
     assert digest in [o["sha256"] for o in batch["outputs"]]
+
+
+# 10. `pacs purge --dry-run` lists each study with its folders and counts ----------------------------------------------
+def test_purge_dry_run_lists_each_study_its_folders_and_counts(shared: Path, tmp_path: Path) -> None:
+    """'List what would be deleted' printed only a total: nothing said which study or folders would go. The study is
+    named by its Study Instance UID, as `pacs status` names studies (`--json` jobs and receiving rows)."""
+    from medseg.pacs.storage import results_dir
+
+    config = _config(tmp_path)
+    queue = JobQueue(config.queue_path)
+    study = "1.2.826.0.1.19.10"
+    for k in (30, 31):
+        assert _store(shared, config, queue, study, k).status == SUCCESS
+    queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
+    lease = queue.lease("test", 60.0)
+    results_dir(config.storage, lease.job.id).mkdir(parents=True)
+    queue.record_sent(lease, "folder:x", "key", "1.2.3")
+    path = tmp_path / "pacs.yaml"
+    path.write_text(yaml.safe_dump({"storage": str(config.storage), "destination": {"folder": str(tmp_path / "seg")},
+                                    "retention": {"keep_days": 0}}))  # fmt: skip
+    listed = _medseg("pacs", "purge", "--config", str(path), "--dry-run")
+    assert listed.returncode == 0, listed.stderr
+    line = f"  would delete study {study}: 2 instance(s), 2 folder(s): studies/{study}, results/job-{lease.job.id}"
+    assert line in listed.stdout.splitlines()
+    assert study_dir(config.storage, study).is_dir()  # nothing deleted

@@ -174,6 +174,9 @@ def register(app: typer.Typer) -> None:
             n = sum(p.instances for p in purged)
             rec.set_outcome_detail(f"{'would_purge' if dry_run else 'purged'}:{len(purged)}:{n}")
         verb = "would delete" if dry_run else "deleted"
+        for p in purged:
+            console.result(f"  {verb} study {p.study_uid}: {p.instances} instance(s), {p.folders} folder(s)"
+                           + (f": {', '.join(p.paths)}" if p.paths else ""))  # fmt: skip
         console.result(f"{verb} the files of {len(purged)} stud{'y' if len(purged) == 1 else 'ies'} ({n} instances) "
                        f"settled over {cfg.retention.keep_days} days ago")
 

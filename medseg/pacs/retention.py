@@ -32,6 +32,7 @@ class Purged:
     study_uid: str
     instances: int
     folders: int
+    paths: tuple[str, ...] = ()  # the folders, relative to the storage (what `pacs purge` lists)
 
 
 def study_folders(config: PacsConfig, queue: JobQueue, study_uid: str) -> list[Path]:
@@ -59,7 +60,7 @@ def purge_expired(config: PacsConfig, queue: JobQueue, now: float | None = None,
         uid = str(row["study_uid"])
         folders = study_folders(config, queue, uid)
         if dry_run:
-            done.append(Purged(uid, int(row["instances"]), len(folders)))  # type: ignore[call-overload]
+            done.append(Purged(uid, int(row["instances"]), len(folders), _relative(config, folders)))  # type: ignore[call-overload]
             continue
         trash = Path(config.storage) / PURGING / f"{uid}-{int(now * 1000)}"
         with study_lock(uid):
@@ -72,7 +73,7 @@ def purge_expired(config: PacsConfig, queue: JobQueue, now: float | None = None,
                 os.rename(received, trash)
         _delete(trash, folders, study_dir(config.storage, uid))
         queue.finish_purge(uid)
-        done.append(Purged(uid, forgotten, len(folders)))
+        done.append(Purged(uid, forgotten, len(folders), _relative(config, folders)))
     return done
 
 
@@ -82,3 +83,9 @@ def _delete(trash: Path, folders: list[Path], received: Path) -> None:
     acknowledged) in a new folder (review 19: the second rmtree wiped it); then its jobs' results and staging."""
     for folder in [trash, *(f for f in folders if f != received)]:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _relative(config: PacsConfig, folders: list[Path]) -> tuple[str, ...]:
+    """The folders as paths relative to the storage (studies/<UID>, results/job-N, ...), for the listing."""
+    root = Path(config.storage)
+    return tuple(str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for f in folders)
