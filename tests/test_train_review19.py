@@ -343,3 +343,15 @@ def test_resume_into_a_folder_in_use_is_a_usage_error(run19: Path, tmp_path: Pat
             run_training(run19 / "cfg.yaml", run, resume=run / "checkpoints/last.pt")
     finally:
         os.close(fd)
+
+
+# 15. equal weights give equal bytes, whatever the file name
+
+
+def test_equal_weights_written_to_different_files_have_equal_bytes(run19: Path, tmp_path: Path) -> None:
+    from medseg.train.checkpoint import save_weights
+
+    weights = torch.load(run19 / "run/best_weights.pt")
+    save_weights(tmp_path / "a.pt", weights)
+    save_weights(tmp_path / "other_name_weights.pt", weights)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name_weights.pt").read_bytes()

@@ -65,13 +65,24 @@ def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save of `obj` into memory: the zip's record names are torch's fixed `archive/...`, not derived from a
+    file name, so equal content gives equal bytes (and equal SHA-256) whatever file it is written to."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def _save(obj: Any, path: Path, what: str) -> None:
-    """torch.save to a temporary file, fsync, atomic rename; a failed write is one ProcessingError, no temp left."""
+    """torch.save (through `torch_bytes`) to a temporary file, fsync, atomic rename; a failed write is one
+    ProcessingError, no temp left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
-        with tmp.open("rb") as f:
+        data = torch_bytes(obj)
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
