@@ -355,3 +355,20 @@ def test_equal_weights_written_to_different_files_have_equal_bytes(run19: Path, 
     save_weights(tmp_path / "a.pt", weights)
     save_weights(tmp_path / "other_name_weights.pt", weights)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name_weights.pt").read_bytes()
+
+
+# 13. each segment records the run-length settings it ran with; a changed schedule is said
+
+
+def test_segments_record_their_run_length_and_a_schedule_change_is_said(run19: Path, tmp_path: Path) -> None:
+    shutil.copytree(run19 / "run", tmp_path / "run")
+    cfg6 = write_config(tmp_path, "cfg6.yaml", run={"max_iterations": 6})
+    lines: list[str] = []
+    run_training(cfg6, tmp_path / "run", resume=tmp_path / "run/checkpoints/last.pt",
+                 on_event=lambda kind, f: lines.append(str(f.get("message"))))  # fmt: skip
+    segments = json.loads((tmp_path / "run/summary.json").read_text())["segments"]
+    assert [s["run_length"]["max_iterations"] for s in segments] == [4, 6]
+    assert segments[0]["run_length"]["config_sha256"] != segments[1]["run_length"]["config_sha256"]
+    assert any("max_iterations 4 -> 6: the learning-rate schedule follows the new setting" in line for line in lines)
+    card = export_model(tmp_path / "run", tmp_path / "model", {})
+    assert card.training["segments"][1]["run_length"]["max_iterations"] == 6

@@ -121,7 +121,8 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
         "best_validation_score": round(summary["best_score"], 4),
         "git_commit": summary.get("git_commit"),
         "git_dirty": summary.get("git_dirty", "not recorded"),
-        "segments": [{k: s.get(k) for k in ("started", "from_iteration", "git_commit", "git_dirty", "hardware")}
+        "segments": [{**{k: s.get(k) for k in ("started", "from_iteration", "git_commit", "git_dirty", "hardware")},
+                      **({"run_length": s["run_length"]} if "run_length" in s else {})}
                      for s in summary.get("segments", [])],
         "packages": {k: v for k, v in (summary.get("packages") or {}).items() if k in ("torch", "monai", "numpy")}
         or "not recorded",

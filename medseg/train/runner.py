@@ -278,13 +278,37 @@ def hardware(device: str) -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def start_segment(out: Path, previous: dict[str, Any], iteration: int, device: str) -> list[dict[str, Any]]:
-    """run.json's list of training segments (one per start or resume) with this one appended: code and machine."""
+def run_length(cfg: TrainConfig, cfg_sha: str) -> dict[str, Any]:
+    """The settings a resume may change (they shape the learning-rate schedule: progress is iterations over
+    max_iterations, or elapsed time over the budget) and the config's digest, as one segment ran with them."""
+    return {"max_iterations": cfg.run.max_iterations, "time_budget_min": cfg.run.time_budget_min,
+            "checkpoint_every_min": cfg.run.checkpoint_every_min, "threads": cfg.run.threads,
+            "num_workers": cfg.data.num_workers, "config_sha256": cfg_sha}  # fmt: skip
+
+
+def start_segment(out: Path, previous: dict[str, Any], iteration: int, device: str,
+                  settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """run.json's list of training segments (one per start or resume) with this one appended: code, machine and
+    the run-length settings it ran with (`run_length`)."""
     git = git_commit()
     segment = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "from_iteration": iteration,
                "git_commit": git["git_commit"], "git_dirty": git.get("git_dirty", "unknown"),
-               "packages": package_versions(), "hardware": hardware(device)}  # fmt: skip
+               "packages": package_versions(), "hardware": hardware(device), "run_length": settings or {}}  # fmt: skip
     return [*previous.get("segments", []), segment]
+
+
+def schedule_change(segments: list[dict[str, Any]]) -> str | None:
+    """One line when this segment's max_iterations or time budget differ from the previous segment's (the
+    learning-rate schedule is stretched or shrunk from here on), else None."""
+    if len(segments) < 2:
+        return None
+    before, now = segments[-2].get("run_length") or {}, segments[-1].get("run_length") or {}
+    changed = [f"{k} {before[k]} -> {now.get(k)}" for k in ("max_iterations", "time_budget_min")
+               if k in before and before[k] != now.get(k)]  # fmt: skip
+    if not changed:
+        return None
+    return (f"resumed with {', '.join(changed)}: the learning-rate schedule follows the new setting from iteration "
+            f"{segments[-1]['from_iteration']} (recorded per segment in run.json and summary.json)")
 
 
 def restore_best(out: Path, best: dict[str, Any], resume: Path) -> None:
@@ -366,7 +390,11 @@ def _run(cfg: TrainConfig, cfg_sha: str, config_path: Path, manifest: Manifest, 
         torch.set_num_threads(cfg.run.threads)
     previous = _previous_run(checkpoint_run_dir(resume)) if resume else {}
     same_folder = resume is not None and checkpoint_run_dir(resume) == out.resolve()
-    segments = start_segment(out, previous, state["progress"]["iteration"] if state else 0, dist.device)
+    segments = start_segment(out, previous, state["progress"]["iteration"] if state else 0, dist.device,
+                             run_length(cfg, cfg_sha))  # fmt: skip
+    note = schedule_change(segments)
+    if note:
+        on_event("stage", {"message": note})
     on_event("stage", {"message": "preparing label maps and real CTs (cached after the first run)"})
     cache = default_cache_dir()
     from medseg.train.data import load_cases
