@@ -372,3 +372,18 @@ def test_segments_record_their_run_length_and_a_schedule_change_is_said(run19: P
     assert any("max_iterations 4 -> 6: the learning-rate schedule follows the new setting" in line for line in lines)
     card = export_model(tmp_path / "run", tmp_path / "model", {})
     assert card.training["segments"][1]["run_length"]["max_iterations"] == 6
+
+
+# 17. an unknown organ in the config's labels is blamed on the config, before any work
+
+
+def test_unknown_organ_in_labels_names_the_config(env: Any, tmp_path: Path) -> None:  # noqa: F811
+    import yaml
+
+    cfg = write_config(tmp_path, labels={0: "background", 1: "liver", 2: "spleeen"})
+    data = yaml.safe_load(cfg.read_text())
+    data["network"]["out_channels"] = 3
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(InvalidInputError, match=r"labels: 'spleeen' is not an organ the training data can label") as e:
+        run_training(cfg, tmp_path / "run")
+    assert e.value.path == cfg and "labels" in (e.value.hint or "") and not (tmp_path / "run").exists()

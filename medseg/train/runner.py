@@ -121,6 +121,20 @@ def recorded_config(cfg: TrainConfig, manifest_ref: str, init: InitWeights | Non
     return params
 
 
+def check_labels(cfg: TrainConfig, config_path: Path) -> None:
+    """Refuse (exit 3, naming the config and its `labels` key) a class the training data cannot label: every organ
+    must be one of the generator's `organ_tissues` (medseg/train/synth/tissues.yaml), else it would be blamed on
+    that table mid-run or trained as a class never labelled."""
+    from medseg.train.synth.tissues import tissue_table
+
+    known = tissue_table().raw["organ_tissues"]
+    unknown = [organ for organ in cfg.organs if organ not in known]
+    if unknown:
+        raise InvalidInputError(f"labels: {', '.join(map(repr, unknown))} is not an organ the training data can "
+                                f"label (known: {', '.join(sorted(known))})", path=config_path,
+                                hint="Fix the `labels` key of the config.")  # fmt: skip
+
+
 def check_device(device: str) -> None:
     """Refuse a --device other than auto, cpu, cuda or cuda:N (UsageError, before any work)."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
@@ -327,6 +341,7 @@ def run_training(config_path: Path, out: Path, resume: Path | None = None, track
     """Train the model described by `config_path` into the run folder `out` (see `medseg train --help`)."""
     check_device(device)
     cfg, cfg_sha = load_config(config_path)
+    check_labels(cfg, config_path)
     manifest_path = resolve_manifest(cfg, config_path)
     manifest, man_sha = load_manifest(manifest_path)
     check_manifest(manifest, manifest_path)
