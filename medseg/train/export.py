@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("dest", type=Path)
-    ap.add_argument("--metrics", type=Path, default=None, help="JSON written as the card's metrics as is")
+    unchecked = "JSON written as the card's metrics as is, NOT checked against any bench output; prefer --accuracy"
+    ap.add_argument("--metrics", type=Path, default=None, help=unchecked)
     ap.add_argument("--accuracy", type=Path, default=None, help="output of bench/bench_train.py accuracy --out")
     ap.add_argument("--organs", type=Path, default=None, help="bench/bench_confidence.py --out with organ Dice")
     ap.add_argument("--confidence", type=Path, default=None, help="bench/bench_confidence.py --out: the limit")
