@@ -248,6 +248,9 @@ def test_an_unusable_tracking_store_leaves_out_empty(env: Any, tmp_path: Path) -
     with pytest.raises(ProcessingError, match="cannot start MLflow run"):
         run_training(cfg, tmp_path / "run", tracking_uri=f"sqlite:///{tmp_path / 'afile/mlflow.db'}")
     assert [p.name for p in (tmp_path / "run").iterdir()] == [".train.lock"]
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "the failed store stays the process's tracking URI"
 
 
 # 7. init_weights: digest recorded (see the test of #4) and checked on resume

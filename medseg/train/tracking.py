@@ -126,6 +126,7 @@ class Tracker:
                 run = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,
                                        run_name=None if resume_run_id else run_name)  # fmt: skip
         except Exception as exc:
+            self._put_back_uri()
             raise ProcessingError(f"cannot start MLflow run at {self.uri}: {exc}".splitlines()[0],
                                   hint="Check --tracking-uri / MLFLOW_TRACKING_URI.") from exc  # fmt: skip
         self.run_id = run.info.run_id
@@ -175,6 +176,14 @@ class Tracker:
         if self.enabled:
             with _writing() as mlflow:
                 mlflow.log_text(text, artifact_file)
+
+    def _put_back_uri(self) -> None:
+        """Give the process back the caller's tracking URI (mlflow.set_tracking_uri also sets the environment)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self._previous_uri)
+        if self._previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
