@@ -237,8 +237,7 @@ def register(app: typer.Typer) -> None:
             rec.add_inputs([input])
             queue, studies = enqueue_studies(cfg, input, console.warn)
             _tell_known(studies)
-            results = run_batch(cfg, queue, console.info)
-            rec.add_outputs([p for r in results for p in r.outputs])  # the SEGs, wherever the jobs ran (Dask too)
+            _record_outputs(rec, queue, run_batch(cfg, queue, console.info))
             _summarize(queue, studies, rec)
 
 
@@ -284,6 +283,16 @@ def _dispatch_state(cfg: Any, pid: int | None) -> dict[str, Any]:
         return {"state": "up", "scheduler": cfg.scheduler}
     since = datetime.fromtimestamp(float(down.get("down_since", 0)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"state": "down", "scheduler": cfg.scheduler, "down_since": since, "reason": str(down.get("reason", ""))}
+
+
+def _record_outputs(rec: Any, queue: Any, results: list[Any]) -> None:
+    """The files the batch's jobs wrote (the SEGs), wherever they ran (on Dask too: a worker's own audit record may
+    be in another host's trail, review 19) as the `batch` record's outputs, with the model that made them when one
+    model made them all."""
+    rec.add_outputs([p for r in results for p in r.outputs])
+    makers = {tuple(m) for r in results if r.outputs and (m := queue.seg_model(r.job_id))}
+    if len(makers) == 1:
+        rec.set_model(*makers.pop())
 
 
 def _tell_known(studies: list[Any]) -> None:

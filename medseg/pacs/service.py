@@ -90,7 +90,12 @@ class Service:
             client = _connect_scheduler(self.config.scheduler)
         else:
             segmenter = load_segmenter(self.config.organs, self.config.model, self.config.backend, self.config.strict)
-        self.port = _listen(receiver, self.config)
+        try:
+            self.port = _listen(receiver, self.config)
+        except BaseException:
+            if client is not None:
+                client.close()
+            raise
         self.on_event(f"listening as {self.config.listen.ae_title} on {self.config.listen.host}:{self.port}")
         threads = [threading.Thread(target=self._schedule, name="scheduler", daemon=True)]
         if segmenter is not None:
