@@ -328,8 +328,9 @@ def test_a_study_that_changed_gets_a_seg_of_its_own_uids(shared, tmp_path, model
     assert refs[1] == refs[0] - 1
 
 
-def test_a_series_the_batch_will_not_read_is_a_warning(shared, tmp_path, models):
-    """A two-patient series beside a good study: a re-probe saw exit 0 and the skip said nowhere."""
+def test_a_study_the_batch_will_not_read_is_quarantined_with_its_reason(shared, tmp_path, models):
+    """A study whose only series names two patients, beside a good study: a re-probe saw exit 0 and the skip said
+    nowhere; a later review saw the study vanish from the run. It is a job, quarantined with the reason (exit 4)."""
     import pydicom
 
     _study(shared, tmp_path / "in" / "good", "skip-good")
@@ -340,7 +341,7 @@ def test_a_series_the_batch_will_not_read_is_a_warning(shared, tmp_path, models)
         ds.PatientID = "A" if n < 10 else "B"
         ds.save_as(f)
     done = _cli(tmp_path / "in", "--out", tmp_path / "out", "--model", models[0])
-    assert done.returncode == 0, done.stderr
-    assert any(line.startswith("warning: not segmented: ") and "2 different PatientID" in line
+    assert done.returncode == 4, done.stderr
+    assert any("quarantined" in line and "2 different PatientID" in line
                for line in done.stderr.splitlines()), done.stderr  # fmt: skip
     assert len(_segs(tmp_path / "out")) == 1

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
             else:
                 console.result(_row(s, problems.get(s.key)))
         readable = sum(s.is_volume and problems[s.key] is None for s in scan.series)
-        chosen = choose_series(scan.series)
+        chosen = choose_series(scan.series, problem=lambda s: problems.get(s.key))
         tail = f"{chosen.key} is read by default" if readable and chosen else "nothing here can be read as a volume"
         console.info(f"{len(scan.series)} series, {readable} readable volume(s); {tail}")
 

@@ -11,9 +11,9 @@ from typing import Any
 from medseg.errors import InvalidInputError, UsageError
 from medseg.io import SeriesInfo, Volume, read_image
 from medseg.io.dicom_reader import volume_from_headers
-from medseg.io.image import check_damaged_files, check_stray_slices
+from medseg.io.image import check_damaged_files, check_stray_slices, series_problem
 from medseg.io.nifti import is_nifti_path
-from medseg.io.series import FolderScan, check_entry, choose_series
+from medseg.io.series import REFUSED_CONCATENATION, TWO_PATIENTS, FolderScan, check_entry, choose_series
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,13 @@ def _dicom_cases(
         if s.is_volume:
             studies.setdefault(s.study_uid or f"folder:{s.files[0].parent}", []).append(s)
     cases = []
+    problem = series_problem(scan)
     for members in studies.values():
-        main = choose_series(members, modality)
+        main = choose_series(members, modality, problem)
         assert main is not None  # members are volumes
-        others = tuple(f"other series in this study not segmented: {s.summary()}" for s in members if s is not main)
+        others = tuple(f"other series in this study not segmented: {s.summary()}"
+                       + (f" (not readable: {why})" if (why := problem(s)) is not None else "")
+                       for s in members if s is not main)  # fmt: skip
         folder = Path(*_common_parts([f.parent for f in main.files]))
         rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
         notes = (*scan.notes(), *main.notes, *others)
@@ -73,8 +76,32 @@ def _dicom_cases(
                 notes,
             )
         )
-    skipped = [f"not segmented: {s.summary()}" for s in scan.series if not s.is_volume]
+    refused = [s for s in scan.series if not s.is_volume and _refused(s.skip_reason)
+               and (s.study_uid or f"folder:{s.files[0].parent}") not in studies]  # fmt: skip
+    one_per_study = {s.study_uid or f"folder:{s.files[0].parent}": s for s in reversed(refused)}  # the first kept
+    cases += [_refused_case(root, s) for s in one_per_study.values()]
+    skipped = [f"not segmented: {s.summary()}" for s in scan.series if not s.is_volume and s not in refused]
     return cases, skipped + scan.notes()
+
+
+def _refused(reason: str | None) -> bool:
+    """A series that is image data of a scan yet cannot be read as it is: two patients, a concatenation part."""
+    return bool(reason) and (reason.endswith(TWO_PATIENTS) or reason.startswith(REFUSED_CONCATENATION))
+
+
+def _refused_case(root: Path, series: SeriesInfo) -> Case:
+    """A study whose only volume cannot be read as it is (`_refused`): a case that fails when loaded (exit 3, a
+    failed summary.json that monitoring counts), never a study that silently disappears from a batch."""
+    folder = Path(*_common_parts([f.parent for f in series.files]))
+    rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
+
+    def refuse() -> Volume:
+        hint = ("Export each patient's study on its own; slices of two patients are never merged into one volume."
+                if series.skip_reason and series.skip_reason.endswith(TWO_PATIENTS) else
+                "Export the series as one multi-frame object or as single-frame images.")  # fmt: skip
+        raise InvalidInputError(f"series {series.key} not read: {series.skip_reason}", path=folder, hint=hint)
+
+    return Case(safe_name(str(rel)) if str(rel) != "." else safe_name(root.name), folder, "dicom", refuse)
 
 
 def _common_parts(folders: list[Path]) -> tuple[str, ...]:

@@ -204,6 +204,13 @@ def _check_gaps(steps: np.ndarray, along: np.ndarray, labels: list[str], median:
         )
 
 
+def on_grid_tolerance_mm(spacing: float) -> float:
+    """How far a slice may sit from its place on the regular grid the volume is built on: a tenth of the spacing
+    (never under SPACING_TOL_MM). The reader refuses more; the SEG writer accepts up to it, so a series read is
+    a series whose SEG can be written."""
+    return max(SPACING_TOL_MM, 0.1 * spacing)
+
+
 def _check_regular(steps: np.ndarray, along: np.ndarray, labels: list[str], mean: float, where: str) -> None:
     tol = max(SPACING_TOL_MM, SPACING_RTOL * mean)
     bad = np.flatnonzero(np.abs(steps - mean) > tol)
@@ -213,6 +220,15 @@ def _check_regular(steps: np.ndarray, along: np.ndarray, labels: list[str], mean
             f"inconsistent slice spacing: steps range from {steps.min():.3f} to {steps.max():.3f} mm "
             f"(mean {mean:.3f} mm, tolerance {tol:.3f} mm); worst step {steps[k]:.3f} mm between positions "
             f"{along[k]:.3f} and {along[k + 1]:.3f} mm ({labels[k]} and {labels[k + 1]})",
+            path=where,
+            hint="Resample the series to regular spacing with a dedicated tool, or re-export it.",
+        )
+    off = np.abs(along - (along[0] + mean * np.arange(len(along))))
+    if off.max() > on_grid_tolerance_mm(mean):  # steps each within tolerance, adding up to a drift
+        k = int(np.argmax(off))
+        raise InvalidInputError(
+            f"slice positions drift off a regular grid: {labels[k]} is {off[k]:.3f} mm from its place at the mean "
+            f"spacing {mean:.3f} mm (tolerance {on_grid_tolerance_mm(mean):.3f} mm)",
             path=where,
             hint="Resample the series to regular spacing with a dedicated tool, or re-export it.",
         )

@@ -140,6 +140,35 @@ def rescale_stack(
     return out, dtype
 
 
+def padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
+    """Where the stored values are padding (PixelPaddingValue, through PixelPaddingRangeLimit when given: PS3.3
+    C.7.5.1.1.2), i.e. no image at all; None when the header declares none or no pixel holds it. Read before the
+    rescale, which may work in place."""
+    values = []
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):
+        value = ds.get(keyword, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            values.append(value)
+        elif keyword == "PixelPaddingValue":
+            return None
+    lo, hi = min(values), max(values)
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def fill_padding(out: np.ndarray, mask: np.ndarray) -> str | None:
+    """Give padded pixels the lowest value of the image around them (air on CT) when their stored code rescales to
+    something brighter (unsigned 0xF830 with intercept -1024 reads as +62512 HU, bright as metal); padding that
+    already reads below every image value (-2000 or -3024 HU, the common case) is left as stored, as other readers
+    give it. Returns the note, or None when nothing changed."""
+    kept = out[~mask]
+    value = kept.min() if kept.size else np.zeros((), out.dtype)
+    if out[mask].max() <= value:
+        return None
+    out[mask] = value
+    return f"{int(mask.sum())} padding pixel(s) (PixelPaddingValue) set to {float(value):g}, the image's lowest value"
+
+
 def stored_dtype_and_range(ds: Any) -> tuple[np.dtype, tuple[float, float]]:
     """Numpy type of the stored values and their possible range, from BitsAllocated/Stored and PixelRepresentation."""
     bits_alloc = int(ds.get("BitsAllocated", 16) or 16)

@@ -16,6 +16,8 @@ from medseg.io.dicom_pixels import (
     Rescale,
     decode,
     decode_into,
+    fill_padding,
+    padding_mask,
     rescale_stack,
     stored_dtype_and_range,
 )
@@ -95,7 +97,10 @@ def _volume_from_headers(headers: list[Header], where: Path, notes: Sequence[str
     stored = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=stored_dtype)
     for k, h in enumerate(ordered):
         decode_into(h.dataset, h.path, stored[k])
+    padding = padding_mask(ordered[0].dataset, stored)
     out, dtype = rescale_stack(stored, rescales, stored_range)
+    if padding is not None and (note := fill_padding(out, padding)) is not None:
+        notes = [*notes, note]
     slices = tuple(_source_slice(h) for h in ordered)
     return _volume(out, stack, ordered[0].dataset, [h.path for h in ordered], rescales, dtype, notes, slices)
 
@@ -109,6 +114,7 @@ def _source_slice(h: Header) -> SourceSlice:
 
 def _check_uniform(headers: list[Header], where: Path) -> None:
     ref = headers[0]
+    _check_unique_instances(headers)
     for h in headers:
         if not h.has_pixels:
             raise InvalidInputError("file has no pixel data", path=h.path, hint="Remove it from the series folder.")
@@ -124,6 +130,23 @@ def _check_uniform(headers: list[Header], where: Path) -> None:
         for keyword in ("BitsAllocated", "PixelRepresentation"):
             if h.dataset.get(keyword) != ref.dataset.get(keyword):
                 raise InvalidInputError(f"{keyword} differs within the series", path=h.path)
+
+
+def _check_unique_instances(headers: list[Header]) -> None:
+    """Two different files of the series under one SOPInstanceUID (byte-identical copies were dropped before): a PACS
+    keeps one of them, so a SEG frame referencing that UID would point at the wrong image. Refused, naming both."""
+    seen: dict[str, Path] = {}
+    for h in headers:
+        uid = text(h.dataset, "SOPInstanceUID")
+        if not uid:
+            continue
+        if uid in seen:
+            raise InvalidInputError(
+                f"{seen[uid].name} and {h.path.name} are different images with the same SOPInstanceUID",
+                path=h.path,
+                hint="Export the series again from the PACS or scanner; each image needs its own instance UID.",
+            )
+        seen[uid] = h.path
 
 
 def _plane(h: Header) -> FramePlane:
@@ -190,7 +213,10 @@ def _read_multiframe(h: Header, notes: Sequence[str]) -> Volume:
     """Enhanced / legacy-converted multi-frame CT, MR or PET: geometry and rescale from the functional groups."""
     stack, rescales = _multiframe_stack(h)
     stored_frames = decode(h.dataset, h.path)[list(stack.order)]
+    padding = padding_mask(h.dataset, stored_frames)
     out, dtype = rescale_stack(stored_frames, rescales)
+    if padding is not None and (note := fill_padding(out, padding)) is not None:
+        notes = [*notes, note]
     return _volume(out, stack, h.dataset, [h.path], rescales, dtype, notes)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from medseg.errors import InvalidInputError, UsageError
 from medseg.io.dicom_geometry import check_pixel_spacing, check_plausible_grid
 from medseg.io.dicom_headers import NOT_DICOM, Header, HeaderError, read_header
-from medseg.io.dicom_reader import volume_from_headers
+from medseg.io.dicom_reader import stack_problem, volume_from_headers
 from medseg.io.nifti import is_nifti_path, read_nifti
 from medseg.io.series import FolderScan, SeriesInfo, check_entry, choose_series, group_headers, scan_folder, walk_files
 from medseg.io.volume import Volume
@@ -97,7 +98,7 @@ def _choose(scan: FolderScan, series_key: str | None) -> SeriesInfo:
             )
         check_damaged_files(scan, volumes[0])
         return volumes[0]
-    chosen = choose_series(scan.series)
+    chosen = choose_series(scan.series, problem=series_problem(scan))
     if chosen is None:
         raise InvalidInputError(
             f"no 3D image series found; found {_describe(scan.series)}",
@@ -107,6 +108,19 @@ def _choose(scan: FolderScan, series_key: str | None) -> SeriesInfo:
     check_stray_slices(scan, chosen)
     check_damaged_files(scan, chosen)
     return chosen
+
+
+def series_problem(scan: FolderScan) -> Callable[[SeriesInfo], str | None]:
+    """Why a series of the scan would not stack into a volume (headers only, each series checked once), so that
+    `choose_series` reads a readable series before a larger one that is not."""
+    found: dict[str, str | None] = {}
+
+    def problem(series: SeriesInfo) -> str | None:
+        if series.key not in found:
+            found[series.key] = stack_problem(scan.headers[series.key], scan.root)
+        return found[series.key]
+
+    return problem
 
 
 def _describe(series: list[SeriesInfo]) -> str:
@@ -129,22 +143,32 @@ def check_damaged_files(scan: FolderScan, chosen: SeriesInfo) -> None:
         )
 
 
+STRAY_REASONS = ("single slice", "no patient geometry")
+
+
+def _same_series(s: SeriesInfo, chosen: SeriesInfo) -> bool:
+    """Split off the chosen series: by geometry, or by matrix size or frame of reference under its own UID."""
+    if chosen.split_group >= 0 and s.split_group == chosen.split_group:
+        return True
+    return bool(chosen.series_instance_uid) and s.series_instance_uid == chosen.series_instance_uid
+
+
 def check_stray_slices(scan: FolderScan, chosen: SeriesInfo) -> None:
-    """Refuse a series that also holds single slices of another geometry (likely a broken export)."""
-    if chosen.split_group < 0:
-        return
+    """Refuse a series that also holds single slices of another geometry, matrix size or frame of reference, or
+    without geometry (likely a broken export): reading the rest would drop a slice, at the end of the stack
+    silently."""
     strays = [
         s
         for s in scan.series
         if s is not chosen
-        and s.split_group == chosen.split_group
+        and _same_series(s, chosen)
         and s.skip_reason is not None
-        and s.skip_reason.startswith("single slice")
+        and s.skip_reason.startswith(STRAY_REASONS)
     ]
     if strays:
         name = chosen.series_instance_uid or "(empty SeriesInstanceUID)"
         raise InvalidInputError(
-            f"mixed orientations or pixel spacings in series {name}: {chosen.n_slices} slices agree but "
+            f"mixed orientations or geometry in series {name}: {chosen.n_slices} slices agree but "
             f"{len(strays)} stray slice(s) differ (e.g. {strays[0].files[0].name})",
             path=scan.root,
             hint=f"Remove the stray slices, or read the main group explicitly with --series {chosen.key}.",
@@ -156,7 +180,8 @@ def _other_series_notes(scan: FolderScan, chosen: SeriesInfo) -> list[str]:
     if not others:
         return []
     volumes = [s for s in others if s.is_volume]
-    notes = []
+    notes = [f"series {s.key} ({s.n_slices} slices) not read: {why}" for s in volumes
+             if (why := series_problem(scan)(s)) is not None]  # fmt: skip
     if volumes:
         notes.append(
             f"folder holds {len(volumes) + 1} volume series; read {chosen.key} ({chosen.n_slices} slices); "

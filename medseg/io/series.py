@@ -11,6 +11,7 @@ import hashlib
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,7 +249,10 @@ def _base_key(h: Header) -> tuple[object, ...]:
     localizer = "LOCALIZER" in image_type(h.dataset)
     if h.frames > 1 or h.is_enhanced:
         return ("file", str(h.path))
-    uid_part = h.series_uid or f"empty-uid|{h.study_uid}"
+    uid_part = h.series_uid or (  # no UID to tell two reconstructions apart: their number and kernel do
+        f"empty-uid|{h.study_uid}|{raw_text(h.dataset, 'SeriesNumber') or ''}"
+        f"|{raw_text(h.dataset, 'ConvolutionKernel') or ''}"
+    )
     return (
         uid_part,
         h.modality,
@@ -351,6 +355,8 @@ def _skip_reason(members: list[Header], n_slices: int) -> str | None:
         return f"modality {h.modality or 'unknown'} is not a CT/MR/PET cross-sectional image"
     if h.samples_per_pixel != 1:
         return "colour image, not a greyscale volume"
+    if (part := _concatenation_part(h)) is not None:
+        return part
     if h.orientation is None or h.pixel_spacing is None:
         return "no patient geometry (ImageOrientationPatient/PixelSpacing missing)"
     if n_slices < 2:
@@ -358,7 +364,24 @@ def _skip_reason(members: list[Header], n_slices: int) -> str | None:
     return _mixed_identity(members)
 
 
+def _concatenation_part(h: Header) -> str | None:
+    """A multi-frame object stored as one part of a concatenation (PS3.3 C.7.6.16.2.2.4): medseg does not join the
+    parts, and one part read alone is a fraction of the scan (half a liver, no error)."""
+    total = h.dataset.get("InConcatenationTotalNumber", None)
+    if h.frames <= 1 or not str(h.dataset.get("ConcatenationUID", "") or "").strip():
+        return None
+    try:
+        n = int(total) if total is not None else 0
+    except (TypeError, ValueError):
+        n = 0
+    if n == 1:
+        return None
+    return f"{REFUSED_CONCATENATION} (part {h.dataset.get('InConcatenationNumber', '?')} of {n or '?'})"
+
+
+REFUSED_CONCATENATION = "one part of a multi-frame concatenation, which medseg does not join"
 PATIENT_KEYWORDS = ("PatientID", "PatientName")
+TWO_PATIENTS = "(two patients in one series)"
 
 
 def _distinct(members: list[Header], keyword: str) -> int:
@@ -370,7 +393,7 @@ def _mixed_identity(members: list[Header]) -> str | None:
     export tool or anonymiser that reuses UIDs); never merged, and never one of them chosen silently."""
     for keyword in PATIENT_KEYWORDS:
         if (n := _distinct(members, keyword)) > 1:
-            return f"its slices carry {n} different {keyword} values (two patients in one series)"
+            return f"its slices carry {n} different {keyword} values {TWO_PATIENTS}"
     return None
 
 
@@ -419,17 +442,23 @@ def _is_axial(orientation: np.ndarray | None) -> bool:
     return bool(norm > 0 and abs(float(normal[2])) / norm >= 0.5**0.5)
 
 
-def choose_series(series: list[SeriesInfo], prefer_modality: str | None = None) -> SeriesInfo | None:
-    """The main image series of a folder or study, one rule for `convert` and `infer`: a volume; of the preferred
-    modality when given; the scanner's own reconstruction before a DERIVED/SECONDARY copy (a reformat or MIP may hold
-    more slices); axial before coronal or sagittal; then the most slices; on a tie the finer grid (512x512 before its
-    256x256 twin); then the key, so the choice never depends on file or key order alone. None when there is no
-    volume."""
+def choose_series(
+    series: list[SeriesInfo],
+    prefer_modality: str | None = None,
+    problem: Callable[[SeriesInfo], str | None] | None = None,
+) -> SeriesInfo | None:
+    """The main image series of a folder or study, one rule for `convert` and `infer`: a volume; one that stacks
+    into a volume (`problem` returns None: no duplicate positions, gap or tilt, e.g. not a bolus-tracking series
+    of 100 images at one table position) before one that does not; of the preferred modality when given; the
+    scanner's own reconstruction before a DERIVED/SECONDARY copy (a reformat or MIP may hold more slices); axial
+    before coronal or sagittal; then the most slices; on a tie the finer grid (512x512 before its 256x256 twin);
+    then the key, so the choice never depends on file or key order alone. None when there is no volume."""
     volumes = [s for s in series if s.is_volume]
     if not volumes:
         return None
+    unreadable = {s.key for s in volumes if problem is not None and len(volumes) > 1 and problem(s) is not None}
     return min(
         volumes,
-        key=lambda s: (prefer_modality is not None and s.modality != prefer_modality, s.derived, not s.axial,
-                       -s.n_slices, tuple(-v for v in s.grid_fineness()), s.key),
+        key=lambda s: (s.key in unreadable, prefer_modality is not None and s.modality != prefer_modality, s.derived,
+                       not s.axial, -s.n_slices, tuple(-v for v in s.grid_fineness()), s.key),
     )  # fmt: skip

@@ -19,6 +19,7 @@ from medseg.cache import cache_dir
 from medseg.errors import ProcessingError
 from medseg.io import Volume
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom_geometry import ORIENTATION_TOL, on_grid_tolerance_mm
 from medseg.writers.seg_source import normalise_source
 from medseg.writers.seg_tables import install_module_table, memoise_multiframe_check
 from medseg.yamltext import load_yaml
@@ -82,7 +83,8 @@ def _check_plane(volume: Volume, k: int, pos: np.ndarray, iop: np.ndarray, where
     geom = volume.geometry
     expected = geom.index_to_world(np.array([[0, 0, k]]))[0]
     row_col = np.concatenate([geom.direction_matrix[:, 0], geom.direction_matrix[:, 1]])
-    if np.abs(pos - expected).max() > POSITION_TOL_MM or np.abs(iop - row_col).max() > 1e-4:
+    position_tol = max(POSITION_TOL_MM, on_grid_tolerance_mm(float(geom.spacing[2])))
+    if np.abs(pos - expected).max() > position_tol or np.abs(iop - row_col).max() > ORIENTATION_TOL:
         raise ProcessingError(
             f"source frame for slice {k} is not where the label map's slice {k} is ({pos.tolist()} vs "
             f"{expected.round(3).tolist()}); refusing to write a misplaced SEG",
@@ -107,7 +109,9 @@ def _source_headers(volume: Volume, notes: list[str]) -> list[Any]:
         if not str(getattr(ds, "SOPInstanceUID", "")).strip():
             raise SegUnavailable("a source slice has an empty SOP Instance UID", path=where)
         pos = np.asarray(ds.ImagePositionPatient, dtype=float)
-        _check_plane(volume, k, pos, np.asarray(ds.ImageOrientationPatient, dtype=float), where)
+        own = (np.array(volume.meta.source_slices[k].orientation.split("\\"), dtype=float)
+               if volume.meta.source_slices else np.asarray(ds.ImageOrientationPatient, dtype=float))  # fmt: skip
+        _check_plane(volume, k, pos, own, where)
     return datasets
 
 
@@ -137,12 +141,15 @@ def _slim_sources(volume: Volume, notes: list[str]) -> list[Any]:
     shared = [first[k] for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns",
                                  "Modality") if k in first]  # fmt: skip
     datasets = [first]
+    # one orientation for the stack, slice 0's: the reader accepted cosines that differ within ORIENTATION_TOL (each
+    # slice is checked against the label map's own below), and highdicom refuses sources that are not all equal
+    orientation = first.ImageOrientationPatient
     for ref in volume.meta.source_slices[1:]:  # values already read once from these files: not validated again
         ds = Dataset()
         for elem in shared:
             ds.add(elem)
         for tag, vr, value in ((0x00080016, "UI", ref.sop_class_uid), (0x00080018, "UI", ref.sop_instance_uid),
-                               (0x00200032, "DS", ref.position), (0x00200037, "DS", ref.orientation)):  # fmt: skip
+                               (0x00200032, "DS", ref.position), (0x00200037, "DS", orientation)):  # fmt: skip
             ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
         datasets.append(ds)
     return datasets

@@ -80,6 +80,12 @@ def normalise_source(ds: Any) -> list[str]:
             notes.append(f"source SpecificCharacterSet {str(had_charset)!r} is empty or unknown; SEG written as UTF-8")
         ds.SpecificCharacterSet = UTF8
     for keyword, text in texts.items():
+        if "\ufffd" in text:
+            notes.append(f"source {keyword} has bytes its character set {str(had_charset)!r} cannot decode; written "
+                         "in the SEG with replacement characters: it differs from the source")  # fmt: skip
+        elif had_charset is None and not text.isascii():
+            notes.append(f"source {keyword} holds non-ASCII characters but no SpecificCharacterSet; read as the "
+                         "default repertoire and written as UTF-8: check it against the source")  # fmt: skip
         limit = MAX_LENGTH.get(dictionary_VR(keyword), 64)
         if len(text) > limit:
             notes.append(f"source {keyword} longer than {limit} characters; shortened in the SEG")
