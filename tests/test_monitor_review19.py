@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -109,8 +110,9 @@ def test_retrying_a_failing_input_is_one_failed_case(tmp_path: Path, capsys: pyt
     broken.write_bytes(CT.read_bytes()[:5000])
     with pytest.raises(EOFError):
         gzip.decompress(broken.read_bytes())
+    typed = [str(broken), str(broken.resolve()), os.path.relpath(broken)]  # the path as typed is in the error text
     for attempt in range(3):
-        code, _, err = run_in_process(["infer", str(broken), "--organ", "liver", "--out", str(tmp_path / "out")],
+        code, _, err = run_in_process(["infer", typed[attempt], "--organ", "liver", "--out", str(tmp_path / "out")],
                                       capsys)  # fmt: skip
         assert code == 3, err
         summary = json.loads((tmp_path / "out/scan/summary.json").read_text())

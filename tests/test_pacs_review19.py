@@ -424,3 +424,42 @@ def test_purge_dry_run_lists_each_study_its_folders_and_counts(shared: Path, tmp
     line = f"  would delete study {study}: 2 instance(s), 2 folder(s): studies/{study}, results/job-{lease.job.id}"
     assert line in listed.stdout.splitlines()
     assert study_dir(config.storage, study).is_dir()  # nothing deleted
+
+
+# Re-probe (nineteenth session) --------------------------------------------------------------------------------------
+
+
+def test_two_storages_on_one_scheduler_each_get_their_own_job(shared: Path, tmp_path: Path) -> None:
+    """Two batches (or a service and a batch) of different storages on one Dask scheduler: both submitted their job 1
+    under one task key, the scheduler ran one of them, and the other storage recorded its SEG as sent."""
+    from distributed import LocalCluster
+
+    for name in ("a", "b"):
+        make_study(chaos_files(shared), tmp_path / name / "in" / "s", range(30, 46), f"review19-key-{name}")
+    with mock.patch.dict(os.environ), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None) as cluster:  # fmt: skip
+        procs = [subprocess.Popen([sys.executable, "-m", "medseg", "batch", str(tmp_path / name / "in"), "--out",
+                                   str(tmp_path / name / "out"), "--scheduler", cluster.scheduler_address],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("a", "b")]  # fmt: skip
+        results = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    for name in ("a", "b"):
+        (seg,) = (tmp_path / name / "out" / "seg").rglob("*.dcm")
+        source = pydicom.dcmread(next((tmp_path / name / "in" / "s").iterdir()), stop_before_pixels=True)
+        assert pydicom.dcmread(seg, stop_before_pixels=True).StudyInstanceUID == source.StudyInstanceUID, name
+
+
+def test_a_write_after_the_queue_file_was_deleted_is_refused_on_an_open_connection(tmp_path: Path) -> None:
+    """An association's connection was already open: C-STOREs were acknowledged into the deleted file for up to a
+    scheduler tick. Every write checks the file first."""
+    from medseg.pacs.queue import QueueGone
+
+    config = PacsConfig.model_validate({"listen": {"port": free_port()}, "storage": str(tmp_path / "store"),
+                                        "destination": {"folder": str(tmp_path / "seg")}})  # fmt: skip
+    queue = JobQueue(config.queue_path)
+    queue.open_jobs()  # the connection is open
+    for f in config.storage.glob("queue.db*"):
+        f.unlink()
+    with pytest.raises(QueueGone, match="deleted"), queue._write():
+        pass

@@ -75,7 +75,8 @@ def build(
                          "after them, so reports count them as recent; to order a store by writing time, build it "
                          "again from all folders in one build")  # fmt: skip
         found, added = sum(r.found for r in results), sum(r.added for r in results)
-        rec.set_outcome_detail(f"added:{added},known:{found - added},total:{total}")
+        known, skipped = sum(r.known for r in results), sum(len(r.problems) for r in results)
+        rec.set_outcome_detail(f"added:{added},known:{known},skipped:{skipped},total:{total}")
         rec.add_outputs([out])
     console.result(f"{out}: {added} new case(s) of {found} found; {total} in the store")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ def register(app: typer.Typer) -> None:
         from medseg.errors import UsageError
         from medseg.pacs.config import load_config
         from medseg.pacs.retention import purge_expired
-        from medseg.pacs.service import read_pid
+        from medseg.pacs.service import read_pid, service_lock
 
         cfg = load_config(config)
         if cfg.retention.keep_days is None:
@@ -169,7 +170,8 @@ def register(app: typer.Typer) -> None:
         if pid is not None and not dry_run:
             raise UsageError(f"the service (pid {pid}) runs on this storage and purges by itself", path=cfg.storage,
                              hint="Let it, or stop it first (`medseg pacs stop`).")  # fmt: skip
-        with audited("pacs.purge", params={"dry_run": dry_run, "keep_days": cfg.retention.keep_days}) as rec:
+        with audited("pacs.purge", params={"dry_run": dry_run, "keep_days": cfg.retention.keep_days}) as rec, \
+                contextlib.nullcontext() if dry_run else service_lock(cfg.storage):  # no service starts meanwhile
             purged = purge_expired(cfg, queue, dry_run=dry_run)
             n = sum(p.instances for p in purged)
             rec.set_outcome_detail(f"{'would_purge' if dry_run else 'purged'}:{len(purged)}:{n}")

@@ -247,12 +247,13 @@ def _structure(summary: dict[str, Any]) -> None:
             raise _malformed(f"{section} (not an object)", value)
 
 
-VOLATILE = ("timings_s",)
+VOLATILE = ("timings_s", "failure")
 
 
 def _stable_digest(summary: dict[str, Any]) -> str:
     """What names a case whose summary has no input digest (a failed run read no input): the summary without its
-    timings, so retrying the same failing input is one case, not one more failure per retry."""
+    timings and its error text (which names the input as the path was typed), so retrying the same failing input
+    is one case, not one more failure per retry; the case name and exit code stay in it."""
     stable = {k: v for k, v in summary.items() if k not in VOLATILE}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 

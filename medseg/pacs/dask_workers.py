@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,7 @@ def _dispatch_until_lost(
                 inflight[None] = lease  # handed back too if submit fails
                 future = client.submit(
                     dask_job, config.model_dump(mode="json"), lease.job.id, lease.fence, lease.owner,
-                    key=f"medseg-job-{lease.job.id}-{lease.fence}", pure=False,
+                    key=f"medseg-job-{lease.job.id}-{lease.fence}-{uuid.uuid4().hex}", pure=False,  # one per storage
                 )  # fmt: skip
                 inflight[future] = inflight.pop(None)
                 on_event(f"job {lease.job.id}: submitted to the cluster (attempt {lease.job.attempts})")

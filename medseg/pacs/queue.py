@@ -63,8 +63,9 @@ CREATE TABLE IF NOT EXISTS batch_inputs (
 """
 
 
-QUEUE_GONE_HINT = ("Restore queue.db from a backup (or move the storage aside to start empty), then start the "
-                   "service again; never delete it while the service runs.")
+QUEUE_GONE_HINT = ("Restore queue.db from a backup, removing queue.db-wal and queue.db-shm beside it first (or move "
+                   "the storage aside to start empty), then start the service again; never delete it while the "
+                   "service runs.")
 
 
 class QueueGone(ProcessingError):
@@ -145,8 +146,10 @@ class JobQueue:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error; refused (QueueGone) when the
+        file was deleted or replaced since it was opened, so no write goes to a file nobody will read again."""
         db = self._conn()
+        self.check_file()
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
