@@ -609,3 +609,18 @@ def test_risk_json_states_each_hazards_verification_in_this_test_run(shared, tmp
     risk = json.loads((out / "risk.json").read_text())
     assert all(h["run"]["verified"] is False and h["run"]["verification_problems"] for h in risk)
     assert any("did not pass in this run" in p for p in risk[0]["run"]["verification_problems"])
+
+
+def test_a_record_given_by_a_relative_path_is_signed_and_verified(shared, tmp_path, sign_keys, monkeypatch,
+                                                                   capsys) -> None:  # fmt: skip
+    """The README's own example signs `outputs/val/...`, a relative path: it failed with an internal error (the
+    staged page's absolute path was taken relative to the relative folder)."""
+    from cli_run import run_cli
+
+    small_record(tmp_path / "rec", shared)
+    monkeypatch.chdir(tmp_path)
+    args = ["report", "sign", "rec", "--key", str(sign_keys[0]), "--signer", "A. Reviewer", "--meaning", "reviewed"]
+    code, out = run_cli(args, capsys)
+    assert code == 0, out
+    code, out = run_cli(["report", "verify", "rec", "--public-key", str(sign_keys[0]) + ".pub"], capsys)
+    assert code == 0 and "report intact" in out, out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from typing import NoReturn
 
 import typer
 
@@ -101,15 +102,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except typer.Abort:
         console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted_exit(argv)
     except MedsegError as exc:
         if console.debug:
             traceback.print_exc()
         console.error(exc.one_line(), exit_code=exc.exit_code)
+        if exc.exit_code == EXIT_INTERRUPTED:
+            _interrupted_exit(argv)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted_exit(argv)
     except Exception as exc:
         if console.debug:
             traceback.print_exc()
@@ -122,9 +125,24 @@ def main(argv: list[str] | None = None) -> None:
     code = code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM, above) into a silent 130
         console.error("interrupted")
+        _interrupted_exit(argv)
     if code == EXIT_OK and argv is None and state.fast_exit:
         _fast_exit(state.fast_exit[0])
     sys.exit(code)
+
+
+def _interrupted_exit(argv: list[str] | None) -> NoReturn:
+    """Exit 130 after Ctrl-C or SIGTERM, the work handed back, its audit record and message written. A real process
+    (`argv` None) ends at once with stdout/stderr flushed: under load, the interpreter teardown after an interrupted
+    run sometimes ended in death by SIGINT (exit -2 to a scheduler, not the documented 130); in-process calls raise
+    SystemExit as before."""
+    import os
+
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _fast_exit(request: state.FastExit) -> None:

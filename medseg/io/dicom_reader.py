@@ -72,7 +72,9 @@ def _classic_stack(headers: list[Header], where: Path) -> Stack:
                 hint="Read the multi-frame file on its own.",
             )
     _check_uniform(headers, where)
-    return build_stack([_plane(h) for h in headers], (headers[0].rows, headers[0].columns), where)
+    stack = build_stack([_plane(h) for h in headers], (headers[0].rows, headers[0].columns), where)
+    _check_unique_instances(headers)  # after the grid: two images at one position are a duplicate position first
+    return stack
 
 
 def stack_problem(headers: list[Header], where: Path) -> str | None:
@@ -114,7 +116,6 @@ def _source_slice(h: Header) -> SourceSlice:
 
 def _check_uniform(headers: list[Header], where: Path) -> None:
     ref = headers[0]
-    _check_unique_instances(headers)
     for h in headers:
         if not h.has_pixels:
             raise InvalidInputError("file has no pixel data", path=h.path, hint="Remove it from the series folder.")

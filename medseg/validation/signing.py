@@ -181,7 +181,7 @@ def staged_file(folder: Path, name: str) -> Path:
     `name`: it lies beside the previews a rendering links to, and renames onto `name` on the same filesystem."""
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{name}-", suffix=Path(name).suffix, dir=folder)
     os.close(fd)
-    return Path(tmp)
+    return folder / Path(tmp).name  # in the folder's own form: a relative folder gives a relative path
 
 
 def discard(paths: list[Path]) -> None:
