@@ -5,6 +5,7 @@ envelope, the bootstrap level and the risk record."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +412,11 @@ def test_a_requirement_whose_named_test_was_skipped_or_xfailed_is_not_verified(t
         assert status == "fail" and problems == [f"named test test_sample.py::{bad} was {bad.removeprefix('test_')}"]
     named = ["test_sample.py::test_ok", "test_sample.py::test_other_ok"]
     assert _status([t for t in results if t.node in named], named, [], {}) == ("pass", [])
+    # linked by the req marker only (no names): a skipped or xfailed result is a gap too (re-probe)
+    for bad in ("test_skipped", "test_xfailed"):
+        linked = [t for t in results if t.node.endswith(("::test_ok", f"::{bad}"))]
+        status, problems = _status(linked, [], [], {})
+        assert status == "fail" and problems == [f"test test_sample.py::{bad} was {bad.removeprefix('test_')}"]
 
 
 def _mini_repo(root: Path) -> Path:
@@ -624,3 +630,12 @@ def test_a_record_given_by_a_relative_path_is_signed_and_verified(shared, tmp_pa
     assert code == 0, out
     code, out = run_cli(["report", "verify", "rec", "--public-key", str(sign_keys[0]) + ".pub"], capsys)
     assert code == 0 and "report intact" in out, out
+    # what was signed says whether the record supports release, and verify says it too (re-probe)
+    import base64
+
+    release = json.loads((tmp_path / "rec" / "report.json").read_text())["release"]
+    envelope = json.loads((tmp_path / "rec" / "signature.dsse.json").read_text())
+    predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    assert (predicate["release_supported"], predicate["release_reasons"]) == (release["supported"], release["reasons"])
+    assert not release["supported"] and "release NOT supported" in out
+    assert all(f"release not supported: {r}" in out for r in release["reasons"])

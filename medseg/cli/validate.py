@@ -237,7 +237,10 @@ def verify(
         if result.ok:
             p = result.predicate
             console.result(f"report intact: {p['meaning']} by {p['signer']} at {p['signed_at_utc']} "
-                           f"(key {p['key_id']}); {p['model']}, verdict {p['verdict']}")  # fmt: skip
+                           f"(key {p['key_id']}); {p['model']}, verdict {p['verdict']}"
+                           + ("; release NOT supported" if p.get("release_supported") is False else ""))  # fmt: skip
+            for reason in p.get("release_reasons") or []:
+                console.result(f"  release not supported: {reason}")
             return
         console.result(f"report NOT intact: {len(result.problems)} problem(s)")
         for problem in result.problems:

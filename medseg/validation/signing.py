@@ -80,6 +80,9 @@ def statement(folder: Path, info: SignatureInfo, staged: dict[str, Path] | None 
             "model": report["model"]["name"] + " " + report["model"]["version"],
             "model_weights_sha256": report["model"]["weights_sha256"], "set_digest": report["set"]["set_digest"],
             "verdict": report["acceptance"]["verdict"],
+            # what the signer signed: whether the record supports release, and why not (unproven independence...)
+            "release_supported": (report.get("release") or {}).get("supported"),
+            "release_reasons": list((report.get("release") or {}).get("reasons") or []),
         },
     }  # fmt: skip
 

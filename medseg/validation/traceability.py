@@ -138,8 +138,8 @@ def _matches(pattern: str, node: str) -> bool:
 def _status(
     tests: list[TestResult], named: list[str], criteria: list[str], verdicts: dict[str, str]
 ) -> tuple[str, list[str]]:
-    """(status, problems) of one requirement from its tests and criteria: a named test verifies it only when every
-    result of it passed (a skipped, xfailed or failed one is a gap, named)."""
+    """(status, problems) of one requirement from its tests and criteria: a test, named or linked by its req marker,
+    verifies it only when every result of it passed (a skipped, xfailed or failed one is a gap, named)."""
     problems = []
     for name in named:
         ran = [t for t in tests if _matches(name, t.node)]
@@ -148,7 +148,9 @@ def _status(
         not_passed = sorted({t.outcome for t in ran if t.outcome != "passed"})
         if not_passed:
             problems.append(f"named test {name} was {'/'.join(not_passed)}")
-    problems += [f"test {t.node} failed" for t in tests if t.outcome == "failed"]
+    # a test linked by its req marker verifies only when it passed, as a named one (skipped or xfailed: a gap)
+    problems += [f"test {t.node} {'failed' if t.outcome == 'failed' else 'was ' + t.outcome}" for t in tests
+                 if t.outcome != "passed" and not any(_matches(n, t.node) for n in named)]  # fmt: skip
     for c in criteria:
         if verdicts.get(c) != "pass":
             problems.append(f"criterion {c} is {verdicts.get(c, 'not evaluated')}")
