@@ -390,3 +390,13 @@ def test_unknown_organ_in_labels_names_the_config(env: Any, tmp_path: Path) -> N
     with pytest.raises(InvalidInputError, match=r"labels: 'spleeen' is not an organ the training data can label") as e:
         run_training(cfg, tmp_path / "run")
     assert e.value.path == cfg and "labels" in (e.value.hint or "") and not (tmp_path / "run").exists()
+
+
+def test_a_refused_export_over_a_model_leaves_it_as_it_was(run19: Path, tmp_path: Path) -> None:
+    """An --overwrite export whose card failed after the weights were replaced left new weights beside the old card:
+    the installed model no longer loaded (re-probe). The card is now checked before the folder changes."""
+    export_model(run19 / "run", tmp_path / "model", {})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()}
+    with pytest.raises(InvalidInputError, match="model card would not be valid"):
+        export_model(run19 / "run", tmp_path / "model", [0.93], overwrite=True)  # type: ignore[arg-type]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before

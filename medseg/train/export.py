@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medseg.errors import InvalidInputError, UsageError
 from medseg.models.card import ConfidenceCalibration, ModelCard, WeightsSpec
@@ -185,10 +185,21 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
     if target.exists() and not overwrite:
         raise UsageError("model folder already has weights", path=target, hint="Pass --overwrite.")
     tmp = dest / ".weights.pt.tmp"
-    save_half_precision(src, tmp, data)
+    try:  # the card is built and checked before anything in dest changes: a refused export leaves the model as it was
+        save_half_precision(src, tmp, data)
+        card = build_card(cfg, sha256_file(tmp), record, metrics, confidence=confidence)
+        text = card.dump()
+    except ValidationError as exc:
+        tmp.unlink(missing_ok=True)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(part) for part in first.get("loc", ())) or "card"
+        raise InvalidInputError(f"the model card would not be valid: {where}: {first.get('msg')}", path=dest,
+                                hint="Check the --metrics / --accuracy / --organs files.") from exc  # fmt: skip
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)
-    card = build_card(cfg, sha256_file(target), record, metrics, confidence=confidence)
-    atomic_write_text(dest / CARD_NAME, card.dump(), overwrite=True)
+    atomic_write_text(dest / CARD_NAME, text, overwrite=True)
     return card
 
 
