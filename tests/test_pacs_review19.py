@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pydicom
@@ -47,18 +48,23 @@ def _store(shared: Path, config: PacsConfig, queue: JobQueue, study: str, k: int
 
 
 # 1. a purge never deletes a study folder re-created by a new C-STORE ------------------------------------------------
+def _completed_study(shared: Path, tmp_path: Path, study: str) -> tuple[PacsConfig, JobQueue, Any]:
+    """A study of two stored instances, completed into a job and leased (the caller records what was sent)."""
+    config = _config(tmp_path)
+    queue = JobQueue(config.queue_path)
+    for k in (30, 31):
+        assert _store(shared, config, queue, study, k).status == SUCCESS
+    queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
+    return config, queue, queue.lease("test", 60.0)
+
+
 def test_a_purge_keeps_an_instance_stored_while_its_trash_is_deleted(
     shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After renaming the study folder aside under the lock, the purge deleted the trash AND the original path
     outside the lock: an instance of the same study acknowledged in between (a new folder at that path) was wiped."""
-    config = _config(tmp_path)
-    queue = JobQueue(config.queue_path)
     study = "1.2.826.0.1.19.1"
-    for k in (30, 31):
-        assert _store(shared, config, queue, study, k).status == SUCCESS
-    queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
-    lease = queue.lease("test", 60.0)
+    config, queue, lease = _completed_study(shared, tmp_path, study)
     queue.record_sent(lease, "folder:x", "key", "1.2.3")
     real_rmtree = shutil.rmtree
     acked: list[StoreOutcome] = []
@@ -407,13 +413,8 @@ def test_purge_dry_run_lists_each_study_its_folders_and_counts(shared: Path, tmp
     named by its Study Instance UID, as `pacs status` names studies (`--json` jobs and receiving rows)."""
     from medseg.pacs.storage import results_dir
 
-    config = _config(tmp_path)
-    queue = JobQueue(config.queue_path)
     study = "1.2.826.0.1.19.10"
-    for k in (30, 31):
-        assert _store(shared, config, queue, study, k).status == SUCCESS
-    queue.complete_due(lambda uid: str(study_dir(config.storage, uid)))
-    lease = queue.lease("test", 60.0)
+    config, queue, lease = _completed_study(shared, tmp_path, study)
     results_dir(config.storage, lease.job.id).mkdir(parents=True)
     queue.record_sent(lease, "folder:x", "key", "1.2.3")
     path = tmp_path / "pacs.yaml"
