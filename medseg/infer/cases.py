@@ -55,7 +55,7 @@ def _dicom_cases(
     studies: dict[str, list[SeriesInfo]] = {}
     for s in scan.series:
         if s.is_volume:
-            studies.setdefault(s.study_uid or f"folder:{s.files[0].parent}", []).append(s)
+            studies.setdefault(_study_of(s), []).append(s)
     cases = []
     problem = series_problem(scan)
     for members in studies.values():
@@ -64,24 +64,26 @@ def _dicom_cases(
         others = tuple(f"other series in this study not segmented: {s.summary()}"
                        + (f" (not readable: {why})" if (why := problem(s)) is not None else "")
                        for s in members if s is not main)  # fmt: skip
-        folder = Path(*_common_parts([f.parent for f in main.files]))
-        rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
+        folder, name = _case_folder(root, main)
         notes = (*scan.notes(), *main.notes, *others)
-        cases.append(
-            Case(
-                safe_name(str(rel)) if str(rel) != "." else safe_name(root.name),
-                folder,
-                "dicom",
-                lambda m=main, f=folder, n=notes: _load_series(scan, m, f, n),
-                notes,
-            )
-        )
-    refused = [s for s in scan.series if not s.is_volume and _refused(s.skip_reason)
-               and (s.study_uid or f"folder:{s.files[0].parent}") not in studies]  # fmt: skip
-    one_per_study = {s.study_uid or f"folder:{s.files[0].parent}": s for s in reversed(refused)}  # the first kept
+        cases.append(Case(name, folder, "dicom", lambda m=main, f=folder, n=notes: _load_series(scan, m, f, n), notes))
+    refused = [s for s in scan.series if not s.is_volume and _refused(s.skip_reason) and _study_of(s) not in studies]
+    one_per_study = {_study_of(s): s for s in reversed(refused)}  # the first of each study kept
     cases += [_refused_case(root, s) for s in one_per_study.values()]
     skipped = [f"not segmented: {s.summary()}" for s in scan.series if not s.is_volume and s not in refused]
     return cases, skipped + scan.notes()
+
+
+def _study_of(series: SeriesInfo) -> str:
+    """The study a series belongs to: its StudyInstanceUID, else its folder."""
+    return series.study_uid or f"folder:{series.files[0].parent}"
+
+
+def _case_folder(root: Path, series: SeriesInfo) -> tuple[Path, str]:
+    """The folder holding the series' files and the case name made from it (relative to `root`, else its name)."""
+    folder = Path(*_common_parts([f.parent for f in series.files]))
+    rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
+    return folder, safe_name(str(rel)) if str(rel) != "." else safe_name(root.name)
 
 
 def _refused(reason: str | None) -> bool:
@@ -92,8 +94,7 @@ def _refused(reason: str | None) -> bool:
 def _refused_case(root: Path, series: SeriesInfo) -> Case:
     """A study whose only volume cannot be read as it is (`_refused`): a case that fails when loaded (exit 3, a
     failed summary.json that monitoring counts), never a study that silently disappears from a batch."""
-    folder = Path(*_common_parts([f.parent for f in series.files]))
-    rel = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
+    folder, name = _case_folder(root, series)
 
     def refuse() -> Volume:
         hint = ("Export each patient's study on its own; slices of two patients are never merged into one volume."
@@ -101,7 +102,7 @@ def _refused_case(root: Path, series: SeriesInfo) -> Case:
                 "Export the series as one multi-frame object or as single-frame images.")  # fmt: skip
         raise InvalidInputError(f"series {series.key} not read: {series.skip_reason}", path=folder, hint=hint)
 
-    return Case(safe_name(str(rel)) if str(rel) != "." else safe_name(root.name), folder, "dicom", refuse)
+    return Case(name, folder, "dicom", refuse)
 
 
 def _common_parts(folders: list[Path]) -> tuple[str, ...]:
