@@ -245,7 +245,8 @@ def main() -> None:
     organs = totalseg_organ_dice(model, runner, root) if a.totalseg_organs else {}
     synth_organs = synthetic_organ_dice(model, runner, root) if a.synthetic_organs else {}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"model": f"{model.card.name} {model.card.version}", "threshold": threshold,
+    a.out.write_text(json.dumps({"model": f"{model.card.name} {model.card.version}",
+                                 "weights_sha256": model.verify(), "threshold": threshold,
                                  "synthetic": synth, "real": real, "totalseg_organ_dice_model_labels": organs,
                                  "synthetic_organ_dice": synth_organs},
                                 indent=1))  # fmt: skip

@@ -128,8 +128,8 @@ def accuracy(model_name: str, device: str, test: str = "liver_test_locked", val:
     from medseg.train.manifest import load_manifest
 
     model = resolve_model(model_name, organ="liver")
-    model.verify()
-    out: dict[str, object] = {"model": model.card.name, "version": model.card.version}
+    out: dict[str, object] = {"model": model.card.name, "version": model.card.version,
+                              "weights_sha256": model.verify()}
     sets = [("locked_test", test, "test"), ("validation", val, "val")]
     if trained:
         sets.append(("trained_on", trained, "train"))

@@ -171,23 +171,44 @@ def save_half_precision(src: Path, dest: Path, data: bytes | None = None) -> Non
     torch.save(half, dest)
 
 
+def check_evidence(evidence: dict[str, tuple[Path, str | None]], exported_sha256: str) -> None:
+    """Each evidence file (option -> its path and the weights SHA-256 it records) must have been measured on the
+    weights being exported: a card must not carry another model's accuracy or confidence figures (exit 3)."""
+    for option, (path, measured) in evidence.items():
+        if measured is None:
+            raise InvalidInputError(f"{option}: the file records no weights_sha256, so its figures cannot be tied to "
+                                    "the exported weights; not exported", path=path,
+                                    hint="Measure the exported candidate again with this version's bench script.")
+        if measured != exported_sha256:
+            raise InvalidInputError(f"{option}: measured on other weights (SHA-256 {measured[:12]}...) than the ones "
+                                    f"exported ({exported_sha256[:12]}...); not exported", path=path,
+                                    hint="Measure this run's exported candidate, then export with that file.")
+
+
 def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: bool = False,
-                 weights: Path | None = None,
-                 confidence: ConfidenceCalibration | None = None) -> ModelCard:  # fmt: skip
-    """Copy the run's best weights into `dest` and write the validated card next to them."""
+                 weights: Path | None = None, confidence: ConfidenceCalibration | None = None,
+                 evidence: dict[str, tuple[Path, str | None]] | None = None) -> ModelCard:  # fmt: skip
+    """Copy the run's best weights into `dest` and write the validated card next to them; `evidence` (option ->
+    file, weights digest it records) is checked against the exported weights first."""
     from medseg.io.atomic import atomic_write_text
 
     cfg, record = training_record(run_dir)
     src = weights or run_dir / "best_weights.pt"
     data = run_weights_bytes(src, record.get("best_weights_sha256"))
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UsageError("the destination is not a folder", path=dest,
+                         hint="Give a new or existing model folder as DEST.") from exc
     target = dest / "weights.pt"
     if target.exists() and not overwrite:
         raise UsageError("model folder already has weights", path=target, hint="Pass --overwrite.")
     tmp = dest / ".weights.pt.tmp"
     try:  # the card is built and checked before anything in dest changes: a refused export leaves the model as it was
         save_half_precision(src, tmp, data)
-        card = build_card(cfg, sha256_file(tmp), record, metrics, confidence=confidence)
+        exported = sha256_file(tmp)
+        check_evidence(evidence or {}, exported)
+        card = build_card(cfg, exported, record, metrics, confidence=confidence)
         text = card.dump()
     except ValidationError as exc:
         tmp.unlink(missing_ok=True)
@@ -274,14 +295,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
+    cfg, _ = training_record(a.run_dir)
     metrics = read_json_option(a.metrics, "--metrics") if a.metrics else {}
+    files = {"--accuracy": a.accuracy, "--organs": a.organs, "--confidence": a.confidence}
+    read = {option: read_json_option(path, option) for option, path in files.items() if path}
+    evidence = {option: (files[option], content.get("weights_sha256") if isinstance(content, dict) else None)
+                for option, content in read.items()}  # fmt: skip
     if a.accuracy:
-        metrics = card_metrics(a.run_dir, read_json_option(a.accuracy, "--accuracy"))
+        metrics = from_bench(files["--accuracy"], lambda: card_metrics(a.run_dir, read["--accuracy"]))
     if a.organs:
-        cfg, _ = training_record(a.run_dir)
-        metrics["organs"] = organ_metrics(read_json_option(a.organs, "--organs"), cfg.organ)
-    limit = confidence_limit(read_json_option(a.confidence, "--confidence")) if a.confidence else None
-    export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights, limit)
+        metrics["organs"] = from_bench(files["--organs"], lambda: organ_metrics(read["--organs"], cfg.organ))
+    limit = from_bench(files["--confidence"], lambda: confidence_limit(read["--confidence"])) if a.confidence else None
+    export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights, limit, evidence)
+
+
+def from_bench(path: Path, build: Any) -> Any:
+    """`build()`, with a bench output that lacks an expected field refused in one line naming the file (exit 3)."""
+    try:
+        return build()
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInputError(f"not the bench output expected here: missing or malformed field {exc}", path=path,
+                                hint="Give the --out file of the bench script the option's --help names.") from exc
 
 
 def read_json_option(path: Path, option: str) -> Any:
