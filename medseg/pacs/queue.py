@@ -89,6 +89,7 @@ class JobQueue:
         self._file: tuple[int, int] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._refuse_foreign()
             self._local.conn = self._open(create=True)
             self._conn().executescript(SCHEMA_SQL + EXTRA_SQL)
             with self._write() as db:
@@ -98,6 +99,20 @@ class JobQueue:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             hint = "Check that the folder exists and is writable."
             raise ProcessingError(f"cannot open the job queue: {why}", path=self.path, hint=hint) from exc
+
+    def _refuse_foreign(self) -> None:
+        """ProcessingError for an existing SQLite file that holds tables but is no medseg queue (no schema_version in
+        meta), looked at read-only: the service's tables must not be added to another application's database."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ours = "meta" in tables and conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone()
+        if tables and not ours:
+            raise ProcessingError("not a medseg job queue: the SQLite file holds other tables and no schema version; "
+                                  "left unchanged", path=self.path,
+                                  hint="Point --storage at the service's own storage folder.")  # fmt: skip
 
     def _open(self, create: bool = False) -> sqlite3.Connection:
         """A connection to the queue file; only the first open (in __init__) may create it. Later ones use
