@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from medseg.errors import ProcessingError
-from medseg.models.registry import resolve_model
+from medseg.models.registry import resolve_model, sha256_file
 from medseg.train.export import export_model
 from medseg.train.manifest import load_manifest
 
@@ -123,3 +125,36 @@ def test_exported_model_loads_and_refuses_tampered_weights(ci_run: Path, tmp_pat
         f.write(b"\0")
     with pytest.raises(ProcessingError, match="does not match"):
         resolve_model(tmp_path / "model").load_network()
+
+
+def test_export_points_at_the_training_audit_record_and_refuses_a_run_changed_after_it(
+    ci_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medseg.audit.config import load_config
+    from medseg.audit.store import AuditStore
+    from medseg.errors import InvalidInputError
+    from medseg.train.export import NOT_AUDITED
+
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(ci_run / "audit"))
+    card = export_model(ci_run / "run", tmp_path / "model", {})
+    pointer = card.training["audit_record"]
+    with AuditStore.open(load_config(), create=False) as store:
+        record = next(r for r in store.records() if r.seq == pointer["seq"])
+        assert pointer == {"store_id": store.store_id, "seq": record.seq, "hash": record.hash}
+    assert record.body["command"] == "train" and record.body["kind"] == "end"
+    run = ci_run / "run"
+    summary, weights = (run / "summary.json").read_bytes(), (run / "best_weights.pt").read_bytes()
+    try:  # both files swapped together, so the run's own digests agree: only the audit record can tell
+        other = {k: v * 0 if v.is_floating_point() else v for k, v in torch.load(run / "best_weights.pt").items()}
+        torch.save(other, run / "best_weights.pt")
+        edited = json.loads(summary) | {"best_weights_sha256": sha256_file(run / "best_weights.pt")}
+        (run / "summary.json").write_text(json.dumps(edited))
+        changed = f"summary.json is not the file the audit trail recorded .*{record.seq}"
+        with pytest.raises(InvalidInputError, match=changed):
+            export_model(run, tmp_path / "swapped", {})
+        assert not (tmp_path / "swapped/weights.pt").exists()
+    finally:
+        (run / "summary.json").write_bytes(summary)
+        (run / "best_weights.pt").write_bytes(weights)
+    shutil.copytree(run, tmp_path / "moved")
+    assert export_model(tmp_path / "moved", tmp_path / "m2", {}).training["audit_record"] == NOT_AUDITED

@@ -134,6 +134,39 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return cfg, record
 
 
+NOT_AUDITED = "not in this machine's audit trail (not trained by `medseg train` here, or the run folder was moved)"
+
+
+def audit_record_of(run_dir: Path, best_weights_sha256: str | None) -> dict[str, Any] | str:
+    """The audit trail's newest `train` record whose outputs list this run's summary.json: the card points at it
+    (store, sequence number, hash). A summary.json or best_weights.pt that differs from what that record holds was
+    changed after training (e.g. both edited to swap the weights) and is refused (exit 3). No record: said so."""
+    from medseg.audit.config import load_config
+    from medseg.audit.digest import path_ref
+    from medseg.audit.query import RecordFilter, query_records
+    from medseg.audit.store import AuditStore
+
+    config = load_config()
+    if not config.db_path.is_file():
+        return "no audit trail on this machine (MEDSEG_AUDIT_DIR)"
+    with AuditStore.open(config, create=False) as store:
+        refs = {name: path_ref(run_dir / name, store.path_key) for name in ("summary.json", "best_weights.pt")}
+        found = [r for r in query_records(store, RecordFilter(command="train", touching=(refs["summary.json"],)))
+                 if any(o.get("ref") == refs["summary.json"] for o in r.body.get("outputs") or [])]
+        store_id = store.store_id
+    if not found:
+        return NOT_AUDITED
+    last = found[-1]
+    recorded = {o.get("ref"): o.get("sha256") for o in last.body.get("outputs") or []}
+    now = {"summary.json": sha256_file(run_dir / "summary.json"), "best_weights.pt": best_weights_sha256}
+    for name, digest in now.items():
+        if recorded.get(refs[name]) != digest:
+            raise InvalidInputError(f"{name} is not the file the audit trail recorded when this run trained (record "
+                                    f"{last.seq}); changed after training, not exported", path=run_dir / name,
+                                    hint="Export an unchanged run; `medseg audit show` lists its record.")
+    return {"store_id": store_id, "seq": last.seq, "hash": last.hash}
+
+
 def run_weights_bytes(src: Path, recorded: str | None) -> bytes:
     """The bytes of `src`, read once, when their SHA-256 is the best-weights digest the run's summary.json records:
     only the weights the run selected may be shipped under its training record (a swapped best_weights.pt or any
@@ -195,6 +228,7 @@ def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: 
     cfg, record = training_record(run_dir)
     src = weights or run_dir / "best_weights.pt"
     data = run_weights_bytes(src, record.get("best_weights_sha256"))
+    record["audit_record"] = audit_record_of(run_dir, record.get("best_weights_sha256"))
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
