@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import os
 import re
+import signal
 import socket
 import time
 import uuid
@@ -27,6 +28,7 @@ from medseg.audit.record import AuditEvent
 from medseg.audit.store import AuditStore, utc_now
 from medseg.errors import AuditError, MedsegError, QCRejectedError
 from medseg.parallel import in_background
+from medseg.signals import deferred_interrupt
 
 EXIT_INTERRUPTED = 130
 _UID = re.compile(r"^[0-9]+(\.[0-9]+){2,}$")
@@ -198,37 +200,108 @@ def audit_session(
             error = exc
             raise
         finally:
-            rec.settle_inputs()
-            code = exit_code_of(error)
-            end = _event(
-                rec, "end", soft, config.operator,
-                outcome=outcome_of(error, code),
-                exit_code=code,
-                error_type=None if error is None else type(error).__name__,
-                duration_ms=round((time.monotonic() - t0) * 1000),
-            )  # fmt: skip
-            _finish(store, rec, end, error)
+            _finish(store, rec, _EndEvent(rec, soft, config.operator, error, t0))
     finally:
         store.close()
 
 
-def _finish(store: AuditStore, rec: AuditRecorder, end: AuditEvent, error: BaseException | None) -> None:
+@dataclass
+class _EndEvent:
+    """Makes the end event at the moment it is written (under the store's write lock), so that a Ctrl-C or SIGTERM
+    held back while the command waited for that lock is what the event records: outcome interrupted, exit 130, the
+    exit code the command then gives."""
+
+    rec: AuditRecorder
+    software: dict[str, str]
+    operator: str | None
+    error: BaseException | None
+    t0: float
+    interrupts: list[int] = field(default_factory=list)
+    recorded_interrupt: bool = False
+
+    def __call__(self) -> AuditEvent:
+        error = self.error
+        if error is None and self.interrupts:
+            error = KeyboardInterrupt()
+            self.recorded_interrupt = True
+        code = exit_code_of(error)
+        return _event(
+            self.rec, "end", self.software, self.operator,
+            outcome=outcome_of(error, code),
+            exit_code=code,
+            error_type=None if error is None else type(error).__name__,
+            duration_ms=round((time.monotonic() - self.t0) * 1000),
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _interrupts_noted(noted: list[int]) -> Iterator[None]:
+    """`deferred_interrupt`, and each signal it holds back also appended to `noted` as it arrives.
+
+    Only the handlers `deferred_interrupt` put in place are wrapped (a handler someone else installed is left
+    alone); a KeyboardInterrupt for what was held back is raised when the block ends, as `deferred_interrupt` does."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {n: signal.getsignal(n) for n in signals}
+    with deferred_interrupt():
+        holding = {n: h for n in signals if (h := signal.getsignal(n)) is not before[n] and callable(h)}
+
+        def note(signum: int, frame: Any) -> None:
+            noted.append(signum)
+            holding[signum](signum, frame)
+
+        for signum in holding:
+            signal.signal(signum, note)
+        try:
+            yield
+        finally:
+            for signum, handler in holding.items():
+                signal.signal(signum, handler)
+
+
+def _finish(store: AuditStore, rec: AuditRecorder, end: _EndEvent) -> None:
+    """Write the end event with Ctrl-C and SIGTERM held back, so that an interrupt cannot cut the write short and
+    leave a finished output without its record; when the write fails for any reason, the outputs this command
+    registered are removed (an output without its audit record must not be used)."""
+    failure: BaseException | None = None
     try:
-        store.append(end)
-    except AuditError as audit_exc:
-        removed = [p for p in rec.output_paths if p.is_file() and _unlink(p)]
-        if not removed and error is None:
-            raise
-        message = audit_exc.message + (f"; removed {len(removed)} unaudited output file(s)" if removed else "")
-        raise AuditError(message, path=audit_exc.path, hint=audit_exc.hint) from (error or audit_exc)
+        with _interrupts_noted(end.interrupts):
+            try:
+                rec.settle_inputs()
+                store.append(end)
+            except BaseException as exc:
+                failure = exc
+    except KeyboardInterrupt:
+        pass  # re-raised below when the end event records it; one that came later leaves the recorded exit code
+    if failure is not None:
+        _remove_unaudited(rec, failure, end.error)
+    if end.recorded_interrupt:
+        raise KeyboardInterrupt
     if rec.mlflow_run_id:
         from medseg.audit.mlflow_link import attach_events_to_mlflow
 
         try:
             attach_events_to_mlflow(store, rec.mlflow_run_id, rec.mlflow_tracking_uri)  # local record exists
         except AuditError:
-            if error is None:
+            if end.error is None:
                 raise
+
+
+def _remove_unaudited(rec: AuditRecorder, failure: BaseException, error: BaseException | None) -> None:
+    """Remove the registered outputs after the end event could not be written, and raise: an AuditError that says
+    how many were removed (from the command's own error, if any), or `failure` itself when it is not an AuditError
+    and nothing was removed."""
+    removed = [p for p in rec.output_paths if p.is_file() and _unlink(p)]
+    if not isinstance(failure, AuditError):
+        if not removed:
+            raise failure
+        raise AuditError(
+            f"cannot write the audit trail ({type(failure).__name__}); removed {len(removed)} unaudited output file(s)",
+            hint="The outputs were removed because they have no audit record; rerun the command",
+        ) from failure
+    if not removed and error is None:
+        raise failure
+    message = failure.message + (f"; removed {len(removed)} unaudited output file(s)" if removed else "")
+    raise AuditError(message, path=failure.path, hint=failure.hint) from (error or failure)
 
 
 def _unlink(path: Path) -> bool:

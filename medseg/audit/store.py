@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,11 +193,16 @@ class AuditStore:
         row = self._conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
         return Head(0, GENESIS_HASH) if row is None else Head(int(row[0]), str(row[1]))
 
-    def append(self, event: AuditEvent) -> ChainedRecord:
-        """Link `event` to the head, insert it and move the head, all in one IMMEDIATE transaction."""
+    def append(self, event: AuditEvent | Callable[[], AuditEvent]) -> ChainedRecord:
+        """Link `event` to the head, insert it and move the head, all in one IMMEDIATE transaction.
+
+        `event` may be a function that makes it: called once the write lock is held, so the event describes the
+        moment it is written (an end event records an interrupt that came while it waited for the lock)."""
         with self._lock:
             try:
                 with self._transaction():
+                    if callable(event):
+                        event = event()
                     head = self.head()
                     seq = head.seq + 1
                     body = normalise(event.body(seq, utc_now(), head.hash))
