@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -55,8 +54,8 @@ def test_sigterm_while_the_end_event_waits_for_the_lock_is_recorded(shared: Path
     start event (exit 130). Now the end event is written (interrupted, exit 130, the output listed)."""
     db = load_config().db_path
     out = tmp_path / "ct.nii.gz"
-    proc = subprocess.Popen([sys.executable, "-m", "medseg", "convert", str(shared / PHANTOM), str(out)],
-                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    argv = [sys.executable, "-m", "medseg", "convert", str(shared / PHANTOM), str(out)]
+    proc = subprocess.Popen(argv, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _event_count(db) >= 1)
         holder = sqlite3.connect(db, isolation_level=None, timeout=30)
