@@ -94,9 +94,9 @@ def run(
         written = [output / r.output for r in result.records if r.output and r.status == "written"]
         rec.add_outputs([*written, result.manifest])
         for r in result.records:
-            if r.status in ("skipped", "dropped", "quarantined", "failed"):
+            if r.status in ("skipped", "dropped", "quarantined", "failed", "withdrawn"):
                 console.warn(f"{r.status}: input {r.input_ref[:24]}...: {r.reason}")
-        counts = {s: result.count(s) for s in ("written", "quarantined", "skipped", "dropped", "failed")}
+        counts = {s: result.count(s) for s in ("written", "quarantined", "skipped", "dropped", "failed", "withdrawn")}
         resumed = sum(r.resumed for r in result.records)
         rec.set_outcome_detail("deid:" + ",".join(f"{k}={v}" for k, v in counts.items()) + f",resumed={resumed}")
         summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)

@@ -197,6 +197,9 @@ def check_tree(
     if secret is not None and not manifest.get("files"):
         released = {_rel(deid, p): p for p in files if _released(deid, p)}
         _require_keyed_uids(original, originals.files, _instance_uids(released), KeyedMapper(secret))
+    elif manifest.get("files"):
+        unlisted = _unlisted(original, deid, files, manifest, originals.files, secret)
+        result.unchecked += [(rel, UNLISTED) for rel in unlisted]
     for path in files:
         place = _place(deid, path)
         result.quarantined += place == "quarantine"
@@ -291,6 +294,26 @@ def _require_keyed_uids(
                          f"this key (first: {missing[0]}): the wrong folder or key, or a file this run did not "
                          "write", path=original, hint="Pass the run's ORIGINAL and --key-file; remove files the run "
                          "did not write from the release.")  # fmt: skip
+
+
+UNLISTED = ("a released DICOM file the run manifest does not list (not written by this run: its original's values "
+            "are not searched)")
+
+
+def _unlisted(
+    original: Path, deid: Path, files: list[Path], manifest: dict, originals: list[Path], secret: bytes | None
+) -> list[str]:
+    """Released DICOM files the manifest does not list. Given the run's key each must pair with an original by its
+    keyed SOP Instance UID, as without a manifest, else the check is refused (exit 2); without the key they are
+    returned, and the check fails on them (review 20 #1: an earlier run's output of another input was searched only
+    for this ORIGINAL's values, and a planted name in it passed)."""
+    listed = {f["output"] for f in manifest.get("files", []) if f.get("output")}
+    unlisted = {_rel(deid, p): p for p in files if _released(deid, p) and _rel(deid, p) not in listed}
+    found = _instance_uids(unlisted)
+    if found and secret is not None:
+        _require_keyed_uids(original, originals, found, KeyedMapper(secret))
+        return []
+    return sorted(found)
 
 
 _ARCHIVES = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf", b"\x28\xb5\x2f\xfd")

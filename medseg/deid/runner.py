@@ -34,6 +34,7 @@ MANIFEST = "deid-manifest.json"
 QUARANTINE = "quarantine"
 PENDING = f"{STATE_DIR}/pending"
 JOURNAL = f"{STATE_DIR}/journal.jsonl"
+INPUT_ID = f"{STATE_DIR}/input-id"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class FileRecord:
 
     input_ref: str
     input_digest: str  # `input_digest`: the input's SHA-256 keyed with the run's secret (no re-link without it)
-    status: str  # written | quarantined | skipped | dropped
+    status: str  # written | quarantined | skipped | dropped | withdrawn (an earlier run's output removed)
     output: str | None = None
     output_sha256: str | None = None
     reason: str | None = None
@@ -102,6 +103,30 @@ def _check_paths(src: Path, out: Path, key_id: str) -> None:
         if marker.read_text().strip() != key_id:
             raise UsageError("output folder was made with another key, options or --pixels setting", path=out,
                              hint="Resume with the same key and settings, or use a new folder.")  # fmt: skip
+
+
+def _input_identity(src: Path, mapper: KeyedMapper) -> str:
+    """The keyed identity of a run's INPUT (its resolved path under the run's secret): an OUTPUT holds the release of
+    one input only, so a resume can tell the same input from another one without the path being readable."""
+    return "hmac-sha256:" + mapper.digest("input-root", str(src.resolve())).hex()
+
+
+def _check_input_identity(out: Path, identity: str, resuming: bool) -> None:
+    """Refuse a run of another INPUT into an OUTPUT made from a different one (exit 2): its outputs would mix with
+    the first run's, which the manifest and the check of the second input know nothing of (review 20 #1). An
+    OUTPUT made before the identity was recorded is adopted by the input resuming into it."""
+    recorded = out / INPUT_ID
+    if resuming and recorded.is_file() and recorded.read_text().strip() != identity:
+        raise UsageError("output folder holds the release of another INPUT", path=out,
+                         hint="Resume with the same INPUT, or use a new folder for this input.")  # fmt: skip
+
+
+def _withdraw(out: Path, rec: FileRecord, reason: str, current: set[str]) -> FileRecord:
+    """Remove an earlier run's output whose input left the walk or changed (a release equals exactly the current
+    input: a withdrawn patient's file must not stay released); the record says so, without any value."""
+    if rec.output is not None and rec.output not in current:
+        (out / rec.output).unlink(missing_ok=True)
+    return FileRecord(rec.input_ref, rec.input_digest, "withdrawn", reason=reason)
 
 
 def _load_state(out: Path) -> dict[str, FileRecord]:
@@ -239,11 +264,14 @@ def deidentify_tree(
     key_id = secret_id(secret)
     marker = f"{key_id} {','.join(sorted(settings.options)) or 'basic'} pixels={settings.scan_pixels}"
     _check_paths(src, out, marker)
+    mapper = KeyedMapper(secret)
+    identity = _input_identity(src, mapper)
+    _check_input_identity(out, identity, (out / STATE_DIR / "key-id").is_file())
     (out / PENDING).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STATE_DIR / "key-id", marker + "\n", overwrite=True)
+    atomic_write_text(out / INPUT_ID, identity + "\n", overwrite=True)
     _clear_pending(out)
-    mapper = KeyedMapper(secret)
-    state = _load_state(out)
+    state = {ref: rec for ref, rec in _load_state(out).items() if rec.status != "withdrawn"}
     taken = {r.output: r.input_ref for r in state.values() if r.output}
     walk = discover(src)
 
@@ -258,7 +286,12 @@ def deidentify_tree(
                                 hint="Remove it, or run without --strict.")  # fmt: skip
     unsynced: list[Path] = []
     journal = (out / JOURNAL).open("a", encoding="utf-8")
+    walked = {job.ref for job in jobs}
     try:
+        for gone in [rec for ref, rec in state.items() if ref not in walked]:
+            records.append(_withdraw(out, gone, "input no longer in INPUT: its output removed", set()))
+            journal.write(_record_json(records[-1]) + "\n")
+            taken.pop(gone.output or "", None)
         worker = _Worker(out, secret, settings, _issuers(walk.files))
         for done in _results(worker, jobs, settings.workers):
             rec = done.record
@@ -268,6 +301,12 @@ def deidentify_tree(
                 os.replace(done.pending, out / rel)
                 rec.output = rel.as_posix()
                 unsynced.append(out / rel)
+            old = state.get(rec.input_ref)
+            if old is not None and old.output and old.output != rec.output and not rec.resumed:
+                changed = _withdraw(out, old, "input changed since the earlier run: its old output removed",
+                                    {rec.output or ""})  # fmt: skip
+                records.append(changed)
+                taken.pop(old.output, None)
             if not rec.resumed:
                 journal.write(_record_json(rec) + "\n")
                 journal.flush()  # in the kernel now: a killed process loses at most a cut last line
