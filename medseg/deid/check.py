@@ -296,8 +296,10 @@ def _require_keyed_uids(
                          "did not write from the release.")  # fmt: skip
 
 
-UNLISTED = ("a released DICOM file the run manifest does not list (not written by this run: its original's values "
-            "are not searched)")
+UNLISTED = (
+    "a released DICOM file the run manifest does not list (not written by this run: its original's values "
+    "are not searched)"
+)
 
 
 def _unlisted(
