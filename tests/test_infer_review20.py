@@ -1,0 +1,85 @@
+"""Review 20 of what `medseg infer` tells the clinician: each test builds its case from the shared real CTs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.infer.qc import check_input, check_result, touches_padding
+from medseg.io import Volume, read_image, read_nifti
+from medseg.models.card import ModelCard
+from medseg.postprocess import organ_stats
+
+CARD = ModelCard(
+    name="qc",
+    version="0",
+    organ="liver",
+    labels={0: "background", 1: "liver"},
+    intended_use="tests",
+    spacing=(3.0, 3.0, 3.0),
+    weights={"sha256": "0" * 64},
+)
+REAL = ("chaos_ct_sample", "radcttace_0697", "radcttace_1211", "totalseg_example_ct_sm")
+
+
+def _codes(flags) -> set[str]:
+    return {f.code for f in flags}
+
+
+def _outside_circle(volume: Volume, radius_mm: float) -> np.ndarray:
+    """In-plane mask of the voxels outside a centred circle (the reconstruction field of view)."""
+    nx, ny = volume.shape[:2]
+    x, y = np.meshgrid((np.arange(nx) - nx / 2) * volume.spacing[0], (np.arange(ny) - ny / 2) * volume.spacing[1],
+                       indexing="ij")  # fmt: skip
+    return x**2 + y**2 > radius_mm**2
+
+
+def _padded(volume: Volume, radius_mm: float, value: float = -3024) -> Volume:
+    array = volume.array.copy()
+    array[_outside_circle(volume, radius_mm)] = value
+    return volume.with_array(array)
+
+
+def _result_codes(volume: Volume, truth: np.ndarray) -> set[str]:
+    stats = organ_stats(truth, 1, volume)
+    near = touches_padding(volume, truth, 1, stats["bbox_index"])
+    return _codes(check_result("liver", stats, volume.shape, CARD, volume.geometry.direction_matrix, near))
+
+
+@pytest.fixture(scope="module")
+def chaos_nifti(shared):
+    image = read_nifti(shared / "ct/chaos_ct_sample/image.nii.gz")
+    truth = (read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz").array > 0).astype(np.uint8)
+    return image, truth
+
+
+def test_liver_cut_by_the_fov_circle_is_flagged_truncated(chaos_nifti):
+    """Item 1: padding (-3024) outside a 115 mm circle cuts 30 % of the liver off; the liver never reaches the
+    array's edge, yet the result is flagged organ_truncated; at 95 mm the field of view holding data is too small."""
+    image, truth = chaos_nifti
+    inside = truth * ~_outside_circle(image, 115)[..., None]
+    assert "organ_truncated" in _result_codes(_padded(image, 115), inside.astype(np.uint8))
+    assert "fov_small" not in _codes(check_input(_padded(image, 115), CARD))
+    assert "fov_small" in _codes(check_input(_padded(image, 95), CARD))
+
+
+@pytest.mark.parametrize("case", REAL)
+def test_real_cases_and_corner_padding_raise_no_new_flag(shared, case):
+    """Item 1: the four unmodified real cases, and copies padded (-2048) outside the circle inscribed in the array
+    as many scanners store them, raise neither organ_truncated beyond the array edge nor fov_small."""
+    image = read_nifti(shared / f"ct/{case}/image.nii.gz")
+    truth = (read_nifti(shared / f"ct/{case}/liver.nii.gz").array > 0).astype(np.uint8)
+    stats = organ_stats(truth, 1, image)
+    at_edge = _codes(check_result("liver", stats, image.shape, CARD, image.geometry.direction_matrix))
+    half = min(image.shape[0] * image.spacing[0], image.shape[1] * image.spacing[1]) / 2
+    for volume in (image, _padded(image, half, -2048)):
+        assert _result_codes(volume, truth) == at_edge
+        assert "fov_small" not in _codes(check_input(volume, CARD))
+
+
+def test_chaos_dicom_no_padding_flag(shared):
+    volume = read_image(shared / "ct/chaos_ct_sample/dicom")
+    truth = (read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz").array > 0).astype(np.uint8)
+    stats = organ_stats(truth, 1, volume)
+    assert not touches_padding(volume, truth, 1, stats["bbox_index"])
+    assert check_input(volume, CARD) == []
