@@ -31,7 +31,7 @@ from medseg.errors import MedsegError, QCRejectedError, UsageError
 from medseg.infer.cases import Case
 from medseg.infer.organs import renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
-from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result
+from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result, touches_padding
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable, commit_folder, staging_folder
@@ -376,7 +376,12 @@ def _run_checked(
     with run.timed("qc_result"):
         organs = [_organ_record(name, label, pred, volume) for label, name in served.items()]
         direction = volume.geometry.direction_matrix
-        result_flags = [f for o in organs for f in check_result(o["name"], o, volume.shape, card, direction)]
+        result_flags = [
+            f
+            for o in organs
+            for f in check_result(o["name"], o, volume.shape, card, direction,
+                                  touches_padding(volume, pred.labels, o["label"], o["bbox_index"]))
+        ]  # fmt: skip
         result_flags += [
             f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"], card)
         ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.io import Volume
 from medseg.models.card import ModelCard
@@ -53,6 +54,51 @@ def _extent_mm(volume: Volume) -> np.ndarray:
     return np.asarray(volume.shape) * np.asarray(volume.spacing)
 
 
+def _inplane_strides(volume: Volume, axial: int) -> tuple[slice, ...]:
+    """Every slice, every n-th row and column (sampled about every `data_region_step_mm`): the region holding data
+    is a disc or a rectangle, found as well from a thinned grid at a fraction of the cost."""
+    step_mm = float(rules()["data_region_step_mm"])
+    return tuple(
+        slice(None) if a == axial else slice(None, None, max(1, int(step_mm // s)))
+        for a, s in enumerate(volume.spacing)
+    )
+
+
+def data_extent_mm(volume: Volume, axial: int) -> list[float]:
+    """In-plane extent (mm, per in-plane array axis) of the region holding data: voxels not below `padding_below_hu`
+    in any slice. Scanners store the area outside the reconstruction circle as padding (-2000, -3024 HU); an array
+    of 500 mm whose circle holds 190 mm of patient is a 190 mm field of view."""
+    strides = _inplane_strides(volume, axial)
+    holds = volume.array[strides] >= float(rules()["padding_below_hu"])
+    projected = holds.any(axis=axial)
+    extents = []
+    inplane = [a for a in range(3) if a != axial]
+    for i, a in enumerate(inplane):
+        hit = np.flatnonzero(projected.any(axis=1 - i))
+        step = strides[a].step or 1
+        extents.append(0.0 if hit.size == 0 else float((hit[-1] - hit[0] + 1) * step * volume.spacing[a]))
+    return extents
+
+
+def touches_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]] | None) -> bool:
+    """Whether the organ `label` comes within `fov_edge_margin_mm` of padding (values below `padding_below_hu`: no
+    data, outside the reconstructed field of view), i.e. the scan's circle cuts it although the array's edge does
+    not. Only the organ's box grown by the margin is read; with no padding in it (the usual case) that is all."""
+    if bbox is None:
+        return False
+    r = rules()
+    margin = [int(np.ceil(float(r["fov_edge_margin_mm"]) / s)) for s in volume.spacing]
+    box = tuple(
+        slice(max(b - m, 0), min(e + m, n))
+        for b, e, m, n in zip(bbox["start"], bbox["stop"], margin, volume.shape, strict=True)
+    )
+    padding = volume.array[box] < float(r["padding_below_hu"])
+    if not padding.any():
+        return False
+    near = ndimage.maximum_filter(padding.view(np.uint8), size=[2 * m + 1 for m in margin]) > 0
+    return bool((near & (labels[box] == label)).any())
+
+
 def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
     """Flags about the input: modality, whether values are raw HU, field of view and slice geometry."""
     r = rules()
@@ -80,7 +126,9 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
         flags.append(QCFlag("not_a_volume", "input", reason))
     extent = _extent_mm(volume)
     axial = int(np.argmax(np.abs(volume.geometry.direction_matrix[2, :])))
-    inplane = [e for a, e in enumerate(extent) if a != axial]
+    inplane = (
+        data_extent_mm(volume, axial) if card.modality == "CT" else [e for a, e in enumerate(extent) if a != axial]
+    )
     if extent[axial] < r["min_z_extent_mm"]:
         flags.append(
             QCFlag("fov_short", "input", f"scan covers {extent[axial]:.0f} mm head-foot (< {r['min_z_extent_mm']} mm)")
@@ -90,7 +138,7 @@ def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
             QCFlag(
                 "fov_small",
                 "input",
-                f"in-plane field of view {min(inplane):.0f} mm (< {r['min_inplane_extent_mm']} mm)",
+                f"in-plane field of view {min(inplane):.0f} mm holding data (< {r['min_inplane_extent_mm']} mm)",
             )
         )
     coarsest = float(max(volume.spacing))  # the slice axis, whichever array axis holds it (NIfTI has no rule)
@@ -140,8 +188,10 @@ def check_result(
     labels_shape: tuple[int, ...],
     card: ModelCard,
     direction: np.ndarray | None = None,
+    near_padding: bool = False,
 ) -> list[QCFlag]:
-    """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge."""
+    """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge or by
+    the edge of the reconstructed field of view (`near_padding`, from `touches_padding`)."""
     if stats["voxel_count"] == 0:
         return [QCFlag("organ_not_found", "result", f"no {organ} found")]
     flags = []
@@ -160,9 +210,10 @@ def check_result(
     d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
     sides = [_side(-d[:, a]) for a in range(3) if box["start"][a] == 0]
     sides += [_side(d[:, a]) for a in range(3) if box["stop"][a] == labels_shape[a]]
-    if sides:
-        where = " and ".join(sorted(set(sides)))
-        reason = f"{organ} touches the {where} edge of the scan: its volume may be underestimated"
+    edges = [f"the {' and '.join(sorted(set(sides)))} edge of the scan"] if sides else []
+    edges += ["the edge of the reconstructed field of view (padding)"] if near_padding else []
+    if edges:
+        reason = f"{organ} touches {' and '.join(edges)}: its volume may be underestimated"
         flags.append(QCFlag("organ_truncated", "result", reason))
     return flags
 
