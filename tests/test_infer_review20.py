@@ -83,3 +83,38 @@ def test_chaos_dicom_no_padding_flag(shared):
     stats = organ_stats(truth, 1, volume)
     assert not touches_padding(volume, truth, 1, stats["bbox_index"])
     assert check_input(volume, CARD) == []
+
+
+def test_batch_case_names_never_collide_with_another_input(shared, tmp_path):
+    """Item 2: x.nii, x.nii.gz and x-2.nii.gz: the second "x" must not take the third file's own name x-2."""
+    import shutil
+
+    import nibabel as nib
+
+    from medseg.infer.cases import discover_cases
+
+    src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(src, root / "x.nii.gz")
+    shutil.copy(src, root / "x-2.nii.gz")
+    nib.save(nib.load(src), root / "x.nii")
+    cases, _ = discover_cases(root)
+    names = [c.name for c in cases]
+    assert len(set(names)) == 3 and {c.source.name for c in cases if c.name == "x-2"} == {"x-2.nii.gz"}
+
+
+def test_two_cases_for_one_folder_are_refused_before_any_work(shared, tmp_path):
+    """Item 2: the CLI's pre-check refuses two cases writing into one folder (exit 2), whatever named them."""
+    from dataclasses import replace
+
+    from medseg.errors import UsageError
+    from medseg.infer.cases import discover_cases
+    from medseg.infer.pipeline import check_distinct_folders
+
+    one, _ = discover_cases(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    two = [one[0], replace(one[0], source=shared / "ct/radcttace_0697/image.nii.gz")]
+    with pytest.raises(UsageError) as err:
+        check_distinct_folders(two, tmp_path / "out")
+    assert err.value.exit_code == 2 and "radcttace_0697" in err.value.one_line()
+    check_distinct_folders(one, tmp_path / "out")

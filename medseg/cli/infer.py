@@ -148,7 +148,7 @@ def _run(
     from medseg.infer.batch import Prefetcher, progress_for
     from medseg.infer.cases import discover_cases
     from medseg.infer.organs import parse_organs, select_organs
-    from medseg.infer.pipeline import InferSettings, check_outputs, exit_code, run_case_safe
+    from medseg.infer.pipeline import InferSettings, check_distinct_folders, check_outputs, exit_code, run_case_safe
     from medseg.infer.runtime import BACKENDS, check_device, check_precision
     from medseg.models.registry import resolve_model
 
@@ -171,6 +171,7 @@ def _run(
     runner = _lazy_runner(model, backend, device, options.precision)
     settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
                              preview=options.preview, force=options.force, organs=organs)  # fmt: skip
+    check_distinct_folders(cases, out)
     for case in cases:  # an existing output stops the run before any work, not after the cases before it
         check_outputs(case, model, settings)
     results = []

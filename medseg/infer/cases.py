@@ -116,12 +116,22 @@ def _common_parts(folders: list[Path]) -> tuple[str, ...]:
 
 
 def _unique(cases: list[Case]) -> list[Case]:
-    seen: dict[str, int] = {}
+    """Cases with distinct output-folder names: the first of a name keeps it, a later one gets the first free
+    `<name>-<n>` (n = 2, 3...) not taken by any case's own name, so `x.nii`, `x.nii.gz` and `x-2.nii.gz` become
+    x, x-3 and x-2, never two cases writing into one folder."""
+    taken = {c.name for c in cases}
+    kept: set[str] = set()
     out = []
     for c in cases:
-        n = seen.get(c.name, 0)
-        seen[c.name] = n + 1
-        out.append(c if n == 0 else Case(f"{c.name}-{n + 1}", c.source, c.kind, c.load, c.notes))
+        if c.name not in kept:
+            kept.add(c.name)
+            out.append(c)
+            continue
+        n = 2
+        while f"{c.name}-{n}" in taken:
+            n += 1
+        taken.add(f"{c.name}-{n}")
+        out.append(replace(c, name=f"{c.name}-{n}"))
     return out
 
 

@@ -263,6 +263,20 @@ def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) ->
     return final, names
 
 
+def check_distinct_folders(cases: list[Case], out_dir: Path) -> None:
+    """UsageError (exit 2), before any work, when two cases would write into one output folder: one study's results
+    would replace another's (with --overwrite) or fail after the work (without)."""
+    owners: dict[str, Case] = {}
+    for case in cases:
+        other = owners.setdefault(case.name, case)
+        if other is not case:
+            raise UsageError(
+                f"two inputs would write into one case folder: {other.source} and {case.source}",
+                path=out_dir / case.name,
+                hint="Rename one of the inputs or segment them into different --out folders.",
+            )
+
+
 def _only_a_failure(final: Path) -> bool:
     """Whether the case folder holds nothing of medseg's but the summary.json of a failed run."""
     try:
