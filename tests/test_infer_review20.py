@@ -118,3 +118,101 @@ def test_two_cases_for_one_folder_are_refused_before_any_work(shared, tmp_path):
         check_distinct_folders(two, tmp_path / "out")
     assert err.value.exit_code == 2 and "radcttace_0697" in err.value.one_line()
     check_distinct_folders(one, tmp_path / "out")
+
+
+@pytest.fixture
+def run_cli(monkeypatch, tmp_path_factory, capsys):
+    """`medseg infer ...` in this process: (exit code, stdout, stderr)."""
+    from medseg.cli.main import main
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+    def invoke(*args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return exc.value.code, out, err
+
+    return invoke
+
+
+def _audit_ends() -> list[dict]:
+    from medseg.audit.config import load_config
+    from medseg.audit.store import AuditStore
+
+    with AuditStore.open(load_config()) as store:
+        return [r.body for r in store.records() if r.body["kind"] == "end"]
+
+
+def _edited_copy(folder, dest):
+    """A copy of a built-in model folder (card and weights) whose card has another HU window."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    shutil.copy(folder / "weights.pt", dest / "weights.pt")
+    text = (folder / "model_card.yaml").read_text()
+    assert "  a_min: -200.0" in text
+    (dest / "model_card.yaml").write_text(text.replace("  a_min: -200.0", "  a_min: -1000.0"))
+    return dest
+
+
+def _summary(folder) -> dict:
+    import json
+
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_card_digest_table_matches_the_built_in_cards():
+    """Item 3: the checked-in table of built-in card digests is the cards' SHA-256, one per built-in model."""
+    from medseg.digests import file_sha256
+    from medseg.models.registry import ZOO, builtin_card_digests
+
+    cards = {p.parent.name: file_sha256(p) for p in ZOO.glob("*/model_card.yaml")}
+    assert builtin_card_digests() == cards
+
+
+def test_edited_card_is_recorded_in_summary_and_audit(shared, tmp_path, run_cli):
+    """Item 3: a model folder with an edited card: its card's SHA-256 is in summary.json's model block and the
+    audit record, and differs from the installed model's."""
+    from medseg.digests import file_sha256
+    from medseg.models.registry import ZOO
+
+    src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    edited = _edited_copy(ZOO / "abdomen-2.2", tmp_path / "model")
+    runs = {"installed": ZOO / "abdomen-2.2", "edited": edited}
+    for name, folder in runs.items():
+        code, _, _ = run_cli("infer", src, "--model", folder, "--out", tmp_path / name, "--backend", "onnxruntime")
+        assert code == 0
+        model = _summary(tmp_path / name / "image")["model"]
+        assert model["card_sha256"] == file_sha256(folder / "model_card.yaml")
+        assert model["int8_sha256"] is None
+    ends = _audit_ends()
+    assert [e["params"]["card_sha256"] for e in ends[-2:]] == [file_sha256(f / "model_card.yaml") for f in
+                                                               runs.values()]  # fmt: skip
+    assert ends[-1]["params"]["card_sha256"] != ends[-2]["params"]["card_sha256"]
+
+
+def test_edited_built_in_card_is_refused(shared, tmp_path, run_cli, monkeypatch):
+    """Item 3: a built-in model whose card was edited in place is refused, exit 4, one error line."""
+    import medseg.models.registry as registry
+
+    zoo = tmp_path / "zoo"
+    _edited_copy(registry.ZOO / "abdomen-2.2", zoo / "abdomen-2.2")
+    monkeypatch.setattr(registry, "ZOO", zoo.resolve())
+    src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    code, _, err = run_cli("infer", src, "--model", "abdomen-2.2", "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 4 and len(lines) == 1 and "model card altered" in lines[0]
+    assert not (tmp_path / "out" / "image").exists()
+
+
+def test_int8_run_records_the_int8_files(shared, tmp_path, run_cli):
+    """Item 3: --precision int8 records the INT8 files that ran (with their SHA-256), not only the f32 weights."""
+    from medseg.models.registry import resolve_model
+
+    src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    code, _, _ = run_cli("infer", src, "--model", "abdomen-2.2", "--precision", "int8", "--out", tmp_path)
+    assert code == 0
+    expected = dict(resolve_model("abdomen-2.2").card.int8.files)
+    assert _summary(tmp_path / "image")["model"]["int8_sha256"] == expected
+    assert _audit_ends()[-1]["params"]["int8_sha256"] == expected

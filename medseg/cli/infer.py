@@ -164,6 +164,9 @@ def _run(
     check_device(device)
     rec.add_inputs([input, model.weights_path], background=True)  # read only; hashed beside the work
     rec.set_model(card.name, card.version, card.weights.sha256)
+    rec.params["card_sha256"] = model.card_sha256
+    if options.precision == "int8":
+        rec.params["int8_sha256"] = model.int8_sha256
     model.verify()
     cases, notes = discover_cases(input, card.modality, options.series, out=out)
     for note in notes:

@@ -147,6 +147,7 @@ def _base_summary(
             name=card.name,
             version=card.version,
             sha256=card.weights.sha256,
+            card_sha256=model.card_sha256,
             spacing_mm=list(card.spacing),
             roi_size=list(card.roi_size),
             runtime=runner.info if not isinstance(runner, LazyRunner) or runner.loaded else None,
@@ -384,6 +385,8 @@ def _run_checked(
                           tuple(served))  # fmt: skip
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
+    if runner.info.get("precision") == "int8":
+        run.summary["model"]["int8_sha256"] = run.model.int8_sha256
     run.timings.update(pred.timings)
     run.summary["model_grid"] = _dump(ModelGridInfo(shape=list(pred.grid.shape), windows=vars(pred.windows)))
     pred.labels, served = renumber(pred.labels, served, pred.box)

@@ -46,7 +46,15 @@ class Software(_Open):
 class ModelInfo(_Open):
     name: str
     version: str
-    sha256: str
+    sha256: str = Field(description="SHA-256 of the f32 weights (weights.pt) the card names")
+    card_sha256: str | None = Field(
+        None,
+        description="SHA-256 of the model card file as read (HU window, "
+        "confidence limit, volume range); absent from older summaries",
+    )
+    int8_sha256: dict[str, str] | None = Field(
+        None, description="--precision int8: the INT8 files that ran, each with its SHA-256"
+    )
     spacing_mm: list[float]
     roi_size: list[int]
     runtime: dict[str, Any] | None = None

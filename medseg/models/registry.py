@@ -1,12 +1,16 @@
 """The registry of installed models: built-in models ship in `medseg/models/zoo/<name>/`.
 
-Loading always verifies the SHA-256 of the weights against the model card and refuses a mismatch.
-No network access, ever.
+Loading always verifies the SHA-256 of the weights against the model card and refuses a mismatch; a built-in
+model's card is checked against `card_digests.json` (an edited built-in card is refused). A card in a user's own
+model folder cannot be checked against anything: its SHA-256 is recorded (summary.json, audit). No network access,
+ever.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 CARD_NAME = "model_card.yaml"
+CARD_DIGESTS = Path(__file__).resolve().parent / "card_digests.json"  # built-in model name -> its card's SHA-256
 # Default model per organ: abdomen 2.2.0 (liver and its neighbours as separate classes; stage 5 of the recipe,
 # better than 2.1.0, 2.0.0 and liver 1.0.0 on every real CT with a manual label, docs/training.md). The earlier
 # models stay installed under their own names (2.1.0 as `abdomen-2.1`, the start of stage 5; 2.0.0 as `abdomen`,
@@ -37,10 +42,22 @@ class InstalledModel:
 
     card: ModelCard
     folder: Path
+    card_file: str = CARD_NAME
 
     @property
     def weights_path(self) -> Path:
         return self.folder / self.card.weights.file
+
+    @cached_property
+    def card_sha256(self) -> str:
+        """SHA-256 of the card file as read: the HU window, confidence limit and ranges that shaped the result."""
+        return file_sha256(self.folder / self.card_file)
+
+    @property
+    def int8_sha256(self) -> dict[str, str]:
+        """The INT8 export's files and their SHA-256 (what ran with --precision int8; checked by the runtime before
+        it loads them); empty for a model without one."""
+        return dict(self.card.int8.files) if self.card.int8 is not None else {}
 
     def verify(self) -> str:
         """Check the weights' SHA-256 against the card; return it, or raise ProcessingError."""
@@ -73,6 +90,27 @@ class InstalledModel:
         return net.to(device).eval()
 
 
+@cache
+def builtin_card_digests() -> dict[str, str]:
+    """The recorded SHA-256 of each built-in model's card (`card_digests.json`, tested to match the files)."""
+    return dict(json.loads(CARD_DIGESTS.read_text()))
+
+
+def check_builtin_card(model: InstalledModel) -> InstalledModel:
+    """A built-in model (a folder of the zoo) whose card differs from its recorded digest is refused (exit 4): its
+    HU window or confidence limit would change results under the installed model's name and version."""
+    if model.folder.resolve().parent != ZOO:
+        return model
+    expected = builtin_card_digests().get(model.folder.name)
+    if model.card_sha256 != expected:
+        raise ProcessingError(
+            f"built-in model card altered (SHA-256 {model.card_sha256[:12]}... is not the recorded one)",
+            path=model.folder / model.card_file,
+            hint="Reinstall medseg; to use an edited card, copy the model folder and pass it to --model.",
+        )
+    return model
+
+
 def list_models() -> list[InstalledModel]:
     """All built-in models with a valid card, sorted by name."""
     found = []
@@ -93,12 +131,12 @@ def resolve_model(name_or_path: str | Path | None, organ: str | None = None) -> 
         name_or_path = DEFAULT_MODELS[organ]
     p = Path(name_or_path)
     if p.is_file() and p.name.endswith((".yaml", ".yml")):
-        return InstalledModel(ModelCard.load(p), p.parent)
+        return check_builtin_card(InstalledModel(ModelCard.load(p), p.parent, p.name))
     if (p / CARD_NAME).is_file():
-        return InstalledModel(ModelCard.load(p / CARD_NAME), p)
+        return check_builtin_card(InstalledModel(ModelCard.load(p / CARD_NAME), p))
     builtin = ZOO / str(name_or_path) / CARD_NAME
     if builtin.is_file():
-        return InstalledModel(ModelCard.load(builtin), builtin.parent)
+        return check_builtin_card(InstalledModel(ModelCard.load(builtin), builtin.parent))
     names = [m.folder.name for m in list_models()]
     raise UsageError(
         f"model {str(name_or_path)!r} not found",
