@@ -1,11 +1,14 @@
 """All key material in one place: Ed25519 signing key pairs and keyed-hash secrets.
 
 Signing keys sign audit exports and validation reports; secrets key the HMACs of de-identification (UIDs,
-pseudonyms, date shifts). Private files are written atomically with mode 0600 and never logged.
+pseudonyms, date shifts). Private files are written atomically, owner-only (0600) from the first byte, and never
+logged; a private file others can read is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 import secrets
@@ -16,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medseg.errors import UsageError
-from medseg.io.atomic import atomic_write_bytes, check_writable
+from medseg.io.atomic import TEMPORARY_PREFIX, atomic_write_bytes, check_writable
 
 PASSPHRASE_ENV = "MEDSEG_AUDIT_KEY_PASSPHRASE"
 MIN_SECRET_BYTES = 32
@@ -67,13 +70,27 @@ def _require_no_file_on_the_way(path: Path) -> None:
 
 def write_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
     """Write a new key pair: the private file with mode 0600, the public one 0644; both atomically."""
+    remove_stale_temporaries(private_path)
+    remove_stale_temporaries(public_path)
     check_writable(private_path, overwrite)
     check_writable(public_path, overwrite)
     private, public = generate_keypair()
-    atomic_write_bytes(private_path, private, overwrite)
-    os.chmod(private_path, 0o600)
+    atomic_write_bytes(private_path, private, overwrite, private=True)
     atomic_write_bytes(public_path, public, overwrite)
     os.chmod(public_path, 0o644)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files an earlier, killed write of `path` left beside it (`.tmp-NAME-*`, the atomic
+    helper's names for this file only): one of a private key holds the key itself."""
+    prefix = f"{TEMPORARY_PREFIX}{Path(path).name}-"
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return
+    for stale in folder.glob(glob.escape(prefix) + "*"):
+        if stale.is_file() and not stale.is_symlink():
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def keypair_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -93,10 +110,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         raise UsageError(
             "the signing key is not an Ed25519 key", path=path, hint="Create one with `medseg keys generate`."
         )
-    mode = stat.S_IMODE(Path(path).stat().st_mode)
-    if mode & 0o077:
-        raise UsageError(f"the signing key can be read by other users (mode {mode:04o})", path=path,
-                         hint=f"Restrict it: chmod 600 {path}.")  # fmt: skip
+    _refuse_readable_by_others(path, "signing key")
     return key
 
 
@@ -125,10 +139,10 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 def write_secret(path: Path, overwrite: bool = False) -> None:
     """Write a new random secret (32 bytes as 64 hex digits and a newline) with mode 0600, atomically."""
-    check_writable(path, overwrite)
     _require_no_file_on_the_way(path)
-    atomic_write_bytes(path, (secrets.token_hex(MIN_SECRET_BYTES) + "\n").encode("ascii"), overwrite)
-    os.chmod(path, 0o600)
+    remove_stale_temporaries(path)
+    check_writable(path, overwrite)
+    atomic_write_bytes(path, (secrets.token_hex(MIN_SECRET_BYTES) + "\n").encode("ascii"), overwrite, private=True)
 
 
 def read_secret(path: Path) -> bytes:
@@ -145,7 +159,17 @@ def read_secret(path: Path) -> bytes:
             path=path,
             hint="Create one with `medseg keys secret FILE`.",
         )
+    _refuse_readable_by_others(path, "key file")
     return data
+
+
+def _refuse_readable_by_others(path: Path, what: str) -> None:
+    """Like ssh, private material that group or other users can read is not used: whoever read it could sign in
+    this site's name or undo its pseudonyms (UsageError, exit 2)."""
+    mode = stat.S_IMODE(Path(path).stat().st_mode)
+    if mode & 0o077:
+        raise UsageError(f"the {what} can be read by other users (mode {mode:04o})", path=path,
+                         hint=f"Restrict it: chmod 600 {path}.")  # fmt: skip
 
 
 def secret_id(secret: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -95,3 +96,55 @@ def test_outputs_are_removed_when_the_end_event_fails_for_any_reason(tmp_path: P
         rec.add_inputs([tmp_path], background=True)
     assert not out.exists()
     assert [r["kind"] for r in _records()] == ["start"]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+KILLED_AT_RENAME = """
+import os, signal, sys
+os.umask(0o022)
+os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from medseg.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def _killed_at_rename(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `medseg ARGS` killed (SIGKILL) at its first rename: the key is in the temporary file, not yet in place."""
+    return subprocess.run([sys.executable, "-c", KILLED_AT_RENAME, *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["generate", "secret"])
+def test_key_material_is_owner_only_while_written_and_a_rerun_removes_the_stale_copy(tmp_path: Path, kind: str) -> None:
+    """Item 2: private keys and secrets were 0644 (umask 022) until a chmod after the rename; a process killed
+    before it left a temporary file holding the private key, world-readable, that no rerun cleaned up."""
+    args = ["keys", "generate", "--out", str(tmp_path), "--name", "site"] if kind == "generate" else \
+        ["keys", "secret", str(tmp_path / "site.key")]  # fmt: skip
+    killed = _killed_at_rename(*args)
+    assert killed.returncode != 0
+    (stale,) = tmp_path.glob(".tmp-site.key-*")
+    assert _mode(stale) == 0o600
+    done = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: os.umask(0o022))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert _mode(tmp_path / "site.key") == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secret_other_users_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """Item 2: `read_secret` took a de-identification secret any local user could read."""
+    from medseg.errors import UsageError
+    from medseg.keys import read_secret, write_secret
+
+    secret = tmp_path / "deid.key"
+    write_secret(secret)
+    secret.chmod(mode)
+    with pytest.raises(UsageError, match=rf"can be read by other users \(mode {mode:04o}\)") as info:
+        read_secret(secret)
+    assert info.value.exit_code == 2 and f"chmod 600 {secret}" in info.value.one_line()
+    secret.chmod(0o600)
+    assert len(read_secret(secret)) == 64

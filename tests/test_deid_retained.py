@@ -144,6 +144,7 @@ def test_cli_check_passes_and_names_what_an_option_kept(shared: Path, tmp_path: 
     src = _one_ct(shared, tmp_path)
     key = tmp_path / "key"
     key.write_text("ab" * 32)
+    key.chmod(0o600)
     out = tmp_path / "out"
     code, text = run_cli(["deid", str(src), str(out), "--key-file", str(key), "--pixels", "off",
                           "--option", "retain-device-identity", "--workers", "1"], capsys)  # fmt: skip

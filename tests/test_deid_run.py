@@ -286,6 +286,7 @@ def test_pipes_and_linked_folders_are_recorded_as_skipped_never_opened(shared: P
     assert all(r["input_ref"].startswith("hmac-sha256:") for r in manifest["files"])
     key = tmp_path / "deid.key"
     key.write_bytes(SECRET)
+    key.chmod(0o600)
     code, _, err = _cli(["deid", str(src), str(tmp_path / "strict"), "--key-file", str(key), "--strict"], capsys)
     assert code == 3 and "not read" in err and "Remove it" in err, err
 

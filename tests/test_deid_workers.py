@@ -109,6 +109,7 @@ def test_killed_run_leaves_only_whole_files_and_resumes_to_the_same_result(share
 def test_cli_refuses_negative_workers(shared: Path, tmp_path: Path, capsys) -> None:
     key = tmp_path / "k"
     key.write_text(SECRET.hex())
+    key.chmod(0o600)
     code, out = run_cli(["deid", str(shared.joinpath(*MR)), str(tmp_path / "o"), "--key-file", str(key),
                          "--pixels", "off", "--workers", "-1"], capsys)  # fmt: skip
     assert code == 2 and "--workers" in out
@@ -183,6 +184,7 @@ def test_a_run_whose_parent_is_pid_1_de_identifies(shared: Path, tmp_path: Path,
     on import)."""
     key = tmp_path / "k"
     key.write_text(SECRET.hex())
+    key.chmod(0o600)
     src = shared / "ct" / "chaos_ct_sample" / "dicom"
     deid = [sys.executable, "-m", "medseg", "deid", str(src), str(tmp_path / "out"), "--key-file", str(key),
             "--pixels", pixels, "--workers", "2"]  # fmt: skip

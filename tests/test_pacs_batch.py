@@ -250,6 +250,7 @@ def test_a_research_copy_finished_by_another_model_names_the_model_that_made_the
     _study(shared, tmp_path / "in" / "a", "research-model")
     key = tmp_path / "deid.key"
     key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
     out, research = tmp_path / "out", tmp_path / "research"
     copy = ["--research", research, "--research-key", key]
     killed = _cli(tmp_path / "in", "--out", out, "--model", models[0], *copy, env={CRASH_ENV: "before_research"})

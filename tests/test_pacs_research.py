@@ -50,6 +50,7 @@ def _phi_study(shared: Path, dst: Path, ks: range, seed: str) -> str:
 
 def _key(path: Path) -> Path:
     path.write_text(os.urandom(32).hex() + "\n")
+    path.chmod(0o600)  # a secret others can read is refused
     return path
 
 
@@ -285,6 +286,7 @@ def test_a_research_copy_that_cannot_be_made_leaves_the_job_open_and_the_retry_d
     assert len(queue.ledger()) == 1 and not queue.research()
     assert not (tmp_path / "research").exists() or not any((tmp_path / "research").iterdir())
     key.write_bytes(secret)
+    key.chmod(0o600)
     assert queue.retry(job.id) == [job.id]
     run_batch(config, queue, events.append)
     (job,) = queue.jobs()

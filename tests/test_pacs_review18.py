@@ -485,6 +485,7 @@ def test_research_pixels_off_unquoted_is_accepted(tmp_path: Path, written: str, 
     from medseg.pacs.config import load_config
 
     (tmp_path / "deid.key").write_bytes(b"k" * 40)
+    (tmp_path / "deid.key").chmod(0o600)
     config = tmp_path / "pacs.yaml"
     config.write_text(f"storage: store\ndestination: {{folder: segs}}\nresearch:\n  folder: research\n"
                       f"  key_file: deid.key\n  pixels: {written}\n")  # fmt: skip

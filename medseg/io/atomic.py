@@ -93,9 +93,12 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True, priva
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False, durable: bool = True) -> None:
-    """Write `data` to `path` atomically."""
-    with atomic_path(path, overwrite, durable) as tmp:
+def atomic_write_bytes(
+    path: Path, data: bytes, overwrite: bool = False, durable: bool = True, private: bool = False
+) -> None:
+    """Write `data` to `path` atomically; `private`: owner-only (0600) from the moment the temporary file exists, so
+    key material is never readable by others, not even while it is written or after a kill."""
+    with atomic_path(path, overwrite, durable, private=private) as tmp:
         tmp.write_bytes(data)
 
 
