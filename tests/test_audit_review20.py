@@ -148,3 +148,32 @@ def test_a_secret_other_users_can_read_is_refused(tmp_path: Path, mode: int) -> 
     assert info.value.exit_code == 2 and f"chmod 600 {secret}" in info.value.one_line()
     secret.chmod(0o600)
     assert len(read_secret(secret)) == 64
+
+
+def _rewrite_body(db: Path, seq: int, edit) -> None:
+    """Edit one stored body with sqlite tools (the append-only trigger dropped first, as an attacker would)."""
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        conn.execute("DROP TRIGGER events_no_update")
+        (body,) = conn.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
+        conn.execute("UPDATE events SET body = ? WHERE seq = ?", (edit(body), seq))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda body: '{"inputs":[],"outputs":[],' + body[1:],  # SQLite reads the first, Python the last value
+        lambda body: body.replace(",", ", ", 1),
+    ],
+    ids=["duplicate keys", "whitespace"],
+)
+def test_a_body_that_is_not_its_canonical_text_is_an_edit(tmp_path: Path, edit) -> None:
+    """Item 3: a duplicate key put before the real `inputs` parsed (Python) to the same value, so verify said intact,
+    while SQLite's JSON functions read the empty list and `audit show --path` no longer found the command."""
+    with audited("convert", {}) as rec:
+        rec.add_inputs([tmp_path])
+    config = load_config()
+    _rewrite_body(config.db_path, 2, edit)
+    with AuditStore.open(config, create=False) as store:
+        report = verify_store(store)
+    assert not report.ok and report.first is not None
+    assert (report.first.kind, report.first.seq) == ("edited", 2), report.problems

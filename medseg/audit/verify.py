@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medseg.audit.anchor import read_anchor
-from medseg.audit.canonical import GENESIS_HASH, chain_hash
+from medseg.audit.canonical import GENESIS_HASH, canonical_json, chain_hash
 from medseg.audit.store import AuditStore, Head, damaged_store_error, is_damage
 from medseg.errors import IntegrityError
 
@@ -76,15 +76,33 @@ class _Row:
     columns: dict[str, Any]
 
 
+def _parse_canonical(text: object) -> dict[str, Any] | None:
+    """The stored body, only when its text is exactly the canonical JSON of what it parses to (None otherwise).
+
+    Anything else is an edit the hash cannot see: a duplicate key reads as its last value in Python but as its
+    first in SQLite's JSON functions (`audit show --path` would miss the record), and whitespace, key order or
+    escapes can be changed without changing the parsed value."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = json.loads(text, parse_constant=_refuse_constant)
+        if not isinstance(parsed, dict) or canonical_json(parsed) != text:
+            return None
+    except (ValueError, RecursionError):
+        return None
+    return parsed
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _rows(store: AuditStore) -> list[_Row]:
     rows = []
     for seq, ts, kind, invocation, command, user, operator, outcome, body, prev, digest in store.rows():
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
+        parsed = _parse_canonical(body)
         columns = dict(zip(COLUMNS, (ts, kind, invocation, command, user, operator, outcome, prev), strict=True))
-        rows.append(_Row(int(seq), str(digest), parsed if isinstance(parsed, dict) else None, columns))
+        rows.append(_Row(int(seq), str(digest), parsed, columns))
     return rows
 
 
