@@ -177,3 +177,13 @@ def test_a_body_that_is_not_its_canonical_text_is_an_edit(tmp_path: Path, edit) 
         report = verify_store(store)
     assert not report.ok and report.first is not None
     assert (report.first.kind, report.first.seq) == ("edited", 2), report.problems
+
+
+def test_a_failed_series_listing_is_recorded_as_a_failure(tmp_path: Path) -> None:
+    """Item 4: `medseg series` on a folder without DICOM exited 3, but its end record said success, exit 0: the
+    check ran after the audited block had closed."""
+    (tmp_path / "readme.txt").write_text("hello\n")
+    done = _medseg("series", str(tmp_path))
+    assert done.returncode == 3, done.stderr
+    (end,) = [r for r in _records() if r["kind"] == "end"]
+    assert (end["command"], end["outcome"], end["exit_code"]) == ("series", "failure", 3)

@@ -40,23 +40,23 @@ def register(app: typer.Typer) -> None:
 
         if not folder.is_dir():
             raise InvalidInputError("not a folder", path=folder, hint="Pass the folder that holds the DICOM files.")
-        with audited("series", params={}) as rec:
+        with audited("series", params={}) as rec:  # the checks too: the end record carries the exit code given
             rec.add_inputs([folder])
             scan = scan_folder(folder)
-        for note in scan.notes():
-            console.warn(note)
-        if not scan.series:
-            raise InvalidInputError("no DICOM files found", path=folder, hint="Pass a folder of DICOM files.")
-        problems = {s.key: stack_problem(scan.headers[s.key], folder) for s in scan.series if s.is_volume}
-        for s in scan.series:
-            if as_json:
-                console.result(json.dumps({**_as_dict(s), "problem": problems.get(s.key)}, sort_keys=True))
-            else:
-                console.result(_row(s, problems.get(s.key)))
-        readable = sum(s.is_volume and problems[s.key] is None for s in scan.series)
-        chosen = choose_series(scan.series, problem=lambda s: problems.get(s.key))
-        tail = f"{chosen.key} is read by default" if readable and chosen else "nothing here can be read as a volume"
-        console.info(f"{len(scan.series)} series, {readable} readable volume(s); {tail}")
+            for note in scan.notes():
+                console.warn(note)
+            if not scan.series:
+                raise InvalidInputError("no DICOM files found", path=folder, hint="Pass a folder of DICOM files.")
+            problems = {s.key: stack_problem(scan.headers[s.key], folder) for s in scan.series if s.is_volume}
+            for s in scan.series:
+                if as_json:
+                    console.result(json.dumps({**_as_dict(s), "problem": problems.get(s.key)}, sort_keys=True))
+                else:
+                    console.result(_row(s, problems.get(s.key)))
+            readable = sum(s.is_volume and problems[s.key] is None for s in scan.series)
+            chosen = choose_series(scan.series, problem=lambda s: problems.get(s.key))
+            tail = f"{chosen.key} is read by default" if readable and chosen else "nothing here can be read as a volume"
+            console.info(f"{len(scan.series)} series, {readable} readable volume(s); {tail}")
 
 
 def _row(s: SeriesInfo, problem: str | None) -> str:
