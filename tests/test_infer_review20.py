@@ -216,3 +216,31 @@ def test_int8_run_records_the_int8_files(shared, tmp_path, run_cli):
     expected = dict(resolve_model("abdomen-2.2").card.int8.files)
     assert _summary(tmp_path / "image")["model"]["int8_sha256"] == expected
     assert _audit_ends()[-1]["params"]["int8_sha256"] == expected
+
+
+def test_rules_applied_are_recorded(shared, tmp_path, run_cli, monkeypatch):
+    """Item 4: an edited qc_rules.yaml is traceable (its SHA-256 in summary.json and the audit params), and the
+    low_confidence limit recorded is the one applied: the card's (abdomen 2.2.0: 0.2935) over the rules file's."""
+    import medseg.infer.qc as qc
+    from medseg.digests import file_sha256
+    from medseg.infer.qc import confidence_limit
+
+    edited = tmp_path / "qc_rules.yaml"
+    edited.write_text(
+        qc.RULES_FILE.read_text().replace("max_uncertain_fraction: 0.167", "max_uncertain_fraction: 0.01")
+    )
+    monkeypatch.setattr(qc, "RULES_FILE", edited)
+    qc.rules.cache_clear()
+    try:
+        assert confidence_limit(CARD) == (0.01, "rules")
+        src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+        code, _, _ = run_cli("infer", src, "--model", "abdomen-2.2", "--out", tmp_path / "out")
+        assert code == 0
+    finally:
+        qc.rules.cache_clear()
+    record = _summary(tmp_path / "out" / "image")["qc"]
+    assert record["rules_sha256"] == file_sha256(edited)
+    assert (record["low_confidence_limit"], record["low_confidence_limit_from"]) == (0.2935, "card")
+    params = _audit_ends()[-1]["params"]
+    assert params["qc_rules_sha256"] == file_sha256(edited)
+    assert (float(params["low_confidence_limit"]), params["low_confidence_limit_from"]) == (0.2935, "card")

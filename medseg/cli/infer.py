@@ -6,7 +6,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from medseg.errors import MedsegError
     from medseg.infer.pipeline import CaseResult
     from medseg.infer.runtime import LazyRunner, Runner
+    from medseg.models.card import ModelCard
     from medseg.models.registry import InstalledModel
 
 EXAMPLES = """
@@ -134,6 +135,14 @@ def _lazy_runner(model: InstalledModel, backend: str, device: str, precision: st
     return LazyRunner(load, backend)
 
 
+def _rules_params(card: ModelCard) -> dict[str, Any]:
+    """The audit params naming the QC rules applied: the rules file's digest and the low_confidence limit used."""
+    from medseg.infer.qc import confidence_limit, rules_sha256
+
+    limit, source = confidence_limit(card)
+    return {"qc_rules_sha256": rules_sha256(), "low_confidence_limit": limit, "low_confidence_limit_from": source}
+
+
 def _run(
     rec: AuditRecorder,
     input: Path,
@@ -165,6 +174,7 @@ def _run(
     rec.add_inputs([input, model.weights_path], background=True)  # read only; hashed beside the work
     rec.set_model(card.name, card.version, card.weights.sha256)
     rec.params["card_sha256"] = model.card_sha256
+    rec.params |= _rules_params(card)
     if options.precision == "int8":
         rec.params["int8_sha256"] = model.int8_sha256
     model.verify()

@@ -31,7 +31,15 @@ from medseg.errors import MedsegError, QCRejectedError, UsageError
 from medseg.infer.cases import Case
 from medseg.infer.organs import renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
-from medseg.infer.qc import QCFlag, check_confidence, check_input, check_result, touches_padding
+from medseg.infer.qc import (
+    QCFlag,
+    check_confidence,
+    check_input,
+    check_result,
+    confidence_limit,
+    rules_sha256,
+    touches_padding,
+)
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
 from medseg.io.atomic import check_writable, commit_folder, staging_folder
@@ -46,6 +54,7 @@ from medseg.io.summary_schema import (
     Software,
     acquisition_facts,
 )
+from medseg.models.card import ModelCard
 from medseg.models.registry import InstalledModel
 from medseg.parallel import in_background
 from medseg.postprocess import organ_stats
@@ -158,10 +167,15 @@ def _base_summary(
     }  # fmt: skip
 
 
-def _qc(flags: list[QCFlag], settings: InferSettings) -> dict[str, Any]:
+def _qc(flags: list[QCFlag], settings: InferSettings, card: ModelCard) -> dict[str, Any]:
+    """summary.json `qc`: the flags, what was refused or forced, and which rules applied (file digest, limit)."""
     refused = [f.code for f in flags if f.refuses]
+    limit, source = confidence_limit(card)
     return _dump(QCRecord(
         passed=not flags,
+        rules_sha256=rules_sha256(),
+        low_confidence_limit=limit,
+        low_confidence_limit_from=source,
         strict=settings.strict,
         refused=[] if settings.force else refused,
         forced=refused if settings.force else [],
@@ -227,7 +241,7 @@ class _CaseRun:
             with self.timed("input_digest"):  # the wait for the helper thread, usually done long before
                 self.summary["input"] = _describe_input(self.volume, self.case, self.digest.result())
         outputs = {k: self.outputs[k] for k in OUTPUT_ORDER if k in self.outputs} | self.outputs
-        qc = _qc(flags, self.settings) | ({"passed": False} if status == CaseStatus.FAILED else {})
+        qc = _qc(flags, self.settings, self.model.card) | ({"passed": False} if status == CaseStatus.FAILED else {})
         self.summary |= {"status": status, "qc": qc, "outputs": outputs}
         notes = [*self.summary.get("notes", []), *_warning_notes(self.caught)]
         self.summary["notes"] = list(dict.fromkeys(notes))

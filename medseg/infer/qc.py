@@ -8,6 +8,7 @@ voxel values or grids are refused earlier, by `medseg.io` (exit 3).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -40,9 +41,30 @@ class QCFlag:
         return asdict(self) | {"refuses": self.refuses}
 
 
+_LOADED_SHA256: dict[str, str] = {}  # the digest of the rules text `rules()` parsed, set together with it
+
+
 @cache
 def rules() -> dict[str, Any]:
-    return load_yaml(RULES_FILE.read_text())
+    """The QC rules, read once per process from RULES_FILE (its SHA-256 kept for `rules_sha256`)."""
+    data = RULES_FILE.read_bytes()
+    _LOADED_SHA256["rules"] = hashlib.sha256(data).hexdigest()
+    return load_yaml(data.decode("utf-8"))
+
+
+def rules_sha256() -> str:
+    """SHA-256 of the QC rules file as applied (recorded in summary.json and the audit record: an edited rules
+    file is traceable)."""
+    rules()
+    return _LOADED_SHA256["rules"]
+
+
+def confidence_limit(card: ModelCard | None) -> tuple[float, str]:
+    """The `low_confidence` limit applied and where it came from: the model card's calibrated limit when it has one
+    ("card"; the uncertain fraction depends on the network), else the rules file's ("rules")."""
+    if card is not None and card.confidence is not None:
+        return float(card.confidence.max_uncertain_fraction), "card"
+    return float(rules()["low_confidence"]["max_uncertain_fraction"]), "rules"
 
 
 def refusal_codes() -> frozenset[str]:
@@ -220,11 +242,8 @@ def check_result(
 
 def check_confidence(organ: str, confidence: dict[str, float], card: ModelCard | None = None) -> list[QCFlag]:
     """`low_confidence` when the organ's uncertain fraction (medseg.postprocess.confidence) exceeds the model's
-    calibrated limit (`card.confidence`) or, for a model without one, the rules file's."""
-    if card is not None and card.confidence is not None:
-        limit = card.confidence.max_uncertain_fraction
-    else:
-        limit = float(rules()["low_confidence"]["max_uncertain_fraction"])
+    calibrated limit (`card.confidence`) or, for a model without one, the rules file's (`confidence_limit`)."""
+    limit, _ = confidence_limit(card)
     value = confidence["uncertain_fraction"]
     if value <= limit:
         return []

@@ -8,7 +8,7 @@ keeps it in step). Unknown extra keys are kept (`extra="allow"`), so a newer wri
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,6 +125,11 @@ class QCRecord(_Open):
     refused: list[str] = Field(default_factory=list)
     forced: list[str] = Field(default_factory=list)
     flags: list[QCFlagRecord]
+    rules_sha256: str | None = Field(None, description="SHA-256 of medseg/infer/qc_rules.yaml as applied")
+    low_confidence_limit: float | None = Field(None, description="the low_confidence limit applied")
+    low_confidence_limit_from: Literal["card", "rules"] | None = Field(
+        None, description="where that limit came from: the model card's (wins when it has one) or the rules file's"
+    )
 
 
 class BoxIndex(BaseModel):

@@ -8,7 +8,8 @@ Three signals, none needing a reference:
   uncertain region). Size-normalised, so small and large organs compare.
 - `neighbour_contact`: the share of the organ's surface voxels that touch another foreground class (multi-organ
   models only; 0 for a single-organ model): where the organ meets a neighbour, leaks are likely.
-The QC flag `low_confidence` (threshold in `medseg/infer/qc_rules.yaml`) uses `uncertain_fraction`.
+The QC flag `low_confidence` uses `uncertain_fraction` against the model card's limit (`confidence`) when the card
+has one, else the one in `medseg/infer/qc_rules.yaml` (`medseg.infer.qc.confidence_limit`).
 """
 
 from __future__ import annotations
