@@ -187,3 +187,31 @@ def test_a_failed_series_listing_is_recorded_as_a_failure(tmp_path: Path) -> Non
     assert done.returncode == 3, done.stderr
     (end,) = [r for r in _records() if r["kind"] == "end"]
     assert (end["command"], end["outcome"], end["exit_code"]) == ("series", "failure", 3)
+
+
+def _signing_key(folder: Path) -> Path:
+    from medseg.keys import keypair_paths, write_keypair
+
+    private, public = keypair_paths(folder, "auditor")
+    write_keypair(private, public)
+    return private
+
+
+def test_export_never_creates_a_store_and_a_lost_store_is_exit_1(tmp_path: Path) -> None:
+    """Item 5: `audit export` with a mistyped folder created a brand-new store and signed it; a deleted audit.db
+    whose anchor names records gave exit 4 instead of the documented 1. It opens the store read-only first, as
+    verify does, and answers as verify does."""
+    key = _signing_key(tmp_path / "keys")
+    typo = tmp_path / "typo-audit-dir"
+    env = dict(os.environ, MEDSEG_AUDIT_DIR=str(typo))
+    verify = _medseg("audit", "verify", env=env)
+    export = _medseg("audit", "export", str(tmp_path / "snap.json"), "--key", str(key), env=env)
+    assert export.returncode == verify.returncode == 4 and export.stderr == verify.stderr, export.stderr
+    assert not typo.exists() and not (tmp_path / "snap.json").exists()
+    with audited("convert", {}):
+        pass
+    load_config().db_path.unlink()
+    lost = _medseg("audit", "export", str(tmp_path / "snap.json"), "--key", str(key))
+    assert lost.returncode == 1 and "records were lost" in lost.stderr, lost.stderr
+    assert len(lost.stderr.strip().splitlines()) == 1
+    assert not load_config().db_path.exists() and not (tmp_path / "snap.json").exists()

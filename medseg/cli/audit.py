@@ -176,6 +176,7 @@ def export(
     from medseg.audit.export import build_snapshot
     from medseg.audit.session import os_user
     from medseg.audit.store import AuditStore
+    from medseg.audit.verify import verify_store
     from medseg.cli.audited import audited
     from medseg.io.atomic import atomic_write_text, check_writable
     from medseg.keys import load_private_key
@@ -183,6 +184,8 @@ def export(
     config = _config(audit_dir)
     check_writable(output, overwrite)
     signing_key = load_private_key(key)
+    with AuditStore.open(config, create=False) as store:  # as verify: never creates a store (a mistyped folder)
+        verify_store(store)  # a lost or damaged store: IntegrityError, exit 1, before the export is recorded in it
     with audited("audit-export", {"overwrite": overwrite}, audit_dir=audit_dir) as rec:
         with AuditStore.open(config, create=False) as store:
             snapshot = build_snapshot(store, signing_key, {"os_user": os_user(), "operator": config.operator})
