@@ -215,3 +215,20 @@ def test_export_never_creates_a_store_and_a_lost_store_is_exit_1(tmp_path: Path)
     assert lost.returncode == 1 and "records were lost" in lost.stderr, lost.stderr
     assert len(lost.stderr.strip().splitlines()) == 1
     assert not load_config().db_path.exists() and not (tmp_path / "snap.json").exists()
+
+
+def test_an_explicit_audit_dir_keeps_the_anchor_of_medseg_audit_anchor_dir(tmp_path: Path, monkeypatch) -> None:
+    """Item 6: naming the store with --audit-dir dropped MEDSEG_AUDIT_ANCHOR_DIR: verify said 'anchor missing', and
+    an export anchored its own events beside the store, so the next plain verify said 'never anchored'."""
+    store, anchor = tmp_path / "store", tmp_path / "anchor-volume"
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(store))
+    monkeypatch.setenv("MEDSEG_AUDIT_ANCHOR_DIR", str(anchor))
+    with audited("convert", {}):
+        pass
+    key = _signing_key(tmp_path / "keys")
+    assert _medseg("audit", "verify", "--audit-dir", str(store)).returncode == 0
+    export = _medseg("audit", "export", str(tmp_path / "s.json"), "--key", str(key), "--audit-dir", str(store))
+    assert export.returncode == 0, export.stderr
+    assert not (store / "chain-anchor.log").exists()
+    plain = _medseg("audit", "verify")
+    assert plain.returncode == 0 and "intact: 4 records" in plain.stdout, plain.stdout + plain.stderr

@@ -42,13 +42,13 @@ class AuditConfig:
 
 
 def load_config(audit_dir: Path | None = None, anchor_dir: Path | None = None) -> AuditConfig:
-    """Read the settings from the environment; explicit folders win (an explicit store keeps its own anchor)."""
-    if audit_dir is not None:
-        folder = Path(audit_dir).expanduser()
-        anchor = Path(anchor_dir).expanduser() if anchor_dir else folder
-    else:
-        folder = Path(os.environ.get("MEDSEG_AUDIT_DIR") or default_audit_dir()).expanduser()
-        env_anchor = os.environ.get("MEDSEG_AUDIT_ANCHOR_DIR")
-        anchor = Path(anchor_dir or env_anchor or folder).expanduser()
+    """Read the settings from the environment; explicit folders win over the variables.
+
+    The anchor folder is `anchor_dir`, else MEDSEG_AUDIT_ANCHOR_DIR, else the store's folder, whether the store was
+    named explicitly (`--audit-dir`) or not: naming the same store explicitly must not move its anchor (a false
+    'anchor missing' for verify, and an export anchored beside the store that the next plain verify calls
+    'never anchored')."""
+    folder = Path(audit_dir or os.environ.get("MEDSEG_AUDIT_DIR") or default_audit_dir()).expanduser()
+    anchor = Path(anchor_dir or os.environ.get("MEDSEG_AUDIT_ANCHOR_DIR") or folder).expanduser()
     operator = (os.environ.get("MEDSEG_OPERATOR") or "").strip() or None
     return AuditConfig(folder, anchor, operator)

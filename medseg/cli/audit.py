@@ -12,7 +12,10 @@ import typer
 from medseg.cli.state import console
 
 EXIT_TAMPERED = 1
-AUDIT_DIR_HELP = "Audit store folder (default: MEDSEG_AUDIT_DIR, else ~/.local/share/medseg/audit)."
+AUDIT_DIR_HELP = (
+    "Audit store folder (default: MEDSEG_AUDIT_DIR, else ~/.local/share/medseg/audit); its anchor log "
+    "is in MEDSEG_AUDIT_ANCHOR_DIR when set, else in this folder."
+)
 
 EXAMPLES = """
 Examples:
