@@ -244,3 +244,45 @@ def test_rules_applied_are_recorded(shared, tmp_path, run_cli, monkeypatch):
     params = _audit_ends()[-1]["params"]
     assert params["qc_rules_sha256"] == file_sha256(edited)
     assert (float(params["low_confidence_limit"]), params["low_confidence_limit_from"]) == (0.2935, "card")
+
+
+def test_caption_is_wrapped_and_names_each_flag_with_its_organ(shared):
+    """Item 5: a 587 px caption on a narrow sheet: every flag (with its organ) is on some caption line, and the
+    sheet grows by the extra lines instead of cutting the caption off."""
+    from PIL import Image, ImageDraw
+
+    from medseg.infer.pipeline import _caption
+    from medseg.infer.qc import QCFlag
+    from medseg.writers.preview import CAPTION_HEIGHT, caption_lines, render_preview
+
+    flags = [
+        QCFlag("volume_implausible", "result", "spleen volume 2000 ml", "spleen"),
+        QCFlag("organ_truncated", "result", "liver touches the edge", "liver"),
+        QCFlag("low_confidence", "result", "liver uncertain", "liver"),
+    ]
+    summary = {
+        "case": "1.2.840.113619.2.55.3.604688119.971.1187093412",
+        "organs": [{"name": "liver", "volume_ml": 1500.0, "confidence": {"uncertain_fraction": 0.31}},
+                   {"name": "spleen", "volume_ml": 2000.0}],
+        "model": {"name": "abdomen", "version": "2.2.0"},
+    }  # fmt: skip
+    caption = _caption(summary, flags)
+    for label in ("spleen: volume_implausible", "liver: organ_truncated", "liver: low_confidence"):
+        assert label in caption
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines = caption_lines(caption, 432, measure)
+    assert len(lines) > 1 and " ".join(lines) == caption and all(measure(line) <= 432 for line in lines)
+    assert caption_lines("x" * 200, 100, measure) and "".join(caption_lines("x" * 200, 100, measure)) == "x" * 200
+
+    from dataclasses import replace
+
+    whole = read_nifti(shared / "ct/radcttace_1211/image.nii.gz")
+    narrow = np.ascontiguousarray(whole.array[80:120, 80:120])  # 62 mm wide, 517 mm long: a 400-odd px sheet
+    volume = Volume(narrow, replace(whole.geometry, shape=narrow.shape), whole.meta)
+    truth = read_nifti(shared / "ct/radcttace_1211/liver.nii.gz").array[80:120, 80:120]
+    labels = np.ascontiguousarray(truth > 0).astype(np.uint8)
+    bare = render_preview(volume, labels)
+    sheet = render_preview(volume, labels, caption)
+    wrapped = caption_lines(caption, sheet.width - 12, measure)
+    assert len(wrapped) > 1 and sheet.height > bare.height + CAPTION_HEIGHT
+    assert sheet.width == bare.width

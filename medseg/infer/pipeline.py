@@ -461,7 +461,8 @@ def _finish(run: _CaseRun, flags: list[QCFlag], pred: Prediction, volume: Volume
 
 
 def _caption(summary: dict[str, Any], flags: list[QCFlag]) -> str:
-    """One line for the preview: case, organ volumes with their uncertain fraction, model, QC flags."""
+    """The preview's caption: case, organ volumes with their uncertain fraction, model, QC flags (each result flag
+    with its organ). `render_preview` wraps it to the sheet's width."""
     organs = ", ".join(
         f"{o['name']} {o['volume_ml']:.0f} ml"
         + (f" (uncertain {o['confidence']['uncertain_fraction']:.2f})" if o.get("confidence") else "")
@@ -469,7 +470,7 @@ def _caption(summary: dict[str, Any], flags: list[QCFlag]) -> str:
     )
     model = summary["model"]
     text = f"{summary['case']}: {organs or 'no organ'} | {model['name']} {model['version']}"
-    return text + (f" | QC flags: {', '.join(f.code for f in flags)}" if flags else "")
+    return text + (f" | QC flags: {', '.join(f.label for f in flags)}" if flags else "")
 
 
 def _write_outputs(run: _CaseRun, pred: Prediction, volume: Volume, flags: list[QCFlag]) -> None:
@@ -527,7 +528,7 @@ def _finish_rejected(
     segmentation."""
     error = error or _qc_error(_blocking(flags, run.settings), run.case.source, refused=False)
     if pred is not None and run.settings.preview:
-        caption = _caption(run.summary, []) + " | REJECTED: " + ", ".join(f.code for f in flags)
+        caption = _caption(run.summary, []) + " | REJECTED: " + ", ".join(f.label for f in flags)
         run.write_preview(volume, pred, caption)
     paths = run.write_summary(CaseStatus.QC_REJECTED, flags)
     status = CaseStatus.QC_REJECTED

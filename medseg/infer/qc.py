@@ -9,7 +9,7 @@ voxel values or grids are refused earlier, by `medseg.io` (exit 3).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ class QCFlag:
     code: str
     stage: str
     reason: str
+    organ: str | None = None  # the organ a result flag is about (None for input flags)
 
     @property
     def refuses(self) -> bool:
@@ -38,7 +39,13 @@ class QCFlag:
         return self.code in refusal_codes()
 
     def to_json(self) -> dict[str, str | bool]:
-        return asdict(self) | {"refuses": self.refuses}
+        record = {k: v for k, v in asdict(self).items() if v is not None}
+        return record | {"refuses": self.refuses}
+
+    @property
+    def label(self) -> str:
+        """The code with its organ ("spleen: volume_implausible"), for captions naming flags of several organs."""
+        return f"{self.organ}: {self.code}" if self.organ else self.code
 
 
 _LOADED_SHA256: dict[str, str] = {}  # the digest of the rules text `rules()` parsed, set together with it
@@ -215,7 +222,7 @@ def check_result(
     """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge or by
     the edge of the reconstructed field of view (`near_padding`, from `touches_padding`)."""
     if stats["voxel_count"] == 0:
-        return [QCFlag("organ_not_found", "result", f"no {organ} found")]
+        return [QCFlag("organ_not_found", "result", f"no {organ} found", organ)]
     flags = []
     span = volume_range(card, organ)
     ml = stats["volume_ml"]
@@ -237,7 +244,7 @@ def check_result(
     if edges:
         reason = f"{organ} touches {' and '.join(edges)}: its volume may be underestimated"
         flags.append(QCFlag("organ_truncated", "result", reason))
-    return flags
+    return [replace(f, organ=organ) for f in flags]
 
 
 def check_confidence(organ: str, confidence: dict[str, float], card: ModelCard | None = None) -> list[QCFlag]:
@@ -249,4 +256,4 @@ def check_confidence(organ: str, confidence: dict[str, float], card: ModelCard |
         return []
     reason = (f"{organ}: uncertain volume (probability 0.2-0.8) is {value:.1%} of the organ's volume "
               f"(limit {limit:.1%}): the result may be wrong, check it")  # fmt: skip
-    return [QCFlag("low_confidence", "result", reason)]
+    return [QCFlag("low_confidence", "result", reason, organ)]

@@ -117,6 +117,7 @@ class QCFlagRecord(_Open):
     stage: str
     reason: str
     refuses: bool = False
+    organ: str | None = Field(None, description="the organ a result flag is about")
 
 
 class QCRecord(_Open):

@@ -6,6 +6,7 @@ whatever the stored orientation, with the true aspect ratio from the voxel spaci
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from medseg.io.atomic import atomic_path
 from medseg.postprocess.measure import axis_profiles
 
 TILE = 320
-CAPTION_HEIGHT = 22
+CAPTION_HEIGHT = 22  # one line of caption; each further line adds LINE_HEIGHT
+LINE_HEIGHT = 14
+CAPTION_MARGIN = 6
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 220, 0), (120, 255, 120), (255, 120, 255)]
 
 
@@ -90,6 +93,27 @@ def _centre(labels: np.ndarray, geometry: Geometry, within: tuple[slice, ...] | 
     return np.array(centre)
 
 
+def caption_lines(caption: str, width: float, measure: Callable[[str], float]) -> list[str]:
+    """The caption broken into lines no wider than `width` (as `measure` gives a text's width): at spaces, and
+    inside a word only when the word alone is wider. Every character of the caption is on some line, so no QC flag
+    is cut off the image however narrow the sheet or long the case name."""
+    lines: list[str] = []
+    line = ""
+    for word in caption.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if measure(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = word
+        while measure(line) > width and len(line) > 1:
+            cut = max(n for n in range(1, len(line) + 1) if n == 1 or measure(line[:n]) <= width)
+            lines.append(line[:cut])
+            line = line[cut:]
+    return [*lines, line] if line else lines
+
+
 def render_preview(
     volume: Volume,
     labels: np.ndarray,
@@ -114,15 +138,19 @@ def render_preview(
     tiles = [_tile(a, b, p, display_hu) for a, b, p in (axial, coronal, sagittal)]
     from PIL import ImageDraw
 
-    top = CAPTION_HEIGHT if caption else 0
     height = max(t.height for t in tiles)
-    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), height + top))
+    width = sum(t.width for t in tiles) + 8 * (len(tiles) - 1)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines = caption_lines(caption, width - 2 * CAPTION_MARGIN, measure) if caption else []
+    top = CAPTION_HEIGHT + LINE_HEIGHT * (len(lines) - 1) if lines else 0
+    sheet = Image.new("RGB", (width, height + top))
     x = 0
     for t in tiles:
         sheet.paste(t, (x, top + (height - t.height) // 2))
         x += t.width + 8
-    if caption:
-        ImageDraw.Draw(sheet).text((6, 4), caption, fill=(255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for n, line in enumerate(lines):
+        draw.text((CAPTION_MARGIN, 4 + n * LINE_HEIGHT), line, fill=(255, 255, 255))
     return sheet
 
 
