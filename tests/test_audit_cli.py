@@ -180,5 +180,7 @@ def test_anchor_on_another_volume(tmp_path: Path, monkeypatch, capsys: pytest.Ca
     assert run(["audit", "verify"], capsys)[0] == 0
     audit_dir = str(load_config().audit_dir)
     assert run(["audit", "verify", "--audit-dir", audit_dir, "--anchor-dir", str(anchor_dir)], capsys)[0] == 0
+    assert run(["audit", "verify", "--audit-dir", audit_dir], capsys)[0] == 0  # MEDSEG_AUDIT_ANCHOR_DIR still applies
+    monkeypatch.delenv("MEDSEG_AUDIT_ANCHOR_DIR")
     code, out, _ = run(["audit", "verify", "--audit-dir", audit_dir, "--json"], capsys)
     assert code == 1 and json.loads(out)["first_problem"]["kind"] == "anchor"
