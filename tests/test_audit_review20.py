@@ -232,3 +232,29 @@ def test_an_explicit_audit_dir_keeps_the_anchor_of_medseg_audit_anchor_dir(tmp_p
     assert not (store / "chain-anchor.log").exists()
     plain = _medseg("audit", "verify")
     assert plain.returncode == 0 and "intact: 4 records" in plain.stdout, plain.stdout + plain.stderr
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text.replace('"exit_code": 0', '"exit_code": NaN', 1),
+        lambda text: text.replace('"exit_code": 0', '"exit_code": 1e400', 1),
+        lambda text: text.replace('"records": [', '"records": [' + "[" * 200_000 + "]" * 200_000 + ",", 1),
+        lambda text: text[:3000],
+    ],
+    ids=["NaN", "1e400", "200000 deep", "truncated"],
+)
+def test_a_damaged_snapshot_is_not_valid_exit_1(tmp_path: Path, damage) -> None:
+    """Item 7: verify-export of a snapshot holding NaN or 1e400 was an internal error (exit 4), one nested 200,000
+    deep too, and a truncated one exit 3: each is an altered snapshot, 'NOT valid', exit 1."""
+    with audited("convert", {}):
+        pass
+    key = _signing_key(tmp_path / "keys")
+    snapshot = tmp_path / "s.json"
+    assert _medseg("audit", "export", str(snapshot), "--key", str(key)).returncode == 0
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(damage(snapshot.read_text()))
+    assert damaged.read_text() != snapshot.read_text()
+    done = _medseg("audit", "verify-export", str(damaged), "--public-key", f"{key}.pub")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith(f"{damaged}: NOT valid: ") and "internal error" not in done.stderr

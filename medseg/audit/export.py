@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from medseg.audit.canonical import GENESIS_HASH, canonical_bytes, chain_hash
 from medseg.audit.store import AuditStore, utc_now
 from medseg.audit.verify import verify_store
-from medseg.errors import AuditError, InvalidInputError
+from medseg.errors import AuditError, IntegrityError, InvalidInputError
 from medseg.keys import key_id, raw_public
 
 FORMAT = "medseg.audit.export/1"
@@ -78,24 +79,53 @@ class SnapshotCheck:
 
 
 def read_snapshot(path: Path) -> dict[str, Any]:
-    """Parse a snapshot file (InvalidInputError when it is not one)."""
+    """Parse a snapshot file: InvalidInputError (exit 3) when it cannot be read or is not a snapshot at all,
+    IntegrityError (exit 1) when its text is not sound JSON (truncated, NaN or an out-of-range number, nested
+    deeper than a parser follows): a damaged or altered snapshot, which the signature cannot vouch for."""
     try:
-        snapshot = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"not a readable audit snapshot: {exc}", path=path) from exc
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"not a readable audit snapshot: {exc.strerror}", path=path) from exc
+    try:
+        snapshot = json.loads(text.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise IntegrityError("not sound JSON (nested too deeply): damaged or altered", path=path) from exc
+    except ValueError as exc:
+        raise IntegrityError(f"not sound JSON ({exc}): damaged or altered", path=path) from exc
     if not isinstance(snapshot, dict) or snapshot.get("format") != FORMAT:
         raise InvalidInputError(f"not a {FORMAT} snapshot", path=path)
     return snapshot
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def verify_snapshot(snapshot: dict[str, Any], public_key: Ed25519PublicKey) -> SnapshotCheck:
-    """Check the signature against the trusted `public_key`, then every hash and link of the records inside."""
+    """Check the signature against the trusted `public_key`, then every hash and link of the records inside; a
+    value that has no canonical form (nested too deeply, a hash that is not hex) fails the check, never the tool."""
     check = SnapshotCheck()
+    try:
+        _verify_into(snapshot, public_key, check)
+    except (ValueError, TypeError, RecursionError) as exc:
+        check.chain_ok = False
+        check.problems.append(f"the snapshot holds a value with no canonical form ({type(exc).__name__})")
+    return check
+
+
+def _verify_into(snapshot: dict[str, Any], public_key: Ed25519PublicKey, check: SnapshotCheck) -> None:
     shapes = {"signature": dict, "records": list, "head": dict, "verification": dict}
     wrong = [k for k, kind in shapes.items() if not isinstance(snapshot.get(k), kind)]
     if wrong or not all(isinstance(r, dict) for r in snapshot["records"]):
         check.problems.append(f"the snapshot's structure was changed ({', '.join(wrong) or 'records'})")
-        return check
+        return
     signature = snapshot["signature"]
     payload = {k: v for k, v in snapshot.items() if k != "signature"}
     try:
@@ -108,7 +138,6 @@ def verify_snapshot(snapshot: dict[str, Any], public_key: Ed25519PublicKey) -> S
     check.chain_ok = _check_records(records, snapshot.get("head") or {}, check.problems)
     if not (snapshot.get("verification") or {}).get("ok", False):
         check.problems.append("the store did not verify when it was exported (see 'verification')")
-    return check
 
 
 def _check_records(records: list[dict[str, Any]], head: dict[str, Any], problems: list[str]) -> bool:

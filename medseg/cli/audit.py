@@ -210,10 +210,15 @@ def verify_export(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Check a snapshot's signature against a trusted public key and re-walk its hash chain; exit 0 only when valid."""
-    from medseg.audit.export import read_snapshot, verify_snapshot
+    from medseg.audit.export import SnapshotCheck, read_snapshot, verify_snapshot
+    from medseg.errors import IntegrityError
     from medseg.keys import load_public_key
 
-    check = verify_snapshot(read_snapshot(snapshot_path), load_public_key(public_key))
+    trusted = load_public_key(public_key)
+    try:
+        check = verify_snapshot(read_snapshot(snapshot_path), trusted)
+    except IntegrityError as exc:  # damaged or altered text: NOT valid, exit 1, like any other alteration
+        check = SnapshotCheck(problems=[exc.message])
     if as_json:
         console.result(json.dumps({**check.__dict__, "ok": check.ok}, indent=1))
     elif check.ok:
