@@ -235,7 +235,13 @@ def check_tree(
         if ds is None:
             _check_other_file(rel, data, result, ocr_off, (matchers, folded))
             continue
+        if _recording(ds):
+            result.files_unchecked.append((rel, "an audio recording: what it says is not checked"))
+            continue
         if not _has_image(ds):
+            continue
+        if _float_pixels(ds):
+            result.pixels_unchecked.append((rel, "Float or Double Float Pixel Data: not OCRed"))
             continue
         if _unused_bits_set(ds):
             where = "(7FE0,0010) bits outside BitsStored"
@@ -416,11 +422,26 @@ def _unused_bits_set(ds: object) -> bool:
     return unused_bits_hold_data(ds, big)  # type: ignore[arg-type]
 
 
+def _recording(ds: object) -> bool:
+    """A released voice or audio waveform object (review 20 #5: its recording was released and certified)."""
+    from medseg.deid.pixels import RECORDING_SOP_CLASSES
+
+    return str(getattr(ds, "SOPClassUID", "")) in RECORDING_SOP_CLASSES
+
+
+def _float_pixels(ds: object) -> bool:
+    """Float or Double Float Pixel Data in a released object (never OCRed: review 20 #4)."""
+    from medseg.deid.pixels import has_float_pixels
+
+    return has_float_pixels(ds)  # type: ignore[arg-type]
+
+
 def _has_image(ds: object) -> bool:
     """A released object with pixels meant to be looked at (not a SEG or RT Dose, whose pixels are computed)."""
     from medseg.deid.pixels import COMPUTED_SOP_CLASSES
 
-    return "PixelData" in ds and str(getattr(ds, "SOPClassUID", "")) not in COMPUTED_SOP_CLASSES  # type: ignore[operator]
+    pixels = "PixelData" in ds or _float_pixels(ds)  # type: ignore[operator]
+    return pixels and str(getattr(ds, "SOPClassUID", "")) not in COMPUTED_SOP_CLASSES
 
 
 def _sources_of_outputs(originals: list[Path], manifest: dict, secret: bytes | None) -> dict[str, Path]:

@@ -128,8 +128,30 @@ def _leftover_boxes(display: np.ndarray) -> list[TextBox]:
     return [b for b in boxes if (b.x1 - b.x0) * (b.y1 - b.y0) <= MAX_LEFTOVER_FRACTION * height * width]
 
 
+# Objects whose payload is a recording no header rule or text scan can clean (speech can say the patient's name)
+RECORDING_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.9.4.1",  # Basic Voice Audio Waveform
+    "1.2.840.10008.5.1.4.1.1.9.4.2",  # General Audio Waveform
+})  # fmt: skip
+RECORDING_REASON = "an audio recording (voice or general audio waveform): it cannot be de-identified; not released"
+FLOAT_PIXELS = (0x7FE00008, 0x7FE00009)  # Float Pixel Data, Double Float Pixel Data
+FLOAT_REASON = "Float or Double Float Pixel Data: the text scan reads integer pixels only; review this image by hand"
+
+
+def has_float_pixels(ds: Dataset) -> bool:
+    """Whether a dataset holds Float (7FE0,0008) or Double Float (7FE0,0009) Pixel Data: pixels like any other
+    (review 20 #4: they were released unscanned as 'no-pixels' and certified by the check)."""
+    return any(tag in ds for tag in FLOAT_PIXELS)
+
+
 def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
-    """Scan (and if needed clean, in place) the pixels of a header-de-identified dataset with its original file meta."""
+    """Scan (and if needed clean, in place) the pixels of a header-de-identified dataset with its original file meta;
+    float pixels (`has_float_pixels`) and audio recordings (`RECORDING_SOP_CLASSES`, review 20 #5) are quarantined,
+    since nothing here can read them."""
+    if str(value_of(ds, "SOPClassUID", "")) in RECORDING_SOP_CLASSES:
+        return PixelOutcome("quarantine", RECORDING_REASON)
+    if has_float_pixels(ds) and str(value_of(ds, "SOPClassUID", "")) not in COMPUTED_SOP_CLASSES:
+        return PixelOutcome("quarantine", FLOAT_REASON)
     if "PixelData" not in ds:
         return PixelOutcome("no-pixels")
     if str(value_of(ds, "SOPClassUID", "")) in COMPUTED_SOP_CLASSES:
