@@ -139,8 +139,8 @@ def test_foreign_sqlite_database_is_not_taken_over(shared: Path, tmp_path: Path)
     folder.mkdir()
     with sqlite3.connect(folder / "audit.db") as conn:
         conn.execute("CREATE TABLE patients (name TEXT)")
-    for create in (False, True):
-        with pytest.raises(AuditError, match="not a medseg audit database"):
+    for create, refused in ((False, IntegrityError), (True, AuditError)):  # a reader: exit 1; a command: exit 4
+        with pytest.raises(refused, match="not a medseg audit database"):
             AuditStore.open(load_config(folder), create=create)
     with sqlite3.connect(folder / "audit.db") as conn:
         assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["patients"]

@@ -258,3 +258,42 @@ def test_a_damaged_snapshot_is_not_valid_exit_1(tmp_path: Path, damage) -> None:
     done = _medseg("audit", "verify-export", str(damaged), "--public-key", f"{key}.pub")
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith(f"{damaged}: NOT valid: ") and "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize("how", ["emptied", "foreign"])
+def test_an_empty_or_foreign_store_without_anchor_is_exit_1_for_readers(tmp_path: Path, how: str) -> None:
+    """Item 8: with no anchor log, an emptied audit.db or another application's SQLite database was exit 4 with
+    'free disk space' advice for verify, show and export; docs/audit.md says exit 1, restore from a backup."""
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    db = folder / "audit.db"
+    if how == "emptied":
+        db.write_bytes(b"")
+    else:
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE patients (name TEXT)")
+    before = db.read_bytes()
+    env = dict(os.environ, MEDSEG_AUDIT_DIR=str(folder))
+    key = _signing_key(tmp_path / "keys")
+    for args in (["verify"], ["show"], ["export", str(tmp_path / "s.json"), "--key", str(key)]):
+        done = _medseg("audit", *args, env=env)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (args, done.stderr)
+        assert "Restore audit.db from a backup" in lines[0] and "disk space" not in lines[0]
+    assert db.read_bytes() == before and not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("variable", ["MEDSEG_AUDIT_DIR", "MEDSEG_AUDIT_ANCHOR_DIR"])
+def test_an_audit_folder_that_is_a_file_is_one_line_saying_so(shared: Path, tmp_path: Path, variable: str) -> None:
+    """Item 8: MEDSEG_AUDIT_DIR naming a file was 'cannot open the audit store: File exists ... free disk space'.
+    Now one line saying the folder is a file, exit 4 (the README's 'audit trail cannot be written')."""
+    blocker = tmp_path / "isfile"
+    blocker.write_text("x\n")
+    env = dict(os.environ, **{variable: str(blocker)})
+    for args in (["series", str(shared / PHANTOM)], ["audit", "verify"]):
+        done = _medseg(*args, env=env)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 4 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: {blocker}: the ") and "is a file, not a folder" in lines[0], lines
+        assert "disk space" not in lines[0]
+    assert blocker.read_text() == "x\n"

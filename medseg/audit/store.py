@@ -106,6 +106,7 @@ class AuditStore:
         saying that records were lost when the anchor log names any."""
         db = config.db_path
         failure = IntegrityError if not create else AuditError
+        _refuse_a_file_as_folder(config)
         if not db.exists() or db.stat().st_size == 0:
             _refuse_a_lost_store(config, failure)
         if not create and not db.exists():
@@ -138,7 +139,8 @@ class AuditStore:
                     conn.close()
                     raise
                 empty = not conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-                raise sqlite3.DatabaseError("empty, not yet initialised" if empty else "not a medseg audit database")
+                conn.close()
+                raise _not_a_store(config, empty)
         except sqlite3.Error as exc:
             conn.close()
             if is_damage(exc):
@@ -311,6 +313,26 @@ def _refuse_a_lost_store(config: AuditConfig, error: type[AuditError | Integrity
             path=config.db_path,
             hint="Restore audit.db from a backup; no command runs unaudited meanwhile.",
         )
+
+
+def _not_a_store(config: AuditConfig, empty: bool) -> IntegrityError:
+    """For a reader, an audit.db that is empty or another application's database (no anchor log names records):
+    the records it should hold are not there, an integrity failure (exit 1) whose remedy is a backup or the right
+    folder, not disk space."""
+    what = "empty (never initialised, or emptied)" if empty else "not a medseg audit database (it has other tables)"
+    return IntegrityError(f"the audit store is {what}", path=config.db_path,
+                          hint="Restore audit.db from a backup, or check MEDSEG_AUDIT_DIR.")  # fmt: skip
+
+
+def _refuse_a_file_as_folder(config: AuditConfig) -> None:
+    """MEDSEG_AUDIT_DIR (or --audit-dir, or the anchor folder) naming a file: say so in one line (AuditError, exit 4,
+    as for any audit folder that cannot be used), not 'File exists' with advice to free disk space."""
+    for name, folder in (("audit folder (MEDSEG_AUDIT_DIR)", config.audit_dir),
+                         ("anchor folder (MEDSEG_AUDIT_ANCHOR_DIR)", config.anchor_dir)):  # fmt: skip
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise AuditError(f"the {name} is a file, not a folder" + ("" if blocker == folder else f": {blocker}"),
+                             path=folder, hint="Point it at a folder.")  # fmt: skip
 
 
 def is_damage(exc: BaseException) -> bool:
