@@ -286,3 +286,39 @@ def test_caption_is_wrapped_and_names_each_flag_with_its_organ(shared):
     wrapped = caption_lines(caption, sheet.width - 12, measure)
     assert len(wrapped) > 1 and sheet.height > bare.height + CAPTION_HEIGHT
     assert sheet.width == bare.width
+
+
+def _slices(shared, case: str, stop: int, dest) -> None:
+    import nibabel as nib
+
+    image = nib.load(shared / f"ct/{case}/image.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, :stop], image.affine), dest)
+
+
+def test_scan_without_the_liver_is_refused_as_organ_not_found(shared, tmp_path, run_cli):
+    """Item 6: radcttace_1211's lower 110 slices (pelvis, no liver in view; NIfTI, no BodyPartExamined) gave a few
+    ml of "liver", served: now refused as organ_not_found (exit 5, no label map), segmented with --force; the same
+    scan up to 30 mm into the liver's lower tip (manual label 89 ml, the model finds 44 ml) is served."""
+    pelvis, tip = tmp_path / "pelvis.nii.gz", tmp_path / "tip.nii.gz"
+    _slices(shared, "radcttace_1211", 110, pelvis)
+    _slices(shared, "radcttace_1211", 150, tip)
+    code, _, err = run_cli("infer", pelvis, "--out", tmp_path / "out")
+    assert code == 5 and "organ_not_found" in err and "--force" in err
+    summary = _summary(tmp_path / "out" / "pelvis")
+    assert summary["status"] == "qc_rejected" and summary["qc"]["refused"] == ["organ_not_found"]
+    assert sorted(p.name for p in (tmp_path / "out" / "pelvis").iterdir()) == ["preview.png", "summary.json"]
+    code, _, _ = run_cli("infer", pelvis, "--out", tmp_path / "forced", "--force")
+    forced = _summary(tmp_path / "forced" / "pelvis")
+    assert code == 0 and forced["qc"]["forced"] == ["organ_not_found"] and forced["outputs"]["labels"]
+    code, _, err = run_cli("infer", tip, "--out", tmp_path / "out")
+    found = _summary(tmp_path / "out" / "tip")
+    assert code == 0, err
+    assert "organ_not_found" not in {f["code"] for f in found["qc"]["flags"]}, found["organs"][0]["volume_ml"]
+
+
+def test_secondary_organ_not_found_does_not_refuse(shared):
+    """Item 6: organ_not_found refuses for the main organ only (a second organ out of view is a finding)."""
+    volume = read_nifti(shared / "ct/totalseg_example_ct_sm/image.nii.gz")
+    empty = organ_stats(np.zeros(volume.shape, np.uint8), 1, volume)
+    assert [f.refuses for f in check_result("liver", empty, volume.shape, CARD)] == [True]
+    assert [f.refuses for f in check_result("spleen", empty, volume.shape, CARD, main=False)] == [False]

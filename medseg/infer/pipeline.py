@@ -411,7 +411,7 @@ def _run_checked(
             f
             for o in organs
             for f in check_result(o["name"], o, volume.shape, card, direction,
-                                  touches_padding(volume, pred.labels, o["label"], o["bbox_index"]))
+                                  touches_padding(volume, pred.labels, o["label"], o["bbox_index"]), o is organs[0])
         ]  # fmt: skip
         result_flags += [
             f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"], card)
@@ -419,6 +419,9 @@ def _run_checked(
     _announce(result_flags, on_flag)
     flags += result_flags
     run.summary["organs"] = organs
+    refusals = [f for f in result_flags if f.refuses]
+    if refusals and not settings.force:  # the scan does not show the organ: no label map or SEG served
+        return _finish_rejected(run, flags, pred, volume, _qc_error(refusals, case.source, refused=True))
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, pred, volume)
     return _finish(run, flags, pred, volume)

@@ -32,14 +32,16 @@ class QCFlag:
     stage: str
     reason: str
     organ: str | None = None  # the organ a result flag is about (None for input flags)
+    secondary: bool = False  # about an organ requested after the first (--organ liver,spleen): never refuses
 
     @property
     def refuses(self) -> bool:
-        """True for an input-refusal flag: the case stops unless --force."""
-        return self.code in refusal_codes()
+        """True for a refusal flag (the input is not what the model is for: an input flag, or `organ_not_found`
+        about the main organ requested): the case stops unless --force."""
+        return self.code in refusal_codes() and not self.secondary
 
     def to_json(self) -> dict[str, str | bool]:
-        record = {k: v for k, v in asdict(self).items() if v is not None}
+        record = {k: v for k, v in asdict(self).items() if v is not None and k != "secondary"}
         return record | {"refuses": self.refuses}
 
     @property
@@ -195,6 +197,16 @@ def volume_range(card: ModelCard, organ: str) -> tuple[float, float] | None:
     return tuple(default) if default else None
 
 
+def _not_found(organ: str, stats: dict[str, Any]) -> str | None:
+    """The reason the organ counts as not found (none, or less than `organ_not_found_below_ml`), else None."""
+    if stats["voxel_count"] == 0:
+        return f"no {organ} found"
+    below = float((rules().get("organ_not_found_below_ml") or {}).get(organ, 0.0))
+    if stats["volume_ml"] < below:
+        return f"only {stats['volume_ml']:.1f} ml of {organ} found (< {below:g} ml): the scan does not show the {organ}"
+    return None
+
+
 SIDES = {
     (0, 1): "left",
     (0, -1): "right",
@@ -218,11 +230,17 @@ def check_result(
     card: ModelCard,
     direction: np.ndarray | None = None,
     near_padding: bool = False,
+    main: bool = True,
 ) -> list[QCFlag]:
     """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge or by
-    the edge of the reconstructed field of view (`near_padding`, from `touches_padding`)."""
-    if stats["voxel_count"] == 0:
-        return [QCFlag("organ_not_found", "result", f"no {organ} found", organ)]
+    the edge of the reconstructed field of view (`near_padding`, from `touches_padding`).
+
+    `organ_not_found` (a refusal flag) when nothing or only a negligible volume (`organ_not_found_below_ml`) was
+    found: the scan does not show the organ (a pelvis-only CT reads as a few ml of spurious "liver"). It refuses
+    for the `main` organ (the first requested) only: a second organ out of view (a half field of view without the
+    spleen) is a finding, not a wrong input."""
+    if (found := _not_found(organ, stats)) is not None:
+        return [QCFlag("organ_not_found", "result", found, organ, secondary=not main)]
     flags = []
     span = volume_range(card, organ)
     ml = stats["volume_ml"]
