@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -297,3 +298,18 @@ def test_an_audit_folder_that_is_a_file_is_one_line_saying_so(shared: Path, tmp_
         assert lines[0].startswith(f"error: {blocker}: the ") and "is a file, not a folder" in lines[0], lines
         assert "disk space" not in lines[0]
     assert blocker.read_text() == "x\n"
+
+
+def test_show_path_of_a_file_finds_commands_that_read_its_folder(tmp_path: Path) -> None:
+    """Item 9: `audit show --path FILE` missed the commands that read the study folder holding FILE (series,
+    convert and infer take folders)."""
+    study = tmp_path / "DOE^JOHN" / "study"
+    study.mkdir(parents=True)
+    (study / "1.dcm").write_bytes(b"DICM")
+    with audited("series", {}) as rec:
+        rec.add_inputs([study])
+    with audited("convert", {}) as rec:
+        rec.add_inputs([tmp_path / "elsewhere"])
+    done = _medseg("audit", "show", "--json", "--path", str(study / "1.dcm"))
+    assert done.returncode == 0, done.stderr
+    assert [r["command"] for r in json.loads(done.stdout)] == ["series"]

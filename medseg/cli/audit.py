@@ -99,7 +99,9 @@ def show(
         None, "--outcome", help="success, failure, qc_rejected, interrupted, or started (start events)."
     ),
     path: Path | None = typer.Option(
-        None, "--path", help="Only events that read or wrote this file/folder (matched by path or by content)."
+        None,
+        "--path",
+        help="Only events that read or wrote this file/folder, or a folder holding it (matched by path or content).",
     ),
     all_events: bool = typer.Option(False, "--all-events", help="Also list start events (default: end events)."),
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most the newest N matching events."),
@@ -146,10 +148,15 @@ def show(
 
 
 def _path_keys(path: Path, key: bytes) -> tuple[str, ...]:
-    from medseg.audit.digest import describe_path
+    """What `show --path` matches: the path's reference and content digest, and the references of every folder
+    above it up to the root, since commands record the study folder they read, not each file in it."""
+    import os
+
+    from medseg.audit.digest import describe_path, path_ref
 
     described = describe_path(path, key)
-    return (described.ref,) if described.sha256 is None else (described.ref, described.sha256)
+    own = (described.ref,) if described.sha256 is None else (described.ref, described.sha256)
+    return own + tuple(path_ref(parent, key) for parent in Path(os.path.abspath(path)).parents)
 
 
 def _line(body: dict[str, Any]) -> str:
