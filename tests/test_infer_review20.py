@@ -322,3 +322,21 @@ def test_secondary_organ_not_found_does_not_refuse(shared):
     empty = organ_stats(np.zeros(volume.shape, np.uint8), 1, volume)
     assert [f.refuses for f in check_result("liver", empty, volume.shape, CARD)] == [True]
     assert [f.refuses for f in check_result("spleen", empty, volume.shape, CARD, main=False)] == [False]
+
+
+@pytest.mark.parametrize("text", ["Liver", " LIVER", "liver"])
+def test_summary_organ_is_the_normalised_name(tmp_path, text):
+    """Item 7: summary.json's `organ` is the parsed, normalised name whatever --organ's case and spaces, so post-market
+    monitoring counts one study once."""
+    from medseg.infer.pipeline import InferSettings
+
+    settings = InferSettings(text, tmp_path)
+    assert (settings.organ, settings.organs) == ("liver", ("liver",))
+    assert InferSettings(" Liver , SPLEEN", tmp_path).organ == "liver,spleen"
+
+
+def test_cli_summary_records_the_normalised_organ(shared, tmp_path, run_cli):
+    """Item 7, end to end: --organ ' LIVER' on a real CT writes organ "liver" in summary.json."""
+    code, _, _ = run_cli("infer", shared / "ct/totalseg_example_ct_sm/image.nii.gz", "--organ", " LIVER",
+                         "--out", tmp_path, "--no-preview")  # fmt: skip
+    assert code == 0 and _summary(tmp_path / "image")["organ"] == "liver"

@@ -89,13 +89,13 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Segment an organ in CT: QC, sliding-window inference, label map, DICOM SEG, summary and preview."""
-        from medseg.cli.audited import audited
+        from medseg.cli.audited import audited, series_param
         from medseg.errors import UsageError
 
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}", hint="Use --device cpu or --device cuda.")
         params = {"organ": organ, "device": device, "backend": backend, "precision": precision}
-        params |= {"fast": fast, "strict": strict, "force": force, "series": series}
+        params |= {"fast": fast, "strict": strict, "force": force, "series": series_param(series)}
         with audited("infer", params=params | {"overwrite": overwrite, "model": model}) as rec:
             options = InferOptions(fast, strict, overwrite, preview, force, precision, series)
             folders = _run(rec, input, organ, out, model, device, backend, options)
@@ -182,8 +182,9 @@ def _run(
     for note in notes:
         console.warn(note)  # what was not read (skipped series, files): a warning, shown under --quiet too
     runner = _lazy_runner(model, backend, device, options.precision)
-    settings = InferSettings(organ, out, fast=options.fast, strict=options.strict, overwrite=options.overwrite,
-                             preview=options.preview, force=options.force, organs=organs)  # fmt: skip
+    settings = InferSettings(",".join(organs), out, fast=options.fast, strict=options.strict,
+                             overwrite=options.overwrite, preview=options.preview, force=options.force,
+                             organs=organs)  # fmt: skip
     check_distinct_folders(cases, out)
     for case in cases:  # an existing output stops the run before any work, not after the cases before it
         check_outputs(case, model, settings)

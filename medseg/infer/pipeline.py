@@ -29,7 +29,7 @@ from medseg import __version__
 from medseg.digests import files_sha256
 from medseg.errors import MedsegError, QCRejectedError, UsageError
 from medseg.infer.cases import Case
-from medseg.infer.organs import renumber, select_organs
+from medseg.infer.organs import parse_organs, renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
 from medseg.infer.qc import (
     QCFlag,
@@ -79,8 +79,11 @@ class InferSettings:
     organs: tuple[str, ...] = ()  # --organ liver,spleen (checked by infer.organs.select_organs); () = (organ,)
 
     def __post_init__(self) -> None:
-        if not self.organs:
-            object.__setattr__(self, "organs", (self.organ,))
+        """Organ names normalised as `parse_organs` serves them ("Liver", " LIVER" -> "liver"): summary.json's
+        `organ` keys post-market monitoring, where one study run twice must count once."""
+        object.__setattr__(self, "organ", ",".join(parse_organs(self.organ)))
+        organs = tuple(o.strip().lower() for o in self.organs) or parse_organs(self.organ)
+        object.__setattr__(self, "organs", organs)
 
     @property
     def overlap(self) -> float:
