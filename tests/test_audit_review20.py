@@ -313,3 +313,18 @@ def test_show_path_of_a_file_finds_commands_that_read_its_folder(tmp_path: Path)
     done = _medseg("audit", "show", "--json", "--path", str(study / "1.dcm"))
     assert done.returncode == 0, done.stderr
     assert [r["command"] for r in json.loads(done.stdout)] == ["series"]
+
+
+@pytest.mark.parametrize("command", ["convert", "infer"])
+def test_a_free_text_series_value_is_stored_keyed(shared: Path, tmp_path: Path, command: str) -> None:
+    """Item 10: a free-text `--series` (a patient-named folder typed by mistake) was stored raw in the audit trail
+    and so in signed exports; only medseg's own `auto-<hex>` key is stored as it is."""
+    phi = "DOE^JOHN MRN12345"
+    out = [str(tmp_path / "ct.nii.gz")] if command == "convert" else ["--out", str(tmp_path / "out")]
+    for series in (phi, "auto-0123456789abcdef"):
+        done = _medseg(command, str(shared / PHANTOM), *out, "--series", series)
+        assert done.returncode == 2, done.stderr  # neither series is in the folder
+    recorded = [r["params"]["series"] for r in _records() if r["kind"] == "start"]
+    assert recorded[0].startswith("hmac-sha256:") and recorded[1] == "auto-0123456789abcdef", recorded
+    folder = load_config().audit_dir
+    assert not any(phi.encode() in p.read_bytes() for p in folder.iterdir())

@@ -34,6 +34,7 @@ EXIT_INTERRUPTED = 130
 _UID = re.compile(r"^[0-9]+(\.[0-9]+){2,}$")
 _UID_INSIDE = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")  # inside a longer value ('<uid>#2'): 4+ parts or 10+ characters
 _MAX_DETAIL = 200
+_SERIES_KEY = re.compile(r"^auto-[0-9a-f]{16}$")
 
 
 def os_user() -> str:
@@ -52,12 +53,27 @@ def _identifying(text: str) -> bool:
     )  # fmt: skip
 
 
+class KeyedText(str):
+    """A parameter value the audit trail keeps only as a keyed reference: free text that may carry PHI."""
+
+
+def series_param(value: str | None) -> str | None:
+    """A `--series` value for the audit params: medseg's own series key (`auto-<16 hex>`, from `medseg series`) as
+    it is; anything else (a SeriesInstanceUID, or free text such as a patient-named folder typed by mistake) as a
+    keyed reference, so no patient detail reaches the trail or the signed exports made from it."""
+    if value is None or _SERIES_KEY.match(value):
+        return value
+    return KeyedText(value)
+
+
 def params_to_json(params: Mapping[str, Any] | None, key: bytes) -> dict[str, JsonValue]:
-    """Normalise command parameters; paths, path-like strings and DICOM UIDs become keyed references."""
+    """Normalise command parameters; paths, path-like strings, DICOM UIDs and `KeyedText` become keyed references."""
 
     def convert(value: Any) -> Any:
         if isinstance(value, PurePath):
             return path_ref(Path(value), key)
+        if isinstance(value, KeyedText):
+            return keyed_ref(str(value), key)
         if isinstance(value, str) and _identifying(value):
             return keyed_ref(value, key)
         if isinstance(value, Mapping):

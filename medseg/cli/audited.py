@@ -13,9 +13,9 @@ from typing import Any
 
 from medseg import __version__
 from medseg.audit.config import load_config
-from medseg.audit.session import AuditRecorder, audit_session
+from medseg.audit.session import AuditRecorder, audit_session, series_param
 
-__all__ = ["AuditRecorder", "audited"]
+__all__ = ["AuditRecorder", "audited", "series_param"]
 
 
 @contextlib.contextmanager

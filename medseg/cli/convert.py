@@ -34,12 +34,12 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     ) -> None:
         """Convert a DICOM series (or the main series of a study) to NIfTI with exact geometry."""
-        from medseg.cli.audited import audited
+        from medseg.cli.audited import audited, series_param
         from medseg.io import read_image, write_nifti
         from medseg.io.nifti import check_nifti_output
 
         check_nifti_output(output, overwrite)
-        with audited("convert", params={"series": series, "overwrite": overwrite}) as rec:
+        with audited("convert", params={"series": series_param(series), "overwrite": overwrite}) as rec:
             rec.add_inputs([input])
             volume = read_image(input, series_key=series)
             for note in volume.meta.notes:
