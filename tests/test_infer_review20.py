@@ -340,3 +340,28 @@ def test_cli_summary_records_the_normalised_organ(shared, tmp_path, run_cli):
     code, _, _ = run_cli("infer", shared / "ct/totalseg_example_ct_sm/image.nii.gz", "--organ", " LIVER",
                          "--out", tmp_path, "--no-preview")  # fmt: skip
     assert code == 0 and _summary(tmp_path / "image")["organ"] == "liver"
+
+
+def test_following_the_refusal_hint_needs_no_overwrite(shared, tmp_path, run_cli):
+    """Item 8: "rerun with --force" after a refusal, and a rerun without --strict after a --strict rejection (which
+    kept its preview), replace the record of no result without --overwrite; a real result still needs it."""
+    import nibabel as nib
+
+    src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    image = nib.load(src)
+    windowed = tmp_path / "windowed.nii.gz"  # an 8-bit display image: refused as not_hu
+    display = np.clip((np.asarray(image.dataobj, dtype=np.float32) + 160) / 400 * 255, 0, 255).astype(np.uint8)
+    nib.save(nib.Nifti1Image(display, image.affine), windowed)
+    out = tmp_path / "out"
+    assert run_cli("infer", windowed, "--out", out)[0] == 5
+    code, _, err = run_cli("infer", windowed, "--out", out, "--force")
+    assert code == 0, err
+    assert _summary(out / "windowed")["qc"]["forced"] == ["not_hu"]
+
+    src = shared / "ct/radcttace_0697/image.nii.gz"  # flagged low_confidence (a result flag): the preview is kept
+    code, _, err = run_cli("infer", src, "--out", out, "--strict")
+    assert code == 5 and {p.name for p in (out / "image").iterdir()} == {"summary.json", "preview.png"}, err
+    code, _, err = run_cli("infer", src, "--out", out)
+    assert code == 0 and _summary(out / "image")["status"] == "flagged", err
+    code, _, err = run_cli("infer", src, "--out", out)
+    assert code == 2 and "--overwrite" in err

@@ -296,14 +296,17 @@ def check_distinct_folders(cases: list[Case], out_dir: Path) -> None:
 
 
 def _only_a_failure(final: Path) -> bool:
-    """Whether the case folder holds nothing of medseg's but the summary.json of a failed run."""
+    """Whether the case folder holds no result, only the record of a run that gave none: the summary.json of a
+    failed run, or of a refusal or --strict rejection (`qc_rejected`, with the preview it may keep). A rerun (the
+    refusal's own hint: "rerun with --force") replaces it without --overwrite."""
     try:
         status = json.loads((final / "summary.json").read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         return False
-    ours = {"labels.nii.gz", "seg.dcm", "preview.png"}
-    return status == CaseStatus.FAILED and not any(
-        p.name in ours or p.name.endswith(".nii.gz") for p in final.iterdir() if p.name != "summary.json"
+    kept = {"summary.json"} | ({"preview.png"} if status == CaseStatus.QC_REJECTED else set())
+    results = {"labels.nii.gz", "seg.dcm", "preview.png"}
+    return status in (CaseStatus.FAILED, CaseStatus.QC_REJECTED) and not any(
+        p.name in results or p.name.endswith(".nii.gz") for p in final.iterdir() if p.name not in kept
     )
 
 
