@@ -328,3 +328,55 @@ def test_a_free_text_series_value_is_stored_keyed(shared: Path, tmp_path: Path, 
     assert recorded[0].startswith("hmac-sha256:") and recorded[1] == "auto-0123456789abcdef", recorded
     folder = load_config().audit_dir
     assert not any(phi.encode() in p.read_bytes() for p in folder.iterdir())
+
+
+def test_an_operator_with_control_characters_is_refused_before_anything_runs(shared: Path) -> None:
+    """Item 11: a newline in MEDSEG_OPERATOR was stored and printed raw, forging a whole line in `audit show`."""
+    forged = "alice\n     3  2026-12-01T03:00:00.000000Z  infer      success        bob"
+    for operator in (forged, "alice\x1b[2K"):
+        done = _medseg("series", str(shared / PHANTOM), env=dict(os.environ, MEDSEG_OPERATOR=operator))
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and "MEDSEG_OPERATOR holds a control character" in lines[0]
+    assert not load_config().db_path.exists()
+
+
+def test_audit_show_escapes_control_characters_in_every_field(tmp_path: Path) -> None:
+    """Item 11: `audit show` printed stored fields raw; a record written before the operator check (or by library
+    code with an odd command name) must still print as one line per event."""
+    from medseg.audit.config import AuditConfig
+    from medseg.audit.session import audit_session
+
+    config = load_config()
+    odd = AuditConfig(config.audit_dir, config.anchor_dir, "alice\n    99  forged line")
+    with audit_session("conv\x1b[31mert", {}, software={"medseg": "test"}, config=odd):
+        pass
+    done = _medseg("audit", "show")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert "alice\\n    99  forged line" in line and "conv\\x1b[31mert" in line
+
+
+@pytest.mark.parametrize("bound", ["--since 0001-01-01T00:00+01:00", "--since 999999999w",
+                                   "--until 9999-12-31T23:59-01:00"])  # fmt: skip
+def test_an_out_of_range_time_is_a_usage_error(bound: str) -> None:
+    """Item 12: these were OverflowError, 'internal error ... report it', exit 4."""
+    with audited("convert", {}):
+        pass
+    done = _medseg("audit", "show", *bound.split())
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "out of the range of dates" in lines[0], done.stderr
+
+
+def test_bytes_that_are_not_utf8_are_escaped_or_refused_before_the_start_event(shared: Path, tmp_path: Path) -> None:
+    """Item 12: `--series $'\\xff'` or a MEDSEG_OPERATOR with such a byte was UnicodeEncodeError, exit 4."""
+    done = _medseg("convert", str(shared / PHANTOM), str(tmp_path / "ct.nii.gz"), "--series", "\udcff")
+    assert done.returncode == 2 and "internal error" not in done.stderr, done.stderr
+    refused = _medseg("series", str(shared / PHANTOM), env=dict(os.environ, MEDSEG_OPERATOR="op\udcff"))
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "not UTF-8" in lines[0], refused.stderr
+    with audited("infer", {"organ": "li\udcffver"}):
+        pass
+    params = [r["params"] for r in _records() if r["kind"] == "start"]
+    assert params[0]["series"].startswith("hmac-sha256:") and params[1]["organ"] == "li\\udcffver", params
+    with AuditStore.open(load_config(), create=False) as store:
+        assert verify_store(store).ok

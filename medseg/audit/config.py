@@ -9,8 +9,11 @@ MEDSEG_OPERATOR         the operator identity recorded beside the OS user (e.g. 
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from medseg.errors import UsageError
 
 DB_NAME = "audit.db"
 ANCHOR_NAME = "chain-anchor.log"
@@ -51,4 +54,17 @@ def load_config(audit_dir: Path | None = None, anchor_dir: Path | None = None) -
     folder = Path(audit_dir or os.environ.get("MEDSEG_AUDIT_DIR") or default_audit_dir()).expanduser()
     anchor = Path(anchor_dir or os.environ.get("MEDSEG_AUDIT_ANCHOR_DIR") or folder).expanduser()
     operator = (os.environ.get("MEDSEG_OPERATOR") or "").strip() or None
+    if operator is not None:
+        _require_plain_text(operator)
     return AuditConfig(folder, anchor, operator)
+
+
+def _require_plain_text(operator: str) -> None:
+    """Refuse an operator identity with control or format characters, or bytes that are not UTF-8 (UsageError,
+    exit 2, before anything is recorded): a newline in it forged whole lines in `audit show`, and a lone surrogate
+    (an undecodable byte) could not be stored at all."""
+    bad = next((c for c in operator if unicodedata.category(c).startswith("C")), None)
+    if bad is not None:
+        what = "a byte that is not UTF-8" if unicodedata.category(bad) == "Cs" else "a control character"
+        raise UsageError(f"MEDSEG_OPERATOR holds {what} ({bad!a})",
+                         hint="Set it to a plain staff ID (letters, digits, spaces, punctuation).")  # fmt: skip

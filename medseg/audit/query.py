@@ -17,16 +17,19 @@ def parse_time(text: str, now: datetime | None = None) -> str:
     """ISO 8601 date/time (UTC when no zone is given) or a relative age like '30m', '24h', '7d' -> stored form."""
     text = text.strip()
     match = _RELATIVE.match(text)
-    if match:
-        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    else:
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ValueError(f"not an ISO 8601 time or age like 24h/7d: {text!r}") from exc
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        if match:
+            moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        else:
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError(f"not an ISO 8601 time or age like 24h/7d: {text!r}") from exc
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    except OverflowError as exc:  # an age beyond year 1, or a time that in UTC falls before year 1 or after 9999
+        raise ValueError(f"out of the range of dates (years 1 to 9999 UTC): {text!r}") from exc
 
 
 @dataclass(frozen=True)

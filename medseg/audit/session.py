@@ -66,6 +66,12 @@ def series_param(value: str | None) -> str | None:
     return KeyedText(value)
 
 
+def _escape_undecodable(text: str) -> str:
+    """A parameter typed with bytes that are not UTF-8 (Python keeps them as lone surrogates, which UTF-8 cannot
+    store: the start event failed as an internal error) with each such character written as its `\\uXXXX` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def params_to_json(params: Mapping[str, Any] | None, key: bytes) -> dict[str, JsonValue]:
     """Normalise command parameters; paths, path-like strings, DICOM UIDs and `KeyedText` become keyed references."""
 
@@ -76,6 +82,8 @@ def params_to_json(params: Mapping[str, Any] | None, key: bytes) -> dict[str, Js
             return keyed_ref(str(value), key)
         if isinstance(value, str) and _identifying(value):
             return keyed_ref(value, key)
+        if isinstance(value, str):
+            return _escape_undecodable(value)
         if isinstance(value, Mapping):
             return {str(k): convert(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

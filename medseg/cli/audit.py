@@ -169,10 +169,16 @@ def _line(body: dict[str, Any]) -> str:
     duration = f"{body['duration_ms'] / 1000:.1f}s" if isinstance(body.get("duration_ms"), int) else "-"
     detail = f" {body['outcome_detail']}" if body.get("outcome_detail") else ""
     model = f" model={body['model']['name']}@{body['model']['version']}" if body.get("model") else ""
-    return (
+    return _printable(
         f"{body.get('seq'):>6}  {body.get('ts')}  {body.get('command'):<10} {outcome:<14} {who:<20} "
         f"{duration:>8}  in={len(body.get('inputs') or [])} out={len(body.get('outputs') or [])}{model}{detail}"
     )
+
+
+def _printable(text: str) -> str:
+    """`text` with every character that is not printable (newlines, escape sequences, lone surrogates) written as
+    its backslash escape: a stored value can never forge a line, or colour, in an auditor's view."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @audit_app.command("export", epilog=EXAMPLES)
