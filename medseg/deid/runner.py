@@ -169,6 +169,28 @@ def _unique(rel: Path, ref: str, taken: dict[str, str]) -> Path:
     return candidate
 
 
+NameWords = dict[str, frozenset[str]]  # "study\0<uid>" or "patient\0<id>" -> words of that patient's names
+
+
+@dataclass(frozen=True)
+class InputHeaders:
+    """What every worker needs to know of the whole input before the run: each study's patient issuer
+    (`engine.study_issuers`) and the words of the patient's name per study and per patient ID, so a file of the
+    study without PatientName (a SEG a tool wrote) is cleaned of that name too (review 20 #6)."""
+
+    issuers: engine.Issuers = field(default_factory=dict)
+    names: NameWords = field(default_factory=dict)
+
+    def name_words(self, ds: object) -> frozenset[str]:
+        """The name words of `ds`'s study and patient ID gathered over the whole input."""
+        keys = [f"study\0{_text(ds, 'StudyInstanceUID')}", f"patient\0{_text(ds, 'PatientID')}"]
+        return frozenset().union(*(self.names.get(k, frozenset()) for k in keys))
+
+
+def _text(ds: object, keyword: str) -> str:
+    return str(getattr(ds, "get", lambda *_: "")(keyword, "") or "").strip("\0 ")
+
+
 @dataclass(frozen=True)
 class _Job:
     """One input for a worker: its path, keyed reference and the record a previous run left for it."""
@@ -194,7 +216,7 @@ class _Worker:
     out: Path
     secret: bytes
     settings: DeidSettings
-    issuers: engine.Issuers = field(default_factory=dict)
+    headers: InputHeaders = field(default_factory=InputHeaders)
 
     def __call__(self, job: _Job) -> _Done:
         data = job.path.read_bytes()
@@ -204,7 +226,7 @@ class _Worker:
             old.resumed = True
             return _Done(old)
         mapper = KeyedMapper(self.secret)
-        rec, encoded, name = _one_file_safe(job.path, data, job.ref, digest, mapper, self.settings, self.issuers)
+        rec, encoded, name = _one_file_safe(job.path, data, job.ref, digest, mapper, self.settings, self.headers)
         if encoded is None:
             return _Done(rec)
         pending = self.out / PENDING / f".tmp-{job.ref[12:44]}.dcm"
@@ -264,6 +286,7 @@ def deidentify_tree(
     key_id = secret_id(secret)
     marker = f"{key_id} {','.join(sorted(settings.options)) or 'basic'} pixels={settings.scan_pixels}"
     _check_paths(src, out, marker)
+    walk = discover(src)
     mapper = KeyedMapper(secret)
     identity = _input_identity(src, mapper)
     _check_input_identity(out, identity, (out / STATE_DIR / "key-id").is_file())
@@ -273,7 +296,6 @@ def deidentify_tree(
     _clear_pending(out)
     state = {ref: rec for ref, rec in _load_state(out).items() if rec.status != "withdrawn"}
     taken = {r.output: r.input_ref for r in state.values() if r.output}
-    walk = discover(src)
 
     def ref_of(path: Path) -> str:
         rel = path.relative_to(src).as_posix() if src.is_dir() else path.name
@@ -292,7 +314,7 @@ def deidentify_tree(
             records.append(_withdraw(out, gone, "input no longer in INPUT: its output removed", set()))
             journal.write(_record_json(records[-1]) + "\n")
             taken.pop(gone.output or "", None)
-        worker = _Worker(out, secret, settings, _issuers(walk.files))
+        worker = _Worker(out, secret, settings, _input_headers(walk.files))
         for done in _results(worker, jobs, settings.workers):
             rec = done.record
             if done.pending is not None and done.name is not None:
@@ -325,20 +347,25 @@ def deidentify_tree(
     return RunResult(records, manifest)
 
 
-def _issuers(files: list[Path]) -> engine.Issuers:
-    """`engine.study_issuers` over every input's header (study, patient ID and issuer only; unreadable files
-    contribute nothing): read once before the run so every worker keys a study's patient the same way."""
+def _input_headers(files: list[Path]) -> InputHeaders:
+    """`InputHeaders` over every input's header (study, patient ID, issuer and name only; unreadable files
+    contribute nothing): read once before the run so every worker keys and cleans a study's patient the same way."""
     import pydicom
 
-    headers = []
+    headers, names = [], {}
     for path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                 specific_tags=["StudyInstanceUID", "PatientID", "IssuerOfPatientID"])  # fmt: skip
-            headers.append(tuple(str(ds.get(k, "") or "").strip("\0 ") for k in _ISSUER_KEYS))
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, force=True, specific_tags=[*_ISSUER_KEYS, "PatientName"]
+            )
+            headers.append(tuple(_text(ds, k) for k in _ISSUER_KEYS))
+            words = engine.name_words(str(ds.get("PatientName", "") or ""))
         except Exception:  # not DICOM, truncated: the run itself reports it
             continue
-    return engine.study_issuers(headers)  # type: ignore[arg-type]
+        for key in (f"study\0{headers[-1][0]}", f"patient\0{headers[-1][1]}"):
+            if words and not key.endswith("\0"):
+                names[key] = names.get(key, frozenset()) | words
+    return InputHeaders(engine.study_issuers(headers), names)  # type: ignore[arg-type]
 
 
 _ISSUER_KEYS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
@@ -356,20 +383,20 @@ Encoded = tuple[FileRecord, bytes | None, Path | None]
 
 def _one_file_safe(
     path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings,
-    issuers: engine.Issuers | None = None,
+    headers: InputHeaders | None = None,
 ) -> Encoded:  # fmt: skip
     """`_one_file`, with an unexpected fault recorded as status 'failed' (the run then exits 4) instead of lost; a
     fault on the raw copier's path is retried on the full path first."""
     try:
         with rawcopy.unchecked_reads() if settings.copy_raw else nullcontext():
-            return _one_file(path, data, ref, digest, mapper, settings, issuers)
+            return _one_file(path, data, ref, digest, mapper, settings, headers)
     except (OSError, MedsegError):
         raise
     except Exception as exc:  # a fault on one odd file must not stop the others; it is reported and fails the run
         fault = exc
     if settings.copy_raw:
         try:
-            return _one_file(path, data, ref, digest, mapper, replace(settings, copy_raw=False), issuers)
+            return _one_file(path, data, ref, digest, mapper, replace(settings, copy_raw=False), headers)
         except (OSError, MedsegError):
             raise
         except Exception as exc:
@@ -381,7 +408,7 @@ def _one_file_safe(
 
 def _one_file(
     path: Path, data: bytes, ref: str, digest: str, mapper: KeyedMapper, settings: DeidSettings,
-    issuers: engine.Issuers | None = None,
+    headers: InputHeaders | None = None,
 ) -> Encoded:  # fmt: skip
     """Read, de-identify, scan pixels and encode one file; problems become the record's status and reason."""
     raw = rawcopy.parse(path, data) if settings.copy_raw else None
@@ -390,9 +417,10 @@ def _one_file(
     except ReadProblem as problem:
         return FileRecord(ref, digest, problem.status, reason=problem.reason), None, None
     cleans_text = bool(settings.options & {"clean-descriptors", "clean-structured-content", "clean-graphics"})
-    words = engine.identifying_words(ds, all_names=cleans_text)
+    headers = headers or InputHeaders()
+    words = engine.identifying_words(ds, all_names=cleans_text) | headers.name_words(ds)
     sequences = rawcopy.sequence if raw is not None else None
-    key = engine.patient_key(ds, issuers)
+    key = engine.patient_key(ds, headers.issuers)
     ctx = engine.FileContext(
         mapper,
         settings.options,
