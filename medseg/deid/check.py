@@ -21,6 +21,7 @@ from medseg.deid.leakcheck import (
     Finding,
     Matcher,
     Matchers,
+    Retention,
     collect,
     normalise,
     pixel_span,
@@ -228,6 +229,8 @@ def check_tree(
             if SHIFT_OPTION in declared:
                 source = read_any(sources[rel]) if rel in sources else None
                 retained = with_shifted_dates(retained, shifted_dates(source, ds) if source is not None else {})
+            if retained is not None and "retain-uids" in declared:
+                retained = _meta_uid_as_sop_uid(retained, ds)
             found += scan_dataset(ds, matchers, rel, retained, kept)
         found += scan_raw(data, matchers, rel, kept, pixel_span(ds, data))
         result.findings.extend(f for f in found if f.kept_by is None)
@@ -256,6 +259,23 @@ def check_tree(
             continue
         result.ocr_files += 1
     return result
+
+
+SOP_INSTANCE_UID, MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00080018, 0x00020003
+
+
+def _meta_uid_as_sop_uid(retained: Retention, ds: pydicom.Dataset) -> Retention:
+    """Under Retain UIDs, MediaStorageSOPInstanceUID equal to the file's own kept SOPInstanceUID is judged as that
+    SOPInstanceUID: the run writes the file meta from the kept instance UID, so it need not be the original's meta
+    value, and a study date inside it was a finding there while excused in (0008,0018) (review 20 #7)."""
+    sop = str(ds.get("SOPInstanceUID", "") or "").strip("\0 ")
+
+    def judged(tag: int, hits: list[str], whole: set[str]) -> str | None:
+        if tag == MEDIA_STORAGE_SOP_INSTANCE_UID and sop and sop in whole:
+            return retained(SOP_INSTANCE_UID, hits, whole)
+        return retained(tag, hits, whole)
+
+    return judged
 
 
 def _head(path: Path) -> pydicom.Dataset | None:
