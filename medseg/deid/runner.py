@@ -95,6 +95,7 @@ def _check_paths(src: Path, out: Path, key_id: str) -> None:
     s, o = src.resolve(), out.resolve()
     if o == s or s in o.parents or o in s.parents:
         raise UsageError("input and output overlap", path=out, hint="Write the output to a separate folder.")
+    _check_output_place(out)
     if out.is_dir() and any(out.iterdir()):
         marker = out / STATE_DIR / "key-id"
         if not marker.is_file():
@@ -127,6 +128,18 @@ def _withdraw(out: Path, rec: FileRecord, reason: str, current: set[str]) -> Fil
     if rec.output is not None and rec.output not in current:
         (out / rec.output).unlink(missing_ok=True)
     return FileRecord(rec.input_ref, rec.input_digest, "withdrawn", reason=reason)
+
+
+def _check_output_place(out: Path) -> None:
+    """OUTPUT must be a folder or a new name whose parents are folders: an existing file, a path under a file or a
+    dangling link is a usage error (exit 2, one line), not an internal error (review 20 #10)."""
+    if out.is_symlink() and not out.exists():
+        raise UsageError("output is a link to nothing", path=out, hint="Remove the link or choose a new folder.")
+    if out.exists() and not out.is_dir():
+        raise UsageError("output exists and is not a folder", path=out, hint="Choose a new or empty folder.")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UsageError("output lies under a file", path=blocking, hint="Choose a folder path for OUTPUT.")
 
 
 def _load_state(out: Path) -> dict[str, FileRecord]:
@@ -287,6 +300,8 @@ def deidentify_tree(
     marker = f"{key_id} {','.join(sorted(settings.options)) or 'basic'} pixels={settings.scan_pixels}"
     _check_paths(src, out, marker)
     walk = discover(src)
+    if settings.strict and not walk.files and not walk.skipped:
+        raise InvalidInputError("no file in INPUT", path=src, hint="Pass the folder holding the DICOM files.")
     mapper = KeyedMapper(secret)
     identity = _input_identity(src, mapper)
     _check_input_identity(out, identity, (out / STATE_DIR / "key-id").is_file())
