@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from medseg.audit.canonical import canonical_bytes
 from medseg.audit.digest import file_sha256
 from medseg.errors import IntegrityError, InvalidInputError, ProcessingError, UsageError
-from medseg.io.atomic import TEMPORARY_PREFIX, atomic_write_text, is_unfinished_write
+from medseg.io.atomic import TEMPORARY_PREFIX, _umask, atomic_write_text, is_unfinished_write
 from medseg.keys import key_id
 from medseg.signals import deferred_interrupt
 from medseg.validation.report import REPORT, SIGNATURE, artifacts, files_in, read_report
@@ -181,9 +181,14 @@ def sign_folder(
 
 def staged_file(folder: Path, name: str) -> Path:
     """A new hidden temporary file in the folder (medseg.io.atomic's `.tmp-` prefix) for the next version of
-    `name`: it lies beside the previews a rendering links to, and renames onto `name` on the same filesystem."""
+    `name`: it lies beside the previews a rendering links to, and renames onto `name` on the same filesystem. It gets
+    the mode an ordinary write would (0666 less the umask, as medseg.io.atomic), not mkstemp's 0600: a signed file
+    another account cannot read would make its `report verify` fail."""
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{name}-", suffix=Path(name).suffix, dir=folder)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return folder / Path(tmp).name  # in the folder's own form: a relative folder gives a relative path
 
 
@@ -272,11 +277,41 @@ def _entries_not_files(folder: Path) -> list[str]:
     return found
 
 
+def _unreadable(path: Path) -> ProcessingError:
+    """The error for a file or folder of the record this account may not read: not evidence of tampering."""
+    return ProcessingError(
+        f"cannot read {path}: permission denied",
+        hint="Run report verify as an account that can read every file of the record, or ask its owner to grant "
+        "read access; nothing was checked",
+    )
+
+
+def _require_readable(folder: Path) -> None:
+    """ProcessingError (exit 4) naming the first file or folder of the record this account cannot read, so that a
+    permission problem is never reported as a damaged or edited record. Links and non-files are not opened."""
+
+    def refuse(exc: OSError) -> None:
+        if isinstance(exc, PermissionError):
+            raise _unreadable(Path(exc.filename or folder)) from exc
+
+    for root, _dirs, files in os.walk(folder, onerror=refuse):
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            try:
+                path.open("rb").close()
+            except PermissionError as exc:
+                raise _unreadable(path) from exc
+
+
 def verify_folder(folder: Path, public: Ed25519PublicKey) -> Verification:
     """Check the signature (the envelope byte for byte as `sign_folder` writes it, one signature, by this key),
     then every file against the signed digests and report.json's artifact list. A missing signature is a problem
-    (exit 1), a missing folder InvalidInputError."""
+    (exit 1), a missing folder InvalidInputError, a file this account may not read ProcessingError (exit 4)."""
     result = Verification()
+    if folder.is_dir():
+        _require_readable(folder)
     env = _envelope(folder)
     if not (folder / SIGNATURE).exists():
         result.problems.append(f"{SIGNATURE}: missing (the report was never signed, or its signature was removed)")

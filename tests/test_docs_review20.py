@@ -1,0 +1,96 @@
+"""Defects a review of the README and docs against the product found (review 20, docs): file modes of a signed
+record and a permission error in `report verify`, summary.json for an internal failure, `medseg batch` redoing a
+study for another organ set or model, pure JSON logs from `validate`, modes of batch SEGs, validate's data hint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medseg.keys import keypair_paths, load_private_key, write_keypair
+from medseg.validation.report import SIGNATURE
+from medseg.validation.signing import sign_folder, signature_info, staged_file
+
+REPO = Path(__file__).resolve().parents[1]
+OTHER_UID = 65534
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The process umask 022 (the usual site default) for one test, then the one before."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder another account can enter (pytest's tmp_path lies under a 0700 folder)."""
+    path = Path(tempfile.mkdtemp(prefix="medseg-review20-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _signed_record(folder: Path, shared: Path, keys: Path) -> Path:
+    """A small record (report.json, one real artifact) signed as `report sign` does: with a staged report.html
+    renamed into place together with the envelope. Returns the public key."""
+    (folder / "cases" / "c1").mkdir(parents=True)
+    shutil.copyfile(shared / "ct/radcttace_0697/liver.nii.gz", folder / "cases/c1/liver.nii.gz")
+    report = '{"acceptance": {"verdict": "fail"}, "model": {"name": "liver", "version": "1.0.0", '
+    report += '"weights_sha256": "' + "ab" * 32 + '"}, "set": {"set_digest": "' + "cd" * 32 + '"}}\n'
+    (folder / "report.json").write_text(report)
+    private_path, public_path = keypair_paths(keys, "qa")
+    write_keypair(private_path, public_path)
+    private = load_private_key(private_path)
+    html = staged_file(folder, "report.html")
+    html.write_text("<html>signed</html>\n")
+    sign_folder(folder, private, signature_info("A. Reviewer", "reviewed", private.public_key()), {"report.html": html})
+    return public_path
+
+
+def test_signed_files_get_the_umask_mode_like_the_rest_of_the_record(shared, tmp_path, umask_022) -> None:
+    """Review 20 docs #1: report.html and signature.dsse.json were 0600 (mkstemp) beside a 0644 report.json."""
+    _signed_record(tmp_path / "v", shared, tmp_path / "k")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "v").iterdir() if p.is_file()}
+    assert modes == {"report.json": 0o644, "report.html": 0o644, SIGNATURE: 0o644}
+
+
+def _verify_as_other_account(folder: Path, public: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """`medseg report verify` run by another uid (setpriv), with its own audit folder."""
+    home.mkdir()
+    home.chmod(0o777)
+    env = os.environ | {"HOME": str(home), "MEDSEG_AUDIT_DIR": str(home / "audit")}
+    cmd = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+           sys.executable, "-m", "medseg", "report", "verify", str(folder), "--public-key", str(public)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.parametrize("private", [SIGNATURE, "cases/c1/liver.nii.gz"])
+def test_a_file_another_account_cannot_read_is_a_permission_error_not_tampering(
+    shared, open_tmp, umask_022, private
+) -> None:
+    """Review 20 docs #1: the other account was told 'report NOT intact ... (damaged or edited)', exit 1. Now: it
+    reads the whole record (exit 0), and a file it may not read is one line naming it, exit 4."""
+    folder = open_tmp / "v"
+    public = _signed_record(folder, shared, open_tmp / "k")
+    (open_tmp / "k").chmod(0o755)
+    assert _verify_as_other_account(folder, public, open_tmp / "h1").returncode == 0
+    (folder / private).chmod(0o600)
+    done = _verify_as_other_account(folder, public, open_tmp / "h2")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "NOT intact" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot read {folder / private}: permission denied" in lines[0], done.stderr
