@@ -12,14 +12,39 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+THREADS_VARIABLE = "MEDSEG_THREADS"
+
+
+class ThreadSettingError(ValueError):
+    """`MEDSEG_THREADS` is not a whole number of at least 1; its message is one line naming the value and what to
+    set. (This module imports nothing of medseg: commands turn it into their usage error, exit 2.)"""
+
+
+def thread_cap() -> int | None:
+    """The thread count `MEDSEG_THREADS` asks for, None where it is unset or empty. ThreadSettingError for
+    anything but a whole number of at least 1: a typo must stop the command before any work, not fail a case
+    after the model ran. Commands call it up front; `helper_threads` calls it too."""
+    text = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ThreadSettingError(
+            f"{THREADS_VARIABLE}={text!r} is not a number of threads (a whole number, 1 or "
+            f"more). Set {THREADS_VARIABLE}=1 for one thread, or unset it to use the cores"
+        )
+    return cap
 
 
 def helper_threads() -> int:
     """Helper threads beside the caller: one where two or more cores are usable, none on one core or with
     `MEDSEG_THREADS=1`. Never more than one: each thread holds one more array, and peak memory is a goal too."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cap = int(os.environ.get("MEDSEG_THREADS", "0") or 0)
-    return max(0, min(cores if cap <= 0 else min(cap, cores), 2) - 1)
+    cap = thread_cap()
+    return max(0, min(cores if cap is None else min(cap, cores), 2) - 1)
 
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:

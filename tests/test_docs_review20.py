@@ -4,6 +4,7 @@ study for another organ set or model, pure JSON logs from `validate`, modes of b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,67 @@ def test_a_file_another_account_cannot_read_is_a_permission_error_not_tampering(
     assert "NOT intact" not in done.stdout
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot read {folder / private}: permission denied" in lines[0], done.stderr
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from infer_fixtures import make_model_folder
+
+    return make_model_folder(tmp_path_factory.mktemp("model"), seed=1, roi=(64, 64, 64), foreground_bias=1000.0)
+
+
+def _slices(shared: Path, dst: Path, count: int = 30) -> Path:
+    """Real CHAOS slices in a folder named `dicom`."""
+    folder = dst / "dicom"
+    folder.mkdir(parents=True)
+    for f in sorted((shared / "ct/chaos_ct_sample/dicom").glob("*.dcm"))[30 : 30 + count]:
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_an_internal_failure_of_a_case_writes_a_failed_summary(shared, tmp_path, small_model, capsys, monkeypatch,
+                                                               debug) -> None:  # fmt: skip
+    """Review 20 docs #2: a MemoryError (`ulimit -v`) left an empty --out, so monitoring never counted the case.
+    Now summary.json records it (status failed, exit 4, one line); the CLI still reports the internal error (exit 4,
+    one line; --debug adds the traceback)."""
+    from cli_run import run_in_process
+
+    import medseg.infer.pipeline as pipeline
+
+    def out_of_memory(*_: object, **__: object) -> None:
+        raise MemoryError("Unable to allocate 1.2 GiB for an array")
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(pipeline, "predict_labels", out_of_memory)
+    src = _slices(shared, tmp_path / "in")
+    argv = ["infer", str(src), "--model", str(small_model), "--out", str(tmp_path / "o")]
+    code, _, err = run_in_process(["--debug", *argv] if debug else argv, capsys)
+    assert code == 4, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "internal error: MemoryError: Unable to allocate 1.2 GiB" in last, err
+    assert ("Traceback" in err) is debug
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["dicom", "summary.json"]
+    summary = json.loads((tmp_path / "o/dicom/summary.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == 4
+    assert summary["failure"] == (f"{src}: internal error: MemoryError: Unable to allocate 1.2 GiB for an array. "
+                                  "Rerun with --debug and report it")  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_thread_count_that_is_not_one_is_a_usage_error_before_any_work(shared, tmp_path, small_model, capsys,
+                                                                         monkeypatch, value) -> None:  # fmt: skip
+    """Review 20 docs #2: `MEDSEG_THREADS=two` failed the case after its model ran (internal error, exit 4)."""
+    from cli_run import run_in_process
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDSEG_THREADS", value)
+    src = _slices(shared, tmp_path / "in", 5)
+    argv = ["infer", str(src), "--model", str(small_model), "--out", str(tmp_path / "o")]
+    code, _, err = run_in_process(argv, capsys)
+    assert code == 2, err
+    assert err.strip().splitlines() == [
+        f"error: MEDSEG_THREADS={value!r} is not a number of threads (a whole number, 1 or more). Set "
+        "MEDSEG_THREADS=1 for one thread, or unset it to use the cores"
+    ], err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

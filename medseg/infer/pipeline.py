@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from medseg import __version__
 from medseg.digests import files_sha256
-from medseg.errors import MedsegError, QCRejectedError, UsageError
+from medseg.errors import MedsegError, ProcessingError, QCRejectedError, UsageError
 from medseg.infer.cases import Case
 from medseg.infer.organs import parse_organs, renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
@@ -56,7 +56,7 @@ from medseg.io.summary_schema import (
 )
 from medseg.models.card import ModelCard
 from medseg.models.registry import InstalledModel
-from medseg.parallel import in_background
+from medseg.parallel import ThreadSettingError, in_background, thread_cap
 from medseg.postprocess import organ_stats
 from medseg.writers.preview import write_preview
 from medseg.writers.seg import SegAlgorithm, SegUnavailable, prewarm_in_background, write_seg
@@ -262,7 +262,9 @@ class _CaseRun:
 
 def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) -> tuple[Path, dict[str, str]]:
     """The case's output folder and file names; UsageError (exit 2) when one exists without --overwrite or the
-    folder is a file. Called for every case before any is run, and again by `run_case`."""
+    folder is a file, or when `MEDSEG_THREADS` is not a number of threads. Called for every case before any is run,
+    and again by `run_case`."""
+    check_thread_setting()
     final = settings.out_dir / case.name
     names = output_names(model, case, settings.organs)
     if final.is_symlink():
@@ -279,6 +281,15 @@ def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) ->
     for name in names.values():
         check_writable(final / name, settings.overwrite or replaceable)
     return final, names
+
+
+def check_thread_setting() -> None:
+    """UsageError (exit 2) when `MEDSEG_THREADS` is set to anything but a whole number of at least 1: found before
+    any case runs, not as an internal error of the first case after its model ran."""
+    try:
+        thread_cap()
+    except ThreadSettingError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def check_distinct_folders(cases: list[Case], out_dir: Path) -> None:
@@ -334,12 +345,23 @@ def run_case(
             except MedsegError as exc:
                 _record_failure(run, final, exc)
                 raise
+            except Exception as exc:  # re-raised as it is: the CLI reports an internal error (exit 4, --debug)
+                _record_failure(run, final, internal_error(case, exc))
+                raise
         commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs})
     except BaseException:  # the case folder keeps its earlier outputs, untouched, whatever failed
         shutil.rmtree(stage, ignore_errors=True)
         raise
     result.outputs = [final / p.name for p in result.outputs]
     return result
+
+
+def internal_error(case: Case, exc: BaseException) -> ProcessingError:
+    """An unexpected failure (MemoryError, a bug) as the one-line ProcessingError (exit 4) a failed case's
+    summary.json records, worded as the CLI reports an internal error, so monitoring counts the case too."""
+    detail = " ".join(str(exc).split())
+    return ProcessingError(f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else ""),
+                           path=case.source, hint="Rerun with --debug and report it")  # fmt: skip
 
 
 def _record_failure(run: _CaseRun, final: Path, exc: MedsegError) -> None:
@@ -356,7 +378,7 @@ def _record_failure(run: _CaseRun, final: Path, exc: MedsegError) -> None:
         run.summary |= {"failure": exc.one_line(), "exit_code": exc.exit_code}
         run.write_summary(CaseStatus.FAILED, [])
         commit_folder(run.folder, final, set())
-    except (OSError, MedsegError):
+    except Exception:  # best effort (memory may be short): the case's own error is what is reported
         return
 
 
@@ -559,7 +581,7 @@ def run_case_safe(
         trace = traceback.format_exc()
         return CaseResult(case.name, CaseStatus.FAILED, exc.exit_code, message=exc.one_line(), traceback=trace)
     except Exception as exc:  # one case's internal fault must not stop the others; --debug shows the traceback
-        message = f"{case.source}: internal error: {type(exc).__name__}: {exc}. Rerun with --debug and report it"
+        message = internal_error(case, exc).one_line()
         return CaseResult(case.name, CaseStatus.FAILED, 4, message=message, traceback=traceback.format_exc())
 
 
