@@ -7,8 +7,10 @@ instead of 130; seen in CI). The interrupt is delivered as soon as the write has
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,22 +48,46 @@ def deferred_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in held.items():
             signal.signal(signum, handler)
-        if pending:
-            held[pending[0]](pending[0], None)  # raises KeyboardInterrupt
-            raise KeyboardInterrupt
+        if pending:  # Python's handler raises KeyboardInterrupt; medseg's raises it unless it ignores a repeat
+            held[pending[0]](pending[0], None)
+
+
+LOST_INTERRUPT_S = 30.0
+
+
+def _in_import_machinery(frame: Any) -> bool:
+    """Whether the signal arrived while importlib's own code runs (a module-lock weakref callback, for one): an
+    exception raised there is printed as "Exception ignored" and lost, and can leave the import lock held, after
+    which the process hangs (seen once in 45 SIGTERMs of `medseg batch`, review 20)."""
+    return frame is not None and frame.f_code.co_filename.startswith("<frozen importlib")
+
+
+def _resend_soon(signum: int) -> None:
+    """Deliver `signum` to this process again in 50 ms, when the main thread has left the code it is in."""
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 @contextmanager
 def interrupt_on_sigterm(ignore_after: bool = False) -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does (so the work hands back what it holds);
-    once one came, a second Ctrl-C or SIGTERM is ignored while that happens. Main thread only. A signal the process
-    was started with ignored (a background job's SIGINT, nohup-like launchers) stays ignored. `ignore_after`: both
-    are ignored after the block instead of restored (a process that has finished its work and only reports and
-    exits: a signal then would kill it with its outcome already recorded as another)."""
+    once one came, a second Ctrl-C or SIGTERM is ignored while that happens, unless it comes LOST_INTERRUPT_S or more
+    after the first: the process is then still running because the first was lost (raised inside a callback whose
+    exceptions Python ignores), and it is raised again. A signal caught inside importlib is re-sent 50 ms later rather
+    than raised there. Main thread only. A signal the process was started with ignored (a background job's SIGINT,
+    nohup-like launchers) stays ignored. `ignore_after`: both are ignored after the block instead of restored (a
+    process that has finished its work and only reports and exits: a signal then would kill it with its outcome
+    already recorded as another)."""
+    first: list[float] = []
 
-    def stop(signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def stop(signum: int, frame: Any) -> None:
+        if _in_import_machinery(frame):
+            _resend_soon(signum)
+            return
+        if first and time.monotonic() - first[0] < LOST_INTERRUPT_S:
+            return
+        first[:] = [time.monotonic()]
         raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
     stop.medseg_stop = True  # type: ignore[attr-defined]

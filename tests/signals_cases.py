@@ -7,8 +7,12 @@ command line process's state): in a long-lived pytest-xdist worker the raised si
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import threading
+import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,46 @@ def test_the_write_is_also_held_together_under_the_clis_sigterm_handler(signum: 
         done.append("commit")
     assert done == ["commit"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _wait_for_interrupt(seconds: float = 5.0) -> None:
+    """Ordinary code running until an interrupt arrives (a failure if none comes in `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    pytest.fail(f"no KeyboardInterrupt within {seconds} s")
+
+
+def test_a_signal_inside_importlib_is_raised_after_it_not_inside_it() -> None:
+    """Raised inside importlib's own code (a module-lock weakref callback), the interrupt was printed as "Exception
+    ignored" and lost, and `medseg batch` hung with every later signal ignored (review 20): it is now re-sent until
+    the main thread runs other code."""
+    done = [False]
+    importlib_like = compile("while not done[0]:\n    pass\n", "<frozen importlib._bootstrap>", "exec")
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(0.5, done.__setitem__, (0, True)).start()
+    with interrupt_on_sigterm(), pytest.raises(KeyboardInterrupt, match="SIGTERM") as err:
+        exec(importlib_like, {"done": done})
+        _wait_for_interrupt()
+    assert done[0], "the importlib-like loop was cut short"
+    where = [f.filename for f in traceback.extract_tb(err.value.__traceback__)]
+    assert not any(name.startswith("<frozen importlib") for name in where), where
+
+
+def test_a_repeat_is_ignored_during_the_hand_back_but_not_when_the_first_was_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import medseg.signals
+
+    monkeypatch.setattr(medseg.signals, "LOST_INTERRUPT_S", 0.3)
+    with interrupt_on_sigterm():
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # the hand-back is under way: ignored
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.35)
+        with pytest.raises(KeyboardInterrupt):  # still running long after: the first was lost, raise again
+            signal.raise_signal(signal.SIGTERM)
 
 
 def test_a_handler_someone_installed_is_left_alone() -> None:

@@ -16,4 +16,4 @@ def test_ctrl_c_cases_in_a_fresh_interpreter(tmp_path: Path) -> None:
            "--basetemp", str(tmp_path / "t"), str(CASES)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=CASES.parent.parent)
     why = done.stdout[-3000:] + done.stderr[-2000:]
-    assert done.returncode == 0 and re.search(r"^5 passed", done.stdout, re.M), why
+    assert done.returncode == 0 and re.search(r"^7 passed", done.stdout, re.M), why
