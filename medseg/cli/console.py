@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,10 +30,12 @@ class Console:
         sys.stderr.write(json.dumps(rec, default=str) + "\n")
 
     def info(self, message: str, **fields: Any) -> None:
-        """A progress/status message (suppressed by --quiet)."""
+        """A progress/status message (suppressed by --quiet, JSON lines included)."""
+        if self.quiet:
+            return
         if self.log_json:
             self._json("info", message, **fields)
-        elif not self.quiet:
+        else:
             sys.stderr.write(message + "\n")
 
     def warn(self, message: str, **fields: Any) -> None:
@@ -50,8 +53,14 @@ class Console:
             sys.stderr.write(f"error: {message}\n")
 
     def result(self, text: str) -> None:
-        """Primary output of a command (stdout), printed even with --quiet."""
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        """Primary output of a command (stdout), printed even with --quiet. A reader that went away (`| head -1`)
+        does not undo the work: the rest of stdout is discarded and the command ends with the exit code (and audit
+        outcome) of what it did, not click's silent exit 1."""
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _discard_stdout()
 
     @contextmanager
     def progress(self, description: str, total: float | None = None) -> Iterator[Any]:
@@ -60,7 +69,7 @@ class Console:
             self.info(description)
 
             def advance(n: float = 1, **fields: Any) -> None:
-                if fields and self.log_json:
+                if fields and self.log_json and not self.quiet:
                     self._json("progress", description, **fields)
 
             yield advance
@@ -83,3 +92,12 @@ class Console:
                 bar.update(task, advance=n, status=status)
 
             yield advance
+
+
+def _discard_stdout() -> None:
+    """Point stdout's file descriptor at the null device, so that later writes and the flush at exit cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
