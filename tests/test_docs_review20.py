@@ -4,9 +4,11 @@ study for another organ set or model, pure JSON logs from `validate`, modes of b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -159,3 +161,99 @@ def test_a_thread_count_that_is_not_one_is_a_usage_error_before_any_work(shared,
         "MEDSEG_THREADS=1 for one thread, or unset it to use the cores"
     ], err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def _abdomen_model(folder: Path, seed: int) -> Path:
+    """A small 3-class model folder (liver, spleen; both validated) whose liver logit dominates, so every study is
+    segmented (a random network finds no organ and the study would be refused)."""
+    import torch
+    import yaml
+
+    from medseg.models.card import NetworkSpec
+    from medseg.models.network import build_network
+    from medseg.models.registry import sha256_file
+
+    spec = NetworkSpec(out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
+    torch.manual_seed(seed)
+    net = build_network(spec)
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
+    with torch.no_grad():
+        last.bias[1] += 1000.0
+    folder.mkdir(parents=True)
+    torch.save(net.state_dict(), folder / "weights.pt")
+    card = {
+        "name": "test-abdomen", "version": f"0.0.{seed}", "organ": "liver", "modality": "CT",
+        "labels": {0: "background", 1: "liver", 2: "spleen"}, "intended_use": "tests only",
+        "spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64], "network": spec.model_dump(mode="json"),
+        "weights": {"file": "weights.pt", "sha256": sha256_file(folder / "weights.pt")},
+        "metrics": {"locked_test_real_ct": {"mean_dice": 0.5}, "organs": {"spleen": {"mean_dice": 0.5}}},
+    }  # fmt: skip
+    (folder / "model_card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return folder
+
+
+def test_the_queue_makes_a_new_job_for_a_study_done_with_other_organs_or_another_model(tmp_path) -> None:
+    """Review 20 docs #3: `add_study` found the done job by UID and content alone."""
+    from medseg.pacs.queue import JobQueue, Recipe
+
+    model_a, model_b = ("m", "1", "a" * 64), ("m", "2", "b" * 64)
+    queue = JobQueue(tmp_path / "queue.db")
+    liver = Recipe(("liver",), model_a)
+    job, how = queue.add_study("1.2.3", "d1", "/in/a", recipe=liver)
+    lease = queue.lease("w", 60, job_id=job.id)
+    assert how == "new" and lease is not None
+    queue.set_identity(lease, "key1", "1.2.3.9", "1.2.3.10", "/r/1.dcm", model_a)
+    queue.record_sent(lease, "folder", "key1", "1.2.3.10")
+    assert queue.add_study("1.2.3", "d1", "/in/a", recipe=liver) == (queue.job(job.id), "done")
+    assert queue.add_study("1.2.3", "d1", "/in/a") == (queue.job(job.id), "done")  # no recipe: as before
+    both, how = queue.add_study("1.2.3", "d1", "/in/a", recipe=Recipe(("liver", "spleen"), model_a))
+    assert how == "redone" and both.id != job.id and both.generation == 2 and both.state == "queued"
+    assert queue.recipe(both.id) == Recipe(("liver", "spleen"), None)  # its model is kept when its SEG is made
+    assert queue.add_study("1.2.3", "d1", "/in/a", recipe=Recipe(("spleen", "liver"), model_a))[1] == "open"
+    assert queue.add_study("1.2.3", "d1", "/in/a", recipe=liver) == (queue.job(job.id), "done")
+    assert queue.job(both.id).state == "superseded"  # the liver-only rerun does not make it with the liver alone
+    other, how = queue.add_study("1.2.3", "d1", "/in/a", recipe=Recipe(("liver",), model_b))
+    assert (other.id, how) == (both.id, "retried")  # the job not made is queued again, for what is asked now
+    assert queue.recipe(both.id) == Recipe(("liver",), None) and queue.recipe(job.id) == liver
+
+
+def _batch(shared_src: Path, out: Path, organs: str, model: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "medseg", "batch", str(shared_src), "--out", str(out), "--organ", organs,
+           "--model", str(model)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def _seg_segments(out: Path) -> list[list[str]]:
+    import pydicom
+
+    segs = sorted((out / "seg").rglob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
+    return [[s.SegmentLabel.lower() for s in pydicom.dcmread(p, stop_before_pixels=True).SegmentSequence] for p in segs]
+
+
+def test_a_batch_rerun_with_more_organs_or_another_model_segments_again_and_keeps_the_earlier_result(
+    shared, tmp_path, monkeypatch
+) -> None:
+    """Review 20 docs #3: `--organ liver`, then `--organ liver,spleen`, then another `--model`: each rerun said
+    'segmented in an earlier run ... not run again' and the only SEG held the liver alone."""
+    from pacs_helpers import chaos_files, make_study
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    model_a, model_b = _abdomen_model(tmp_path / "ma", 1), _abdomen_model(tmp_path / "mb", 2)
+    make_study(chaos_files(shared), tmp_path / "in" / "a", range(28, 52), "review20-organs")
+    out = tmp_path / "out"
+    first = _batch(tmp_path / "in", out, "liver", model_a)
+    assert first.returncode == 0 and first.stdout.startswith("1 sent"), first.stderr
+    more = _batch(tmp_path / "in", out, "liver,spleen", model_a)
+    assert more.returncode == 0 and more.stdout.startswith("1 sent, 0 quarantined, 0 failed of 1 studies\n"), more
+    note = more.stderr.strip()
+    assert "only with other organs or another model (job 1: liver by test-abdomen 0.0.1 (weights" in note
+    assert "segmented again for liver, spleen by test-abdomen 0.0.1" in note and "not run again" not in note
+    assert _seg_segments(out) == [["liver"], ["liver", "spleen"]]
+    same = _batch(tmp_path / "in", out, "liver,spleen", model_a)
+    assert same.returncode == 0 and "(1 done in an earlier run)" in same.stdout, same
+    assert "segmented in an earlier run (job 2), not run again" in same.stderr
+    other = _batch(tmp_path / "in", out, "liver", model_b)
+    assert other.returncode == 0 and "segmented again for liver by test-abdomen 0.0.2" in other.stderr, other
+    assert len(_seg_segments(out)) == 3
+    with contextlib.closing(sqlite3.connect(out / "queue.db")) as db:
+        assert [r[0] for r in db.execute("SELECT job_id FROM ledger ORDER BY job_id")] == [1, 2, 3]

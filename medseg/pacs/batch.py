@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from medseg.errors import ProcessingError
 from medseg.pacs.config import Destination, PacsConfig
 from medseg.pacs.dask_workers import SchedulerLost
-from medseg.pacs.queue import JobQueue
+from medseg.pacs.queue import JobQueue, Recipe
 from medseg.pacs.segment import discover_studies, load_segmenter
 from medseg.pacs.worker import JobResult, backoff_of, run_job
 
@@ -30,13 +30,15 @@ class BatchInterrupted(ProcessingError):
 @dataclass(frozen=True)
 class BatchStudy:
     """One study of this run's input: its name, folder, job, and what the queue knew of it ('new', 'open',
-    'retried', 'quarantined', 'done'); `same_as` names an earlier study of this run with the same content."""
+    'retried', 'quarantined', 'done', 'redone'); `same_as` names an earlier study of this run with the same content;
+    `made_with` what the earlier result found was made with (organs and model), for 'done' and 'redone'."""
 
     name: str
     folder: Path
     job_id: int
     how: str
     same_as: str | None = None
+    made_with: str | None = None
 
 
 def batch_config(out: Path, organ: str, model: str | None, backend: str, scheduler: str | None,
@@ -47,8 +49,10 @@ def batch_config(out: Path, organ: str, model: str | None, backend: str, schedul
     copy of each segmented study is published there."""
     from medseg.errors import UsageError
     from medseg.infer.organs import parse_organs
+    from medseg.infer.pipeline import check_thread_setting
     from medseg.pacs.config import Research, check_research, check_scheduler_address
 
+    check_thread_setting()
     if (research is None) != (research_key is None):
         raise UsageError("--research and --research-key go together", hint="Give both, or neither.")
     if scheduler is not None:
@@ -130,10 +134,12 @@ def enqueue(config: PacsConfig, input_folder: Path) -> JobQueue:
 def enqueue_studies(
     config: PacsConfig, input_folder: Path, on_note: Callable[[str], None] = lambda note: None
 ) -> tuple[JobQueue, list[BatchStudy]]:
-    """A job per study under the input (resolved, so a rerun from another folder finds it), keyed by study UID and
-    content: a study already in the queue is found again whatever its folder's name (failed ones queued again), a
-    new or changed one is a new job. What is not read (a series skipped, files) goes to `on_note`."""
+    """A job per study under the input (resolved, so a rerun from another folder finds it), keyed by study UID,
+    content, organ set and model: a study already in the queue is found again whatever its folder's name (failed
+    ones queued again), a new or changed one is a new job, and so is one done only with other organs or another
+    model (said in a note). What is not read (a series skipped, files) goes to `on_note`."""
     queue = JobQueue(config.queue_path)
+    recipe = batch_recipe(config)
     studies: list[BatchStudy] = []
     seen: dict[int, str] = {}
     found, notes = discover_studies(Path(input_folder).resolve())
@@ -141,10 +147,35 @@ def enqueue_studies(
         on_note(note)
     for name, folder in found:
         study_uid, digest = study_identity(folder)
-        job, how = queue.add_study(study_uid, digest, str(folder))
-        studies.append(BatchStudy(name, folder, job.id, how, seen.get(job.id)))
+        earlier = {j.id for j in queue.jobs("sent", study_uid)}
+        job, how = queue.add_study(study_uid, digest, str(folder), recipe=recipe)
+        made = (queue.recipe(job.id) or recipe).describe() if how == "done" else None
+        study = BatchStudy(name, folder, job.id, how, seen.get(job.id), made)
+        if how == "redone":
+            study = _redone(study, queue, earlier, recipe, on_note)
+        studies.append(study)
         seen.setdefault(job.id, name)
     return queue, studies
+
+
+def batch_recipe(config: PacsConfig) -> Recipe:
+    """The organ set and model (name, version, weights digest from its card) this run segments with."""
+    from medseg.pacs.segment import served_model
+
+    organs, installed = served_model(config.organs, config.model)
+    card = installed.card
+    return Recipe(tuple(organs), (str(card.name), str(card.version), str(card.weights.sha256)))
+
+
+def _redone(study: BatchStudy, queue: JobQueue, earlier: set[int], recipe: Recipe,
+            on_note: Callable[[str], None]) -> BatchStudy:  # fmt: skip
+    """A study done before only with other organs or another model: the note naming both, shown under --quiet too
+    (the earlier result is not what was asked for, and is kept)."""
+    made = [(j, queue.recipe(j)) for j in sorted(earlier)]
+    before = "; ".join(f"job {j}: {r.describe() if r else 'organs not recorded'}" for j, r in made)
+    on_note(f"study {study.name}: segmented in an earlier run only with other organs or another model ({before}); "
+            f"segmented again for {recipe.describe()} as job {study.job_id}, the earlier result kept")  # fmt: skip
+    return replace(study, made_with=before)
 
 
 def run_batch(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], None]) -> list[JobResult]:

@@ -27,9 +27,10 @@ from medseg.pacs.records import (
     Lease,
     LeaseLost,
     Received,
+    Recipe,
 )
 
-__all__ = ["JOB_STATES", "OPEN_STATES", "Backoff", "Job", "JobQueue", "Lease", "LeaseLost", "Received"]
+__all__ = ["JOB_STATES", "OPEN_STATES", "Backoff", "Job", "JobQueue", "Lease", "LeaseLost", "Received", "Recipe"]
 
 EXTRA_SQL = """
 CREATE TABLE IF NOT EXISTS seg_models (
@@ -59,6 +60,12 @@ CREATE TABLE IF NOT EXISTS batch_inputs (
     digest TEXT NOT NULL,
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     PRIMARY KEY (study_uid, digest)
+);
+CREATE TABLE IF NOT EXISTS batch_recipes (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    study_uid TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    organs TEXT NOT NULL
 );
 """
 
@@ -304,36 +311,104 @@ class JobQueue:
             row = db.execute("SELECT id FROM jobs WHERE study_uid=? AND generation=1", (study_key,)).fetchone()
             return self._job(db, row["id"])
 
-    def add_study(self, study_uid: str, digest: str, input_path: str, now: float | None = None) -> tuple[Job, str]:
+    def add_study(
+        self, study_uid: str, digest: str, input_path: str, now: float | None = None, recipe: Recipe | None = None
+    ) -> tuple[Job, str]:
         """`medseg batch`: the job of a study read in place, found by its UID and content digest, and what was done:
         'new' (a new generation of the study; its open jobs of other content in the same folder are superseded), 'open'
         (still to run, due now), 'retried' (failed or superseded before: queued again with fresh attempts),
-        'quarantined' (same content as when it was quarantined) or 'done' (sent). The input path is updated on a job
-        not yet done, so a moved input folder is read where it is now."""
+        'quarantined' (same content as when it was quarantined), 'done' (sent, by a job made with this `recipe`:
+        organ set and model) or 'redone' (sent before, but only with another organ set or model: a new job of the
+        next generation, whose result is kept beside the earlier one). The input path is updated on a job not yet
+        done, so a moved input folder is read where it is now; the recipe is recorded on the job that will run."""
         now = time.time() if now is None else now
         with self._write() as db:
-            row = db.execute(
-                "SELECT job_id FROM batch_inputs WHERE study_uid=? AND digest=?", (study_uid, digest)
-            ).fetchone()
-            if row is not None:
-                how = self._reopen(db, row["job_id"], input_path, now)
-                return self._job(db, row["job_id"]), how
-            sql = "INSERT OR IGNORE INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)"
-            db.execute(sql, (study_uid, now, now, now))
-            gen = db.execute("SELECT COALESCE(MAX(generation), 0) + 1 FROM jobs WHERE study_uid=?", (study_uid,))
-            cur = db.execute(
-                "INSERT INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?)",
-                (study_uid, int(gen.fetchone()[0]), input_path, now, now),
-            )
-            job_id = int(cur.lastrowid or 0)
-            db.execute("INSERT INTO batch_inputs VALUES (?, ?, ?)", (study_uid, digest, job_id))
+            known = self._batch_jobs(db, study_uid, digest)
+            sent = [j for j in known if self._job(db, j).state == "sent"]
+            done = next((j for j in sent if recipe is None or self._recipe(db, j, recipe).matches(recipe)), None)
+            waiting = [j for j in known if j not in sent]
+            if done is not None:
+                self._supersede_waiting(db, waiting, done, now)
+                return self._job(db, done), "done"
+            if waiting:
+                how = self._reopen(db, waiting[0], input_path, now)
+                self._record_recipe(db, waiting[0], study_uid, digest, recipe, how != "quarantined")
+                return self._job(db, waiting[0]), how
+            job_id = self._new_batch_job(db, study_uid, input_path, now)
+            self._record_recipe(db, job_id, study_uid, digest, recipe, True)
+            db.execute("INSERT OR REPLACE INTO batch_inputs VALUES (?, ?, ?)", (study_uid, digest, job_id))
+            if sent:
+                return self._job(db, job_id), "redone"
             db.execute(
                 "UPDATE jobs SET state='superseded', reason=?, updated_at=?, lease_owner=NULL "
                 "WHERE study_uid=? AND input=? AND id<>? AND state IN ('queued', 'pending', 'failed')",
                 (f"superseded by job {job_id}: the study's files changed", now, study_uid, input_path, job_id),
             )
             return self._job(db, job_id), "new"
+
+    @staticmethod
+    def _supersede_waiting(db: sqlite3.Connection, waiting: list[int], done: int, now: float) -> None:
+        """Open jobs of the same content (another recipe's, interrupted) are superseded once a rerun finds the study
+        done with its own recipe: the run must not make them with its organs and model."""
+        reason = f"superseded: the study was done by job {done} with the organs and model of a later run"
+        for job_id in waiting:
+            db.execute(
+                "UPDATE jobs SET state='superseded', reason=?, updated_at=?, lease_owner=NULL "
+                "WHERE id=? AND state IN ('queued', 'pending', 'failed')",
+                (reason, now, job_id),
+            )
+
+    @staticmethod
+    def _batch_jobs(db: sqlite3.Connection, study_uid: str, digest: str) -> list[int]:
+        """The batch jobs of this study and content, newest first."""
+        rows = db.execute(
+            "SELECT job_id FROM batch_inputs WHERE study_uid=? AND digest=? UNION "
+            "SELECT job_id FROM batch_recipes WHERE study_uid=? AND digest=? ORDER BY job_id DESC",
+            (study_uid, digest, study_uid, digest),
+        )
+        return [int(r[0]) for r in rows]
+
+    @staticmethod
+    def _new_batch_job(db: sqlite3.Connection, study_uid: str, input_path: str, now: float) -> int:
+        """A queued job of the study's next generation (the study recorded complete if new)."""
+        sql = "INSERT OR IGNORE INTO studies VALUES (?, 'complete', 1, ?, ?, ?, 0)"
+        db.execute(sql, (study_uid, now, now, now))
+        gen = db.execute("SELECT COALESCE(MAX(generation), 0) + 1 FROM jobs WHERE study_uid=?", (study_uid,))
+        cur = db.execute(
+            "INSERT INTO jobs (study_uid, generation, input, state, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'queued', ?, ?)",
+            (study_uid, int(gen.fetchone()[0]), input_path, now, now),
+        )
+        return int(cur.lastrowid or 0)
+
+    @staticmethod
+    def _record_recipe(
+        db: sqlite3.Connection, job_id: int, study_uid: str, digest: str, recipe: Recipe | None, replace: bool
+    ) -> None:
+        """Keep the organ set a batch job runs with (its model is kept when its SEG is made, in seg_models); an
+        existing record is replaced only where the job will run again (`replace`)."""
+        if recipe is None:
+            return
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        row = (job_id, study_uid, digest, ",".join(recipe.organs))
+        db.execute(f"{verb} INTO batch_recipes VALUES (?, ?, ?, ?)", row)
+
+    @staticmethod
+    def _recipe(db: sqlite3.Connection, job_id: int, asked: Recipe) -> Recipe:
+        """What the job's result was made with: its recorded organ set and the model of its SEG. A job made before
+        organ sets were kept is taken as made for the organs `asked` (it cannot be told), a model not recorded as
+        any model."""
+        row = db.execute("SELECT organs FROM batch_recipes WHERE job_id=?", (job_id,)).fetchone()
+        organs = tuple(str(row["organs"]).split(",")) if row is not None else asked.organs
+        made = db.execute("SELECT name, version, weights_sha256 FROM seg_models WHERE job_id=?", (job_id,)).fetchone()
+        return Recipe(organs, (str(made[0]), str(made[1]), str(made[2])) if made else None)
+
+    def recipe(self, job_id: int) -> Recipe | None:
+        """The organ set and model a batch job's result was made with; None for a job without a recorded organ set."""
+        db = self._conn()
+        if db.execute("SELECT 1 FROM batch_recipes WHERE job_id=?", (job_id,)).fetchone() is None:
+            return None
+        return self._recipe(db, job_id, Recipe(()))
 
     @staticmethod
     def _reopen(db: sqlite3.Connection, job_id: int, input_path: str, now: float) -> str:

@@ -144,3 +144,26 @@ class Backoff:
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
         return min(self.cap_s, self.base_s * 2 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a `medseg batch` job segments with: the organ set and the model (name, version, weights digest). A study
+    done with another recipe is segmented again (its result kept beside the earlier one); `model` None where the
+    queue has no record of it (jobs made before it was kept), which matches any model."""
+
+    organs: tuple[str, ...]
+    model: tuple[str, str, str] | None = None
+
+    def matches(self, other: Recipe) -> bool:
+        """Same organ set (in any order, as the idempotency key sorts it) and, where both are known, same model."""
+        same_model = self.model is None or other.model is None or self.model == other.model
+        return sorted(self.organs) == sorted(other.organs) and same_model
+
+    def describe(self) -> str:
+        """'liver, spleen by abdomen 2.2.0 (weights 1a2b3c4d5e6f)', or the organs alone when the model is unknown."""
+        organs = ", ".join(self.organs)
+        if self.model is None:
+            return organs
+        name, version, weights = self.model
+        return f"{organs} by {name} {version} (weights {weights[:12]})"
