@@ -257,3 +257,22 @@ def test_a_batch_rerun_with_more_organs_or_another_model_segments_again_and_keep
     assert len(_seg_segments(out)) == 3
     with contextlib.closing(sqlite3.connect(out / "queue.db")) as db:
         assert [r[0] for r in db.execute("SELECT job_id FROM ledger ORDER BY job_id")] == [1, 2, 3]
+
+
+CREATE_STORES = {
+    "validate": "from medseg.validation.tracking import open_store; open_store(None, Path(sys.argv[1]) / 'out')",
+    "train": "from medseg.train.tracking import Tracker; t = Tracker(Path(sys.argv[1]), None, 'e'); t.start('r'); "
+    "t.end()",
+}
+
+
+@pytest.mark.parametrize("command", sorted(CREATE_STORES))
+def test_creating_the_mlflow_store_prints_nothing_on_stderr(tmp_path, command) -> None:
+    """Review 20 docs #4: `--log-json validate` got "INFO mlflow.store.db.utils: Creating initial MLflow database
+    tables..." on stderr (MLflow's own logger, set to INFO by `import mlflow`); training's store the same. A fresh
+    process, since MLflow configures its loggers on first import."""
+    code = "import sys; from pathlib import Path; " + CREATE_STORES[command]
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert (tmp_path / "mlflow.db").is_file()

@@ -9,6 +9,7 @@ of whichever run happened to create it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import warnings
@@ -54,6 +55,7 @@ def mark_failed(uri: str, run_id: str) -> str:
     try:
         from mlflow.tracking import MlflowClient
 
+        _quiet_mlflow_logs()
         with deferred_interrupt():
             client = MlflowClient(uri)
             if client.get_run(run_id).info.status != "RUNNING":
@@ -85,12 +87,24 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _quiet_mlflow_logs() -> None:
+    """MLflow's and alembic's loggers at WARNING, set after `import mlflow` (which sets its own to INFO with a
+    plain-text stderr handler): creating the run's sqlite store printed "INFO mlflow.store.db.utils: Creating
+    initial MLflow database tables..." into stderr, which under --log-json must hold only JSON lines. (train may
+    not import medseg.validation, which has the same helper.)"""
+    import mlflow  # noqa: F401  (configures its loggers on first import: levels set before it are lost)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @contextmanager
 def _writing() -> Iterator[Any]:
     """The mlflow module, with Ctrl-C held until the block's writes have committed (`medseg.signals`): every write
     of a Tracker goes through here."""
     import mlflow
 
+    _quiet_mlflow_logs()
     with deferred_interrupt():
         yield mlflow
 

@@ -38,15 +38,25 @@ def _client(uri: str, out: Path) -> tuple[Any, str]:
     """An MlflowClient for `uri` and the id of the validation experiment (created with a local artifact folder)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module="mlflow")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
+    quiet_mlflow_logs()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return client, exp.experiment_id
     location = (out.parent / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:///") else None
     return client, client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's and alembic's loggers at WARNING, set after `import mlflow` (which sets its own logger to INFO with a
+    plain-text handler on stderr): creating a store printed "INFO mlflow.store.db.utils: Creating initial MLflow
+    database tables..." into stderr, which under --log-json must hold only JSON lines."""
+    import mlflow  # noqa: F401  (configures its loggers on first import: levels set before it are lost)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
