@@ -276,3 +276,25 @@ def test_creating_the_mlflow_store_prints_nothing_on_stderr(tmp_path, command) -
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_batch_results_follow_the_umask_and_received_instances_stay_private(shared, tmp_path, monkeypatch,
+                                                                           umask_022) -> None:  # fmt: skip
+    """Review 20 docs #5: `medseg batch` wrote its SEGs 0600 beside a 0644 label map and summary.json of the same
+    job. Received instances (the service's patient data) stay 0600."""
+    from pacs_helpers import chaos_files, make_study
+
+    from medseg.pacs.storage import durable_write, instance_path
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    make_study(chaos_files(shared), tmp_path / "in" / "a", range(28, 52), "review20-modes")
+    out = tmp_path / "out"
+    done = _batch(tmp_path / "in", out, "liver", _abdomen_model(tmp_path / "m", 1))
+    assert done.returncode == 0, done.stderr
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*")
+             if p.is_file() and not p.name.startswith("queue.db")}  # fmt: skip
+    assert sum(name.startswith("seg/") for name in modes) == 1 and any(n.endswith("summary.json") for n in modes)
+    assert set(modes.values()) == {0o644}, modes
+    received = instance_path(tmp_path / "storage", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    durable_write(received, b"DICM")
+    assert received.stat().st_mode & 0o777 == 0o600

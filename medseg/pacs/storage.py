@@ -56,11 +56,24 @@ def make_dirs(folder: Path) -> None:
         fsync_dir(d.parent)
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path`: temp file, fsync, rename, fsync folder; DiskFull when the disk is full."""
+def is_instance_path(path: Path) -> bool:
+    """Whether `path` has the layout of a received instance (`instance_path`: studies/<StudyUID>/<SeriesUID>/
+    <SOPUID>.dcm, each a valid UID)."""
+    study = path.parent.parent
+    names = (study.name, path.parent.name, path.stem)
+    return path.suffix == ".dcm" and study.parent.name == "studies" and all(_UID.match(n) for n in names)
+
+
+def durable_write(path: Path, data: bytes, private: bool | None = None) -> None:
+    """Write `data` to `path`: temp file, fsync, rename, fsync folder; DiskFull when the disk is full.
+
+    A received instance (patient data the service holds, `private` None and the `instance_path` layout) is 0600;
+    results (the SEG stamped in results/, the one a folder destination receives) get 0666 less the umask like every
+    other output (README), so the account that collects a batch's SEGs can read them beside their label maps."""
+    private = is_instance_path(path) if private is None else private
     try:
         make_dirs(path.parent)
-        with atomic_path(path, overwrite=True, private=True) as tmp:
+        with atomic_path(path, overwrite=True, private=private) as tmp:
             tmp.write_bytes(data)
         fsync_dir(path.parent)
     except (OSError, ProcessingError) as exc:
