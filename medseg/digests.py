@@ -37,7 +37,9 @@ def files_sha256(paths: Iterable[str | PathLike[str]]) -> str:
 def digest_path(path: Path) -> str:
     """SHA-256 of a file, or of a folder as the digest of its sorted (relative path, file digest) list.
 
-    The one definition behind training manifests and locked validation sets, so their digests can be compared.
+    The one definition behind training manifests and locked validation sets, so their digests can be compared. A
+    missing path is InvalidInputError (exit 3) whose hint names MEDSEG_DATA_ROOT, which every caller reads (only
+    `medseg train` has a --data-root option, so it is named as train's).
     """
     if path.is_file():
         return file_sha256(path)
@@ -46,4 +48,8 @@ def digest_path(path: Path) -> str:
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
         return h.hexdigest()
-    raise InvalidInputError("data file missing", path=path, hint="Check --data-root / MEDSEG_DATA_ROOT.")
+    raise InvalidInputError(
+        "data file missing",
+        path=path,
+        hint="Check MEDSEG_DATA_ROOT (for `medseg train`: --data-root), the folder the shared data lies in",
+    )

@@ -298,3 +298,16 @@ def test_batch_results_follow_the_umask_and_received_instances_stay_private(shar
     received = instance_path(tmp_path / "storage", "1.2.3", "1.2.3.4", "1.2.3.4.5")
     durable_write(received, b"DICM")
     assert received.stat().st_mode & 0o777 == 0o600
+
+
+def test_validate_missing_data_hint_names_only_what_validate_has(tmp_path, capsys, monkeypatch) -> None:
+    """Review 20 docs #6: the hint said 'Check --data-root', an option `medseg validate` does not have."""
+    from cli_run import run_in_process
+
+    monkeypatch.setenv("MEDSEG_DATA_ROOT", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_in_process(["validate", "--set", "liver_real_manual_v2", "--out", str(tmp_path / "v")], capsys)
+    assert code == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "data file missing" in lines[0] and str(tmp_path / "empty") in lines[0], err
+    assert "Check MEDSEG_DATA_ROOT (for `medseg train`: --data-root)" in lines[0] and "Check --data-root" not in err
