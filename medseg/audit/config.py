@@ -59,6 +59,14 @@ def load_config(audit_dir: Path | None = None, anchor_dir: Path | None = None) -
     return AuditConfig(folder, anchor, operator)
 
 
+def store_folders() -> tuple[Path, Path]:
+    """The audit folder and the anchor folder the environment names (MEDSEG_AUDIT_DIR, MEDSEG_AUDIT_ANCHOR_DIR, else
+    the default), read without checking MEDSEG_OPERATOR: what no command output may land in."""
+    folder = Path(os.environ.get("MEDSEG_AUDIT_DIR") or default_audit_dir()).expanduser()
+    anchor = Path(os.environ.get("MEDSEG_AUDIT_ANCHOR_DIR") or folder).expanduser()
+    return folder, anchor
+
+
 def _require_plain_text(operator: str) -> None:
     """Refuse an operator identity with control or format characters, or bytes that are not UTF-8 (UsageError,
     exit 2, before anything is recorded): a newline in it forged whole lines in `audit show`, and a lone surrogate

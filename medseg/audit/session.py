@@ -27,6 +27,7 @@ from medseg.audit.digest import PathDigest, describe_path, keyed_ref, path_ref
 from medseg.audit.record import AuditEvent
 from medseg.audit.store import AuditStore, utc_now
 from medseg.errors import AuditError, MedsegError, QCRejectedError
+from medseg.io.atomic import guarding
 from medseg.parallel import in_background
 from medseg.signals import deferred_interrupt
 
@@ -213,18 +214,19 @@ def audit_session(
     config = config or load_config()
     store = AuditStore.open(config)
     try:
-        rec = AuditRecorder(command, params_to_json(params, store.path_key), store.path_key)
-        soft = {str(k): str(v) for k, v in software.items()}
-        store.append(_event(rec, "start", soft, config.operator))
-        t0 = time.monotonic()
-        error: BaseException | None = None
-        try:
-            yield rec
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            _finish(store, rec, _EndEvent(rec, soft, config.operator, error, t0))
+        with guarding([config.audit_dir, config.anchor_dir]):
+            rec = AuditRecorder(command, params_to_json(params, store.path_key), store.path_key)
+            soft = {str(k): str(v) for k, v in software.items()}
+            store.append(_event(rec, "start", soft, config.operator))
+            t0 = time.monotonic()
+            error: BaseException | None = None
+            try:
+                yield rec
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _finish(store, rec, _EndEvent(rec, soft, config.operator, error, t0))
     finally:
         store.close()
 

@@ -36,8 +36,46 @@ def os_reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+_GUARDED: list[Path] = []
+
+
+@contextlib.contextmanager
+def guarding(folders: list[Path]) -> Iterator[None]:
+    """While the block runs, refuse any output inside `folders` too (an audited command's store and anchor folders,
+    when they were named with --audit-dir rather than the environment)."""
+    _GUARDED.extend(folders)
+    try:
+        yield
+    finally:
+        for folder in folders:
+            _GUARDED.remove(folder)
+
+
+def _resolved(path: Path) -> Path:
+    """`path` made absolute with every symbolic link that exists on the way followed."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return Path(os.path.abspath(path))
+
+
+def refuse_audit_folder(path: Path) -> None:
+    """Refuse an output that is, or lies inside, the audit store's folder or the anchor folder (UsageError, exit 2,
+    nothing written): `--overwrite` onto audit.db or chain-anchor.log replaced the trail itself."""
+    from medseg.audit.config import store_folders
+
+    target = _resolved(Path(path))
+    for folder in [*_GUARDED, *store_folders()]:
+        guarded = _resolved(folder)
+        if target == guarded or guarded in target.parents:
+            raise UsageError("output lies in the audit store's folder", path=path,
+                             hint=f"Write outputs outside {guarded}: it holds the audit trail.")  # fmt: skip
+
+
 def check_writable(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless `overwrite` (UsageError, exit code 2)."""
+    """Refuse an output in the audit store's folders, and an existing output unless `overwrite` (UsageError, exit
+    code 2)."""
+    refuse_audit_folder(path)
     if path.exists() and not overwrite:
         raise UsageError("output already exists", path=path, hint="Pass --overwrite to replace it.")
 
@@ -158,6 +196,7 @@ def sync_paths(paths: list[Path]) -> None:
 def staging_folder(final: Path) -> Path:
     """A new empty folder beside `final` (same filesystem, hidden `.tmp-` name) where a set of outputs is written
     before `commit_folder` moves it into place."""
+    refuse_audit_folder(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-", dir=final.parent))

@@ -1,0 +1,60 @@
+"""Defects a re-probe of the audit-trail, keys and infer fixes found (review 20, re-probe), one test or more each."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from medseg.audit.config import load_config
+from medseg.audit.store import AuditStore
+from medseg.audit.verify import verify_store
+
+
+def _medseg(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in its own process."""
+    return subprocess.run([sys.executable, "-m", "medseg", *args], env=env or dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _store_files(folder: Path) -> dict[str, bytes]:
+    """The bytes of every file in the audit folder, by name."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_outputs_onto_the_audit_store_are_refused(tmp_path: Path, shared: Path) -> None:
+    """`audit export` onto audit.db or chain-anchor.log, and `keys secret` onto audit.db, with --overwrite replaced
+    the trail and exited 0: each is refused, exit 2, and the store is untouched and still verifies."""
+    audit = Path(os.environ["MEDSEG_AUDIT_DIR"])
+    assert _medseg("keys", "generate", "--out", str(tmp_path / "k"), "--name", "a").returncode == 0
+    assert _medseg("series", str(shared / "dicom" / "ct_series_totalsegmentator")).returncode == 0
+    before = _store_files(audit)
+    attempts = [
+        ["audit", "export", str(audit / "audit.db"), "--key", str(tmp_path / "k" / "a.key"), "--overwrite"],
+        ["audit", "export", str(audit / "chain-anchor.log"), "--key", str(tmp_path / "k" / "a.key"), "--overwrite"],
+        ["keys", "secret", str(audit / "audit.db"), "--overwrite"],
+        ["keys", "secret", str(audit / "sub" / "x.key")],
+    ]
+    for argv in attempts:
+        done = _medseg(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "audit store's folder" in done.stderr
+    after = _store_files(audit)
+    assert after["chain-anchor.log"].startswith(before["chain-anchor.log"])
+    assert not (audit / "sub").exists()
+    with AuditStore.open(load_config(), create=False) as store:
+        assert verify_store(store).ok
+
+
+def test_an_explicit_audit_dir_is_guarded_too(tmp_path: Path, shared: Path) -> None:
+    """A store named with --audit-dir (not the environment) is guarded while the audited command runs."""
+    other = tmp_path / "other-store"
+    assert _medseg("keys", "generate", "--out", str(tmp_path / "k"), "--name", "a").returncode == 0
+    env = {**os.environ, "MEDSEG_AUDIT_DIR": str(other)}
+    assert _medseg("series", str(shared / "dicom" / "ct_series_totalsegmentator"), env=env).returncode == 0
+    anchor = (other / "chain-anchor.log").read_bytes()
+    done = _medseg("audit", "export", str(other / "chain-anchor.log"), "--key", str(tmp_path / "k" / "a.key"),
+                   "--audit-dir", str(other), "--overwrite")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (other / "chain-anchor.log").read_bytes().startswith(anchor)
