@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from medseg.audit import store as store_module
 from medseg.audit.config import load_config
 from medseg.audit.store import AuditStore
 from medseg.audit.verify import verify_store
+from medseg.cli.audited import audited
+from medseg.errors import AuditError
+from medseg.io.atomic import atomic_write_bytes
 
 
 def _medseg(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -58,3 +65,41 @@ def test_an_explicit_audit_dir_is_guarded_too(tmp_path: Path, shared: Path) -> N
                    "--audit-dir", str(other), "--overwrite")  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert (other / "chain-anchor.log").read_bytes().startswith(anchor)
+
+
+def test_a_failed_end_event_removes_only_what_the_command_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end event fails (another process holds the store's write lock past the busy timeout): the output the
+    command created is removed, but not a recorded input registered as output, nor a file that existed before the
+    block (overwritten, or extended like monitor.db); the hint says the store was busy, not 'free disk space'."""
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.5)
+    scan, kept, extended, new = (tmp_path / n for n in ("scan.nii.gz", "kept.json", "monitor.db", "new.json"))
+    for path in (scan, kept, extended):
+        path.write_bytes(b"earlier")
+    with pytest.raises(AuditError) as caught, audited("probe", {}) as rec:
+        rec.add_inputs([scan])
+        rec.will_write([extended])
+        extended.write_bytes(b"earlier+more")
+        atomic_write_bytes(kept, b"new", overwrite=True)
+        atomic_write_bytes(new, b"new")
+        rec.add_outputs([scan, kept, extended, new])
+        lock = sqlite3.connect(load_config().db_path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+    lock.execute("ROLLBACK")
+    lock.close()
+    assert scan.read_bytes() == b"earlier" and kept.read_bytes() == b"new"
+    assert extended.read_bytes() == b"earlier+more"
+    assert not new.exists()
+    assert "removed 1 unaudited output file(s)" in caught.value.message
+    assert "busy" in (caught.value.hint or "") and "free disk space" not in (caught.value.hint or "")
+
+
+def test_convert_refuses_its_input_as_output(tmp_path: Path, shared: Path) -> None:
+    """`convert scan.nii.gz scan.nii.gz --overwrite` replaced the only copy of the scan: refused, exit 2."""
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes((shared / "ct" / "totalseg_example_ct_sm" / "image.nii.gz").read_bytes())
+    before = scan.read_bytes()
+    done = _medseg("convert", str(scan), str(scan), "--overwrite")
+    assert done.returncode == 2, done.stderr
+    assert "output is the input" in done.stderr and scan.read_bytes() == before

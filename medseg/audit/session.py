@@ -27,7 +27,7 @@ from medseg.audit.digest import PathDigest, describe_path, keyed_ref, path_ref
 from medseg.audit.record import AuditEvent
 from medseg.audit.store import AuditStore, utc_now
 from medseg.errors import AuditError, MedsegError, QCRejectedError
-from medseg.io.atomic import guarding
+from medseg.io.atomic import guarding, resolved
 from medseg.parallel import in_background
 from medseg.signals import deferred_interrupt
 
@@ -131,6 +131,9 @@ class AuditRecorder:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     output_paths: list[Path] = field(default_factory=list)
+    input_paths: list[Path] = field(default_factory=list)
+    targets: dict[Path, bool] = field(default_factory=dict)
+    pending: list[Path] = field(default_factory=list)
     model: dict[str, str] | None = None
     outcome_detail: str | None = None
     mlflow_run_id: str | None = None
@@ -145,6 +148,7 @@ class AuditRecorder:
         `background`: hash on a helper thread (hashing releases the GIL) while the command works, and wait for it when
         the end event is written; only for inputs the command reads and never changes."""
         for p in _as_list(paths):
+            self.input_paths.append(Path(p))
             if background:
                 self._deferred.append((len(self.inputs), in_background(describe_path, Path(p), self.path_key)))
                 self.inputs.append({})
@@ -157,11 +161,38 @@ class AuditRecorder:
             self.inputs[index] = future.result().to_json()
         self._deferred.clear()
 
+    def will_write(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
+        """Register outputs before writing them: whether each exists now (one that did is 'extended, not created'
+        and never removed as unaudited), and, if the command stops before `add_outputs` records one, it is
+        recorded when the end event is written, provided it exists then (a finished output never goes unrecorded)."""
+        for p in _as_list(paths):
+            self.targets.setdefault(resolved(Path(p)), Path(p).exists())
+            if Path(p) not in self.pending:
+                self.pending.append(Path(p))
+
     def add_outputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
         """Record files written (call after writing them), by keyed path reference and SHA-256."""
         for p in _as_list(paths):
+            if Path(p) in self.pending:
+                self.pending.remove(Path(p))
             self.output_paths.append(Path(p))
             self.outputs.append(describe_path(Path(p), self.path_key).to_json())
+
+    def settle_outputs(self) -> None:
+        """Record the registered outputs (`will_write`) that exist but were never recorded, as the end event is
+        written: a command stopped between finishing an output and `add_outputs` leaves no unrecorded output."""
+        for p in list(self.pending):
+            if p.is_file():
+                self.add_outputs([p])
+        self.pending.clear()
+
+    def kept_on_failure(self, path: Path) -> bool:
+        """True for an output `_remove_unaudited` must not delete: a recorded input (or a file inside one), or a
+        file that existed before this command wrote it (overwritten or extended, not created)."""
+        target = resolved(path)
+        if self.targets.get(target):
+            return True
+        return any(target == (i := resolved(q)) or i in target.parents for q in self.input_paths)
 
     def set_model(self, name: str, version: str, sha256: str) -> None:
         """Record the model used: name, version and weights digest."""
@@ -214,8 +245,8 @@ def audit_session(
     config = config or load_config()
     store = AuditStore.open(config)
     try:
-        with guarding([config.audit_dir, config.anchor_dir]):
-            rec = AuditRecorder(command, params_to_json(params, store.path_key), store.path_key)
+        rec = AuditRecorder(command, params_to_json(params, store.path_key), store.path_key)
+        with guarding([config.audit_dir, config.anchor_dir], rec.targets):
             soft = {str(k): str(v) for k, v in software.items()}
             store.append(_event(rec, "start", soft, config.operator))
             t0 = time.monotonic()
@@ -287,12 +318,14 @@ def _interrupts_noted(noted: list[int]) -> Iterator[None]:
 def _finish(store: AuditStore, rec: AuditRecorder, end: _EndEvent) -> None:
     """Write the end event with Ctrl-C and SIGTERM held back, so that an interrupt cannot cut the write short and
     leave a finished output without its record; when the write fails for any reason, the outputs this command
-    registered are removed (an output without its audit record must not be used)."""
+    registered are removed (an output without its audit record must not be used), except recorded inputs and files
+    that existed before the command (`AuditRecorder.kept_on_failure`)."""
     failure: BaseException | None = None
     try:
         with _interrupts_noted(end.interrupts):
             try:
                 rec.settle_inputs()
+                rec.settle_outputs()
                 store.append(end)
             except BaseException as exc:
                 failure = exc
@@ -316,7 +349,7 @@ def _remove_unaudited(rec: AuditRecorder, failure: BaseException, error: BaseExc
     """Remove the registered outputs after the end event could not be written, and raise: an AuditError that says
     how many were removed (from the command's own error, if any), or `failure` itself when it is not an AuditError
     and nothing was removed."""
-    removed = [p for p in rec.output_paths if p.is_file() and _unlink(p)]
+    removed = [p for p in rec.output_paths if p.is_file() and not rec.kept_on_failure(p) and _unlink(p)]
     if not isinstance(failure, AuditError):
         if not removed:
             raise failure

@@ -363,4 +363,7 @@ def _audit_error(what: str, path: Path, exc: BaseException) -> AuditError:
             "MEDSEG_AUDIT_DIR, then rerun")  # fmt: skip
     if is_damage(exc):
         hint = "The command was stopped so that nothing runs unaudited; restore audit.db from a backup"
+    elif "locked" in str(exc) or "busy" in str(exc):
+        hint = (f"The audit store was busy: another process held its write lock for over {BUSY_TIMEOUT_S:g} s; "
+                "rerun when that process has finished")  # fmt: skip
     return AuditError(f"{what}: {reason}", path=path, hint=hint)

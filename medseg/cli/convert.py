@@ -38,9 +38,11 @@ def register(app: typer.Typer) -> None:
         from medseg.io import read_image, write_nifti
         from medseg.io.nifti import check_nifti_output
 
+        _refuse_output_onto_input(input, output)
         check_nifti_output(output, overwrite)
         with audited("convert", params={"series": series_param(series), "overwrite": overwrite}) as rec:
             rec.add_inputs([input])
+            rec.will_write([output])
             volume = read_image(input, series_key=series)
             for note in volume.meta.notes:
                 console.warn(note)
@@ -50,3 +52,14 @@ def register(app: typer.Typer) -> None:
             f"{output}: {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]} voxels, "
             f"spacing {', '.join(f'{s:.4g}' for s in volume.spacing)} mm, {volume.array.dtype}"
         )
+
+
+def _refuse_output_onto_input(input: Path, output: Path) -> None:
+    """OUTPUT naming the input file itself (also through a link) is refused (UsageError, exit 2): with --overwrite it
+    replaced the only copy of the scan, and a failed end event then deleted it."""
+    from medseg.errors import UsageError
+    from medseg.io.atomic import resolved
+
+    if resolved(input) == resolved(output):
+        hint = "Pass another OUTPUT path; the input is never replaced."
+        raise UsageError("output is the input", path=output, hint=hint)

@@ -50,6 +50,7 @@ def build(
     """Collect every summary.json (and PACS results) into the store; cases already stored are not added again."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
+    from medseg.io.atomic import refuse_audit_folder
     from medseg.monitor.collect import collect_pacs, collect_summaries, find_summaries, read_pacs
     from medseg.monitor.store import MonitorStore
 
@@ -62,6 +63,8 @@ def build(
         summaries = find_summaries(sources)  # every --from and --from-pacs checked before the store is created
         rows = read_pacs(pacs) if pacs is not None else []
         rec.add_inputs(summaries)
+        refuse_audit_folder(out)
+        rec.will_write([out])
         with MonitorStore.open(out, create=True) as store:
             results = [collect_summaries(store, summaries)] if sources else []
             if pacs is not None:

@@ -37,21 +37,32 @@ def os_reason(exc: BaseException) -> str:
 
 
 _GUARDED: list[Path] = []
+_TARGETS: list[dict[Path, bool]] = []
 
 
 @contextlib.contextmanager
-def guarding(folders: list[Path]) -> Iterator[None]:
+def guarding(folders: list[Path], targets: dict[Path, bool] | None = None) -> Iterator[None]:
     """While the block runs, refuse any output inside `folders` too (an audited command's store and anchor folders,
-    when they were named with --audit-dir rather than the environment)."""
+    when they were named with --audit-dir rather than the environment), and note in `targets`, for each output path
+    the first time it is checked, whether it existed then (`note_target`)."""
     _GUARDED.extend(folders)
+    _TARGETS.append(targets if targets is not None else {})
     try:
         yield
     finally:
+        _TARGETS.pop()
         for folder in folders:
             _GUARDED.remove(folder)
 
 
-def _resolved(path: Path) -> Path:
+def note_target(path: Path) -> None:
+    """Tell the running audited block that `path` is about to be written and whether it exists now (first sight
+    only): a file that existed before the command is never removed as an 'unaudited output' of it."""
+    if _TARGETS:
+        _TARGETS[-1].setdefault(resolved(Path(path)), Path(path).exists())
+
+
+def resolved(path: Path) -> Path:
     """`path` made absolute with every symbolic link that exists on the way followed."""
     try:
         return Path(os.path.realpath(path))
@@ -64,9 +75,9 @@ def refuse_audit_folder(path: Path) -> None:
     nothing written): `--overwrite` onto audit.db or chain-anchor.log replaced the trail itself."""
     from medseg.audit.config import store_folders
 
-    target = _resolved(Path(path))
+    target = resolved(Path(path))
     for folder in [*_GUARDED, *store_folders()]:
-        guarded = _resolved(folder)
+        guarded = resolved(folder)
         if target == guarded or guarded in target.parents:
             raise UsageError("output lies in the audit store's folder", path=path,
                              hint=f"Write outputs outside {guarded}: it holds the audit trail.")  # fmt: skip
@@ -76,6 +87,7 @@ def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse an output in the audit store's folders, and an existing output unless `overwrite` (UsageError, exit
     code 2)."""
     refuse_audit_folder(path)
+    note_target(path)
     if path.exists() and not overwrite:
         raise UsageError("output already exists", path=path, hint="Pass --overwrite to replace it.")
 
@@ -273,6 +285,8 @@ def commit_folder(stage: Path, final: Path, stale: set[str]) -> None:
     try:
         if final.exists():
             ours = {p.name for p in stage.iterdir()}
+            for name in ours:
+                note_target(final / name)
             folders = []
             for entry in final.iterdir():
                 if entry.name in ours or entry.name in stale or is_unfinished_write(entry.name):
