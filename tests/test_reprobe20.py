@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,25 @@ def test_convert_refuses_its_input_as_output(tmp_path: Path, shared: Path) -> No
     done = _medseg("convert", str(scan), str(scan), "--overwrite")
     assert done.returncode == 2, done.stderr
     assert "output is the input" in done.stderr and scan.read_bytes() == before
+
+
+def _end_events(command: str) -> list[dict]:
+    """The end events of `command`, oldest first (read through the store, read-only)."""
+    with AuditStore.open(load_config(), create=False) as store:
+        return [r.body for r in store.records() if r.body["kind"] == "end" and r.body["command"] == command]
+
+
+def test_ctrl_c_after_convert_wrote_its_output_still_records_it(tmp_path: Path, shared: Path) -> None:
+    """Ctrl-C after the output was renamed into place but before `add_outputs` had digested it left a finished,
+    unrecorded output: the output registered before writing is recorded by the (interrupted) end event."""
+    out = tmp_path / "out.nii"
+    proc = subprocess.Popen([sys.executable, "-m", "medseg", "convert",
+                             str(shared / "ct" / "chaos_ct_sample" / "image.nii.gz"), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    (end,) = _end_events("convert")
+    assert out.exists(), "the output is complete: it was renamed into place before the interrupt"
+    assert len(end["outputs"]) == 1, (proc.returncode, end["outcome"])

@@ -173,10 +173,11 @@ class AuditRecorder:
     def add_outputs(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> None:
         """Record files written (call after writing them), by keyed path reference and SHA-256."""
         for p in _as_list(paths):
+            described = describe_path(Path(p), self.path_key).to_json()
+            self.output_paths.append(Path(p))
+            self.outputs.append(described)
             if Path(p) in self.pending:
                 self.pending.remove(Path(p))
-            self.output_paths.append(Path(p))
-            self.outputs.append(describe_path(Path(p), self.path_key).to_json())
 
     def settle_outputs(self) -> None:
         """Record the registered outputs (`will_write`) that exist but were never recorded, as the end event is

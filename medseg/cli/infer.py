@@ -203,10 +203,12 @@ def _run(
                     progress=progress_for(prefetcher, n, progress) if prefetcher else progress,
                     on_flag=lambda f, c=case.name: console.warn(f"{c}: QC flag {f.code}: {f.reason}"),
                 )
-            if prefetcher:
-                prefetcher.settle(n)
             results.append(result)
-            rec.add_outputs([p for p in result.outputs if p.is_file()])
+            written = [p for p in result.outputs if p.is_file()]
+            rec.will_write(written)  # recorded by the end event even if Ctrl-C cuts the digests below short
+            rec.add_outputs(written)
+            if prefetcher:
+                prefetcher.settle(n)  # after the record: waiting for the next case's read must not hold it back
             _report(result, len(cases) == 1)
     finally:
         if prefetcher:
