@@ -127,3 +127,25 @@ def test_ctrl_c_after_convert_wrote_its_output_still_records_it(tmp_path: Path, 
     (end,) = _end_events("convert")
     assert out.exists(), "the output is complete: it was renamed into place before the interrupt"
     assert len(end["outputs"]) == 1, (proc.returncode, end["outcome"])
+
+
+def test_another_organ_on_a_scan_without_the_upper_abdomen_is_refused(tmp_path: Path, shared: Path) -> None:
+    """`--organ spleen` on a pelvis-only CT was served as a 199 ml "spleen" in the gluteal muscle (exit 0): the model's
+    liver, predicted in the same run, is below organ_not_found_below_ml.liver, so the case is refused as
+    organ_not_found (exit 5, no label map) whatever organ was requested; --force segments it; a scan that shows the
+    upper abdomen is still served."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(shared / "ct" / "radcttace_1211" / "image.nii.gz")
+    pelvis = tmp_path / "pelvis.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, :110], image.affine), pelvis)
+    done = _medseg("infer", str(pelvis), "--organ", "spleen", "--out", str(tmp_path / "out"))
+    assert done.returncode == 5, done.stderr
+    assert "organ_not_found" in done.stderr and "does not show the upper abdomen" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "pelvis").iterdir()) == ["preview.png", "summary.json"]
+    forced = _medseg("infer", str(pelvis), "--organ", "spleen", "--out", str(tmp_path / "forced"), "--force")
+    assert forced.returncode == 0, forced.stderr
+    whole = _medseg("infer", str(shared / "ct" / "totalseg_example_ct_sm" / "image.nii.gz"), "--organ", "spleen",
+                    "--out", str(tmp_path / "whole"))  # fmt: skip
+    assert whole.returncode == 0 and "organ_not_found" not in whole.stderr, whole.stderr

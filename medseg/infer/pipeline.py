@@ -33,6 +33,8 @@ from medseg.infer.organs import parse_organs, renumber, select_organs
 from medseg.infer.predict import Prediction, predict_labels
 from medseg.infer.qc import (
     QCFlag,
+    anchor_organ,
+    check_anchor,
     check_confidence,
     check_input,
     check_result,
@@ -423,8 +425,11 @@ def _run_checked(
         prewarm_in_background()
     with run.timed("load_model"):  # the first case of a process pays the runtime's import and model load
         batch_size = runner.batch_size
+    anchor = anchor_organ(card, settings.organs)
+    classes = tuple(served) + ((anchor,) if anchor is not None and anchor not in served else ())
     pred = predict_labels(volume, card, runner, batch_size, settings.overlap, progress, case.prepared(),
-                          tuple(served))  # fmt: skip
+                          classes)  # fmt: skip
+    anchor_flags = _anchor_flags(pred, volume, anchor, settings.organs[0])
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
     if runner.info.get("precision") == "int8":
@@ -444,6 +449,7 @@ def _run_checked(
         result_flags += [
             f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"], card)
         ]
+        result_flags = anchor_flags + result_flags
     _announce(result_flags, on_flag)
     flags += result_flags
     run.summary["organs"] = organs
@@ -453,6 +459,14 @@ def _run_checked(
     if settings.strict and _blocking(flags, settings):
         return _finish_rejected(run, flags, pred, volume)
     return _finish(run, flags, pred, volume)
+
+
+def _anchor_flags(pred: Prediction, volume: Volume, anchor: int | None, organ: str) -> list[QCFlag]:
+    """The anchor check (`qc.check_anchor`) on the label map before `renumber` drops the anchor organ: predicted
+    beside the requested organs in the same run, so the network runs once."""
+    if anchor is None:
+        return []
+    return check_anchor(float(organ_stats(pred.labels, anchor, volume, pred.box)["volume_ml"]), organ)
 
 
 def _organ_record(name: str, label: int, pred: Prediction, volume: Volume) -> dict[str, Any]:

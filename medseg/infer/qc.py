@@ -207,6 +207,28 @@ def _not_found(organ: str, stats: dict[str, Any]) -> str | None:
     return None
 
 
+def anchor_organ(card: ModelCard, organs: tuple[str, ...]) -> int | None:
+    """The label value of the anchor organ (`anchor_organ`, the liver) when `card` predicts it and it is not the
+    main requested organ (whose own `organ_not_found` check covers it), else None."""
+    anchor = rules().get("anchor_organ")
+    if not anchor or (organs and organs[0] == anchor):
+        return None
+    return next((value for value, name in card.foreground_labels.items() if name == anchor), None)
+
+
+def check_anchor(anchor_ml: float, organ: str) -> list[QCFlag]:
+    """`organ_not_found` (a refusal flag, for the main organ) when the model found less than
+    `organ_not_found_below_ml` of the anchor organ: the scan does not show the upper abdomen, so whatever `organ`
+    the model reports there is not it (a pelvis-only CT gave a 199 ml "spleen" in the gluteal muscle)."""
+    anchor = str(rules()["anchor_organ"])
+    below = float((rules().get("organ_not_found_below_ml") or {}).get(anchor, 0.0))
+    if anchor_ml >= below:
+        return []
+    reason = (f"only {anchor_ml:.1f} ml of {anchor} found (< {below:g} ml): the scan does not show the upper abdomen "
+              f"({anchor}), so no {organ} is served")  # fmt: skip
+    return [QCFlag("organ_not_found", "result", reason, organ)]
+
+
 SIDES = {
     (0, 1): "left",
     (0, -1): "right",
