@@ -108,6 +108,7 @@ def test_int8_needs_a_validated_export_and_the_cpu_runtime(tmp_path: Path) -> No
     folder = tmp_path / "liver"
     shutil.copytree(ZOO / "liver", folder, ignore=shutil.ignore_patterns("int8"))
     card = (folder / "model_card.yaml").read_text()
+    card = card.replace("\nversion: 1.0.0\n", "\nversion: 1.0.0-no-int8\n", 1)  # an edited copy gets its own version
     (folder / "model_card.yaml").write_text(card[: card.index("\nint8:")] + "\n")
     with pytest.raises(UsageError, match="no validated INT8 export"):
         load_runner(resolve_model(folder), precision="int8")

@@ -179,6 +179,8 @@ def test_edited_card_is_recorded_in_summary_and_audit(shared, tmp_path, run_cli)
 
     src = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
     edited = _edited_copy(ZOO / "abdomen-2.2", tmp_path / "model")
+    card = edited / "model_card.yaml"  # re-versioned: a copy claiming the built-in's name and version is refused
+    card.write_text(card.read_text().replace("\nversion: 2.2.0\n", "\nversion: 2.2.0-site1\n", 1))
     runs = {"installed": ZOO / "abdomen-2.2", "edited": edited}
     for name, folder in runs.items():
         code, _, _ = run_cli("infer", src, "--model", folder, "--out", tmp_path / name, "--backend", "onnxruntime")

@@ -149,3 +149,23 @@ def test_another_organ_on_a_scan_without_the_upper_abdomen_is_refused(tmp_path: 
     whole = _medseg("infer", str(shared / "ct" / "totalseg_example_ct_sm" / "image.nii.gz"), "--organ", "spleen",
                     "--out", str(tmp_path / "whole"))  # fmt: skip
     assert whole.returncode == 0 and "organ_not_found" not in whole.stderr, whole.stderr
+
+
+def test_an_edited_copy_of_a_built_in_model_under_its_name_is_refused(tmp_path: Path) -> None:
+    """A copied built-in model folder whose card was edited (wider volume_range_ml) but kept the built-in's name and
+    version was served as that built-in: refused, exit 4; an unchanged copy and a re-versioned copy are served."""
+    import shutil
+
+    from medseg.errors import ProcessingError
+    from medseg.models.registry import ZOO, resolve_model
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ZOO / "abdomen-2.2", copy, ignore=shutil.ignore_patterns("int8", "weights.pt"))
+    assert resolve_model(copy).card.version == "2.2.0"
+    card = copy / "model_card.yaml"
+    card.write_text(card.read_text() + "\n# site edit\n")
+    with pytest.raises(ProcessingError, match="claims built-in model abdomen 2.2.0") as caught:
+        resolve_model(copy)
+    assert caught.value.exit_code == 4 and "own name or version" in (caught.value.hint or "")
+    card.write_text(card.read_text().replace("\nversion: 2.2.0\n", "\nversion: 2.2.0-site1\n", 1))
+    assert resolve_model(copy).card.version == "2.2.0-site1"

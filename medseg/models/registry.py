@@ -100,14 +100,31 @@ def check_builtin_card(model: InstalledModel) -> InstalledModel:
     """A built-in model (a folder of the zoo) whose card differs from its recorded digest is refused (exit 4): its
     HU window or confidence limit would change results under the installed model's name and version."""
     if model.folder.resolve().parent != ZOO:
-        return model
+        return _refuse_a_builtin_impostor(model)
     expected = builtin_card_digests().get(model.folder.name)
     if model.card_sha256 != expected:
         raise ProcessingError(
             f"built-in model card altered (SHA-256 {model.card_sha256[:12]}... is not the recorded one)",
             path=model.folder / model.card_file,
-            hint="Reinstall medseg; to use an edited card, copy the model folder and pass it to --model.",
+            hint="Reinstall medseg; to use an edited card, copy the model folder, give the copy's card its own name "
+            "or version, and pass the folder to --model.",
         )
+    return model
+
+
+def _refuse_a_builtin_impostor(model: InstalledModel) -> InstalledModel:
+    """A user model folder whose card claims a built-in model's name and version but differs from that built-in's
+    recorded card is refused (ProcessingError, exit 4, like an altered built-in card): an edited copy was served,
+    summary and audit trail alike, as the built-in model it is not. An unchanged copy is the built-in itself."""
+    digests = builtin_card_digests()
+    for builtin in list_models():
+        same = (builtin.card.name, builtin.card.version) == (model.card.name, model.card.version)
+        if same and model.card_sha256 != digests.get(builtin.folder.name):
+            raise ProcessingError(
+                f"model card claims built-in model {model.card.name} {model.card.version} but differs from it",
+                path=model.folder / model.card_file,
+                hint="Give your model its own name or version in its card (rename/re-version your model).",
+            )
     return model
 
 
