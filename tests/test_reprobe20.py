@@ -169,3 +169,22 @@ def test_an_edited_copy_of_a_built_in_model_under_its_name_is_refused(tmp_path: 
     assert caught.value.exit_code == 4 and "own name or version" in (caught.value.hint or "")
     card.write_text(card.read_text().replace("\nversion: 2.2.0\n", "\nversion: 2.2.0-site1\n", 1))
     assert resolve_model(copy).card.version == "2.2.0-site1"
+
+
+def test_a_batch_refusal_hint_names_the_case_to_rerun_alone(tmp_path: Path, shared: Path) -> None:
+    """In a batch, "rerun with --force" on the folder failed with exit 2 (the served case's output exists): the
+    hint names the refused case to rerun alone with --force, and that command works (exit 0)."""
+    import nibabel as nib
+    import numpy as np
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_small.nii.gz").write_bytes((shared / "ct" / "totalseg_example_ct_sm" / "image.nii.gz").read_bytes())
+    image = nib.load(shared / "ct" / "radcttace_1211" / "image.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, :110], image.affine), folder / "b_pelvis.nii.gz")
+    done = _medseg("infer", str(folder), "--out", str(tmp_path / "out"))
+    assert done.returncode == 5, done.stderr
+    command = f"medseg infer {folder / 'b_pelvis.nii.gz'} --out {tmp_path / 'out'} --force"
+    assert f"Rerun a refused case alone with --force, e.g. `{command}`" in done.stderr
+    rerun = _medseg(*command.split()[1:])
+    assert rerun.returncode == 0, rerun.stderr

@@ -43,8 +43,20 @@ body_part, not_hu, not_a_volume; --force overrides) or QC rejection (--strict).
 """
 
 
-def _batch_error(results: list[CaseResult], code: int) -> MedsegError:
-    """The run's error: the case's own message for a single case, else a count with the first failure."""
+def _rerun_hint(refused: list[CaseResult], sources: dict[str, Path], out: Path) -> str:
+    """A batch's hint for refused cases: rerun each alone with --force (that replaces its refusal record); --force
+    on the whole folder stops at the outputs of the cases already served ('output already exists', exit 2)."""
+    first = refused[0].case
+    return (f"Rerun a refused case alone with --force, e.g. `medseg infer {sources.get(first, first)} --out {out} "
+            f"--force` (refused: {', '.join(r.case for r in refused)}); --force on the whole folder stops at the "
+            "served cases' outputs. See each case's summary.json.")  # fmt: skip
+
+
+def _batch_error(
+    results: list[CaseResult], code: int, sources: dict[str, Path] | None = None, out: Path | None = None
+) -> MedsegError:
+    """The run's error: the case's own message for a single case, else a count with the first failure; for refused
+    cases of a batch, a hint naming the case to rerun alone with --force (`_rerun_hint`)."""
     from medseg.errors import InvalidInputError, ProcessingError, QCRejectedError, UsageError
 
     bad = [r for r in results if r.exit_code == code]
@@ -53,10 +65,11 @@ def _batch_error(results: list[CaseResult], code: int) -> MedsegError:
     if len(results) == 1:
         return kind(first)
     what = "rejected" if code == 5 else "failed"
-    return kind(
-        f"{len(bad)} of {len(results)} case(s) {what}; first: {bad[0].case}: {first}",
-        hint="See each case's summary.json and the messages above.",
-    )
+    refused = [r for r in bad if code == 5 and "--force" in (r.message or "")]
+    hint = "See each case's summary.json and the messages above."
+    if refused and out is not None:
+        hint = _rerun_hint(refused, sources or {}, out)
+    return kind(f"{len(bad)} of {len(results)} case(s) {what}; first: {bad[0].case}: {first}", hint=hint)
 
 
 def register(app: typer.Typer) -> None:
@@ -222,7 +235,7 @@ def _run(
     detail = [f"forced:{','.join(forced)}"] if forced else []
     if code:
         rec.set_outcome_detail(";".join(["qc_rejected" if code == 5 else "case_failed", *detail]))
-        raise _batch_error(results, code)
+        raise _batch_error(results, code, {c.name: Path(c.source) for c in cases}, out)
     if flagged or forced:
         rec.set_outcome_detail(";".join([*detail, *(["qc_flagged:" + ",".join(flagged)] if flagged else [])]))
     return [p.parent for r in results for p in r.outputs]
