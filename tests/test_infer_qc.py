@@ -114,9 +114,12 @@ def test_a_multi_organ_cards_volume_range_is_its_main_organs_only(chaos) -> None
     assert 60 < stats["volume_ml"] < 200
     assert "volume_implausible" not in codes(check_result("spleen", stats, volume.shape, card))
     assert "volume_implausible" in codes(check_result("liver", stats, volume.shape, card))
+    small = np.zeros(volume.shape, np.uint8)  # about 20 ml: above spleen's organ_not_found (5 ml), below 40 ml
+    small[300:330, 300:330, 30:51] = 1
+    assert "volume_implausible" in codes(check_result("spleen", organ_stats(small, 1, volume), volume.shape, card))
     tiny = np.zeros(volume.shape, np.uint8)
     tiny[300:305, 300:305, 30:32] = 1
-    assert "volume_implausible" in codes(check_result("spleen", organ_stats(tiny, 1, volume), volume.shape, card))
+    assert codes(check_result("spleen", organ_stats(tiny, 1, volume), volume.shape, card)) == {"organ_not_found"}
 
 
 @pytest.mark.parametrize("slices_first", [False, True], ids=["slices-last", "slices-first"])
