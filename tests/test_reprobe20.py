@@ -188,3 +188,23 @@ def test_a_batch_refusal_hint_names_the_case_to_rerun_alone(tmp_path: Path, shar
     assert f"Rerun a refused case alone with --force, e.g. `{command}`" in done.stderr
     rerun = _medseg(*command.split()[1:])
     assert rerun.returncode == 0, rerun.stderr
+
+
+def test_ctrl_c_in_a_batch_after_a_case_finished_records_its_outputs(tmp_path: Path, shared: Path) -> None:
+    """Ctrl-C right after case 1 of a batch was written (while the batch waited for case 2's read) left case 1's
+    files on disk with an end event listing 0 outputs: every finished file of the case is in the end event."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_small.nii.gz").write_bytes((shared / "ct" / "totalseg_example_ct_sm" / "image.nii.gz").read_bytes())
+    (folder / "b_big.nii.gz").write_bytes((shared / "ct" / "chaos_ct_sample" / "image.nii.gz").read_bytes())
+    first = tmp_path / "out" / "a_small"
+    proc = subprocess.Popen([sys.executable, "-m", "medseg", "infer", str(folder), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while not (first / "summary.json").exists() and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    (end,) = _end_events("infer")
+    written = sorted(p.name for p in first.iterdir())
+    assert written == ["liver.nii.gz", "preview.png", "summary.json"]
+    assert len(end["outputs"]) >= len(written), (proc.returncode, end["outcome"], end["outputs"])

@@ -134,6 +134,7 @@ class AuditRecorder:
     input_paths: list[Path] = field(default_factory=list)
     targets: dict[Path, bool] = field(default_factory=dict)
     pending: list[Path] = field(default_factory=list)
+    opened_at: float = field(default_factory=time.time)
     model: dict[str, str] | None = None
     outcome_detail: str | None = None
     mlflow_run_id: str | None = None
@@ -183,9 +184,17 @@ class AuditRecorder:
         """Record the registered outputs (`will_write`) that exist but were never recorded, as the end event is
         written: a command stopped between finishing an output and `add_outputs` leaves no unrecorded output."""
         for p in list(self.pending):
-            if p.is_file():
+            if p.is_file() and self._written_here(p):
                 self.add_outputs([p])
         self.pending.clear()
+
+    def _written_here(self, path: Path) -> bool:
+        """A registered output this command wrote: new, or modified since it started (an earlier run's file that
+        the command never reached is not its output)."""
+        try:
+            return not self.targets.get(resolved(path)) or path.stat().st_mtime >= self.opened_at - 1
+        except OSError:
+            return False
 
     def kept_on_failure(self, path: Path) -> bool:
         """True for an output `_remove_unaudited` must not delete: a recorded input (or a file inside one), or a

@@ -170,7 +170,14 @@ def _run(
     from medseg.infer.batch import Prefetcher, progress_for
     from medseg.infer.cases import discover_cases
     from medseg.infer.organs import parse_organs, select_organs
-    from medseg.infer.pipeline import InferSettings, check_distinct_folders, check_outputs, exit_code, run_case_safe
+    from medseg.infer.pipeline import (
+        InferSettings,
+        check_distinct_folders,
+        check_outputs,
+        exit_code,
+        output_names,
+        run_case_safe,
+    )
     from medseg.infer.runtime import BACKENDS, check_device, check_precision
     from medseg.models.registry import resolve_model
 
@@ -205,6 +212,8 @@ def _run(
     prefetcher = Prefetcher(cases, card) if len(cases) > 1 else None  # read case n+1 while case n runs
     try:
         for n, case in prefetcher or enumerate(cases):
+            names = output_names(model, case, settings.organs).values()
+            rec.will_write([out / case.name / name for name in names])  # recorded even if Ctrl-C cuts the case short
             label = f"[{n + 1}/{len(cases)}] {case.name}" if len(cases) > 1 else case.name
             with console.progress(f"{label}: segmenting", total=None) as advance:
                 progress = lambda done, total, a=advance: a(1, windows=f"{done}/{total}")  # noqa: E731
