@@ -197,12 +197,12 @@ class AuditRecorder:
             return False
 
     def kept_on_failure(self, path: Path) -> bool:
-        """True for an output `_remove_unaudited` must not delete: a recorded input (or a file inside one), or a
+        """True for an output `_remove_unaudited` must not delete: a recorded input file, or a
         file that existed before this command wrote it (overwritten or extended, not created)."""
         target = resolved(path)
         if self.targets.get(target):
             return True
-        return any(target == (i := resolved(q)) or i in target.parents for q in self.input_paths)
+        return any(target == resolved(q) for q in self.input_paths)
 
     def set_model(self, name: str, version: str, sha256: str) -> None:
         """Record the model used: name, version and weights digest."""
