@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medseg.errors import UsageError
-from medseg.io.atomic import TEMPORARY_PREFIX, atomic_write_bytes, check_writable
+from medseg.io.atomic import atomic_write_bytes, check_writable, temporary_prefix
 
 PASSPHRASE_ENV = "MEDSEG_AUDIT_KEY_PASSPHRASE"
 MIN_SECRET_BYTES = 32
@@ -83,7 +83,7 @@ def write_keypair(private_path: Path, public_path: Path, overwrite: bool = False
 def remove_stale_temporaries(path: Path) -> None:
     """Remove the temporary files an earlier, killed write of `path` left beside it (`.tmp-NAME-*`, the atomic
     helper's names for this file only): one of a private key holds the key itself."""
-    prefix = f"{TEMPORARY_PREFIX}{Path(path).name}-"
+    prefix = temporary_prefix(Path(path).name)
     folder = Path(path).parent
     if not folder.is_dir():
         return

@@ -164,7 +164,7 @@ def test_an_edited_copy_of_a_built_in_model_under_its_name_is_refused(tmp_path: 
     assert resolve_model(copy).card.version == "2.2.0"
     card = copy / "model_card.yaml"
     card.write_text(card.read_text() + "\n# site edit\n")
-    with pytest.raises(ProcessingError, match="claims built-in model abdomen 2.2.0") as caught:
+    with pytest.raises(ProcessingError, match=r"claims built-in model abdomen 2\.2\.0") as caught:
         resolve_model(copy)
     assert caught.value.exit_code == 4 and "own name or version" in (caught.value.hint or "")
     card.write_text(card.read_text().replace("\nversion: 2.2.0\n", "\nversion: 2.2.0-site1\n", 1))
@@ -208,3 +208,23 @@ def test_ctrl_c_in_a_batch_after_a_case_finished_records_its_outputs(tmp_path: P
     written = sorted(p.name for p in first.iterdir())
     assert written == ["liver.nii.gz", "preview.png", "summary.json"]
     assert len(end["outputs"]) >= len(written), (proc.returncode, end["outcome"], end["outputs"])
+
+
+def test_long_valid_output_names_are_written(tmp_path: Path, shared: Path) -> None:
+    """A valid 247-character output name, and a dotted UID-like name of about half that, failed with 'File name too
+    long' (exit 4): the temporary name `.tmp-<name>-XXXXXXXX<all suffixes>` outgrew 255 bytes."""
+    from medseg.io.atomic import temporary_prefix, temporary_suffix
+
+    long_name = "a" * 240 + ".nii.gz"
+    uid_name = ".".join(["1.2.840.113619.2.55.3.604688119.969"] * 3) + ".nii.gz"
+    for name in (long_name, uid_name):
+        done = _medseg("convert", str(shared / "ct" / "totalseg_example_ct_sm" / "image.nii.gz"), str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / name).stat().st_size > 0
+    assert temporary_suffix(uid_name) == ".nii.gz" and len(temporary_prefix(long_name)) < 40
+    secret = tmp_path / ("s" * 247 + ".key")
+    assert _medseg("keys", "secret", str(secret)).returncode == 0 and secret.is_file()
+    stale = tmp_path / f"{temporary_prefix(secret.name)}x1y2z3w4.key"  # what a killed write leaves
+    stale.write_text("leftover")
+    assert _medseg("keys", "secret", str(secret), "--overwrite").returncode == 0
+    assert not stale.exists(), "keys' stale-temporary cleanup still finds a long name's leftovers"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -16,6 +17,29 @@ from pathlib import Path
 from medseg.errors import ProcessingError, UsageError
 
 TEMPORARY_PREFIX = ".tmp-"
+
+
+_READABLE_NAME_MAX = 120  # longer names get a digest in their temporary name: .tmp- + name + 8 + suffix < 255 bytes
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of the temporary names of a write of `name`: `.tmp-NAME-`, or `.tmp-<16 hex of its SHA-256>-`
+    for a long name (a valid 247-character output name failed with 'File name too long'). Every caller that finds
+    a write's leftovers by name (keys' stale temporaries) uses this."""
+    if len(name.encode("utf-8", "surrogateescape")) <= _READABLE_NAME_MAX:
+        return f"{TEMPORARY_PREFIX}{name}-"
+    return f"{TEMPORARY_PREFIX}{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}-"
+
+
+def temporary_suffix(name: str) -> str:
+    """The file-type suffix a temporary file keeps (writers choose the format by it: `.nii.gz` compresses): at most
+    the last two suffixes, each short and not a number, so a dotted UID-like name does not double its length."""
+    kept: list[str] = []
+    for suffix in reversed(Path(name).suffixes[-2:]):
+        if len(suffix) > 6 or suffix[1:].isdigit() or not suffix[1:]:
+            break
+        kept.insert(0, suffix)
+    return "".join(kept)
 
 
 def is_unfinished_write(name: str) -> bool:
@@ -118,8 +142,8 @@ def atomic_path(path: Path, overwrite: bool = False, durable: bool = True, priva
     check_writable(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f"{TEMPORARY_PREFIX}{path.name}-"
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix="".join(path.suffixes), dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=temporary_suffix(path.name),
+                                   dir=path.parent)  # fmt: skip
         if not private:
             os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
@@ -211,7 +235,7 @@ def staging_folder(final: Path) -> Path:
     refuse_audit_folder(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-", dir=final.parent))
+        stage = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name), dir=final.parent))
         stage.chmod(0o777 & ~_umask())
     except OSError as exc:
         raise ProcessingError(f"cannot write output: {os_reason(exc)}", path=final.parent,
@@ -244,7 +268,7 @@ def _swap_in(stage: Path, final: Path) -> Path:
     exchange where the system has it; else two renames, the old folder put back if the second fails."""
     if _exchange(stage, final):
         return stage
-    old = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{final.name}-old-", dir=final.parent))
+    old = Path(tempfile.mkdtemp(prefix=f"{temporary_prefix(final.name)}old-", dir=final.parent))
     os.rename(final, old / final.name)
     try:
         os.rename(stage, final)
