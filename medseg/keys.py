@@ -49,13 +49,32 @@ def make_key_folder(out_dir: Path) -> None:
         raise UsageError("exists and is not a folder", path=out_dir,
                          hint="--out takes a folder for NAME.key and NAME.key.pub: pass another path")  # fmt: skip
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_private_folders(out_dir)
     except (FileExistsError, NotADirectoryError) as exc:
         raise UsageError("cannot be made a folder: a part of the path is a file", path=out_dir,
                          hint="Pass another path for --out") from exc  # fmt: skip
     except OSError as exc:
         raise UsageError(f"cannot create the folder: {exc.strerror}", path=out_dir,
                          hint="Pass a folder you can write") from exc  # fmt: skip
+
+
+def _make_private_folders(out_dir: Path) -> None:
+    """Create `out_dir` and its missing parents owner-only (0700, whatever the umask: under umask 000 the key folder
+    was world-writable, so anyone could replace the key); folders that already exist are left as they are."""
+    missing = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)
+
+
+def _refuse_a_writable_folder(path: Path, what: str) -> None:
+    """Private material in a folder that group or other users can write (without the sticky bit) is not used: they
+    could replace it with their own key (UsageError, exit 2)."""
+    folder = Path(path).resolve().parent
+    mode = folder.stat().st_mode
+    if stat.S_IMODE(mode) & 0o022 and not mode & stat.S_ISVTX:
+        raise UsageError(f"the {what}'s folder can be written by other users (mode {stat.S_IMODE(mode):04o})",
+                         path=path, hint=f"Restrict it: chmod 700 {folder}.")  # fmt: skip
 
 
 def _require_no_file_on_the_way(path: Path) -> None:
@@ -111,6 +130,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
             "the signing key is not an Ed25519 key", path=path, hint="Create one with `medseg keys generate`."
         )
     _refuse_readable_by_others(path, "signing key")
+    _refuse_a_writable_folder(path, "signing key")
     return key
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -228,3 +229,20 @@ def test_long_valid_output_names_are_written(tmp_path: Path, shared: Path) -> No
     stale.write_text("leftover")
     assert _medseg("keys", "secret", str(secret), "--overwrite").returncode == 0
     assert not stale.exists(), "keys' stale-temporary cleanup still finds a long name's leftovers"
+
+
+def test_key_folder_is_private_and_a_writable_one_is_refused(tmp_path: Path, shared: Path) -> None:
+    """`keys generate` under umask 000 made a world-writable key folder (anyone could replace the key): the folder
+    medseg creates is 0700, and a signing key in a folder others can write is refused (exit 2)."""
+    keys = tmp_path / "new" / "keys"
+    done = subprocess.run(["sh", "-c", 'umask 000 && exec "$0" -m medseg keys generate --out "$1" --name a',
+                           sys.executable, str(keys)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700 and stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
+    assert _medseg("series", str(shared / "dicom" / "ct_series_totalsegmentator")).returncode == 0
+    keys.chmod(0o777)
+    refused = _medseg("audit", "export", str(tmp_path / "snap.json"), "--key", str(keys / "a.key"))
+    assert refused.returncode == 2 and "can be written by other users" in refused.stderr, refused.stderr
+    assert not (tmp_path / "snap.json").exists()
+    keys.chmod(0o700)
+    assert _medseg("audit", "export", str(tmp_path / "snap.json"), "--key", str(keys / "a.key")).returncode == 0
