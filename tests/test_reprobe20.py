@@ -246,3 +246,17 @@ def test_key_folder_is_private_and_a_writable_one_is_refused(tmp_path: Path, sha
     assert not (tmp_path / "snap.json").exists()
     keys.chmod(0o700)
     assert _medseg("audit", "export", str(tmp_path / "snap.json"), "--key", str(keys / "a.key")).returncode == 0
+
+
+def test_operator_names_with_joiners_are_accepted_and_controls_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Persian name spelt with ZERO WIDTH NON-JOINER was refused as a control character: ZWNJ and ZWJ are
+    accepted; control characters, bidi overrides and isolates and line/paragraph separators still are not."""
+    from medseg.errors import UsageError
+
+    for name in ("محمد\u200cرضا Karimi", "क\u094d\u200dष Rao"):
+        monkeypatch.setenv("MEDSEG_OPERATOR", name)
+        assert load_config().operator == name
+    for bad in ("a\nb", "a\u202eb", "a\u2066b", "a\u2028b", "a\u2029b", "a\x7fb"):
+        monkeypatch.setenv("MEDSEG_OPERATOR", bad)
+        with pytest.raises(UsageError, match="control or format character"):
+            load_config()

@@ -67,12 +67,22 @@ def store_folders() -> tuple[Path, Path]:
     return folder, anchor
 
 
+_JOINERS = frozenset("\u200c\u200d")  # ZERO WIDTH NON-JOINER / JOINER: part of the spelling of Persian, Indic names
+
+
+def _not_plain(char: str) -> bool:
+    """A character an operator identity must not hold: control, format (bidi overrides and isolates among them),
+    surrogate, private-use or unassigned, and line or paragraph separators; ZWNJ and ZWJ are allowed."""
+    return char not in _JOINERS and unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
 def _require_plain_text(operator: str) -> None:
-    """Refuse an operator identity with control or format characters, or bytes that are not UTF-8 (UsageError,
-    exit 2, before anything is recorded): a newline in it forged whole lines in `audit show`, and a lone surrogate
-    (an undecodable byte) could not be stored at all."""
-    bad = next((c for c in operator if unicodedata.category(c).startswith("C")), None)
+    """Refuse an operator identity with control or format characters (but for ZWNJ and ZWJ, which names such as
+    'محمد\u200cرضا' need), line or paragraph separators, or bytes that are not UTF-8 (UsageError, exit 2, before
+    anything is recorded): a newline in it forged whole lines in `audit show`, a bidi override reorders what is
+    shown, and a lone surrogate (an undecodable byte) could not be stored at all."""
+    bad = next((c for c in operator if _not_plain(c)), None)
     if bad is not None:
-        what = "a byte that is not UTF-8" if unicodedata.category(bad) == "Cs" else "a control character"
+        what = "a byte that is not UTF-8" if unicodedata.category(bad) == "Cs" else "a control or format character"
         raise UsageError(f"MEDSEG_OPERATOR holds {what} ({bad!a})",
                          hint="Set it to a plain staff ID (letters, digits, spaces, punctuation).")  # fmt: skip
