@@ -336,7 +336,8 @@ def test_an_operator_with_control_characters_is_refused_before_anything_runs(sha
     for operator in (forged, "alice\x1b[2K"):
         done = _medseg("series", str(shared / PHANTOM), env=dict(os.environ, MEDSEG_OPERATOR=operator))
         lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1 and "MEDSEG_OPERATOR holds a control or format character" in lines[0]
+        assert done.returncode == 2 and len(lines) == 1
+        assert "MEDSEG_OPERATOR holds a control or format character" in lines[0]
     assert not load_config().db_path.exists()
 
 
