@@ -260,3 +260,25 @@ def test_operator_names_with_joiners_are_accepted_and_controls_refused(monkeypat
         monkeypatch.setenv("MEDSEG_OPERATOR", bad)
         with pytest.raises(UsageError, match="control or format character"):
             load_config()
+
+
+def test_a_dangling_audit_or_anchor_link_is_named_in_one_line(tmp_path: Path, shared: Path) -> None:
+    """MEDSEG_AUDIT_DIR (or the anchor folder) as a dangling symbolic link gave 'File exists ... free disk space':
+    one line naming the dangling link, exit 4, nothing created where it points."""
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    series = str(shared / "dicom" / "ct_series_totalsegmentator")
+    for env in ({"MEDSEG_AUDIT_DIR": str(dangling)},
+                {"MEDSEG_AUDIT_DIR": str(tmp_path / "a1"), "MEDSEG_AUDIT_ANCHOR_DIR": str(dangling)}):  # fmt: skip
+        done = _medseg("series", series, env={**os.environ, **env})
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 4 and len(lines) == 1, done.stderr
+        assert "dangling symbolic link" in lines[0] and "free disk space" not in lines[0]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_readme_exit_code_5_names_organ_not_found() -> None:
+    """README's exit-code row 5 lacked organ_not_found, a refusal flag that exits 5."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| 5 |")]
+    assert "`organ_not_found`" in row

@@ -325,10 +325,17 @@ def _not_a_store(config: AuditConfig, empty: bool) -> IntegrityError:
 
 
 def _refuse_a_file_as_folder(config: AuditConfig) -> None:
-    """MEDSEG_AUDIT_DIR (or --audit-dir, or the anchor folder) naming a file: say so in one line (AuditError, exit 4,
-    as for any audit folder that cannot be used), not 'File exists' with advice to free disk space."""
+    """MEDSEG_AUDIT_DIR (or --audit-dir, or the anchor folder) naming a file or a dangling symbolic link (also on the
+    way to it): say so in one line (AuditError, exit 4, as for any audit folder that cannot be used), not 'File
+    exists' with advice to free disk space."""
     for name, folder in (("audit folder (MEDSEG_AUDIT_DIR)", config.audit_dir),
                          ("anchor folder (MEDSEG_AUDIT_ANCHOR_DIR)", config.anchor_dir)):  # fmt: skip
+        dangling = next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.exists()), None)
+        if dangling is not None:
+            where = "" if dangling == folder else f" on the way: {dangling}"
+            raise AuditError(f"the {name} is a dangling symbolic link{where} (to {os.readlink(dangling)}, which does "
+                             "not exist)", path=folder, hint="Create the folder it points to, or point the variable "
+                             "at an existing folder.")  # fmt: skip
         blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise AuditError(f"the {name} is a file, not a folder" + ("" if blocker == folder else f": {blocker}"),
