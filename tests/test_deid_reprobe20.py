@@ -1,0 +1,87 @@
+"""Defects a re-probe of the review-20 `medseg deid` fixes found (re-probe 20): each test failed on the code before its
+fix. Real data from the shared corpus (read, never copied into the repository), edited with pydicom in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medseg.deid.check import check_tree
+from medseg.deid.engine import embeds_identity
+from medseg.deid.leakcheck import Matchers, collect, embedded_hits, normalise
+from tests.deid_fixtures import run_deid
+
+RT = Path("dicom") / "rtstruct" / "rt-utils" / "mock_data"
+CODES = ("ContourGeometricType", "ROIGenerationAlgorithm", "BodyPartExamined")
+
+
+def _released(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*.dcm") if ".deid-state" not in p.parts and "quarantine" not in p.parts)
+
+
+def _rt_series(shared: Path, folder: Path, patient: str, physician: str = "SMITH^PAUL") -> Path:
+    """The rt-utils CT slices and their RT Structure Set with the given patient and referring physician, the CT
+    slices of the pelvis."""
+    folder.mkdir(parents=True)
+    for name in ("ct_1.dcm", "ct_2.dcm", "rt.dcm"):
+        ds = pydicom.dcmread(shared / RT / name)
+        ds.PatientName, ds.ReferringPhysicianName = patient, physician
+        if ds.Modality == "CT":
+            ds.BodyPartExamined = "PELVIS"
+        ds.save_as(folder / name)
+    return folder
+
+
+def _codes(out: Path) -> set[str]:
+    return {f"{e.keyword}={e.value}" for p in _released(out) for e in pydicom.dcmread(p).iterall()
+            if e.keyword in CODES}  # fmt: skip
+
+
+# --- 1: common first names inside ordinary codes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patient", "physician"),
+    [("PRESLEY^ELVIS", "SMITH^PAUL"), ("KANE^LANA", "SMITH^PAUL"), ("GINOBILI^MANU", "SMITH^PAUL"),
+     ("DOE^JOHN", "PRESLEY^ELVIS^LANA MANU")],
+)  # fmt: skip
+def test_codes_holding_a_first_name_are_kept_and_pass_the_check(
+    shared: Path, tmp_path: Path, patient: str, physician: str
+) -> None:
+    """PELVIS (patient ELVIS) was released as REMOVED; CLOSED_PLANAR (LANA) and MANUAL (MANU) failed the check, also
+    when only the referring physician had those names."""
+    src = _rt_series(shared, tmp_path / "in", patient, physician)
+    run_deid(src, tmp_path / "out")
+    assert _codes(tmp_path / "out") == {
+        "BodyPartExamined=PELVIS", "ContourGeometricType=CLOSED_PLANAR", "ROIGenerationAlgorithm=MANUAL"
+    }  # fmt: skip
+    result = check_tree(src, tmp_path / "out", ocr=False)
+    assert [f.line() for f in result.findings if not f.kept_by] == []
+
+
+@pytest.mark.parametrize(("name", "code"), [("NORMA", "NORMAL"), ("RENA", "RENAL"), ("LINE", "LINEAR"),
+                                            ("PINE", "SPINE"), ("ELVIS", "PELVIS"), ("LANA", "CLOSED_PLANAR")])
+def test_standard_words_are_no_glued_name(name: str, code: str) -> None:
+    """The run's affix rule: a word of the standard holding the name is a code, the name glued to a code is not."""
+    assert not embeds_identity(code, {name})
+    assert embeds_identity(f"{name}B", {name})
+
+
+def _matchers(shared: Path, tmp_path: Path, patient: str, patient_id: str = "PID-77") -> Matchers:
+    src = _rt_series(shared, tmp_path / "m", patient, "SMITH^PAUL")
+    for path in src.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientID = patient_id
+        ds.save_as(path)
+    return collect(sorted(src.iterdir()))
+
+
+def test_the_check_still_finds_names_and_ids_glued_to_codes(shared: Path, tmp_path: Path) -> None:
+    """The reviewer's cases stay caught: MRN9894340694, 9894340694CT, MILLERB; NORMAL for NORMA is not."""
+    matchers = _matchers(shared, tmp_path, "MILLER^NORMA", "9894340694")
+    for code in ("MRN9894340694", "9894340694CT", "MILLERB"):
+        assert embedded_hits(normalise(code), matchers), code
+    for code in ("NORMAL", "PELVIS", "PRIMARY"):
+        assert not embedded_hits(normalise(code), matchers), code
