@@ -85,3 +85,27 @@ def test_the_check_still_finds_names_and_ids_glued_to_codes(shared: Path, tmp_pa
         assert embedded_hits(normalise(code), matchers), code
     for code in ("NORMAL", "PELVIS", "PRIMARY"):
         assert not embedded_hits(normalise(code), matchers), code
+
+
+# --- 2: the CS rule inside sequences of an implicit VR file ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_nested_codes_holding_the_name_are_replaced_in_implicit_vr_files(
+    shared: Path, tmp_path: Path, explicit: bool
+) -> None:
+    """The rt-utils RT Structure Set is Implicit VR: a nested ContourGeometricType 'QUIXOTE' and ROIGeneration
+    Algorithm 'QUIXOTEB' of patient QUIXOTE^ZEBULON were released (the raw copier passed no VR to the CS rule)."""
+    ds = pydicom.dcmread(shared / RT / "rt.dcm")
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    ds.PatientName = "QUIXOTE^ZEBULON"
+    ds.ROIContourSequence[0].ContourSequence[0].ContourGeometricType = "QUIXOTE"
+    ds.StructureSetROISequence[0].ROIGenerationAlgorithm = "QUIXOTEB"
+    (tmp_path / "in").mkdir()
+    if explicit:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(tmp_path / "in" / "rt.dcm", enforce_file_format=explicit)
+    run_deid(tmp_path / "in", tmp_path / "out")
+    out = pydicom.dcmread(_released(tmp_path / "out")[0])
+    assert out.ROIContourSequence[0].ContourSequence[0].ContourGeometricType == "REMOVED"
+    assert out.StructureSetROISequence[0].ROIGenerationAlgorithm == "REMOVED"

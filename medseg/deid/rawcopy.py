@@ -348,7 +348,8 @@ def _direct(
         ctx.actions["private X"] += 1  # no Retain Safe Private here (LEVEL_OPTIONS): every private element goes
         return b""
     kind, action, label = element_decision(tag, vr, ctx.options)
-    valid = valid_kept_value(vr or "", value, ctx.patient_words)
+    engine_vr = vr if vr and vr != "UN" else dictionary_vr(tag)  # implicit VR: the dictionary's (re-probe 20 #2)
+    valid = valid_kept_value(engine_vr, value, ctx.patient_words)
     if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN" and valid:
         return _KEPT
     if kind == "drop":
@@ -358,7 +359,6 @@ def _direct(
         return b""
     if kind not in ("row", "dummy", "safe-ui"):
         return None
-    engine_vr = vr if vr and vr != "UN" else dictionary_vr(tag)
     new = raw_changed(
         RawDataElement(BaseTag(tag), vr, length, value, start, implicit, True), engine_vr, kind, action, ctx
     )
