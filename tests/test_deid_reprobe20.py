@@ -109,3 +109,21 @@ def test_nested_codes_holding_the_name_are_replaced_in_implicit_vr_files(
     out = pydicom.dcmread(_released(tmp_path / "out")[0])
     assert out.ROIContourSequence[0].ContourSequence[0].ContourGeometricType == "REMOVED"
     assert out.StructureSetROISequence[0].ROIGenerationAlgorithm == "REMOVED"
+
+
+# --- 3: a patient ID that is a word of the standard's UIDs -----------------------------------------------------------
+
+
+def test_a_patient_id_inside_class_uids_is_no_leak(shared: Path, tmp_path: Path) -> None:
+    """Patient ID 10008 failed every released file: it is a dot-separated word of 1.2.840.10008... (SOP class,
+    transfer syntax), which no de-identification changes."""
+    (tmp_path / "in").mkdir()
+    for name, pid, uid in (("A^ANNA", "10008", "1.2.3.4.1"), ("B^BERT", "PIDB88456", "1.2.3.4.2")):
+        ds = pydicom.dcmread(shared / RT / "ct_1.dcm")
+        ds.PatientName, ds.PatientID = name, pid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, f"{uid}.1", f"{uid}.1.1"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(tmp_path / "in" / f"{name[0]}.dcm")
+    run_deid(tmp_path / "in", tmp_path / "out")
+    result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
+    assert [f.line() for f in result.findings if not f.kept_by] == []
