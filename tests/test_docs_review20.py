@@ -220,7 +220,7 @@ def test_the_queue_makes_a_new_job_for_a_study_done_with_other_organs_or_another
 def _batch(shared_src: Path, out: Path, organs: str, model: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "medseg", "batch", str(shared_src), "--out", str(out), "--organ", organs,
            "--model", str(model)]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=REPO)
 
 
 def _seg_segments(out: Path) -> list[list[str]]:
@@ -251,7 +251,7 @@ def test_a_batch_rerun_with_more_organs_or_another_model_segments_again_and_keep
     assert _seg_segments(out) == [["liver"], ["liver", "spleen"]]
     same = _batch(tmp_path / "in", out, "liver,spleen", model_a)
     assert same.returncode == 0 and "(1 done in an earlier run)" in same.stdout, same
-    assert "segmented in an earlier run (job 2), not run again" in same.stderr
+    assert "segmented in an earlier run (job 2: liver, spleen by test-abdomen 0.0.1" in same.stderr
     other = _batch(tmp_path / "in", out, "liver", model_b)
     assert other.returncode == 0 and "segmented again for liver by test-abdomen 0.0.2" in other.stderr, other
     assert len(_seg_segments(out)) == 3

@@ -303,7 +303,8 @@ def _tell_known(studies: list[Any]) -> None:
         if s.same_as is not None:
             console.info(f"study {s.name}: the same files as {s.same_as} (job {s.job_id}), segmented once")
         elif s.how == "done":
-            console.info(f"study {s.name}: segmented in an earlier run (job {s.job_id}), not run again")
+            made = f": {s.made_with}" if s.made_with else ""
+            console.info(f"study {s.name}: segmented in an earlier run (job {s.job_id}{made}), not run again")
         elif s.how == "quarantined":
             console.info(f"study {s.name}: quarantined in an earlier run and its files have not changed "
                          f"(job {s.job_id}), not run again")  # fmt: skip
