@@ -223,7 +223,8 @@ def test_a_writer_failing_on_either_thread_leaves_no_outputs(
     model: InstalledModel, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     """The label map and preview are written on a helper thread while the SEG is built: an error on either side is
-    raised after both ended, and every output already written (on both threads) is removed."""
+    raised after both ended, and every output already written (on both threads) is removed; what remains is the
+    failed summary.json that post-market monitoring counts (README: a case that fails writes only that)."""
     import medseg.infer.pipeline as pipeline
 
     def disk_full(*_args: object, **_kwargs: object) -> None:
@@ -234,4 +235,5 @@ def test_a_writer_failing_on_either_thread_leaves_no_outputs(
     with pytest.raises(OSError, match="No space left"):
         run_case(cases[0], model, band_runner(), InferSettings("liver", tmp_path, organs=("liver", "spleen")))
     folder = tmp_path / cases[0].name
-    assert not folder.exists() or sorted(p.name for p in folder.rglob("*")) == []
+    assert sorted(p.name for p in folder.rglob("*")) == ["summary.json"]
+    assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
