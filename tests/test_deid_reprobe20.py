@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate, generate_frames
 
 from medseg.deid.check import check_tree
 from medseg.deid.engine import embeds_identity
@@ -127,3 +128,25 @@ def test_a_patient_id_inside_class_uids_is_no_leak(shared: Path, tmp_path: Path)
     run_deid(tmp_path / "in", tmp_path / "out")
     result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
     assert [f.line() for f in result.findings if not f.kept_by] == []
+
+
+# --- 4: a digit-only name part in ImageType --------------------------------------------------------------------------
+
+
+def test_the_corpus_us_file_passes_the_default_check_beside_pancreas_0001(shared: Path, tmp_path: Path) -> None:
+    """Default options (pixel scan, OCR check) on (2 frames of) the corpus' US multi-frame (ImageType
+    DERIVED\\PRIMARY\\EPICARDIAL\\0001) beside the file of patient PANCREAS_0001: the check split '0001' out of the
+    name and failed the US file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    us = pydicom.dcmread(shared / "dicom" / "pydicom" / "examples_ybr_color.dcm")
+    frames = list(generate_frames(us.PixelData, number_of_frames=us.NumberOfFrames))
+    us.PixelData, us.NumberOfFrames = encapsulate(frames[:2]), 2  # 2 of its 30 JPEG frames: OCR takes seconds
+    us.save_as(src / "us.dcm")
+    (src / "pancreas.dcm").write_bytes((shared / "dicom" / "pydicom_data" / "explicit_VR-UN.dcm").read_bytes())
+    assert "0001" in pydicom.dcmread(src / "us.dcm").ImageType
+    assert "PANCREAS_0001" in str(pydicom.dcmread(src / "pancreas.dcm").PatientName)
+    run_deid(src, tmp_path / "out", scan_pixels=True)
+    result = check_tree(src, tmp_path / "out")
+    assert [f.line() for f in result.findings if not f.kept_by] == []
+    assert result.files_checked == 2 and not result.unchecked and not result.pixels_unchecked
