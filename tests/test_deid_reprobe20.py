@@ -150,3 +150,27 @@ def test_the_corpus_us_file_passes_the_default_check_beside_pancreas_0001(shared
     result = check_tree(src, tmp_path / "out")
     assert [f.line() for f in result.findings if not f.kept_by] == []
     assert result.files_checked == 2 and not result.unchecked and not result.pixels_unchecked
+
+
+# --- 5: a patient ID that is a word of SpecificCharacterSet ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("patient_id", "charset"), [("100", "ISO_IR 100"), ("192", "ISO_IR 192")])
+def test_the_character_set_survives_a_patient_id_that_is_its_number(
+    shared: Path, tmp_path: Path, patient_id: str, charset: str
+) -> None:
+    """PatientID '100' turned SpecificCharacterSet 'ISO_IR 100' into 'REMOVED', and the release's text was decoded
+    wrongly; a Modality holding the patient's name is still no term and is replaced."""
+    ds = pydicom.dcmread(shared / RT / "ct_1.dcm")
+    ds.SpecificCharacterSet, ds.PatientID, ds.PatientName = charset, patient_id, "QUIXOTE^ZEBULON"
+    ds.Manufacturer = "Müller Medizintechnik"
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "a.dcm")
+    other = pydicom.dcmread(shared / RT / "ct_2.dcm")
+    other.PatientName, other.PatientID, other.Modality = "QUIXOTE^ZEBULON", patient_id, "QUIXOTE"
+    other.save_as(tmp_path / "in" / "b.dcm")
+    run_deid(tmp_path / "in", tmp_path / "out")
+    out = {str(o.Modality): o for o in map(pydicom.dcmread, _released(tmp_path / "out"))}
+    assert out["CT"].SpecificCharacterSet == charset
+    assert out["CT"].Manufacturer == "Müller Medizintechnik"
+    assert set(out) == {"CT", "REMOVED"}

@@ -37,3 +37,31 @@ def vocabulary() -> frozenset[str]:
 def standard_word(token: str) -> bool:
     """Whether one word of a code string (letters and digits, upper case) is a word of the standard's vocabulary."""
     return token.upper() in vocabulary()
+
+
+MODALITY_CIDS = frozenset({29, 33})  # PS3.16 CID 29 Acquisition Modality, CID 33 Modality: Modality's Defined Terms
+
+
+@functools.cache
+def defined_terms() -> dict[int, frozenset[str]]:
+    """Tag -> the values a CS attribute may hold that are terms of the standard, as pydicom ships them: Specific
+    Character Set (pydicom's charset table), Modality (the DCM codes of CID 29 and 33), Photometric Interpretation
+    (its enumerated values). Such a value is kept whatever the patient's words: a patient ID '100' or '192' is no
+    reason to destroy 'ISO_IR 100' (re-probe 20 #5: the text was then decoded wrongly)."""
+    from pydicom.charset import python_encoding
+    from pydicom.pixels.common import PhotometricInterpretation
+    from pydicom.sr._concepts_dict import concepts
+
+    modalities = {code for entry in concepts["DCM"].values() for code, (_m, cids) in entry.items()
+                  if MODALITY_CIDS & set(cids)}  # fmt: skip
+    return {
+        0x00080005: frozenset(python_encoding),
+        0x00080060: frozenset(modalities),
+        0x00280004: frozenset(p.value for p in PhotometricInterpretation),
+    }
+
+
+def defined_term(tag: int, value: str) -> bool:
+    """Whether `value` is one of the standard's terms for the CS attribute `tag` (`defined_terms`)."""
+    terms = defined_terms().get(tag)
+    return terms is not None and value in terms
