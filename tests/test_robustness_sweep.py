@@ -118,7 +118,9 @@ def test_infer_sweep_over_every_real_file_and_folder(shared, tmp_path, invoke, m
     seconds = time.perf_counter() - start
     print(f"infer sweep: {len(entries)} entries, exit codes {dict(sorted(tally.items()))}, {seconds:.1f} s")
     assert problems == []
-    assert tally[0] >= 4 and tally[3] > 100 and tally[5] > 5  # 2-slice CTs are refused as not_a_volume (test below)
+    # 2-slice CTs are refused as not_a_volume (test below); pydicom's dicomdirtests CT5N (0.8 ml of the test model's
+    # 'liver everywhere' in its whole volume) as organ_not_found since review 20, so two served entries remain
+    assert tally[0] >= 2 and tally[3] > 100 and tally[5] > 5
 
 
 @pytest.mark.parametrize("entry", ["dicom/pydicom_data/eCT_Supplemental.dcm", "dicom/rtstruct/rt-utils/mock_data"])
