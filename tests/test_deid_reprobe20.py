@@ -174,3 +174,44 @@ def test_the_character_set_survives_a_patient_id_that_is_its_number(
     assert out["CT"].SpecificCharacterSet == charset
     assert out["CT"].Manufacturer == "Müller Medizintechnik"
     assert set(out) == {"CT", "REMOVED"}
+
+
+# --- 6: a voice recording whose class is only in the file meta -------------------------------------------------------
+
+VOICE = "1.2.840.10008.5.1.4.1.1.9.4.1"
+
+
+@pytest.mark.parametrize("meta_class", [VOICE, "1.2.3.4.5.6.7"])
+def test_waveforms_of_a_voice_or_unknown_class_in_the_file_meta_are_quarantined(
+    shared: Path, tmp_path: Path, meta_class: str
+) -> None:
+    """The corpus ECG with SOPClassUID removed and Basic Voice Audio (or an unregistered class) only in the file meta
+    was released and passed the check; the ECG itself (a registered waveform class) is still released."""
+    (tmp_path / "in").mkdir()
+    ecg = pydicom.dcmread(shared / "dicom" / "pydicom" / "waveform_ecg.dcm")
+    ecg.save_as(tmp_path / "in" / "ecg.dcm")
+    au = pydicom.dcmread(shared / "dicom" / "pydicom" / "waveform_ecg.dcm")
+    au.SOPInstanceUID = au.file_meta.MediaStorageSOPInstanceUID = au.SOPInstanceUID + ".9"
+    au.file_meta.MediaStorageSOPClassUID = meta_class
+    del au.SOPClassUID
+    au.save_as(tmp_path / "in" / "voice.dcm")
+    result = run_deid(tmp_path / "in", tmp_path / "out", scan_pixels=True)
+    assert result.count("quarantined") == 1 and result.count("written") == 1
+    released = [pydicom.dcmread(p) for p in _released(tmp_path / "out")]
+    assert [str(o.SOPClassUID) for o in released] == [str(ecg.SOPClassUID)]
+
+
+def test_the_check_does_not_certify_a_voice_recording_named_in_the_file_meta_only(
+    shared: Path, tmp_path: Path
+) -> None:
+    """A released object without SOPClassUID whose file meta says Basic Voice Audio was certified by the check."""
+    (tmp_path / "in").mkdir()
+    pydicom.dcmread(shared / "dicom" / "pydicom" / "waveform_ecg.dcm").save_as(tmp_path / "in" / "ecg.dcm")
+    run_deid(tmp_path / "in", tmp_path / "out")
+    [released] = _released(tmp_path / "out")
+    voice = pydicom.dcmread(released)
+    voice.file_meta.MediaStorageSOPClassUID = VOICE
+    del voice.SOPClassUID
+    voice.save_as(released)
+    result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
+    assert [name for name, _ in result.files_unchecked] == [released.relative_to(tmp_path / "out").as_posix()]

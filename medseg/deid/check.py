@@ -443,10 +443,11 @@ def _unused_bits_set(ds: object) -> bool:
 
 
 def _recording(ds: object) -> bool:
-    """A released voice or audio waveform object (review 20 #5: its recording was released and certified)."""
-    from medseg.deid.pixels import RECORDING_SOP_CLASSES
+    """A released voice or audio waveform object (review 20 #5: its recording was released and certified), its class
+    also from the file meta, or waveform samples of an unknown class (re-probe 20 #6)."""
+    from medseg.deid.pixels import is_recording
 
-    return str(getattr(ds, "SOPClassUID", "")) in RECORDING_SOP_CLASSES
+    return is_recording(ds)  # type: ignore[arg-type]
 
 
 def _float_pixels(ds: object) -> bool:

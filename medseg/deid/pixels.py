@@ -133,9 +133,34 @@ RECORDING_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.9.4.1",  # Basic Voice Audio Waveform
     "1.2.840.10008.5.1.4.1.1.9.4.2",  # General Audio Waveform
 })  # fmt: skip
-RECORDING_REASON = "an audio recording (voice or general audio waveform): it cannot be de-identified; not released"
+RECORDING_REASON = (
+    "an audio recording (voice or general audio waveform, or waveform samples of an unknown class): it cannot be "
+    "de-identified; not released"
+)
 FLOAT_PIXELS = (0x7FE00008, 0x7FE00009)  # Float Pixel Data, Double Float Pixel Data
 FLOAT_REASON = "Float or Double Float Pixel Data: the text scan reads integer pixels only; review this image by hand"
+
+
+def sop_class(ds: Dataset) -> str:
+    """The object's SOP Class UID, or the file meta's Media Storage SOP Class UID when the data set has none
+    (re-probe 20 #6: a voice recording whose class was only in the file meta was released)."""
+    meta = getattr(ds, "file_meta", None)
+    own = str(value_of(ds, "SOPClassUID", "") or "").strip("\0 ")
+    return own or (str(meta.get("MediaStorageSOPClassUID", "") or "").strip("\0 ") if meta is not None else "")
+
+
+def is_recording(ds: Dataset) -> bool:
+    """An audio recording (`RECORDING_SOP_CLASSES`, by `sop_class`), or waveform samples (Waveform Data in the
+    Waveform Sequence) of an object whose class is missing or not a registered one: what the samples are (ECG or
+    speech) cannot be told then, so they are handled as a recording."""
+    from medseg.deid.keyed import registered_uid
+
+    sop = sop_class(ds)
+    if sop in RECORDING_SOP_CLASSES:
+        return True
+    items = value_of(ds, "WaveformSequence") or []
+    samples = any("WaveformData" in item for item in items)  # type: ignore[attr-defined]
+    return samples and not registered_uid(sop)
 
 
 def has_float_pixels(ds: Dataset) -> bool:
@@ -148,7 +173,7 @@ def scan_and_clean(ds: Dataset, scan: bool) -> PixelOutcome:
     """Scan (and if needed clean, in place) the pixels of a header-de-identified dataset with its original file meta;
     float pixels (`has_float_pixels`) and audio recordings (`RECORDING_SOP_CLASSES`, review 20 #5) are quarantined,
     since nothing here can read them."""
-    if str(value_of(ds, "SOPClassUID", "")) in RECORDING_SOP_CLASSES:
+    if is_recording(ds):
         return PixelOutcome("quarantine", RECORDING_REASON)
     if has_float_pixels(ds) and str(value_of(ds, "SOPClassUID", "")) not in COMPUTED_SOP_CLASSES:
         return PixelOutcome("quarantine", FLOAT_REASON)
