@@ -7,7 +7,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
 # base modules every package may use
-SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline", "signals", "monai_import"}
+SHARED = {"errors", "keys", "digests", "yamltext", "cache", "parallel", "offline", "signals", "monai_import", "guard"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "audit": set(),

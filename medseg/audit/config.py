@@ -14,15 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import UsageError
+from medseg.guard import default_audit_dir
 
 DB_NAME = "audit.db"
 ANCHOR_NAME = "chain-anchor.log"
-
-
-def default_audit_dir() -> Path:
-    """The per-user default folder, following the XDG base-directory convention."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "medseg" / "audit"
 
 
 @dataclass(frozen=True)
@@ -57,14 +52,6 @@ def load_config(audit_dir: Path | None = None, anchor_dir: Path | None = None) -
     if operator is not None:
         _require_plain_text(operator)
     return AuditConfig(folder, anchor, operator)
-
-
-def store_folders() -> tuple[Path, Path]:
-    """The audit folder and the anchor folder the environment names (MEDSEG_AUDIT_DIR, MEDSEG_AUDIT_ANCHOR_DIR, else
-    the default), read without checking MEDSEG_OPERATOR: what no command output may land in."""
-    folder = Path(os.environ.get("MEDSEG_AUDIT_DIR") or default_audit_dir()).expanduser()
-    anchor = Path(os.environ.get("MEDSEG_AUDIT_ANCHOR_DIR") or folder).expanduser()
-    return folder, anchor
 
 
 _JOINERS = frozenset("\u200c\u200d")  # ZERO WIDTH NON-JOINER / JOINER: part of the spelling of Persian, Indic names

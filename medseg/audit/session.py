@@ -27,7 +27,7 @@ from medseg.audit.digest import PathDigest, describe_path, keyed_ref, path_ref
 from medseg.audit.record import AuditEvent
 from medseg.audit.store import AuditStore, utc_now
 from medseg.errors import AuditError, MedsegError, QCRejectedError
-from medseg.io.atomic import guarding, resolved
+from medseg.guard import guarding, resolved
 from medseg.parallel import in_background
 from medseg.signals import deferred_interrupt
 

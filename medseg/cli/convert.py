@@ -58,7 +58,7 @@ def _refuse_output_onto_input(input: Path, output: Path) -> None:
     """OUTPUT naming the input file itself (also through a link) is refused (UsageError, exit 2): with --overwrite it
     replaced the only copy of the scan, and a failed end event then deleted it."""
     from medseg.errors import UsageError
-    from medseg.io.atomic import resolved
+    from medseg.guard import resolved
 
     if resolved(input) == resolved(output):
         hint = "Pass another OUTPUT path; the input is never replaced."

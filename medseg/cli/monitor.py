@@ -50,7 +50,7 @@ def build(
     """Collect every summary.json (and PACS results) into the store; cases already stored are not added again."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
-    from medseg.io.atomic import refuse_audit_folder
+    from medseg.guard import refuse_audit_folder
     from medseg.monitor.collect import collect_pacs, collect_summaries, find_summaries, read_pacs
     from medseg.monitor.store import MonitorStore
 
