@@ -60,6 +60,7 @@ from medseg.models.card import ModelCard
 from medseg.models.registry import InstalledModel
 from medseg.parallel import ThreadSettingError, in_background, thread_cap
 from medseg.postprocess import organ_stats
+from medseg.signals import deferred_interrupt
 from medseg.writers.preview import write_preview
 from medseg.writers.seg import SegAlgorithm, SegUnavailable, prewarm_in_background, write_seg
 from medseg.writers.summary import write_summary
@@ -336,9 +337,11 @@ def run_case(
     The outputs are written into a staging folder and moved into the case folder together (`commit_folder`): an
     --overwrite run leaves none of an earlier run's outputs beside its own, a failed one leaves them untouched."""
     final, names = check_outputs(case, model, settings)
-    stage = staging_folder(final)
-    run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case), stage, names)
+    stage: Path | None = None
     try:
+        with deferred_interrupt():  # Ctrl-C right after the folder is made must still find it to remove it
+            stage = staging_folder(final)
+        run = _CaseRun(case, model, settings, _base_summary(model, runner, settings, case), stage, names)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run.caught = caught
@@ -352,7 +355,8 @@ def run_case(
                 raise
         commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs})
     except BaseException:  # the case folder keeps its earlier outputs, untouched, whatever failed
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
         raise
     result.outputs = [final / p.name for p in result.outputs]
     return result
