@@ -215,3 +215,48 @@ def test_the_check_does_not_certify_a_voice_recording_named_in_the_file_meta_onl
     voice.save_as(released)
     result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
     assert [name for name, _ in result.files_unchecked] == [released.relative_to(tmp_path / "out").as_posix()]
+
+
+# --- 7: pixel data inside a kept sequence ----------------------------------------------------------------------------
+
+
+def _ct_with_nested_xray(shared: Path, path: Path) -> pydicom.Dataset:
+    """The rt-utils CT of the JSL chest X-ray's patient, that X-ray (burned-in name) as Pixel Data of a Derivation
+    Image Sequence item."""
+    xr = pydicom.dcmread(next((shared / "deid" / "burned_in_text_jsl").glob("292821506_*.dcm")))
+    ct = pydicom.dcmread(shared / RT / "ct_1.dcm")
+    ct.PatientName, ct.PatientID = xr.PatientName, xr.PatientID
+    item = pydicom.Dataset()
+    for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
+               "PhotometricInterpretation", "PixelData"):  # fmt: skip
+        setattr(item, kw, getattr(xr, kw))
+    ct.DerivationImageSequence = [item]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ct.save_as(path)
+    return ct
+
+
+def test_pixel_data_inside_a_sequence_item_is_not_released(shared: Path, tmp_path: Path) -> None:
+    """The X-ray nested in a Derivation Image Sequence item was released byte for byte and certified."""
+    _ct_with_nested_xray(shared, tmp_path / "in" / "ct.dcm")
+    result = run_deid(tmp_path / "in", tmp_path / "out")
+    [released] = _released(tmp_path / "out")
+    out = pydicom.dcmread(released)
+    assert "DerivationImageSequence" in out and "Rows" in out.DerivationImageSequence[0]
+    assert "PixelData" not in out.DerivationImageSequence[0] and "PixelData" in out
+    assert sum(r.actions.get("nested pixel data X", 0) for r in result.records) == 1
+
+
+def test_the_check_does_not_certify_nested_pixel_data(shared: Path, tmp_path: Path) -> None:
+    """A released file holding pixel data in a sequence item (not OCRed) is reported as pixels NOT checked."""
+    (tmp_path / "in").mkdir()
+    pydicom.dcmread(shared / RT / "ct_1.dcm").save_as(tmp_path / "in" / "ct.dcm")
+    run_deid(tmp_path / "in", tmp_path / "out")
+    [released] = _released(tmp_path / "out")
+    nested = _ct_with_nested_xray(shared, tmp_path / "x" / "ct.dcm").DerivationImageSequence
+    out = pydicom.dcmread(released)
+    out.DerivationImageSequence = nested
+    out.save_as(released)
+    result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
+    rel = released.relative_to(tmp_path / "out").as_posix()
+    assert (rel, "pixel data inside a sequence item: not OCRed") in result.pixels_unchecked

@@ -241,6 +241,8 @@ def check_tree(
         if _recording(ds):
             result.files_unchecked.append((rel, "an audio recording: what it says is not checked"))
             continue
+        if _nested_pixels(ds):
+            result.pixels_unchecked.append((rel, "pixel data inside a sequence item: not OCRed"))
         if not _has_image(ds):
             continue
         if _float_pixels(ds):
@@ -448,6 +450,14 @@ def _recording(ds: object) -> bool:
     from medseg.deid.pixels import is_recording
 
     return is_recording(ds)  # type: ignore[arg-type]
+
+
+def _nested_pixels(ds: object) -> bool:
+    """Pixel, Float or Double Float Pixel Data inside a sequence item of a released object: the run removes it, so
+    one found there was never scanned, and the OCR reads top-level pixels only (re-probe 20 #7)."""
+    nested = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+    return any(tag in item or _nested_pixels(item) for elem in ds if elem.VR == "SQ"  # type: ignore[attr-defined]
+               for item in elem.value or [] for tag in nested)  # fmt: skip
 
 
 def _float_pixels(ds: object) -> bool:

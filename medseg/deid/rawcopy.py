@@ -37,6 +37,8 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from medseg.deid.engine import (
+    NESTED_PIXELS,
+    PIXEL_TAGS,
     FileContext,
     clean_level,
     dictionary_vr,
@@ -346,6 +348,9 @@ def _direct(
     bytes), b"" (removed), its new encoding (changed from its bytes); None when the engine must see it."""
     if tag >> 16 & 1:
         ctx.actions["private X"] += 1  # no Retain Safe Private here (LEVEL_OPTIONS): every private element goes
+        return b""
+    if tag in PIXEL_TAGS:  # pixel data in an item: never scanned, so never released (re-probe 20 #7)
+        ctx.actions[NESTED_PIXELS] += 1
         return b""
     kind, action, label = element_decision(tag, vr, ctx.options)
     engine_vr = vr if vr and vr != "UN" else dictionary_vr(tag)  # implicit VR: the dictionary's (re-probe 20 #2)
