@@ -16,7 +16,7 @@ from pydicom.sequence import Sequence
 
 from medseg.deid.check import check_tree
 from medseg.deid.leakcheck import Matcher, normalise
-from tests.deid_fixtures import run_deid
+from tests.deid_fixtures import refresh_digests, run_deid
 
 WORD = st.sampled_from(["MARY", "SMITH", "JOHN", "PRIMARY", "1.2.3", "77", "DOE", "ST", "JAMES"])
 
@@ -47,6 +47,7 @@ def test_leak_planted_in_the_output_of_a_run_without_options_is_found(shared: Pa
     record = run_deid(src, tmp_path / "out").records[0]
     manifest = json.loads((tmp_path / "out" / "deid-manifest.json").read_text())
     assert record.status == "written" and manifest["options"] == []
+    refresh_digests(tmp_path / "out")
     assert check_tree(src, tmp_path / "out", ocr=False).findings == []
     name = str(pydicom.dcmread(original).PatientName)
     assert normalise(name)
@@ -61,6 +62,7 @@ def test_leak_planted_in_the_output_of_a_run_without_options_is_found(shared: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.save_as(written)
+    refresh_digests(tmp_path / "out")
     findings = check_tree(src, tmp_path / "out", ocr=False).findings
     places = {f.location for f in findings}
     assert "(0008,1140)[0](0020,4000)" in places, places

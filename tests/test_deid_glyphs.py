@@ -19,7 +19,7 @@ from medseg.deid.conformance import box_coverage
 from medseg.deid.glyphs import find_text_lines, read_ink, text_blocks
 from medseg.deid.ocr import to_display
 from medseg.deid.pixels import _decode, _frames, _render, scan_and_clean
-from tests.deid_fixtures import run_deid
+from tests.deid_fixtures import refresh_digests, run_deid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from deid_measure import clean_ct_slices, ground_truth
@@ -160,11 +160,13 @@ def test_leak_check_sees_ink_text_left_in_a_blanked_block(shared: Path, tmp_path
     (src / "mr.dcm").write_bytes(path.read_bytes())
     record = run_deid(src, tmp_path / "out", scan_pixels=True).records[0]
     assert record.status == "written" and record.pixels["status"] == "cleaned"
+    refresh_digests(tmp_path / "out")
     assert check_tree(src, tmp_path / "out", ocr=True).findings == []
     written = tmp_path / "out" / record.output
     ds = pydicom.dcmread(written)
     ds.PixelData = pydicom.dcmread(path).pixel_array.astype(ds.pixel_array.dtype).tobytes()  # the text put back
     ds.save_as(written)
+    refresh_digests(tmp_path / "out")
     findings = check_tree(src, tmp_path / "out", ocr=True).findings
     tops = [int(re.search(r"box \d+,(\d+)-", f.location)[1]) for f in findings if f.kind == "burned-in text"]
     assert any(top < 70 for top in tops), [f.line() for f in findings]  # lines over noise: only the ink pass sees them

@@ -12,7 +12,8 @@ from pydicom.encaps import encapsulate, generate_frames
 from medseg.deid.check import check_tree
 from medseg.deid.engine import embeds_identity
 from medseg.deid.leakcheck import Matchers, collect, embedded_hits, normalise
-from tests.deid_fixtures import run_deid
+from medseg.errors import UsageError
+from tests.deid_fixtures import SECRET, refresh_digests, run_deid
 
 RT = Path("dicom") / "rtstruct" / "rt-utils" / "mock_data"
 CODES = ("ContourGeometricType", "ROIGenerationAlgorithm", "BodyPartExamined")
@@ -213,6 +214,7 @@ def test_the_check_does_not_certify_a_voice_recording_named_in_the_file_meta_onl
     voice.file_meta.MediaStorageSOPClassUID = VOICE
     del voice.SOPClassUID
     voice.save_as(released)
+    refresh_digests(tmp_path / "out")
     result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
     assert [name for name, _ in result.files_unchecked] == [released.relative_to(tmp_path / "out").as_posix()]
 
@@ -257,6 +259,26 @@ def test_the_check_does_not_certify_nested_pixel_data(shared: Path, tmp_path: Pa
     out = pydicom.dcmread(released)
     out.DerivationImageSequence = nested
     out.save_as(released)
+    refresh_digests(tmp_path / "out")
     result = check_tree(tmp_path / "in", tmp_path / "out", ocr=False)
     rel = released.relative_to(tmp_path / "out").as_posix()
     assert (rel, "pixel data inside a sequence item: not OCRed") in result.pixels_unchecked
+
+
+# --- 8: a listed output name holding other content -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_key", [False, True])
+def test_a_listed_output_holding_other_content_is_refused(shared: Path, tmp_path: Path, with_key: bool) -> None:
+    """Another patient's untouched original copied over a listed output name passed the check, with and without
+    the key: its SHA-256 is not the manifest's output_sha256."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("1-01.dcm", "1-02.dcm"):
+        (src / name).write_bytes((shared / "deid" / "tcia_pseudo_phi_mr" / "original" / name).read_bytes())
+    run_deid(src, tmp_path / "out")
+    target = _released(tmp_path / "out")[0]
+    target.write_bytes((shared / "dicom" / "pydicom" / "MR_small.dcm").read_bytes())
+    with pytest.raises(UsageError, match="not the one the run wrote") as error:
+        check_tree(src, tmp_path / "out", ocr=False, secret=SECRET if with_key else None)
+    assert error.value.path == target

@@ -189,6 +189,7 @@ def check_tree(
     result.identifying_values = len(matchers.strong.kinds) + len(matchers.parts.kinds) + len(matchers.uids.kinds)
     records = [f for f in manifest.get("files", []) if f.get("output")]
     regions = {f["output"]: (f.get("pixels") or {}).get("regions") or [] for f in records}
+    digests = {f["output"]: f.get("output_sha256") for f in records}
     own: dict[int, list[str]] | None = None
     names: dict[str, str | None] = {}
     by_pixels: dict[str, Path] | None = None
@@ -210,6 +211,7 @@ def check_tree(
         if on_file is not None:
             on_file(path)
         data = path.read_bytes()
+        _require_written(path, data, digests.get(rel))
         ds = read_any(path, data)
         declared = options_in(ds, allowed) if ds is not None else frozenset()
         result.findings.extend(name_findings(rel, matchers, names, _retained_uids(ds, declared)))
@@ -506,6 +508,16 @@ def _originals_by_pixels(originals: list[Path]) -> dict[str, Path]:
         if digest:
             found[digest] = path if digest not in found else None
     return {d: p for d, p in found.items() if p is not None}
+
+
+def _require_written(path: Path, data: bytes, expected: str | None) -> None:
+    """Refuse a released file the manifest lists whose bytes are not the ones the run wrote (its SHA-256 differs
+    from the manifest's output_sha256): another file under a listed name is not the release the check is asked
+    about (re-probe 20 #8: another patient's original copied over a listed name passed)."""
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise UsageError("this released file is not the one the run wrote (its SHA-256 differs from the manifest's "
+                         "output_sha256)", path=path,
+                         hint="Restore the release the run wrote, or de-identify again into a new OUTPUT.")  # fmt: skip
 
 
 def _require_originals(
