@@ -282,3 +282,17 @@ def test_a_listed_output_holding_other_content_is_refused(shared: Path, tmp_path
     with pytest.raises(UsageError, match="not the one the run wrote") as error:
         check_tree(src, tmp_path / "out", ocr=False, secret=SECRET if with_key else None)
     assert error.value.path == target
+
+
+# --- 9: an OUTPUT that cannot be created -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out", ["/proc/medseg_out", "/proc/medseg_out/deeper"])
+def test_an_output_that_cannot_be_created_is_a_usage_error(shared: Path, tmp_path: Path, out: str) -> None:
+    """OUTPUT under /proc was 'internal error ... report it' (exit 4); now a one-line usage error naming it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes((shared / RT / "ct_1.dcm").read_bytes())
+    with pytest.raises(UsageError, match="output folder cannot be created") as error:
+        run_deid(src, Path(out))
+    assert error.value.path == Path(out) and "\n" not in str(error.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -140,6 +141,20 @@ def _check_output_place(out: Path) -> None:
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise UsageError("output lies under a file", path=blocking, hint="Choose a folder path for OUTPUT.")
+    if not out.exists():
+        _require_creatable(out)
+
+
+def _require_creatable(out: Path) -> None:
+    """A new OUTPUT must be creatable in its nearest existing folder: /proc, a read-only or immutable folder is a
+    usage error naming it (exit 2, one line), not an internal error (re-probe 20 #9). Tried with a folder made and
+    removed at once, so that a refused run leaves nothing behind."""
+    base = next(p for p in out.parents if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".medseg-deid-", dir=base))
+    except OSError as exc:
+        raise UsageError(f"output folder cannot be created there ({exc.strerror or type(exc).__name__})",
+                         path=out, hint="Choose a folder you can write to.") from None  # fmt: skip
 
 
 def _load_state(out: Path) -> dict[str, FileRecord]:
