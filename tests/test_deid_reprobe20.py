@@ -12,7 +12,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from medseg.deid.check import check_tree
 from medseg.deid.engine import embeds_identity
 from medseg.deid.leakcheck import Matchers, collect, embedded_hits, normalise
-from medseg.errors import UsageError
+from medseg.errors import InvalidInputError, UsageError
 from tests.deid_fixtures import SECRET, refresh_digests, run_deid
 
 RT = Path("dicom") / "rtstruct" / "rt-utils" / "mock_data"
@@ -296,3 +296,23 @@ def test_an_output_that_cannot_be_created_is_a_usage_error(shared: Path, tmp_pat
     with pytest.raises(UsageError, match="output folder cannot be created") as error:
         run_deid(src, Path(out))
     assert error.value.path == Path(out) and "\n" not in str(error.value)
+
+
+# --- 10: an emptied INPUT on a resume ---------------------------------------------------------------------------------
+
+
+def test_an_empty_input_into_a_release_is_refused_and_removes_nothing(shared: Path, tmp_path: Path) -> None:
+    """An unmounted share (its mount point an empty folder) re-run into the OUTPUT deleted the whole release as
+    withdrawn, exit 0; now it is refused (exit 3) and every released file stays."""
+    src = tmp_path / "mnt"
+    src.mkdir()
+    for name in ("1-01.dcm", "1-02.dcm"):
+        (src / name).write_bytes((shared / "deid" / "tcia_pseudo_phi_mr" / "original" / name).read_bytes())
+    run_deid(src, tmp_path / "out")
+    before = _released(tmp_path / "out")
+    for path in src.iterdir():
+        path.unlink()
+    with pytest.raises(InvalidInputError, match="INPUT holds no file") as error:
+        run_deid(src, tmp_path / "out")
+    assert error.value.exit_code == 3 and error.value.path == src
+    assert _released(tmp_path / "out") == before and len(before) == 2

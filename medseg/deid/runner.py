@@ -123,6 +123,18 @@ def _check_input_identity(out: Path, identity: str, resuming: bool) -> None:
                          hint="Resume with the same INPUT, or use a new folder for this input.")  # fmt: skip
 
 
+def _refuse_emptied_input(src: Path, out: Path, files: list[Path]) -> None:
+    """Refuse (exit 3) an INPUT without a single DICOM file into an OUTPUT that holds a release: an unmounted share
+    or a moved folder looks like every patient withdrawing, and the resume deleted the whole release with exit 0
+    (re-probe 20 #10). Withdrawing everything is deleting OUTPUT, which needs no run."""
+    if files:
+        return
+    if any(rec.output and rec.status != "withdrawn" for rec in _load_state(out).values()):
+        raise InvalidInputError("INPUT holds no file, but OUTPUT holds a release made from it: not withdrawn",
+                                path=src, hint="Check that INPUT is mounted and complete; to withdraw the whole "
+                                "release, delete OUTPUT.")  # fmt: skip
+
+
 def _withdraw(out: Path, rec: FileRecord, reason: str, current: set[str]) -> FileRecord:
     """Remove an earlier run's output whose input left the walk or changed (a release equals exactly the current
     input: a withdrawn patient's file must not stay released); the record says so, without any value."""
@@ -320,6 +332,7 @@ def deidentify_tree(
     mapper = KeyedMapper(secret)
     identity = _input_identity(src, mapper)
     _check_input_identity(out, identity, (out / STATE_DIR / "key-id").is_file())
+    _refuse_emptied_input(src, out, walk.files)
     (out / PENDING).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STATE_DIR / "key-id", marker + "\n", overwrite=True)
     atomic_write_text(out / INPUT_ID, identity + "\n", overwrite=True)
