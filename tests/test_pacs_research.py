@@ -4,6 +4,7 @@ a kill at any point loses nothing and publishes one copy; a copy with a finding 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -203,12 +204,13 @@ def test_a_copy_with_a_leak_is_withheld_in_storage_and_never_published(shared: P
     deid_out = staging_dir(storage, 7, 3) / "deid"
     planted: list[str] = []
 
-    def defect(record: object) -> None:
+    def defect(record: object) -> None:  # as if the run itself had written the name: its digest is the one recorded
         output = getattr(record, "output", None)
         if output and not planted:
             ds = pydicom.dcmread(deid_out / output)
             ds.ImageComments = PHI["PatientName"]
             ds.save_as(deid_out / output)
+            record.output_sha256 = hashlib.sha256((deid_out / output).read_bytes()).hexdigest()  # type: ignore[attr-defined]
             planted.append(output)
 
     outcome = make_copy(research, storage, 7, 3, [study_src], {"generation": 1}, on_file=defect)
@@ -219,6 +221,30 @@ def test_a_copy_with_a_leak_is_withheld_in_storage_and_never_published(shared: P
     withheld = storage / "research" / "withheld" / "job-7"
     assert (withheld / "reason.txt").read_text().strip() == outcome.reason
     assert not (withheld / "input").exists()  # the originals' links are not kept
+
+
+def test_a_copy_the_leak_check_refuses_is_withheld_not_a_failed_job(shared: Path, tmp_path: Path) -> None:
+    """A released file changed after the run wrote it (its SHA-256 no longer the manifest's) makes the check refuse
+    the copy (since re-probe 20): the job withholds the copy with that reason instead of failing on the error."""
+    study_src = tmp_path / "study"
+    _phi_study(shared, study_src, range(30, 33), "research-refused")
+    storage, research = tmp_path / "storage", Research(folder=tmp_path / "research", key_file=_key(tmp_path / "k"),
+                                                       pixels="off")  # fmt: skip
+    deid_out = staging_dir(storage, 8, 1) / "deid"
+    changed: list[str] = []
+
+    def after_the_run(record: object) -> None:
+        output = getattr(record, "output", None)
+        if output and not changed:
+            with (deid_out / output).open("ab") as f:
+                f.write(b"\0\0")
+            changed.append(output)
+
+    outcome = make_copy(research, storage, 8, 1, [study_src], {"generation": 1}, on_file=after_the_run)
+    assert changed and outcome.state == "withheld" and outcome.folder is None
+    assert outcome.reason is not None and outcome.reason.startswith("leak check refused the copy: ")
+    assert "output_sha256" in outcome.reason and PHI["PatientName"] not in outcome.reason
+    assert not research.folder.exists() or not any(research.folder.iterdir())
 
 
 def test_an_older_generation_never_replaces_a_newer_published_copy(shared: Path, tmp_path: Path) -> None:

@@ -156,7 +156,10 @@ def _make_copy(research: Research, storage: Path, job_id: int, fence: int, input
     study = _study_folder(out)
     if study is None:
         return _withhold(storage, job_id, work, 0, quarantined, "no instance could be de-identified")
-    check = check_tree(originals, out, ocr=scan, secret=secret)
+    try:
+        check = check_tree(originals, out, ocr=scan, secret=secret)
+    except MedsegError as exc:  # the check refused the copy (a released file the run did not write, ...)
+        return _withhold(storage, job_id, work, written, quarantined, f"leak check refused the copy: {exc.one_line()}")
     reason = _not_proved(check, scan)
     if reason is not None:
         return _withhold(storage, job_id, work, written, quarantined, reason)
