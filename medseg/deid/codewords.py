@@ -65,3 +65,21 @@ def defined_term(tag: int, value: str) -> bool:
     """Whether `value` is one of the standard's terms for the CS attribute `tag` (`defined_terms`)."""
     terms = defined_terms().get(tag)
     return terms is not None and value in terms
+
+
+# the glued-identity rule's limits, shared by the run (`engine.embeds_identity`) and its independent check
+# (`leakcheck.embedded_hits`): an ID of 5+ characters anywhere, a name part of 4+ letters leaving at most 2 others
+MIN_EMBEDDED_ID = 5
+MIN_EMBEDDED_NAME = 4
+MAX_NAME_AFFIX = 2
+
+
+@functools.cache
+def structured_terms() -> frozenset[str]:
+    """The enumerated values of the SR content item attributes (Value Type, Relationship Type, Graphic Type,
+    Temporal Range Type: PS3.3 C.17.3 and C.18, as highdicom lists them): codes of the standard, never identity
+    glued to text ('PNAME' for a patient whose name has the part NAME)."""
+    from highdicom.sr import enum as sr
+
+    enums = (sr.ValueTypeValues, sr.RelationshipTypeValues, sr.GraphicTypeValues, sr.TemporalRangeTypeValues)
+    return frozenset(str(v.value) for e in enums for v in e)
