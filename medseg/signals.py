@@ -22,12 +22,14 @@ def _deferrable(handler: Any) -> bool:
 
 
 @contextmanager
-def deferred_interrupt() -> Iterator[None]:
+def deferred_interrupt(noted: list[int] | None = None) -> Iterator[None]:
     """Run the block with Ctrl-C (and SIGTERM, where `interrupt_on_sigterm` handles it) recorded rather than raised;
     after the block, the first one recorded is handed to the handler it was held back from (KeyboardInterrupt).
 
     Only Python's own Ctrl-C handler and medseg's stop handler are replaced, in the main thread only: elsewhere
     signals cannot be handled, and a handler someone installed (a service's graceful stop) is theirs to keep.
+    `noted`: each signal held back is also appended to it as it arrives (the audit trail records an interrupt that
+    came while its end event was written).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -40,6 +42,8 @@ def deferred_interrupt() -> Iterator[None]:
 
     def record(signum: int, frame: Any) -> None:
         pending.append(signum)
+        if noted is not None:
+            noted.append(signum)
 
     for signum in held:
         signal.signal(signum, record)

@@ -7,18 +7,9 @@ import pytest
 
 from medseg.infer.qc import check_input, check_result, touches_padding
 from medseg.io import Volume, read_image, read_nifti
-from medseg.models.card import ModelCard
 from medseg.postprocess import organ_stats
+from tests.test_infer_qc import CARD
 
-CARD = ModelCard(
-    name="qc",
-    version="0",
-    organ="liver",
-    labels={0: "background", 1: "liver"},
-    intended_use="tests",
-    spacing=(3.0, 3.0, 3.0),
-    weights={"sha256": "0" * 64},
-)
 REAL = ("chaos_ct_sample", "radcttace_0697", "radcttace_1211", "totalseg_example_ct_sm")
 
 

@@ -11,7 +11,6 @@ import contextlib
 import getpass
 import os
 import re
-import signal
 import socket
 import time
 import uuid
@@ -301,30 +300,6 @@ class _EndEvent:
         )  # fmt: skip
 
 
-@contextlib.contextmanager
-def _interrupts_noted(noted: list[int]) -> Iterator[None]:
-    """`deferred_interrupt`, and each signal it holds back also appended to `noted` as it arrives.
-
-    Only the handlers `deferred_interrupt` put in place are wrapped (a handler someone else installed is left
-    alone); a KeyboardInterrupt for what was held back is raised when the block ends, as `deferred_interrupt` does."""
-    signals = (signal.SIGINT, signal.SIGTERM)
-    before = {n: signal.getsignal(n) for n in signals}
-    with deferred_interrupt():
-        holding = {n: h for n in signals if (h := signal.getsignal(n)) is not before[n] and callable(h)}
-
-        def note(signum: int, frame: Any) -> None:
-            noted.append(signum)
-            holding[signum](signum, frame)
-
-        for signum in holding:
-            signal.signal(signum, note)
-        try:
-            yield
-        finally:
-            for signum, handler in holding.items():
-                signal.signal(signum, handler)
-
-
 def _finish(store: AuditStore, rec: AuditRecorder, end: _EndEvent) -> None:
     """Write the end event with Ctrl-C and SIGTERM held back, so that an interrupt cannot cut the write short and
     leave a finished output without its record; when the write fails for any reason, the outputs this command
@@ -332,7 +307,7 @@ def _finish(store: AuditStore, rec: AuditRecorder, end: _EndEvent) -> None:
     that existed before the command (`AuditRecorder.kept_on_failure`)."""
     failure: BaseException | None = None
     try:
-        with _interrupts_noted(end.interrupts):
+        with deferred_interrupt(noted=end.interrupts):
             try:
                 rec.settle_inputs()
                 rec.settle_outputs()
