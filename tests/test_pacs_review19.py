@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -103,7 +104,7 @@ def test_serve_refuses_a_malformed_or_unreachable_scheduler(tmp_path: Path) -> N
 def test_dispatch_hands_back_and_reconnects_when_the_scheduler_is_lost(shared: Path, tmp_path: Path) -> None:
     """The scheduler killed while a job runs on it: the dispatch thread died (nothing segmented again, nothing said).
     Now the lease goes back to the queue, `pacs status` sees dispatch down, and the job runs once it is back."""
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     from medseg.pacs.batch import batch_config, enqueue
     from medseg.pacs.dask_workers import dispatch, dispatch_down
@@ -125,6 +126,9 @@ def test_dispatch_hands_back_and_reconnects_when_the_scheduler_is_lost(shared: P
     stop = threading.Event()
     with mock.patch.dict(os.environ):  # distributed's nannies change this process's environment
         first = cluster()
+        with Client(first) as probe:
+            (worker_pid,) = probe.run(os.getpid).values()
+        os.kill(worker_pid, signal.SIGSTOP)  # the job cannot finish (and be committed) before the scheduler is lost
         config = batch_config(tmp_path / "out", "liver", None, "auto", first.scheduler_address)
         queue = enqueue(config, tmp_path / "in")
         runner = threading.Thread(target=dispatch, args=(config, queue, stop, on_event, []),
@@ -132,6 +136,7 @@ def test_dispatch_hands_back_and_reconnects_when_the_scheduler_is_lost(shared: P
         runner.start()
         try:
             assert submitted.wait(60)
+            os.kill(worker_pid, signal.SIGKILL)
             first.close()
             deadline = time.monotonic() + 45
             while dispatch_down(config.storage) is None and time.monotonic() < deadline:
@@ -260,7 +265,7 @@ def test_batch_refuses_a_malformed_scheduler_before_queueing_and_an_unreachable_
 
 def test_batch_hands_back_its_jobs_and_exits_4_when_the_scheduler_is_lost(shared: Path, tmp_path: Path) -> None:
     """The scheduler killed mid-batch ended in 'internal error ... report it' with the job left running (leased)."""
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     from medseg.errors import ProcessingError
     from medseg.pacs.batch import batch_config, enqueue, run_batch
@@ -269,11 +274,15 @@ def test_batch_hands_back_its_jobs_and_exits_4_when_the_scheduler_is_lost(shared
     with mock.patch.dict(os.environ):
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
         try:
+            with Client(cluster) as probe:
+                (worker_pid,) = probe.run(os.getpid).values()
+            os.kill(worker_pid, signal.SIGSTOP)  # the job cannot be committed before the scheduler is lost
             config = batch_config(tmp_path / "out", "liver", None, "auto", cluster.scheduler_address)
             queue = enqueue(config, tmp_path / "in")
 
             def on_event(message: str) -> None:
                 if "submitted" in message:
+                    os.kill(worker_pid, signal.SIGKILL)
                     cluster.close()
 
             with pytest.raises(ProcessingError, match="lost the Dask scheduler") as raised:
