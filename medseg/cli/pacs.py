@@ -63,10 +63,12 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from medseg.cli.audited import audited
+        from medseg.infer.pipeline import check_thread_setting
         from medseg.pacs.config import load_config
         from medseg.pacs.service import Service
 
         cfg = load_config(config)
+        check_thread_setting()  # before a study is acknowledged, not as every job's failure afterwards
         with audited("pacs.serve", params={"config": config, "workers": cfg.workers}) as rec:
             rec.add_inputs([config])
             service = Service(cfg, on_event=console.info)

@@ -22,6 +22,7 @@ import numpy as np
 
 from medseg.cache import cache_dir
 from medseg.errors import ProcessingError, UsageError
+from medseg.io.atomic import staging_folder
 from medseg.models.registry import InstalledModel, sha256_file
 
 PARITY_MAX_ABS = 1e-2
@@ -226,7 +227,7 @@ def accelerated_runner(
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     exported = record is None or not _files_intact(folder, record) or record.get("weights_sha256") != sha
     if exported:
-        staging = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
+        staging = staging_folder(folder)
         _export(model, backend, staging, batch_size, version)
         _publish(staging, folder)
         record = json.loads(record_path.read_text())

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from medseg.audit.canonical import canonical_bytes
 from medseg.audit.digest import file_sha256
 from medseg.errors import IntegrityError, InvalidInputError, ProcessingError, UsageError
-from medseg.io.atomic import TEMPORARY_PREFIX, _umask, atomic_write_text, is_unfinished_write
+from medseg.io.atomic import _umask, atomic_write_text, is_unfinished_write, temporary_prefix, temporary_suffix
 from medseg.keys import key_id
 from medseg.signals import deferred_interrupt
 from medseg.validation.report import REPORT, SIGNATURE, artifacts, files_in, read_report
@@ -184,7 +184,7 @@ def staged_file(folder: Path, name: str) -> Path:
     `name`: it lies beside the previews a rendering links to, and renames onto `name` on the same filesystem. It gets
     the mode an ordinary write would (0666 less the umask, as medseg.io.atomic), not mkstemp's 0600: a signed file
     another account cannot read would make its `report verify` fail."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{name}-", suffix=Path(name).suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(name), suffix=temporary_suffix(name), dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
     finally:
@@ -216,7 +216,7 @@ def _commit(folder: Path, staged: dict[str, Path]) -> None:
                 with path.open("rb+") as f:
                     os.fsync(f.fileno())
                 if (folder / name).is_file():
-                    backups[folder / name] = folder / f"{TEMPORARY_PREFIX}{name}.orig-{os.getpid()}"
+                    backups[folder / name] = folder / f"{temporary_prefix(name)}orig-{os.getpid()}"
                     os.link(folder / name, backups[folder / name])
             for name, path in staged.items():
                 os.replace(path, folder / name)
