@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from medseg.errors import ProcessingError
 from medseg.signals import deferred_interrupt
 
 EXPERIMENT = "medseg-validation"
+HOST_TAG, PID_TAG = "medseg.host", "medseg.pid"  # which process owns a RUNNING run: `end_orphans`
 FAST_FAIL = {  # while the store is checked: an unreachable server fails in seconds, not after minutes of retries
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
@@ -124,9 +126,11 @@ def start_run(report: dict[str, Any], out: Path, tracking_uri: str | None) -> di
 
         with deferred_interrupt():
             client, exp_id = _client(uri, out)
+            end_orphans(client, exp_id)
             model, ts = report["model"], report["set"]
             run_name = f"{model['name']}-{model['version']}@{ts['name']}"
-            run_id = client.create_run(exp_id, run_name=run_name, tags=_tags(report)).info.run_id
+            owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+            run_id = client.create_run(exp_id, run_name=run_name, tags=_tags(report) | owner).info.run_id
             _log_dataset(client, run_id, ts)
             params = [Param(k, str(v)[:500]) for k, v in _params(report).items()]
             client.log_batch(run_id, metrics=_metrics(report), params=params)
@@ -136,6 +140,31 @@ def start_run(report: dict[str, Any], out: Path, tracking_uri: str | None) -> di
         raise ProcessingError(f"cannot log the validation to MLflow at {uri}: {exc}".splitlines()[0],
                               hint="Check --tracking-uri / MLFLOW_TRACKING_URI.") from exc  # fmt: skip
     return {"run_id": run_id, "tracking_uri": uri, "experiment": EXPERIMENT}
+
+
+def end_orphans(client: Any, exp_id: str) -> list[str]:
+    """Mark FAILED the validation runs this host left RUNNING whose process is gone (a validate killed with SIGKILL
+    or a power cut between creating its run and ending it), tagged `medseg.ended_by`; returns their ids. A run of
+    another host, or whose process still lives, is left alone."""
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
+    ended = []
+    for run in client.search_runs([exp_id], filter_string=query, max_results=1000):
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "FAILED")
+            client.set_tag(run.info.run_id, "medseg.ended_by", f"a later validate: process {pid} was gone")
+            ended.append(run.info.run_id)
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fail_run(info: dict[str, str], out: Path) -> None:
