@@ -27,6 +27,7 @@ from medseg.audit.record import AuditEvent, ChainedRecord
 from medseg.errors import AuditError, IntegrityError
 
 BUSY_TIMEOUT_S = 60.0
+NEW_STORE_WAIT_S = 3.0  # a reader's wait for the schema of a store being created (`_initialised_soon`)
 # SQLite's primary result codes for a file whose content is not a (sound) database: damage or tampering, which no
 # free disk space or permission change repairs (SQLITE_CORRUPT, SQLITE_NOTADB).
 DAMAGED_CODES = (11, 26)
@@ -132,7 +133,7 @@ class AuditStore:
                     raise sqlite3.OperationalError(f"journal mode is {mode}, WAL needed")
                 conn.execute("PRAGMA synchronous=FULL")
                 store._init_schema()
-            elif store._meta("store_id") is None:
+            elif store._meta("store_id") is None and not _initialised_soon(store):
                 try:
                     _refuse_a_lost_store(config, IntegrityError)
                 except IntegrityError:
@@ -299,6 +300,18 @@ def _load_body(text: str) -> dict:
     except ValueError:
         return {"_unparseable": text}
     return value if isinstance(value, dict) else {"_unparseable": text}
+
+
+def _initialised_soon(store: AuditStore) -> bool:
+    """Whether an empty store gets its schema within NEW_STORE_WAIT_S: a reader that opens the store while the first
+    command creates it (file made, schema not yet committed) waits for that, instead of calling the new trail
+    emptied (exit 1). Another application's tables are not waited for."""
+    deadline = time.monotonic() + NEW_STORE_WAIT_S
+    while not store._conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return store._meta("store_id") is not None  # the schema and store_id are committed in one transaction
 
 
 def _refuse_a_lost_store(config: AuditConfig, error: type[AuditError | IntegrityError]) -> None:
