@@ -23,8 +23,11 @@ TYPE2_PATIENT_STUDY = (
 TEXT_KEYWORDS = ("PatientName", "PatientID", "ReferringPhysicianName", "StudyID", "AccessionNumber",
                  "StudyDescription", "SeriesDescription")  # fmt: skip
 PERSON_NAMES = ("PatientName", "ReferringPhysicianName")
-DECIMAL_KEYWORDS = ("SliceThickness", "SpacingBetweenSlices", "PixelSpacing")
+IDENTIFIERS = ("PatientID", "StudyID", "AccessionNumber")
+DECIMAL_KEYWORDS = ("SliceThickness", "SpacingBetweenSlices", "PixelSpacing", "PatientWeight", "PatientSize")
+OPTIONAL_PATIENT_DECIMALS = ("PatientWeight", "PatientSize")
 DATE_RE = re.compile(r"^\d{8}$")
+AGE_RE = re.compile(r"^\d{3}[DWMY]$")
 TIME_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 SEXES = frozenset({"M", "F", "O", ""})
 MAX_LENGTH = {"SH": 16, "LO": 64, "PN": 64}
@@ -86,44 +89,84 @@ def normalise_source(ds: Any) -> list[str]:
         elif had_charset is None and not text.isascii():
             notes.append(f"source {keyword} holds non-ASCII characters but no SpecificCharacterSet; read as the "
                          "default repertoire and written as UTF-8: check it against the source")  # fmt: skip
-        limit = MAX_LENGTH.get(dictionary_VR(keyword), 64)
-        if len(text) > limit:
-            notes.append(f"source {keyword} longer than {limit} characters; shortened in the SEG")
-            text = text[:limit]
-        if keyword in PERSON_NAMES and text and "^" not in text:
-            text += "^"  # a family name only: the trailing caret says so unambiguously (PS3.5 6.2.1.2)
-        setattr(ds, keyword, text)
+        setattr(ds, keyword, _within_length(keyword, text, dictionary_VR(keyword), notes))
     for keyword, pattern in (("StudyDate", DATE_RE), ("PatientBirthDate", DATE_RE), ("StudyTime", TIME_RE)):
         value = (_raw(ds, keyword) or "").strip()
         if value and not pattern.match(value):
-            notes.append(f"source {keyword} {value[:20]!r} is not a valid DICOM date/time; left empty in the SEG")
+            notes.append(f"source {keyword} is not a valid DICOM date/time; left empty in the SEG")
             value = ""
         setattr(ds, keyword, value)
     sex = (_raw(ds, "PatientSex") or "").strip().upper()
     if sex not in SEXES:
-        notes.append(f"source PatientSex {sex[:8]!r} is not M, F or O; left empty in the SEG")
+        notes.append("source PatientSex is not M, F or O; left empty in the SEG")
         sex = ""
     ds.PatientSex = sex
+    _drop_invalid_age(ds, notes)
     for keyword in DECIMAL_KEYWORDS:
         _normalise_decimal(ds, keyword, notes)
+    _positive_spacing(ds, notes)
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, "")
     return notes
 
 
+def _within_length(keyword: str, text: str, vr: str, notes: list[str]) -> str:
+    """`text` as the SEG may hold it under its VR's length limit (PS3.5 6.2).
+
+    An identifier over the limit is left empty (all are Type 2 in the SEG): cut short it could name another patient
+    or exam, and kept whole the SEG fails dciodvfy. A person name is limited per component group (alphabetic,
+    ideographic, phonetic), so only a group over 64 characters is shortened; a description is shortened."""
+    limit = MAX_LENGTH.get(vr, 64)
+    if keyword in PERSON_NAMES:
+        groups = text.split("=")
+        if any(len(g) > limit for g in groups):
+            notes.append(f"source {keyword} has a component group longer than {limit} characters; that group is "
+                         "shortened in the SEG")  # fmt: skip
+            groups = [g[:limit] for g in groups]
+        if groups[0] and "^" not in groups[0]:
+            groups[0] += "^"  # a family name only: the trailing caret says so unambiguously (PS3.5 6.2.1.2)
+        return "=".join(groups)
+    if len(text) <= limit:
+        return text
+    if keyword in IDENTIFIERS:
+        notes.append(f"source {keyword} is longer than the {limit} characters its VR allows; left empty in the SEG "
+                     "(shortened, it could name another patient or exam)")  # fmt: skip
+        return ""
+    notes.append(f"source {keyword} longer than {limit} characters; shortened in the SEG")
+    return text[:limit]
+
+
+def _drop_invalid_age(ds: Any, notes: list[str]) -> None:
+    """PatientAge (Type 3) is copied only in its AS form, nnnD/W/M/Y; anything else would fail dciodvfy."""
+    value = (_raw(ds, "PatientAge") or "").strip(" \x00")
+    if value and not AGE_RE.match(value):
+        notes.append("source PatientAge is not a DICOM age (nnnD, nnnW, nnnM or nnnY); omitted from the SEG")
+        del ds["PatientAge"]
+
+
+def _positive_spacing(ds: Any, notes: list[str]) -> None:
+    """SpacingBetweenSlices is a distance, never negative in the SEG's pixel measures (some scanners write the
+    signed step); its absolute value is given, with a note."""
+    value = ds.get("SpacingBetweenSlices", None)
+    if value is None or not str(value).strip() or float(value) >= 0:
+        return
+    ds.SpacingBetweenSlices = f"{abs(float(value)):.10g}"[:16]
+    notes.append("source SpacingBetweenSlices is negative; the SEG gives its absolute value")
+
+
 def _normalise_decimal(ds: Any, keyword: str, notes: list[str]) -> None:
     """Decimal commas become points; a value that is still not a number is dropped (all are optional here)."""
     raw = _raw(ds, keyword)
-    if raw is None:
+    if raw is None or (keyword in OPTIONAL_PATIENT_DECIMALS and not raw.strip(" \x00")):
         return
     parts = [p.strip().replace(",", ".") for p in raw.strip(" \x00").split("\\")]
     try:
         numbers = [float(p) for p in parts]
     except ValueError:
-        notes.append(f"source {keyword} {raw[:20]!r} is not a number; omitted from the SEG")
+        notes.append(f"source {keyword} is not a number; omitted from the SEG")
         del ds[keyword]
         return
     if any("," in p for p in raw.split("\\")):
-        notes.append(f"source {keyword} {raw[:20]!r} uses a decimal comma; written as {'/'.join(parts)}")
+        notes.append(f"source {keyword} uses a decimal comma; written with a decimal point")
     setattr(ds, keyword, [f"{n:.10g}"[:16] for n in numbers] if len(numbers) > 1 else f"{numbers[0]:.10g}"[:16])
