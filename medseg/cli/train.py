@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from medseg.audit.digest import PathDigest, path_ref
 from medseg.cli.state import console
+
+if TYPE_CHECKING:
+    from medseg.cli.audited import AuditRecorder
 
 EXAMPLES = """
 Examples:
@@ -60,6 +64,18 @@ class _Reporter:
             console.info(f.get("message") or f"resumed at it {f['iteration']} from {f['checkpoint']}")
 
 
+def record_manifest_as_loaded(rec: AuditRecorder, manifest: Path, sha256: str, copy: Path) -> None:
+    """Record the manifest as an input with the digest taken when training loaded it (`RunInfo.manifest_sha256`),
+    not of the file as it is at the end: an edit during the run must not put the edited manifest in the trail. Its
+    size is the run's copy's (manifest.json in the run folder) when that copy has the loaded digest."""
+    from medseg.audit.digest import describe_path
+
+    described = describe_path(copy, rec.path_key)
+    size = described.bytes if described.sha256 == sha256 else 0
+    rec.input_paths.append(manifest)
+    rec.inputs.append(PathDigest(path_ref(manifest, rec.path_key), "file", sha256, 1, size).to_json())
+
+
 def register(app: typer.Typer) -> None:
     """Add the `train` subcommand to the app."""
 
@@ -96,11 +112,13 @@ def register(app: typer.Typer) -> None:
         with audited("train", params=params) as rec, console.progress("training") as advance:
             rec.add_inputs([config])
             info = run_training(config, out, resume, tracking_uri, data_root, device, _Reporter(advance))
-            rec.add_inputs([info.manifest_path])
+            record_manifest_as_loaded(rec, info.manifest_path, info.manifest_sha256, out / "manifest.json")
             if info.mlflow_run_id:
                 rec.link_mlflow_run(info.mlflow_run_id, info.tracking_uri)
             assert info.result is not None
-            rec.add_outputs([info.result.best_weights, out / "summary.json"])
+            run_dir = out.resolve()  # export finds the record whatever spelling of the folder it is given
+            rec.add_outputs([info.result.best_weights.resolve(),
+                             *(run_dir / name for name in ("summary.json", "metrics.jsonl", "run.json"))])
         p = info.result.progress
         console.result(
             f"{out}: {p.iteration} iterations in {p.elapsed_s / 60:.1f} min (stopped by {info.result.stopped_by}); "

@@ -105,6 +105,7 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"not a finished training run: {exc}".splitlines()[0], path=run_dir) from exc
     manifest, man_sha = load_manifest(run_dir / "manifest.json")
+    check_validation_log(run_dir, summary)
     if hashlib.sha256(raw).hexdigest() != summary["config_sha256"] or man_sha != summary["manifest_sha256"]:
         raise InvalidInputError("config.yaml or manifest.json is not the one the run's summary.json records",
                                 path=run_dir, hint="The folder was changed after training; export another run.")
@@ -134,37 +135,85 @@ def training_record(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return cfg, record
 
 
+def check_validation_log(run_dir: Path, summary: dict[str, Any]) -> None:
+    """metrics.jsonl's validation score at the best iteration must be summary.json's best_score: the card's
+    per-case Dice at the best checkpoint comes from that log, so a log that disagrees with the summary was changed
+    (or belongs to another run) and is refused (exit 3)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        at_best = [r for r in records if r.get("iteration") == summary["best_iteration"]]
+        differs = any(abs(float(r["val_score"]) - float(summary["best_score"])) > 1e-9 for r in at_best)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInputError(f"not a validation log: {exc}".splitlines()[0], path=path) from exc
+    if differs:
+        raise InvalidInputError(f"the validation score at the best iteration ({summary['best_iteration']}) is not "
+                                "summary.json's best_score; changed after training, not exported", path=path,
+                                hint="Export an unchanged run.")  # fmt: skip
+
+
+def evidence_digests(run_dir: Path, bench: dict[str, str] | None = None) -> dict[str, str | None]:
+    """SHA-256 of every file the card's figures come from (the run's summary.json, metrics.jsonl and run.json, and
+    the bench files by option), so that a card can be traced to the exact evidence it was written from."""
+    run = {name: sha256_file(run_dir / name) if (run_dir / name).is_file() else None
+           for name in ("summary.json", "metrics.jsonl", "run.json")}  # fmt: skip
+    return {**run, **(bench or {})}
+
+
 NOT_AUDITED = "not in this machine's audit trail (not trained by `medseg train` here, or the run folder was moved)"
+RUN_FILES = ("summary.json", "best_weights.pt", "metrics.jsonl", "run.json")  # what `medseg train` records as outputs
+ALWAYS_RECORDED = ("summary.json", "best_weights.pt")  # records before metrics.jsonl and run.json were added hold these
 
 
 def audit_record_of(run_dir: Path, best_weights_sha256: str | None) -> dict[str, Any] | str:
     """The audit trail's newest `train` record whose outputs list this run's summary.json: the card points at it
-    (store, sequence number, hash). A summary.json or best_weights.pt that differs from what that record holds was
-    changed after training (e.g. both edited to swap the weights) and is refused (exit 3). No record: said so."""
+    (store, sequence number, hash). A run file (summary.json, best_weights.pt, metrics.jsonl, run.json) that differs
+    from what that record holds was changed after training (e.g. both edited to swap the weights, or the validation
+    log's Dice raised) and is refused (exit 3). No record: said so. A damaged store is an AuditError (exit 4)."""
     from medseg.audit.config import load_config
-    from medseg.audit.digest import path_ref
-    from medseg.audit.query import RecordFilter, query_records
     from medseg.audit.store import AuditStore
+    from medseg.errors import AuditError, IntegrityError
 
     config = load_config()
     if not config.db_path.is_file():
         return "no audit trail on this machine (MEDSEG_AUDIT_DIR)"
-    with AuditStore.open(config, create=False) as store:
-        refs = {name: path_ref(run_dir / name, store.path_key) for name in ("summary.json", "best_weights.pt")}
-        found = [r for r in query_records(store, RecordFilter(command="train", touching=(refs["summary.json"],)))
-                 if any(o.get("ref") == refs["summary.json"] for o in r.body.get("outputs") or [])]
-        store_id = store.store_id
-    if not found:
+    try:
+        with AuditStore.open(config, create=False) as store:
+            last, refs = _newest_train_record(store, run_dir)
+            store_id = store.store_id
+    except IntegrityError as exc:
+        raise AuditError(f"the audit trail cannot be read: {exc.message}", path=config.audit_dir,
+                         hint="Run `medseg audit verify`; export once the trail is intact.") from exc  # fmt: skip
+    if last is None:
         return NOT_AUDITED
-    last = found[-1]
     recorded = {o.get("ref"): o.get("sha256") for o in last.body.get("outputs") or []}
-    now = {"summary.json": sha256_file(run_dir / "summary.json"), "best_weights.pt": best_weights_sha256}
+    now = {name: sha256_file(run_dir / name) if (run_dir / name).is_file() else None for name in RUN_FILES}
+    now["best_weights.pt"] = best_weights_sha256
     for name, digest in now.items():
-        if recorded.get(refs[name]) != digest:
+        if (name in ALWAYS_RECORDED or refs[name] in recorded) and recorded.get(refs[name]) != digest:
             raise InvalidInputError(f"{name} is not the file the audit trail recorded when this run trained (record "
                                     f"{last.seq}); changed after training, not exported", path=run_dir / name,
                                     hint="Export an unchanged run; `medseg audit show` lists its record.")
     return {"store_id": store_id, "seq": last.seq, "hash": last.hash}
+
+
+def _newest_train_record(store: Any, run_dir: Path) -> tuple[Any, dict[str, str]]:
+    """The newest `train` record listing the run's summary.json among its outputs, and the keyed references of the
+    run files it was found under: the resolved folder first (what `medseg train` records, so a symlink or another
+    spelling of the folder finds the same record), then the folder as given (records of older versions)."""
+    from medseg.audit.digest import path_ref
+    from medseg.audit.query import RecordFilter, query_records
+
+    refs: dict[str, str] = {}
+    for folder in dict.fromkeys((run_dir.resolve(), run_dir)):
+        refs = {name: path_ref(folder / name, store.path_key) for name in RUN_FILES}
+        found = [r for r in query_records(store, RecordFilter(command="train", touching=(refs["summary.json"],)))
+                 if any(o.get("ref") == refs["summary.json"] for o in r.body.get("outputs") or [])]
+        if found:
+            return found[-1], refs
+    return None, refs
 
 
 def run_weights_bytes(src: Path, recorded: str | None) -> bytes:
@@ -220,15 +269,18 @@ def check_evidence(evidence: dict[str, tuple[Path, str | None]], exported_sha256
 
 def export_model(run_dir: Path, dest: Path, metrics: dict[str, Any], overwrite: bool = False,
                  weights: Path | None = None, confidence: ConfidenceCalibration | None = None,
-                 evidence: dict[str, tuple[Path, str | None]] | None = None) -> ModelCard:  # fmt: skip
+                 evidence: dict[str, tuple[Path, str | None]] | None = None,
+                 bench_sha256: dict[str, str] | None = None) -> ModelCard:  # fmt: skip
     """Copy the run's best weights into `dest` and write the validated card next to them; `evidence` (option ->
-    file, weights digest it records) is checked against the exported weights first."""
+    file, weights digest it records) is checked against the exported weights first; `bench_sha256` (option -> the
+    SHA-256 of the file as read) goes on the card with the run files' digests (`training.evidence_sha256`)."""
     from medseg.io.atomic import atomic_write_text
 
     cfg, record = training_record(run_dir)
     src = weights or run_dir / "best_weights.pt"
     data = run_weights_bytes(src, record.get("best_weights_sha256"))
     record["audit_record"] = audit_record_of(run_dir, record.get("best_weights_sha256"))
+    record["evidence_sha256"] = evidence_digests(run_dir, bench_sha256)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
@@ -333,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = read_json_option(a.metrics, "--metrics") if a.metrics else {}
     files = {"--accuracy": a.accuracy, "--organs": a.organs, "--confidence": a.confidence}
     read = {option: read_json_option(path, option) for option, path in files.items() if path}
+    bench_sha256 = {option: sha256_file(path) for option, path in (files | {"--metrics": a.metrics}).items() if path}
     evidence = {option: (files[option], content.get("weights_sha256") if isinstance(content, dict) else None)
                 for option, content in read.items()}  # fmt: skip
     if a.accuracy:
@@ -340,7 +393,24 @@ def main(argv: list[str] | None = None) -> None:
     if a.organs:
         metrics["organs"] = from_bench(files["--organs"], lambda: organ_metrics(read["--organs"], cfg.organ))
     limit = from_bench(files["--confidence"], lambda: confidence_limit(read["--confidence"])) if a.confidence else None
-    export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights, limit, evidence)
+    inputs = [a.run_dir / name for name in (*RUN_FILES, "config.yaml", "manifest.json")]
+    inputs += [p for p in (*files.values(), a.metrics, a.weights) if p]
+    audited_export(inputs, a.dest, {"run_dir": a.run_dir, "dest": a.dest, "overwrite": a.overwrite},
+                   lambda: export_model(a.run_dir, a.dest, metrics, a.overwrite, a.weights, limit, evidence,
+                                        bench_sha256))  # fmt: skip
+
+
+def audited_export(inputs: list[Path], dest: Path, params: dict[str, Any], work: Any) -> None:
+    """Run `work` (the export) under a `model-export` audit record: the run files and bench files read as inputs,
+    weights.pt and model_card.yaml as outputs, so that every model folder written can be traced in the trail."""
+    from medseg.cli.audited import audited
+
+    outputs = [dest / "weights.pt", dest / CARD_NAME]
+    with audited("model-export", params=params) as rec:
+        rec.add_inputs([p for p in inputs if p.exists()])
+        rec.will_write(outputs)
+        work()
+        rec.add_outputs(outputs)
 
 
 def from_bench(path: Path, build: Any) -> Any:

@@ -239,7 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="the model's training manifest")
     parser.add_argument("--eval", type=Path, nargs="+", required=True, help="real manual cases (data-root relative)")
     args = parser.parse_args(argv)
-    spec = build_int8(args.model_dir, args.manifest, args.eval, default_data_root())
+    from medseg.cli.audited import audited
+
+    params = {"model_dir": args.model_dir, "manifest": args.manifest, "eval": list(args.eval)}
+    with audited("model-quantize", params=params) as rec:
+        rec.add_inputs([args.model_dir / CARD_NAME, args.manifest])
+        spec = build_int8(args.model_dir, args.manifest, args.eval, default_data_root())
+        rec.add_outputs([args.model_dir / CARD_NAME, args.model_dir / spec.folder])
     print(json.dumps(spec.model_dump(mode="json"), indent=2))
 
 

@@ -1,0 +1,189 @@
+"""Review 21 of the model lifecycle (train -> export -> models -> infer --model): each test reproduces one defect on
+real files, a real audit store and real torch loads (the CI config of test_train_integrity, 8 iterations)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medseg.audit.config import load_config
+from medseg.audit.query import RecordFilter, query_records
+from medseg.audit.store import AuditStore
+from medseg.errors import AuditError, InvalidInputError
+from medseg.models.card import ModelCard
+from medseg.models.registry import CARD_NAME, sha256_file
+from medseg.train.export import NOT_AUDITED, export_model
+from medseg.train.export import main as export_main
+from tests.test_train_integrity import MANIFEST, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MEDSEG_CACHE_DIR=str(tmp / "cache"), MEDSEG_AUDIT_DIR=str(tmp / "audit"), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")  # fmt: skip
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`medseg train` (audited, subprocess) into `--out link`, a symlink to `real`, on a copy of the CI manifest
+    whose description is edited after the first validation, while the run goes on."""
+    tmp = tmp_path_factory.mktemp("review21")
+    manifest = tmp / "manifest.json"
+    shutil.copyfile(MANIFEST, manifest)
+    loaded = sha256_file(manifest)
+    cfg = write_config(tmp, manifest=manifest, run={"max_iterations": 8, "val_every": 2})
+    (tmp / "real").mkdir()
+    (tmp / "link").symlink_to(tmp / "real")
+    proc = subprocess.Popen([str(BIN / "medseg"), "train", str(cfg), "--out", str(tmp / "link")], cwd=tmp,
+                            env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (tmp / "real/metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = manifest.read_text()
+    manifest.write_text(text.replace("CI smoke-test manifest", "EDITED DURING TRAINING"))
+    edited = proc.poll() is None
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return {"tmp": tmp, "run": tmp / "real", "link": tmp / "link", "loaded": loaded, "edited_mid_run": edited,
+            "manifest": manifest}  # fmt: skip
+
+
+@pytest.fixture()
+def audit_env(trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(trained["tmp"] / "audit"))
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(trained["tmp"] / "cache"))
+    return trained
+
+
+def _train_record(tmp: Path) -> Any:
+    with AuditStore.open(load_config(tmp / "audit"), create=False) as store:
+        return [r for r in query_records(store, RecordFilter(command="train")) if r.body.get("kind") == "end"][-1]
+
+
+def _edited(path: Path, old: str, new: str) -> bytes:
+    """Replace `old` by `new` in the file; return its original bytes (to restore)."""
+    original = path.read_bytes()
+    path.write_text(original.decode().replace(old, new))
+    return original
+
+
+# 1. metrics.jsonl and run.json are evidence: recorded by train, checked by export, their digests on the card
+
+
+def test_edited_validation_log_or_run_json_of_an_audited_run_is_refused(audit_env: dict[str, Any],
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    run = audit_env["run"]
+    for name, old, new in (("metrics.jsonl", '"dice": 0.', '"dice": 0.999'),
+                           ("run.json", '"mlflow_run_id": "', '"mlflow_run_id": "deadbeef')):  # fmt: skip
+        original = _edited(run / name, old, new)
+        try:
+            with pytest.raises(InvalidInputError, match=re.escape(f"{name} is not the file the audit trail recorded")):
+                export_model(run, tmp_path / name, {})
+        finally:
+            (run / name).write_bytes(original)
+        assert not (tmp_path / name / "weights.pt").exists()
+
+
+def test_validation_score_at_best_must_be_the_summary_best_score(audit_env: dict[str, Any], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    shutil.copytree(audit_env["run"], tmp_path / "copy")  # moved: no audit record, so only the cross-check can tell
+    summary = json.loads((tmp_path / "copy/summary.json").read_text())
+    lines = (tmp_path / "copy/metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        if r["iteration"] == summary["best_iteration"]:
+            r["val_score"] = 0.999
+    (tmp_path / "copy/metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InvalidInputError, match="validation score at the best iteration"):
+        export_model(tmp_path / "copy", tmp_path / "m", {})
+
+
+def test_card_records_the_digests_of_its_evidence_files(audit_env: dict[str, Any], tmp_path: Path) -> None:
+    run = audit_env["run"]
+    export_main([str(run), str(tmp_path / "plain")])
+    exported = sha256_file(tmp_path / "plain/weights.pt")
+    accuracy = json.loads((REPO / "docs/abdomen-2.1.0-accuracy.json").read_text()) | {"weights_sha256": exported}
+    (tmp_path / "a.json").write_text(json.dumps(accuracy))
+    export_main([str(run), str(tmp_path / "m"), "--accuracy", str(tmp_path / "a.json")])
+    card = ModelCard.load(tmp_path / "m" / CARD_NAME)
+    assert card.training["evidence_sha256"] == {
+        "summary.json": sha256_file(run / "summary.json"), "metrics.jsonl": sha256_file(run / "metrics.jsonl"),
+        "run.json": sha256_file(run / "run.json"), "--accuracy": sha256_file(tmp_path / "a.json")}  # fmt: skip
+    outputs = {o["ref"] for o in _train_record(audit_env["tmp"]).body["outputs"]}
+    assert len(outputs) == 4
+
+
+# 2. the audit-trail check does not depend on how the run folder is spelled
+
+
+def test_run_trained_through_a_symlink_is_found_by_its_real_path_and_by_the_link(audit_env: dict[str, Any],
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    seq = _train_record(audit_env["tmp"]).seq
+    for i, folder in enumerate((audit_env["run"], audit_env["link"])):
+        assert export_model(folder, tmp_path / f"m{i}", {}).training["audit_record"]["seq"] == seq
+    (tmp_path / "alias").symlink_to(audit_env["run"])
+    original = _edited(audit_env["run"] / "summary.json", '"stopped_by": "', '"stopped_by": "edited ')
+    try:
+        with pytest.raises(InvalidInputError, match=r"summary\.json is not the file the audit trail recorded"):
+            export_model(tmp_path / "alias", tmp_path / "m2", {})
+    finally:
+        (audit_env["run"] / "summary.json").write_bytes(original)
+
+
+# 7. the train record holds the manifest trained on, not the file as it is at the end
+
+
+def test_train_record_holds_the_manifest_digest_taken_at_load(audit_env: dict[str, Any]) -> None:
+    assert audit_env["edited_mid_run"], "the run ended before the manifest could be edited"
+    assert sha256_file(audit_env["manifest"]) != audit_env["loaded"]
+    inputs = [i["sha256"] for i in _train_record(audit_env["tmp"]).body["inputs"]]
+    summary = json.loads((audit_env["run"] / "summary.json").read_text())
+    assert audit_env["loaded"] in inputs and summary["manifest_sha256"] == audit_env["loaded"]
+    assert sha256_file(audit_env["manifest"]) not in inputs
+
+
+# 8. an export is audited
+
+
+def test_export_writes_a_model_export_audit_record(audit_env: dict[str, Any], tmp_path: Path) -> None:
+    export_main([str(audit_env["run"]), str(tmp_path / "m")])
+    with AuditStore.open(load_config(), create=False) as store:
+        end = [r for r in query_records(store, RecordFilter(command="model-export")) if r.body["kind"] == "end"][-1]
+    digests = {o["sha256"] for o in end.body["outputs"]}
+    assert {sha256_file(tmp_path / "m/weights.pt"), sha256_file(tmp_path / "m" / CARD_NAME)} <= digests
+    assert sha256_file(audit_env["run"] / "summary.json") in {i["sha256"] for i in end.body["inputs"]}
+    assert end.body["exit_code"] == 0
+
+
+# 11. a damaged audit store stops export with exit 4, as every other command
+
+
+def test_export_against_a_damaged_audit_store_is_an_audit_error(audit_env: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit/audit.db").write_bytes(os.urandom(4096))
+    monkeypatch.setenv("MEDSEG_AUDIT_DIR", str(tmp_path / "audit"))
+    with pytest.raises(AuditError) as exc:
+        export_model(audit_env["run"], tmp_path / "m", {})
+    assert exc.value.exit_code == 4
+    r = subprocess.run([sys.executable, "-m", "medseg.train.export", str(audit_env["run"]), str(tmp_path / "m")],
+                       env={**os.environ}, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 4, r.stderr
+
+
+def test_a_moved_run_is_still_said_not_audited(audit_env: dict[str, Any], tmp_path: Path) -> None:
+    shutil.copytree(audit_env["run"], tmp_path / "moved")
+    assert export_model(tmp_path / "moved", tmp_path / "m", {}).training["audit_record"] == NOT_AUDITED
