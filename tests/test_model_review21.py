@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import yaml
 
 from medseg.audit.config import load_config
 from medseg.audit.query import RecordFilter, query_records
 from medseg.audit.store import AuditStore
-from medseg.errors import AuditError, InvalidInputError
+from medseg.errors import AuditError, InvalidInputError, ProcessingError
 from medseg.models.card import ModelCard
-from medseg.models.registry import CARD_NAME, sha256_file
+from medseg.models.registry import CARD_NAME, resolve_model, sha256_file
 from medseg.train.export import NOT_AUDITED, export_model
 from medseg.train.export import main as export_main
 from tests.test_train_integrity import MANIFEST, write_config
@@ -187,3 +189,73 @@ def test_export_against_a_damaged_audit_store_is_an_audit_error(audit_env: dict[
 def test_a_moved_run_is_still_said_not_audited(audit_env: dict[str, Any], tmp_path: Path) -> None:
     shutil.copytree(audit_env["run"], tmp_path / "moved")
     assert export_model(tmp_path / "moved", tmp_path / "m", {}).training["audit_record"] == NOT_AUDITED
+
+
+# 3. the weights loaded are the bytes digested
+
+
+def user_model(folder: Path, source: str = "liver") -> Path:
+    """A copy of a built-in model under its own version (a user's --model folder)."""
+    shutil.copytree(REPO / "medseg/models/zoo" / source, folder)
+    card = folder / CARD_NAME
+    card.write_text(card.read_text().replace("\nversion: 1.0.0\n", "\nversion: 1.0.0-local\n", 1))
+    return folder
+
+
+def set_weights(folder: Path, state: dict[str, Any]) -> None:
+    """Save `state` as the folder's weights.pt and put its digest on the card."""
+    torch.save(state, folder / "weights.pt")
+    card = yaml.safe_load((folder / CARD_NAME).read_text())
+    card["weights"]["sha256"] = sha256_file(folder / "weights.pt")
+    (folder / CARD_NAME).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def test_weights_swapped_after_the_digest_read_are_not_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.models import network
+
+    folder = user_model(tmp_path / "m")
+    original = torch.load(folder / "weights.pt", weights_only=True)
+    torch.save({k: v.flip(0).clone() if v.ndim else v for k, v in original.items()}, tmp_path / "evil.pt")
+    build = network.build_network
+
+    def build_then_swap(spec: Any) -> Any:  # a writer renaming another file over weights.pt after the digest read
+        os.replace(tmp_path / "evil.pt", folder / "weights.pt")
+        return build(spec)
+
+    monkeypatch.setattr(network, "build_network", build_then_swap)
+    net = resolve_model(folder).load_network()
+    assert sha256_file(folder / "weights.pt") != resolve_model(folder).card.weights.sha256  # the swap happened
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[k].float(), v.float()) for k, v in original.items())
+
+
+# 10. model-folder faults name the weights file in one line (exit 4), never an internal error
+
+
+def test_pickled_code_in_weights_is_a_processing_error_naming_the_weights(tmp_path: Path) -> None:
+    folder = user_model(tmp_path / "m")
+    set_weights(folder, {"x": CodeInPickle(tmp_path / "pwned")})
+    with pytest.raises(ProcessingError, match="not a plain torch state_dict") as exc:
+        resolve_model(folder).load_network()
+    assert exc.value.path == folder / "weights.pt" and "\n" not in exc.value.one_line()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_that_do_not_fit_the_cards_network_are_a_processing_error(tmp_path: Path) -> None:
+    folder = user_model(tmp_path / "m")
+    card = yaml.safe_load((folder / CARD_NAME).read_text())
+    card["network"]["channels"] = [c * 2 for c in card["network"]["channels"]]
+    (folder / CARD_NAME).write_text(yaml.safe_dump(card, sort_keys=False))
+    with pytest.raises(ProcessingError, match="do not fit the card's network") as exc:
+        resolve_model(folder).load_network()
+    assert exc.value.path == folder / "weights.pt" and exc.value.exit_code == 4
+
+
+class CodeInPickle:
+    """An object whose unpickling would run a command (what weights_only refuses)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.target}",))

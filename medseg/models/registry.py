@@ -8,7 +8,10 @@ ever.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import pickle
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -61,9 +64,20 @@ class InstalledModel:
 
     def verify(self) -> str:
         """Check the weights' SHA-256 against the card; return it, or raise ProcessingError."""
-        if not self.weights_path.is_file():
-            raise ProcessingError("model weights missing", path=self.weights_path, hint="Reinstall the model.")
-        digest = sha256_file(self.weights_path)
+        return hashlib.sha256(self.verified_bytes()).hexdigest()
+
+    def verified_bytes(self) -> bytes:
+        """The weights file's bytes, read once and checked against the card's SHA-256: what is loaded must be what
+        was digested (a file swapped between a digest read and a second read for loading would run unverified)."""
+        try:
+            data = self.weights_path.read_bytes()
+        except FileNotFoundError:
+            missing = ProcessingError("model weights missing", path=self.weights_path, hint="Reinstall the model.")
+            raise missing from None
+        except OSError as exc:
+            raise ProcessingError(f"model weights cannot be read: {exc.strerror or exc}", path=self.weights_path,
+                                  hint="Check the model folder's permissions, or reinstall the model.") from exc
+        digest = hashlib.sha256(data).hexdigest()
         if digest != self.card.weights.sha256:
             raise ProcessingError(
                 f"model weights SHA-256 {digest[:12]}... does not match the model card "
@@ -71,23 +85,47 @@ class InstalledModel:
                 path=self.weights_path,
                 hint="The file was altered or corrupted; reinstall the model. It will not be used.",
             )
-        return digest
+        return data
 
     def load_network(self, device: str = "cpu") -> torch.nn.Module:
-        """Verify the digest, refuse non-finite weights, then build the network and load them (eval mode)."""
+        """Read the weights once and verify their digest, refuse non-finite weights, then build the network and load
+        those same bytes (eval mode). A weights file that is not a state_dict for the card's network is one
+        ProcessingError naming it (exit 4), never an internal error."""
         import torch
 
         from medseg.models.network import build_network
 
-        self.verify()
+        data = self.verified_bytes()
         net = build_network(self.card.network)
-        state = torch.load(self.weights_path, map_location=device, weights_only=True)
+        state = self._state_dict(data, device)
         bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
         if bad is not None:
             raise ProcessingError(f"model weights are not finite ({bad})", path=self.weights_path,
                                   hint="The model is unusable (a diverged training); it will not be used.")
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:240]
+            raise ProcessingError(f"model weights do not fit the card's network: {detail}", path=self.weights_path,
+                                  hint="The card's network section is not the one these weights were trained with; "
+                                  "fix the card or reinstall the model.") from exc  # fmt: skip
         return net.to(device).eval()
+
+    def _state_dict(self, data: bytes, device: str) -> dict[str, torch.Tensor]:
+        """The state_dict in `data` (weights_only: no pickled code runs); anything else is a ProcessingError."""
+        import torch
+
+        try:
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError, UnicodeDecodeError) as exc:  # fmt: skip
+            detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise ProcessingError(f"model weights are not a plain torch state_dict ({type(exc).__name__}: {detail})",
+                                  path=self.weights_path, hint="Reinstall the model; it will not be used.") from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ProcessingError("model weights are not a state_dict of names and tensors", path=self.weights_path,
+                                  hint="Reinstall the model; it will not be used.")
+        return state
 
 
 @cache
