@@ -4,19 +4,28 @@ failed on the code before its fix."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import struct
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from medseg.cli.main import main
+from medseg.infer.qc import check_result
 from medseg.io import read_image, read_nifti
+from medseg.postprocess import organ_stats
 from medseg.writers.seg import SegAlgorithm, write_seg
+from tests.test_infer_qc import CARD
 
 CHAOS = "ct/chaos_ct_sample/dicom"
+REAL = ("chaos_ct_sample", "radcttace_0697", "radcttace_1211", "totalseg_example_ct_sm")
 ALGO = SegAlgorithm("medseg-test-liver", "1.2.3", "medseg 0.1.0")
 MULTI_GROUP_NAME = ("Wolfeschlegelsteinhausen^Hubert Blaine=ヴォルフェシュレーゲルシュタインハウゼン^ヒューバート"
                     "=山田^太郎")  # fmt: skip
@@ -39,16 +48,29 @@ def _raw_patch(path: Path, tag: tuple[int, int], old: bytes, new: bytes) -> None
     path.write_bytes(data[:start] + head + vr + struct.pack("<H", len(new)) + new + data[start + 8 + len(old) :])
 
 
-def _derived_series(shared: Path, dst: Path, raw: dict[tuple[int, int], tuple[bytes, bytes]], **values: object) -> Path:
-    """The real CHAOS series with header `values` set, then the raw byte `raw` replacements made in every file."""
+def _derived_series(
+    shared: Path,
+    dst: Path,
+    raw: dict[tuple[int, int], tuple[bytes, bytes]] | None = None,
+    columns: int | None = None,
+    **values: object,
+) -> Path:
+    """The real CHAOS series with header `values` set, cropped to its first `columns` pixel columns (the geometry
+    stays exact: the first pixel does not move), then the raw byte `raw` replacements made in every file."""
     dst.mkdir(parents=True)
+    series = generate_uid()
     for f in sorted((shared / CHAOS).glob("*.dcm")):
         ds = pydicom.dcmread(f)
         for keyword, value in values.items():
             setattr(ds, keyword, value)
+        if columns is not None:
+            ds.SeriesInstanceUID = series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, :columns]).tobytes()
+            ds.Columns = columns
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.save_as(dst / f.name)
-        for tag, (old, new) in raw.items():
+        for tag, (old, new) in (raw or {}).items():
             _raw_patch(dst / f.name, tag, old, new)
     return dst
 
@@ -91,9 +113,69 @@ def test_multi_group_patient_name_is_copied_exactly(shared, tmp_path, chaos_live
     """Item 2: PS3.5 limits PN to 64 characters per component group; this 72-character, three-group name is valid
     and must reach the SEG unchanged. (dciodvfy counts the whole value's 132 UTF-8 bytes against 64 and reports
     the source series and the SEG alike: a dciodvfy limitation, so dciodvfy is not asked here.)"""
-    folder = _derived_series(shared, tmp_path / "src", {}, SpecificCharacterSet="ISO_IR 192",
+    folder = _derived_series(shared, tmp_path / "src", SpecificCharacterSet="ISO_IR 192",
                              PatientName=MULTI_GROUP_NAME)  # fmt: skip
     notes: list[str] = []
     path = write_seg(chaos_liver, read_image(folder), {1: "liver"}, ALGO, tmp_path / "seg.dcm", notes=notes)
     assert str(pydicom.dcmread(path, stop_before_pixels=True).PatientName) == MULTI_GROUP_NAME
     assert not any("PatientName" in n for n in notes), notes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `medseg infer` run: exit code, what it printed, and its output folder."""
+
+    code: int
+    console: str
+    out: Path
+
+    def summary(self, case: str) -> dict:
+        return json.loads((self.out / case / "summary.json").read_text())
+
+
+def _infer(argv: list[str], root: Path) -> Run:
+    """`medseg infer` in this process with its own audit store and cache (module fixtures run before the per-test
+    audit fixture), capturing what it prints."""
+    out = Path(argv[argv.index("--out") + 1])
+    stream = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_AUDIT_DIR", str(root / "audit"))
+        mp.setenv("MEDSEG_CACHE_DIR", str(root / "cache"))
+        mp.setenv("MEDSEG_OPERATOR", "test-operator")
+        mp.delenv("MEDSEG_AUDIT_ANCHOR_DIR", raising=False)
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            try:
+                main(["infer", *argv])
+                code = 0
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    return Run(code, stream.getvalue(), out)
+
+
+@pytest.fixture(scope="module")
+def cropped_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The real inference of CHAOS cropped to its first 300 columns (the patient's left side of the liver is cut by
+    the array's edge), whose source holds the malformed PatientBirthDate '1961-03-04' and StudyDate '12.05.2019'."""
+    root = tmp_path_factory.mktemp("cropped")
+    src = _derived_series(shared, root / "case", columns=300, PatientBirthDate="1961-03-04", StudyDate="12.05.2019")
+    run = _infer([str(src), "--organ", "liver", "--out", str(root / "out")], root)
+    assert run.code == 0, run.console
+    return run
+
+
+def test_liver_cut_by_the_inplane_array_edge_is_flagged_naming_it(cropped_run) -> None:
+    """Item 3: cut at column 300, the liver is predicted 5 voxels (3.7 mm) short of the cut, so it never touches the
+    array's edge; organ_truncated must name the left edge (the cut) besides the inferior one (CHAOS's own)."""
+    flags = [f for f in cropped_run.summary("case")["qc"]["flags"] if f["code"] == "organ_truncated"]
+    assert len(flags) == 1 and "left edge" in flags[0]["reason"] and "inferior edge" in flags[0]["reason"], flags
+
+
+@pytest.mark.parametrize("case", REAL)
+def test_the_inplane_margin_adds_no_flag_to_the_real_cases(shared, case) -> None:
+    """Item 3: the reference livers of the four real CTs give the same flags with the in-plane margin as without."""
+    image = read_nifti(shared / f"ct/{case}/image.nii.gz")
+    truth = (read_nifti(shared / f"ct/{case}/liver.nii.gz").array > 0).astype(np.uint8)
+    stats = organ_stats(truth, 1, image)
+    direction = image.geometry.direction_matrix
+    plain = check_result("liver", stats, image.shape, CARD, direction)
+    assert check_result("liver", stats, image.shape, CARD, direction, spacing=image.spacing) == plain

@@ -448,7 +448,8 @@ def _run_checked(
             f
             for o in organs
             for f in check_result(o["name"], o, volume.shape, card, direction,
-                                  touches_padding(volume, pred.labels, o["label"], o["bbox_index"]), o is organs[0])
+                                  touches_padding(volume, pred.labels, o["label"], o["bbox_index"]), o is organs[0],
+                                  spacing=volume.spacing)
         ]  # fmt: skip
         result_flags += [
             f for o in organs if "confidence" in o for f in check_confidence(o["name"], o["confidence"], card)

@@ -245,6 +245,32 @@ def _side(direction: np.ndarray) -> str:
     return SIDES[(axis, 1 if direction[axis] > 0 else -1)]
 
 
+# A liver cut by the in-plane edge of the array is predicted a few voxels to 13 mm short of the cut (the network loses
+# the body's outline there: CHAOS cropped to 300 and 200 columns), so "touches the edge" never fires; the nearest
+# in-plane edge of the real CTs' livers is 37 mm away. The slice axis keeps the exact test: a liver ends naturally
+# within 12 mm of the first or last slice of real scans (CHAOS, radcttace_1211) without being cut there.
+INPLANE_EDGE_MARGIN_MM = 15.0
+
+
+def _edge_sides(
+    box: dict[str, list[int]], shape: tuple[int, ...], d: np.ndarray, spacing: tuple[float, ...] | None
+) -> tuple[list[str], list[str]]:
+    """The sides (LPS names) where the organ's box touches the array's edge, and the in-plane sides it comes within
+    `INPLANE_EDGE_MARGIN_MM` of without touching (none when `spacing` is None)."""
+    touching = [_side(-d[:, a]) for a in range(3) if box["start"][a] == 0]
+    touching += [_side(d[:, a]) for a in range(3) if box["stop"][a] == shape[a]]
+    if spacing is None:
+        return touching, []
+    axial = int(np.argmax(np.abs(d[2, :])))
+    near = []
+    for a in (a for a in range(3) if a != axial):
+        if 0 < box["start"][a] * spacing[a] <= INPLANE_EDGE_MARGIN_MM:
+            near.append(_side(-d[:, a]))
+        if 0 < (shape[a] - box["stop"][a]) * spacing[a] <= INPLANE_EDGE_MARGIN_MM:
+            near.append(_side(d[:, a]))
+    return touching, [s for s in near if s not in touching]
+
+
 def check_result(
     organ: str,
     stats: dict[str, Any],
@@ -253,9 +279,11 @@ def check_result(
     direction: np.ndarray | None = None,
     near_padding: bool = False,
     main: bool = True,
+    spacing: tuple[float, ...] | None = None,
 ) -> list[QCFlag]:
-    """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge or by
-    the edge of the reconstructed field of view (`near_padding`, from `touches_padding`).
+    """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge (with
+    `spacing`, also within `INPLANE_EDGE_MARGIN_MM` of an in-plane edge) or by the edge of the reconstructed field of
+    view (`near_padding`, from `touches_padding`).
 
     `organ_not_found` (a refusal flag) when nothing or only a negligible volume (`organ_not_found_below_ml`) was
     found: the scan does not show the organ (a pelvis-only CT reads as a few ml of spurious "liver"). It refuses
@@ -275,14 +303,15 @@ def check_result(
         flags.append(
             QCFlag("organ_intensity", "result", f"mean {stats['mean_hu']:.0f} HU inside {organ} outside {lo}-{hi}")
         )
-    box = stats["bbox_index"]
     d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
-    sides = [_side(-d[:, a]) for a in range(3) if box["start"][a] == 0]
-    sides += [_side(d[:, a]) for a in range(3) if box["stop"][a] == labels_shape[a]]
+    sides, near = _edge_sides(stats["bbox_index"], labels_shape, d, spacing)
     edges = [f"the {' and '.join(sorted(set(sides)))} edge of the scan"] if sides else []
     edges += ["the edge of the reconstructed field of view (padding)"] if near_padding else []
-    if edges:
-        reason = f"{organ} touches {' and '.join(edges)}: its volume may be underestimated"
+    phrases = [f"touches {' and '.join(edges)}"] if edges else []
+    phrases += ([f"comes within {INPLANE_EDGE_MARGIN_MM:g} mm of the {' and '.join(sorted(set(near)))} edge of the "
+                 "scan (an organ cut there is predicted short of the cut)"] if near else [])  # fmt: skip
+    if phrases:
+        reason = f"{organ} {' and '.join(phrases)}: its volume may be underestimated"
         flags.append(QCFlag("organ_truncated", "result", reason))
     return [replace(f, organ=organ) for f in flags]
 
