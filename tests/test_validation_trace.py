@@ -17,6 +17,7 @@ from medseg.validation.soup import LOCK, read_lock, soup_diff, soup_list
 from medseg.validation.traceability import RISK_DIR, build_matrix, read_junit, risk_list
 
 TESTS = Path(__file__).parent
+SAMPLE_FILES = {"test_sample.py"}  # the sample run's test file counts as this code's (only tests/ files do by default)
 pytestmark = pytest.mark.req("REQ-021")
 
 SAMPLE = """
@@ -43,13 +44,14 @@ def test_d():
 
 @pytest.fixture(scope="module")
 def junit(tmp_path_factory) -> Path:
-    """JUnit XML of a real pytest run (passing, failing, skipped tests, one claiming an unknown requirement)."""
+    """JUnit XML of a real pytest run of every test of its folder (passing, failing, skipped tests, one claiming an
+    unknown requirement): a run naming its file would be a partial run, a gap of its own."""
     folder = tmp_path_factory.mktemp("run")
     (folder / "test_sample.py").write_text(SAMPLE)
     (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n    req: requirement ids\n")
     env = os.environ | {"PYTHONPATH": str(TESTS)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "req_plugin", "-p", "no:randomly",
-                           "-p", "no:cacheprovider", f"--junitxml={folder / 'junit.xml'}", "test_sample.py"],
+                           "-p", "no:cacheprovider", f"--junitxml={folder / 'junit.xml'}"],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr  # test_b fails on purpose
     return folder / "junit.xml"
@@ -92,7 +94,7 @@ def test_every_gap_is_named_and_a_complete_matrix_passes(junit, tmp_path) -> Non
     reqs.append({"id": "REQ-E", "type": "performance", "title": "E", "criteria": ["AC-01"]})
     a, b = "test_sample.py::test_a", "test_sample.py::test_b"
     hazards = [hazard("HAZ-1", ["REQ-A"], [a]), hazard("HAZ-2", ["REQ-B"], [b]), hazard("HAZ-3", ["REQ-A"], [])]
-    m = build_matrix(junit, {"AC-01": "pass"}, risk_files(tmp_path / "r1", reqs, hazards))
+    m = build_matrix(junit, {"AC-01": "pass"}, risk_files(tmp_path / "r1", reqs, hazards), test_files=SAMPLE_FILES)
     status = {r["id"]: r["status"] for r in m["requirements"]}
     assert status == {"REQ-A": "pass", "REQ-B": "fail", "REQ-C": "no_test", "REQ-D": "fail", "REQ-E": "pass"}
     gaps = "\n".join(m["gaps"])
@@ -102,7 +104,7 @@ def test_every_gap_is_named_and_a_complete_matrix_passes(junit, tmp_path) -> Non
     assert "REQ-D: every test was skipped" in gaps
     assert "HAZ-2: control REQ-B is fail" in gaps and "HAZ-3: no verification named" in gaps
     assert [h["verified"] for h in m["hazards"]] == [True, False, False] and not m["complete"]
-    m = build_matrix(junit, {"AC-01": "fail"}, risk_files(tmp_path / "r2", reqs[4:], []))
+    m = build_matrix(junit, {"AC-01": "fail"}, risk_files(tmp_path / "r2", reqs[4:], []), test_files=SAMPLE_FILES)
     assert m["gaps"] == ["test test_sample.py::test_a claims unknown requirement REQ-A",
                          "test test_sample.py::test_b claims unknown requirement REQ-B",
                          "test test_sample.py::test_c claims unknown requirement REQ-ZZZ",
@@ -110,7 +112,10 @@ def test_every_gap_is_named_and_a_complete_matrix_passes(junit, tmp_path) -> Non
                          "REQ-E: criterion AC-01 is fail"]  # fmt: skip
     clean = [{"id": "REQ-A", "type": "functional", "title": "A"}]
     m = build_matrix(
-        junit, {}, risk_files(tmp_path / "r3", clean, [hazard("HAZ-1", ["REQ-A"], ["test_sample.py::test_a"])])
+        junit,
+        {},
+        risk_files(tmp_path / "r3", clean, [hazard("HAZ-1", ["REQ-A"], ["test_sample.py::test_a"])]),
+        test_files=SAMPLE_FILES,
     )
     assert [g for g in m["gaps"] if "claims" not in g] == []
 
@@ -203,13 +208,13 @@ def test_junit_evidence_is_bound_to_the_code_it_tested(junit, tmp_path) -> None:
     assert suite_properties(junit)[SOURCE_PROPERTY] == source_digest()
     clean = [{"id": "REQ-A", "type": "functional", "title": "A"}]
     risk = risk_files(tmp_path / "r", clean, [hazard("HAZ-1", ["REQ-A"], ["test_sample.py::test_a"])])
-    m = build_matrix(junit, {}, risk)
+    m = build_matrix(junit, {}, risk, test_files=SAMPLE_FILES)
     assert m["junit"]["of_this_code"] and not [g for g in m["gaps"] if "claims" not in g]
     text = junit.read_text()
     for name, forged in {"no digest": text.replace(SOURCE_PROPERTY, "other"),
                          "older code": text.replace(source_digest(), "0" * 64)}.items():  # fmt: skip
         (tmp_path / f"{name}.xml").write_text(forged)
-        m = build_matrix(tmp_path / f"{name}.xml", {}, risk)
+        m = build_matrix(tmp_path / f"{name}.xml", {}, risk, test_files=SAMPLE_FILES)
         assert not m["complete"] and "not from a test run of this code" in m["gaps"][0], name
     import xml.etree.ElementTree as ET
 
@@ -217,7 +222,7 @@ def test_junit_evidence_is_bound_to_the_code_it_tested(junit, tmp_path) -> None:
     foreign = ET.SubElement(tree.getroot(), "testsuite", name="foreign", tests="1")
     ET.SubElement(foreign, "testcase", classname="test_sample", name="test_a")
     tree.write(tmp_path / "merged.xml")
-    m = build_matrix(tmp_path / "merged.xml", {}, risk)
+    m = build_matrix(tmp_path / "merged.xml", {}, risk, test_files=SAMPLE_FILES)
     assert not m["junit"]["of_this_code"] and "1 of 2 test suite(s)" in m["gaps"][0]
     (tmp_path / "page.xml").write_text("<html><body>tests passed</body></html>")
     with pytest.raises(InvalidInputError, match="not a JUnit XML file"):

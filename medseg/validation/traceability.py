@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from medseg.yamltext import load_yaml
 
 RISK_DIR = REPO / "docs" / "risk"
 SOURCE_PROPERTY = "medseg_source_sha256"
+SELECTION_PROPERTY = "medseg_selection"  # 'full', or what narrowed the run (tests/req_plugin.py)
+COLLECTED_PROPERTY = "medseg_tests_collected"
+DESELECTED_PROPERTY = "medseg_tests_deselected"
 SOURCE_TREES = ("medseg", "tests")
 SOURCE_FILES = ("requirements.lock", "pyproject.toml")
 NOT_SOURCE_DIRS = frozenset({"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache"})
@@ -52,6 +56,13 @@ def source_digest(repo: Path = REPO) -> str:
     for path in source_files(repo):
         digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + file_sha256(path).encode() + b"\n")
     return digest.hexdigest()
+
+
+def repo_test_files(repo: Path = REPO) -> set[str]:
+    """The test files of this code as JUnit node files ('tests/test_x.py'): the .py files under tests/ among
+    `source_files`."""
+    files = (p.relative_to(repo) for p in source_files(repo))
+    return {f.as_posix() for f in files if f.parts[0] == "tests" and f.suffix == ".py"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,26 @@ def tested_sources(path: Path) -> list[str | None]:
               if p.get("name") == SOURCE_PROPERTY), None)
         for s in _suites(path)
     ]  # fmt: skip
+
+
+def _suite_props(suite: ET.Element) -> dict[str, str]:
+    return {p.get("name", ""): p.get("value", "") for ps in suite.findall("properties") for p in ps.findall("property")}
+
+
+def partial_runs(path: Path) -> list[str]:
+    """What made each test suite of the file a partial run, one line each (none for a full run): the selection the
+    plugin recorded (-k, -m, --deselect, node ids or file arguments...), deselected tests, or no record at all.
+    Tests left out of the run are invisible in it, so only a run of every test can verify the release."""
+    out = []
+    for suite in _suites(path):
+        props = _suite_props(suite)
+        selection, deselected = props.get(SELECTION_PROPERTY), props.get(DESELECTED_PROPERTY, "")
+        counts = f"{props.get(COLLECTED_PROPERTY, '?')} collected, {deselected or '?'} deselected"
+        if selection is None:
+            out.append("the run does not record which tests it selected (run this release's tests/req_plugin.py)")
+        elif selection != "full" or (deselected.isdigit() and int(deselected) > 0):
+            out.append(f"the run selected a subset of the tests ({selection}; {counts})")
+    return out
 
 
 def read_junit(path: Path) -> list[TestResult]:
@@ -161,9 +192,18 @@ def _status(
     return ("pass" if not problems else "fail"), problems
 
 
-def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DIR) -> dict[str, Any]:
-    """The traceability matrix of this run; `complete` False when any requirement or hazard control is unverified."""
-    results = read_junit(junit)
+def build_matrix(
+    junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DIR, test_files: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The traceability matrix of this run; `complete` False when any requirement or hazard control is unverified.
+
+    Only test cases of `test_files` (default: this code's test files, those under tests/ that the source digest
+    covers) verify anything; a test case of any other file is a gap (a genuine run of a file outside the
+    repository carries this code's digest too)."""
+    accepted = set(test_files) if test_files is not None else repo_test_files()
+    every = read_junit(junit)
+    results = [t for t in every if t.node.split("::", 1)[0] in accepted]
+    outside = [t for t in every if t.node.split("::", 1)[0] not in accepted]
     reqs = risk_list(risk_dir / "requirements.yaml", "requirements")
     hazards = risk_list(risk_dir / "hazards.yaml", "hazards")
     known = {r["id"] for r in reqs}
@@ -177,6 +217,12 @@ def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DI
         f"another source SHA-256, e.g. {str(tested)[:12]}...; this code's {this_code[:12]}...): run the tests of "
         "this release with --junitxml"
     ]  # fmt: skip
+    gaps += [
+        f"test {t.node} is not one of this code's test files (tests/, in the source digest): it verifies nothing"
+        for t in outside
+    ]
+    partial = partial_runs(junit)
+    gaps += [f"{p}: only a run of every test (scripts/test.sh) verifies the release" for p in partial]
     gaps += [f"test {t.node} claims unknown requirement {q}" for t in results for q in t.reqs if q not in known]
     rows = []
     for r in reqs:
@@ -206,11 +252,12 @@ def build_matrix(junit: Path, verdicts: dict[str, str], risk_dir: Path = RISK_DI
                          "residual_acceptable": h["residual_acceptable"]})  # fmt: skip
     passed = sum(r["status"] == "pass" for r in rows)
     summary = (f"{passed}/{len(rows)} requirements verified, {sum(h['verified'] for h in haz_rows)}/{len(haz_rows)} "
-               f"hazard controls verified, {len(results)} tests in the run, {len(gaps)} gap(s)")  # fmt: skip
+               f"hazard controls verified, {len(every)} tests in the run, {len(gaps)} gap(s)")  # fmt: skip
     return {
-        "junit": {"sha256": file_sha256(junit), "tests": len(results),
-                  "failed": sum(t.outcome == "failed" for t in results),
-                  "source_sha256": tested, "of_this_code": bound},
+        "junit": {"sha256": file_sha256(junit), "tests": len(every), "outside_test_files": len(outside),
+                  "failed": sum(t.outcome == "failed" for t in every),
+                  "source_sha256": tested, "of_this_code": bound, "full_run": not partial,
+                  "selection": [_suite_props(s).get(SELECTION_PROPERTY) for s in _suites(junit)]},
         "requirements_sha256": file_sha256(risk_dir / "requirements.yaml"),
         "hazards_sha256": file_sha256(risk_dir / "hazards.yaml"),
         "requirements": rows, "hazards": haz_rows, "gaps": gaps, "complete": not gaps, "summary": summary,

@@ -1,0 +1,90 @@
+"""Review 21 of `medseg validate` and traceability: partial test runs, foreign MLflow stores, unverified training
+files, tests outside the repository, an --out that appears during the run, MLflow's log, the unsigned page's
+advice, and mirrored or relabelled copies of training cases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medseg.validation.traceability import build_matrix
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+pytestmark = pytest.mark.req("REQ-021")
+
+SAMPLE = """
+import pytest
+
+@pytest.mark.req("REQ-A")
+def test_a():
+    pass
+
+@pytest.mark.req("REQ-A")
+def test_b():
+    pass
+
+def test_c():
+    assert 1 + 1 == 3
+"""
+
+
+def _sample_run(folder: Path, *args: str) -> Path:
+    """JUnit XML of a real pytest run (with tests/req_plugin.py) of SAMPLE in `folder`, with pytest `args`."""
+    folder.mkdir()
+    (folder / "test_sample.py").write_text(SAMPLE)
+    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n    req: requirement ids\n")
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "req_plugin", "-p", "no:randomly",
+                    "-p", "no:cacheprovider", f"--junitxml={folder / 'junit.xml'}", *args],
+                   cwd=folder, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    return folder / "junit.xml"
+
+
+def _risk(folder: Path) -> Path:
+    folder.mkdir()
+    reqs = [{"id": "REQ-A", "type": "functional", "title": "A"}]
+    (folder / "requirements.yaml").write_text(yaml.safe_dump({"requirements": reqs}))
+    (folder / "hazards.yaml").write_text(yaml.safe_dump({"hazards": []}))
+    return folder
+
+
+def _partial_gaps(matrix: dict) -> list[str]:
+    return [g for g in matrix["gaps"] if "subset" in g or "which tests it selected" in g]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-k", "test_a"], ["--deselect", "test_sample.py::test_c"], ["test_sample.py::test_a"], ["-m", "req"]],
+    ids=["-k", "--deselect", "node-id", "-m"],
+)
+def test_a_partial_test_run_is_a_traceability_gap(tmp_path, args) -> None:
+    """Item 1: a run of some tests (the failing test_c left out) verified REQ-A with a complete matrix."""
+    junit = _sample_run(tmp_path / "run", *args)
+    m = build_matrix(junit, {}, _risk(tmp_path / "risk"), test_files={"test_sample.py"})
+    assert m["junit"]["failed"] == 0 and not m["complete"] and not m["junit"]["full_run"], m["gaps"]
+    assert len(_partial_gaps(m)) == 1 and "only a run of every test" in _partial_gaps(m)[0], m["gaps"]
+
+
+@pytest.mark.parametrize("args", [[], ["-n", "2"], ["."]], ids=["plain", "xdist", "rootdir"])
+def test_a_full_test_run_is_not_partial(tmp_path, args) -> None:
+    """CI's scripts/test.sh runs pytest with -n 2 and no test arguments: that run counts as full."""
+    junit = _sample_run(tmp_path / "run", *args)
+    m = build_matrix(junit, {}, _risk(tmp_path / "risk"), test_files={"test_sample.py"})
+    assert m["junit"]["full_run"] and not _partial_gaps(m) and m["junit"]["failed"] == 1, m["gaps"]
+
+
+@pytest.mark.req("REQ-021")
+def test_a_test_file_outside_the_repository_verifies_nothing(tmp_path) -> None:
+    """Item 4: a genuine run (this code's digest) of a test file outside tests/ verified REQ-A."""
+    junit = _sample_run(tmp_path / "run")
+    m = build_matrix(junit, {}, _risk(tmp_path / "risk"))  # default: only this repository's tests/ files count
+    row = next(r for r in m["requirements"] if r["id"] == "REQ-A")
+    assert row["status"] == "no_test" and not m["complete"], m["gaps"]
+    assert "test test_sample.py::test_a is not one of this code's test files" in "\n".join(m["gaps"])
+    assert m["junit"]["outside_test_files"] == 3
