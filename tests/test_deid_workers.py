@@ -68,24 +68,25 @@ def test_pixel_data_and_untouched_values_are_copied_exactly(corpus_run) -> None:
 
 
 def _kill_mid_run(src: Path, out: Path) -> None:
-    """Start a two-worker run in another process and SIGKILL it once some outputs have their final names."""
+    """Start a two-worker run in another process that SIGKILLs itself and its workers right after the 3rd output got
+    its final name (a crash or an OOM kill at a chosen point, not after a race with a polling loop)."""
     code = (
-        "import sys, warnings; from pathlib import Path; warnings.simplefilter('ignore');"
+        "import os, signal, sys, warnings; from pathlib import Path; warnings.simplefilter('ignore');"
         "from medseg.deid.runner import DeidSettings, deidentify_tree;"
+        "real, n = os.replace, [0]\n"
+        "def replace(a, b, *args, **kwargs):\n"
+        "    real(a, b, *args, **kwargs)\n"
+        "    if Path(b).name.startswith('2.25.') and Path(b).suffix == '.dcm':\n"
+        "        n[0] += 1\n"
+        "        if n[0] == 3:\n"
+        "            os.killpg(0, signal.SIGKILL)\n"
+        "os.replace = replace\n"
         f"deidentify_tree(Path(sys.argv[1]), Path(sys.argv[2]), bytes.fromhex('{SECRET.hex()}'),"
         " DeidSettings(scan_pixels=False, workers=2))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out)], start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len([p for p in out.rglob("2.25.*.dcm")]) >= 3:
-            break
-        time.sleep(0.01)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, as a crash or an OOM kill would
-    proc.wait(timeout=30)
-    assert killed, "the run finished before it could be killed; the test proves nothing"
+    assert proc.wait(timeout=120) == -signal.SIGKILL, "the run was not killed at its 3rd output"
+    assert len(list(out.rglob("2.25.*.dcm"))) == 3
 
 
 def test_killed_run_leaves_only_whole_files_and_resumes_to_the_same_result(shared: Path, tmp_path: Path) -> None:
