@@ -118,31 +118,47 @@ def test_cli_refuses_negative_workers(shared: Path, tmp_path: Path, capsys) -> N
 
 @pytest.mark.parametrize("pixels", [False, True])  # fork for the header path, forkserver with the pixel scan
 def test_workers_do_not_outlive_a_killed_run(shared: Path, tmp_path: Path, pixels: bool) -> None:
-    """SIGKILL of the run alone (not its process group): its workers must exit too, not wait on its pipes for ever."""
+    """SIGKILL of the run alone (not its process group): its workers must exit too, not wait on its pipes for ever.
+
+    The run parks itself in its first output's rename (it announces that in a file, then sleeps), so it is alive with
+    its pool when the test kills it, however late the test gets to look (no window to hit)."""
+    parked = tmp_path / "parked"
     code = (
-        "import sys, warnings; from pathlib import Path; warnings.simplefilter('ignore');"
+        "import os, sys, time, warnings; from pathlib import Path; warnings.simplefilter('ignore');"
         "from medseg.deid.runner import DeidSettings, deidentify_tree;"
+        "real = os.replace\n"
+        "def replace(a, b, *args, **kwargs):\n"
+        "    if Path(b).name.startswith('2.25.') and Path(b).suffix == '.dcm':\n"
+        f"        Path({str(parked)!r}).write_text(str(os.getpid()))\n"
+        "        time.sleep(600)\n"
+        "    real(a, b, *args, **kwargs)\n"
+        "os.replace = replace\n"
         f"deidentify_tree(Path(sys.argv[1]), Path(sys.argv[2]), bytes.fromhex('{SECRET.hex()}'),"
         f" DeidSettings(scan_pixels={pixels}, workers=2))"
     )
     src = shared / "ct" / "chaos_ct_sample" / "dicom"
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "out")], start_new_session=True)
-    deadline = time.monotonic() + 120
     workers: list[int] = []
-    while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
-        workers = _descendants(proc.pid, "python")
-        time.sleep(0.05)
-    assert proc.poll() is None and len(workers) >= 2, "no workers seen running: the test proves nothing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
-        time.sleep(0.1)
-    alive = [pid for pid in workers if _alive(pid)]
-    lines = [_cmdline(pid)[:120] for pid in alive]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
-    assert alive == [], f"outlived the killed run: {lines}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (parked.exists() and len(workers) >= 2):
+            workers = _descendants(proc.pid, "python")
+            time.sleep(0.05)
+        assert parked.exists() and proc.poll() is None, "the run did not park in its first rename"
+        assert len(workers) >= 2, f"no workers seen running beside the parked run: the test proves nothing {workers}"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.1)
+        alive = [pid for pid in workers if _alive(pid)]
+        lines = [_cmdline(pid)[:120] for pid in alive]
+        assert alive == [], f"outlived the killed run: {lines}"
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _descendants(pid: int, name: str) -> list[int]:
