@@ -53,13 +53,15 @@ def _derived_series(
     dst: Path,
     raw: dict[tuple[int, int], tuple[bytes, bytes]] | None = None,
     columns: int | None = None,
+    slices: slice = slice(None),
     **values: object,
 ) -> Path:
-    """The real CHAOS series with header `values` set, cropped to its first `columns` pixel columns (the geometry
-    stays exact: the first pixel does not move), then the raw byte `raw` replacements made in every file."""
+    """The real CHAOS series (its files `slices` in name order) with header `values` set, cropped to its first
+    `columns` pixel columns (the geometry stays exact: the first pixel does not move), then the raw byte `raw`
+    replacements made in every file."""
     dst.mkdir(parents=True)
     series = generate_uid()
-    for f in sorted((shared / CHAOS).glob("*.dcm")):
+    for f in sorted((shared / CHAOS).glob("*.dcm"))[slices]:
         ds = pydicom.dcmread(f)
         for keyword, value in values.items():
             setattr(ds, keyword, value)
@@ -179,3 +181,20 @@ def test_the_inplane_margin_adds_no_flag_to_the_real_cases(shared, case) -> None
     direction = image.geometry.direction_matrix
     plain = check_result("liver", stats, image.shape, CARD, direction)
     assert check_result("liver", stats, image.shape, CARD, direction, spacing=image.spacing) == plain
+
+
+def test_overwrite_leaves_the_readers_files_named_after_an_organ(shared, tmp_path) -> None:
+    """Item 4: --overwrite removes what the earlier summary.json lists, never a reader's own stomach.nii.gz or
+    heart.nii.gz (organs of the model card this run does not write)."""
+    src, out = _derived_series(shared, tmp_path / "dicom", slices=slice(20, 60)), tmp_path / "out"
+    assert _infer([str(src), "--organ", "liver", "--out", str(out)], tmp_path).code == 0
+    case = out / "dicom"
+    own = {name: f"the reader's {name}".encode() for name in ("stomach.nii.gz", "heart.nii.gz", "background.nii.gz")}
+    for name, data in own.items():
+        (case / name).write_bytes(data)
+    (case / "seg.dcm").rename(case / "seg-old.dcm")  # not listed: stays; seg.dcm listed: rewritten
+    run = _infer([str(src), "--organ", "liver", "--out", str(out), "--overwrite"], tmp_path)
+    assert run.code == 0, run.console
+    assert {n: (case / n).read_bytes() for n in own} == own
+    assert {p.name for p in case.iterdir()} == {"liver.nii.gz", "seg.dcm", "preview.png", "summary.json",
+                                                "seg-old.dcm", *own}  # fmt: skip

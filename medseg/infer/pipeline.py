@@ -353,7 +353,7 @@ def run_case(
             except Exception as exc:  # re-raised as it is: the CLI reports an internal error (exit 4, --debug)
                 _record_failure(run, final, internal_error(case, exc))
                 raise
-        commit_folder(stage, final, _earlier_outputs(final, model) - {p.name for p in result.outputs})
+        commit_folder(stage, final, _earlier_outputs(final) - {p.name for p in result.outputs})
     except BaseException:  # the case folder keeps its earlier outputs, untouched, whatever failed
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
@@ -388,15 +388,15 @@ def _record_failure(run: _CaseRun, final: Path, exc: MedsegError) -> None:
         return
 
 
-def _earlier_outputs(folder: Path, model: InstalledModel) -> set[str]:
-    """Names an earlier run may have written in a case folder: what its summary.json lists, and every name this
-    version writes (one label map per organ of the model, labels.nii.gz, seg.dcm, preview.png, summary.json), so an
-    --overwrite run never leaves an earlier result (another patient's SEG, a label map its summary does not name)."""
-    names = {"labels.nii.gz", "seg.dcm", "preview.png", "summary.json"}
-    names |= {f"{organ}.nii.gz" for organ in model.card.labels.values()}
+def _earlier_outputs(folder: Path) -> set[str]:
+    """Names of an earlier run's outputs in a case folder: its summary.json and the files that summary lists, so an
+    --overwrite run never leaves an earlier result (another patient's SEG) while the reader's own files, whatever
+    their names (a manual stomach.nii.gz beside the result), are left alone."""
+    names = {"summary.json"}
     try:
         listed = json.loads((folder / "summary.json").read_text()).get("outputs") or {}
-        names |= {n for n in listed.values() if isinstance(n, str) and n == Path(n).name and n}
+        values = [v for value in listed.values() for v in (value if isinstance(value, list) else [value])]
+        names |= {n for n in values if isinstance(n, str) and n and n == Path(n).name}
     except (OSError, ValueError, AttributeError):
         pass
     return names
