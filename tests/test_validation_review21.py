@@ -88,3 +88,47 @@ def test_a_test_file_outside_the_repository_verifies_nothing(tmp_path) -> None:
     assert row["status"] == "no_test" and not m["complete"], m["gaps"]
     assert "test test_sample.py::test_a is not one of this code's test files" in "\n".join(m["gaps"])
     assert m["junit"]["outside_test_files"] == 3
+
+
+def _tables(db: Path) -> set[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
+def test_the_tracking_store_refuses_the_audit_store_and_a_foreign_database(tmp_path, monkeypatch) -> None:
+    """Item 2: --tracking-uri sqlite:/// of the audit store or another application's database got MLflow's tables."""
+    import shutil
+    import sqlite3
+
+    from medseg.audit.config import load_config
+    from medseg.audit.store import AuditStore
+    from medseg.errors import InvalidInputError, UsageError
+    from medseg.validation.tracking import open_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()  # the test's own audit folder (conftest)
+    with AuditStore.open(config):
+        pass
+    trail = config.db_path
+    before = _tables(trail)
+    with pytest.raises(UsageError, match="audit store's folder") as exc:
+        open_store(f"sqlite:///{trail}", tmp_path / "val")
+    assert exc.value.exit_code == 2 and _tables(trail) == before
+    copy = tmp_path / "copy-of-audit.db"
+    shutil.copy(trail, copy)
+    foreign = tmp_path / "lab.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE lab_results(id INTEGER PRIMARY KEY, value TEXT)")
+    for db in (copy, foreign):
+        tables = _tables(db)
+        with pytest.raises(InvalidInputError, match="not an MLflow tracking store") as exc:
+            open_store(f"sqlite:///{db}", tmp_path / "val")
+        assert exc.value.exit_code == 3 and _tables(db) == tables, db
+    store = tmp_path / "mlflow.db"  # a new file becomes an MLflow store, which is then opened again
+    assert open_store(f"sqlite:///{store}", tmp_path / "val") == open_store(None, tmp_path / "val")
+    assert {"alembic_version", "experiments", "runs"} <= _tables(store)

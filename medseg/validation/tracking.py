@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from medseg.errors import ProcessingError
+from medseg.errors import InvalidInputError, ProcessingError
 from medseg.signals import deferred_interrupt
 
 EXPERIMENT = "medseg-validation"
+MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs"})  # what any MLflow SQL store holds
 HOST_TAG, PID_TAG = "medseg.host", "medseg.pid"  # which process owns a RUNNING run: `end_orphans`
 FAST_FAIL = {  # while the store is checked: an unreachable server fails in seconds, not after minutes of retries
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -92,14 +94,44 @@ def _check_artifact_root(client: Any, exp_id: str) -> None:
         raise PermissionError(f"artifact folder {folder} is not writable")
 
 
+def refuse_foreign_sqlite(db: Path) -> None:
+    """Refuse, before anything is written, a SQLite tracking store in the audit store's folder (UsageError, exit 2,
+    as any output there) or an existing database with tables that is not an MLflow store (InvalidInputError,
+    exit 3: the named database is the wrong input): MLflow would add its ~30 tables to the audit trail or to
+    someone else's database. A missing or empty file, or a database without tables, may become a store."""
+    from medseg.guard import refuse_audit_folder
+
+    refuse_audit_folder(db)
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise InvalidInputError(f"not an MLflow tracking store: {exc}", path=db,
+                                hint="Pass --tracking-uri a new sqlite file or an MLflow store.") from exc  # fmt: skip
+    if tables and not tables >= MLFLOW_TABLES:
+        raise InvalidInputError(
+            f"not an MLflow tracking store (tables: {', '.join(sorted(tables)[:4])}): nothing written to it",
+            path=db,
+            hint="Pass --tracking-uri a new sqlite file or an MLflow store; no case was run.",
+        )
+
+
 def open_store(tracking_uri: str | None, out: Path) -> str:
     """Open the tracking store before any case is segmented, and return its URI: the validation experiment is read
     or created, a tag written (a read-only store fails here) and a local artifact folder checked, with MLflow's
     HTTP retries off (`fast_fail`), so an unwritable store or a server that is down fails in seconds, not after the
     whole validation. A sqlite store this call created is removed again when it fails (a half-created database
-    would break the next run)."""
+    would break the next run). A sqlite file in the audit folder, or another application's database, is refused
+    first (`refuse_foreign_sqlite`)."""
     uri = resolve_tracking_uri(tracking_uri, out)
     db = _sqlite_file(uri)
+    if db is not None:
+        refuse_foreign_sqlite(db)
     created = db is not None and not db.exists()
     try:
         with fast_fail(), deferred_interrupt():
