@@ -132,3 +132,40 @@ def test_the_tracking_store_refuses_the_audit_store_and_a_foreign_database(tmp_p
     store = tmp_path / "mlflow.db"  # a new file becomes an MLflow store, which is then opened again
     assert open_store(f"sqlite:///{store}", tmp_path / "val") == open_store(None, tmp_path / "val")
     assert {"alembic_version", "experiments", "runs"} <= _tables(store)
+
+
+@pytest.mark.req("REQ-011")
+def test_training_files_that_differ_from_their_manifest_leave_independence_unproven(shared, tmp_path) -> None:
+    """Item 3: the data root's training CT (chaos_ct_set3) was not the one the manifest digests (+7 HU), yet its
+    voxels were compared and the set called independent."""
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.errors import InvalidInputError
+    from medseg.models.registry import resolve_model
+    from medseg.validation.independence import check_independence, require_independence
+    from medseg.validation.sets import SETS_DIR, load_set
+
+    root = tmp_path / "root"
+    (root / "ct").mkdir(parents=True)
+    for d in shared.iterdir():
+        if d.name != "ct":
+            (root / d.name).symlink_to(d)
+    for d in (shared / "ct").iterdir():
+        if d.name != "chaos_ct_sample":
+            (root / "ct" / d.name).symlink_to(d)
+    chaos = root / "ct" / "chaos_ct_sample"
+    chaos.mkdir()
+    for name in ("dicom", "liver.nii.gz"):
+        (chaos / name).symlink_to(shared / "ct" / "chaos_ct_sample" / name)
+    img = nib.load(shared / "ct" / "chaos_ct_sample" / "image.nii.gz")
+    shifted = np.asanyarray(img.dataobj).astype(np.int16) + 7
+    nib.save(nib.Nifti1Image(shifted, img.affine, img.header), chaos / "image.nii.gz")
+    ts = load_set(SETS_DIR / "liver_real_manual_v2.yaml")
+    result = check_independence(ts, resolve_model(None, "liver").card, root)
+    assert any(u.endswith(":chaos_ct_set3 (image differs from the manifest's SHA-256)")
+               for u in result.uncompared_training), result.uncompared_training  # fmt: skip
+    assert result.to_json()["independent"] is False
+    with pytest.raises(InvalidInputError, match="as their manifest digests them") as exc:
+        require_independence(result, ts.name)
+    assert exc.value.exit_code == 3

@@ -48,7 +48,7 @@ class IndependenceResult:
     conflicts: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # test cases that are one scan (re-saved, re-typed...)
     data_root: str = ""
-    uncompared_training: list[str] = field(default_factory=list)  # training CTs not under the data root
+    uncompared_training: list[str] = field(default_factory=list)  # training CTs missing or not the manifest's
 
     def to_json(self) -> dict[str, Any]:
         """As a dict for the report: `independent` only when nothing conflicts and every training CT was compared
@@ -92,10 +92,24 @@ def _contents(paths: list[Path]) -> frozenset[str]:
     return frozenset(content_digest(p) for p in paths if p.exists())
 
 
-def _uncompared(entry: dict[str, Any], root: Path) -> bool:
-    """Whether a training case holding a CT has a file (image or label) absent from the data root, so its voxel
-    content could not be compared: the test scan may be it, re-saved in another file."""
-    return bool(entry.get("image")) and any(not (root / p).exists() for p in (entry["image"], entry.get("label")) if p)
+def _uncompared(entry: dict[str, Any], root: Path) -> str | None:
+    """Why the voxels of a training case holding a CT were not compared with the test scans, or None: a file (image
+    or label) absent from the data root ('missing'), or one whose SHA-256 is not the manifest's ('differs from the
+    manifest'): the files compared must be the ones the model was trained on, or the test scan may be one of those,
+    re-saved. Costs one SHA-256 of each training CT file per validation (a few seconds for the shipped manifests;
+    reading the same files for their voxel content costs more)."""
+    if not entry.get("image"):
+        return None
+    recorded = entry.get("sha256", {})
+    for role in ("image", "label"):
+        rel = entry.get(role)
+        if not rel:
+            continue
+        if not (root / rel).exists():
+            return f"{role} missing"
+        if recorded.get(role) and digest_path(root / rel) != recorded[role]:
+            return f"{role} differs from the manifest's SHA-256"
+    return None
 
 
 def _manifest_paths(training: Any) -> Iterator[tuple[str, str | None]]:
@@ -171,7 +185,8 @@ def check_independence(ts: TestSet, card: ModelCard, root: Path, repo: Path = RE
         entries = json.loads(path.read_text())["entries"]
         result.manifests.append({"file": path.relative_to(repo).as_posix(), "sha256": actual, "entries": len(entries)})
         training += [(path.stem, e["case_id"], _training_identity(e, root)) for e in entries]
-        result.uncompared_training += [f"{path.stem}:{e['case_id']}" for e in entries if _uncompared(e, root)]
+        unverified = ((e["case_id"], _uncompared(e, root)) for e in entries)
+        result.uncompared_training += [f"{path.stem}:{case} ({why})" for case, why in unverified if why]
     result.training_cases = len(training)
     seen: dict[str, str] = {}
     for case in ts.cases:
@@ -211,8 +226,8 @@ def require_independence(result: IndependenceResult, set_name: str, allow_unveri
         n = len(result.uncompared_training)
         raise InvalidInputError(
             f"independence of test set {set_name} is unproven: {n} training CT(s) of the model "
-            f"(first {result.uncompared_training[0]}) are not under the data root {result.data_root}, so their voxel "
-            "contents were not compared with the test scans",
-            hint="Point MEDSEG_DATA_ROOT at a root holding the training data too, or pass "
+            f"(first {result.uncompared_training[0]}) are not under the data root {result.data_root} as their "
+            "manifest digests them, so their voxel contents were not compared with the test scans",
+            hint="Point MEDSEG_DATA_ROOT at a root holding the training data the manifests name, or pass "
             "--allow-unverified-independence (the record then does not support release).",
         )

@@ -97,8 +97,9 @@ def release_supported(report: dict[str, Any]) -> tuple[bool, list[str]]:
         )
     uncompared = report.get("independence", {}).get("uncompared_training_cts", 0)
     if uncompared:
-        reasons.append(f"independence unproven: {uncompared} training CT(s) were not under the data root and were "
-                       "not compared (--allow-unverified-independence)")  # fmt: skip
+        reasons.append(f"independence unproven: {uncompared} training CT(s) were missing from the data root or "
+                       "differed from their manifest's SHA-256 and were not compared "
+                       "(--allow-unverified-independence)")  # fmt: skip
     if report["acceptance"]["verdict"] != "pass":
         failed = [c["id"] for c in report["acceptance"]["criteria"] if c["verdict"] != "pass"]
         reasons.append(f"acceptance {report['acceptance']['verdict']} ({', '.join(failed)})")
