@@ -198,3 +198,12 @@ def test_overwrite_leaves_the_readers_files_named_after_an_organ(shared, tmp_pat
     assert {n: (case / n).read_bytes() for n in own} == own
     assert {p.name for p in case.iterdir()} == {"liver.nii.gz", "seg.dcm", "preview.png", "summary.json",
                                                 "seg-old.dcm", *own}  # fmt: skip
+
+
+def test_malformed_dates_are_named_never_quoted(cropped_run) -> None:
+    """Item 5: the source's malformed PatientBirthDate '1961-03-04' and StudyDate '12.05.2019' are named in
+    summary.json's notes and on the console, but their values appear in neither."""
+    text = (cropped_run.out / "case" / "summary.json").read_text()
+    for where in (text, cropped_run.console):
+        assert "PatientBirthDate" in where and "StudyDate" in where, where
+        assert "1961" not in where and "12.05.2019" not in where, where
