@@ -207,3 +207,15 @@ def test_malformed_dates_are_named_never_quoted(cropped_run) -> None:
     for where in (text, cropped_run.console):
         assert "PatientBirthDate" in where and "StudyDate" in where, where
         assert "1961" not in where and "12.05.2019" not in where, where
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(shared, tmp_path, below) -> None:
+    """Item 6: --out naming a regular file (or a path below one) exits 2 naming it, before the model runs (it exited
+    4, "cannot write output: File exists", after the inference); the file is left as it was."""
+    (tmp_path / "outfile").write_text("not a folder")
+    out = tmp_path / "outfile" / below if below else tmp_path / "outfile"
+    run = _infer([str(shared / CHAOS), "--organ", "liver", "--out", str(out)], tmp_path)
+    lines = [line for line in run.console.splitlines() if line.startswith("error: ")]
+    assert run.code == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0], run.console
+    assert "segmenting" not in run.console and (tmp_path / "outfile").read_text() == "not a folder"

@@ -264,10 +264,11 @@ class _CaseRun:
 
 
 def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) -> tuple[Path, dict[str, str]]:
-    """The case's output folder and file names; UsageError (exit 2) when one exists without --overwrite or the
-    folder is a file, or when `MEDSEG_THREADS` is not a number of threads. Called for every case before any is run,
-    and again by `run_case`."""
+    """The case's output folder and file names; UsageError (exit 2) when one exists without --overwrite, when --out
+    or the case folder is a file, or when `MEDSEG_THREADS` is not a number of threads. Called for every case before
+    any is run, and again by `run_case`."""
     check_thread_setting()
+    check_out_folder(settings.out_dir)
     final = settings.out_dir / case.name
     names = output_names(model, case, settings.organs)
     if final.is_symlink():
@@ -284,6 +285,15 @@ def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) ->
     for name in names.values():
         check_writable(final / name, settings.overwrite or replaceable)
     return final, names
+
+
+def check_out_folder(out_dir: Path) -> None:
+    """UsageError (exit 2) when --out, or the nearest part of it that exists, is not a folder: found before any
+    work, not as "cannot write output: File exists" (exit 4) after the model ran."""
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        what = "--out" if existing == out_dir else f"{existing}, a folder above --out,"
+        raise UsageError(f"{what} is a file, not a folder", path=out_dir, hint="Choose another --out.")
 
 
 def check_thread_setting() -> None:
