@@ -169,3 +169,36 @@ def test_training_files_that_differ_from_their_manifest_leave_independence_unpro
     with pytest.raises(InvalidInputError, match="as their manifest digests them") as exc:
         require_independence(result, ts.name)
     assert exc.value.exit_code == 3
+
+
+@pytest.mark.req("REQ-019")
+def test_a_record_is_committed_only_onto_an_absent_or_empty_out(tmp_path) -> None:
+    """Item 5: an --out another process created and filled while validate ran was merged with the record."""
+    from medseg.cli.validate import commit_new_folder
+    from medseg.errors import UsageError
+
+    def stage(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "report.json").write_text("{}")
+        return folder
+
+    out = tmp_path / "val"
+    out.mkdir()
+    (out / "notes.json").write_text('{"other": 1}')
+    (out / "traceability.json").write_text('{"from": "another validation"}')
+    record = stage(".tmp-val-1")
+    with pytest.raises(UsageError, match="created and written by something else") as exc:
+        commit_new_folder(record, out)
+    assert exc.value.exit_code == 2 and record.is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.json", "traceability.json"]
+    assert (out / "traceability.json").read_text() == '{"from": "another validation"}'
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError):
+        commit_new_folder(record, tmp_path / "file")
+    for name, make in (("absent", False), ("empty", True)):
+        target = tmp_path / name
+        if make:
+            target.mkdir()
+        commit_new_folder(stage(f".tmp-{name}"), target)
+        assert [p.name for p in target.iterdir()] == ["report.json"], name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def validate(
     """Validate a model on a locked, independence-checked test set: metrics, CIs, subgroups, acceptance, report."""
     from medseg.cli.audited import audited
     from medseg.errors import UsageError
-    from medseg.io.atomic import commit_folder, staging_folder
+    from medseg.io.atomic import staging_folder
     from medseg.signals import deferred_interrupt
     from medseg.validation.html import ci_label
     from medseg.validation.run import ValidationRequest, run_validation
@@ -104,11 +105,11 @@ def validate(
             try:
                 report = _finish(stage, report | {"mlflow": mlflow_run}, junit)
                 finish_run(mlflow_run, out, report["acceptance"]["verdict"], files=stage)
+                with deferred_interrupt():
+                    commit_new_folder(stage, out)
             except BaseException:
                 fail_run(mlflow_run, out)
                 raise
-            with deferred_interrupt():
-                commit_folder(stage, out, stale=set())
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         rec.add_outputs([out / "report.json", out / "report.html"])
@@ -123,6 +124,33 @@ def validate(
             for reason in report["release"]["reasons"]:
                 console.result(f"  release not supported: {reason}")
             raise typer.Exit(EXIT_NOT_SUPPORTED)
+
+
+def commit_new_folder(stage: Path, out: Path) -> None:
+    """Rename the finished record `stage` onto `out` only while `out` is absent or an empty folder (one rename(2),
+    which refuses a folder with files in it, so nothing of another folder is merged or replaced): an --out that
+    another process filled while the validation ran is refused (UsageError, exit 2), left untouched, and the
+    record is removed with its staging folder by the caller (its MLflow run, marked FAILED, keeps its files)."""
+    import errno
+    import os
+
+    from medseg.errors import ProcessingError, UsageError
+
+    try:
+        os.rename(stage, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise UsageError("the output folder was created and written by something else while the validation "
+                             "ran; it was left as it is and this record was not written", path=out,
+                             hint="Rerun with a new --out.") from exc  # fmt: skip
+        raise ProcessingError(f"cannot move the record into place: {exc.strerror}", path=out,
+                              hint="Check free disk space and permissions.") from exc  # fmt: skip
+    with contextlib.suppress(OSError):
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _inputs(set_name: str, acceptance: str, model: str | None) -> list[Path]:
