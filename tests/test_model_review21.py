@@ -259,3 +259,119 @@ class CodeInPickle:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (os.system, (f"touch {self.target}",))
+
+
+# 4. the export cache is owner-only, a shared-writable one refused, and the exported files' digests recorded
+
+
+def tiny_model(folder: Path) -> Any:
+    """A small random UNet model folder (fast to export) resolved as a user model."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from infer_fixtures import make_model_folder
+
+    return resolve_model(make_model_folder(folder, seed=5, roi=(32, 32, 32), channels=(4, 8, 16), strides=(2, 2)))
+
+
+def test_export_cache_is_owner_only_and_its_file_digests_reach_the_runtime_info(tmp_path: Path) -> None:
+    from medseg.infer.runtime import accelerated_runner
+
+    runner = accelerated_runner(tiny_model(tmp_path / "m"), "openvino", 1, tmp_path / "cache")
+    folder = Path(runner.info["cache"])
+    assert runner.info["files_sha256"] == {n: sha256_file(folder / n) for n in ("model.xml", "model.bin")}
+    for part in (tmp_path / "cache", tmp_path / "cache/openvino", folder):
+        assert part.stat().st_mode & 0o077 == 0, part
+
+
+def test_a_cache_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    from medseg.infer.runtime import accelerated_runner
+
+    model = tiny_model(tmp_path / "m")
+    (tmp_path / "cache/openvino").mkdir(parents=True)
+    (tmp_path / "cache/openvino").chmod(0o777)
+    with pytest.raises(ProcessingError, match="writable by other users") as exc:
+        accelerated_runner(model, "openvino", 1, tmp_path / "cache")
+    assert exc.value.path == tmp_path / "cache/openvino" and exc.value.exit_code == 4
+    assert list((tmp_path / "cache/openvino").iterdir()) == []
+
+
+# 12. an export that cannot be written (full disk) names the cache folder and leaves no staging folder behind
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from medseg.errors import MedsegError
+from medseg.infer.runtime import accelerated_runner
+from medseg.models.registry import resolve_model
+model = resolve_model(Path(sys.argv[1]))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    accelerated_runner(model, "openvino", 1, Path(sys.argv[2]))
+except MedsegError as exc:
+    print(type(exc).__name__, exc.exit_code, exc.one_line())
+"""
+
+
+def test_an_export_on_a_full_cache_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    tiny_model(tmp_path / "m")
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "m"), str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.stdout.startswith("ProcessingError 4 "), r.stdout + r.stderr[-2000:]
+    assert f"{tmp_path / 'cache/openvino'}: cannot write the openvino export" in r.stdout
+    assert len(r.stdout.strip().splitlines()) == 1
+    assert list((tmp_path / "cache/openvino").iterdir()) == []
+
+
+# 5, 6, 10. a user card inconsistent with its network, or with values out of range, is one line naming the field
+
+
+def edited_card(folder: Path, source: str, **changes: Any) -> Path:
+    """A user copy of a built-in model with `changes` (dotted field -> value) applied to its card."""
+    user_model(folder, source)
+    card = yaml.safe_load((folder / CARD_NAME).read_text())
+    card["version"] = card["version"] + "-local"
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        target = card
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    (folder / CARD_NAME).write_text(yaml.safe_dump(card, sort_keys=False))
+    return folder
+
+
+CARD_FAULTS = {
+    "label_beyond_outputs": ("liver", {"labels": {0: "background", 1: "liver", 2: "spleen"}}, "labels: keys must"),
+    "labels_reordered": ("abdomen-2.2", {"labels": {0: "background", 1: "spleen", 2: "liver", 3: "stomach",
+                                                    4: "kidney", 5: "gallbladder", 6: "pancreas", 7: "heart"}},
+                         "labels: not the labels the weights were trained with"),
+    "window_equal": ("liver", {"intensity": {"a_min": 300.0, "a_max": 300.0}}, "intensity: a_min"),
+    "window_reversed": ("liver", {"intensity": {"a_min": 300.0, "a_max": -200.0}}, "intensity: a_min"),
+    "spacing_zero": ("liver", {"spacing": [0.0, 3.0, 3.0]}, "spacing: every spacing must be > 0"),
+    "spacing_negative": ("liver", {"spacing": [-3.0, 3.0, 3.0]}, "spacing: every spacing must be > 0"),
+    "roi_zero": ("liver", {"roi_size": [0, 96, 96]}, "roi_size: every roi_size must be >= 1"),
+    "range_reversed": ("liver", {"volume_range_ml": [4500.0, 600.0]}, "volume_range_ml: must be"),
+    "unknown_key": ("liver", {"foo_unknown": 1}, "foo_unknown: unknown key"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CARD_FAULTS))
+def test_a_card_fault_is_one_processing_error_naming_card_and_field(tmp_path: Path, fault: str) -> None:
+    source, changes, field = CARD_FAULTS[fault]
+    folder = edited_card(tmp_path / "m", source, **changes)
+    with pytest.raises(ProcessingError) as exc:
+        resolve_model(folder)
+    line = exc.value.one_line()
+    assert exc.value.path == folder / CARD_NAME and exc.value.exit_code == 4 and "\n" not in line
+    assert f"invalid model card: {field}" in line, line
+
+
+def test_infer_with_a_reordered_card_is_refused_before_any_output(tmp_path: Path, shared: Path) -> None:
+    folder = edited_card(tmp_path / "m", "abdomen-2.2", **{"labels": CARD_FAULTS["labels_reordered"][1]["labels"]})
+    image = shared / "ct/totalseg_example_ct_sm/image.nii.gz"
+    r = subprocess.run([str(BIN / "medseg"), "infer", str(image), "--organ", "liver", "--model", str(folder),
+                        "--backend", "torch", "--out", str(tmp_path / "out"), "--no-preview"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 4, r.stderr[-2000:]
+    assert f"{folder / CARD_NAME}: invalid model card: labels: not the labels" in r.stderr
+    assert not (tmp_path / "out/image/labels.nii.gz").exists()

@@ -22,7 +22,7 @@ import numpy as np
 
 from medseg.cache import cache_dir
 from medseg.errors import ProcessingError, UsageError
-from medseg.io.atomic import staging_folder
+from medseg.io.atomic import os_reason, staging_folder
 from medseg.models.registry import InstalledModel, sha256_file
 
 PARITY_MAX_ABS = 1e-2
@@ -218,18 +218,22 @@ def _publish(staging: Path, folder: Path) -> None:
 def accelerated_runner(
     model: InstalledModel, backend: str = "openvino", batch_size: int = 1, cache: Path | None = None
 ) -> Runner:
-    """OpenVINO or ONNX Runtime on CPU (f32) from the cache, exporting first if needed (raises if parity fails)."""
+    """OpenVINO or ONNX Runtime on CPU (f32) from the cache, exporting first if needed (raises if parity fails).
+
+    The cache is trusted like the installed package (whoever can write it can change what runs): its folders are
+    created owner-only and a group- or other-writable one is refused; the exported files' SHA-256 go into `info`
+    (summary.json's runtime) so that every result names the exact export that computed it."""
     sha = model.verify()
     version = _backend_version(backend)
     key = _cache_key(backend, sha, tuple(model.card.roi_size), batch_size, version)
-    folder = (cache or cache_dir()) / backend / key
+    root = cache or cache_dir()
+    private_folder(root / backend, root)
+    folder = root / backend / key
     record_path = folder / "record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     exported = record is None or not _files_intact(folder, record) or record.get("weights_sha256") != sha
     if exported:
-        staging = staging_folder(folder)
-        _export(model, backend, staging, batch_size, version)
-        _publish(staging, folder)
+        _export_into(model, backend, folder, batch_size, version)
         record = json.loads(record_path.read_text())
         if not _files_intact(folder, record):
             raise ProcessingError(f"{backend} export in {folder} changed while loading", hint="Run again.")
@@ -238,8 +242,51 @@ def accelerated_runner(
             f"{backend} export does not match eager torch ({record['parity']})", hint="Use --backend torch."
         )
     forward = EXPORTERS[backend][1](folder)
-    info = {"exported_now": exported, "parity": record["parity"], "cache": str(folder), "version": version}
+    info = {"exported_now": exported, "parity": record["parity"], "cache": str(folder), "version": version,
+            "files_sha256": dict(record["files"])}  # fmt: skip
     return Runner(backend, batch_size, forward, info)
+
+
+def private_folder(folder: Path, root: Path) -> None:
+    """Create `folder` (and `root` above it) owner-only (0700) where missing, and refuse (exit 4) a folder from
+    `root` down that others may write: a user who can write the export cache can change what the model computes."""
+    try:
+        for part in (root, folder):
+            part.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if part.stat().st_mode & 0o022:
+                raise ProcessingError("the model export cache folder is writable by other users; not used",
+                                      path=part, hint="chmod go-w it, or point MEDSEG_CACHE_DIR at a folder only "
+                                      "you can write.")  # fmt: skip
+    except OSError as exc:
+        raise ProcessingError(f"cannot use the model export cache: {os_reason(exc)}", path=folder,
+                              hint="Check MEDSEG_CACHE_DIR and its permissions.") from exc  # fmt: skip
+
+
+def _export_into(model: InstalledModel, backend: str, folder: Path, batch_size: int, version: str) -> None:
+    """Export into an owner-only staging folder beside `folder`, then publish it; on any failure the staging folder
+    is removed (a full disk must not leave half an export behind) and a write failure names the cache folder."""
+    staging = staging_folder(folder)
+    try:
+        staging.chmod(0o700)
+        _export(model, backend, staging, batch_size, version)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, ProcessingError) and _is_write_failure(exc):
+            raise ProcessingError(f"cannot write the {backend} export into the cache: {os_reason(exc)}",
+                                  path=folder.parent, hint="Free space there or point MEDSEG_CACHE_DIR elsewhere; "
+                                  "or use --backend torch.") from exc  # fmt: skip
+        raise
+    _publish(staging, folder)
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An exporter's file write that failed (OpenVINO's C++ stream error on a full disk, an OSError underneath)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) or "basic_ios" in str(seen) or "iostream" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def int8_runner(model: InstalledModel) -> Runner:
