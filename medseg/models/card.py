@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medseg.errors import InvalidInputError
+from medseg.errors import ProcessingError
 from medseg.yamltext import load_yaml
 
 
@@ -34,10 +34,17 @@ class NetworkSpec(Strict):
 
 
 class IntensitySpec(Strict):
-    """HU window: clip to [a_min, a_max] then scale linearly to [0, 1]."""
+    """HU window: clip to [a_min, a_max] then scale linearly to [0, 1] (an empty or reversed window would divide by
+    zero or invert the image)."""
 
     a_min: float = -200.0
     a_max: float = 300.0
+
+    @model_validator(mode="after")
+    def _window_not_empty(self) -> IntensitySpec:
+        if not self.a_min < self.a_max:
+            raise ValueError(f"a_min ({self.a_min:g}) must be below a_max ({self.a_max:g})")
+        return self
 
 
 class WeightsSpec(Strict):
@@ -94,14 +101,55 @@ class ModelCard(Strict):
             raise ValueError("labels must map 0 to 'background'")
         return v
 
+    @field_validator("spacing")
+    @classmethod
+    def _spacing_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        """A zero or negative voxel size makes the resampling grid singular."""
+        if not all(s > 0 for s in v):
+            raise ValueError(f"every spacing must be > 0 mm (got {list(v)})")
+        return v
+
+    @field_validator("roi_size")
+    @classmethod
+    def _roi_at_least_one(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(r >= 1 for r in v):
+            raise ValueError(f"every roi_size must be >= 1 voxel (got {list(v)})")
+        return v
+
+    @field_validator("volume_range_ml")
+    @classmethod
+    def _range_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with 0 <= low < high (got {list(v)})")
+        return v
+
+    @model_validator(mode="after")
+    def _labels_fit_the_network(self) -> ModelCard:
+        """The labels must be the network's outputs, 0..N-1 with N its out_channels (a label beyond them is an organ
+        the model cannot produce), and the labels the weights were trained with where the card records them (a
+        reordered card names each output after another organ)."""
+        expected = list(range(self.network.out_channels))
+        if sorted(self.labels) != expected:
+            raise ValueError(f"labels: keys must be 0..{expected[-1]}, one per network output (network.out_channels "
+                             f"is {self.network.out_channels}), not {sorted(self.labels)}")
+        trained = (self.training.get("config") or {}).get("labels") if isinstance(self.training, dict) else None
+        if isinstance(trained, dict) and _int_keys(trained) != dict(self.labels):
+            raise ValueError("labels: not the labels the weights were trained with (training.config.labels "
+                             f"{_int_keys(trained)})")
+        return self
+
     @classmethod
     def load(cls, path: Path) -> ModelCard:
-        """Read and validate a `model_card.yaml`."""
+        """Read and validate a `model_card.yaml`; a card that is unreadable or invalid is one ProcessingError naming
+        the file and the first field at fault (exit 4, as a model whose weights do not match its card)."""
         try:
             data = load_yaml(path.read_text())
             return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ProcessingError(f"invalid model card: {first_error(exc)}", path=path,
+                                  hint="Fix or reinstall the model; it will not be used.") from exc  # fmt: skip
         except (OSError, yaml.YAMLError, ValueError) as exc:
-            raise InvalidInputError(
+            raise ProcessingError(
                 f"invalid model card: {exc}".splitlines()[0], path=path, hint="Fix or reinstall the model."
             ) from exc
 
@@ -124,3 +172,22 @@ class ModelCard(Strict):
             for name in self.foreground_labels.values()
             if (name == self.organ and main) or (others.get(name) or {}).get("mean_dice") is not None
         )
+
+
+def _int_keys(labels: dict[Any, Any]) -> dict[int | str, Any]:
+    """A labels mapping with its keys as integers where they are (YAML and JSON give "0" as well as 0)."""
+    return {int(k) if str(k).lstrip("-").isdigit() else k: v for k, v in labels.items()}
+
+
+def first_error(exc: ValidationError) -> str:
+    """`field.path: message` of a pydantic error's first fault, on one line (an unknown key is named as such)."""
+    errors = exc.errors()
+    if not errors:
+        return str(exc).splitlines()[0]
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", "")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown key (not a model card field)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return " ".join(f"{where + ': ' if where else ''}{message}{more}".split())
