@@ -219,3 +219,17 @@ def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(shared, tmp_path
     lines = [line for line in run.console.splitlines() if line.startswith("error: ")]
     assert run.code == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0], run.console
     assert "segmenting" not in run.console and (tmp_path / "outfile").read_text() == "not a folder"
+
+
+@pytest.mark.disk_mb(1)
+def test_a_failed_write_names_the_output_not_the_staging_file(shared, tmp_path, small_disk) -> None:
+    """Item 7: an output that cannot be written (a full disk) is named by its place in the case folder, in the error
+    line and in summary.json's `failure`, never by the hidden staging file already removed (.tmp-dicom-XXXX/...)."""
+    src = _derived_series(shared, tmp_path / "dicom", slices=slice(20, 60))
+    run = _infer([str(src), "--organ", "liver", "--out", str(small_disk / "o")], tmp_path)
+    lines = [line for line in run.console.splitlines() if line.startswith("error: ")]
+    assert run.code == 4 and len(lines) == 1 and "No space left on device" in lines[0], run.console
+    failure = json.loads((small_disk / "o" / "dicom" / "summary.json").read_text())["failure"]
+    for text in (lines[0], failure):
+        named = Path(text.removeprefix("error: ").split(": ")[0])
+        assert named.parent == small_disk / "o" / "dicom" and ".tmp-" not in text, text

@@ -358,6 +358,7 @@ def run_case(
             try:
                 result = _run_checked(run, runner, progress, on_flag)
             except MedsegError as exc:
+                _name_final_path(exc, stage, final)
                 _record_failure(run, final, exc)
                 raise
             except Exception as exc:  # re-raised as it is: the CLI reports an internal error (exit 4, --debug)
@@ -370,6 +371,14 @@ def run_case(
         raise
     result.outputs = [final / p.name for p in result.outputs]
     return result
+
+
+def _name_final_path(exc: MedsegError, stage: Path, final: Path) -> None:
+    """An error about a file in the staging folder names that file's place in the case folder instead
+    (`out/dicom/seg.dcm`, not `out/.tmp-dicom-XXXX/seg.dcm`): the staging folder is removed before the user reads
+    the error or summary.json's `failure`."""
+    if exc.path is not None and exc.path.is_relative_to(stage):
+        exc.path = final / exc.path.relative_to(stage)
 
 
 def internal_error(case: Case, exc: BaseException) -> ProcessingError:
