@@ -375,3 +375,35 @@ def test_infer_with_a_reordered_card_is_refused_before_any_output(tmp_path: Path
     assert r.returncode == 4, r.stderr[-2000:]
     assert f"{folder / CARD_NAME}: invalid model card: labels: not the labels" in r.stderr
     assert not (tmp_path / "out/image/labels.nii.gz").exists()
+
+
+# 9. `models list --verify` checks what `medseg infer` checks: the built-in card's digest and the INT8 files
+
+
+def list_verify(capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict[str, Any]]]:
+    from medseg.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "list", "--json", "--verify"])
+    return int(exc.value.code or 0), json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("altered", ["card", "int8"])
+def test_list_verify_reports_an_altered_builtin_card_or_int8_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  altered: str) -> None:  # fmt: skip
+    from medseg.models import registry
+
+    shutil.copytree(REPO / "medseg/models/zoo/liver", tmp_path / "zoo/liver")
+    monkeypatch.setattr(registry, "ZOO", tmp_path / "zoo")
+    code, cards = list_verify(capsys)
+    assert code == 0 and cards[0]["verified"] is True and cards[0]["weights_verified"] is True
+    if altered == "card":
+        card = tmp_path / "zoo/liver" / CARD_NAME
+        card.write_text(card.read_text().replace("a_min: -200.0", "a_min: -1000.0", 1))
+    else:
+        int8 = next((tmp_path / "zoo/liver/int8").glob("*.bin"))
+        int8.write_bytes(int8.read_bytes()[:-4] + b"oops")
+    code, cards = list_verify(capsys)
+    assert code == 4 and cards[0]["verified"] is False and cards[0]["weights_verified"] is True
+    assert ("built-in model card altered" if altered == "card" else "INT8 model file") in cards[0]["problem"]

@@ -36,30 +36,58 @@ def register(app: typer.Typer) -> None:
     @models_app.command("list", epilog=EXAMPLES)
     def list_cmd(
         as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON."),
-        verify: bool = typer.Option(False, "--verify", help="Also check each weights file against its SHA-256."),
+        verify: bool = typer.Option(
+            False, "--verify", help="Also check each model as `medseg infer` does: the built-in card against its "
+            "recorded SHA-256, the weights and the INT8 files against the card's.",
+        ),
     ) -> None:
-        """List the installed models with their model card fields (with --verify, check their weights' digests)."""
-        from medseg.errors import MedsegError, ProcessingError
+        """List the installed models with their model card fields (with --verify, check card, weights and INT8
+        files as inference does)."""
+        from medseg.errors import ProcessingError
         from medseg.models.registry import list_models
 
         found = list_models()
         problems: dict[str, str] = {}
+        weights_bad: set[str] = set()
         if verify:
             for m in found:
-                try:
-                    m.verify()
-                except MedsegError as exc:
-                    problems[m.folder.name] = exc.message
+                problem, weights_ok = verify_model(m)
+                if problem:
+                    problems[m.folder.name] = problem
+                if not weights_ok:
+                    weights_bad.add(m.folder.name)
         if as_json:
             cards = [m.card.model_dump(mode="json") | {"folder": str(m.folder), "model": m.folder.name} for m in found]
             if verify:
                 for c in cards:
-                    c["weights_verified"] = c["model"] not in problems
+                    c["verified"] = c["model"] not in problems
+                    c["weights_verified"] = c["model"] not in weights_bad
+                    c["problem"] = problems.get(c["model"])
             console.result(json.dumps(cards, indent=2))
         else:
             _print(found, verify, problems)
         if problems:
-            raise ProcessingError(f"weights do not match the model card for {', '.join(sorted(problems))}")
+            raise ProcessingError(f"model files do not match their recorded digests for {', '.join(sorted(problems))}",
+                                  hint="Reinstall medseg; `medseg infer` refuses these models.")  # fmt: skip
+
+
+def verify_model(model: InstalledModel) -> tuple[str | None, bool]:
+    """What `medseg infer` would refuse in an installed model (its first problem, or None) and whether its weights
+    match the card: the built-in card's recorded digest, the weights' and the INT8 files' SHA-256."""
+    from medseg.errors import MedsegError
+    from medseg.models.registry import check_builtin_card
+
+    try:
+        model.verify()
+    except MedsegError as exc:
+        return exc.message, False
+    try:
+        check_builtin_card(model)
+        model.verify_int8()
+    except MedsegError as exc:
+        where = f"{exc.path.name}: " if exc.path is not None else ""
+        return f"{where}{exc.message}", True
+    return None, True
 
 
 def _print(found: list[InstalledModel], verify: bool, problems: dict[str, str]) -> None:

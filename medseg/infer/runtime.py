@@ -297,15 +297,8 @@ def int8_runner(model: InstalledModel) -> Runner:
             f"model {model.card.name!r} {model.card.version} has no validated INT8 export", hint="Use --precision f32."
         )
     model.verify()
+    model.verify_int8()
     folder = model.folder / spec.folder
-    for name, digest in spec.files.items():
-        path = folder / name
-        if not path.is_file() or sha256_file(path) != digest:
-            raise ProcessingError(
-                "INT8 model file missing or altered (SHA-256 differs from the model card)",
-                path=path,
-                hint="Reinstall the model, or use --precision f32. It will not be used.",
-            )
     info = {"precision": "int8", "parity": spec.parity, "version": _backend_version("openvino")}
     return Runner("openvino-int8", 1, _load_openvino(folder), info)
 

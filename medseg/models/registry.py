@@ -87,6 +87,20 @@ class InstalledModel:
             )
         return data
 
+    def verify_int8(self) -> None:
+        """Check every file of the model's INT8 export against the card's SHA-256 (ProcessingError, exit 4)."""
+        if self.card.int8 is None:
+            return
+        folder = self.folder / self.card.int8.folder
+        for name, digest in self.card.int8.files.items():
+            path = folder / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise ProcessingError(
+                    "INT8 model file missing or altered (SHA-256 differs from the model card)",
+                    path=path,
+                    hint="Reinstall the model, or use --precision f32. It will not be used.",
+                )
+
     def load_network(self, device: str = "cpu") -> torch.nn.Module:
         """Read the weights once and verify their digest, refuse non-finite weights, then build the network and load
         those same bytes (eval mode). A weights file that is not a state_dict for the card's network is one
