@@ -134,6 +134,8 @@ class InstalledModel:
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError, UnicodeDecodeError) as exc:  # fmt: skip
             detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            if isinstance(exc, pickle.UnpicklingError):
+                detail = "it holds objects other than tensors, refused unloaded"
             raise ProcessingError(f"model weights are not a plain torch state_dict ({type(exc).__name__}: {detail})",
                                   path=self.weights_path, hint="Reinstall the model; it will not be used.") from exc
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
