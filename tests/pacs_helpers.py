@@ -24,6 +24,10 @@ from medseg.pacs.queue import JobQueue
 
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+# completion.quiet_seconds for services in tests that expect one job (one generation) per study: a study is complete
+# once no instance came for this long, so one C-STORE landing late (a slow fsync on a busy CI disk: 1.5 s was enough
+# at 1.0 s) split it into two generations. Tests that wait "longer than the quiet time" wait QUIET_S + slack.
+QUIET_S = 6.0
 
 
 def free_port() -> int:
@@ -157,7 +161,7 @@ def check_seg(orthanc: Orthanc, source_dir: Path, study: str, series: str) -> py
     return seg
 
 
-def write_config(path: Path, storage: Path, destination: dict, quiet: float = 2.0, **extra: object) -> int:
+def write_config(path: Path, storage: Path, destination: dict, quiet: float = QUIET_S, **extra: object) -> int:
     """A service config on a free loopback port; returns the port."""
     port = free_port()
     cfg = {

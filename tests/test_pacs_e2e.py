@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pacs_helpers import Orthanc, Served, chaos_files, check_seg, make_study, storescu, wait_jobs, write_config
+from pacs_helpers import QUIET_S, Orthanc, Served, chaos_files, check_seg, make_study, storescu, wait_jobs, write_config
 
 from medseg.pacs.queue import JobQueue
 
@@ -71,7 +71,7 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
     study, series = make_study(chaos_files(shared), study_dir, range(20, 52), "orthanc-push")
     orthanc_study = orthanc.upload(study_dir, study)
     dest = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom}
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, quiet=1.0)
+    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest)
     modality = {"AET": "MEDSEG", "Host": "127.0.0.1", "Port": port}
     assert requests.put(orthanc.url + "/modalities/medseg", json=modality, timeout=10).ok
     push = {"Resources": [orthanc_study], "Synchronous": True}
@@ -85,7 +85,7 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
         assert [j.state for j in jobs] == ["sent"], [(j.state, j.reason) for j in jobs]
         again = requests.post(orthanc.url + "/modalities/medseg/store", json=push, timeout=120)
         assert again.ok, again.text
-        time.sleep(3.0)  # longer than the quiet time: a reopened study would have made a job by now
+        time.sleep(QUIET_S + 2.0)  # longer than the quiet time: a reopened study would have made a job by now
         jobs = wait_jobs(tmp_path / "store" / "queue.db", 1, settled=True)
     finally:
         service.stop()
@@ -113,7 +113,7 @@ def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_g
     study, series = make_study(chaos_files(shared), study_dir, range(24, 52), "orthanc-lua")
     server = Orthanc(tmp_path / "orthanc", medseg_port=0)
     dest = {"ae_title": server.aet, "host": "127.0.0.1", "port": server.dicom}
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, quiet=1.0)
+    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest)
     lua = tmp_path / "route.lua"
     # Orthanc 1.10's Lua SendToModality takes instances only (a study id fails: "Unable to read attachment"); the
     # REST route is how Orthanc's book sends a whole study from OnStableStudy
@@ -137,7 +137,7 @@ def test_an_orthanc_routing_rule_on_stable_studies_does_not_loop_on_the_seg_it_g
             time.sleep(0.5)
         else:
             pytest.fail("Orthanc's rule never sent the study again after the SEG arrived")
-        time.sleep(6.0)  # quiet time + stable age + slack: a loop would have made generation 2 by now
+        time.sleep(QUIET_S + 5.0)  # quiet time + stable age + slack: a loop would have made generation 2 by now
         jobs = wait_jobs(queue_path, 1, settled=True)
         service.stop()
         q = JobQueue(queue_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pacs_helpers import NODELAY, Orthanc, Served, chaos_files, make_study, storescu, wait_jobs, write_config
+from pacs_helpers import NODELAY, QUIET_S, Orthanc, Served, chaos_files, make_study, storescu, wait_jobs, write_config
 
 from medseg.pacs.queue import JobQueue
 from medseg.pacs.worker import CRASH_ENV
@@ -86,7 +86,7 @@ def test_sigkill_at_random_moments_during_receive_and_work(orthanc: Orthanc, sha
         assert pydicom.dcmread(str(row["path"])).StudyInstanceUID == study
     service = Served(config, port, log).start()
     assert storescu(port, study_src).returncode == 0  # the sender retries its whole study
-    time.sleep(rng.uniform(1.5, 8.0))  # during completion, inference or sending
+    time.sleep(rng.uniform(1.5, 8.0) + QUIET_S - 2.0)  # during completion, inference or sending (quiet was 2 s)
     service.kill()
     service = Served(config, port, log).start()
     try:

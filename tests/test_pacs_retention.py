@@ -231,7 +231,7 @@ def test_the_running_service_purges_a_study_once_it_settled(
     study_src = tmp_path / "study"
     study, _ = make_study(chaos_files(shared), study_src, range(24, 52), "retention-service")
     config = tmp_path / "pacs.yaml"
-    port = write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")}, quiet=1.0,
+    port = write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")},
                         retention={"keep_days": 0, "check_interval_s": 0.5})  # fmt: skip
     served = Served(config, port, tmp_path / "serve.log").start()
     try:

@@ -166,7 +166,7 @@ def test_orthanc_with_dicom_tls_pushes_a_study_and_gets_one_seg_back_over_tls(
     study, series = make_study(chaos_files(shared), study_dir, range(24, 48), "tls")
     server = Orthanc(tmp_path / "orthanc", medseg_port=0)
     dest = {"ae_title": server.aet, "host": "127.0.0.1", "port": server.dicom, "tls": _tls(pki.service, pki.ca)}
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, quiet=1.0)
+    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest)
     cfg = yaml.safe_load((tmp_path / "pacs.yaml").read_text())
     cfg["listen"]["tls"] = _tls(pki.service, pki.ca)
     (tmp_path / "pacs.yaml").write_text(yaml.safe_dump(cfg))
