@@ -202,3 +202,39 @@ def test_a_record_is_committed_only_onto_an_absent_or_empty_out(tmp_path) -> Non
             target.mkdir()
         commit_new_folder(stage(f".tmp-{name}"), target)
         assert [p.name for p in target.iterdir()] == ["report.json"], name
+
+
+def test_a_failing_mlflow_store_writes_one_json_line_under_log_json(tmp_path) -> None:
+    """Item 6: MLflow's own log printed a ~35-line SQLAlchemy traceback on stderr before medseg's error line."""
+    import json
+    import logging
+
+    from medseg.train.tracking import _quiet_mlflow_logs
+    from medseg.validation.tracking import MLFLOW_LOGGERS
+
+    (tmp_path / "dir").mkdir()  # sqlite:/// naming a folder: SQLAlchemy cannot open it
+    env = os.environ | {"MEDSEG_AUDIT_DIR": str(tmp_path / "audit")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["--log-json", "validate", "--set", "liver_real_manual_v2", "--out", str(tmp_path / "val"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'dir'}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "medseg", *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 4 and len(lines) == 1, proc.stderr
+    assert "cannot open the MLflow store" in json.loads(lines[0])["message"]
+    _quiet_mlflow_logs()  # train's copy (train may not import validation) sets the same levels
+    assert all(logging.getLogger(name).level == logging.CRITICAL for name in MLFLOW_LOGGERS)
+
+
+@pytest.mark.parametrize("module", ["medseg.validation.tracking:quiet_mlflow_logs",
+                                    "medseg.train.tracking:_quiet_mlflow_logs"])  # fmt: skip
+def test_mlflow_and_sqlalchemy_logs_stay_off_stderr(module) -> None:
+    """Item 6: MLflow's WARNING with the SQLAlchemy traceback (a failing store, a full disk) went to stderr through
+    MLflow's own handler."""
+    name, func = module.split(":")
+    code = (f"import logging\nfrom {name} import {func}\n{func}()\n"
+            "logging.getLogger('mlflow.store.db.utils').warning('SQLAlchemy engine could not be created')\n"
+            "logging.getLogger('mlflow.store.db.utils').error('Traceback (most recent call last)')\n"
+            "logging.getLogger('sqlalchemy.engine').error('(sqlite3.OperationalError) disk I/O error')\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -88,14 +88,16 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _quiet_mlflow_logs() -> None:
-    """MLflow's and alembic's loggers at WARNING, set after `import mlflow` (which sets its own to INFO with a
-    plain-text stderr handler): creating the run's sqlite store printed "INFO mlflow.store.db.utils: Creating
-    initial MLflow database tables..." into stderr, which under --log-json must hold only JSON lines. (train may
-    not import medseg.validation, which has the same helper.)"""
+    """MLflow's, alembic's and SQLAlchemy's loggers at CRITICAL (a root logger at DEBUG keeps them), set after
+    `import mlflow` (which sets its own to INFO with a plain-text stderr handler): they printed "Creating initial
+    MLflow database tables..." and a failing store's ~35-line traceback into stderr, which under --log-json must
+    hold only JSON lines. The same function as medseg.validation.tracking.quiet_mlflow_logs (train may not import
+    medseg.validation; tests/test_validation_review21.py checks they agree)."""
     import mlflow  # noqa: F401  (configures its loggers on first import: levels set before it are lost)
 
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    level = logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    for name in ("mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine"):  # MLflow gives the last its own handler
+        logging.getLogger(name).setLevel(level)
 
 
 @contextmanager
@@ -134,7 +136,7 @@ class Tracker:
                 if mlflow.get_experiment_by_name(self.experiment) is None:
                     location = None
                     if self.uri.startswith("sqlite:///"):
-                        location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+                        location = (Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
                     mlflow.create_experiment(self.experiment, artifact_location=location)
                 experiment_id = None if resume_run_id else mlflow.get_experiment_by_name(self.experiment).experiment_id
                 run = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,

@@ -24,6 +24,7 @@ from medseg.errors import InvalidInputError, ProcessingError
 from medseg.signals import deferred_interrupt
 
 EXPERIMENT = "medseg-validation"
+MLFLOW_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine")  # MLflow gives the last its own handler
 MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs"})  # what any MLflow SQL store holds
 HOST_TAG, PID_TAG = "medseg.host", "medseg.pid"  # which process owns a RUNNING run: `end_orphans`
 FAST_FAIL = {  # while the store is checked: an unreachable server fails in seconds, not after minutes of retries
@@ -54,13 +55,17 @@ def _client(uri: str, out: Path) -> tuple[Any, str]:
 
 
 def quiet_mlflow_logs() -> None:
-    """MLflow's and alembic's loggers at WARNING, set after `import mlflow` (which sets its own logger to INFO with a
-    plain-text handler on stderr): creating a store printed "INFO mlflow.store.db.utils: Creating initial MLflow
-    database tables..." into stderr, which under --log-json must hold only JSON lines."""
+    """MLflow's, alembic's and SQLAlchemy's loggers at CRITICAL, set after `import mlflow` (which sets its own logger
+    to INFO with a plain-text handler on stderr): they printed "Creating initial MLflow database tables..." and, on a
+    store that fails, a ~35-line traceback into stderr, which holds one line per error (and under --log-json only
+    JSON lines); medseg reports the failure itself, and --debug prints its whole cause chain. A process whose root
+    logger is at DEBUG (a developer's) keeps them. train/tracking.py holds the same function (train and validation
+    may not import each other: tests/test_architecture.py)."""
     import mlflow  # noqa: F401  (configures its loggers on first import: levels set before it are lost)
 
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    level = logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    for name in MLFLOW_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -121,6 +126,22 @@ def refuse_foreign_sqlite(db: Path) -> None:
         )
 
 
+def _require_openable(db: Path, uri: str, out: Path) -> None:
+    """ProcessingError (exit 4) at once for a sqlite store path that is a folder or other non-file, or whose
+    nearest existing folder this process cannot write: MLflow retries opening such a store for ~100 s (ten tries,
+    doubling waits) before it fails."""
+    problem = None
+    if db.exists() and not db.is_file():
+        problem = "it is not a file"
+    elif not db.exists():
+        parent = next((p for p in db.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"{parent} cannot be written"
+    if problem:
+        raise ProcessingError(f"cannot open the MLflow store at {uri}: {problem}", path=out,
+                              hint="Check --tracking-uri / MLFLOW_TRACKING_URI; no case was run.")  # fmt: skip
+
+
 def open_store(tracking_uri: str | None, out: Path) -> str:
     """Open the tracking store before any case is segmented, and return its URI: the validation experiment is read
     or created, a tag written (a read-only store fails here) and a local artifact folder checked, with MLflow's
@@ -132,6 +153,7 @@ def open_store(tracking_uri: str | None, out: Path) -> str:
     db = _sqlite_file(uri)
     if db is not None:
         refuse_foreign_sqlite(db)
+        _require_openable(db, uri, out)
     created = db is not None and not db.exists()
     try:
         with fast_fail(), deferred_interrupt():
