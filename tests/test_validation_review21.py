@@ -238,3 +238,22 @@ def test_mlflow_and_sqlalchemy_logs_stay_off_stderr(module) -> None:
             "logging.getLogger('sqlalchemy.engine').error('(sqlite3.OperationalError) disk I/O error')\n")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.req("REQ-020")
+def test_the_unsigned_page_suggests_approved_only_for_a_record_that_supports_release(shared, tmp_path) -> None:
+    """Item 7: report.html of a record that does not support release told the reader to sign it --meaning approved,
+    which `report sign` refuses."""
+    import json
+
+    from test_validation_review19 import small_record
+
+    from medseg.validation.html import render
+
+    small_record(tmp_path / "rec", shared)
+    report = json.loads((tmp_path / "rec" / "report.json").read_text())
+    assert report["release"]["supported"] is False
+    page = (tmp_path / "rec" / "report.html").read_text()
+    assert "--meaning reviewed</code>" in page and "--meaning approved" not in page
+    supported = render(report | {"release": {"supported": True, "reasons": []}})
+    assert "--meaning approved</code>" in supported and "--meaning reviewed" not in supported
