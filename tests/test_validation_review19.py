@@ -328,7 +328,7 @@ def test_an_unwritable_or_unreachable_tracking_store_fails_before_inference(shar
                              capsys)  # fmt: skip
         assert code == 4 and f"cannot open the MLflow store at {uri}" in text, text
         assert "radcttace_0697:" not in text and "Traceback" not in text  # no case was segmented
-        assert time.monotonic() - start < 30
+        assert time.monotonic() - start < 90  # MLflow's HTTP retries take minutes; a loaded 2-core CI took 31 s
         assert not out.exists() and list(tmp_path.glob(".tmp-val-*")) == []
 
 
