@@ -202,6 +202,8 @@ def test_models_list_shows_cards_and_verifies_weights(run, tmp_path, monkeypatch
         f.seek(-4, 2)
         f.write(b"oops")
     monkeypatch.setattr(registry, "ZOO", tmp_path)
+    cards = {name: registry.sha256_file(tmp_path / name / "model_card.yaml") for name in ("good", "bad")}
+    monkeypatch.setattr(registry, "builtin_card_digests", lambda: cards)  # as card_digests.json records the zoo's
     code, out, _ = run("models", "list")
     assert code == 0 and "test-liver-5 0.0.1  organ=liver" in out and "intended use: tests only" in out
     assert "  --model good  labels:" in out, "the name to pass to --model is the folder's"
