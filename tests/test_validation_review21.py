@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -257,3 +258,55 @@ def test_the_unsigned_page_suggests_approved_only_for_a_record_that_supports_rel
     assert "--meaning reviewed</code>" in page and "--meaning approved" not in page
     supported = render(report | {"release": {"supported": True, "reasons": []}})
     assert "--meaning approved</code>" in supported and "--meaning reviewed" not in supported
+
+
+def _variant_set(root: Path, sets: Path, name: str, image, label, label_value: int) -> Path:
+    """A one-case set file (as `medseg validation lock` reads it) of an altered copy of the training case
+    totalseg_example_ct_sm, written under `root`."""
+    import nibabel as nib
+
+    from medseg.digests import digest_path
+
+    src = root / "ct" / "totalseg_example_ct_sm"
+    folder = root / "ct" / name
+    folder.mkdir(parents=True)
+    img, lab = nib.load(src / "image.nii.gz"), nib.load(src / "liver.nii.gz")
+    nib.save(nib.Nifti1Image(image(np.asanyarray(img.dataobj)), img.affine), folder / "image.nii.gz")
+    nib.save(nib.Nifti1Image(label(np.asanyarray(lab.dataobj)), lab.affine), folder / "liver.nii.gz")
+    case = {"case_id": name, "patient": f"probe-{name}", "image": f"ct/{name}/image.nii.gz",
+            "label": f"ct/{name}/liver.nii.gz", "label_value": label_value,
+            "sha256": {"image": digest_path(folder / "image.nii.gz"), "label": digest_path(folder / "liver.nii.gz")},
+            "source": "test", "licence": "test", "label_type": "manual",
+            "acquisition": {"manufacturer": "unknown"}}  # fmt: skip
+    path = sets / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "description": "t", "organ": "liver", "cases": [case]}))
+    return path
+
+
+@pytest.mark.req("REQ-011")
+def test_a_mirrored_or_relabelled_copy_of_a_training_case_is_not_independent(shared, tmp_path) -> None:
+    """Item 8: a copy of a training case with its arrays flipped (affine kept), or its label stored as value 2 with
+    label_value 2 (and the CT shifted by 1 HU), passed the independence check."""
+    from medseg.models.registry import resolve_model
+    from medseg.validation.independence import check_independence
+    from medseg.validation.sets import load_set
+
+    root, sets = tmp_path / "root", tmp_path / "sets"
+    (root / "ct").mkdir(parents=True)
+    sets.mkdir()
+    for d in shared.iterdir():
+        if d.name != "ct":
+            (root / d.name).symlink_to(d)
+    for d in (shared / "ct").iterdir():
+        (root / "ct" / d.name).symlink_to(d)
+    variants = {
+        "mirrored": (lambda a: a[::-1].astype(np.int16), lambda a: a[::-1].astype(np.uint8), 1),
+        "mirrored_2axes": (lambda a: a[::-1, :, ::-1].astype(np.int16), lambda a: a[::-1, :, ::-1].astype(np.uint8), 1),
+        "relabelled": (lambda a: (a + 1).astype(np.int16), lambda a: (a * 2).astype(np.uint8), 2),
+    }  # fmt: skip
+    card = resolve_model("liver", "liver").card
+    for name, (image, label, value) in variants.items():
+        ts = load_set(_variant_set(root, sets, name, image, label, value))
+        result = check_independence(ts, card, root)
+        assert any("same voxel content as training case totalseg_example_ct_sm" in c for c in result.conflicts), (
+            name, result.conflicts)  # fmt: skip
