@@ -84,7 +84,8 @@ def chaos_liver(shared: Path) -> np.ndarray:
 
 def test_seg_of_invalid_or_over_long_source_values_is_dciodvfy_clean(shared, tmp_path, chaos_liver) -> None:
     """Item 1: decimal commas in PatientWeight/PatientSize are normalised, an invalid PatientAge is left out, an
-    over-long AccessionNumber/StudyID is left empty (never cut into another identifier), a negative
+    over-long AccessionNumber/StudyID is carried unchanged (never cut into another identifier, nor emptied so the
+    SEG no longer files with its study; dciodvfy reports only those two), a negative
     SpacingBetweenSlices is given as its absolute value: each with a note naming the attribute only."""
     folder = _derived_series(
         shared, tmp_path / "src",
@@ -97,11 +98,14 @@ def test_seg_of_invalid_or_over_long_source_values_is_dciodvfy_clean(shared, tmp
     notes: list[str] = []
     with pytest.warns(UserWarning):  # pydicom reading the over-long source identifiers
         path = write_seg(chaos_liver, volume, {1: "liver"}, ALGO, tmp_path / "seg.dcm", notes=notes)
-    assert dciodvfy_errors(path) == []
+    errors = dciodvfy_errors(path)
+    length = [e for e in errors if "Length invalid" in e]
+    assert [e.split(" - ")[2].split(" SH")[0] for e in length] == ["(0x0008,0x0050)", "(0x0020,0x0010)"], errors
+    assert set(errors) - set(length) == {"Error - Dicom dataset contains invalid data values for Value Representations"}
     seg = pydicom.dcmread(path, stop_before_pixels=True)
     assert (seg.PatientWeight, seg.PatientSize) == (72.5, 1.83)
     assert "PatientAge" not in seg
-    assert seg.AccessionNumber == "" and seg.StudyID == ""
+    assert seg.AccessionNumber == "ACC-2019-000012345" and seg.StudyID == "STUDY-ID-12345678"
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert measures.get("SpacingBetweenSlices", 2.0) == 2.0
     for keyword in ("PatientWeight", "PatientSize", "PatientAge", "AccessionNumber", "StudyID",

@@ -114,9 +114,11 @@ def normalise_source(ds: Any) -> list[str]:
 def _within_length(keyword: str, text: str, vr: str, notes: list[str]) -> str:
     """`text` as the SEG may hold it under its VR's length limit (PS3.5 6.2).
 
-    An identifier over the limit is left empty (all are Type 2 in the SEG): cut short it could name another patient
-    or exam, and kept whole the SEG fails dciodvfy. A person name is limited per component group (alphabetic,
-    ideographic, phonetic), so only a group over 64 characters is shortened; a description is shortened."""
+    An identifier over the limit is carried unchanged: cut short it could name another patient or exam, and left
+    empty the SEG would no longer file with its patient and order in a PACS that accepted the source with that very
+    value (the SEG then breaks the VR length as its source does, and dciodvfy says so). A person name is limited per
+    component group (alphabetic, ideographic, phonetic), so only a group over 64 characters is shortened; a
+    description is shortened."""
     limit = MAX_LENGTH.get(vr, 64)
     if keyword in PERSON_NAMES:
         groups = text.split("=")
@@ -130,9 +132,9 @@ def _within_length(keyword: str, text: str, vr: str, notes: list[str]) -> str:
     if len(text) <= limit:
         return text
     if keyword in IDENTIFIERS:
-        notes.append(f"source {keyword} is longer than the {limit} characters its VR allows; left empty in the SEG "
-                     "(shortened, it could name another patient or exam)")  # fmt: skip
-        return ""
+        notes.append(f"source {keyword} is longer than the {limit} characters its VR allows; carried unchanged into "
+                     "the SEG so that it files with its study (shortened, it could name another patient or exam)")
+        return text
     notes.append(f"source {keyword} longer than {limit} characters; shortened in the SEG")
     return text[:limit]
 
