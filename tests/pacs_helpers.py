@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,8 @@ NODELAY = {**os.environ, "TCP_NODELAY": "1"}
 # once no instance came for this long, so one C-STORE landing late (a slow fsync on a busy CI disk: 1.5 s was enough
 # at 1.0 s) split it into two generations. Tests that wait "longer than the quiet time" wait QUIET_S + slack.
 QUIET_S = 6.0
+# what `medseg pacs serve` logs once its C-STORE listener is bound (medseg/pacs/service.py), with the bound port
+LISTENING = re.compile(r"listening as \S+ on \S+:(\d+)")
 
 
 def free_port() -> int:
@@ -77,10 +80,11 @@ class Orthanc:
         self.root = root
         self.http, self.dicom = free_port(), free_port()
         self.aet = "ORTHANC"
+        self.name = f"medseg-test-{os.getpid()}-{self.http}"  # /system answering with it is this Orthanc, no other
         self.config = root / "orthanc.json"
         (root / "db").mkdir(parents=True, exist_ok=True)
         cfg = {
-            "Name": "medseg-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "Name": self.name, "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
             "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": self.aet, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
             "DicomModalities": {"medseg": ["MEDSEG", "127.0.0.1", medseg_port]}, "Plugins": [str(ORTHANC_PLUGIN)],
@@ -92,16 +96,28 @@ class Orthanc:
         self.url = f"http://127.0.0.1:{self.http}"
 
     def start(self) -> Orthanc:
-        log = (self.root / "orthanc.log").open("ab")
-        self.proc = subprocess.Popen(["Orthanc", str(self.config)], env=NODELAY, stdout=log, stderr=log)
+        """Start Orthanc; return once it answers as itself. Its ports were chosen free in __init__: another process
+        that took one meanwhile makes Orthanc exit (fails here at once, with its log), and another server on the HTTP
+        port (the other xdist worker's Orthanc) does not answer with this one's Name."""
+        path = self.root / "orthanc.log"
+        offset = path.stat().st_size if path.exists() else 0
+        with path.open("ab") as log:
+            self.proc = subprocess.Popen(["Orthanc", str(self.config)], env=NODELAY, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                said = path.read_bytes()[offset:].decode(errors="replace")[-2000:]
+                self.proc = None
+                pytest.fail(f"Orthanc exited: {said}")
             try:
-                if requests.get(self.url + "/system", timeout=1).ok:
+                answer = requests.get(self.url + "/system", timeout=1)
+                if answer.ok and answer.json().get("Name") == self.name:
                     return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        pytest.fail(f"Orthanc did not answer; see {self.root / 'orthanc.log'}")
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"Orthanc did not answer; see {path}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -161,9 +177,13 @@ def check_seg(orthanc: Orthanc, source_dir: Path, study: str, series: str) -> py
     return seg
 
 
-def write_config(path: Path, storage: Path, destination: dict, quiet: float = QUIET_S, **extra: object) -> int:
-    """A service config on a free loopback port; returns the port."""
-    port = free_port()
+def write_config(path: Path, storage: Path, destination: dict, quiet: float = QUIET_S, port: int | None = None,
+                 **extra: object) -> int:  # fmt: skip
+    """A service config on loopback; returns the port. By default a port free now (a test that must know it before
+    the service starts: an Orthanc configured to send to it, a restart on the same port); port=0 lets the service
+    bind a port of its own, which `Served.start` reads from its log into `Served.port` (no window in which another
+    socket can take it)."""
+    port = free_port() if port is None else port
     cfg = {
         "listen": {"ae_title": "MEDSEG", "host": "127.0.0.1", "port": port},
         "storage": str(storage), "destination": destination, "organs": ["liver"],
@@ -184,19 +204,32 @@ class Served:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Served:
+        """Start the service and return once it says it listens, on this port (or, given port 0, on the port it got,
+        then in self.port). Something else accepting on the port is not the service: a service that exited (the port
+        held by another socket: exit 2 'in use') fails here at once, with its output."""
+        offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the same log
         out = self.log.open("ab")
         cmd = [sys.executable, "-m", "medseg", "pacs", "serve", "--config", str(self.config)]
         cmd += ["--grace", str(self.grace)]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
+        out.close()  # the child holds its own copy
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"service exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.2)
-        pytest.fail(f"service did not listen: {self.log.read_text()[-2000:]}")
+            exited = self.proc.poll() is not None
+            said = self.log.read_bytes()[offset:].decode(errors="replace")
+            if exited:
+                pytest.fail(f"service exited {self.proc.returncode}: {said[-2000:]}")
+            found = LISTENING.search(said)
+            if found:
+                port = int(found.group(1))
+                if self.port not in (0, port):
+                    self.kill()
+                    pytest.fail(f"service listens on {port}, not on {self.port}: {said[-2000:]}")
+                self.port = port
+                return self
+            time.sleep(0.1)
+        self.kill()
+        pytest.fail(f"service did not listen: {self.log.read_bytes()[offset:].decode(errors='replace')[-2000:]}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

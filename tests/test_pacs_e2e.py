@@ -26,10 +26,10 @@ def test_real_ct_through_cstore_gives_exactly_one_seg(orthanc: Orthanc, shared: 
     src = shared / "ct" / "chaos_ct_sample" / "dicom"
     first = pydicom.dcmread(next(iter(sorted(src.glob("*.dcm")))), stop_before_pixels=True)
     dest = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom}
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest)
-    service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
+    write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, port=0)
+    service = Served(tmp_path / "pacs.yaml", 0, tmp_path / "serve.log").start()
     try:
-        sent = storescu(port, src)
+        sent = storescu(service.port, src)
         assert sent.returncode == 0, sent.stderr
         jobs = wait_jobs(tmp_path / "store" / "queue.db", 1)
     finally:
@@ -46,10 +46,10 @@ def test_small_study_through_stow_rs_gives_exactly_one_seg(orthanc: Orthanc, sha
     orthanc.clear()
     study_dir = tmp_path / "study"
     study, series = make_study(chaos_files(shared), study_dir, range(24, 56), "stow")
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", {"dicomweb": orthanc.url + "/dicom-web"})
-    service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
+    write_config(tmp_path / "pacs.yaml", tmp_path / "store", {"dicomweb": orthanc.url + "/dicom-web"}, port=0)
+    service = Served(tmp_path / "pacs.yaml", 0, tmp_path / "serve.log").start()
     try:
-        storescu(port, study_dir)
+        storescu(service.port, study_dir)
         jobs = wait_jobs(tmp_path / "store" / "queue.db", 1)
     finally:
         service.stop()
@@ -71,12 +71,12 @@ def test_orthanc_pushing_a_study_to_medseg_gets_one_seg_back_even_when_it_pushes
     study, series = make_study(chaos_files(shared), study_dir, range(20, 52), "orthanc-push")
     orthanc_study = orthanc.upload(study_dir, study)
     dest = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom}
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest)
-    modality = {"AET": "MEDSEG", "Host": "127.0.0.1", "Port": port}
-    assert requests.put(orthanc.url + "/modalities/medseg", json=modality, timeout=10).ok
+    write_config(tmp_path / "pacs.yaml", tmp_path / "store", dest, port=0)
     push = {"Resources": [orthanc_study], "Synchronous": True}
-    service = Served(tmp_path / "pacs.yaml", port, tmp_path / "serve.log").start()
+    service = Served(tmp_path / "pacs.yaml", 0, tmp_path / "serve.log").start()
     try:
+        modality = {"AET": "MEDSEG", "Host": "127.0.0.1", "Port": service.port}
+        assert requests.put(orthanc.url + "/modalities/medseg", json=modality, timeout=10).ok
         echo = requests.post(orthanc.url + "/modalities/medseg/echo", json={}, timeout=30)
         assert echo.ok, echo.text  # C-ECHO, what a site's "test the connection" button does
         first = requests.post(orthanc.url + "/modalities/medseg/store", json=push, timeout=120)

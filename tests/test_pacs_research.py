@@ -275,11 +275,11 @@ def test_the_service_publishes_the_research_copy_of_a_study_received_over_c_stor
     _phi_study(shared, study_src, range(20, 44), "research-service")
     _key(tmp_path / "deid.key")
     config = tmp_path / "pacs.yaml"
-    port = write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")},
-                        research={"folder": "research", "key_file": "deid.key", "pixels": "off"})  # fmt: skip
-    served = Served(config, port, tmp_path / "serve.log").start()
+    write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")}, port=0,
+                 research={"folder": "research", "key_file": "deid.key", "pixels": "off"})  # fmt: skip
+    served = Served(config, 0, tmp_path / "serve.log").start()
     try:
-        storescu(port, study_src)
+        storescu(served.port, study_src)
         wait_jobs(tmp_path / "store" / "queue.db", 1, states=("sent",), settled=True)
     finally:
         served.stop()

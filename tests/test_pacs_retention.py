@@ -231,11 +231,11 @@ def test_the_running_service_purges_a_study_once_it_settled(
     study_src = tmp_path / "study"
     study, _ = make_study(chaos_files(shared), study_src, range(24, 52), "retention-service")
     config = tmp_path / "pacs.yaml"
-    port = write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")},
-                        retention={"keep_days": 0, "check_interval_s": 0.5})  # fmt: skip
-    served = Served(config, port, tmp_path / "serve.log").start()
+    write_config(config, tmp_path / "store", {"folder": str(tmp_path / "seg")}, port=0,
+                 retention={"keep_days": 0, "check_interval_s": 0.5})  # fmt: skip
+    served = Served(config, 0, tmp_path / "serve.log").start()
     try:
-        storescu(port, study_src)
+        storescu(served.port, study_src)
         (job,) = wait_jobs(tmp_path / "store" / "queue.db", 1, states=("sent",), settled=True)
         deadline = time.monotonic() + 30
         while study_dir(tmp_path / "store", study).exists() and time.monotonic() < deadline:

@@ -206,8 +206,8 @@ def test_the_service_stops_with_exit_4_when_its_queue_file_is_deleted(tmp_path: 
     """The scheduler's tick compares queue.db's inode with the one opened: gone, the service logs one line and ends
     with exit 4 instead of serving on."""
     log = tmp_path / "serve.log"
-    port = write_config(tmp_path / "pacs.yaml", tmp_path / "store", {"folder": str(tmp_path / "seg")})
-    served = Served(tmp_path / "pacs.yaml", port, log).start()
+    write_config(tmp_path / "pacs.yaml", tmp_path / "store", {"folder": str(tmp_path / "seg")}, port=0)
+    served = Served(tmp_path / "pacs.yaml", 0, log).start()
     try:
         for f in (tmp_path / "store").glob("queue.db*"):
             f.unlink()
