@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import warnings
 from collections.abc import Callable
@@ -50,6 +51,13 @@ class SeriesInfo:
     pixel_spacing_mm: tuple[float, float] | None = None
     derived: bool = False  # ImageType says DERIVED or SECONDARY (a reformat, MIP or other processed copy)
     axial: bool = True  # slice normal within 45 degrees of the patient's head-foot axis
+    kernel: str = ""  # ConvolutionKernel (its first value), as the scanner wrote it
+    coverage_mm: float = 0.0  # length along the slice normal: head-foot coverage for an axial series
+
+    @property
+    def sharp(self) -> bool:
+        """A lung, bone or other sharp-kernel reconstruction (see `is_sharp_reconstruction`)."""
+        return is_sharp_reconstruction(self.kernel, self.description)
 
     def grid_fineness(self) -> tuple[int, float]:
         """Pixels per slice, then minus the pixel area: larger is finer (for choosing between twin series)."""
@@ -60,7 +68,29 @@ class SeriesInfo:
         """One line for listings: key, modality, slice count and why it is skipped, if it is."""
         what = "volume" if self.is_volume else f"skipped: {self.skip_reason}"
         desc = f" '{self.description}'" if self.description else ""
-        return f"{self.key} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s) - {what}"
+        facts = f", {self.coverage_mm:.0f} mm head-foot" if self.is_volume and self.axial and self.coverage_mm else ""
+        if self.kernel or self.sharp:
+            facts += f", kernel {self.kernel or '?'} ({'sharp/lung/bone' if self.sharp else 'soft tissue'})"
+        return (f"{self.key} {self.modality or '?'}{desc} {self.n_slices} slice(s), {len(self.files)} file(s){facts}"
+                f" - {what}")  # fmt: skip
+
+
+SHARP_WORDS = ("LUNG", "BONE", "SHARP", "EDGE")
+SHARP_KERNELS = re.compile(r"^(?:B|BR|BL|I|HR)[5-9][0-9](?:[A-Z]|$)|^FC[5-8][0-9]$|^(?:L|D|E|YC|YD)$")
+
+
+def is_sharp_reconstruction(kernel: str, description: str) -> bool:
+    """Whether a series is a lung, bone or other sharp-kernel reconstruction, which a soft-tissue model is not trained
+    on (its edge overshoot and noise cut the liver by about a third on real CT). Conservative, so an unknown name
+    counts as soft tissue: a word of ConvolutionKernel or SeriesDescription starting with LUNG, BONE (GE BONEPLUS),
+    SHARP or EDGE; or the kernel (its first value) is Siemens B/Br/Bl/I/Hr 50-99 (B70f, Br64, Bl57, I70f),
+    Canon/Toshiba FC50-FC89 (lung and high-resolution) or Philips L, D, E, YC or YD."""
+    words = re.split(r"[^A-Z0-9]+", f"{kernel} {description}".upper())
+    if any(w.startswith(SHARP_WORDS) for w in words):
+        return True
+    name = kernel.upper().strip()
+    return bool(SHARP_KERNELS.match(name)) or any(SHARP_KERNELS.match(w) and w[:1] in "BI" and len(w) >= 3
+                                                   for w in words)  # fmt: skip
 
 
 @dataclass
@@ -425,7 +455,54 @@ def _classify(group: _Group) -> SeriesInfo:
         pixel_spacing_mm=None if h.pixel_spacing is None else (float(h.pixel_spacing[0]), float(h.pixel_spacing[1])),
         derived=_is_derived(image_type(h.dataset)),
         axial=_is_axial(h.orientation),
+        kernel=_first_value(h.dataset, "ConvolutionKernel"),
+        coverage_mm=_coverage_mm(group.members),
     )
+
+
+def _first_value(ds: object, keyword: str) -> str:
+    """The first value of a (possibly multi-valued) text attribute, '' when absent: Siemens writes ['Br64', '3']."""
+    value = getattr(ds, "get", lambda *_: None)(keyword, None)
+    if value is None:
+        return ""
+    if not isinstance(value, str) and hasattr(value, "__iter__"):
+        value = next(iter(value), "")
+    return str(value).strip()
+
+
+def _positions(h: Header) -> list[np.ndarray]:
+    """The slice positions of one file: ImagePositionPatient, or each frame's PlanePositionSequence."""
+    from medseg.io.dicom_headers import ds_floats
+
+    if h.frames <= 1:
+        pos = ds_floats(h.dataset, "ImagePositionPatient", 3)
+        return [] if pos is None else [pos]
+    out = []
+    for item in h.dataset.get("PerFrameFunctionalGroupsSequence", None) or []:
+        plane = item.get("PlanePositionSequence", None)
+        pos = ds_floats(plane[0], "ImagePositionPatient", 3) if plane else None
+        if pos is not None:
+            out.append(pos)
+    return out
+
+
+def _coverage_mm(members: list[Header]) -> float:
+    """The length a series covers along its slice normal (slice positions' extent plus one slice step, so a 5 mm
+    and a 2.5 mm reconstruction of one scan measure alike); 0 when positions or orientation are missing."""
+    orientation = members[0].orientation
+    if orientation is None:
+        return 0.0
+    try:
+        positions = [p for m in members for p in _positions(m)]
+    except Exception:  # a damaged per-frame sequence: unknown coverage, decided by the other keys
+        return 0.0
+    if len(positions) < 2:
+        return 0.0
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.sort(np.asarray(positions) @ normal)
+    steps = np.diff(along)
+    step = float(np.median(steps[steps > 1e-3])) if np.any(steps > 1e-3) else 0.0
+    return float(along[-1] - along[0]) + step
 
 
 def _is_derived(itype: tuple[str, ...]) -> bool:
@@ -442,6 +519,17 @@ def _is_axial(orientation: np.ndarray | None) -> bool:
     return bool(norm > 0 and abs(float(normal[2])) / norm >= 0.5**0.5)
 
 
+COVERAGE_TOLERANCE_MM = 20.0
+COVERAGE_TOLERANCE_FRACTION = 0.10
+
+
+def covers_alike(a_mm: float, longest_mm: float) -> bool:
+    """Whether a series' coverage is within tolerance of the longest: max(20 mm, 10 %). Reconstructions of one scan
+    differ by a slice or two at each end (up to ~20 mm at 5 mm slices), while one restricted to a region (the chest
+    for the lungs, the liver for a late phase) is shorter by 10 cm or more."""
+    return a_mm >= longest_mm - max(COVERAGE_TOLERANCE_MM, COVERAGE_TOLERANCE_FRACTION * longest_mm)
+
+
 def choose_series(
     series: list[SeriesInfo],
     prefer_modality: str | None = None,
@@ -451,14 +539,24 @@ def choose_series(
     into a volume (`problem` returns None: no duplicate positions, gap or tilt, e.g. not a bolus-tracking series
     of 100 images at one table position) before one that does not; of the preferred modality when given; the
     scanner's own reconstruction before a DERIVED/SECONDARY copy (a reformat or MIP may hold more slices); axial
-    before coronal or sagittal; then the most slices; on a tie the finer grid (512x512 before its 256x256 twin);
+    before coronal or sagittal; then the longer head-foot coverage (within `covers_alike`: a chest-only lung series
+    never beats the chest-abdomen-pelvis one); then a soft-tissue reconstruction before a sharp/lung/bone one
+    (`is_sharp_reconstruction`); then the most slices; on a tie the finer grid (512x512 before its 256x256 twin);
     then the key, so the choice never depends on file or key order alone. None when there is no volume."""
     volumes = [s for s in series if s.is_volume]
     if not volumes:
         return None
     unreadable = {s.key for s in volumes if problem is not None and len(volumes) > 1 and problem(s) is not None}
+
+    def tier(s: SeriesInfo) -> tuple[bool, ...]:
+        return (s.key in unreadable, prefer_modality is not None and s.modality != prefer_modality, s.derived,
+                not s.axial)  # fmt: skip
+
+    best = min(tier(s) for s in volumes)
+    first = [s for s in volumes if tier(s) == best]
+    longest = max(s.coverage_mm for s in first)
     return min(
-        volumes,
-        key=lambda s: (s.key in unreadable, prefer_modality is not None and s.modality != prefer_modality, s.derived,
-                       not s.axial, -s.n_slices, tuple(-v for v in s.grid_fineness()), s.key),
+        first,
+        key=lambda s: (not covers_alike(s.coverage_mm, longest), s.sharp, -s.n_slices,
+                       tuple(-v for v in s.grid_fineness()), s.key),
     )  # fmt: skip
