@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
 def audited_export(inputs: list[Path], dest: Path, params: dict[str, Any], work: Any) -> None:
     """Run `work` (the export) under a `model-export` audit record: the run files and bench files read as inputs,
     weights.pt and model_card.yaml as outputs, so that every model folder written can be traced in the trail."""
-    from medseg.cli.audited import audited
+    from medseg.audit.command import audited
 
     outputs = [dest / "weights.pt", dest / CARD_NAME]
     with audited("model-export", params=params) as rec:

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="the model's training manifest")
     parser.add_argument("--eval", type=Path, nargs="+", required=True, help="real manual cases (data-root relative)")
     args = parser.parse_args(argv)
-    from medseg.cli.audited import audited
+    from medseg.audit.command import audited
 
     params = {"model_dir": args.model_dir, "manifest": args.manifest, "eval": list(args.eval)}
     with audited("model-quantize", params=params) as rec:
