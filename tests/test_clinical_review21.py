@@ -81,3 +81,54 @@ def test_a_longer_sharp_series_wins_only_beyond_the_coverage_tolerance(chaos_fil
     _write_series(chaos_files[2:], tmp_path / "s" / "soft", "1.2.3.2", "B30f", "ABD B30f")
     _write_series(chaos_files, tmp_path / "s" / "sharp", "1.2.3.3", "Br64", "ABD Br64")
     assert _chosen(tmp_path / "s")[1] == "B30f"
+
+
+def _crop_1211(shared: Path, folder: Path, z0: int, z1: int) -> Path:
+    """radcttace_1211 (real CT, 2.5 mm slices; its manual liver spans slices 138-200) cut to slices z0..z1-1."""
+    import nibabel as nib
+
+    img = nib.load(shared / "ct/radcttace_1211/image.nii.gz")
+    affine = img.affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([0, 0, z0]) + affine[:3, 3]
+    path = folder / f"crop_{z0}_{z1}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, z0:z1].astype(np.int16), affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pelvis_runs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Real inference (--organ liver) of three crops of radcttace_1211: the hips (slices 0-59) and the lower
+    abdomen (40-109), neither showing any liver, and 20-149, whose upper 30 mm hold the liver's lowest tip."""
+    from tests.test_output_review21 import _infer
+
+    root = tmp_path_factory.mktemp("pelvis")
+    out: dict[str, dict] = {}
+    for z0, z1 in ((0, 60), (40, 110), (20, 150)):
+        src = _crop_1211(shared, root, z0, z1)
+        run = _infer([str(src), "--organ", "liver", "--out", str(root / "out"), "--no-preview"], root)
+        out[f"{z0}_{z1}"] = run.summary(f"crop_{z0}_{z1}") | {"exit": run.code}
+    return out
+
+
+def _codes(summary: dict) -> list[str]:
+    return [f["code"] for f in summary["qc"]["flags"]]
+
+
+@pytest.mark.parametrize("crop", ["0_60", "40_110"])
+def test_a_pelvis_scan_without_liver_is_refused_not_served_a_small_liver(pelvis_runs, crop) -> None:
+    """Item 2: the hips gave a 12.8 ml "liver" at 17 HU and the lower abdomen 31.4 ml at -112 HU (fat), both over the
+    10 ml threshold and served (exit 0); a liver under 100 ml far below the scan's superior end, or with a mean HU
+    outside organ_hu_range, is not a liver: organ_not_found refuses (exit 5) and no label map is served."""
+    summary = pelvis_runs[crop]
+    assert summary["exit"] == 5 and summary["status"] == "qc_rejected", summary["qc"]["flags"]
+    assert "organ_not_found" in _codes(summary)
+
+
+def test_the_livers_lowest_tip_at_the_scans_superior_end_is_still_served(pelvis_runs) -> None:
+    """Item 2: a scan whose superior end cuts 30 mm into the liver's tip (37 ml predicted) holds a small liver at its
+    superior edge: served (exit 0), flagged organ_truncated naming the superior edge."""
+    summary = pelvis_runs["20_150"]
+    assert summary["exit"] == 0 and "organ_not_found" not in _codes(summary), summary["qc"]["flags"]
+    assert summary["organs"][0]["volume_ml"] < 100
+    truncated = [f["reason"] for f in summary["qc"]["flags"] if f["code"] == "organ_truncated"]
+    assert truncated and "superior" in truncated[0]

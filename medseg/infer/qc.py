@@ -197,14 +197,58 @@ def volume_range(card: ModelCard, organ: str) -> tuple[float, float] | None:
     return tuple(default) if default else None
 
 
-def _not_found(organ: str, stats: dict[str, Any]) -> str | None:
-    """The reason the organ counts as not found (none, or less than `organ_not_found_below_ml`), else None."""
+def _not_found(
+    organ: str,
+    stats: dict[str, Any],
+    hu: bool = True,
+    shape: tuple[int, ...] | None = None,
+    direction: np.ndarray | None = None,
+) -> str | None:
+    """The reason the organ counts as not found (none, or less than `organ_not_found_below_ml`), else None; for
+    the anchor organ (the liver) also `_not_the_anchor`."""
     if stats["voxel_count"] == 0:
         return f"no {organ} found"
     below = float((rules().get("organ_not_found_below_ml") or {}).get(organ, 0.0))
     if stats["volume_ml"] < below:
         return f"only {stats['volume_ml']:.1f} ml of {organ} found (< {below:g} ml): the scan does not show the {organ}"
+    if organ == rules().get("anchor_organ"):
+        return _not_the_anchor(organ, stats, hu, shape, direction)
     return None
+
+
+def _not_the_anchor(
+    organ: str, stats: dict[str, Any], hu: bool, shape: tuple[int, ...] | None, direction: np.ndarray | None
+) -> str | None:
+    """Why a found anchor organ (the liver) is still not it: on CT its mean HU is outside `organ_hu_range` (a -112 HU
+    "liver" is fat), or it is smaller than `anchor_partial_below_ml` and stays further than
+    `anchor_superior_margin_mm` from the scan's superior end (a pelvis scan's spurious "liver"; a scan starting
+    below the dome that shows the liver's lowest part holds a small liver at its superior end, and is served)."""
+    lo, hi = rules()["organ_hu_range"]
+    if hu and stats.get("mean_hu") is not None and not lo <= stats["mean_hu"] <= hi:
+        return (f"the {stats['volume_ml']:.1f} ml found as {organ} has a mean of {stats['mean_hu']:.0f} HU, outside "
+                f"{lo}-{hi} HU: not {organ} tissue, the scan does not show the {organ}")  # fmt: skip
+    small = float((rules().get("anchor_partial_below_ml") or {}).get(organ, 0.0))
+    if shape is None or stats["volume_ml"] >= small or stats.get("bbox_index") is None:
+        return None
+    if stats.get("spacing") is None:
+        return None
+    gap = _superior_gap_mm(stats["bbox_index"], shape, np.eye(3) if direction is None else np.asarray(direction),
+                           stats["spacing"])  # fmt: skip
+    if gap <= float(rules()["anchor_superior_margin_mm"]):
+        return None
+    return (f"only {stats['volume_ml']:.1f} ml of {organ} found (< {small:g} ml), {gap:.0f} mm below the scan's "
+            f"superior end: no {organ} cut by the scan's upper edge is that small, the scan does not show the "
+            f"{organ}")  # fmt: skip
+
+
+def _superior_gap_mm(
+    box: dict[str, list[int]], shape: tuple[int, ...], d: np.ndarray, spacing: tuple[float, ...]
+) -> float:
+    """How far (mm) the organ's box stays from the array's superior end."""
+    axial = int(np.argmax(np.abs(d[2, :])))
+    step = float(spacing[axial])
+    voxels = shape[axial] - box["stop"][axial] if d[2, axial] > 0 else box["start"][axial]
+    return voxels * step
 
 
 def anchor_organ(card: ModelCard, organs: tuple[str, ...]) -> int | None:
@@ -216,16 +260,27 @@ def anchor_organ(card: ModelCard, organs: tuple[str, ...]) -> int | None:
     return next((value for value, name in card.foreground_labels.items() if name == anchor), None)
 
 
-def check_anchor(anchor_ml: float, organ: str) -> list[QCFlag]:
-    """`organ_not_found` (a refusal flag, for the main organ) when the model found less than
-    `organ_not_found_below_ml` of the anchor organ: the scan does not show the upper abdomen, so whatever `organ`
-    the model reports there is not it (a pelvis-only CT gave a 199 ml "spleen" in the gluteal muscle)."""
-    anchor = str(rules()["anchor_organ"])
-    below = float((rules().get("organ_not_found_below_ml") or {}).get(anchor, 0.0))
-    if anchor_ml >= below:
+def check_anchor(
+    anchor: float | dict[str, Any],
+    organ: str,
+    shape: tuple[int, ...] | None = None,
+    direction: np.ndarray | None = None,
+    hu: bool = True,
+) -> list[QCFlag]:
+    """`organ_not_found` (a refusal flag, for the main organ) when the anchor organ counts as not found: less than
+    `organ_not_found_below_ml` of it (`anchor` its volume in ml or its `organ_stats`), or, given its stats and
+    the array's `shape`, `_not_the_anchor` (fat, or small and away from the scan's superior end). The scan then does
+    not show the upper abdomen, so whatever `organ` the model reports there is not it (a pelvis-only CT gave a 199
+    ml "spleen" in the gluteal muscle)."""
+    name = str(rules()["anchor_organ"])
+    stats = anchor if isinstance(anchor, dict) else {"voxel_count": 1, "volume_ml": float(anchor)}
+    if stats["voxel_count"] == 0:
+        stats = stats | {"volume_ml": 0.0, "voxel_count": 1}
+    why = _not_found(name, stats, hu, shape, direction)
+    if why is None:
         return []
-    reason = (f"only {anchor_ml:.1f} ml of {anchor} found (< {below:g} ml): the scan does not show the upper abdomen "
-              f"({anchor}), so no {organ} is served")  # fmt: skip
+    finding = why.split(": the scan does not show")[0]
+    reason = f"{finding}: the scan does not show the upper abdomen ({name}), so no {organ} is served"
     return [QCFlag("organ_not_found", "result", reason, organ)]
 
 
@@ -289,7 +344,8 @@ def check_result(
     found: the scan does not show the organ (a pelvis-only CT reads as a few ml of spurious "liver"). It refuses
     for the `main` organ (the first requested) only: a second organ out of view (a half field of view without the
     spleen) is a finding, not a wrong input."""
-    if (found := _not_found(organ, stats)) is not None:
+    found = _not_found(organ, stats | {"spacing": spacing}, card.modality == "CT", labels_shape, direction)
+    if found is not None:
         return [QCFlag("organ_not_found", "result", found, organ, secondary=not main)]
     flags = []
     span = volume_range(card, organ)
