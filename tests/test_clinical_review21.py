@@ -132,3 +132,53 @@ def test_the_livers_lowest_tip_at_the_scans_superior_end_is_still_served(pelvis_
     assert summary["organs"][0]["volume_ml"] < 100
     truncated = [f["reason"] for f in summary["qc"]["flags"] if f["code"] == "organ_truncated"]
     assert truncated and "superior" in truncated[0]
+
+
+def _crop_0697_fov(shared: Path, folder: Path, fov_mm: float) -> Path:
+    """radcttace_0697 (real CT, 0.80 mm pixels, whole liver 57 mm from the right edge of its 412 mm field of view)
+    reconstructed at a `fov_mm` square field of view centred on the body, as liver protocols do."""
+    import nibabel as nib
+
+    img = nib.load(shared / "ct/radcttace_0697/image.nii.gz")
+    cx, cy, half = (18 + 497) // 2, (86 + 428) // 2, round(fov_mm / 0.804688 / 2)
+    affine = img.affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([cx - half, cy - half, 0]) + affine[:3, 3]
+    data = np.asarray(img.dataobj)[cx - half : cx + half, cy - half : cy + half].astype(np.int16)
+    path = folder / f"fov{fov_mm:.0f}.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def edge_runs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Real inference of a whole liver 10.5 mm from the right edge (radcttace_0697 at a 320 mm field of view) and of
+    a liver cut by the left edge (CHAOS cropped to 200 columns: predicted 13 mm short of the cut)."""
+    from tests.test_output_review21 import _derived_series, _infer
+
+    root = tmp_path_factory.mktemp("edges")
+    out: dict[str, dict] = {}
+    fov = _crop_0697_fov(shared, root, 320)
+    run = _infer([str(fov), "--organ", "liver", "--out", str(root / "out"), "--no-preview"], root)
+    out["fov320"] = run.summary("fov320") | {"exit": run.code}
+    cut = _derived_series(shared, root / "cut200", columns=200)
+    run = _infer([str(cut), "--organ", "liver", "--out", str(root / "out"), "--no-preview"], root)
+    out["cut200"] = run.summary("cut200") | {"exit": run.code}
+    return out
+
+
+def _truncated(summary: dict) -> list[str]:
+    return [f["reason"] for f in summary["qc"]["flags"] if f["code"] == "organ_truncated"]
+
+
+def test_a_whole_liver_in_a_320_mm_field_of_view_is_not_flagged_truncated(edge_runs) -> None:
+    """Item 3: 10.5 mm of body wall between the liver and the right edge is no cut: distance alone flagged it
+    organ_truncated ("within 15 mm of the right edge") though its volume equals the full field of view's."""
+    assert edge_runs["fov320"]["exit"] == 0
+    assert _truncated(edge_runs["fov320"]) == []
+
+
+def test_a_liver_cut_13_mm_beyond_its_prediction_is_still_flagged_naming_the_edge(edge_runs) -> None:
+    """Item 3: the CHAOS liver cut at column 200 is predicted 13 mm short of the cut, with liver between: the image
+    evidence still flags it, naming the left edge."""
+    reasons = _truncated(edge_runs["cut200"])
+    assert len(reasons) == 1 and "left edge" in reasons[0], reasons

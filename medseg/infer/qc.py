@@ -111,12 +111,31 @@ def data_extent_mm(volume: Volume, axial: int) -> list[float]:
     return extents
 
 
-def touches_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]] | None) -> bool:
+@dataclass(frozen=True)
+class EdgeEvidence:
+    """What the image shows where an organ meets the edge of the data: `padding`, it comes within
+    `fov_edge_margin_mm` of padding (true-valued, so it stands for the bool `touches_padding` gave); `cut_sides`, the
+    in-plane sides (LPS names) within `INPLANE_EDGE_MARGIN_MM` of the array's edge where the voxels between the organ
+    and the edge look like the organ (`_organ_like_gap`): there the organ goes on beyond the prediction to the cut."""
+
+    padding: bool
+    cut_sides: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.padding
+
+
+def touches_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]] | None) -> EdgeEvidence:
     """Whether the organ `label` comes within `fov_edge_margin_mm` of padding (values below `padding_below_hu`: no
     data, outside the reconstructed field of view), i.e. the scan's circle cuts it although the array's edge does
-    not. Only the organ's box grown by the margin is read; with no padding in it (the usual case) that is all."""
+    not, with the in-plane sides where the image shows it cut by the array's edge (`EdgeEvidence`). Only the organ's
+    box grown by the margin is read; with no padding in it (the usual case) that is all."""
     if bbox is None:
-        return False
+        return EdgeEvidence(False)
+    return EdgeEvidence(_near_padding(volume, labels, label, bbox), inplane_cut_sides(volume, labels, label, bbox))
+
+
+def _near_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]]) -> bool:
     r = rules()
     margin = [int(np.ceil(float(r["fov_edge_margin_mm"]) / s)) for s in volume.spacing]
     box = tuple(
@@ -128,6 +147,65 @@ def touches_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[s
         return False
     near = ndimage.maximum_filter(padding.view(np.uint8), size=[2 * m + 1 for m in margin]) > 0
     return bool((near & (labels[box] == label)).any())
+
+
+def inplane_cut_sides(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]]) -> tuple[str, ...]:
+    """The in-plane sides (LPS names) where the organ's box ends within `INPLANE_EDGE_MARGIN_MM` of the array's edge
+    without touching it and `_organ_like_gap` holds: image evidence of a cut, not distance alone (a whole liver in a
+    320 mm field of view lies 9-10 mm from the edge with the body wall between)."""
+    d = volume.geometry.direction_matrix
+    axial = int(np.argmax(np.abs(d[2, :])))
+    box = tuple(slice(b, e) for b, e in zip(bbox["start"], bbox["stop"], strict=True))
+    inside = volume.array[box][labels[box] == label].astype(np.float64)
+    if inside.size == 0:
+        return ()
+    mean, sd = float(inside.mean()), float(inside.std())
+    sides = []
+    for a in (a for a in range(3) if a != axial):
+        for low in (True, False):
+            gap = bbox["start"][a] if low else volume.shape[a] - bbox["stop"][a]
+            if 0 < gap * volume.spacing[a] <= INPLANE_EDGE_MARGIN_MM and _organ_like_gap(
+                volume, labels, label, bbox, a, low, (mean, sd)
+            ):
+                sides.append(_side(-d[:, a]) if low else _side(d[:, a]))
+    return tuple(sides)
+
+
+GAP_ORGAN_SD = 2.0  # a voxel within the organ's mean +- 2 SD (its own HU spread, vessels included) looks like it
+GAP_ORGAN_FRACTION = 0.75  # most of the gap: a body wall of fat, skin and thin muscle never is; a cut organ is
+GAP_REACH_MM = 5.0  # the organ's rows that come this close to its box boundary on that side are the ones examined
+
+
+def _organ_like_gap(
+    volume: Volume,
+    labels: np.ndarray,
+    label: int,
+    bbox: dict[str, list[int]],
+    axis: int,
+    low: bool,
+    organ_hu: tuple[float, float],
+) -> bool:
+    """Whether the voxels between the organ and the array's edge on one side, in the organ's rows that come within
+    `GAP_REACH_MM` of its box boundary there, are mostly (`GAP_ORGAN_FRACTION`) within `GAP_ORGAN_SD` SD of the
+    organ's mean HU: a cut liver has liver up to the edge, a whole one the abdominal wall (fat, muscle, skin)."""
+    reach = int(np.ceil(GAP_REACH_MM / volume.spacing[axis]))
+    span = [slice(b, e) for b, e in zip(bbox["start"], bbox["stop"], strict=True)]
+    span[axis] = (slice(0, bbox["start"][axis] + reach) if low
+                  else slice(bbox["stop"][axis] - reach, volume.shape[axis]))  # fmt: skip
+    region = tuple(span)
+    mask = np.moveaxis(labels[region] == label, axis, 0)
+    values = np.moveaxis(volume.array[region], axis, 0)
+    if not low:
+        mask, values = mask[::-1], values[::-1]
+    gap = bbox["start"][axis] if low else volume.shape[axis] - bbox["stop"][axis]
+    first = np.argmax(mask, axis=0)
+    lines = mask.any(axis=0) & (first < gap + reach)
+    between = (np.arange(mask.shape[0]).reshape(-1, 1, 1) < first[None]) & lines[None]
+    if not between.any():
+        return False
+    mean, sd = organ_hu
+    like = np.abs(values[between].astype(np.float64) - mean) <= GAP_ORGAN_SD * max(sd, 1.0)
+    return bool(like.mean() >= GAP_ORGAN_FRACTION)
 
 
 def check_input(volume: Volume, card: ModelCard) -> list[QCFlag]:
@@ -305,13 +383,20 @@ def _side(direction: np.ndarray) -> str:
 # in-plane edge of the real CTs' livers is 37 mm away. The slice axis keeps the exact test: a liver ends naturally
 # within 12 mm of the first or last slice of real scans (CHAOS, radcttace_1211) without being cut there.
 INPLANE_EDGE_MARGIN_MM = 15.0
+# Within this much of an in-plane edge the organ is flagged without image evidence: a body wall is thicker than 5 mm
+# (skin alone is 2-3 mm), and the cut CHAOS liver at 300 columns was predicted 3.7 mm short of the cut.
+INPLANE_CUT_MARGIN_MM = 5.0
 
 
 def _edge_sides(
-    box: dict[str, list[int]], shape: tuple[int, ...], d: np.ndarray, spacing: tuple[float, ...] | None
+    box: dict[str, list[int]],
+    shape: tuple[int, ...],
+    d: np.ndarray,
+    spacing: tuple[float, ...] | None,
+    margin_mm: float = INPLANE_EDGE_MARGIN_MM,
 ) -> tuple[list[str], list[str]]:
     """The sides (LPS names) where the organ's box touches the array's edge, and the in-plane sides it comes within
-    `INPLANE_EDGE_MARGIN_MM` of without touching (none when `spacing` is None)."""
+    `margin_mm` of without touching (none when `spacing` is None)."""
     touching = [_side(-d[:, a]) for a in range(3) if box["start"][a] == 0]
     touching += [_side(d[:, a]) for a in range(3) if box["stop"][a] == shape[a]]
     if spacing is None:
@@ -319,9 +404,9 @@ def _edge_sides(
     axial = int(np.argmax(np.abs(d[2, :])))
     near = []
     for a in (a for a in range(3) if a != axial):
-        if 0 < box["start"][a] * spacing[a] <= INPLANE_EDGE_MARGIN_MM:
+        if 0 < box["start"][a] * spacing[a] <= margin_mm:
             near.append(_side(-d[:, a]))
-        if 0 < (shape[a] - box["stop"][a]) * spacing[a] <= INPLANE_EDGE_MARGIN_MM:
+        if 0 < (shape[a] - box["stop"][a]) * spacing[a] <= margin_mm:
             near.append(_side(d[:, a]))
     return touching, [s for s in near if s not in touching]
 
@@ -332,13 +417,14 @@ def check_result(
     labels_shape: tuple[int, ...],
     card: ModelCard,
     direction: np.ndarray | None = None,
-    near_padding: bool = False,
+    near_padding: bool | EdgeEvidence = False,
     main: bool = True,
     spacing: tuple[float, ...] | None = None,
 ) -> list[QCFlag]:
     """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge (with
-    `spacing`, also within `INPLANE_EDGE_MARGIN_MM` of an in-plane edge) or by the edge of the reconstructed field of
-    view (`near_padding`, from `touches_padding`).
+    `spacing`, also within `INPLANE_CUT_MARGIN_MM` of an in-plane edge, or within `INPLANE_EDGE_MARGIN_MM` of one of
+    the `cut_sides` of `near_padding` when it is the `EdgeEvidence` of `touches_padding`) or by the edge of the
+    reconstructed field of view (`near_padding`, true-valued).
 
     `organ_not_found` (a refusal flag) when nothing or only a negligible volume (`organ_not_found_below_ml`) was
     found: the scan does not show the organ (a pelvis-only CT reads as a few ml of spurious "liver"). It refuses
@@ -361,11 +447,15 @@ def check_result(
         )
     d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
     sides, near = _edge_sides(stats["bbox_index"], labels_shape, d, spacing)
+    close = _edge_sides(stats["bbox_index"], labels_shape, d, spacing, INPLANE_CUT_MARGIN_MM)[1]
+    near = [s for s in near if s in close or s in getattr(near_padding, "cut_sides", ())]
+    near_padding = bool(near_padding)
     edges = [f"the {' and '.join(sorted(set(sides)))} edge of the scan"] if sides else []
     edges += ["the edge of the reconstructed field of view (padding)"] if near_padding else []
     phrases = [f"touches {' and '.join(edges)}"] if edges else []
     phrases += ([f"comes within {INPLANE_EDGE_MARGIN_MM:g} mm of the {' and '.join(sorted(set(near)))} edge of the "
-                 "scan (an organ cut there is predicted short of the cut)"] if near else [])  # fmt: skip
+                 "scan with tissue like it up to that edge (an organ cut there is predicted short of the cut)"]
+                if near else [])  # fmt: skip
     if phrases:
         reason = f"{organ} {' and '.join(phrases)}: its volume may be underestimated"
         flags.append(QCFlag("organ_truncated", "result", reason))
