@@ -120,7 +120,18 @@ def output_names(model: InstalledModel, case: Case, organs: tuple[str, ...]) -> 
     names = {"labels": f"{next(iter(served.values()))}.nii.gz" if len(served) == 1 else "labels.nii.gz"}
     if case.kind == "dicom":
         names["seg"] = "seg.dcm"
+    for name in names.values():
+        _check_plain_name(name, model)
     return names | {"preview": "preview.png", "summary": "summary.json"}
+
+
+def _check_plain_name(name: str, model: InstalledModel) -> None:
+    """ProcessingError (exit 4) for an output name that is not a plain file name in the case folder (a separator,
+    `.` or `..`): a backstop behind the card's label-name rule, so no card can make medseg write outside --out."""
+    stem = name.removesuffix(".nii.gz")
+    if not stem or stem in {".", ".."} or name != Path(name).name or "/" in name or "\\" in name:
+        raise ProcessingError(f"output name {name!r} from the model's labels is not a plain file name",
+                              path=model.folder / model.card_file, hint="Fix or reinstall the model.")
 
 
 def input_digest(volume: Volume, case: Case) -> str:

@@ -6,6 +6,8 @@ pydantic (unknown keys rejected) so a malformed card fails at load time, not dur
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medseg.errors import ProcessingError
 from medseg.yamltext import load_yaml
+
+LABEL_NAME = re.compile(r"^[a-z0-9_]+$")
+"""A label name becomes an output file name (`<organ>.nii.gz`) and a summary key: lower-case letters, digits and
+underscores only, so it can never name a path outside `--out`."""
+
+MAX_ROI_VOXELS = 512
+"""Largest sliding-window size per axis: 512^3 float32 activations are already several GiB per channel."""
 
 
 class Strict(BaseModel):
@@ -42,6 +51,8 @@ class IntensitySpec(Strict):
 
     @model_validator(mode="after")
     def _window_not_empty(self) -> IntensitySpec:
+        if not (math.isfinite(self.a_min) and math.isfinite(self.a_max)):
+            raise ValueError(f"a_min and a_max must be finite HU values (got {self.a_min:g}, {self.a_max:g})")
         if not self.a_min < self.a_max:
             raise ValueError(f"a_min ({self.a_min:g}) must be below a_max ({self.a_max:g})")
         return self
@@ -99,21 +110,28 @@ class ModelCard(Strict):
     def _background_is_zero(cls, v: dict[int, str]) -> dict[int, str]:
         if v.get(0) != "background":
             raise ValueError("labels must map 0 to 'background'")
+        bad = [name for name in v.values() if not LABEL_NAME.match(name)]
+        if bad:
+            raise ValueError(f"label name {bad[0]!r} must be lower-case letters, digits and '_' only (it names "
+                             "an output file)")
+        if len(set(v.values())) != len(v):
+            raise ValueError(f"label names must be unique (got {sorted(v.values())})")
         return v
 
     @field_validator("spacing")
     @classmethod
     def _spacing_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         """A zero or negative voxel size makes the resampling grid singular."""
-        if not all(s > 0 for s in v):
-            raise ValueError(f"every spacing must be > 0 mm (got {list(v)})")
+        if not all(math.isfinite(s) and s > 0 for s in v):
+            raise ValueError(f"every spacing must be > 0 mm and finite (got {list(v)})")
         return v
 
     @field_validator("roi_size")
     @classmethod
     def _roi_at_least_one(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if not all(r >= 1 for r in v):
-            raise ValueError(f"every roi_size must be >= 1 voxel (got {list(v)})")
+        """At least one voxel, at most MAX_ROI_VOXELS per axis (a larger window exhausts memory mid-inference)."""
+        if not all(1 <= r <= MAX_ROI_VOXELS for r in v):
+            raise ValueError(f"every roi_size must be >= 1 and <= {MAX_ROI_VOXELS} voxels (got {list(v)})")
         return v
 
     @field_validator("volume_range_ml")
@@ -127,7 +145,10 @@ class ModelCard(Strict):
     def _labels_fit_the_network(self) -> ModelCard:
         """The labels must be the network's outputs, 0..N-1 with N its out_channels (a label beyond them is an organ
         the model cannot produce), and the labels the weights were trained with where the card records them (a
-        reordered card names each output after another organ)."""
+        reordered card names each output after another organ); the main organ must be one of them."""
+        if self.organ not in self.foreground_labels.values():
+            names = sorted(self.foreground_labels.values())
+            raise ValueError(f"organ: {self.organ!r} is not one of the labels {names}")
         expected = list(range(self.network.out_channels))
         if sorted(self.labels) != expected:
             raise ValueError(f"labels: keys must be 0..{expected[-1]}, one per network output (network.out_channels "
