@@ -182,3 +182,29 @@ def test_a_liver_cut_13_mm_beyond_its_prediction_is_still_flagged_naming_the_edg
     evidence still flags it, naming the left edge."""
     reasons = _truncated(edge_runs["cut200"])
     assert len(reasons) == 1 and "left edge" in reasons[0], reasons
+
+
+@pytest.fixture(scope="module")
+def circle_air_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Real inference of radcttace_0697 with everything outside a centred 250 mm reconstruction circle stored as air
+    (-1024 HU, as some scanners and exports do), which cuts 109 ml of its 927 ml manual liver."""
+    import nibabel as nib
+
+    from tests.test_output_review21 import _infer
+
+    root = tmp_path_factory.mktemp("circle")
+    img = nib.load(shared / "ct/radcttace_0697/image.nii.gz")
+    data = np.asarray(img.dataobj).astype(np.int16)
+    x, y = np.ogrid[: data.shape[0], : data.shape[1]]
+    data[((x - 257.5) ** 2 + (y - 257) ** 2) > (125 / 0.804688) ** 2] = -1024
+    path = root / "circle_air.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+    run = _infer([str(path), "--organ", "liver", "--out", str(root / "out"), "--no-preview"], root)
+    return run.summary("circle_air") | {"exit": run.code}
+
+
+def test_a_liver_cut_by_a_circle_stored_as_air_is_flagged_truncated(circle_air_run) -> None:
+    """Item 4: the same cut with the outside stored below -1500 HU was flagged; stored as -1024 it was not. A value
+    held by every slice's four corners (<= -1000 HU) marks the outside of the circle holding the data."""
+    reasons = _truncated(circle_air_run)
+    assert circle_air_run["exit"] == 0 and len(reasons) == 1 and "field of view" in reasons[0], reasons

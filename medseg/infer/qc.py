@@ -132,7 +132,8 @@ def touches_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[s
     box grown by the margin is read; with no padding in it (the usual case) that is all."""
     if bbox is None:
         return EdgeEvidence(False)
-    return EdgeEvidence(_near_padding(volume, labels, label, bbox), inplane_cut_sides(volume, labels, label, bbox))
+    padding = _near_padding(volume, labels, label, bbox) or _near_constant_fill_circle(volume, labels, label, bbox)
+    return EdgeEvidence(padding, inplane_cut_sides(volume, labels, label, bbox))
 
 
 def _near_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]]) -> bool:
@@ -147,6 +148,41 @@ def _near_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str
         return False
     near = ndimage.maximum_filter(padding.view(np.uint8), size=[2 * m + 1 for m in margin]) > 0
     return bool((near & (labels[box] == label)).any())
+
+
+def _fill_value(volume: Volume, axial: int) -> float | None:
+    """The value every slice holds in its four in-plane corners when it is one value at or below -1000 HU (scanners
+    and exports that store the outside of the reconstruction circle as air, -1024, not as padding), else None."""
+    array = np.moveaxis(volume.array, axial, -1)
+    corners = np.stack([array[0, 0], array[0, -1], array[-1, 0], array[-1, -1]])
+    value = float(corners.flat[0])
+    return value if value <= -1000 and bool((corners == value).all()) else None
+
+
+def _near_constant_fill_circle(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]]) -> bool:
+    """Whether the organ reaches within `fov_edge_margin_mm` of the circle holding the data when the outside of
+    the reconstruction circle is stored as one constant air value (`_fill_value`): the data are the in-plane pixels
+    that differ from that value in some slice, their circle is centred on their bounding box with the radius of the
+    farthest of them. Without such a circle (air clipped to -1024 around the body) the farthest data are the body's
+    surface or the table, which an organ inside the body never reaches."""
+    axial = int(np.argmax(np.abs(volume.geometry.direction_matrix[2, :])))
+    value = _fill_value(volume, axial)
+    if value is None:
+        return False
+    inplane = [a for a in range(3) if a != axial]
+    data = (volume.array != value).any(axis=axial)
+    organ = (labels[tuple(slice(b, e) for b, e in zip(bbox["start"], bbox["stop"], strict=True))] == label).any(
+        axis=axial
+    )
+    spacing = np.array([volume.spacing[a] for a in inplane])
+    points = np.argwhere(data)
+    if points.size == 0:
+        return False
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2.0
+    radius = float(np.sqrt((((points - centre) * spacing) ** 2).sum(axis=1)).max())
+    start = np.array([bbox["start"][a] for a in inplane])
+    reach = float(np.sqrt((((np.argwhere(organ) + start - centre) * spacing) ** 2).sum(axis=1)).max())
+    return reach >= radius - float(rules()["fov_edge_margin_mm"])
 
 
 def inplane_cut_sides(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]]) -> tuple[str, ...]:
@@ -451,7 +487,9 @@ def check_result(
     near = [s for s in near if s in close or s in getattr(near_padding, "cut_sides", ())]
     near_padding = bool(near_padding)
     edges = [f"the {' and '.join(sorted(set(sides)))} edge of the scan"] if sides else []
-    edges += ["the edge of the reconstructed field of view (padding)"] if near_padding else []
+    edges += (
+        ["the edge of the reconstructed field of view (padding or a constant fill outside it)"] if near_padding else []
+    )
     phrases = [f"touches {' and '.join(edges)}"] if edges else []
     phrases += ([f"comes within {INPLANE_EDGE_MARGIN_MM:g} mm of the {' and '.join(sorted(set(near)))} edge of the "
                  "scan with tissue like it up to that edge (an organ cut there is predicted short of the cut)"]
