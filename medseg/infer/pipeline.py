@@ -295,7 +295,41 @@ def check_outputs(case: Case, model: InstalledModel, settings: InferSettings) ->
     replaceable = _only_a_failure(final)  # the record of a failed run is no result: a rerun replaces it
     for name in names.values():
         check_writable(final / name, settings.overwrite or replaceable)
+    if final.is_dir() and _listed_outputs(final) is None:
+        for name in sorted(set(FIXED_OUTPUTS) - set(names.values())):
+            check_writable(final / name, settings.overwrite)
+        _refuse_unidentified(final, names, model.card)
     return final, names
+
+
+FIXED_OUTPUTS = ("labels.nii.gz", "seg.dcm", "preview.png")
+"""Output names only medseg writes in a case folder: removed by --overwrite even when no summary.json lists them."""
+
+
+def _listed_outputs(folder: Path) -> set[str] | None:
+    """The plain file names the case folder's summary.json lists as its outputs; None when that summary is missing
+    or unreadable (then which files are an earlier result's is not recorded)."""
+    try:
+        listed = json.loads((folder / "summary.json").read_text()).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(listed, dict):
+        return None
+    values = [v for value in listed.values() for v in (value if isinstance(value, list) else [value])]
+    return {n for n in values if isinstance(n, str) and n and n == Path(n).name}
+
+
+def _refuse_unidentified(final: Path, names: dict[str, str], card: ModelCard) -> None:
+    """UsageError (exit 2) when a case folder without a readable summary.json holds `<organ>.nii.gz` files of the
+    card's organs that this run does not write: they may be an earlier result (kept, a reader would take them as
+    this run's) or the reader's own (never deleted), and nothing records which."""
+    ours = set(names.values())
+    found = sorted(n for o in card.foreground_labels.values()
+                   if (n := f"{o}.nii.gz") not in ours and (final / n).exists())  # fmt: skip
+    if found:
+        raise UsageError(f"the case folder's summary.json is missing or unreadable, so medseg cannot tell whether "
+                         f"{', '.join(found)} is an earlier result or your own file", path=final,
+                         hint="Move or remove those files (or choose another --out), then rerun.")  # fmt: skip
 
 
 def check_out_folder(out_dir: Path) -> None:
@@ -421,15 +455,10 @@ def _record_failure(run: _CaseRun, final: Path, exc: MedsegError) -> None:
 def _earlier_outputs(folder: Path) -> set[str]:
     """Names of an earlier run's outputs in a case folder: its summary.json and the files that summary lists, so an
     --overwrite run never leaves an earlier result (another patient's SEG) while the reader's own files, whatever
-    their names (a manual stomach.nii.gz beside the result), are left alone."""
-    names = {"summary.json"}
-    try:
-        listed = json.loads((folder / "summary.json").read_text()).get("outputs") or {}
-        values = [v for value in listed.values() for v in (value if isinstance(value, list) else [value])]
-        names |= {n for n in values if isinstance(n, str) and n and n == Path(n).name}
-    except (OSError, ValueError, AttributeError):
-        pass
-    return names
+    their names (a manual stomach.nii.gz beside the result), are left alone. Without a readable summary, medseg's
+    fixed output names (`check_outputs` has refused the per-organ ones it cannot attribute)."""
+    listed = _listed_outputs(folder)
+    return {"summary.json"} | (set(FIXED_OUTPUTS) if listed is None else listed)
 
 
 def _run_checked(
