@@ -354,7 +354,7 @@ def _direct(
         return b""
     kind, action, label = element_decision(tag, vr, ctx.options)
     engine_vr = vr if vr and vr != "UN" else dictionary_vr(tag)  # implicit VR: the dictionary's (re-probe 20 #2)
-    valid = valid_kept_value(engine_vr, value, ctx.patient_words, tag)
+    valid = valid_kept_value(engine_vr, value, ctx.patient_words, tag, ctx.natural_names)
     if kind == "keep" and length != UNDEFINED and not length & 1 and vr != "UN" and valid:
         return _KEPT
     if kind == "drop":

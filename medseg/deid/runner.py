@@ -472,6 +472,7 @@ def _one_file(
         raw_sequence=sequences,
         raw_values=raw is not None,
         patient_words=engine.patient_words(ds),
+        natural_names=engine.natural_names(ds),
     )
     original = engine.snapshot(ds)
     result = engine.deidentify(ds, ctx, in_place=True)
