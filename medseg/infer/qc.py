@@ -333,16 +333,19 @@ def _not_found(
 def _not_the_anchor(
     organ: str, stats: dict[str, Any], hu: bool, shape: tuple[int, ...] | None, direction: np.ndarray | None
 ) -> str | None:
-    """Why a found anchor organ (the liver) is still not it: on CT its mean HU is outside `organ_hu_range` (a -112 HU
-    "liver" is fat), or it is smaller than `anchor_partial_below_ml` and stays further than
-    `anchor_superior_margin_mm` from the scan's superior end (a pelvis scan's spurious "liver"; a scan starting
-    below the dome that shows the liver's lowest part holds a small liver at its superior end, and is served)."""
+    """Why a found anchor organ (the liver) smaller than `anchor_partial_below_ml` is still not it: on CT its mean HU
+    is outside `organ_hu_range` (a 31 ml "liver" at -112 HU is fat), or it stays further than
+    `anchor_superior_margin_mm` from the scan's superior end (a pelvis scan's spurious "liver"; a scan whose upper
+    edge cuts into the liver's lowest part holds a small liver at its superior end, and is served). A larger one
+    with an odd mean HU is a model failure on a scan that shows the abdomen: `organ_intensity`, a warning."""
     lo, hi = rules()["organ_hu_range"]
+    small = float((rules().get("anchor_partial_below_ml") or {}).get(organ, 0.0))
+    if stats["volume_ml"] >= small:
+        return None
     if hu and stats.get("mean_hu") is not None and not lo <= stats["mean_hu"] <= hi:
         return (f"the {stats['volume_ml']:.1f} ml found as {organ} has a mean of {stats['mean_hu']:.0f} HU, outside "
                 f"{lo}-{hi} HU: not {organ} tissue, the scan does not show the {organ}")  # fmt: skip
-    small = float((rules().get("anchor_partial_below_ml") or {}).get(organ, 0.0))
-    if shape is None or stats["volume_ml"] >= small or stats.get("bbox_index") is None:
+    if shape is None or stats.get("bbox_index") is None:
         return None
     if stats.get("spacing") is None:
         return None
