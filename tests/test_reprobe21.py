@@ -3,7 +3,9 @@ real files (the shipped model cards, the real CHAOS series, real exports and inf
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from medseg.errors import ProcessingError
 from medseg.infer.cases import Case
 from medseg.infer.pipeline import output_names
 from medseg.models.registry import CARD_NAME, resolve_model
-from tests.test_model_review21 import edited_card
+from tests.test_model_review21 import edited_card, tiny_model
 from tests.test_output_review21 import _derived_series, _infer
 
 # 1. a card's label names, spacing, HU window, roi_size and organ are bounded; no output name leaves the case folder
@@ -112,3 +114,88 @@ def test_an_organ_file_no_summary_accounts_for_is_refused_not_deleted(two_organ_
     assert run.code == 2 and len(lines) == 1 and "spleen.nii.gz" in lines[0], run.console
     assert "segmenting" not in run.console and (case / "spleen.nii.gz").read_bytes() == b"whose?"
     assert (case / "labels.nii.gz").exists() and not (case / "liver.nii.gz").exists()
+
+
+# 3. a cache folder medseg creates is owner-only whoever creates it; the auto fallback names the folder and the fix
+# 4. the export folder and its files are checked too, and each folder must be the user's own
+
+
+@pytest.fixture()
+def umask_002() -> Iterator[None]:
+    """The group-shared umask 002 (a common site default) for one test, then the one before."""
+    before = os.umask(0o002)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_seg_table_cache_made_under_umask_002_leaves_the_export_cache_usable(tmp_path: Path, umask_002: None) -> None:
+    """r1 (a): the SEG writer's highdicom/ table made the cache root 0775; every later openvino run failed exit 4."""
+    import highdicom._standard_utils as standard
+
+    from medseg.infer.runtime import accelerated_runner
+    from medseg.writers.seg_tables import preloaded_modules
+
+    cache = tmp_path / "cache"
+    load_all = getattr(standard.get_module_attribute_map, "__wrapped__", standard.get_module_attribute_map)
+    assert preloaded_modules(load_all, cache)
+    assert (_mode(cache), _mode(cache / "highdicom")) == (0o700, 0o700)
+    runner = accelerated_runner(tiny_model(tmp_path / "m"), "openvino", 1, cache)
+    folder = Path(runner.info["cache"])
+    assert all(_mode(p) & 0o022 == 0 for p in (folder, *folder.iterdir()))
+    assert accelerated_runner(tiny_model(tmp_path / "m"), "openvino", 1, cache).info["exported_now"] is False
+
+
+def test_train_cache_made_under_umask_002_is_owner_only(tmp_path: Path, umask_002: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """r1 (a2): `medseg train` made the cache root (and anatomy/) 0775 through prepare's mkdir(parents=True)."""
+    from medseg.train.synth.prepare import default_cache_dir
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" and _mode(tmp_path / "cache") == 0o700
+
+
+def test_auto_fallback_names_the_cache_folder_and_the_fix(tmp_path: Path) -> None:
+    """r1: `auto` fell back to torch saying only "writable by other users", naming neither folder nor chmod."""
+    from medseg.infer.runtime import load_runner
+
+    (tmp_path / "cache").mkdir(mode=0o700)
+    (tmp_path / "cache").chmod(0o775)
+    runner = load_runner(tiny_model(tmp_path / "m"), "auto", cache=tmp_path / "cache")
+    fallback = runner.info["fallback"]
+    assert runner.backend == "torch" and str(tmp_path / "cache") in fallback and "chmod" in fallback, fallback
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_a_group_writable_export_folder_or_file_is_refused(tmp_path: Path, what: str) -> None:
+    """r1 (b): an export folder 0775 or files 0664 of an earlier medseg were loaded once the root was fixed."""
+    from medseg.infer.runtime import accelerated_runner
+
+    model = tiny_model(tmp_path / "m")
+    folder = Path(accelerated_runner(model, "openvino", 1, tmp_path / "cache").info["cache"])
+    target = folder if what == "folder" else folder / "model.bin"
+    target.chmod(0o775 if what == "folder" else 0o664)
+    with pytest.raises(ProcessingError, match="writable by other users") as exc:
+        accelerated_runner(model, "openvino", 1, tmp_path / "cache")
+    assert exc.value.path == target and exc.value.exit_code == 4 and "chmod" in exc.value.one_line()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a folder another user owns needs root")
+@pytest.mark.parametrize("level", ["root", "openvino", "export"])
+def test_a_cache_folder_another_user_owns_is_refused(tmp_path: Path, level: str) -> None:
+    """r1 (c): a cache root owned by another user (0755) was accepted."""
+    from medseg.infer.runtime import accelerated_runner
+
+    model = tiny_model(tmp_path / "m")
+    cache = tmp_path / "cache"
+    folder = Path(accelerated_runner(model, "openvino", 1, cache).info["cache"])
+    target = {"root": cache, "openvino": cache / "openvino", "export": folder}[level]
+    os.chown(target, 65534, -1)
+    with pytest.raises(ProcessingError, match="owned by another user") as exc:
+        accelerated_runner(model, "openvino", 1, cache)
+    assert exc.value.path == target and exc.value.exit_code == 4

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.cache import cache_dir
+from medseg.cache import cache_dir, cache_subdir, unsafe_cache_entry
 from medseg.errors import ProcessingError, UsageError
 from medseg.io.atomic import os_reason, staging_folder
 from medseg.models.registry import InstalledModel, sha256_file
@@ -229,6 +229,8 @@ def accelerated_runner(
     root = cache or cache_dir()
     private_folder(root / backend, root)
     folder = root / backend / key
+    if folder.is_dir():
+        private_folder(folder, root, files=True)
     record_path = folder / "record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     exported = record is None or not _files_intact(folder, record) or record.get("weights_sha256") != sha
@@ -247,19 +249,22 @@ def accelerated_runner(
     return Runner(backend, batch_size, forward, info)
 
 
-def private_folder(folder: Path, root: Path) -> None:
+def private_folder(folder: Path, root: Path, files: bool = False) -> None:
     """Create `folder` (and `root` above it) owner-only (0700) where missing, and refuse (exit 4) a folder from
-    `root` down that others may write: a user who can write the export cache can change what the model computes."""
+    `root` down, or with `files` a file in `folder`, that another user owns or others may write: a user who can
+    write the export cache can change what the model computes."""
     try:
-        for part in (root, folder):
-            part.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if part.stat().st_mode & 0o022:
-                raise ProcessingError("the model export cache folder is writable by other users; not used",
-                                      path=part, hint="chmod go-w it, or point MEDSEG_CACHE_DIR at a folder only "
-                                      "you can write.")  # fmt: skip
+        cache_subdir(*folder.relative_to(root).parts, root=root)
+        unsafe = unsafe_cache_entry(folder, root, files)
     except OSError as exc:
         raise ProcessingError(f"cannot use the model export cache: {os_reason(exc)}", path=folder,
                               hint="Check MEDSEG_CACHE_DIR and its permissions.") from exc  # fmt: skip
+    if unsafe is not None:
+        entry, why = unsafe
+        what = "folder" if entry.is_dir() else "file"
+        fix = "Point" if "owned" in why else f"chmod -R go-w {entry}, or point"
+        raise ProcessingError(f"the model export cache {what} {why}; not used", path=entry,
+                              hint=f"{fix} MEDSEG_CACHE_DIR at a folder only you own and can write.")
 
 
 def _export_into(model: InstalledModel, backend: str, folder: Path, batch_size: int, version: str) -> None:
@@ -269,6 +274,8 @@ def _export_into(model: InstalledModel, backend: str, folder: Path, batch_size: 
     try:
         staging.chmod(0o700)
         _export(model, backend, staging, batch_size, version)
+        for written in staging.iterdir():
+            written.chmod(written.stat().st_mode & 0o755)  # under umask 002 the exporters leave them group-writable
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if not isinstance(exc, ProcessingError) and _is_write_failure(exc):
@@ -351,7 +358,7 @@ def load_runner(
             if isinstance(exc, ProcessingError):
                 raise
             raise ProcessingError(f"{backend} backend failed: {exc}", hint="Use --backend torch.") from exc
-        reason = exc.message if isinstance(exc, ProcessingError) else f"{type(exc).__name__}: {exc}"
+        reason = exc.one_line() if isinstance(exc, ProcessingError) else f"{type(exc).__name__}: {exc}"
     runner = torch_runner(model, device, batch_size or 4)
     runner.info["fallback"] = f"OpenVINO not used ({reason}); ran eager torch"
     return runner

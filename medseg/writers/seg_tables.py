@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from medseg.cache import cache_subdir
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 PRELOADED_SOP_CLASSES = (CT_IMAGE_STORAGE, SEGMENTATION_STORAGE)
@@ -81,7 +83,7 @@ def preloaded_modules(load_all: Callable[[], Modules], cache: Path) -> Modules:
     names = sorted({m["key"] for uid in PRELOADED_SOP_CLASSES for m in iods[sop_classes[uid]]})
     modules = {name: whole[name] for name in names if name in whole}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cache_subdir(path.parent.name, root=cache)  # owner-only: the export cache refuses a 0775 root
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(modules))
         os.replace(tmp, path)

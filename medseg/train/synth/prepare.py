@@ -56,10 +56,11 @@ class AnatomyCase:
 
 
 def default_cache_dir() -> Path:
-    """`medseg.cache.cache_dir()`: `$MEDSEG_CACHE_DIR` or `~/.cache/medseg` (never inside the repository)."""
-    from medseg.cache import cache_dir
+    """`medseg.cache.cache_dir()`: `$MEDSEG_CACHE_DIR` or `~/.cache/medseg` (never inside the repository), created
+    owner-only where missing (`cache_subdir`: under umask 002 a 0775 root locks the user out of the export cache)."""
+    from medseg.cache import cache_subdir
 
-    return cache_dir()
+    return cache_subdir()
 
 
 def check_named(data: np.ndarray, named: set[int], path: Path, labels_json: Path) -> None:
@@ -211,8 +212,9 @@ def cached_case(path: Path, labels_json: Path, spacing: tuple[float, float, floa
                 cache_dir: Path | None = None, labels_json_sha256: str = "") -> AnatomyCase:  # fmt: skip
     """`prepare_label_map` through the on-disk cache keyed by the label and labels_json digests, spacing and
     preparation version (a cache file whose content digest does not match is prepared again)."""
-    cache_dir = (cache_dir or default_cache_dir()) / "anatomy"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    from medseg.cache import cache_subdir
+
+    cache_dir = cache_subdir("anatomy", root=cache_dir or default_cache_dir())
     key = hashlib.sha256(f"{sha256}|{labels_json_sha256}|{spacing}|{PREP_VERSION}".encode()).hexdigest()[:24]
     target = cache_dir / f"{path.name.split('.')[0]}-{key}.npz"
     if target.is_file():
