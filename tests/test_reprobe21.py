@@ -16,7 +16,7 @@ from medseg.infer.cases import Case
 from medseg.infer.pipeline import output_names
 from medseg.models.registry import CARD_NAME, resolve_model
 from tests.test_model_review21 import edited_card, tiny_model
-from tests.test_output_review21 import _derived_series, _infer
+from tests.test_output_review21 import ALGO, _derived_series, _infer, dciodvfy_errors
 
 # 1. a card's label names, spacing, HU window, roi_size and organ are bounded; no output name leaves the case folder
 
@@ -199,3 +199,33 @@ def test_a_cache_folder_another_user_owns_is_refused(tmp_path: Path, level: str)
     with pytest.raises(ProcessingError, match="owned by another user") as exc:
         accelerated_runner(model, "openvino", 1, cache)
     assert exc.value.path == target and exc.value.exit_code == 4
+
+
+# 5. SEG values copied from a valid source stay valid: no caret past 64 characters, no inf or nan
+
+
+def test_a_64_character_name_and_non_finite_sizes_give_a_valid_seg(shared: Path, tmp_path: Path) -> None:
+    """r5: a 64-character single-group PatientName/ReferringPhysicianName got a caret (65 characters); PatientSize
+    1e999 was written 'inf' and PatientWeight NaN 'nan', without a note."""
+    import numpy as np
+    import pydicom
+
+    from medseg.io import read_image, read_nifti
+    from medseg.writers.seg import write_seg
+
+    folder = _derived_series(shared, tmp_path / "src",
+                             {(0x0010, 0x1030): (b"72.5", b"NaN "), (0x0010, 0x1020): (b"1.83", b"1e999 ")},
+                             PatientName="A" * 64, ReferringPhysicianName="B" * 64, PatientWeight="72.5",
+                             PatientSize="1.83")  # fmt: skip
+    liver = (read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz").array > 0).astype(np.uint8)
+    notes: list[str] = []
+    with pytest.warns(UserWarning, match="single component"):  # highdicom's advice; no caret fits in 64
+        path = write_seg(liver, read_image(folder), {1: "liver"}, ALGO, tmp_path / "seg.dcm", notes=notes)
+    seg = pydicom.dcmread(path, stop_before_pixels=True)
+    assert (str(seg.PatientName), str(seg.ReferringPhysicianName)) == ("A" * 64, "B" * 64)
+    assert "PatientWeight" not in seg and "PatientSize" not in seg
+    for keyword in ("PatientWeight", "PatientSize"):
+        assert any(keyword in n and "not a number" in n for n in notes), (keyword, notes)
+    assert not any("Name" in n for n in notes), notes
+    errors = dciodvfy_errors(path)
+    assert set(errors) <= {"Error - Dicom dataset contains invalid data values for Value Representations"}, errors

@@ -6,6 +6,7 @@ Only the in-memory copy is changed; every change is reported as a note for summa
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -126,7 +127,7 @@ def _within_length(keyword: str, text: str, vr: str, notes: list[str]) -> str:
             notes.append(f"source {keyword} has a component group longer than {limit} characters; that group is "
                          "shortened in the SEG")  # fmt: skip
             groups = [g[:limit] for g in groups]
-        if groups[0] and "^" not in groups[0]:
+        if groups[0] and "^" not in groups[0] and len(groups[0]) < limit:
             groups[0] += "^"  # a family name only: the trailing caret says so unambiguously (PS3.5 6.2.1.2)
         return "=".join(groups)
     if len(text) <= limit:
@@ -158,13 +159,16 @@ def _positive_spacing(ds: Any, notes: list[str]) -> None:
 
 
 def _normalise_decimal(ds: Any, keyword: str, notes: list[str]) -> None:
-    """Decimal commas become points; a value that is still not a number is dropped (all are optional here)."""
+    """Decimal commas become points; a value that is still not a number, or is infinite or NaN (`1e999` is a valid
+    DS that reads as infinity, and would be written `inf`), is dropped with a note (all are optional here)."""
     raw = _raw(ds, keyword)
     if raw is None or (keyword in OPTIONAL_PATIENT_DECIMALS and not raw.strip(" \x00")):
         return
     parts = [p.strip().replace(",", ".") for p in raw.strip(" \x00").split("\\")]
     try:
         numbers = [float(p) for p in parts]
+        if not all(math.isfinite(n) for n in numbers):
+            raise ValueError("not finite")
     except ValueError:
         notes.append(f"source {keyword} is not a number; omitted from the SEG")
         del ds[keyword]
