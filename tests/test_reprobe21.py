@@ -229,3 +229,49 @@ def test_a_64_character_name_and_non_finite_sizes_give_a_valid_seg(shared: Path,
     assert not any("Name" in n for n in notes), notes
     errors = dciodvfy_errors(path)
     assert set(errors) <= {"Error - Dicom dataset contains invalid data values for Value Representations"}, errors
+
+
+# 6. `medseg batch` says on the console, once, that --backend auto fell back to eager torch, and why
+
+
+def test_batch_says_once_that_auto_fell_back_to_torch_naming_the_cache(shared: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """r9: with a group-writable export cache, `medseg batch --backend auto` ran torch for every study and said
+    nothing on the console (only summary.json recorded the fallback)."""
+    from infer_fixtures import make_model_folder
+    from pacs_helpers import chaos_files, make_study
+
+    from medseg.cli.main import main
+
+    model = make_model_folder(tmp_path / "m", seed=1, roi=(64, 64, 64), foreground_bias=1000.0)
+    for name in ("a", "b"):
+        make_study(chaos_files(shared), tmp_path / "in" / name, range(28, 52), f"fallback-{name}")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o775)
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(cache))
+    with pytest.raises(SystemExit) as exc:
+        main(["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(model),
+              "--backend", "auto"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert int(exc.value.code or 0) == 0 and out.startswith("2 sent"), err
+    said = [line for line in err.splitlines() if "OpenVINO not used" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and str(cache) in said[0] and "chmod" in said[0], err
+
+
+def test_pacs_serve_says_at_start_that_auto_fell_back_to_torch(tmp_path: Path) -> None:
+    """r9: `medseg pacs serve` with backend auto and a group-writable cache served every study with torch, silently."""
+    from infer_fixtures import make_model_folder
+    from pacs_helpers import Served, write_config
+
+    model = make_model_folder(tmp_path / "m", seed=1, roi=(64, 64, 64))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o775)
+    write_config(tmp_path / "pacs.yaml", tmp_path / "store", {"folder": str(tmp_path / "segs")}, port=0,
+                 model=str(model), backend="auto")  # fmt: skip
+    served = Served(tmp_path / "pacs.yaml", 0, tmp_path / "serve.log", env={"MEDSEG_CACHE_DIR": str(cache)}).start()
+    served.stop()
+    said = [line for line in (tmp_path / "serve.log").read_text().splitlines() if "OpenVINO not used" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and str(cache) in said[0] and "chmod" in said[0], said

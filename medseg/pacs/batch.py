@@ -17,7 +17,7 @@ from medseg.errors import ProcessingError
 from medseg.pacs.config import Destination, PacsConfig
 from medseg.pacs.dask_workers import SchedulerLost
 from medseg.pacs.queue import JobQueue, Recipe
-from medseg.pacs.segment import discover_studies, load_segmenter
+from medseg.pacs.segment import discover_studies, fallback_warning, load_segmenter
 from medseg.pacs.worker import JobResult, backoff_of, run_job
 
 
@@ -230,6 +230,9 @@ def _run(config: PacsConfig, queue: JobQueue, on_event: Callable[[str], None], r
         dispatch(config, queue, threading.Event(), on_event, results, until_empty=True)
         return
     segmenter = load_segmenter(config.organs, config.model, config.backend, config.strict)
+    warning = fallback_warning(segmenter)
+    if warning:
+        on_event(warning)
     while queue.open_jobs():
         lease = queue.lease(owner_name("batch"), config.lease_seconds, backoff=backoff_of(config))
         if lease is None:

@@ -70,6 +70,14 @@ def load_segmenter(organs: str | Sequence[str], model: str | None = None, backen
     return Segmenter(served, installed, load_runner(installed, backend, "cpu"), strict)
 
 
+def fallback_warning(segmenter: Segmenter) -> str | None:
+    """The console line for a `--backend auto` that fell back to eager torch (the export cache refused or the export
+    failed), said once when the model is loaded: summary.json records it per case, but batch and service runs
+    showed nothing, so a cache needing a chmod went unnoticed. None when the backend ran as asked."""
+    fallback = (getattr(segmenter.runner, "info", None) or {}).get("fallback")
+    return f"warning: {fallback}" if fallback else None
+
+
 def software_version() -> str:
     """The software version in every idempotency key."""
     return f"medseg {__version__}"

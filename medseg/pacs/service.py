@@ -22,7 +22,7 @@ from medseg.errors import MedsegError, UsageError
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.queue import Backoff, JobQueue, QueueGone
 from medseg.pacs.scp import Receiver
-from medseg.pacs.segment import Segmenter, load_segmenter, served_model
+from medseg.pacs.segment import Segmenter, fallback_warning, load_segmenter, served_model
 from medseg.pacs.storage import study_dir, sweep_unfinished_writes
 from medseg.pacs.worker import JobResult, backoff_of, fail_unexpected, run_job
 
@@ -90,6 +90,9 @@ class Service:
             client = _connect_scheduler(self.config.scheduler)
         else:
             segmenter = load_segmenter(self.config.organs, self.config.model, self.config.backend, self.config.strict)
+            warning = fallback_warning(segmenter)
+            if warning:
+                self.on_event(warning)
         try:
             self.port = _listen(receiver, self.config)
         except BaseException:
