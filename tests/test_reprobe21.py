@@ -275,3 +275,17 @@ def test_pacs_serve_says_at_start_that_auto_fell_back_to_torch(tmp_path: Path) -
     served.stop()
     said = [line for line in (tmp_path / "serve.log").read_text().splitlines() if "OpenVINO not used" in line]
     assert len(said) == 1 and said[0].startswith("warning: ") and str(cache) in said[0] and "chmod" in said[0], said
+
+
+# 7. a dangling symbolic link as --out is named as one
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_dangling_symlink_out_is_named_a_link_to_nothing(shared: Path, tmp_path: Path, below: str) -> None:
+    """r3: `--out dangling` (and `dangling/sub`) said "--out is a file, not a folder"."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    out = tmp_path / "dangling" / below if below else tmp_path / "dangling"
+    run = _infer([str(shared / "ct/chaos_ct_sample/dicom"), "--organ", "liver", "--out", str(out)], tmp_path)
+    lines = [line for line in run.console.splitlines() if line.startswith("error: ")]
+    assert run.code == 2 and len(lines) == 1 and "is a symbolic link to nothing" in lines[0], run.console
+    assert "segmenting" not in run.console and not (tmp_path / "nowhere").exists()

@@ -333,12 +333,14 @@ def _refuse_unidentified(final: Path, names: dict[str, str], card: ModelCard) ->
 
 
 def check_out_folder(out_dir: Path) -> None:
-    """UsageError (exit 2) when --out, or the nearest part of it that exists, is not a folder: found before any
-    work, not as "cannot write output: File exists" (exit 4) after the model ran."""
+    """UsageError (exit 2) when --out, or the nearest part of it that exists, is not a folder (a file, or a dangling
+    symbolic link, named as such): found before any work, not as "cannot write output: File exists" (exit 4) after
+    the model ran."""
     existing = next((p for p in (out_dir, *out_dir.parents) if p.exists() or p.is_symlink()), None)
     if existing is not None and not existing.is_dir():
         what = "--out" if existing == out_dir else f"{existing}, a folder above --out,"
-        raise UsageError(f"{what} is a file, not a folder", path=out_dir, hint="Choose another --out.")
+        kind = "a symbolic link to nothing" if not existing.exists() else "a file, not a folder"
+        raise UsageError(f"{what} is {kind}", path=out_dir, hint="Choose another --out.")
 
 
 def check_thread_setting() -> None:
