@@ -107,6 +107,9 @@ def pelvis_runs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         src = _crop_1211(shared, root, z0, z1)
         run = _infer([str(src), "--organ", "liver", "--out", str(root / "out"), "--no-preview"], root)
         out[f"{z0}_{z1}"] = run.summary(f"crop_{z0}_{z1}") | {"exit": run.code}
+    run = _infer([str(_crop_1211(shared, root, 0, 60)), "--organ", "spleen", "--out", str(root / "spleen"),
+                  "--no-preview"], root)  # fmt: skip
+    out["spleen_0_60"] = run.summary("crop_0_60") | {"exit": run.code}
     return out
 
 
@@ -120,6 +123,14 @@ def test_a_pelvis_scan_without_liver_is_refused_not_served_a_small_liver(pelvis_
     10 ml threshold and served (exit 0); a liver under 100 ml far below the scan's superior end, or with a mean HU
     outside organ_hu_range, is not a liver: organ_not_found refuses (exit 5) and no label map is served."""
     summary = pelvis_runs[crop]
+    assert summary["exit"] == 5 and summary["status"] == "qc_rejected", summary["qc"]["flags"]
+    assert "organ_not_found" in _codes(summary)
+
+
+def test_spleen_alone_on_a_pelvis_scan_is_refused_by_the_anchor_liver(pelvis_runs) -> None:
+    """The same rules apply when only the spleen is asked for: the hips scan served a 291 ml "spleen" (exit 0), its
+    12.8 ml anchor "liver" passing the anchor check, which was given the liver's volume only."""
+    summary = pelvis_runs["spleen_0_60"]
     assert summary["exit"] == 5 and summary["status"] == "qc_rejected", summary["qc"]["flags"]
     assert "organ_not_found" in _codes(summary)
 

@@ -494,7 +494,7 @@ def _run_checked(
     classes = tuple(served) + ((anchor,) if anchor is not None and anchor not in served else ())
     pred = predict_labels(volume, card, runner, batch_size, settings.overlap, progress, case.prepared(),
                           classes)  # fmt: skip
-    anchor_flags = _anchor_flags(pred, volume, anchor, settings.organs[0])
+    anchor_flags = _anchor_flags(pred, volume, anchor, settings.organs[0], card.modality == "CT")
     run.summary["software"]["backend"] = runner.backend
     run.summary["model"]["runtime"] = runner.info
     if runner.info.get("precision") == "int8":
@@ -527,12 +527,15 @@ def _run_checked(
     return _finish(run, flags, pred, volume)
 
 
-def _anchor_flags(pred: Prediction, volume: Volume, anchor: int | None, organ: str) -> list[QCFlag]:
+def _anchor_flags(pred: Prediction, volume: Volume, anchor: int | None, organ: str, hu: bool) -> list[QCFlag]:
     """The anchor check (`qc.check_anchor`) on the label map before `renumber` drops the anchor organ: predicted
-    beside the requested organs in the same run, so the network runs once."""
+    beside the requested organs in the same run, so the network runs once. It gets the anchor's whole stats and the
+    grid, so the rules for a small liver (fat HU, away from the scan's superior end) apply to `--organ spleen` as to
+    `--organ liver` (a pelvis scan served a 147-291 ml "spleen" beside a 12.8 ml "liver")."""
     if anchor is None:
         return []
-    return check_anchor(float(organ_stats(pred.labels, anchor, volume, pred.box)["volume_ml"]), organ)
+    stats = organ_stats(pred.labels, anchor, volume, pred.box) | {"spacing": volume.spacing}
+    return check_anchor(stats, organ, volume.shape, volume.geometry.direction_matrix, hu)
 
 
 def _organ_record(name: str, label: int, pred: Prediction, volume: Volume) -> dict[str, Any]:
