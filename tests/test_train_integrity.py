@@ -347,6 +347,7 @@ BAD_VALUES = {
     "dropout": {"network": {"dropout": 2.0}},
     "organ": {"organ": "spleen"},
     "strides": {"network": {"strides": [2, 2, 2]}},
+    "label names": {"labels": {0: "background", 1: "liver", 2: "portal-vein"}, "network": {"out_channels": 3}},
 }
 
 

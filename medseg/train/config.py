@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medseg.errors import InvalidInputError
-from medseg.models.card import IntensitySpec, NetworkSpec
+from medseg.models.card import LABEL_NAME, IntensitySpec, NetworkSpec
 from medseg.yamltext import load_yaml
 
 M = TypeVar("M", bound=BaseModel)
@@ -158,6 +158,10 @@ class TrainConfig(Strict):
             raise ValueError("labels must be 0..N-1 with 0 = background")
         if "liver" not in self.labels.values():
             raise ValueError("labels must include liver (real CT pairs carry a liver label)")
+        bad = [name for name in self.labels.values() if not LABEL_NAME.match(name)]
+        if bad or len(set(self.labels.values())) != len(self.labels):
+            raise ValueError(f"label names must be unique, lower-case letters, digits and '_' ({bad[0]!r} is not): "
+                             "the exported model card refuses any other" if bad else "label names must be unique")
         if self.intensity.a_max <= self.intensity.a_min:
             raise ValueError("intensity.a_max must exceed a_min")
         if self.organ not in self.organs:
