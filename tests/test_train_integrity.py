@@ -396,7 +396,12 @@ def test_cache_key_holds_labels_json_and_a_changed_cache_file_is_prepared_again(
     assert len(list((tmp_path / "anatomy").glob("*.npz"))) == 2
     e = next(e for e in m.entries if e.kind == "ct_pair" and e.split == "val")
     args = (e.case_id, shared / e.image, shared / e.label, e.liver_value, (3.0,) * 3, e.sha256, tmp_path)
-    ref = cached_real_case(*args)  # type: ignore[arg-type]
+    umask = os.umask(0o002)  # Ubuntu's default for users with private groups: a 0775 real/ would be group-writable
+    try:
+        ref = cached_real_case(*args)  # type: ignore[arg-type]
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "real").stat().st_mode & 0o777 == 0o700
     (f,) = (tmp_path / "real").glob("*.npz")
     z = dict(np.load(f))
     z["label"][:] = 0

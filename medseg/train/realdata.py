@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.cache import cache_subdir
 from medseg.errors import InvalidInputError
 from medseg.io import Volume, read_image
 from medseg.preprocess import model_grid, resample_to_grid
@@ -84,8 +85,7 @@ def cached_real_case(name: str, image: Path, label: Path, liver_value: int, spac
                      digests: dict[str, str], cache_dir: Path) -> RealCase:  # fmt: skip
     """`prepare_real_case` through an on-disk cache keyed by the file digests and spacing (each cache file's
     content digest checked on reading; a mismatch is prepared again)."""
-    folder = cache_dir / "real"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_subdir("real", root=cache_dir)
     key = hashlib.sha256(f"{sorted(digests.items())}|{liver_value}|{spacing}|3".encode()).hexdigest()[:24]
     target = folder / f"{name}-{key}.npz"
     cached = load_npz(target) if target.is_file() else None
