@@ -104,3 +104,15 @@ def interrupt_on_sigterm(ignore_after: bool = False) -> Iterator[None]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, signal.SIG_IGN if ignore_after else handler)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one that belongs to another user counts as alive): how a
+    lease, a pid file or an MLflow run tells that its holder was killed."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

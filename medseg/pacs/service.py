@@ -25,6 +25,7 @@ from medseg.pacs.scp import Receiver
 from medseg.pacs.segment import Segmenter, fallback_warning, load_segmenter, served_model
 from medseg.pacs.storage import study_dir, sweep_unfinished_writes
 from medseg.pacs.worker import JobResult, backoff_of, fail_unexpected, run_job
+from medseg.signals import process_alive
 
 PID_FILE = "serve.pid"
 
@@ -240,16 +241,6 @@ def reclaimed_event(job_id: int, state: str) -> str:
     return f"job {job_id}: its holder on this host is gone; queued again"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _connect_scheduler(address: str) -> object:
     """A Client of the configured Dask scheduler, connected before the listener starts: a scheduler that is not
     running (a typo, a cluster not up) is a config error naming `scheduler` (exit 2), not a service that
@@ -333,4 +324,4 @@ def read_pid(storage: Path) -> int | None:
     finally:
         os.close(fd)
     pid = int(text) if text.isdigit() else None
-    return pid if pid is not None and _alive(pid) else None
+    return pid if pid is not None and process_alive(pid) else None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from typing import Any
 
 from medseg.pacs.queue import JOB_STATES, JobQueue
 from medseg.pacs.research import RESEARCH_STATES
+from medseg.signals import process_alive
 
 SHOWN = ("receiving", "queued", "running", "pending", "failed", "quarantined")
 
@@ -20,13 +20,7 @@ def holder_gone(owner: str | None) -> int | None:
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
         return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return int(pid)
-    except PermissionError:
-        return None
-    return None
+    return None if process_alive(int(pid)) else int(pid)
 
 
 def orphans(queue: JobQueue) -> dict[int, int]:

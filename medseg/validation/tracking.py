@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from medseg.errors import InvalidInputError, ProcessingError
-from medseg.signals import deferred_interrupt
+from medseg.signals import deferred_interrupt, process_alive
 
 EXPERIMENT = "medseg-validation"
 MLFLOW_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine")  # MLflow gives the last its own handler
@@ -204,21 +204,11 @@ def end_orphans(client: Any, exp_id: str) -> list[str]:
     ended = []
     for run in client.search_runs([exp_id], filter_string=query, max_results=1000):
         pid = run.data.tags.get(PID_TAG, "")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, "FAILED")
             client.set_tag(run.info.run_id, "medseg.ended_by", f"a later validate: process {pid} was gone")
             ended.append(run.info.run_id)
     return ended
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def fail_run(info: dict[str, str], out: Path) -> None:
