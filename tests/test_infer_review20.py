@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.infer.qc import check_input, check_result, touches_padding
+from medseg.infer.qc import check_input, check_result, edge_evidence
 from medseg.io import Volume, read_image, read_nifti
 from medseg.postprocess import organ_stats
 from tests.test_infer_qc import CARD
@@ -33,7 +33,7 @@ def _padded(volume: Volume, radius_mm: float, value: float = -3024) -> Volume:
 
 def _result_codes(volume: Volume, truth: np.ndarray) -> set[str]:
     stats = organ_stats(truth, 1, volume)
-    near = touches_padding(volume, truth, 1, stats["bbox_index"])
+    near = edge_evidence(volume, truth, 1, stats["bbox_index"])
     return _codes(check_result("liver", stats, volume.shape, CARD, volume.geometry.direction_matrix, near))
 
 
@@ -72,7 +72,7 @@ def test_chaos_dicom_no_padding_flag(shared):
     volume = read_image(shared / "ct/chaos_ct_sample/dicom")
     truth = (read_nifti(shared / "ct/chaos_ct_sample/liver.nii.gz").array > 0).astype(np.uint8)
     stats = organ_stats(truth, 1, volume)
-    assert not touches_padding(volume, truth, 1, stats["bbox_index"])
+    assert not edge_evidence(volume, truth, 1, stats["bbox_index"]).padding
     assert check_input(volume, CARD) == []
 
 

@@ -39,8 +39,8 @@ from medseg.infer.qc import (
     check_input,
     check_result,
     confidence_limit,
+    edge_evidence,
     rules_sha256,
-    touches_padding,
 )
 from medseg.infer.runtime import LazyRunner, Runner
 from medseg.io import Volume, write_nifti
@@ -509,7 +509,7 @@ def _run_checked(
             f
             for o in organs
             for f in check_result(o["name"], o, volume.shape, card, direction,
-                                  touches_padding(volume, pred.labels, o["label"], o["bbox_index"]), o is organs[0],
+                                  edge_evidence(volume, pred.labels, o["label"], o["bbox_index"]), o is organs[0],
                                   spacing=volume.spacing)
         ]  # fmt: skip
         result_flags += [

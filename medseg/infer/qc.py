@@ -113,23 +113,20 @@ def data_extent_mm(volume: Volume, axial: int) -> list[float]:
 
 @dataclass(frozen=True)
 class EdgeEvidence:
-    """What the image shows where an organ meets the edge of the data: `padding`, it comes within
-    `fov_edge_margin_mm` of padding (true-valued, so it stands for the bool `touches_padding` gave); `cut_sides`, the
-    in-plane sides (LPS names) within `INPLANE_EDGE_MARGIN_MM` of the array's edge where the voxels between the organ
-    and the edge look like the organ (`_organ_like_gap`): there the organ goes on beyond the prediction to the cut."""
+    """What the image shows where an organ meets the edge of the data (`edge_evidence`): `padding`, it comes within
+    `fov_edge_margin_mm` of padding or of the data's circle; `cut_sides`, the in-plane sides (LPS names) within
+    `INPLANE_EDGE_MARGIN_MM` of the array's edge where the voxels between the organ and the edge look like the organ
+    (`_organ_like_gap`): there the organ goes on beyond the prediction to the cut."""
 
-    padding: bool
+    padding: bool = False
     cut_sides: tuple[str, ...] = ()
 
-    def __bool__(self) -> bool:
-        return self.padding
 
-
-def touches_padding(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]] | None) -> EdgeEvidence:
+def edge_evidence(volume: Volume, labels: np.ndarray, label: int, bbox: dict[str, list[int]] | None) -> EdgeEvidence:
     """Whether the organ `label` comes within `fov_edge_margin_mm` of padding (values below `padding_below_hu`: no
     data, outside the reconstructed field of view), i.e. the scan's circle cuts it although the array's edge does
-    not, with the in-plane sides where the image shows it cut by the array's edge (`EdgeEvidence`). Only the organ's
-    box grown by the margin is read; with no padding in it (the usual case) that is all."""
+    not, with the in-plane sides where the image shows it cut by the array's edge. Only the organ's box grown by the
+    margin is read; with no padding in it (the usual case) that is all."""
     if bbox is None:
         return EdgeEvidence(False)
     padding = _near_padding(volume, labels, label, bbox) or _near_constant_fill_circle(volume, labels, label, bbox)
@@ -456,14 +453,14 @@ def check_result(
     labels_shape: tuple[int, ...],
     card: ModelCard,
     direction: np.ndarray | None = None,
-    near_padding: bool | EdgeEvidence = False,
+    edge: EdgeEvidence = EdgeEvidence(),
     main: bool = True,
     spacing: tuple[float, ...] | None = None,
 ) -> list[QCFlag]:
     """Flags about one segmented organ: not found, implausible volume or intensity, cut off by the scan's edge (with
     `spacing`, also within `INPLANE_CUT_MARGIN_MM` of an in-plane edge, or within `INPLANE_EDGE_MARGIN_MM` of one of
-    the `cut_sides` of `near_padding` when it is the `EdgeEvidence` of `touches_padding`) or by the edge of the
-    reconstructed field of view (`near_padding`, true-valued).
+    the `cut_sides` of `edge`, from `edge_evidence`) or by the edge of the reconstructed field of view
+    (`edge.padding`).
 
     `organ_not_found` (a refusal flag) when nothing or only a negligible volume (`organ_not_found_below_ml`) was
     found: the scan does not show the organ (a pelvis-only CT reads as a few ml of spurious "liver"). It refuses
@@ -487,11 +484,10 @@ def check_result(
     d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
     sides, near = _edge_sides(stats["bbox_index"], labels_shape, d, spacing)
     close = _edge_sides(stats["bbox_index"], labels_shape, d, spacing, INPLANE_CUT_MARGIN_MM)[1]
-    near = [s for s in near if s in close or s in getattr(near_padding, "cut_sides", ())]
-    near_padding = bool(near_padding)
+    near = [s for s in near if s in close or s in edge.cut_sides]
     edges = [f"the {' and '.join(sorted(set(sides)))} edge of the scan"] if sides else []
     edges += (
-        ["the edge of the reconstructed field of view (padding or a constant fill outside it)"] if near_padding else []
+        ["the edge of the reconstructed field of view (padding or a constant fill outside it)"] if edge.padding else []
     )
     phrases = [f"touches {' and '.join(edges)}"] if edges else []
     phrases += ([f"comes within {INPLANE_EDGE_MARGIN_MM:g} mm of the {' and '.join(sorted(set(near)))} edge of the "
